@@ -1,0 +1,5 @@
+import sys
+
+from mgrq.cli import main
+
+sys.exit(main())

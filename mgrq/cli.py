@@ -1,0 +1,163 @@
+"""The ``mgrq`` command line.
+
+    mgrq quantize --model tiny_vit --method percentile --w-bits 4 --a-bits 4 [--record run.json]
+    mgrq models | mgrq methods
+    mgrq zoo train tiny_vit
+
+Every user error prints one line (``error: ...``) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from mgrq.errors import MGRQError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="zoo name (see `mgrq models`), e.g. tiny_vit or deit_small_patch16_224")
+    p.add_argument("--method", required=True, help="method name (see `mgrq methods`)")
+    p.add_argument("--w-bits", type=int, required=True, help="weight bit-width, 2..16")
+    p.add_argument("--a-bits", type=int, required=True, help="activation bit-width, 2..16")
+    p.add_argument("--image-bits", type=int, default=8, help="bit-width of the image input (default 8)")
+    p.add_argument("--calib", type=int, default=None, help="calibration images (default: the method's own, e.g. 32 for RepQ-ViT)")
+    p.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and the method (default 0)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present; default)")
+    p.add_argument("--checkpoint", default=None, help="local weights file (state_dict) instead of the zoo/timm weights")
+    p.add_argument("--data-root", default=None, help="ImageNet-layout folder (train/<class>/..., val/<class>/...) for timm models")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images only (smoke runs)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="override a method config field (repeatable), e.g. --set act_init=minmax")
+    p.add_argument("--bits-override", action="append", metavar="REGEX=BITS",
+                   help="layer policy: points whose name matches REGEX get BITS (or 'fp'), e.g. '^head\\.=8'")
+
+
+def _spec_from_args(args: argparse.Namespace):
+    from mgrq.config import parse_assignments
+    from mgrq.spec import RunSpec
+
+    overrides = []
+    for pattern, value in parse_assignments(args.bits_override, "--bits-override").items():
+        overrides.append((pattern, value if value == "fp" else int(value) if value.isdigit() else value))
+    return RunSpec(
+        model=args.model, method=args.method, w_bits=args.w_bits, a_bits=args.a_bits,
+        seed=args.seed, calib=args.calib, method_config=parse_assignments(args.overrides),
+        image_bits=args.image_bits, bits_overrides=tuple(overrides), checkpoint=args.checkpoint,
+        data_root=args.data_root, eval_limit=args.eval_limit, device=args.device,
+    )
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from mgrq import records
+    from mgrq.methods import get_method
+    from mgrq.run import execute, failed_record
+    from mgrq.zoo import get_entry
+
+    spec = _spec_from_args(args)
+    get_entry(spec.model)  # fail fast on unknown names, before loading anything
+    get_method(spec.method)
+    started = records.now()
+    try:
+        rec = execute(spec, progress=not args.quiet)
+    except BaseException as e:
+        if args.record and not isinstance(e, KeyboardInterrupt):
+            records.write_record(args.record, failed_record(spec, e, started))
+        raise
+    m = rec["metrics"]
+    print(f"{spec.run_id}: FP top-1 {m['fp_top1']:.2f}  {spec.bits} top-1 {m['top1']:.2f}  "
+          f"(delta {m['top1'] - m['fp_top1']:+.2f}; quantize {rec['timings']['quantize_s']:.1f}s, "
+          f"total {rec['timings']['total_s']:.1f}s)")
+    if args.record:
+        path = records.write_record(args.record, rec)
+        print(f"record: {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mgrq.zoo import ZOO
+
+    for e in ZOO.values():
+        print(f"{e.name:32s} {e.family:5s} {e.description}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from mgrq.methods import all_methods
+
+    for m in all_methods():
+        print(f"{m.name:18s} {m.description} (default calib {m.default_calib})")
+    return 0
+
+
+def cmd_zoo_train(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from mgrq.zoo import train_tiny
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = train_tiny(args.name, out=args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mgrq",
+        description="Post-training quantization of Vision Transformers: MGRQ and baselines under one protocol.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("quantize", help="quantize one model with one method and evaluate it",
+                       description="Quantize a model, print FP and quantized top-1, optionally write the JSON run record.")
+    _add_run_options(p)
+    p.add_argument("--record", default=None, help="write the JSON run record to this path")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("models", help="list the model zoo (name first on each line)")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("methods", help="list the registered methods (name first on each line)")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("zoo", help="the tiny offline zoo")
+    zsub = p.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
+    t = zsub.add_parser("train", help="train a tiny-zoo model on MNIST-5k and write its checkpoint + metadata")
+    t.add_argument("name", help="tiny_vit, tiny_deit or tiny_swin")
+    t.add_argument("--epochs", type=int, default=None, help="default: the zoo entry's recipe")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="checkpoint path (default: mgrq/zoo_weights/<name>.pth)")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_zoo_train)
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Harness commands (suite, mirror, report) add themselves here.
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MGRQError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Frozen config dataclasses: building them from ``key=value`` overrides with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from mgrq.errors import ConfigError
+
+
+def _coerce(cls_name: str, f: dataclasses.Field, value: Any, hints: dict[str, Any]) -> Any:
+    typ = hints.get(f.name, f.type)
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    allowed: tuple[Any, ...] = args if origin in (typing.Union, types.UnionType) else (typ,)
+    if isinstance(value, str):
+        for t in allowed:
+            if t is type(None) and value.lower() in ("none", "null"):
+                return None
+        for t in allowed:
+            try:
+                if t is bool:
+                    if value.lower() in ("1", "true", "yes", "on"):
+                        return True
+                    if value.lower() in ("0", "false", "no", "off"):
+                        return False
+                    raise ValueError(value)
+                if t in (int, float):
+                    return t(value)
+                if t is str:
+                    return value
+                if typing.get_origin(t) is tuple or t is tuple:
+                    return tuple(json.loads(value if value.startswith("[") else f"[{value}]"))
+            except (ValueError, json.JSONDecodeError):
+                continue
+        raise ConfigError(f"{cls_name}.{f.name}={value!r}: expected {typ}")
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
+        return float(value)
+    return value
+
+
+def build_config(cls: type, overrides: Mapping[str, Any] | None = None) -> Any:
+    """``cls(**defaults | overrides)``; strings are parsed to the field's type. Unknown fields
+    raise :class:`ConfigError` listing the fields of ``cls``; the dataclass validates values."""
+    overrides = dict(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{cls.__name__}: unknown field(s) {', '.join(unknown)}; expected one of {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(cls.__name__, fields[k], v, hints) for k, v in overrides.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{cls.__name__}: {e}") from None
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-friendly dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def parse_assignments(items: list[str] | None, what: str = "--set") -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out

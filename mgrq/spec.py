@@ -1,0 +1,116 @@
+"""Run specs: a run is a pure function of a frozen :class:`RunSpec`. Torch-free.
+
+A spec has a readable id (``tiny_vit.percentile.w4a4.s0``) and a content hash of every field
+that can change the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mgrq.errors import ConfigError
+
+_BITS_RE = re.compile(r"^[wW](\d+)[aA](\d+)$")
+
+
+def parse_bits(text: str) -> tuple[int, int]:
+    """``"W4A4"`` -> ``(4, 4)``; bit-widths must be 2..16."""
+    m = _BITS_RE.match(str(text).strip())
+    if not m:
+        raise ConfigError(f"bit-width {text!r}: expected WxAy, e.g. W4A4 or w6a6")
+    w, a = int(m.group(1)), int(m.group(2))
+    for field, v in (("w_bits", w), ("a_bits", a)):
+        if not 2 <= v <= 16:
+            raise ConfigError(f"bit-width {text!r}: {field}={v}, expected 2..16")
+    return w, a
+
+
+def _freeze(d: dict[str, Any] | tuple | None) -> tuple[tuple[str, Any], ...]:
+    if d is None:
+        return ()
+    items = d.items() if isinstance(d, dict) else d
+    out = []
+    for k, v in items:
+        if isinstance(v, list):
+            v = tuple(v)
+        out.append((str(k), v))
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines one run (one cell of a suite grid)."""
+
+    model: str
+    method: str
+    w_bits: int
+    a_bits: int
+    seed: int = 0
+    calib: int | None = None  # None: the method's default calibration size
+    method_config: tuple[tuple[str, Any], ...] = ()  # overrides of the method's config fields
+    variant: str | None = None  # display name (ablations); defaults to the method name
+    image_bits: int = 8
+    bits_overrides: tuple[tuple[str, Any], ...] = ()  # layer policy (regex, bits | "fp")
+    checkpoint: str | None = None
+    data_root: str | None = None
+    eval_split: str = "heldout"  # tiny zoo: "heldout" (final numbers) or "tune" (sweeps)
+    eval_limit: int | None = None  # evaluate on the first N images only (smoke runs)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for f in ("w_bits", "a_bits", "image_bits"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 16:
+                raise ConfigError(f"{f}={v!r}: expected an integer bit-width in 2..16")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed={self.seed!r}: expected a non-negative integer")
+        if self.calib is not None and (not isinstance(self.calib, int) or self.calib < 1):
+            raise ConfigError(f"calib={self.calib!r}: expected a positive integer")
+        if self.eval_split not in ("heldout", "tune"):
+            raise ConfigError(f"eval_split={self.eval_split!r}: expected 'heldout' or 'tune'")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ConfigError(f"eval_limit={self.eval_limit!r}: expected a positive integer")
+        object.__setattr__(self, "method_config", _freeze(self.method_config))
+        object.__setattr__(self, "bits_overrides", tuple(tuple(x) for x in self.bits_overrides))
+
+    @property
+    def name(self) -> str:
+        return self.variant or self.method
+
+    @property
+    def bits(self) -> str:
+        return f"W{self.w_bits}A{self.a_bits}"
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.model}.{self.name}.w{self.w_bits}a{self.a_bits}.s{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["method_config"] = dict(self.method_config)
+        d["bits_overrides"] = [list(x) for x in self.bits_overrides]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        d = dict(d)
+        d["method_config"] = _freeze(d.get("method_config") or {})
+        d["bits_overrides"] = tuple(tuple(x) for x in d.get("bits_overrides") or ())
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"run spec: unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(names))}")
+        return cls(**d)
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of the fields that can change the result (``device`` excluded)."""
+        d = self.to_dict()
+        d.pop("device")
+        blob = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]

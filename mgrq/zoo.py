@@ -1,0 +1,282 @@
+"""The model zoo: timm ImageNet models (weights from the timm hub cache or a local file) and a
+tiny offline zoo built from the same timm classes and trained on MNIST-5k.
+
+Tiny checkpoints live in ``mgrq/zoo_weights/<name>.pth`` (a plain ``state_dict``) beside a
+``<name>.json`` that records the command, seed, epochs and held-out accuracy that produced them.
+They are re-made with ``mgrq zoo train <name>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mgrq.errors import CheckpointError, unknown
+
+WEIGHTS_DIR = Path(__file__).parent / "zoo_weights"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    family: str  # "vit" | "deit" | "swin"
+    description: str
+    timm_name: str | None = None  # None for the tiny zoo
+    build: Callable[[], nn.Module] | None = None
+    epochs: int = 0  # tiny zoo: training recipe
+    lr: float = 0.0
+
+    @property
+    def tiny(self) -> bool:
+        return self.timm_name is None
+
+
+def _tiny_vit() -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=4,
+        num_heads=3, mlp_ratio=4.0, qkv_bias=True, class_token=True, global_pool="token",
+    )
+
+
+def _tiny_deit() -> nn.Module:
+    from timm.models.deit import VisionTransformerDistilled
+
+    return VisionTransformerDistilled(
+        img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=4,
+        num_heads=3, mlp_ratio=4.0, qkv_bias=True, class_token=True, global_pool="token",
+    )
+
+
+def _tiny_swin() -> nn.Module:
+    from timm.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer(
+        img_size=32, patch_size=2, in_chans=1, num_classes=10, window_size=4, embed_dim=48,
+        depths=(2, 2, 2), num_heads=(3, 6, 12), mlp_ratio=4.0,
+    )
+
+
+_TIMM = [
+    ("vit_small_patch16_224", "vit", "ViT-S/16, ImageNet-1k (timm augreg weights)"),
+    ("vit_base_patch16_224", "vit", "ViT-B/16, ImageNet-1k (timm augreg weights)"),
+    ("deit_tiny_patch16_224", "deit", "DeiT-T/16, ImageNet-1k"),
+    ("deit_small_patch16_224", "deit", "DeiT-S/16, ImageNet-1k"),
+    ("deit_base_patch16_224", "deit", "DeiT-B/16, ImageNet-1k"),
+    ("swin_tiny_patch4_window7_224", "swin", "Swin-T, ImageNet-1k"),
+    ("swin_small_patch4_window7_224", "swin", "Swin-S, ImageNet-1k"),
+    ("swin_base_patch4_window7_224", "swin", "Swin-B, ImageNet-1k (22k pre-trained)"),
+]
+
+ZOO: dict[str, ZooEntry] = {
+    "tiny_vit": ZooEntry("tiny_vit", "vit", "tiny ViT (cls token, dim 96, depth 4, 3 heads) on MNIST-5k, offline", build=_tiny_vit, epochs=40, lr=2e-3),
+    "tiny_deit": ZooEntry("tiny_deit", "deit", "tiny DeiT (cls + distillation token) on MNIST-5k, offline", build=_tiny_deit, epochs=40, lr=2e-3),
+    "tiny_swin": ZooEntry("tiny_swin", "swin", "tiny Swin (patch 2, window 4, dim 48, depths 2/2/2) on MNIST-5k, offline", build=_tiny_swin, epochs=30, lr=2e-3),
+    **{n: ZooEntry(n, fam, desc, timm_name=n) for n, fam, desc in _TIMM},
+}
+
+
+def get_entry(name: str) -> ZooEntry:
+    if name not in ZOO:
+        raise unknown("model", name, ZOO)
+    return ZOO[name]
+
+
+def tiny_weights_path(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}.pth"
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file (a ``state_dict``, or a dict holding one under ``state_dict``/
+    ``model``) with one clear error for a missing or corrupt file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt file
+        raise CheckpointError(
+            f"checkpoint {path}: not a readable torch/safetensors weights file "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path}: expected a state_dict of tensors")
+    return obj
+
+
+def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str) -> None:
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()
+        raise CheckpointError(
+            f"checkpoint {path}: does not fit the model ({' '.join(first[:2])[:300]})"
+        ) from None
+
+
+def create_model(
+    name: str, checkpoint: str | Path | None = None, pretrained: bool = True
+) -> nn.Module:
+    """Build a zoo model in eval mode.
+
+    - tiny zoo: the committed checkpoint, or ``checkpoint`` when given.
+    - timm names: ``checkpoint`` when given (any timm-compatible ``state_dict``), else the timm
+      pretrained weights from the hub cache (``pretrained=False`` gives random weights).
+    """
+    entry = get_entry(name)
+    if entry.tiny:
+        assert entry.build is not None
+        model = entry.build()
+        if pretrained or checkpoint is not None:
+            path = Path(checkpoint) if checkpoint is not None else tiny_weights_path(name)
+            if not path.is_file() and checkpoint is None:
+                raise CheckpointError(
+                    f"checkpoint {path}: not found; train it with `mgrq zoo train {name}`"
+                )
+            _load_into(model, load_state_dict_file(path), path)
+        return model.eval()
+
+    import timm
+
+    if checkpoint is not None:
+        model = timm.create_model(entry.timm_name, pretrained=False)
+        _load_into(model, load_state_dict_file(checkpoint), checkpoint)
+        return model.eval()
+    try:
+        return timm.create_model(entry.timm_name, pretrained=pretrained).eval()
+    except Exception as e:
+        raise CheckpointError(
+            f"model {name}: could not load the timm pretrained weights "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            "pass --checkpoint PATH to a local weights file or populate the HF hub cache"
+        ) from None
+
+
+def data_bundle_for(name: str, model: nn.Module, data_root: str | Path | None, eval_split: str = "heldout"):
+    """The data a zoo model is evaluated on: MNIST-5k for the tiny zoo, else an ImageNet folder."""
+    from mgrq import data
+    from mgrq.errors import ConfigError
+
+    entry = get_entry(name)
+    if entry.tiny:
+        return data.mnist_bundle(eval_split)
+    if data_root is None:
+        raise ConfigError(
+            f"model {name}: needs an ImageNet-layout folder; pass --data-root "
+            f"({data.IMAGENET_LAYOUT})"
+        )
+    num_classes = model.num_classes if hasattr(model, "num_classes") else 1000
+    return data.imagenet_bundle(data_root, model, num_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# Training the tiny zoo
+# --------------------------------------------------------------------------------------------
+
+
+def _random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random translation by up to ``max_shift`` pixels per image (x: ``[B, 1, 32, 32]``)."""
+    b = x.shape[0]
+    pad = torch.nn.functional.pad(x, (max_shift,) * 4, value=float(x.min()))
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=g)
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=g)
+    h, w = x.shape[-2:]
+    rows = (dy[:, None] + torch.arange(h)[None]).view(b, 1, h, 1).expand(b, 1, h, w)
+    cols = (dx[:, None] + torch.arange(w)[None]).view(b, 1, 1, w).expand(b, 1, h, w)
+    pad_w = pad.shape[-1]
+    flat = pad.flatten(2)
+    idx = (rows * pad_w + cols).flatten(2)
+    return flat.gather(2, idx).view_as(x)
+
+
+def train_tiny(
+    name: str,
+    out: str | Path | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a tiny-zoo model on the 4,000 MNIST-5k training digits and write its checkpoint and
+    metadata (command, seed, held-out top-1). Returns the metadata."""
+    from tqdm import tqdm
+
+    from mgrq import data
+    from mgrq.evaluate import evaluate
+
+    entry = get_entry(name)
+    if not entry.tiny:
+        raise CheckpointError(f"model {name}: only the tiny zoo is trained here")
+    assert entry.build is not None
+    epochs = entry.epochs if epochs is None else epochs
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    bundle = data.mnist_bundle()
+    x, y = bundle.train.images, bundle.train.labels  # type: ignore[attr-defined]
+    model = entry.build()
+    opt = torch.optim.AdamW(model.parameters(), lr=entry.lr, weight_decay=0.05)
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=entry.lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    t0 = time.time()
+    bar = tqdm(range(epochs), desc=f"train {name}", disable=not progress)
+    for _ in bar:
+        model.train()
+        perm = torch.randperm(len(x), generator=g)
+        total = 0.0
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            xb = _random_shift(x[idx], g)
+            out_ = model(xb)
+            if isinstance(out_, tuple):  # distilled model in training mode: (cls, dist)
+                loss = sum(loss_fn(o, y[idx]) for o in out_) / len(out_)
+            else:
+                loss = loss_fn(out_, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+        bar.set_postfix(loss=f"{total / steps_per_epoch:.3f}")
+    model.eval()
+    metrics = evaluate(model, bundle.val, progress=False)
+    out_path = Path(out) if out is not None else tiny_weights_path(name)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save(sd, out_path)
+    meta = {
+        "model": name,
+        "command": f"mgrq zoo train {name} --epochs {epochs} --seed {seed}",
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": f"AdamW(lr={entry.lr}, wd=0.05), one-cycle, label smoothing 0.1, shifts +-2px",
+        "data": bundle.source,
+        "heldout_top1": metrics["top1"],
+        "heldout_top5": metrics["top5"],
+        "train_seconds": round(time.time() - t0, 1),
+        "torch": torch.__version__,
+        "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
+    }
+    out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta

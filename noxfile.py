@@ -1,0 +1,66 @@
+"""nox sessions. All sessions share one virtual environment, ``.venv`` (torch is ~5 GB: one
+copy, installed once and refreshed when ``pyproject.toml`` changes). Set ``MGRQ_VENV`` to use
+another environment that already has ``pip install -e ".[dev]"``.
+
+    nox -s tests            fast CPU tests (the README's test command; < 5 min on 2 cores)
+    nox -s tests_slow       the long checks (marker ``slow``)
+    nox -s lint             ruff + mypy
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+ROOT = Path(__file__).parent
+VENV = Path(os.environ.get("MGRQ_VENV", ROOT / ".venv"))
+ENV = {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+
+
+def _python(session: nox.Session) -> str:
+    """The shared environment's python, created and (re)installed when pyproject.toml changed."""
+    py = VENV / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    stamp = VENV / ".mgrq-install"
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not py.exists():
+        session.run(sys.executable, "-m", "venv", str(VENV), external=True)
+    if not stamp.exists() or stamp.read_text() != want:
+        session.run(str(py), "-m", "pip", "install", "-q", "--upgrade", "pip", external=True)
+        session.run(str(py), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]", external=True)
+        stamp.write_text(want)
+    return str(py)
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Fast CPU tests (slow/gpu/imagenet markers off)."""
+    py = _python(session)
+    session.run(py, "-m", "pytest", "-q", *session.posargs, env=ENV, external=True)
+
+
+@nox.session(venv_backend="none")
+def tests_slow(session: nox.Session) -> None:
+    """The long checks: ``slow``-marked tests."""
+    py = _python(session)
+    session.run(py, "-m", "pytest", "-q", "-m", "slow", *session.posargs, env=ENV, external=True)
+
+
+@nox.session(venv_backend="none")
+def lint(session: nox.Session) -> None:
+    """ruff (lint) and mypy on mgrq/."""
+    py = _python(session)
+    session.run(py, "-m", "ruff", "check", "mgrq", "baselines", "reports", "tests", "noxfile.py", external=True)
+    session.run(py, "-m", "mypy", "mgrq", external=True)
+
+
+@nox.session(venv_backend="none")
+def quickstart(session: nox.Session) -> None:
+    """Quantize the tiny ViT with the basic method and print FP vs quantized top-1."""
+    py = _python(session)
+    session.run(py, "-m", "mgrq", "quantize", "--model", "tiny_vit", "--method", "percentile",
+                "--w-bits", "4", "--a-bits", "4", *session.posargs, env=ENV, external=True)
