@@ -138,8 +138,9 @@ def create_model(
     """Build a zoo model in eval mode.
 
     - tiny zoo: the committed checkpoint, or ``checkpoint`` when given.
-    - timm names: ``checkpoint`` when given (any timm-compatible ``state_dict``), else the timm
-      pretrained weights from the hub cache (``pretrained=False`` gives random weights).
+    - timm names: ``checkpoint`` when given (any timm-compatible ``state_dict``; the number of
+      classes is read from its classifier, so fine-tuned heads load), else the timm pretrained
+      weights from the hub cache (``pretrained=False`` gives random weights).
     """
     entry = get_entry(name)
     if entry.tiny:
@@ -157,8 +158,12 @@ def create_model(
     import timm
 
     if checkpoint is not None:
-        model = timm.create_model(entry.timm_name, pretrained=False)
-        _load_into(model, load_state_dict_file(checkpoint), checkpoint)
+        sd = load_state_dict_file(checkpoint)
+        # A fine-tuned checkpoint may carry its own classifier: size the head from it.
+        head = next((sd[k] for k in ("head.weight", "head.fc.weight") if k in sd), None)
+        kwargs = {"num_classes": int(head.shape[0])} if head is not None else {}
+        model = timm.create_model(entry.timm_name, pretrained=False, **kwargs)
+        _load_into(model, sd, checkpoint)
         return model.eval()
     try:
         return timm.create_model(entry.timm_name, pretrained=pretrained).eval()

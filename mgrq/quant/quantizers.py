@@ -90,6 +90,8 @@ class UniformQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(()))
         self.initialized = False
         self.lsq = False
+        self._fast = False
+        self._zp_int = torch.zeros((), dtype=torch.int32)
 
     # ---- parameters ------------------------------------------------------------------------
     def set_params(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
@@ -103,6 +105,17 @@ class UniformQuantizer(nn.Module):
                 self.scale = scale.clone().to(self.scale.device)
             self.zero_point = zero_point.clone().to(self.zero_point.device)
         self.initialized = True
+        self._refresh_fast_path()
+
+    def _refresh_fast_path(self) -> None:
+        """torch's fused fake-quant kernels apply (bit-identical, much faster) when the zero
+        point is an integer inside the integer range; fractional or out-of-range zero points
+        (RepQ-ViT, percentile ranges that exclude 0) use the composite path."""
+        z = self.zero_point
+        self._fast = bool(
+            torch.equal(z, z.round()) and bool((z >= self.qmin).all()) and bool((z <= self.qmax).all())
+        )
+        self._zp_int = z.round().to(torch.int32)
 
     def learn_scale(self, enabled: bool = True) -> None:
         """Make the step a learnable parameter trained with LSQ's gradient scaling."""
@@ -185,11 +198,28 @@ class UniformQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.initialized:
             raise RuntimeError("UniformQuantizer used before initialization (call an init_* method)")
+        if self._fast and not (torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad)):
+            return self._fused(x)
         s = self._view(self.scale, x)
         if self.lsq:
             n_per_step = x.numel() / max(self.scale.numel(), 1)
             s = QF.grad_scale(s, 1.0 / (n_per_step * self.qmax) ** 0.5)
         return QF.fake_quant(x, s, self._view(self.zero_point, x), self.qmin, self.qmax)
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        scale, zp = self.scale.detach(), self._zp_int.to(x.device)
+        if self.granularity.kind == "tensor" or scale.dim() == 0:
+            return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zp.reshape(()), self.qmin, self.qmax)
+        axis = self.granularity.axis % x.dim()
+        if self.granularity.kind == "group":
+            rep = x.shape[axis] // self.granularity.groups
+            scale, zp = scale.repeat_interleave(rep), zp.repeat_interleave(rep)
+        return torch.fake_quantize_per_channel_affine(x, scale, zp, axis, self.qmin, self.qmax)
+
+    def _apply(self, fn, recurse=True):  # keep the int zero point on the module's device
+        out = super()._apply(fn, recurse)
+        self._zp_int = self.zero_point.round().to(torch.int32)
+        return out
 
     def extra_repr(self) -> str:
         g = self.granularity
