@@ -18,6 +18,7 @@ from mgrq.errors import unknown
 # Modules that register built-in methods when imported (add new methods here).
 BUILTIN_MODULES: tuple[str, ...] = (
     "mgrq.methods.percentile",
+    "baselines.repq_vit",
 )
 
 
