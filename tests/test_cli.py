@@ -1,0 +1,115 @@
+"""The mgrq command line: listings, a real quantization run with its record, and bad inputs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mgrq import zoo
+from mgrq.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_models_and_methods_listing(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    names = [line.split()[0] for line in out.splitlines()]
+    assert code == 0 and names == list(zoo.ZOO)
+    code, out, _ = run_cli(capsys, "methods")
+    names = [line.split()[0] for line in out.splitlines()]
+    assert code == 0 and "percentile" in names
+
+
+def test_quantize_tiny_vit_w8a8_and_w4a4_records(tmp_path, capsys):
+    rec8 = tmp_path / "w8.json"
+    code, out, _ = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile",
+                           "--w-bits", "8", "--a-bits", "8", "--record", str(rec8), "--quiet")
+    assert code == 0 and "FP top-1" in out
+    r = json.loads(rec8.read_text())
+    m = r["metrics"]
+    assert r["status"] == "done" and r["id"] == "tiny_vit.percentile.w8a8.s0"
+    assert m["fp_top1"] > 90 and m["fp_top1"] - m["top1"] < 0.5, m
+    for key in ("spec", "timings", "peak_mem_mb", "versions", "git_sha", "calibration", "data", "method"):
+        assert key in r
+    assert r["calibration"]["n"] == 32 and len(r["calibration"]["ids_hash"]) == 16
+    assert r["versions"]["torch"] == torch.__version__.split("+")[0] or r["versions"]["torch"].startswith(torch.__version__.split("+")[0])
+
+    rec4 = tmp_path / "w4.json"
+    code, _, _ = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile",
+                         "--w-bits", "4", "--a-bits", "4", "--record", str(rec4), "--quiet")
+    r4 = json.loads(rec4.read_text())
+    assert code == 0 and r4["status"] == "done"
+    assert 10 < r4["metrics"]["top1"] <= m["top1"]  # W4A4 valid, and not better than W8A8
+    assert r4["hash"] != r["hash"]
+
+
+def test_method_config_override(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile",
+                           "--w-bits", "4", "--a-bits", "4", "--set", "no_such_field=1", "--quiet")
+    assert code == 2 and "unknown field(s) no_such_field" in err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--model", "tiny_vt", "--method", "percentile", "--w-bits", "4", "--a-bits", "4"], "unknown model 'tiny_vt'. Did you mean 'tiny_vit'"),
+    (["--model", "tiny_vit", "--method", "percentil", "--w-bits", "4", "--a-bits", "4"], "unknown method 'percentil'. Did you mean 'percentile'"),
+    (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "1", "--a-bits", "4"], r"w_bits=1: expected an integer bit-width in 2\.\.16"),
+    (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "17"], r"a_bits=17: expected an integer bit-width in 2\.\.16"),
+])
+def test_bad_inputs_one_line_errors(capsys, argv, match):
+    import re
+
+    code, out, err = run_cli(capsys, "quantize", *argv, "--quiet")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(match, lines[0]), err
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    ckpt = tmp_path / "deit3.pth"
+    import timm
+
+    torch.save(timm.create_model("deit_tiny_patch16_224", num_classes=3).state_dict(), ckpt)
+    code, _, err = run_cli(capsys, "quantize", "--model", "deit_tiny_patch16_224", "--method", "percentile",
+                           "--w-bits", "4", "--a-bits", "4", "--checkpoint", str(ckpt),
+                           "--data-root", str(tmp_path / "imagenet"), "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"data root {tmp_path / 'imagenet'}: folder not found; expected layout" in err
+    code, _, err = run_cli(capsys, "quantize", "--model", "deit_tiny_patch16_224", "--method", "percentile",
+                           "--w-bits", "4", "--a-bits", "4", "--checkpoint", str(ckpt), "--quiet")
+    assert code == 2 and "needs an ImageNet-layout folder; pass --data-root" in err
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_checkpoint(tmp_path, capsys, content):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(content)
+    rec = tmp_path / "rec.json"
+    code, _, err = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile",
+                           "--w-bits", "4", "--a-bits", "4", "--checkpoint", str(bad), "--record", str(rec), "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"checkpoint {bad}: not a readable torch/safetensors weights file" in err
+    failed = json.loads(rec.read_text())
+    assert failed["status"] == "failed" and failed["error"]["type"] == "CheckpointError"
+
+
+def test_checkpoint_of_wrong_model(tmp_path, capsys):
+    wrong = tmp_path / "swin.pth"
+    torch.save(zoo.ZOO["tiny_swin"].build().state_dict(), wrong)
+    code, _, err = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile",
+                           "--w-bits", "4", "--a-bits", "4", "--checkpoint", str(wrong), "--quiet")
+    assert code == 2 and f"checkpoint {wrong}: does not fit the model" in err
+
+
+def test_console_script_exit_status():
+    """The installed entry point exits non-zero on errors (checked as a real subprocess)."""
+    p = subprocess.run([sys.executable, "-m", "mgrq", "quantize", "--model", "nope", "--method", "percentile",
+                        "--w-bits", "4", "--a-bits", "4"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("error: unknown model 'nope'")
+    p = subprocess.run([sys.executable, "-m", "mgrq", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "quantize" in p.stdout and "methods" in p.stdout

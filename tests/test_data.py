@@ -1,0 +1,102 @@
+"""Data: MNIST-5k split, ImageNet-layout folders of real photos with timm preprocessing, calibration."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from mgrq import data
+from mgrq.errors import DataError
+from mgrq.evaluate import evaluate
+
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry"]
+
+
+def make_image_folder(root: Path, n_classes: int = 3, per_class: int = 2) -> Path:
+    """An ImageNet-layout folder of real photos from skimage.data (train/ and val/)."""
+    import skimage.data
+
+    photos = [getattr(skimage.data, n)() for n in PHOTOS]
+    for split in ("train", "val"):
+        for c in range(n_classes):
+            d = root / split / f"n{c:08d}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                img = photos[(c * per_class + i) % len(photos)]
+                if img.ndim == 2:
+                    img = np.stack([img] * 3, -1)
+                Image.fromarray(img[:, :, :3]).resize((96, 80)).save(d / f"img{i}.JPEG")
+    return root
+
+
+def test_mnist_split_is_fixed_and_disjoint():
+    s = data.mnist_split_indices()
+    assert len(s["train"]) == 4000 and len(s["heldout"]) == 1000
+    assert not set(s["train"].tolist()) & set(s["heldout"].tolist())
+    assert set(s["fit"].tolist()) | set(s["tune"].tolist()) == set(s["train"].tolist())
+    assert torch.equal(s["train"], data.mnist_split_indices()["train"])
+
+
+def test_mnist_bundle_shapes_and_labels():
+    b = data.mnist_bundle()
+    img, label = b.val[0]
+    assert img.shape == (1, 32, 32) and 0 <= label < 10
+    assert len(b.train) == 4000 and len(b.val) == 1000
+    assert abs(float(b.train.images.mean())) < 0.2  # normalized
+    tune = data.mnist_bundle("tune")
+    assert len(tune.train) == 3500 and len(tune.val) == 500
+    assert not set(tune.train_ids) & {f"mnist:{i}" for i in data.mnist_split_indices()["tune"].tolist()}
+
+
+def test_calibration_sampling_is_seeded_and_hashed():
+    b = data.mnist_bundle()
+    a1, a2 = data.sample_calibration(b, 32, 0), data.sample_calibration(b, 32, 0)
+    c = data.sample_calibration(b, 32, 1)
+    assert a1.images.shape == (32, 1, 32, 32)
+    assert a1.ids == a2.ids and a1.ids_hash == a2.ids_hash
+    assert a1.ids_hash != c.ids_hash and len(set(a1.ids)) == 32
+    with pytest.raises(ValueError, match="calib=5000: expected 1..4000"):
+        data.sample_calibration(b, 5000, 0)
+
+
+def test_imagenet_folder_with_real_photos_and_timm_preprocessing(tmp_path):
+    root = make_image_folder(tmp_path / "imnet")
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
+    b = data.imagenet_bundle(root, model, num_classes=3)
+    assert len(b.train) == 6 and len(b.val) == 6
+    img, label = b.val[0]
+    assert img.shape == (3, 224, 224) and label == 0
+    cfg = b.data_config
+    assert cfg["crop_pct"] == model.pretrained_cfg["crop_pct"]
+    assert cfg["interpolation"] == model.pretrained_cfg["interpolation"]
+    assert list(cfg["mean"]) == list(model.pretrained_cfg["mean"])
+    calib = data.sample_calibration(b, 4, 0)
+    assert all(i.startswith("n0000000") for i in calib.ids)  # relative file paths are the ids
+    m = evaluate(model, b.val, batch_size=6, progress=False)
+    assert m["n"] == 6 and 0 <= m["top1"] <= 100
+
+
+def test_imagenet_errors_name_path_and_layout(tmp_path):
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3)
+    with pytest.raises(DataError, match=r"nope: folder not found; expected layout ROOT/train/<class>"):
+        data.imagenet_bundle(tmp_path / "nope", model, 3)
+    root = make_image_folder(tmp_path / "a")
+    import shutil
+
+    shutil.rmtree(root / "val")
+    with pytest.raises(DataError, match=r"a/val: folder not found"):
+        data.imagenet_bundle(root, model, 3)
+    root = make_image_folder(tmp_path / "b")
+    for f in (root / "train" / "n00000001").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match=r"n00000001: class folder has no images"):
+        data.imagenet_bundle(root, model, 3)
+    root = make_image_folder(tmp_path / "c", n_classes=2)
+    with pytest.raises(DataError, match="2 class folders, but the model has 3 outputs"):
+        data.imagenet_bundle(root, model, 3)
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="no class folders"):
+        data.imagenet_bundle(tmp_path / "d", model, 3)

@@ -1,0 +1,220 @@
+"""Quantization primitives: exactness against torch's own fake-quant ops, error vs bits, bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mgrq.quant import functional as QF
+from mgrq.quant.quantizers import LogQuantizer, UniformQuantizer, per_channel, per_group
+
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+@st.composite
+def tensor_case(draw, per_channel_case=False):
+    ndim = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 7), min_size=ndim, max_size=ndim)))
+    bits = draw(st.integers(2, 16))
+    signed = draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * draw(st.sampled_from([0.01, 1.0, 100.0]))
+    qmin, qmax = QF.qrange(bits, signed)
+    n = shape[draw(st.integers(0, ndim - 1))] if per_channel_case else 1
+    scale = torch.rand(n, generator=g) * 0.5 + 1e-3
+    zp = torch.randint(qmin, qmax + 1, (n,), generator=g)
+    return x, bits, signed, scale, zp
+
+
+@SETTINGS
+@given(tensor_case())
+def test_fake_quant_matches_torch_per_tensor(case):
+    x, bits, signed, scale, zp = case
+    qmin, qmax = QF.qrange(bits, signed)
+    ours = QF.fake_quant(x, scale[0], zp[0].float(), qmin, qmax)
+    ref = torch.fake_quantize_per_tensor_affine(x, float(scale[0]), int(zp[0]), qmin, qmax)
+    assert torch.equal(ours, ref)
+
+
+@SETTINGS
+@given(tensor_case(per_channel_case=True), st.data())
+def test_fake_quant_matches_torch_per_channel(case, data):
+    x, bits, signed, _, _ = case
+    axis = data.draw(st.integers(0, x.dim() - 1))
+    qmin, qmax = QF.qrange(bits, signed)
+    c = x.shape[axis]
+    g = torch.Generator().manual_seed(c)
+    scale = torch.rand(c, generator=g) * 0.5 + 1e-3
+    zp = torch.randint(qmin, qmax + 1, (c,), generator=g, dtype=torch.int32)
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    ours = QF.fake_quant(x, scale.view(shape), zp.float().view(shape), qmin, qmax)
+    ref = torch.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax)
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("gran", [None, per_channel(0), per_channel(-1), per_group(0, 4)])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantizer_fused_and_composite_paths_agree(gran, bits):
+    x = torch.randn(8, 6, 12) * 3
+    q = UniformQuantizer(bits, granularity=gran) if gran else UniformQuantizer(bits)
+    q.init_minmax(x)
+    assert q._fast
+    with torch.no_grad():
+        fused = q(x)
+    composite = q(x.clone().requires_grad_(True)).detach()  # grad path -> composite
+    assert torch.equal(fused, composite)
+
+
+def test_group_granularity_equals_repeated_channels():
+    x = torch.randn(12, 5)
+    g = UniformQuantizer(4, granularity=per_group(0, 3))
+    g.init_minmax(x)
+    c = UniformQuantizer(4, granularity=per_channel(0))
+    c.set_params(g.scale.repeat_interleave(4), g.zero_point.repeat_interleave(4))
+    assert torch.equal(g(x), c(x))
+    assert g.scale.shape == (3,)
+
+
+@pytest.mark.parametrize("init", ["init_minmax", "init_percentile", "init_lp_search"])
+@pytest.mark.parametrize("gran", [None, per_channel(0)])
+def test_error_shrinks_as_bits_grow(init, gran):
+    x = torch.randn(16, 256)
+    errors = []
+    for bits in (2, 3, 4, 6, 8, 12):
+        q = UniformQuantizer(bits, granularity=gran) if gran else UniformQuantizer(bits)
+        getattr(q, init)(x)
+        errors.append(float(((q(x) - x) ** 2).mean()))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 1e-5
+
+
+def test_symmetric_signed_zero_point_and_range():
+    x = torch.randn(1000)
+    q = UniformQuantizer(4, signed=True, symmetric=True)
+    q.init_minmax(x)
+    assert float(q.zero_point) == 0.0
+    codes = torch.round(q(x) / q.scale)
+    assert codes.min() >= -8 and codes.max() <= 7
+
+
+@pytest.mark.parametrize("bad", [1, 17, 0, -3, 4.0, True])
+def test_bits_outside_range_name_the_field(bad):
+    with pytest.raises(ValueError, match=r"bits=.*expected an integer bit-width in 2\.\.16"):
+        UniformQuantizer(bad)
+    with pytest.raises(ValueError, match="bits"):
+        LogQuantizer(bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("init", ["init_minmax", "init_percentile", "init_lp_search"])
+def test_nan_inf_input_rejected(bad, init):
+    x = torch.randn(10, 10)
+    x[3, 4] = bad
+    q = UniformQuantizer(4)
+    with pytest.raises(ValueError, match="NaN|Inf"):
+        getattr(q, init)(x)
+    assert not q.initialized
+
+
+@pytest.mark.parametrize("value", [0.0, 2.5, -7.0])
+@pytest.mark.parametrize("init", ["init_minmax", "init_percentile", "init_lp_search"])
+def test_zero_width_ranges(value, init):
+    x = torch.full((4, 9), value)
+    q = UniformQuantizer(4, granularity=per_channel(0))
+    getattr(q, init)(x)
+    assert torch.isfinite(q.scale).all() and (q.scale > 0).all()
+    out = q(x)
+    assert torch.isfinite(out).all()
+    if init == "init_minmax":  # min-max ranges include 0 and the value: both exact
+        assert torch.allclose(out, x, atol=1e-6)
+
+
+def test_quantile_rows_matches_torch_quantile():
+    x = torch.randn(5, 1001)
+    for q in (0.0, 0.001, 0.5, 0.999, 0.99999, 1.0):
+        assert torch.allclose(QF.quantile_rows(x, q), torch.quantile(x, q, dim=1), atol=1e-6)
+
+
+def test_percentile_search_picks_lowest_error_candidate():
+    x = torch.randn(20000)
+    x[:5] = 50.0  # outliers: clipping them must win at 4 bits
+    q = UniformQuantizer(4)
+    q.init_percentile(x)
+    errs = {}
+    for pct in (0.999, 0.9999, 0.99999):
+        c = UniformQuantizer(4)
+        c.init_percentile(x, percentiles=(pct,))
+        errs[pct] = float(((c(x) - x) ** 2).mean())
+    best = min(errs, key=errs.get)
+    c = UniformQuantizer(4)
+    c.init_percentile(x, percentiles=(best,))
+    assert torch.equal(q.scale, c.scale)
+
+
+def test_lsq_gradients():
+    x = torch.randn(64, 32)
+    q = UniformQuantizer(4)
+    q.init_minmax(x)
+    q.learn_scale()
+    assert isinstance(q.scale, torch.nn.Parameter)
+    xr = x.clone().requires_grad_(True)
+    q(xr).pow(2).sum().backward()
+    assert q.scale.grad is not None and float(q.scale.grad.abs()) > 0
+    # straight-through inside the range, zero outside
+    lo = (q.qmin - q.zero_point) * q.scale
+    hi = (q.qmax - q.zero_point) * q.scale
+    inside = (xr > lo + q.scale) & (xr < hi - q.scale)
+    assert torch.allclose(xr.grad[inside], 2 * q(x)[inside])
+    outside = (xr < lo - q.scale) | (xr > hi + q.scale)
+    assert (xr.grad[outside] == 0).all()
+    q.learn_scale(False)
+    assert not isinstance(q.scale, torch.nn.Parameter)
+
+
+def test_lsq_gradient_scale():
+    """LSQ scales the step gradient by 1/sqrt(N * qmax)."""
+    x = torch.randn(10, 40)
+    q = UniformQuantizer(4)
+    q.init_minmax(x)
+    q.learn_scale()
+    q(x).sum().backward()
+    g_scaled = q.scale.grad.clone()
+    s = q.scale.detach().clone().requires_grad_(True)
+    QF.fake_quant(x, s, q.zero_point, q.qmin, q.qmax).sum().backward()
+    assert torch.allclose(g_scaled, s.grad / math.sqrt(x.numel() * q.qmax), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_log2_and_log_sqrt2_closed_forms(bits):
+    d = torch.tensor(0.8)
+    levels = 2**bits
+    for q in range(levels):
+        x = d * 2.0 ** (-q)  # exactly on the log2 grid
+        assert torch.allclose(QF.log2_quant(x.reshape(1), d, bits), x.reshape(1))
+        y = d * 2.0 ** (-q / 2)  # exactly on the log-sqrt2 grid
+        expected = d * 2.0 ** (-math.ceil(q / 2)) * (1 + (q % 2) * (math.sqrt(2) - 1))
+        assert torch.allclose(QF.log_sqrt2_quant(y.reshape(1), d, bits), torch.tensor([expected]), rtol=1e-6)
+    zero = torch.zeros(3)
+    assert (QF.log2_quant(zero, d, bits) == 0).all() and (QF.log_sqrt2_quant(zero, d, bits) == 0).all()
+    tiny = torch.tensor([d * 2.0 ** (-levels - 1)])  # below the smallest code: flushed to 0
+    assert float(QF.log2_quant(tiny, d, bits)) == 0.0
+
+
+def test_log_quantizer_percentile_init_on_softmax():
+    attn = torch.randn(4, 3, 20, 20).softmax(-1)
+    lq = LogQuantizer(4, "sqrt2")
+    lq.init_percentile(attn)
+    err = float(((lq(attn) - attn) ** 2).mean())
+    lq2 = LogQuantizer(4, "2")
+    lq2.init_percentile(attn)
+    assert err < float((attn**2).mean())  # better than quantizing everything to zero
+    assert lq.initialized and lq2.initialized
+
+
+def test_uninitialized_quantizer_raises():
+    with pytest.raises(RuntimeError, match="before initialization"):
+        UniformQuantizer(4)(torch.randn(3))
