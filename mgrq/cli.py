@@ -142,8 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _harness_commands(sub: argparse._SubParsersAction) -> None:
+    from mgrq.runner.commands import register
+
+    register(sub)
+
+
 # Harness commands (suite, mirror, report) add themselves here.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_harness_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

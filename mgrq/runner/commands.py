@@ -1,0 +1,282 @@
+"""Harness subcommands of ``mgrq``: ``suite run|list|status``, ``mirror``, ``report``.
+
+Exit status of ``mgrq suite run``: 0 all cells done; 1 some cells failed (the summary lists
+them); 2 bad input (one line, nothing submitted); 3 the cells are fine but MLflow mirroring
+failed (redo it later with ``mgrq mirror``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_FAILED_CELLS = 1
+EXIT_MIRROR = 3
+
+
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, type=Path,
+                   help="runs folder (default ./runs, or $MGRQ_RUNS); holds the records and the default MLflow store")
+
+
+def _out(args: argparse.Namespace) -> Path:
+    from mgrq.runner.layout import default_out
+
+    return Path(args.out) if args.out else default_out()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("suite", help="run, list or inspect suites (grids of runs)")
+    ssub = p.add_subparsers(dest="suite_command", required=True, metavar="SUITE_COMMAND")
+
+    r = ssub.add_parser("run", help="run (or resume) a suite", description=(
+        "Expand a suite into cells, skip the cells already done, run the rest with an executor, "
+        "mirror the records into MLflow and write the report. Exit status: 0 all done, 1 some "
+        "cells failed, 2 bad input, 3 MLflow mirroring failed (records are safe)."))
+    r.add_argument("suite", help="suite name (see `mgrq suite list`) or path to a suite YAML file")
+    _add_out(r)
+    r.add_argument("--label", default=None, help="run label (default: YYYYMMDD-<git sha>); same label = resume")
+    r.add_argument("--dry-run", action="store_true", help="print the grid and how many cells are done; run nothing")
+    r.add_argument("--only", default=None, metavar="REGEX", help="run only the cells whose id matches REGEX")
+    r.add_argument("--data-root", default=None, help="ImageNet-layout folder (wins over the suite's data.root)")
+    r.add_argument("--checkpoint", action="append", metavar="MODEL=PATH",
+                   help="local weights file for a model (repeatable; wins over the suite's checkpoints)")
+    r.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images (smoke runs)")
+    r.add_argument("--device", default="auto", help="device for the cells: auto (default), cpu, cuda")
+    g = r.add_argument_group("executor (suite executor: defaults < site profile < these flags)")
+    g.add_argument("--executor", choices=("local", "debug", "slurm"), default=None,
+                   help="local (default), debug (in-process) or slurm (job array)")
+    g.add_argument("--profile", default=None,
+                   help="site profile YAML/TOML with slurm/local options (default $MGRQ_SITE_PROFILE)")
+    g.add_argument("--parallelism", type=int, default=None, help="local: jobs side by side")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per job")
+    g.add_argument("--timeout-min", type=int, default=None, help="time limit per job, minutes")
+    g.add_argument("--partition", default=None, help="slurm partition")
+    g.add_argument("--account", default=None, help="slurm account")
+    g.add_argument("--qos", default=None, help="slurm QoS")
+    g.add_argument("--constraint", default=None, help="slurm constraint (e.g. a GPU type)")
+    g.add_argument("--gpus", dest="gpus_per_node", type=int, default=None, help="GPUs per job")
+    g.add_argument("--cpus", dest="cpus_per_task", type=int, default=None, help="slurm CPUs per job")
+    g.add_argument("--mem-gb", type=float, default=None, help="slurm memory per job, GB")
+    g.add_argument("--array-parallelism", type=int, default=None, help="slurm: array tasks at once")
+    g.add_argument("--cells-per-job", type=int, default=None, help="slurm: cells per array task (default 1)")
+    g.add_argument("--slurm-setup", dest="setup", action="append", default=None,
+                   metavar="LINE", help="shell line run before each slurm job (repeatable)")
+    g.add_argument("--slurm-param", dest="additional", action="append", default=None,
+                   metavar="KEY=VALUE", help="any other sbatch option, e.g. gres=gpu:a100:1 (repeatable)")
+    g.add_argument("--pdb", action="store_true", help="debug executor: open pdb when a job crashes")
+    r.add_argument("--no-mirror", action="store_true", help="do not mirror the records into MLflow")
+    r.add_argument("--no-report", action="store_true", help="do not write tables and figures")
+    r.add_argument("--no-pdf", action="store_true", help="do not compile the tables with pdflatex")
+    r.set_defaults(func=cmd_suite_run)
+
+    ls = ssub.add_parser("list", help="list the suite files (name first on each line)")
+    ls.set_defaults(func=cmd_suite_list)
+
+    st = ssub.add_parser("status", help="status of every cell of a suite run")
+    st.add_argument("suite")
+    _add_out(st)
+    st.add_argument("--label", default=None, help="label (default: the newest)")
+    st.set_defaults(func=cmd_suite_status)
+
+    m = sub.add_parser("mirror", help="mirror finished run records into MLflow (idempotent)")
+    _add_out(m)
+    m.add_argument("--suite", default=None, help="only this suite (default: all under --out)")
+    m.add_argument("--label", default=None, help="only this label")
+    m.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite under --out")
+    m.set_defaults(func=cmd_mirror)
+
+    rp = sub.add_parser("report", help="LaTeX/Markdown tables and figures of a suite run",
+                        description="Tables and figures of one label of a suite, or with --compare "
+                                    "the delta table between two labels (nightly runs).")
+    rp.add_argument("suite", help="suite name")
+    _add_out(rp)
+    rp.add_argument("--label", default=None, help="label (default: the newest; 'previous' = the one before)")
+    rp.add_argument("--from", dest="source", choices=("records", "mlflow"), default="records",
+                    help="read the run records (default) or the MLflow store")
+    rp.add_argument("--tracking-uri", default=None, help="with --from mlflow (default: as `mgrq mirror`)")
+    rp.add_argument("--dest", default=None, help="output folder (default <out>/<suite>/<label>/report)")
+    rp.add_argument("--no-published", action="store_true", help="leave out the published reference rows")
+    rp.add_argument("--published-csv", default=None, help="published rows CSV (default reports/published.csv)")
+    rp.add_argument("--no-pdf", action="store_true", help="do not compile the tables with pdflatex")
+    rp.add_argument("--no-figures", action="store_true")
+    rp.add_argument("--compare", nargs=2, metavar=("LABEL_A", "LABEL_B"), default=None,
+                    help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed)")
+    rp.add_argument("--threshold", type=float, default=1.0, help="flag cells whose top-1 moved more (points)")
+    rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when any cell is flagged")
+    rp.set_defaults(func=cmd_report)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _executor_options(args: argparse.Namespace, suite: Any):
+    from mgrq.config import parse_assignments
+    from mgrq.runner import executors as ex
+
+    profile, profile_path = ex.load_profile(args.profile)
+    kind = args.executor or "local"
+    flags = {k: getattr(args, k) for k in ("parallelism", "threads", "timeout_min", "partition",
+                                            "account", "qos", "constraint", "gpus_per_node",
+                                            "cpus_per_task", "mem_gb", "array_parallelism",
+                                            "cells_per_job")}
+    flags["setup"] = tuple(args.setup) if args.setup else None
+    flags["additional"] = parse_assignments(args.additional, "--slurm-param") if args.additional else None
+    flags["device"] = args.device
+    flags["pdb"] = args.pdb or None
+    where = f"{profile_path}: " if profile_path and kind in profile else f"{suite.path}: "
+    return ex.resolve_options(kind, dict(suite.executor), profile, flags, where)
+
+
+def cmd_suite_run(args: argparse.Namespace) -> int:
+    from mgrq.config import parse_assignments
+    from mgrq.runner import driver
+    from mgrq.runner.layout import check_label, default_label
+    from mgrq.runner.suite import load_suite
+
+    out = _out(args)
+    suite = load_suite(args.suite).with_options(
+        data_root=args.data_root, checkpoints=parse_assignments(args.checkpoint, "--checkpoint"),
+        eval_limit=args.eval_limit)
+    opts = _executor_options(args, suite)
+    label = check_label(args.label or default_label())
+    if args.dry_run:
+        root, cells = driver.plan(suite, out, label, opts.device, args.only)
+        driver.print_grid(suite, label, root, cells)
+        print(f"executor: {opts.describe()}")
+        return 0
+    summary = driver.run_suite(suite, out, label, opts, only=args.only)
+    print(summary.line(), flush=True)
+    _print_failures(summary)
+
+    code = summary.exit_code
+    mirror_line, mirror_uri = None, None
+    if not args.no_mirror:
+        from mgrq.tracking import MirrorError, default_uri, mirror
+
+        mirror_uri = default_uri(out)
+        try:
+            res = mirror(out, suite.name, label)
+            mirror_line = res.line()
+        except MirrorError as e:
+            print(f"warning: {e}", file=sys.stderr, flush=True)
+            mirror_line = f"NOT mirrored: {e}"
+            code = code or EXIT_MIRROR
+    rep = None
+    if not args.no_report and (summary.done + summary.skipped) > 0:
+        from reports.build import build_report
+
+        try:
+            rep = build_report(out, suite.name, label, pdf="no" if args.no_pdf else "auto")
+        except Exception as e:  # the cells are done; a report problem must not hide that
+            print(f"warning: report not written: {type(e).__name__}: {e}", file=sys.stderr)
+    _final_summary(summary, rep, mirror_line, mirror_uri)
+    return code
+
+
+def _print_failures(summary: Any) -> None:
+    from mgrq.records import read_record
+
+    for rid in summary.failed:
+        rec = next((read_record(p) for p in summary.root.glob(f"{rid}-*/record.json")), None) or {}
+        err = rec.get("error") or {}
+        print(f"  failed: {rid}: {err.get('type', 'no record')}: {str(err.get('message', ''))[:200]}"
+              f"  (log: {summary.root}/{rid}-{rec.get('hash', '*')}/cell.log)")
+
+
+def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | None) -> None:
+    from mgrq.tracking import ui_command
+
+    print()
+    if rep is not None:
+        print(rep.main_markdown)
+    print(f"== {summary.suite} [{summary.label}] ==")
+    print(f"cells:    {summary.total} total: {summary.done} done now, {summary.skipped} skipped "
+          f"(done before), {len(summary.failed)} failed; wall time {summary.seconds:.0f}s")
+    print(f"records:  {summary.root}/<cell>/record.json")
+    if rep is not None:
+        tables = [p for p in rep.tables if p.suffix in (".tex", ".md")]
+        print(f"tables:   {', '.join(str(p) for p in tables)}")
+        if rep.pdf:
+            print(f"          {rep.pdf} (compiled with pdflatex)")
+        elif rep.pdf_note:
+            print(f"          (no PDF: {rep.pdf_note})")
+        print(f"figures:  {', '.join(str(p) for p in rep.figures if p.suffix == '.png')}")
+        print(f"          (PDF versions beside them; data: {rep.dest / 'results.csv'})")
+    if mirror_line:
+        print(f"MLflow:   {mirror_line}; experiment '{summary.suite}', tag label={summary.label}")
+        if uri and not mirror_line.startswith("NOT"):
+            print(f"          open the UI: {ui_command(uri)}  (then http://127.0.0.1:5000)")
+
+
+def cmd_suite_list(args: argparse.Namespace) -> int:
+    from mgrq.errors import MGRQError
+    from mgrq.runner.suite import list_suites, load_suite
+
+    for path in list_suites():
+        try:
+            s = load_suite(path)
+            n = len(s.specs())
+            print(f"{s.name:22s} {n:4d} cells  {s.description}")
+        except MGRQError as e:
+            print(f"{path.stem:22s}    - cells  NOT RUNNABLE: {e}")
+    return 0
+
+
+def cmd_suite_status(args: argparse.Namespace) -> int:
+    from mgrq.records import read_record
+    from mgrq.runner.layout import resolve_label
+
+    out = _out(args)
+    label = resolve_label(out, args.suite, args.label)
+    root = out.resolve() / args.suite / label
+    meta = read_record(root / "suite.json") or {}
+    counts: dict[str, int] = {}
+    print(f"suite {args.suite} [{label}] -> {root}")
+    for c in meta.get("cells", []):
+        rec = read_record(root / c["dir"] / "record.json") or {}
+        st = rec.get("status", "pending")
+        counts[st] = counts.get(st, 0) + 1
+        m = rec.get("metrics") or {}
+        top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""
+        job = (rec.get("executor") or {}).get("job_id") or ""
+        print(f"  {st:8s} {c['id']:55s} {top1:14s} {job}")
+    print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from mgrq.tracking import mirror
+
+    out = _out(args)
+    if not out.is_dir():
+        from mgrq.errors import ConfigError
+
+        raise ConfigError(f"--out {out}: folder not found (nothing to mirror)")
+    res = mirror(out, args.suite, args.label, args.tracking_uri)
+    print(res.line())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.build import build_compare, build_report
+
+    out = _out(args)
+    if args.compare:
+        cmp, files, md = build_compare(out, args.suite, args.compare[0], args.compare[1],
+                                       args.threshold, args.source, args.tracking_uri, args.dest)
+        print(md)
+        print("written: " + ", ".join(str(f) for f in files))
+        flagged = int(cmp["flag"].isin(["moved", "newly failed"]).sum())
+        return 1 if (args.strict and flagged) else 0
+    published: Any = False if args.no_published else (args.published_csv or True)
+    rep = build_report(out, args.suite, args.label, args.source, args.dest, published,
+                       "no" if args.no_pdf else "auto", args.tracking_uri, not args.no_figures)
+    print(rep.main_markdown)
+    for p in rep.tables + rep.figures + ([rep.pdf] if rep.pdf else []):
+        print(f"written: {p}")
+    if rep.pdf_note:
+        print(f"note: {rep.pdf_note}")
+    return 0

@@ -1,0 +1,378 @@
+"""The suite driver: expand a suite into cells, skip the done ones, submit the rest through an
+executor, wait with progress, write a summary, then mirror the records into MLflow.
+
+The run records on disk are the source of truth; the driver never trusts a job's return value
+for a result. A job that ends without finishing its cells (killed, out of memory, node lost)
+leaves their records ``running`` or missing: the driver marks them ``failed`` (``JobLost``)
+with the tail of the job's log, and rerunning the suite redoes them (and only them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mgrq import records
+from mgrq.errors import ConfigError
+from mgrq.runner import executors as ex
+from mgrq.runner.layout import Cell, append_event, cell_for, label_dir
+from mgrq.runner.suite import Suite
+
+TERMINAL = ("done", "failed")
+
+
+@dataclass
+class Summary:
+    suite: str
+    label: str
+    root: Path
+    total: int
+    skipped: int = 0  # done before this run started
+    done: int = 0  # finished during this run
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    executor: str = "local"
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def line(self) -> str:
+        return (f"suite {self.suite} [{self.label}]: {self.total} cells: {self.done} done, "
+                f"{self.skipped} skipped (done before), {len(self.failed)} failed "
+                f"in {self.seconds:.0f}s ({self.executor})")
+
+
+def plan(suite: Suite, out: Path, label: str, device: str = "auto",
+         only: str | None = None) -> tuple[Path, list[Cell]]:
+    """The label folder and the cells of the grid (optionally those whose id matches ``only``)."""
+    specs = suite.specs(device)
+    if only:
+        try:
+            pat = re.compile(only)
+        except re.error as e:
+            raise ConfigError(f"--only {only!r}: not a valid regular expression ({e})") from None
+        specs = [s for s in specs if pat.search(s.run_id)]
+        if not specs:
+            raise ConfigError(f"--only {only!r}: matches none of the {len(suite.specs())} cells of {suite.name}")
+    root = label_dir(out, suite.name, label)
+    return root, [cell_for(root, s) for s in specs]
+
+
+def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Counter:
+    """The dry-run view: one line per cell with its status, then the counts."""
+    counts: Counter = Counter()
+    print(f"suite {suite.name} ({suite.path}) label {label} -> {root}")
+    for c in cells:
+        st = c.status()
+        counts[st] += 1
+        extra = ""
+        if st == "done":
+            m = (c.record() or {}).get("metrics", {})
+            extra = f"top-1 {m.get('top1', float('nan')):.2f}"
+        print(f"  {st:8s} {c.run_id:55s} {c.hash}  {extra}")
+    print(f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, "
+          f"{counts['running']} running/interrupted, {counts['pending']} not started"
+          f" -> {len(cells) - counts['done']} to run")
+    return counts
+
+
+@contextlib.contextmanager
+def label_lock(root: Path):
+    """One driver per suite label at a time."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".driver.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise ConfigError(f"{root}: another driver is running this suite label ({f.read().strip()}); "
+                              "wait for it or use another --label") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {__import__('os').getpid()} on {records.host()} since {records.now()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_suite_json(suite: Suite, label: str, root: Path, cells: list[Cell], opts: ex.ExecutorOptions) -> None:
+    path = root / "suite.json"
+    prev = records.read_record(path) or {}
+    invocations = list(prev.get("invocations", []))
+    invocations.append({"time": records.now(), "executor": opts.describe(), "cells": len(cells),
+                        "host": records.host(), "git_sha": records.git_sha(), "argv": sys.argv})
+    records.write_record(path, {
+        "suite": suite.name, "label": label, "file": str(suite.path),
+        "description": suite.description, "command": suite.command,
+        "created": prev.get("created") or records.now(),
+        "models": list(suite.models), "bits": [f"W{w}A{a}" for w, a in suite.bits],
+        "methods": [m.name for m in suite.methods], "seeds": list(suite.seeds),
+        "ablation": list(suite.ablation), "caption": suite.caption,
+        "cells": [{"id": c.run_id, "hash": c.hash, "dir": c.dir.name} for c in cells],
+        "invocations": invocations,
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# Waiting for jobs
+# --------------------------------------------------------------------------------------------
+
+
+class SlurmQueue:
+    """Which submitted SLURM jobs are still queued or running (``squeue``), so the driver also
+    works on clusters without accounting (where sacct, and submitit's job state, say UNKNOWN)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s, self.last, self.live, self.gone_since = every_s, 0.0, set(), {}
+
+    def refresh(self, job_ids: list[str]) -> None:
+        if time.time() - self.last < self.every_s:
+            return
+        self.last = time.time()
+        arrays = sorted({j.split("_")[0] for j in job_ids})
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(arrays)],
+                                 capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return  # keep the previous view
+        if out.returncode != 0 and "Invalid job id" not in out.stderr:
+            return
+        self.live = set(out.stdout.split())
+        now = time.time()
+        for j in job_ids:
+            if j in self.live:
+                self.gone_since.pop(j, None)
+            else:
+                self.gone_since.setdefault(j, now)
+
+    def gone(self, job_id: str, grace_s: float = 12.0) -> bool:
+        t = self.gone_since.get(job_id)
+        return t is not None and time.time() - t >= grace_s
+
+
+def _job_finished(job: Any, kind: str, queue: SlurmQueue | None) -> bool:
+    if kind != "slurm":
+        return bool(job.done())
+    if job.paths.result_pickle.exists():
+        return True
+    assert queue is not None
+    return queue.gone(job.job_id)
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str) -> int:
+    """Cells of a finished job that have no terminal record become ``failed`` (JobLost)."""
+    from mgrq.spec import RunSpec
+
+    lost = 0
+    for c in cells:
+        rec = c.record()
+        if rec is not None and rec.get("status") in TERMINAL:
+            continue
+        tail = _tail(Path(job.paths.stderr)) or _tail(Path(job.paths.stdout))
+        state = "unknown"
+        with contextlib.suppress(Exception):
+            state = job.state
+        spec = RunSpec.from_dict(c.spec)
+        failed = {
+            "schema": records.SCHEMA, "id": spec.run_id, "hash": spec.content_hash,
+            "status": "failed", "spec": spec.to_dict(),
+            "error": {"type": "JobLost", "user_error": False,
+                      "message": f"job {job.job_id} ({kind}, state {state}) ended before this cell finished",
+                      "traceback": tail},
+            "executor": {**((rec or {}).get("executor") or {}), "name": kind, "job_id": job.job_id},
+            "suite": suite_meta, "versions": records.versions(), "git_sha": records.git_sha(),
+            "host": records.host(), "started": (rec or {}).get("started"), "finished": records.now(),
+        }
+        records.write_record(c.record_path, failed)
+        append_event(c, "lost", job_id=job.job_id)
+        lost += 1
+    return lost
+
+
+def _progress_line(i: int, n: int, c: Cell, rec: dict[str, Any]) -> str:
+    if rec.get("status") == "done":
+        m, t = rec.get("metrics", {}), rec.get("timings", {})
+        return (f"[{i}/{n}] done   {c.run_id}: top-1 {m.get('top1', float('nan')):6.2f} "
+                f"(FP {m.get('fp_top1', float('nan')):.2f}) in {t.get('total_s', 0):.1f}s")
+    err = rec.get("error", {})
+    return f"[{i}/{n}] FAILED {c.run_id}: {err.get('type')}: {str(err.get('message', ''))[:160]}"
+
+
+def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.ExecutorOptions,
+                    jobs_dir: Path, poll_s: float = 1.0) -> None:
+    """Submit ``cells`` with the executor of ``opts`` and wait until every job has finished,
+    printing one line per finished cell."""
+    from mgrq.runner.jobs import CellJob
+
+    n = len(cells)
+    kind = opts.kind
+    print(f"submitting {n} cell(s) with the {kind} executor", flush=True)
+    groups: list[list[Cell]]
+    if kind == "debug":
+        import submitit
+
+        groups = [cells]
+        threads = opts.threads or ex.cpu_count()
+        executor = submitit.DebugExecutor(folder=str(jobs_dir))
+        job = executor.submit(CellJob(cells, suite_meta, kind, threads))
+        with _patched_post_mortem(enabled=opts.pdb):
+            try:
+                job.result()
+            except Exception as e:  # a crash outside the cells (they record their own errors)
+                print(f"debug job crashed: {type(e).__name__}: {e}", file=sys.stderr)
+        mark_lost(cells, job, suite_meta, kind)
+        for i, c in enumerate(cells, 1):
+            print(_progress_line(i, n, c, c.record() or {}), flush=True)
+        return
+
+    jobs: list[tuple[Any, list[Cell]]] = []
+    if kind == "local":
+        import submitit
+
+        n_jobs, threads = ex.local_plan(opts, n)
+        groups = ex.chunk(cells, n_jobs)
+        print(f"local: {len(groups)} job(s) side by side, {threads} torch thread(s) each", flush=True)
+        executor = submitit.LocalExecutor(folder=str(jobs_dir), max_num_timeout=opts.max_num_timeout)
+        gpus = _visible_gpus() if opts.gpus_per_node is None else list(range(opts.gpus_per_node))
+        for i, g in enumerate(groups):
+            params: dict[str, Any] = {"timeout_min": opts.timeout_min}
+            if gpus:
+                params.update(gpus_per_node=1, visible_gpus=[gpus[i % len(gpus)]])
+            executor.update_parameters(**params)
+            jobs.append((executor.submit(CellJob(g, suite_meta, kind, threads)), g))
+    else:
+        from submitit.helpers import clean_env
+
+        groups = [cells[i:i + opts.cells_per_job] for i in range(0, n, opts.cells_per_job)]
+        threads = ex.slurm_threads(opts)
+        executor = ex.slurm_executor(jobs_dir, opts, f"mgrq-{suite_meta['name']}")
+        # clean_env: a driver inside an sbatch job must not leak its SLURM_* settings
+        with clean_env(), executor.batch():
+            pending = [executor.submit(CellJob(g, suite_meta, kind, threads)) for g in groups]
+        jobs = list(zip(pending, groups))
+        print(f"slurm: job array {jobs[0][0].job_id.split('_')[0]} with {len(jobs)} task(s), "
+              f"at most {opts.array_parallelism} at once, {threads} CPU thread(s) each", flush=True)
+
+    queue = SlurmQueue() if kind == "slurm" else None
+    reported: set[str] = set()
+    running = list(jobs)
+    k = 0
+    try:
+        while True:
+            if queue is not None:
+                queue.refresh([j.job_id for j, _ in running])
+            still = []
+            for job, group in running:
+                if _job_finished(job, kind, queue):
+                    mark_lost(group, job, suite_meta, kind)
+                else:
+                    still.append((job, group))
+            running = still
+            for c in cells:
+                if c.run_id in reported:
+                    continue
+                rec = c.record()
+                if rec is not None and rec.get("status") in TERMINAL:
+                    k += 1
+                    reported.add(c.run_id)
+                    print(_progress_line(k, n, c, rec), flush=True)
+            if not running:
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        if kind == "local":
+            for job, _ in running:
+                with contextlib.suppress(Exception):
+                    job.cancel(check=False)
+            print("interrupted: local jobs cancelled; rerun the suite to resume", file=sys.stderr)
+        else:
+            ids = " ".join(j.job_id for j, _ in running)
+            print(f"interrupted: the SLURM jobs keep running ({ids}); `scancel` them, or wait and "
+                  "rerun the suite to collect and resume", file=sys.stderr)
+        raise
+
+
+@contextlib.contextmanager
+def _patched_post_mortem(enabled: bool):
+    """submitit's DebugExecutor calls pdb.post_mortem on a crash: only do that with ``--pdb``
+    and a terminal, never in a batch run or a test."""
+    import pdb
+
+    orig = pdb.post_mortem
+    if not (enabled and sys.stdin.isatty()):
+        pdb.post_mortem = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pdb.post_mortem = orig  # type: ignore[assignment]
+
+
+def _visible_gpus() -> list[int]:
+    import torch
+
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
+              only: str | None = None, poll_s: float = 1.0) -> Summary:
+    """Run (or resume) ``suite`` under ``out/<suite>/<label>`` and return its summary.
+
+    Done cells are skipped; everything else (not started, interrupted, failed) runs."""
+    t0 = time.time()
+    root, cells = plan(suite, out, label, opts.device, only)
+    with label_lock(root):
+        todo = [c for c in cells if c.status() != "done"]
+        summary = Summary(suite.name, label, root, len(cells), skipped=len(cells) - len(todo),
+                          executor=opts.kind)
+        write_suite_json(suite, label, root, cells, opts)
+        suite_meta = {"name": suite.name, "label": label, "file": str(suite.path)}
+        print(f"suite {suite.name} [{label}]: {len(cells)} cells, {summary.skipped} done before, "
+              f"{len(todo)} to run -> {root}", flush=True)
+        if todo:
+            submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s)
+        for c in todo:
+            rec = c.record() or {}
+            if rec.get("status") == "done":
+                summary.done += 1
+            else:
+                summary.failed.append(c.run_id)
+        summary.seconds = time.time() - t0
+        records.write_record(root / "summary.json", {
+            "suite": suite.name, "label": label, "finished": records.now(), "cells": len(cells),
+            "done": summary.done, "skipped": summary.skipped, "failed": summary.failed,
+            "seconds": round(summary.seconds, 1), "executor": opts.describe(),
+        })
+    return summary
+
+
+def status_rows(root: Path, cells: list[Cell]) -> list[dict[str, Any]]:
+    rows = []
+    for c in cells:
+        rec = c.record() or {}
+        rows.append({"id": c.run_id, "status": rec.get("status", "pending"),
+                     "top1": rec.get("metrics", {}).get("top1"),
+                     "job": (rec.get("executor") or {}).get("job_id")})
+    return rows
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,234 @@
+"""Executors (through submitit) and site profiles.
+
+- ``local`` (default): the cells are split into ``parallelism`` jobs that run side by side, each
+  running its cells one after the other with ``threads`` torch threads (default: up to 4 jobs,
+  the CPU cores shared between them), so a 2-core laptop runs 2 jobs x 1 thread.
+- ``debug``: everything in this process (for a debugger; ``--pdb`` opens pdb on a job crash).
+- ``slurm``: one job array, ``cells_per_job`` cells per array task (default 1), at most
+  ``array_parallelism`` tasks at once. Partition, account, QoS, constraint, GPUs, CPUs, memory,
+  time and setup lines come from a site profile (``--profile FILE`` or ``MGRQ_SITE_PROFILE``)
+  and flags; nothing is hard-coded.
+
+Precedence: the suite's ``executor:`` defaults < the site profile < command-line flags.
+
+A site profile (YAML or TOML) has one section per executor::
+
+    slurm:
+      partition: gpu
+      account: my-lab
+      qos: normal
+      gpus_per_node: 1
+      cpus_per_task: 8
+      mem_gb: 64
+      timeout_min: 240
+      array_parallelism: 16
+      setup: ["module load cuda/12.4"]        # lines run before the job starts
+      additional: {gres: "gpu:a100:1"}        # any other sbatch option
+    local:
+      parallelism: 2
+      threads: 1
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mgrq.errors import ConfigError
+
+KINDS = ("local", "debug", "slurm")
+PROFILE_ENV = "MGRQ_SITE_PROFILE"
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """How a suite's cells are run. ``None`` means: the executor's default."""
+
+    kind: str = "local"
+    parallelism: int | None = None  # local: jobs side by side (default min(4, cores, cells))
+    threads: int | None = None  # torch threads per job (local default cores // parallelism;
+    #                             slurm default cpus_per_task)
+    timeout_min: int = 720
+    cells_per_job: int = 1  # slurm: cells per array task
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    array_parallelism: int = 32
+    setup: tuple[str, ...] = ()
+    additional: tuple[tuple[str, Any], ...] = ()
+    max_num_timeout: int = 3  # requeues after a timeout (checkpointable jobs)
+    device: str = "auto"
+    pdb: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"executor {self.kind!r}: expected one of {', '.join(KINDS)}")
+        for f in ("parallelism", "threads", "gpus_per_node", "cpus_per_task"):
+            v = getattr(self, f)
+            lo = 0 if f == "gpus_per_node" else 1
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+                raise ConfigError(f"executor option {f}={v!r}: expected an integer >= {lo}")
+        for f in ("cells_per_job", "array_parallelism", "max_num_timeout"):
+            v = getattr(self, f)
+            lo = 0 if f == "max_num_timeout" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"executor option {f}={v!r}: expected an integer >= {lo}")
+        if isinstance(self.timeout_min, bool) or not isinstance(self.timeout_min, int) or self.timeout_min < 1:
+            raise ConfigError(f"executor option timeout_min={self.timeout_min!r}: expected minutes >= 1")
+        if self.kind == "slurm" and self.timeout_min < 5:
+            raise ConfigError(
+                f"executor option timeout_min={self.timeout_min}: expected >= 5 for slurm "
+                "(submitit asks for the preemption signal 90 s before the time limit)"
+            )
+        if self.mem_gb is not None and (isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, int | float) or self.mem_gb <= 0):
+            raise ConfigError(f"executor option mem_gb={self.mem_gb!r}: expected a positive number")
+        for f in ("partition", "account", "qos", "constraint"):
+            v = getattr(self, f)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise ConfigError(f"executor option {f}={v!r}: expected a non-empty string")
+        object.__setattr__(self, "setup", tuple(str(s) for s in self.setup))
+        object.__setattr__(self, "additional", tuple(sorted((str(k), v) for k, v in dict(self.additional).items())))
+
+    def describe(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) not in (None, (), False) or f.name == "kind"}
+
+
+OPTION_NAMES = tuple(f.name for f in fields(ExecutorOptions) if f.name not in ("kind", "pdb"))
+
+
+def load_profile(path: str | os.PathLike | None = None) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Read a site profile (``path``, else ``$MGRQ_SITE_PROFILE``, else none): ``{kind: options}``."""
+    where = path or os.environ.get(PROFILE_ENV)
+    if not where:
+        return {}, None
+    p = Path(where).expanduser()
+    if not p.is_file():
+        src = "--profile" if path else PROFILE_ENV
+        raise ConfigError(f"site profile {p} ({src}): file not found")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            doc: Any = tomllib.loads(text)
+        else:
+            import yaml
+
+            doc = yaml.safe_load(text)
+    except Exception as e:
+        raise ConfigError(f"site profile {p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'} ({e})".replace("\n", " ")) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"site profile {p}: expected a mapping with sections {', '.join(KINDS)}")
+    out: dict[str, dict[str, Any]] = {}
+    for kind, section in doc.items():
+        if kind not in KINDS:
+            raise ConfigError(f"site profile {p}: section {kind!r}: expected one of {', '.join(KINDS)}")
+        if not isinstance(section, dict):
+            raise ConfigError(f"site profile {p}: section {kind}: expected a mapping of options")
+        for k in section:
+            if k not in OPTION_NAMES:
+                raise ConfigError(f"site profile {p}: {kind}.{k}: unknown option; expected one of {', '.join(OPTION_NAMES)}")
+        out[kind] = dict(section)
+    return out, str(p)
+
+
+def resolve_options(kind: str, suite_defaults: dict[str, Any], profile: dict[str, dict[str, Any]],
+                    flags: dict[str, Any], where: str = "") -> ExecutorOptions:
+    """Suite defaults < site profile section of ``kind`` < flags (``None`` flags are unset)."""
+    if kind not in KINDS:
+        raise ConfigError(f"--executor {kind!r}: expected one of {', '.join(KINDS)}")
+    merged: dict[str, Any] = {}
+    merged.update(suite_defaults)
+    merged.update(profile.get(kind, {}))
+    merged.update({k: v for k, v in flags.items() if v is not None and v != () and v != {}})
+    if "setup" in merged:
+        s = merged["setup"]
+        merged["setup"] = (s,) if isinstance(s, str) else tuple(s)
+    if "additional" in merged:
+        a = merged["additional"]
+        if not isinstance(a, dict | tuple | list):
+            raise ConfigError(f"{where}executor option additional: expected a mapping of sbatch options")
+        merged["additional"] = tuple(dict(a).items())
+    try:
+        return ExecutorOptions(kind=kind, **merged)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
+    except TypeError as e:
+        raise ConfigError(f"{where}executor options: {e}") from None
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def local_plan(opts: ExecutorOptions, n_cells: int) -> tuple[int, int]:
+    """``(jobs, threads per job)`` for the local executor."""
+    cores = cpu_count()
+    jobs = opts.parallelism or min(4, cores)
+    jobs = max(1, min(jobs, n_cells))
+    threads = opts.threads or max(1, cores // jobs)
+    return jobs, threads
+
+
+def chunk(items: list[Any], n: int) -> list[list[Any]]:
+    """Split ``items`` into ``n`` contiguous, nearly equal chunks (cells of one model stay
+    together, so a job evaluates each FP model once)."""
+    n = max(1, min(n, len(items)))
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def slurm_executor(folder: Path, opts: ExecutorOptions, job_name: str):
+    """A submitit ``SlurmExecutor`` with the options of ``opts`` (no site value hard-coded)."""
+    import submitit
+
+    ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=opts.max_num_timeout)
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "time": opts.timeout_min,
+        "cpus_per_task": opts.cpus_per_task or opts.threads or 1,
+        "array_parallelism": opts.array_parallelism,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+    }
+    for k in ("partition", "account", "qos", "constraint"):
+        if getattr(opts, k):
+            params[k] = getattr(opts, k)
+    if opts.gpus_per_node:
+        params["gpus_per_node"] = opts.gpus_per_node
+    if opts.mem_gb:
+        params["mem"] = f"{int(round(opts.mem_gb * 1024))}MB"
+    if opts.setup:
+        params["setup"] = list(opts.setup)
+    if opts.additional:
+        params["additional_parameters"] = dict(opts.additional)
+    try:
+        ex.update_parameters(**params)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"slurm executor options: {e}".replace("\n", " ")) from None
+    return ex
+
+
+def slurm_threads(opts: ExecutorOptions) -> int:
+    return opts.threads or opts.cpus_per_task or 1
+
+
+def with_kind(opts: ExecutorOptions, kind: str) -> ExecutorOptions:
+    return replace(opts, kind=kind)

@@ -1,0 +1,147 @@
+"""What runs inside a job: a list of cells, executed one after the other.
+
+A job receives paths and spec dicts, never models. Each cell is a pure function of its spec:
+``mgrq.run.execute`` -> record, written atomically. A cell that raises becomes a ``failed``
+record with its traceback and the job goes on with the next cell. A cell whose record already
+says ``done`` is skipped, which is what makes jobs checkpointable: a preempted or requeued job
+(SLURM ``scontrol requeue``, a timeout, a USR2 preemption signal) starts again from the same
+pickled :class:`CellJob`, skips the finished cells and redoes only the interrupted one.
+Compute nodes never talk to MLflow; the driver mirrors the records afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from mgrq import records
+from mgrq.runner.layout import Cell, append_event
+
+
+class _Tee(io.TextIOBase):
+    """Write to a file and to the job's own stream (so submitit's log has it too)."""
+
+    def __init__(self, *streams: Any):
+        self.streams = streams
+
+    def write(self, s: str) -> int:
+        for st in self.streams:
+            st.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        for st in self.streams:
+            st.flush()
+
+
+def executor_info(kind: str, threads: int) -> dict[str, Any]:
+    """Where this cell runs: executor, job ids (SLURM array ids), host, restart count."""
+    info: dict[str, Any] = {"name": kind, "threads": threads, "host": records.host(), "pid": os.getpid()}
+    try:
+        from submitit import JobEnvironment
+
+        env = JobEnvironment()
+        info.update(job_id=env.job_id, array_job_id=env.array_job_id,
+                    array_task_id=env.array_task_id)
+    except Exception:  # not inside a submitit job (a plain function call)
+        info["job_id"] = None
+    if kind == "slurm":
+        info.update(
+            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+            slurm_array_job_id=os.environ.get("SLURM_ARRAY_JOB_ID"),
+            slurm_array_task_id=os.environ.get("SLURM_ARRAY_TASK_ID"),
+            slurm_partition=os.environ.get("SLURM_JOB_PARTITION"),
+            slurm_restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+        )
+    return info
+
+
+def set_thread_budget(threads: int) -> None:
+    """Give this process ``threads`` CPU threads (before torch starts its pools)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only allowed before the first parallel region
+        torch.set_num_interop_threads(1)
+
+
+def run_cell(cell: Cell, suite: dict[str, Any], kind: str, threads: int,
+             fp_cache: dict | None = None) -> dict[str, Any]:
+    """Run one cell unless its record says ``done``; returns ``{id, status, seconds}``."""
+    prev = cell.record()
+    if prev is not None and prev.get("status") == "done":
+        print(f"[cell] {cell.run_id}: done before, skipped", flush=True)
+        return {"id": cell.run_id, "status": "skipped", "seconds": 0.0}
+
+    from mgrq.run import execute, failed_record
+    from mgrq.spec import RunSpec
+
+    spec = RunSpec.from_dict(cell.spec)
+    started = records.now()
+    info = executor_info(kind, threads)
+    head = {"schema": records.SCHEMA, "id": spec.run_id, "hash": spec.content_hash,
+            "status": "running", "spec": spec.to_dict(), "started": started,
+            "executor": info, "suite": suite}
+    records.write_record(cell.record_path, head)
+    append_event(cell, "start", job_id=info.get("job_id"), host=info["host"],
+                 restart=info.get("slurm_restart_count", 0))
+    t0 = time.perf_counter()
+    (cell.dir / "work").mkdir(exist_ok=True)
+    with open(cell.log_path, "a") as log:
+        log.write(f"=== {started} {spec.run_id} on {info['host']} (job {info.get('job_id')}) ===\n")
+        log.flush()
+        tee_out, tee_err = _Tee(log, sys.stdout), _Tee(log, sys.stderr)
+        with contextlib.redirect_stdout(tee_out), contextlib.redirect_stderr(tee_err):  # type: ignore[type-var]
+            print(f"[cell] {spec.run_id}: start ({spec.content_hash})", flush=True)
+            try:
+                rec = execute(spec, progress=False, workdir=str(cell.dir / "work"), fp_cache=fp_cache)
+            except Exception as e:  # recorded; the rest of the grid goes on
+                rec = failed_record(spec, e, started)
+                print(rec["error"]["traceback"], file=sys.stderr, flush=True)
+            seconds = time.perf_counter() - t0
+            rec["executor"] = info
+            rec["suite"] = suite
+            if rec["status"] == "done":
+                m = rec["metrics"]
+                print(f"[cell] {spec.run_id}: done, top-1 {m['top1']:.2f} "
+                      f"(FP {m['fp_top1']:.2f}) in {seconds:.1f}s", flush=True)
+            else:
+                print(f"[cell] {spec.run_id}: FAILED ({rec['error']['type']}: "
+                      f"{rec['error']['message'][:200]})", flush=True)
+    records.write_record(cell.record_path, rec)
+    append_event(cell, rec["status"], job_id=info.get("job_id"), seconds=round(seconds, 2))
+    return {"id": cell.run_id, "status": rec["status"], "seconds": seconds}
+
+
+class CellJob(Checkpointable):
+    """A submitit job: run ``cells`` in order with a torch thread budget.
+
+    ``checkpoint`` (called by submitit on preemption or timeout) resubmits the job unchanged:
+    the finished cells are on disk and are skipped when it starts again.
+    """
+
+    def __init__(self, cells: list[Cell], suite: dict[str, Any], kind: str, threads: int):
+        self.cells = [Cell(c.run_id, c.hash, Path(c.dir), dict(c.spec)) for c in cells]
+        self.suite = dict(suite)
+        self.kind = kind
+        self.threads = int(threads)
+
+    def __call__(self) -> list[dict[str, Any]]:
+        set_thread_budget(self.threads)
+        fp_cache: dict = {}  # FP accuracy shared by the cells of one model within this job
+        return [run_cell(c, self.suite, self.kind, self.threads, fp_cache) for c in self.cells]
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        done = sum(c.status() == "done" for c in self.cells)
+        print(f"[job] checkpoint: {done}/{len(self.cells)} cells done; the requeued job skips them",
+              flush=True)
+        return DelayedSubmission(self, *args, **kwargs)

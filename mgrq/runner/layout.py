@@ -1,0 +1,156 @@
+"""Where a suite run lives on disk. Torch-free.
+
+    <out>/                                   default ./runs (``--out``)
+      mlflow.db, mlartifacts/                the default MLflow store (sqlite, no server)
+      <suite>/<label>/                       one run of a suite (label: date + git sha)
+        suite.json                           the suite as run: file, options, specs, created
+        summary.json                         counts after the driver finished
+        jobs/                                submitit folders (pickles, job stdout/stderr)
+        report/                              tables and figures of this label
+        <run_id>-<hash>/                     one cell
+          record.json                        the run record (status running|done|failed)
+          cell.log                           everything the cell printed
+          events.jsonl                       start/done/failed events, one line each (append-only)
+          work/                              scratch for methods with resumable state
+
+A cell whose ``record.json`` says ``done`` is skipped when the suite is run again (resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mgrq import records
+from mgrq.errors import ConfigError
+
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def default_label() -> str:
+    """``YYYYMMDD-<sha7>`` (local date, the source tree's git commit; ``-dirty`` when it has
+    uncommitted changes, ``nogit`` outside a git checkout)."""
+    sha = records.git_sha()
+    day = datetime.now().strftime("%Y%m%d")
+    if not sha:
+        return f"{day}-nogit"
+    return f"{day}-{sha[:7]}" + ("-dirty" if sha.endswith("+dirty") else "")
+
+
+def check_label(label: str) -> str:
+    if not LABEL_RE.match(label):
+        raise ConfigError(f"--label {label!r}: expected letters, digits, '.', '_', '+', '-'")
+    return label
+
+
+def default_out() -> Path:
+    return Path(os.environ.get("MGRQ_RUNS", "runs"))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a suite run: its spec (as a dict, torch-free) and its folder."""
+
+    run_id: str
+    hash: str
+    dir: Path
+    spec: dict[str, Any]
+
+    @property
+    def record_path(self) -> Path:
+        return self.dir / "record.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "cell.log"
+
+    @property
+    def events_path(self) -> Path:
+        return self.dir / "events.jsonl"
+
+    def record(self) -> dict[str, Any] | None:
+        return records.read_record(self.record_path)
+
+    def status(self) -> str:
+        """``done`` | ``failed`` | ``running`` (a record says so) | ``pending`` (no record)."""
+        rec = self.record()
+        return str(rec.get("status")) if rec else "pending"
+
+
+def label_dir(out: Path, suite: str, label: str) -> Path:
+    return Path(out).resolve() / suite / label
+
+
+def cell_for(label_root: Path, spec: Any) -> Cell:
+    """The cell of ``spec`` (a :class:`~mgrq.spec.RunSpec`) under a label folder."""
+    return Cell(spec.run_id, spec.content_hash, label_root / f"{spec.run_id}-{spec.content_hash}",
+                spec.to_dict())
+
+
+def append_event(cell: Cell, event: str, **info: Any) -> None:
+    """Append one line to the cell's event log (O_APPEND: safe across requeues)."""
+    cell.dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"event": event, "time": records.now(), **info}, default=str)
+    with open(cell.events_path, "a") as f:
+        f.write(line + "\n")
+
+
+def read_events(cell_dir: Path) -> list[dict[str, Any]]:
+    path = Path(cell_dir) / "events.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def labels(out: Path, suite: str) -> list[str]:
+    """Labels of a suite's runs under ``out``, oldest first (by the time recorded in
+    ``suite.json``, else the folder's modification time)."""
+    root = Path(out).resolve() / suite
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        if not d.is_dir() or not LABEL_RE.match(d.name):
+            continue
+        meta = records.read_record(d / "suite.json") or {}
+        found.append((str(meta.get("created") or ""), d.stat().st_mtime, d.name))
+    return [name for _, _, name in sorted(found)]
+
+
+def resolve_label(out: Path, suite: str, label: str | None) -> str:
+    """``None``/``latest`` -> the newest label, ``previous`` -> the one before it, else itself."""
+    all_labels = labels(out, suite)
+    if label in (None, "latest", "previous"):
+        need = 2 if label == "previous" else 1
+        if len(all_labels) < need:
+            raise ConfigError(
+                f"suite {suite}: {'no' if not all_labels else 'only one'} run under "
+                f"{Path(out).resolve() / suite}; expected at least {need} (run `mgrq suite run {suite}`)"
+            )
+        return all_labels[-need]
+    if label not in all_labels:
+        from mgrq.errors import unknown
+
+        raise unknown(f"label of suite {suite}", label, all_labels)
+    return label
+
+
+def records_under(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every readable cell record under a label folder (or any folder above cells)."""
+    out = []
+    for path in sorted(Path(root).glob("**/record.json")):
+        rec = records.read_record(path)
+        if rec is not None and "id" in rec and "spec" in rec:
+            out.append((path, rec))
+    return out

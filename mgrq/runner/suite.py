@@ -1,0 +1,425 @@
+"""Suites: declarative grid files (``suites/<name>.yaml``) validated into frozen run specs.
+
+A suite is models x bit-widths x methods (with named variants) x seeds, plus calibration
+settings, data location, per-method overrides and executor defaults::
+
+    name: imagenet-w4a4
+    description: the RepQ-ViT table at W4/A4
+    command: nox -s suite-imagenet-w4a4 -- --data-root /path/to/imagenet
+    models: [vit_small_patch16_224, deit_tiny_patch16_224]
+    bits: [W4A4]
+    methods:
+      - percentile                                   # a registered method
+      - {name: percentile, variant: percentile-minmax, config: {act_init: minmax}}
+    seeds: [0]
+    calibration: {n: 32}                             # null: each method's default
+    data: {root: null, eval_split: heldout}          # --data-root wins
+    checkpoints: {deit_tiny_patch16_224: /weights/deit_tiny.pth}
+    overrides: {percentile: {calib: 64}}             # per method or variant name
+    eval_limit: null
+    executor: {timeout_min: 240, cpus_per_task: 8, gpus_per_node: 1}
+    report: {ablation: [percentile, percentile-minmax]}
+
+A malformed file raises :class:`~mgrq.errors.ConfigError` (or ``UnknownNameError``) with one line
+naming the file, the field and what was expected, before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mgrq.errors import ConfigError, DataError, MGRQError, UnknownNameError
+from mgrq.spec import RunSpec, parse_bits
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+TOP_FIELDS = (
+    "name", "description", "command", "models", "bits", "methods", "seeds", "calibration",
+    "data", "checkpoints", "overrides", "eval_limit", "image_bits", "bits_overrides",
+    "executor", "report",
+)
+METHOD_FIELDS = ("name", "variant", "config", "calib", "image_bits", "bits_overrides")
+OVERRIDE_FIELDS = ("calib", "config", "image_bits", "bits_overrides")
+EXECUTOR_FIELDS = (
+    "parallelism", "threads", "timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb",
+    "array_parallelism", "partition", "account", "qos", "constraint",
+)
+REPORT_FIELDS = ("ablation", "caption")
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One row of the grid: a registered method, optionally a named variant with overrides."""
+
+    method: str
+    variant: str | None = None
+    config: tuple[tuple[str, Any], ...] = ()
+    calib: int | None = None
+    image_bits: int | None = None
+    bits_overrides: tuple[tuple[str, Any], ...] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.variant or self.method
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite file. ``specs()`` expands it into the grid of :class:`RunSpec`."""
+
+    name: str
+    path: Path
+    description: str
+    command: str
+    models: tuple[str, ...]
+    bits: tuple[tuple[int, int], ...]
+    methods: tuple[MethodEntry, ...]
+    seeds: tuple[int, ...] = (0,)
+    calib: int | None = None
+    data_root: str | None = None
+    eval_split: str = "heldout"
+    checkpoints: tuple[tuple[str, str], ...] = ()
+    eval_limit: int | None = None
+    image_bits: int = 8
+    bits_overrides: tuple[tuple[str, Any], ...] = ()
+    executor: tuple[tuple[str, Any], ...] = ()
+    ablation: tuple[str, ...] = ()  # rows of the ablation table (empty: no ablation table)
+    caption: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def needs_data_root(self) -> bool:
+        from mgrq.zoo import get_entry
+
+        return any(not get_entry(m).tiny for m in self.models)
+
+    def specs(self, device: str = "auto") -> list[RunSpec]:
+        """The grid, ordered by model, bit-width, method (suite order) and seed."""
+        ckpt = dict(self.checkpoints)
+        out = []
+        for model in self.models:
+            for w, a in self.bits:
+                for m in self.methods:
+                    for seed in self.seeds:
+                        out.append(RunSpec(
+                            model=model, method=m.method, w_bits=w, a_bits=a, seed=seed,
+                            calib=m.calib if m.calib is not None else self.calib,
+                            method_config=m.config, variant=m.variant,
+                            image_bits=m.image_bits if m.image_bits is not None else self.image_bits,
+                            bits_overrides=(m.bits_overrides if m.bits_overrides is not None
+                                            else self.bits_overrides),
+                            checkpoint=ckpt.get(model), data_root=self.data_root,
+                            eval_split=self.eval_split, eval_limit=self.eval_limit, device=device,
+                        ))
+        return out
+
+    def with_options(
+        self,
+        data_root: str | None = None,
+        checkpoints: Mapping[str, str] | None = None,
+        eval_limit: int | None = None,
+    ) -> Suite:
+        """A copy with command-line settings applied (they win over the file) and data/weights
+        paths made absolute, then checked: a missing data root for an ImageNet model or a
+        missing weights file fails here, before anything is submitted."""
+        where = str(self.path)
+        root = data_root if data_root is not None else self.data_root
+        ck = dict(self.checkpoints)
+        for model, path in (checkpoints or {}).items():
+            if model not in self.models:
+                raise ConfigError(f"--checkpoint {model}=...: model not in suite {self.name} "
+                                  f"({', '.join(self.models)})")
+            ck[model] = path
+        ck = {m: str(Path(p).expanduser().resolve()) for m, p in ck.items()}
+        for m, p in ck.items():
+            if not Path(p).is_file():
+                raise DataError(f"{where}: checkpoints.{m}: weights file {p} not found")
+        if root is not None:
+            root = str(Path(root).expanduser().resolve())
+        if self.needs_data_root:
+            from mgrq.data import IMAGENET_LAYOUT
+
+            first = next(m for m in self.models if not _is_tiny(m))
+            if root is None:
+                raise ConfigError(
+                    f"{where}: data.root: model {first} needs an ImageNet-layout folder; "
+                    f"pass --data-root PATH or set data.root ({IMAGENET_LAYOUT})"
+                )
+            for sub in ("", "train", "val"):
+                if not (Path(root) / sub).is_dir():
+                    raise DataError(
+                        f"{where}: data.root: folder {Path(root) / sub} not found; "
+                        f"expected {IMAGENET_LAYOUT}"
+                    )
+        return replace(
+            self, data_root=root, checkpoints=tuple(sorted(ck.items())),
+            eval_limit=eval_limit if eval_limit is not None else self.eval_limit,
+        )
+
+
+def _is_tiny(model: str) -> bool:
+    from mgrq.zoo import get_entry
+
+    return get_entry(model).tiny
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and loading suite files
+# --------------------------------------------------------------------------------------------
+
+
+def suite_dirs() -> list[Path]:
+    """Where suite names are looked up: ``./suites`` then the source tree's ``suites/``."""
+    here = Path.cwd() / "suites"
+    src = Path(__file__).resolve().parents[2] / "suites"
+    return [d for i, d in enumerate((here, src)) if d.is_dir() and d not in (here, src)[:i]]
+
+
+def find_suite(name_or_path: str) -> Path:
+    """A suite file from a path (``suites/demo.yaml``) or a name (``demo``)."""
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"suite file {p}: not found")
+        return p
+    known: dict[str, Path] = {}
+    for d in suite_dirs():
+        for f in sorted(d.glob("*.yaml")):
+            known.setdefault(f.stem, f)
+    if name_or_path not in known:
+        from mgrq.errors import unknown
+
+        raise unknown("suite", name_or_path, known)
+    return known[name_or_path]
+
+
+def list_suites() -> list[Path]:
+    seen: dict[str, Path] = {}
+    for d in suite_dirs():
+        for f in sorted(d.glob("*.yaml")):
+            seen.setdefault(f.stem, f)
+    return [seen[k] for k in sorted(seen)]
+
+
+def load_suite(name_or_path: str | Path, check_names: bool = True) -> Suite:
+    """Read and validate a suite file. ``check_names=False`` skips the model/method registry
+    checks (used to list suites whose methods are not registered yet)."""
+    path = find_suite(str(name_or_path))
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of suite fields ({', '.join(TOP_FIELDS)})")
+    return _Parser(path, check_names).suite(doc)
+
+
+class _Parser:
+    def __init__(self, path: Path, check_names: bool):
+        self.path, self.check_names = path, check_names
+
+    def err(self, fld: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.path}: field '{fld}': {msg}")
+
+    def keys(self, d: Any, fld: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(d, dict):
+            raise self.err(fld, f"expected a mapping with keys from {', '.join(allowed)}, got {d!r}")
+        bad = [k for k in d if k not in allowed]
+        if bad:
+            import difflib
+
+            close = difflib.get_close_matches(str(bad[0]), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            where = f"{fld}.{bad[0]}" if fld else str(bad[0])
+            raise self.err(where, f"unknown field{hint}; expected one of {', '.join(allowed)}")
+        return d
+
+    def str_list(self, d: dict, fld: str, required: bool = True) -> list[str]:
+        v = d.get(fld)
+        if v is None and not required:
+            return []
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+            raise self.err(fld, f"expected a non-empty list of names, got {v!r}")
+        return v
+
+    def opt_int(self, v: Any, fld: str, lo: int = 1, hi: int | None = None) -> int | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise self.err(fld, f"expected an integer {rng} or null, got {v!r}")
+        return v
+
+    def name_check(self, kind: str, name: str, fld: str) -> None:
+        if not self.check_names:
+            return
+        from mgrq.methods import get_method
+        from mgrq.zoo import get_entry
+
+        try:
+            (get_method if kind == "method" else get_entry)(name)
+        except UnknownNameError as e:
+            raise UnknownNameError(f"{self.path}: field '{fld}': {e}") from None
+
+    def bits_overrides(self, v: Any, fld: str) -> tuple[tuple[str, Any], ...]:
+        if v is None:
+            return ()
+        if not isinstance(v, dict):
+            raise self.err(fld, f"expected a mapping REGEX: BITS|fp, got {v!r}")
+        out = []
+        for k, b in v.items():
+            try:
+                re.compile(str(k))
+            except re.error as e:
+                raise self.err(f"{fld}.{k}", f"not a valid regular expression ({e})") from None
+            if b != "fp" and (isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16):
+                raise self.err(f"{fld}.{k}", f"expected a bit-width 2..16 or 'fp', got {b!r}")
+            out.append((str(k), b))
+        return tuple(out)
+
+    def config(self, method: str, v: Any, fld: str) -> tuple[tuple[str, Any], ...]:
+        if v is None:
+            return ()
+        if not isinstance(v, dict):
+            raise self.err(fld, f"expected a mapping of {method} config fields, got {v!r}")
+        if self.check_names:
+            from mgrq.methods import get_method
+
+            try:
+                get_method(method).make_config(v)
+            except MGRQError as e:
+                raise self.err(fld, str(e)) from None
+        return tuple(sorted((str(k), tuple(x) if isinstance(x, list) else x) for k, x in v.items()))
+
+    def method(self, i: int, v: Any, overrides: dict[str, Any]) -> MethodEntry:
+        fld = f"methods[{i}]"
+        if isinstance(v, str):
+            v = {"name": v}
+        v = self.keys(v, fld, METHOD_FIELDS)
+        name = v.get("name")
+        if not isinstance(name, str) or not name:
+            raise self.err(f"{fld}.name", f"expected a method name, got {name!r}")
+        self.name_check("method", name, f"{fld}.name")
+        variant = v.get("variant")
+        if variant is not None and (not isinstance(variant, str) or not NAME_RE.match(variant)):
+            raise self.err(f"{fld}.variant", f"expected a name of letters, digits, '.', '_', '-', got {variant!r}")
+        display = variant or name
+        # Per-method overrides (by method name, then by variant name) under the entry's own.
+        merged: dict[str, Any] = {}
+        for key in dict.fromkeys((name, display)):
+            o = overrides.get(key)
+            if o is not None:
+                o = self.keys(o, f"overrides.{key}", OVERRIDE_FIELDS)
+                cfg = {**merged.get("config", {}), **(o.get("config") or {})}
+                merged.update(o)
+                merged["config"] = cfg
+        cfg = {**merged.get("config", {}), **(v.get("config") or {})}
+        merged.update({k: x for k, x in v.items() if k != "config"})
+        bo = merged.get("bits_overrides")
+        return MethodEntry(
+            method=name,
+            variant=variant,
+            config=self.config(name, cfg, f"{fld}.config"),
+            calib=self.opt_int(merged.get("calib"), f"{fld}.calib"),
+            image_bits=self.opt_int(merged.get("image_bits"), f"{fld}.image_bits", 2, 16),
+            bits_overrides=self.bits_overrides(bo, f"{fld}.bits_overrides") if bo is not None else None,
+        )
+
+    def suite(self, d: dict[str, Any]) -> Suite:
+        d = self.keys(d, "", TOP_FIELDS)
+        name = d.get("name", self.path.stem)
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise self.err("name", f"expected a name of letters, digits, '.', '_', '-', got {name!r}")
+        for f in ("description", "command"):
+            if not isinstance(d.get(f), str) or not d[f].strip():
+                raise self.err(f, "expected a non-empty string")
+        models = self.str_list(d, "models")
+        for i, m in enumerate(models):
+            self.name_check("model", m, f"models[{i}]")
+        bits_in = d.get("bits")
+        if isinstance(bits_in, str):
+            bits_in = [bits_in]
+        if not isinstance(bits_in, list) or not bits_in:
+            raise self.err("bits", f"expected a non-empty list of WxAy strings, got {bits_in!r}")
+        bits = []
+        for i, b in enumerate(bits_in):
+            try:
+                bits.append(parse_bits(str(b)))
+            except ConfigError as e:
+                raise self.err(f"bits[{i}]", str(e)) from None
+        overrides = d.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise self.err("overrides", f"expected a mapping METHOD: {{{', '.join(OVERRIDE_FIELDS)}}}")
+        methods_in = d.get("methods")
+        if not isinstance(methods_in, list) or not methods_in:
+            raise self.err("methods", f"expected a non-empty list of method names or mappings, got {methods_in!r}")
+        methods = tuple(self.method(i, m, overrides) for i, m in enumerate(methods_in))
+        names = [m.name for m in methods]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise self.err("methods", f"{dup!r} listed twice; give one of them a distinct 'variant' name")
+        stray = [k for k in overrides if k not in names and k not in {m.method for m in methods}]
+        if stray:
+            raise self.err(f"overrides.{stray[0]}", f"not a method or variant of this suite ({', '.join(names)})")
+        seeds = d.get("seeds", [0])
+        if isinstance(seeds, int):
+            seeds = [seeds]
+        if (not isinstance(seeds, list) or not seeds
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+                or len(set(seeds)) != len(seeds)):
+            raise self.err("seeds", f"expected a list of distinct non-negative integers, got {seeds!r}")
+        calib = self.keys(d.get("calibration") or {}, "calibration", ("n",))
+        data = self.keys(d.get("data") or {}, "data", ("root", "eval_split"))
+        root = data.get("root")
+        if root is not None and not isinstance(root, str):
+            raise self.err("data.root", f"expected a folder path or null, got {root!r}")
+        eval_split = data.get("eval_split", "heldout")
+        if eval_split not in ("heldout", "tune"):
+            raise self.err("data.eval_split", f"expected 'heldout' or 'tune', got {eval_split!r}")
+        ck = d.get("checkpoints") or {}
+        if not isinstance(ck, dict) or not all(isinstance(v, str) for v in ck.values()):
+            raise self.err("checkpoints", "expected a mapping MODEL: PATH of weights files")
+        for m in ck:
+            if m not in models:
+                raise self.err(f"checkpoints.{m}", f"not a model of this suite ({', '.join(models)})")
+        if root is not None and not Path(root).is_absolute():
+            root = str((self.path.parent / root).resolve())
+        ck = {m: p if Path(p).expanduser().is_absolute() else str((self.path.parent / p).resolve())
+              for m, p in ck.items()}
+        ex = self.keys(d.get("executor") or {}, "executor", EXECUTOR_FIELDS)
+        rep = self.keys(d.get("report") or {}, "report", REPORT_FIELDS)
+        ablation = rep.get("ablation", False)
+        if ablation is True or ablation == "all":
+            ablation = names
+        elif ablation in (False, None):
+            ablation = []
+        if not isinstance(ablation, list) or any(a not in names for a in ablation):
+            raise self.err("report.ablation", f"expected true, 'all' or a list of names from {', '.join(names)}")
+        caption = rep.get("caption")
+        if caption is not None and not isinstance(caption, str):
+            raise self.err("report.caption", "expected a string")
+        suite = Suite(
+            name=name, path=self.path, description=d["description"].strip(),
+            command=d["command"].strip(), models=tuple(models), bits=tuple(bits), methods=methods,
+            seeds=tuple(seeds), calib=self.opt_int(calib.get("n"), "calibration.n"),
+            data_root=root, eval_split=eval_split, checkpoints=tuple(sorted(ck.items())),
+            eval_limit=self.opt_int(d.get("eval_limit"), "eval_limit"),
+            image_bits=self.opt_int(d.get("image_bits", 8), "image_bits", 2, 16) or 8,
+            bits_overrides=self.bits_overrides(d.get("bits_overrides"), "bits_overrides"),
+            executor=tuple(sorted(ex.items())), ablation=tuple(ablation), caption=caption, raw=d,
+        )
+        if self.check_names:
+            try:
+                suite.specs()
+            except ConfigError as e:
+                raise ConfigError(f"{self.path}: {e}") from None
+        return suite

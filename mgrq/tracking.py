@@ -1,0 +1,289 @@
+"""Mirroring run records into MLflow (imported lazily: ``import mgrq`` never loads mlflow).
+
+- One experiment per suite; one MLflow run per cell and label, named ``<label>/<run id>``.
+- Flat params (the spec and the method config), metrics (accuracy, timings, memory), tags
+  (``label``, ``git_sha``, ``run_id``, ``content_hash``, ``status``, executor and SLURM job id)
+  and the record and the cell log as artifacts.
+- Default store: ``sqlite:///<abs out>/mlflow.db`` with artifacts under ``<out>/mlartifacts``
+  (no server needed). ``MLFLOW_TRACKING_URI`` (e.g. a team server) wins when set.
+- Idempotent: every MLflow run carries the tag ``mgrq.key`` (suite/label/cell folder) and
+  ``mgrq.digest`` (hash of the record). Mirroring again creates nothing for unchanged records;
+  a record that changed (a failed cell that later succeeded) replaces its run.
+- Only the driver (or ``mgrq mirror``) writes to MLflow; compute nodes never need to reach it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mgrq.errors import MGRQError
+
+KEY_TAG = "mgrq.key"
+DIGEST_TAG = "mgrq.digest"
+METRICS = {
+    "top1": ("metrics", "top1"), "top5": ("metrics", "top5"),
+    "fp_top1": ("metrics", "fp_top1"), "fp_top5": ("metrics", "fp_top5"),
+    "n_eval": ("metrics", "n_eval"),
+    "quantize_s": ("timings", "quantize_s"), "total_s": ("timings", "total_s"),
+    "load_s": ("timings", "load_s"), "fp_eval_s": ("timings", "fp_eval_s"),
+    "eval_s": ("timings", "eval_s"),
+}
+
+
+class MirrorError(MGRQError):
+    """MLflow could not be reached or written; the run records on disk are unaffected."""
+
+
+@dataclass
+class MirrorResult:
+    uri: str
+    created: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    skipped_running: int = 0
+
+    def line(self) -> str:
+        return (f"MLflow ({self.uri}): {self.created} run(s) created, {self.replaced} replaced, "
+                f"{self.unchanged} unchanged")
+
+
+def _quiet() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def default_uri(out: str | os.PathLike) -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else the sqlite file under ``out``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return "sqlite:///" + str(Path(out).resolve() / "mlflow.db")
+
+
+def ui_command(uri: str) -> str:
+    return f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+
+
+def _local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (one line) when a tracking server does not answer."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as r:
+                if r.status != 200:
+                    raise MirrorError(f"MLflow tracking URI {uri}: /health answered HTTP {r.status}")
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise MirrorError(f"MLflow tracking URI {uri}: unreachable ({reason})") from None
+
+
+def record_digest(rec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(rec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _ms(stamp: str | None) -> int | None:
+    if not stamp:
+        return None
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(stamp).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    return float(x)
+
+
+def flatten(rec: dict[str, Any], key: str) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+    """``(params, metrics, tags)`` of a record (flat, MLflow-ready)."""
+    spec = rec.get("spec", {})
+    params: dict[str, str] = {}
+    for k in ("model", "method", "w_bits", "a_bits", "seed", "image_bits", "eval_split",
+              "eval_limit", "data_root", "checkpoint", "device"):
+        params[k] = str(spec.get(k))
+    params["name"] = str(spec.get("variant") or spec.get("method"))
+    params["bits"] = f"W{spec.get('w_bits')}A{spec.get('a_bits')}"
+    params["calib"] = str((rec.get("calibration") or {}).get("n", spec.get("calib")))
+    if spec.get("bits_overrides"):
+        params["bits_overrides"] = json.dumps(spec["bits_overrides"])
+    cfg = (rec.get("method") or {}).get("config") or spec.get("method_config") or {}
+    for k, v in cfg.items():
+        params[f"config.{k}"] = json.dumps(v) if isinstance(v, list | dict) else str(v)
+    params = {k: v[:6000] for k, v in params.items()}
+
+    metrics: dict[str, float] = {}
+    for name, (sect, field) in METRICS.items():
+        v = _num((rec.get(sect) or {}).get(field))
+        if v is not None:
+            metrics[name] = v
+    if "top1" in metrics and "fp_top1" in metrics:
+        metrics["top1_drop"] = metrics["fp_top1"] - metrics["top1"]
+    if _num(rec.get("peak_mem_mb")) is not None:
+        metrics["peak_mem_mb"] = float(rec["peak_mem_mb"])
+    for k, v in ((rec.get("method") or {}).get("info") or {}).items():
+        if _num(v) is not None:
+            metrics[f"info.{k}"] = float(v)
+
+    suite = rec.get("suite") or {}
+    ex = rec.get("executor") or {}
+    tags = {
+        KEY_TAG: key, DIGEST_TAG: record_digest(rec),
+        "suite": str(suite.get("name")), "label": str(suite.get("label")),
+        "run_id": str(rec.get("id")), "content_hash": str(rec.get("hash")),
+        "status": str(rec.get("status")), "git_sha": str(rec.get("git_sha")),
+        "host": str(rec.get("host") or ex.get("host")), "executor": str(ex.get("name")),
+        "job_id": str(ex.get("job_id")), "slurm_job_id": str(ex.get("slurm_job_id")),
+        "calibration_ids_hash": str((rec.get("calibration") or {}).get("ids_hash")),
+    }
+    if rec.get("status") == "failed":
+        err = rec.get("error") or {}
+        tags["error"] = f"{err.get('type')}: {err.get('message')}"[:5000]
+    return params, metrics, tags
+
+
+def _client(uri: str):
+    _quiet()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client: Any, name: str, uri: str, out: Path) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    loc = (out.resolve() / "mlartifacts" / name).as_uri() if _local_store(uri) else None
+    return client.create_experiment(name, artifact_location=loc)
+
+
+def existing_runs(client: Any, exp_id: str) -> dict[str, Any]:
+    """Active runs of an experiment by their ``mgrq.key`` tag."""
+    found: dict[str, Any] = {}
+    token = None
+    while True:
+        page = client.search_runs([exp_id], max_results=1000, page_token=token)
+        for run in page:
+            key = run.data.tags.get(KEY_TAG)
+            if key:
+                found[key] = run
+        token = page.token
+        if not token:
+            break
+    return found
+
+
+def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None = None,
+           uri: str | None = None) -> MirrorResult:
+    """Mirror the finished records under ``out`` (one suite / one label, or all) into MLflow.
+
+    Raises :class:`MirrorError` (one line, with the command to redo it) when the store cannot be
+    reached or written. The records on disk are never modified."""
+    from mgrq.runner.layout import records_under
+
+    out = Path(out)
+    uri = uri or default_uri(out)
+    redo = (f"the run records are safe under {out.resolve()}; mirror them later with "
+            f"`mgrq mirror --out {out}" + (f" --suite {suite}" if suite else "")
+            + (f" --label {label}" if label else "") + "`")
+    try:
+        check_reachable(uri)
+    except MirrorError as e:
+        raise MirrorError(f"{e}; {redo}") from None
+    result = MirrorResult(uri)
+    suites = [suite] if suite else sorted(p.name for p in out.resolve().iterdir()
+                                          if p.is_dir() and not p.name.startswith(("mlartifacts", ".")))
+    try:
+        client = _client(uri)
+        for s in suites:
+            base = out.resolve() / s
+            lab_dirs = [base / label] if label else sorted(d for d in base.iterdir() if d.is_dir())
+            recs = [(p, r) for d in lab_dirs if d.is_dir() for p, r in records_under(d)]
+            if not recs:
+                continue
+            exp_id = _experiment_id(client, s, uri, out)
+            have = existing_runs(client, exp_id)
+            for path, rec in recs:
+                if rec.get("status") not in ("done", "failed"):
+                    result.skipped_running += 1
+                    continue
+                key = f"{s}/{path.parent.parent.name}/{path.parent.name}"
+                old = have.get(key)
+                if old is not None and old.data.tags.get(DIGEST_TAG) == record_digest(rec):
+                    result.unchanged += 1
+                    continue
+                if old is not None:
+                    client.delete_run(old.info.run_id)
+                    result.replaced += 1
+                else:
+                    result.created += 1
+                _log_run(client, exp_id, key, path, rec)
+    except MirrorError:
+        raise
+    except Exception as e:
+        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise MirrorError(f"MLflow ({uri}): mirroring failed ({type(e).__name__}: {msg}); {redo}") from None
+    return result
+
+
+def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any]) -> str:
+    from mlflow.entities import Metric, Param, RunTag
+
+    params, metrics, tags = flatten(rec, key)
+    digest = tags.pop(DIGEST_TAG)  # set last: an interrupted mirror is redone next time
+    label = tags.get("label")
+    run = client.create_run(exp_id, start_time=_ms(rec.get("started")),
+                            run_name=f"{label}/{rec.get('id')}", tags={KEY_TAG: key})
+    rid = run.info.run_id
+    ts = _ms(rec.get("finished")) or _ms(rec.get("started")) or 0
+    client.log_batch(
+        rid,
+        metrics=[Metric(k, v, ts, 0) for k, v in metrics.items()],
+        params=[Param(k, v) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    client.log_artifact(rid, str(path))
+    for extra in ("cell.log", "events.jsonl"):
+        if (path.parent / extra).is_file():
+            client.log_artifact(rid, str(path.parent / extra))
+    client.set_terminated(rid, "FINISHED" if rec.get("status") == "done" else "FAILED",
+                          end_time=_ms(rec.get("finished")))
+    client.set_tag(rid, DIGEST_TAG, digest)
+    return rid
+
+
+def search(uri: str, suite: str, labels: list[str] | None = None) -> list[dict[str, Any]]:
+    """The mirrored runs of a suite as flat dicts ``{params, metrics, tags}`` (for reports)."""
+    check_reachable(uri)
+    client = _client(uri)
+    exp = client.get_experiment_by_name(suite)
+    if exp is None:
+        raise MirrorError(f"MLflow ({uri}): no experiment named {suite!r}; run `mgrq mirror` first")
+    out = []
+    for run in existing_runs(client, exp.experiment_id).values():
+        if labels and run.data.tags.get("label") not in labels:
+            continue
+        out.append({"params": dict(run.data.params), "metrics": dict(run.data.metrics),
+                    "tags": dict(run.data.tags), "run_uuid": run.info.run_id})
+    return out

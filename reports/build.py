@@ -1,0 +1,181 @@
+"""The report generator: run records (or MLflow) -> DataFrame -> LaTeX and Markdown tables,
+figures, and a compiled PDF of the tables when ``pdflatex`` is installed.
+
+    mgrq report demo                          # newest label of the demo suite, from the records
+    mgrq report imagenet-w4a4 --from mlflow   # the same from the MLflow store
+    mgrq report imagenet-w4a4 --compare previous latest --threshold 0.5
+
+Output (default ``<out>/<suite>/<label>/report/``): ``main.tex``, ``main.md``, ``ablation.tex``,
+``ablation.md`` (suites with an ablation), ``tables.tex`` + ``tables.pdf``, ``results.csv``,
+``acc_vs_bits.{pdf,png}``, ``ablation.{pdf,png}``, ``acc_vs_time.{pdf,png}``; for a comparison,
+``compare-<A>-vs-<B>.{md,tex,csv}``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mgrq import records
+from mgrq.errors import ConfigError, MGRQError
+from reports import frame as F
+from reports import tables as T
+
+
+class ReportError(MGRQError):
+    """A report could not be built (no records, LaTeX failed to compile, ...)."""
+
+
+@dataclass
+class Report:
+    dest: Path
+    tables: list[Path] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    pdf: Path | None = None
+    pdf_note: str | None = None
+    main_markdown: str = ""
+    frame: pd.DataFrame | None = None
+
+
+def suite_info(out: Path, suite: str, label: str | None) -> dict[str, Any]:
+    """Model/method order and ablation rows: from the label's ``suite.json``, else the suite
+    file (names not checked), else empty."""
+    if label:
+        meta = records.read_record(Path(out).resolve() / suite / label / "suite.json")
+        if meta:
+            return meta
+    try:
+        from mgrq.runner.suite import load_suite
+
+        s = load_suite(suite, check_names=False)
+        return {"models": list(s.models), "methods": [m.name for m in s.methods],
+                "bits": [f"W{w}A{a}" for w, a in s.bits],
+                "ablation": list(s.ablation), "caption": s.caption}
+    except MGRQError:
+        return {}
+
+
+def load_frame(out: Path, suite: str, labels: list[str], source: str = "records",
+               uri: str | None = None) -> pd.DataFrame:
+    if source == "records":
+        return F.records_frame(out, suite, labels)
+    if source == "mlflow":
+        from mgrq.tracking import default_uri
+
+        return F.mlflow_frame(uri or default_uri(out), suite, labels)
+    raise ConfigError(f"--from {source!r}: expected 'records' or 'mlflow'")
+
+
+def _order(found: list[str], preferred: list[str]) -> list[str]:
+    return [x for x in preferred if x in found] + [x for x in dict.fromkeys(found) if x not in preferred]
+
+
+def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
+    """Wrap ``fragments`` (file names in ``dest``) in a minimal document and run pdflatex."""
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        raise ReportError("pdflatex not found (install texlive-latex-base texlive-latex-recommended)")
+    body = "\n".join(rf"\input{{{f}}}" for f in fragments)
+    (dest / f"{stem}.tex").write_text(
+        "\\documentclass{article}\n\\usepackage[margin=1.5cm]{geometry}\n"
+        "\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n"
+        f"{body}\n\\end{{document}}\n"
+    )
+    proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", f"{stem}.tex"],
+                          cwd=dest, capture_output=True, text=True, timeout=120)
+    pdf = dest / f"{stem}.pdf"
+    if proc.returncode != 0 or not pdf.is_file():
+        err = [ln for ln in proc.stdout.splitlines() if ln.startswith("!")][:1]
+        raise ReportError(f"pdflatex failed on {dest / (stem + '.tex')}: {err[0] if err else proc.returncode} "
+                          f"(see {dest / (stem + '.log')})")
+    return pdf
+
+
+def build_report(out: str | Path, suite: str, label: str | None = None, source: str = "records",
+                 dest: str | Path | None = None, published: bool | str | Path = True,
+                 pdf: str = "auto", uri: str | None = None, figures: bool = True) -> Report:
+    """Tables and figures of one label of a suite. ``pdf``: ``auto`` (compile when pdflatex is
+    installed), ``yes`` (must compile) or ``no``."""
+    from mgrq.runner.layout import resolve_label
+
+    out = Path(out)
+    if source == "records" or label in (None, "latest", "previous"):
+        label = resolve_label(out, suite, label)
+    assert label is not None
+    df = load_frame(out, suite, [label], source, uri)
+    if df.empty:
+        raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source})")
+    info = suite_info(out, suite, label)
+    models = _order(list(df["model"]), info.get("models") or [])
+    names = _order(list(df["name"]), info.get("methods") or [])
+    pub = None
+    if published:
+        pub = F.published_frame(None if published is True else published)
+    agg = F.aggregate(df)
+    dest = Path(dest) if dest else out.resolve() / suite / label / "report"
+    dest.mkdir(parents=True, exist_ok=True)
+    rep = Report(dest=dest, frame=df)
+    n_eval = df.loc[df["status"] == "done", "n_eval"].dropna()
+    main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"),
+                        float(n_eval.iloc[0]) if len(n_eval) and n_eval.nunique() == 1 else None,
+                        info.get("bits"))
+    fragments = ["main.tex"]
+    (dest / "main.tex").write_text(main.latex())
+    (dest / "main.md").write_text(main.markdown())
+    rep.tables += [dest / "main.tex", dest / "main.md"]
+    rep.main_markdown = main.markdown()
+    ablation = [a for a in info.get("ablation") or [] if a in names]
+    if ablation:
+        abl = T.ablation_table(agg, models, ablation, suite, label, info.get("bits"))
+        (dest / "ablation.tex").write_text(abl.latex())
+        (dest / "ablation.md").write_text(abl.markdown())
+        rep.tables += [dest / "ablation.tex", dest / "ablation.md"]
+        fragments.append("ablation.tex")
+    df.to_csv(dest / "results.csv", index=False)
+    rep.tables.append(dest / "results.csv")
+    if figures:
+        from reports import plots
+
+        rep.figures += plots.accuracy_vs_bits(agg, models, names, dest)
+        if ablation:
+            rep.figures += plots.ablation_bars(agg, models, ablation, dest, info.get("bits"))
+        rep.figures += plots.accuracy_vs_time(agg, dest)
+    if pdf != "no":
+        try:
+            rep.pdf = compile_pdf(dest, fragments)
+        except ReportError as e:
+            if pdf == "yes":
+                raise
+            rep.pdf_note = str(e)
+    return rep
+
+
+def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, threshold: float = 1.0,
+                  source: str = "records", uri: str | None = None,
+                  dest: str | Path | None = None) -> tuple[pd.DataFrame, list[Path], str]:
+    """Delta table between two labels of a suite; flags cells that moved by more than
+    ``threshold`` points of top-1 or newly failed. Returns (frame, files, markdown)."""
+    from mgrq.runner.layout import resolve_label
+
+    if threshold < 0:
+        raise ConfigError(f"--threshold {threshold}: expected >= 0 (points of top-1)")
+    out = Path(out)
+    a = resolve_label(out, suite, label_a) if source == "records" or label_a in ("latest", "previous") else label_a
+    b = resolve_label(out, suite, label_b) if source == "records" or label_b in ("latest", "previous") else label_b
+    if a == b:
+        raise ConfigError(f"--compare {label_a} {label_b}: both are label {a}; expected two different runs")
+    df = load_frame(out, suite, [a, b], source, uri)
+    cmp = T.compare_frame(df[df["label"] == a], df[df["label"] == b], threshold)
+    dest = Path(dest) if dest else out.resolve() / suite / b / "report"
+    dest.mkdir(parents=True, exist_ok=True)
+    stem = f"compare-{a}-vs-{b}"
+    md = T.compare_markdown(cmp, a, b, threshold)
+    (dest / f"{stem}.md").write_text(md)
+    (dest / f"{stem}.tex").write_text(T.compare_latex(cmp, suite, a, b, threshold))
+    cmp.to_csv(dest / f"{stem}.csv", index=False)
+    return cmp, [dest / f"{stem}.{e}" for e in ("md", "tex", "csv")], md

@@ -1,0 +1,118 @@
+"""Figures (matplotlib, Agg backend; imported only by the report code): accuracy vs bit-width
+per model, ablation bars, accuracy vs quantization time. Each is written as PDF and PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from reports.tables import _bits_order, method_name, model_name
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, dest: Path, stem: str) -> list[Path]:
+    out = []
+    for ext in ("pdf", "png"):
+        p = dest / f"{stem}.{ext}"
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+        out.append(p)
+    _plt().close(fig)
+    return out
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(4, n)
+    return math.ceil(n / cols), cols
+
+
+def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], dest: Path) -> list[Path]:
+    """One panel per model: top-1 (mean over seeds, error bars = std) vs bit-width, one line
+    per method; the FP accuracy as a dashed line."""
+    plt = _plt()
+    runs = agg[(agg["source"] == "run") & (agg["n"] > 0)]
+    bits = _bits_order(list(runs["bits"]))
+    rows, cols = _grid(len(models))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    for ax, m in zip(axes.flat, models):
+        sub = runs[runs["model"] == m]
+        for n in names:
+            s = sub[sub["name"] == n].set_index("bits").reindex(bits)
+            if s["mean"].notna().any():
+                ax.errorbar(range(len(bits)), s["mean"], yerr=s["std"].fillna(0), marker="o",
+                            capsize=2, label=method_name(n))
+        fp = sub["fp"].dropna()
+        if len(fp):
+            ax.axhline(float(fp.mean()), color="gray", ls="--", lw=1, label="Full Prec.")
+        ax.set_title(model_name(m))
+        ax.set_xticks(range(len(bits)), [b.replace("A", "/A") for b in bits])
+        ax.set_xlabel("bit-width (W/A)")
+        ax.set_ylabel("top-1 (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(models):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), frameon=False,
+               bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 6)))
+    fig.tight_layout()
+    return _save(fig, dest, "acc_vs_bits")
+
+
+def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest: Path,
+                  bits_pref: list[str] | None = None) -> list[Path]:
+    """Grouped bars: one group per model, one bar per variant; one panel per bit-width."""
+    plt = _plt()
+    runs = agg[(agg["source"] == "run") & agg["name"].isin(rows_in) & (agg["n"] > 0)]
+    bits = _bits_order(list(runs["bits"]), bits_pref)
+    panel_w = max(4.0, 0.45 * len(models) * len(rows_in) + 1.5)
+    fig, axes = plt.subplots(1, max(1, len(bits)), figsize=(panel_w * max(1, len(bits)), 3.4), squeeze=False)
+    width = 0.8 / max(1, len(rows_in))
+    for ax, b in zip(axes.flat, bits):
+        sub = runs[runs["bits"] == b]
+        for i, n in enumerate(rows_in):
+            s = sub[sub["name"] == n].set_index("model").reindex(models)
+            xs = [j + (i - (len(rows_in) - 1) / 2) * width for j in range(len(models))]
+            ax.bar(xs, s["mean"].fillna(0), width, yerr=s["std"].fillna(0), capsize=2, label=method_name(n))
+        ax.set_xticks(range(len(models)), [model_name(m) for m in models])
+        ax.set_title(b.replace("A", "/A"))
+        ax.set_ylabel("top-1 (%)")
+        lo = sub["mean"].min() if len(sub) else 0
+        ax.set_ylim(max(0.0, float(lo) - 10), None)
+        ax.grid(axis="y", alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, dest, "ablation")
+
+
+def accuracy_vs_time(agg: pd.DataFrame, dest: Path) -> list[Path]:
+    """Top-1 vs quantization wall time (log scale): colour = method, marker = bit-width."""
+    plt = _plt()
+    runs = agg[(agg["source"] == "run") & (agg["n"] > 0)].dropna(subset=["quantize_s", "mean"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    markers = "osD^vP*X"
+    bits = _bits_order(list(runs["bits"])) if len(runs) else []
+    names = list(dict.fromkeys(runs["name"]))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, n in enumerate(names):
+        for j, b in enumerate(bits):
+            s = runs[(runs["name"] == n) & (runs["bits"] == b)]
+            if len(s):
+                ax.scatter(s["quantize_s"].clip(lower=1e-3), s["mean"], color=colors[i % len(colors)],
+                           marker=markers[j % len(markers)], label=f"{method_name(n)} {b}")
+    ax.set_xscale("log")
+    ax.set_xlabel("quantization time per model (s, log scale)")
+    ax.set_ylabel("top-1 (%)")
+    ax.grid(alpha=0.3)
+    if names:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, dest, "acc_vs_time")
