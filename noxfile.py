@@ -64,3 +64,47 @@ def quickstart(session: nox.Session) -> None:
     py = _python(session)
     session.run(py, "-m", "mgrq", "quantize", "--model", "tiny_vit", "--method", "percentile",
                 "--w-bits", "4", "--a-bits", "4", *session.posargs, env=ENV, external=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The harness: the demo, reports, and one session per suite file
+# --------------------------------------------------------------------------------------------
+
+
+@nox.session(venv_backend="none")
+def demo(session: nox.Session) -> None:
+    """The offline demo, end to end on the tiny zoo (under 15 minutes on 2 CPU cores).
+
+    The `demo` suite through the local executor, the MLflow sqlite store, LaTeX/Markdown tables
+    and figures. Extra options go to `mgrq suite run`, e.g. `-- --label x`."""
+    import time
+
+    t0 = time.time()
+    py = _python(session)
+    session.run(py, "-m", "mgrq", "suite", "run", "demo", *session.posargs, env=ENV, external=True)
+    session.log(f"demo finished in {time.time() - t0:.0f}s (environment setup included)")
+
+
+@nox.session(venv_backend="none")
+def report(session: nox.Session) -> None:
+    """Tables and figures of a suite run (default: the newest demo run).
+
+    `nox -s report -- SUITE [--label L] [--from mlflow] [--compare previous latest]`."""
+    py = _python(session)
+    args = session.posargs or ["demo"]
+    session.run(py, "-m", "mgrq", "report", *args, env=ENV, external=True)
+
+
+def _suite_session(path: Path) -> None:
+    def run_suite(session: nox.Session) -> None:
+        py = _python(session)
+        session.run(py, "-m", "mgrq", "suite", "run", str(path), *session.posargs, env=ENV,
+                    external=True)
+
+    run_suite.__doc__ = (f"Run suites/{path.name}; options after --, e.g. --data-root DIR "
+                         "--executor slurm --partition gpu, --dry-run, --label L.")
+    nox.session(name=f"suite-{path.stem}", venv_backend="none")(run_suite)
+
+
+for _suite_file in sorted((ROOT / "suites").glob("*.yaml")):
+    _suite_session(_suite_file)

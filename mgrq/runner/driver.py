@@ -260,14 +260,19 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             executor.update_parameters(**params)
             jobs.append((executor.submit(CellJob(g, suite_meta, kind, threads)), g))
     else:
-        from submitit.helpers import clean_env
+        from submitit.core.utils import FailedJobError
 
         groups = [cells[i:i + opts.cells_per_job] for i in range(0, n, opts.cells_per_job)]
         threads = ex.slurm_threads(opts)
         executor = ex.slurm_executor(jobs_dir, opts, f"mgrq-{suite_meta['name']}")
-        # clean_env: a driver inside an sbatch job must not leak its SLURM_* settings
-        with clean_env(), executor.batch():
-            pending = [executor.submit(CellJob(g, suite_meta, kind, threads)) for g in groups]
+        try:
+            with ex.clean_job_env(), executor.batch():
+                pending = [executor.submit(CellJob(g, suite_meta, kind, threads)) for g in groups]
+        except (FailedJobError, OSError) as e:
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else repr(e))
+            raise ex.SubmitError(f"sbatch refused the job array ({why.strip()}); check the "
+                                 "partition/account/qos options and SLURM_CONF") from None
         jobs = list(zip(pending, groups))
         print(f"slurm: job array {jobs[0][0].job_id.split('_')[0]} with {len(jobs)} task(s), "
               f"at most {opts.array_parallelism} at once, {threads} CPU thread(s) each", flush=True)

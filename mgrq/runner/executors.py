@@ -31,14 +31,20 @@ A site profile (YAML or TOML) has one section per executor::
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from mgrq.errors import ConfigError
+from mgrq.errors import ConfigError, MGRQError
 
 KINDS = ("local", "debug", "slurm")
+
+
+class SubmitError(MGRQError):
+    """The scheduler refused the jobs (sbatch failed): names the scheduler's reason."""
 PROFILE_ENV = "MGRQ_SITE_PROFILE"
 
 
@@ -224,6 +230,23 @@ def slurm_executor(folder: Path, opts: ExecutorOptions, job_name: str):
     except (ValueError, TypeError) as e:
         raise ConfigError(f"slurm executor options: {e}".replace("\n", " ")) from None
     return ex
+
+
+@contextlib.contextmanager
+def clean_job_env() -> Iterator[None]:
+    """Inside a SLURM job (a driver run from sbatch), hide the job's own ``SLURM_*`` settings
+    while submitting, so the new jobs do not inherit them; ``SLURM_CONF`` and the user's
+    ``SBATCH_*`` defaults stay. Outside a job, nothing changes."""
+    if "SLURM_JOB_ID" not in os.environ:
+        yield
+        return
+    names = [k for k in os.environ if k.startswith(("SLURM_", "SLURMD_", "SRUN_", "SUBMITIT_"))
+             and k != "SLURM_CONF"]
+    saved = {k: os.environ.pop(k) for k in names}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def slurm_threads(opts: ExecutorOptions) -> int:
