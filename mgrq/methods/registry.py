@@ -19,6 +19,7 @@ from mgrq.errors import unknown
 BUILTIN_MODULES: tuple[str, ...] = (
     "mgrq.methods.percentile",
     "baselines.repq_vit",
+    "baselines.ptq4vit",
 )
 
 
