@@ -22,7 +22,7 @@ def _tiny(name):
     return zoo.ZOO[name].build().eval(), torch.randn(3, 1, 32, 32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _real(name):  # built once, shared by the fused and unfused cases
     return timm.create_model(name, pretrained=False).eval(), torch.randn(1, 3, 224, 224)
 

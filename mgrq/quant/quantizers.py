@@ -223,7 +223,8 @@ class UniformQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         g = self.granularity
-        gran = g.kind if g.kind == "tensor" else f"{g.kind}(axis={g.axis}{', groups=%d' % g.groups if g.kind == 'group' else ''})"
+        groups = f", groups={g.groups}" if g.kind == "group" else ""
+        gran = g.kind if g.kind == "tensor" else f"{g.kind}(axis={g.axis}{groups})"
         return (f"bits={self.bits}, {'signed' if self.signed else 'unsigned'}, "
                 f"{'symmetric' if self.symmetric else 'asymmetric'}, {gran}, lsq={self.lsq}")
 

@@ -1,5 +1,13 @@
 """timm ViT/DeiT/Swin -> quantizable models (see :mod:`mgrq.surgery.wrap`)."""
 
-from mgrq.surgery.wrap import FP, SUPPORTED, LayerPolicy, QuantModel, Unit, family_of, quantize_model
+from mgrq.surgery.wrap import (
+    FP,
+    SUPPORTED,
+    LayerPolicy,
+    QuantModel,
+    Unit,
+    family_of,
+    quantize_model,
+)
 
 __all__ = ["FP", "SUPPORTED", "LayerPolicy", "QuantModel", "Unit", "family_of", "quantize_model"]
