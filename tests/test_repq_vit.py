@@ -1,0 +1,100 @@
+"""RepQ-ViT: reparameterization exactness, quantizer placement, log-sqrt2 closed form."""
+
+import math
+
+import pytest
+import torch
+
+from baselines.repq_vit import RepQViTConfig, quantize
+from mgrq import zoo
+from mgrq.config import build_config
+from mgrq.data import Calibration
+from mgrq.errors import ConfigError
+from mgrq.methods import RunContext
+from mgrq.quant import point as P
+from mgrq.quant.quantizers import LogQuantizer, UniformQuantizer
+from mgrq.surgery import LayerPolicy, quantize_model
+
+
+def _calib(n=8):
+    return Calibration(torch.randn(n, 1, 32, 32), torch.zeros(n, dtype=torch.long), [str(i) for i in range(n)], "x", 0)
+
+
+def _run(name, cfg=None, bits=4):
+    torch.manual_seed(0)
+    model = zoo.ZOO[name].build().eval()
+    qm = quantize_model(model, LayerPolicy(bits, bits))
+    info = quantize(qm, _calib(), cfg or RepQViTConfig(), RunContext(device=torch.device("cpu"), progress=False))
+    return model, qm, info
+
+
+@pytest.mark.parametrize("name", ["tiny_vit", "tiny_deit", "tiny_swin"])
+@torch.no_grad()
+def test_reparameterization_is_exact_with_quantization_off(name):
+    model, qm, info = _run(name)
+    x = torch.randn(4, 1, 32, 32)
+    with qm.quant_off():
+        out = qm(x)
+    torch.testing.assert_close(out, model(x), rtol=0, atol=1e-5)
+    # the folding really happened: LayerNorm affines changed, the input quantizers are
+    # per-tensor with a fractional zero point
+    assert len(info["reparameterized"]) == len(qm.ln_linear_pairs) > 0
+    norm_name, lin_name = qm.ln_linear_pairs[0]
+    assert not torch.allclose(qm.submodule(norm_name).weight, model.get_submodule(norm_name).weight)
+    zps = [float(qm.submodule(lin).act_q.quantizer.zero_point) for _, lin in qm.ln_linear_pairs]
+    assert all(qm.submodule(lin).act_q.quantizer.scale.dim() == 0 for _, lin in qm.ln_linear_pairs)
+    assert any(z != round(z) for z in zps)
+    if name == "tiny_swin":
+        assert any(lin.endswith("reduction") for _, lin in qm.ln_linear_pairs)
+    assert "head" not in " ".join(lin for _, lin in qm.ln_linear_pairs)
+
+
+@torch.no_grad()
+def test_quantizer_placement_and_reinitialized_weights():
+    _, qm, _ = _run("tiny_vit")
+    for p in qm.active_points():
+        assert p.enabled and p.quantizer is not None, p.name
+        q = p.quantizer
+        if p.kind == "weight":
+            assert isinstance(q, UniformQuantizer) and q.granularity.kind == "channel" and not q.symmetric
+        elif p.tag == P.POST_SOFTMAX:
+            assert isinstance(q, LogQuantizer) and q.base == "sqrt2" and q.bits == 4
+        elif p.tag == P.IMAGE:
+            assert q.bits == 8 and q.granularity.kind == "tensor"
+        else:
+            assert q.granularity.kind == "tensor"
+    # the reparameterized Linear's weight quantizer was re-initialized on the new weights
+    lin = qm.submodule("blocks.0.attn.qkv")
+    fresh = UniformQuantizer(4, granularity=lin.weight_q.quantizer.granularity)
+    fresh.init_percentile(lin.weight)
+    torch.testing.assert_close(lin.weight_q.quantizer.scale, fresh.scale, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_without_reparameterization_post_ln_stays_per_channel():
+    _, qm, info = _run("tiny_vit", RepQViTConfig(reparameterize=False))
+    assert info["reparameterized"] == []
+    assert qm.submodule("blocks.0.attn.qkv").act_q.quantizer.scale.shape == (96,)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 6])
+def test_log_sqrt2_matches_closed_form_on_every_code(bits):
+    d = torch.tensor(0.8)
+    codes = torch.arange(2**bits, dtype=torch.float64)
+    closed = 0.8 * 2.0 ** (-torch.ceil(codes / 2)) * (1 + (codes % 2) * (math.sqrt(2) - 1))
+    exact = (0.8 * 2.0 ** (-codes / 2)).float()  # each code's value ...
+    q = LogQuantizer(bits, "sqrt2")
+    q.set_scale(d)
+    torch.testing.assert_close(q(exact).double(), closed, rtol=1e-6, atol=0)
+    # ... and values a little off a code's value round to it in the log domain
+    torch.testing.assert_close(q(exact * 2.0**0.2).double(), closed, rtol=1e-6, atol=0)
+    torch.testing.assert_close(q(exact * 2.0**-0.2).double(), closed, rtol=1e-6, atol=0)
+    # below the last code (unclamped code >= 2^b) and exact zeros quantize to 0
+    tiny = torch.tensor([0.0, 0.8 * 2.0 ** (-(2**bits) / 2 - 0.3)])
+    assert torch.equal(q(tiny), torch.zeros(2))
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="softmax_quantizer"):
+        build_config(RepQViTConfig, {"softmax_quantizer": "sqrt3"})
+    assert build_config(RepQViTConfig, {"reparameterize": "false"}).reparameterize is False
