@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--checkpoint", action="append", metavar="MODEL=PATH",
                    help="local weights file for a model (repeatable; wins over the suite's checkpoints)")
     r.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images (smoke runs)")
+    r.add_argument("--calib", type=int, default=None, help="calibration images for every method (smoke runs)")
     r.add_argument("--device", default="auto", help="device for the cells: auto (default), cpu, cuda")
     g = r.add_argument_group("executor (suite executor: defaults < site profile < these flags)")
     g.add_argument("--executor", choices=("local", "debug", "slurm"), default=None,
@@ -139,7 +140,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     out = _out(args)
     suite = load_suite(args.suite).with_options(
         data_root=args.data_root, checkpoints=parse_assignments(args.checkpoint, "--checkpoint"),
-        eval_limit=args.eval_limit)
+        eval_limit=args.eval_limit, calib=args.calib)
     opts = _executor_options(args, suite)
     label = check_label(args.label or default_label())
     if args.dry_run:

@@ -136,9 +136,16 @@ class CellJob(Checkpointable):
         self.threads = int(threads)
 
     def __call__(self) -> list[dict[str, Any]]:
+        import torch
+
+        before = torch.get_num_threads()
         set_thread_budget(self.threads)
         fp_cache: dict = {}  # FP accuracy shared by the cells of one model within this job
-        return [run_cell(c, self.suite, self.kind, self.threads, fp_cache) for c in self.cells]
+        try:
+            return [run_cell(c, self.suite, self.kind, self.threads, fp_cache) for c in self.cells]
+        finally:
+            if self.kind == "debug":  # in-process: give the caller its threads back
+                torch.set_num_threads(before)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         done = sum(c.status() == "done" for c in self.cells)

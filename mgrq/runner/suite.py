@@ -121,6 +121,7 @@ class Suite:
         data_root: str | None = None,
         checkpoints: Mapping[str, str] | None = None,
         eval_limit: int | None = None,
+        calib: int | None = None,
     ) -> Suite:
         """A copy with command-line settings applied (they win over the file) and data/weights
         paths made absolute, then checked: a missing data root for an ImageNet model or a
@@ -154,8 +155,15 @@ class Suite:
                         f"{where}: data.root: folder {Path(root) / sub} not found; "
                         f"expected {IMAGENET_LAYOUT}"
                     )
+        for flag, v in (("--eval-limit", eval_limit), ("--calib", calib)):
+            if v is not None and v < 1:
+                raise ConfigError(f"{flag} {v}: expected a positive integer")
+        methods = self.methods
+        if calib is not None:  # a smoke-run override for every method
+            methods = tuple(replace(m, calib=calib) for m in self.methods)
         return replace(
-            self, data_root=root, checkpoints=tuple(sorted(ck.items())),
+            self, data_root=root, checkpoints=tuple(sorted(ck.items())), methods=methods,
+            calib=calib if calib is not None else self.calib,
             eval_limit=eval_limit if eval_limit is not None else self.eval_limit,
         )
 

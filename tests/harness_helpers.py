@@ -1,0 +1,77 @@
+"""Helpers shared by the harness tests (suites, runner, tracking, reports, SLURM)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_suite(path: Path, **fields: Any) -> Path:
+    """A small tiny-zoo suite file; ``fields`` override or add suite fields."""
+    doc: dict[str, Any] = {
+        "name": path.stem,
+        "description": "test grid",
+        "command": "pytest",
+        "models": ["tiny_vit"],
+        "bits": ["W4A4"],
+        "methods": ["percentile"],
+        "calibration": {"n": 8},
+        "eval_limit": 100,
+    }
+    doc.update(fields)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def mgrq(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+         timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m mgrq ARGV`` in a subprocess (the way users and nox run it)."""
+    return subprocess.run([sys.executable, "-m", "mgrq", *argv], cwd=cwd or ROOT,
+                          env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def slurm_up() -> bool:
+    if not shutil.which("sbatch") or not shutil.which("scontrol"):
+        return False
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "UP" in out.stdout
+
+
+def require_slurm() -> None:
+    """Skip without a reachable SLURM cluster, unless MGRQ_REQUIRE_SLURM=1 (CI): then fail."""
+    if slurm_up():
+        return
+    msg = "no reachable SLURM cluster (start one with `bash .ci/slurm-up.sh`, export SLURM_CONF)"
+    if os.environ.get("MGRQ_REQUIRE_SLURM") == "1":
+        pytest.fail(f"MGRQ_REQUIRE_SLURM=1 but {msg}")
+    pytest.skip(msg)
+
+
+def require_latex() -> None:
+    """Skip without pdflatex/pdftotext, unless MGRQ_REQUIRE_LATEX=1 (CI): then fail."""
+    missing = [t for t in ("pdflatex", "pdftotext") if not shutil.which(t)]
+    if not missing:
+        return
+    msg = f"{', '.join(missing)} not installed (apt-get install texlive-latex-base texlive-latex-recommended poppler-utils)"
+    if os.environ.get("MGRQ_REQUIRE_LATEX") == "1":
+        pytest.fail(f"MGRQ_REQUIRE_LATEX=1 but {msg}")
+    pytest.skip(msg)

@@ -1,0 +1,111 @@
+"""One cell of the `imagenet-w4a4` suite end to end, the way a cluster user runs it: an
+ImageNet-layout folder (real photos from ``skimage.data``, cropped into a few classes), a real
+timm architecture (DeiT-T) loaded from a local weights file made here (3-class head), the
+model's own timm preprocessing, the run record, and the report with the published rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mgrq.cli import main
+
+PHOTOS = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}  # class -> skimage.data photo
+
+
+@pytest.fixture(scope="module")
+def imagenet_folder(tmp_path_factory):
+    """train/<class>/ 11 crops each, val/<class>/ 2 crops each, JPEG, from real photos."""
+    from PIL import Image
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("inet")
+    rng = np.random.default_rng(0)
+    for cls, photo in PHOTOS.items():
+        img = getattr(data, photo)()
+        h, w = img.shape[:2]
+        for split, n in (("train", 11), ("val", 2)):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                s = int(rng.integers(min(h, w) // 2, min(h, w)))
+                y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+                crop = Image.fromarray(img[y:y + s, x:x + s]).resize((112, 112), Image.BICUBIC)
+                crop.save(root / split / cls / f"{photo}_{i:02d}.jpg", quality=90)
+    return root
+
+
+@torch.no_grad()
+def fit_head(model: torch.nn.Module, root) -> None:
+    """Ridge-regression head on the (random) backbone's features of the train images."""
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    tf = create_transform(**resolve_data_config({}, model=model), is_training=False)
+    xs, ys = [], []
+    for ci, cls in enumerate(sorted(PHOTOS)):
+        for f in sorted((root / "train" / cls).iterdir()):
+            xs.append(tf(Image.open(f).convert("RGB")))
+            ys.append(ci)
+    feats = model.forward_head(model.forward_features(torch.stack(xs)), pre_logits=True)  # [N, 192]
+    x = torch.cat([feats, torch.ones(len(feats), 1)], 1)
+    y = torch.nn.functional.one_hot(torch.tensor(ys), 3).float()
+    w = torch.linalg.solve(x.T @ x + 1e-3 * torch.eye(x.shape[1]), x.T @ y)  # [193, 3]
+    model.head.weight.copy_(w[:-1].T)
+    model.head.bias.copy_(w[-1])
+
+
+def test_one_imagenet_w4a4_cell_end_to_end(tmp_path, imagenet_folder, capsys):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
+    fit_head(model, imagenet_folder)  # a linear probe, so the FP accuracy means something
+    ckpt = tmp_path / "deit_tiny_3class.pth"
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "runs"
+    code = main(["suite", "run", "imagenet-w4a4", "--data-root", str(imagenet_folder),
+                 "--checkpoint", f"deit_tiny_patch16_224={ckpt}", "--only", r"^deit_tiny_patch16_224\.",
+                 "--calib", "4", "--out", str(out), "--label", "cell", "--executor", "debug",
+                 "--threads", "1", "--no-mirror", "--no-pdf"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "1 cells: 1 done, 0 skipped (done before), 0 failed" in text
+    (path,) = (out / "imagenet-w4a4" / "cell").glob("deit_tiny_patch16_224.percentile.w4a4.s0-*/record.json")
+    rec = json.loads(path.read_text())
+    assert rec["status"] == "done"
+    assert rec["spec"]["data_root"] == str(imagenet_folder.resolve())
+    assert rec["spec"]["checkpoint"] == str(ckpt.resolve())
+    assert rec["data"]["source"] == f"image folder {imagenet_folder.resolve()}"
+    cfg = rec["data"]["config"]
+    assert cfg["input_size"] == [3, 224, 224] and cfg["interpolation"] == "bicubic"
+    assert rec["calibration"]["n"] == 4 and rec["metrics"]["n_eval"] == 6.0
+    assert rec["method"]["info"]["points"] > 50  # every linear, matmul and the patch embedding
+
+    # The FP accuracy in the record equals timm's own pipeline on the same folder and weights.
+    from PIL import Image
+
+    ref = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3)
+    ref.load_state_dict(torch.load(ckpt, weights_only=True))
+    ref.eval()
+    ref_cfg = resolve_data_config({}, model=ref)  # DeiT's own eval preprocessing (crop_pct etc.)
+    assert cfg == {k: list(v) if isinstance(v, tuple) else v for k, v in ref_cfg.items()}
+    tf = create_transform(**ref_cfg, is_training=False)
+    classes = sorted(PHOTOS)
+    correct = n = 0
+    for ci, cls in enumerate(classes):
+        for f in sorted((imagenet_folder / "val" / cls).iterdir()):
+            with torch.no_grad():
+                pred = ref(tf(Image.open(f).convert("RGB"))[None]).argmax(-1).item()
+            correct += int(pred == ci)
+            n += 1
+    assert n == 6 and rec["metrics"]["fp_top1"] == pytest.approx(100.0 * correct / n)
+    assert rec["metrics"]["fp_top1"] > 50  # the probe separates the photos
+
+    md = (out / "imagenet-w4a4" / "cell" / "report" / "main.md").read_text()
+    q = f"{rec['metrics']['top1']:.2f}"
+    assert f"| Percentile | 4/4 | {q} |" in md or f"| Percentile | 4/4 | **{q}** |" in md
+    assert "| RepQ-ViT † | 4/4 | 57.43 |" in md  # published DeiT-T W4A4, marked as published

@@ -1,0 +1,156 @@
+"""Reports: records -> DataFrame -> paper-style LaTeX (compiled with pdflatex, numbers read back
+with pdftotext) and Markdown tables, figures, published rows, and the label-to-label delta table.
+
+The inputs are run records with known accuracies written in the runner's layout, so every
+number in the tables can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from harness_helpers import require_latex
+
+from mgrq import records
+from mgrq.cli import main
+from mgrq.spec import RunSpec
+from reports.build import ReportError, build_report
+
+MODELS = ["deit_tiny_patch16_224", "tiny_vit"]
+
+
+def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, seed: int,
+        top1: float | None, fp: float = 80.0, variant: str | None = None, qs: float = 2.0) -> None:
+    w, a = int(bits[1]), int(bits[3])
+    spec = RunSpec(model=model, method=method, w_bits=w, a_bits=a, seed=seed, variant=variant)
+    rec = {"schema": 1, "id": spec.run_id, "hash": spec.content_hash, "spec": spec.to_dict(),
+           "suite": {"name": suite, "label": label}, "started": records.now(), "finished": records.now()}
+    if top1 is None:
+        rec.update(status="failed", error={"type": "RuntimeError", "message": "boom", "traceback": ""})
+    else:
+        rec.update(status="done", metrics={"top1": top1, "top5": 99.0, "fp_top1": fp, "fp_top5": 99.5, "n_eval": 50.0},
+                   timings={"quantize_s": qs, "total_s": qs + 1}, peak_mem_mb=100.0,
+                   calibration={"n": 32, "seed": seed, "ids_hash": "x"})
+    records.write_record(out / suite / label / f"{spec.run_id}-{spec.content_hash}" / "record.json", rec)
+
+
+def make_runs(out: Path, label: str = "A", shift: float = 0.0, created: str = "2026-01-01T00:00:00") -> None:
+    records.write_record(out / "rep" / label / "suite.json", {
+        "created": created, "models": MODELS, "methods": ["percentile", "repq_vit", "pct-mm"],
+        "bits": ["W4A4", "W6A6"], "ablation": ["percentile", "pct-mm"]})
+    for model in MODELS:
+        put(out, "rep", label, model, "percentile", "W4A4", 0, 70.0 + shift)
+        put(out, "rep", label, model, "percentile", "W4A4", 1, 72.0)
+        put(out, "rep", label, model, "repq_vit", "W4A4", 0, 75.5, qs=5.0)
+        put(out, "rep", label, model, "repq_vit", "W4A4", 1, 75.5, qs=5.0)
+        put(out, "rep", label, model, "percentile", "W6A6", 0, 78.25)
+        put(out, "rep", label, model, "percentile", "W4A4", 0, 60.0, variant="pct-mm")
+        put(out, "rep", label, model, "percentile", "W4A4", 1, 61.0, variant="pct-mm")
+    put(out, "rep", label, "tiny_vit", "repq_vit", "W6A6", 0, None)  # failed cell
+
+
+def test_tables_compile_and_show_the_numbers(tmp_path):
+    require_latex()
+    out = tmp_path / "runs"
+    make_runs(out)
+    rep = build_report(out, "rep", "A", pdf="yes")
+    d = rep.dest
+    main_tex, abl_tex = (d / "main.tex").read_text(), (d / "ablation.tex").read_text()
+    # booktabs, models as columns, FP first, best per column bold, mean +- std over seeds
+    assert r"\toprule" in main_tex and r"\midrule" in main_tex and r"\bottomrule" in main_tex
+    assert "Method & W/A & DeiT-T & tiny ViT" in main_tex
+    body = main_tex.split(r"\midrule")
+    assert body[1].strip().startswith("Full Prec. & 32/32 & 80.00 & 80.00")
+    assert r"\textbf{75.50}{\scriptsize$\pm$0.00}" in main_tex
+    assert r"71.00{\scriptsize$\pm$1.41}" in main_tex and r"\textbf{71.00}" not in main_tex
+    assert "RepQ-ViT & 6/6 & -- & fail" in main_tex
+    # published rows for the ImageNet model only, marked and cited
+    assert r"RepQ-ViT$^\dagger$ & 4/4 & 57.43 & --" in main_tex
+    assert r"Full Prec.$^\dagger$ & 32/32 & 72.21" in main_tex and "arXiv:2212.08254" in main_tex
+    assert r"\textbf{57.43}" not in main_tex  # published rows never compete for bold
+    assert "Avg." in abl_tex and r"\textbf{71.00}" in abl_tex and "pct-mm & 4/4 & 60.50" in abl_tex
+
+    # compile the fragments in a minimal document of our own and read the PDF text back
+    doc = tmp_path / "doc"
+    doc.mkdir()
+    for f in ("main.tex", "ablation.tex"):
+        (doc / f).write_text((d / f).read_text())
+    (doc / "t.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+                               "\\begin{document}\n\\input{main.tex}\n\\input{ablation.tex}\n\\end{document}\n")
+    r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=doc,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
+    text = subprocess.run(["pdftotext", "-layout", "t.pdf", "-"], cwd=doc, capture_output=True,
+                          text=True, check=True).stdout
+    lines = [" ".join(ln.split()) for ln in text.splitlines()]
+    assert any(ln.startswith("Full Prec. 32/32 80.00 80.00") for ln in lines), text
+    assert any(ln.startswith("Percentile 4/4 71.00±1.41 71.00±1.41") for ln in lines), text
+    assert any(ln.startswith("RepQ-ViT 4/4 75.50±0.00 75.50±0.00") for ln in lines), text
+    assert any(ln.startswith("Percentile 6/6 78.25 78.25") for ln in lines), text
+    assert any(ln.startswith("RepQ-ViT† 4/4 57.43") for ln in lines), text
+    assert any(ln.startswith("pct-mm 4/4 60.50±0.71 60.50±0.71 60.50") for ln in lines), text
+    assert rep.pdf is not None and rep.pdf.stat().st_size > 1000
+
+
+def test_markdown_csv_and_figures(tmp_path):
+    out = tmp_path / "runs"
+    make_runs(out)
+    rep = build_report(out, "rep", "A", pdf="no", published=False)
+    md = (rep.dest / "main.md").read_text().splitlines()
+    rows = [ln for ln in md if ln.startswith("| ") and not ln.startswith("| Method")]
+    assert rows[0] == "| Full Prec. | 32/32 | 80.00 | 80.00 |"
+    assert rows[1] == "| Percentile | 4/4 | 71.00 ± 1.41 | 71.00 ± 1.41 |"
+    assert rows[2] == "| RepQ-ViT | 4/4 | **75.50** ± 0.00 | **75.50** ± 0.00 |"
+    assert rows[-1] == "| RepQ-ViT | 6/6 | – | fail |"
+    assert not any("†" in r for r in rows)
+    abl = (rep.dest / "ablation.md").read_text()
+    assert "| pct-mm | 4/4 | 60.50 ± 0.71 | 60.50 ± 0.71 | 60.50 |" in abl
+    import pandas as pd
+
+    csv = pd.read_csv(rep.dest / "results.csv")
+    assert len(csv) == 15 and (csv["status"] == "failed").sum() == 1
+    from matplotlib.image import imread
+
+    names = sorted(p.name for p in rep.figures)
+    assert names == sorted(f"{s}.{e}" for s in ("acc_vs_bits", "ablation", "acc_vs_time") for e in ("pdf", "png"))
+    for p in rep.figures:
+        if p.suffix == ".png":
+            h, w = imread(p).shape[:2]
+            assert h > 200 and w > 300
+
+
+def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
+    out = tmp_path / "runs"
+    make_runs(out, "A", created="2026-01-01T00:00:00")
+    make_runs(out, "B", shift=-2.5, created="2026-01-02T00:00:00")  # seed-0 percentile cells drop 2.5
+    put(out, "rep", "B", "deit_tiny_patch16_224", "repq_vit", "W4A4", 1, None)  # newly failed
+    put(out, "rep", "B", "tiny_vit", "repq_vit", "W4A4", 1, 75.9)  # moved 0.4: not flagged
+    code = main(["report", "rep", "--out", str(out), "--compare", "previous", "latest",
+                 "--threshold", "1.0", "--strict"])
+    text = capsys.readouterr().out
+    assert code == 1  # --strict: flagged cells make the exit status non-zero
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "Model" not in ln]
+    assert rows[0] == "| DeiT-T | RepQ-ViT | 4/4 | 1 | 75.50 | fail | – | **newly failed** |"
+    moved = [r for r in rows if "**moved**" in r]
+    assert len(moved) == 2 and all("| 70.00 | 67.50 | -2.50 |" in r for r in moved)
+    assert "| tiny ViT | RepQ-ViT | 4/4 | 1 | 75.50 | 75.90 | +0.40 |  |" in rows
+    assert "| tiny ViT | RepQ-ViT | 6/6 | 0 | fail | fail | – | still failing |" in rows
+    assert (out / "rep" / "B" / "report" / "compare-A-vs-B.tex").is_file()
+    assert main(["report", "rep", "--out", str(out), "--compare", "A", "B"]) == 0  # not strict
+    capsys.readouterr()
+
+
+def test_report_bad_inputs(tmp_path):
+    out = tmp_path / "runs"
+    with pytest.raises(ReportError, match="no finished cells"):
+        records.write_record(out / "empty" / "L" / "suite.json", {"created": "x"})
+        build_report(out, "empty", "L", pdf="no")
+    from mgrq.errors import ConfigError, UnknownNameError
+
+    with pytest.raises(ConfigError, match="expected at least 1"):
+        build_report(out, "nosuch", None, pdf="no")
+    make_runs(out)
+    with pytest.raises(UnknownNameError, match="unknown label of suite rep 'Z'"):
+        build_report(out, "rep", "Z", pdf="no")

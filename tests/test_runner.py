@@ -1,0 +1,154 @@
+"""The runner on real submitit executors: records, failed cells, resume, dry run, and a cell
+killed with SIGKILL mid-run (only the unfinished cells run again; finished records and MLflow
+runs are untouched and not duplicated)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness_helpers import ROOT, cli_env, write_suite
+
+from mgrq.cli import main
+from mgrq.runner.layout import read_events
+
+
+def cell_dirs(root: Path) -> dict[str, Path]:
+    return {p.name.rsplit("-", 1)[0]: p for p in root.iterdir() if (p / "record.json").exists()}
+
+
+def rec(d: Path) -> dict:
+    return json.loads((d / "record.json").read_text())
+
+
+def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
+    suite = write_suite(
+        tmp_path / "dbg.yaml",
+        methods=["percentile", {"name": "percentile", "variant": "pct-toomany", "calib": 100000}],
+    )
+    out = tmp_path / "runs"
+    argv = ["suite", "run", str(suite), "--out", str(out), "--label", "L1", "--executor", "debug",
+            "--threads", "1", "--no-mirror", "--no-report"]
+    assert main(argv) == 1  # one cell failed -> exit status 1
+    text = capsys.readouterr().out
+    assert "2 cells: 1 done, 0 skipped (done before), 1 failed" in text
+    root = out / "dbg" / "L1"
+    cells = cell_dirs(root)
+    ok, bad = rec(cells["tiny_vit.percentile.w4a4.s0"]), rec(cells["tiny_vit.pct-toomany.w4a4.s0"])
+    # the done record: everything the issue lists
+    assert ok["status"] == "done" and ok["metrics"]["n_eval"] == 100
+    assert 80 < ok["metrics"]["top1"] <= 100 and ok["metrics"]["fp_top1"] > 85
+    for key in ("spec", "timings", "peak_mem_mb", "calibration", "data", "versions", "git_sha",
+                "executor", "suite"):
+        assert ok.get(key) is not None, key
+    assert ok["calibration"]["n"] == 8 and len(ok["calibration"]["ids_hash"]) == 16
+    assert ok["executor"]["name"] == "debug" and ok["suite"] == {"name": "dbg", "label": "L1", "file": str(suite)}
+    assert ok["hash"] == cells["tiny_vit.percentile.w4a4.s0"].name.rsplit("-", 1)[1]
+    # the failed record: the error and its traceback; the grid went on
+    assert bad["status"] == "failed" and bad["error"]["type"] == "ConfigError"
+    assert "calib=100000: expected 1..4000" in bad["error"]["message"]
+    assert "sample_calibration" in bad["error"]["traceback"]
+    assert "calib=100000" in (cells["tiny_vit.pct-toomany.w4a4.s0"] / "cell.log").read_text()
+
+    # rerun = resume: the done cell is skipped (record untouched), the failed one runs again
+    before = (cells["tiny_vit.percentile.w4a4.s0"] / "record.json").read_bytes()
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    assert "2 cells: 0 done, 1 skipped (done before), 1 failed" in text
+    assert (cells["tiny_vit.percentile.w4a4.s0"] / "record.json").read_bytes() == before
+    assert [e["event"] for e in read_events(cells["tiny_vit.pct-toomany.w4a4.s0"])] == [
+        "start", "failed", "start", "failed"]
+
+    # dry run: the grid and how many cells are done; nothing runs
+    assert main([*argv, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "2 cells: 1 done, 1 failed" in text and "-> 1 to run" in text
+    assert len(read_events(cells["tiny_vit.pct-toomany.w4a4.s0"])) == 4
+
+
+def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    t0 = time.time()
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"driver exited ({proc.returncode}) while waiting for {what}:\n{out}\n{err}")
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _mlflow_runs(out: Path, suite: str) -> dict[str, tuple[str, str, str]]:
+    """key -> (mlflow run id, status, digest) of the active runs of a suite."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve()}/mlflow.db")
+    exp = client.get_experiment_by_name(suite)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    keys = [r.data.tags["mgrq.key"] for r in runs]
+    assert len(keys) == len(set(keys)), f"duplicated MLflow runs: {keys}"
+    return {r.data.tags["mgrq.key"]: (r.info.run_id, r.info.status, r.data.tags["mgrq.digest"]) for r in runs}
+
+
+def test_sigkill_mid_cell_then_rerun_only_unfinished(tmp_path):
+    """Two local jobs side by side (1 torch thread each), two cells each. The first job's
+    process is killed with SIGKILL while it runs its second cell; the other job finishes. The
+    rerun runs that one cell only; the other records and MLflow runs stay as they were."""
+    suite = write_suite(tmp_path / "kill.yaml", bits=["W4A4", "W8A8", "W6A6", "W5A5"], eval_limit=300)
+    out = tmp_path / "runs"
+    argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(out),
+            "--label", "K", "--executor", "local", "--parallelism", "2", "--threads", "1",
+            "--no-report"]
+    root = out / "kill" / "K"
+    c1, c2, c3, c4 = (f"tiny_vit.percentile.{b}.s0" for b in ("w4a4", "w8a8", "w6a6", "w5a5"))
+
+    proc = subprocess.Popen(argv, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def c2_running() -> bool:
+            cells = cell_dirs(root) if root.is_dir() else {}
+            return (c1 in cells and rec(cells[c1])["status"] == "done" and c2 in cells
+                    and any(e["event"] == "start" for e in read_events(cells[c2])))
+
+        _wait_for(c2_running, 240, "the second cell of the first job to start", proc)
+        victim = rec(cell_dirs(root)[c2])["executor"]["pid"]
+        os.kill(victim, signal.SIGKILL)  # the job process, mid-cell
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stdout + stderr
+    assert "local: 2 job(s) side by side, 1 torch thread(s) each" in stdout
+    assert "4 cells: 3 done, 0 skipped (done before), 1 failed" in stdout, stdout
+    cells = cell_dirs(root)
+    r = {c: rec(cells[c]) for c in (c1, c2, c3, c4)}
+    assert r[c2]["status"] == "failed" and r[c2]["error"]["type"] == "JobLost", r[c2]["error"]
+    assert {r[c]["status"] for c in (c1, c3, c4)} == {"done"}
+    assert {r[c]["torch_threads"] for c in (c1, c3, c4)} == {1}
+    jobs = {c: r[c]["executor"]["job_id"] for c in (c1, c3, c4)}
+    assert jobs[c3] == jobs[c4] != jobs[c1]  # two jobs, contiguous chunks
+    finished = {c: ((cells[c] / "record.json").read_bytes(), (cells[c] / "record.json").stat().st_mtime_ns)
+                for c in (c1, c3, c4)}
+    runs1 = _mlflow_runs(out, "kill")
+    assert len(runs1) == 4 and runs1[f"kill/K/{cells[c2].name}"][1] == "FAILED"
+
+    # rerun: only the killed cell runs again
+    r2 = subprocess.run(argv, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    assert "4 cells: 1 done, 3 skipped (done before), 0 failed" in r2.stdout, r2.stdout
+    for c, (data, mtime) in finished.items():
+        assert (cells[c] / "record.json").read_bytes() == data
+        assert (cells[c] / "record.json").stat().st_mtime_ns == mtime
+        assert [e["event"] for e in read_events(cells[c])] == ["start", "done"]
+    assert [e["event"] for e in read_events(cells[c2])] == ["start", "lost", "start", "done"]
+    assert rec(cells[c2])["status"] == "done"
+    runs2 = _mlflow_runs(out, "kill")
+    assert set(runs2) == set(runs1)  # one MLflow run per cell, no duplicates
+    for c in (c1, c3, c4):  # the finished cells' runs untouched
+        assert runs2[f"kill/K/{cells[c].name}"] == runs1[f"kill/K/{cells[c].name}"]
+    assert {v[1] for v in runs2.values()} == {"FINISHED"}
+    assert "0 run(s) created, 1 replaced, 3 unchanged" in r2.stdout

@@ -1,0 +1,141 @@
+"""The slurm executor against a real SLURM cluster (``bash .ci/slurm-up.sh`` starts one; CI
+sets MGRQ_REQUIRE_SLURM=1 so these fail instead of skipping when it is missing).
+
+One grid is submitted as a job array (3 tasks, at most 2 at once). While the first task runs
+its cell, the test requeues it with ``scontrol requeue`` (the preemption path): the job comes
+back, skips nothing it had not finished, and the cell completes exactly once with the same
+result as an in-process run of its spec. Then the records and the MLflow runs are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from harness_helpers import cli_env, require_slurm, write_suite
+
+from mgrq.runner.layout import read_events
+
+pytestmark = pytest.mark.slurm
+
+
+def _squeue_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T %r", "-j", job_id.split("_")[0]],
+                         capture_output=True, text=True, timeout=30)
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0] == job_id:
+            return " ".join(parts[1:])
+    return "GONE"
+
+
+def _cells(root: Path) -> dict[str, Path]:
+    return {p.name.rsplit("-", 1)[0]: p for p in root.glob("*-*") if (p / "record.json").exists()}
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory):
+    require_slurm()
+    tmp = tmp_path_factory.mktemp("slurm")
+    suite = write_suite(tmp / "sgrid.yaml", bits=["W4A4", "W8A8", "W6A6"], eval_limit=500)
+    out = tmp / "runs"
+    argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(out),
+            "--label", "S", "--executor", "slurm", "--array-parallelism", "2", "--threads", "1",
+            "--timeout-min", "10", "--no-report"]
+    root = out / "sgrid" / "S"
+    proc = subprocess.Popen(argv, cwd=tmp, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    requeued: dict[str, str] = {}
+    try:
+        t0 = time.time()
+        while not requeued:  # the first cell that starts: requeue its job while it runs
+            if proc.poll() is not None:
+                out_, err_ = proc.communicate()
+                pytest.fail(f"driver exited before any cell started:\n{out_}\n{err_}")
+            if time.time() - t0 > 180:
+                pytest.fail("no cell started within 180 s")
+            for name, d in (_cells(root) if root.is_dir() else {}).items():
+                events = read_events(d)
+                if events and events[0]["event"] == "start":
+                    job = events[0]["job_id"]
+                    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+                    requeued = {"cell": name, "job": job, "events_at_requeue": json.dumps(events)}
+                    break
+            time.sleep(0.1)
+        # A requeued job waits ~2 minutes (BeginTime) before it may start again; release it.
+        def restarted() -> bool:
+            return any(e["event"] == "start" and e.get("restart") == 1
+                       for e in read_events(_cells(root)[requeued["cell"]]))
+
+        t0 = time.time()
+        while time.time() - t0 < 120 and not restarted() and proc.poll() is None:
+            if _squeue_state(requeued["job"]).startswith("PENDING"):
+                subprocess.run(["scontrol", "update", f"jobid={requeued['job']}", "StartTime=now"],
+                               capture_output=True, timeout=30)
+            time.sleep(0.5)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(["scancel", "--name", "mgrq-sgrid"], capture_output=True)
+    return {"out": out, "root": root, "suite": suite, "rc": proc.returncode, "stdout": stdout,
+            "stderr": stderr, **requeued}
+
+
+def test_slurm_job_array_records_and_mlflow(slurm_run):
+    r = slurm_run
+    assert r["rc"] == 0, r["stdout"] + r["stderr"]
+    assert "with 3 task(s), at most 2 at once" in r["stdout"]
+    assert "3 cells: 3 done, 0 skipped (done before), 0 failed" in r["stdout"]
+    cells = _cells(r["root"])
+    recs = {n: json.loads((d / "record.json").read_text()) for n, d in cells.items()}
+    assert len(recs) == 3 and {x["status"] for x in recs.values()} == {"done"}
+    ex = [x["executor"] for x in recs.values()]
+    assert {e["name"] for e in ex} == {"slurm"}
+    array_id = ex[0]["slurm_array_job_id"]
+    assert array_id and {e["slurm_array_job_id"] for e in ex} == {array_id}
+    assert sorted(e["slurm_array_task_id"] for e in ex) == ["0", "1", "2"]
+    assert all(e["slurm_job_id"] and e["slurm_partition"] for e in ex)
+    assert all(x["torch_threads"] == 1 and 80 < x["metrics"]["top1"] <= 100 for x in recs.values())
+    script = (r["root"] / "jobs" / f"{array_id}_submission.sh").read_text()
+    assert "#SBATCH --array=0-2%2" in script and "#SBATCH --cpus-per-task=1" in script
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{r['out'].resolve()}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("sgrid").experiment_id])
+    assert len(runs) == 3 and {x.info.status for x in runs} == {"FINISHED"}
+    by_id = {x.data.tags["run_id"]: x for x in runs}
+    for name, rec in recs.items():
+        run = by_id[name]
+        assert run.data.metrics["top1"] == rec["metrics"]["top1"]
+        assert run.data.tags["slurm_job_id"] == rec["executor"]["slurm_job_id"]
+        assert run.data.tags["label"] == "S" and run.data.tags["content_hash"] == rec["hash"]
+
+
+def test_requeued_job_resumes_its_cell_once_with_the_right_result(slurm_run):
+    r = slurm_run
+    assert r["rc"] == 0, r["stdout"] + r["stderr"]
+    cells = _cells(r["root"])
+    d = cells[r["cell"]]
+    events = read_events(d)
+    kinds = [(e["event"], e.get("restart")) for e in events]
+    # interrupted while running, started again by the requeued job, finished once
+    assert kinds == [("start", 0), ("start", 1), ("done", None)], (kinds, r["events_at_requeue"])
+    rec = json.loads((d / "record.json").read_text())
+    assert rec["status"] == "done" and rec["executor"]["slurm_restart_count"] == 1
+    assert rec["executor"]["job_id"] == r["job"]
+    for name, other in cells.items():
+        if name != r["cell"]:
+            assert [e["event"] for e in read_events(other)] == ["start", "done"]
+
+    from mgrq.run import execute
+    from mgrq.spec import RunSpec
+
+    expected = execute(RunSpec.from_dict(rec["spec"]), progress=False)
+    assert rec["metrics"]["top1"] == expected["metrics"]["top1"]
+    assert rec["calibration"]["ids_hash"] == expected["calibration"]["ids_hash"]

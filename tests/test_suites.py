@@ -1,0 +1,227 @@
+"""Suite files: the shipped suites validate, the grid expands into frozen specs, and malformed
+files fail before anything is submitted with one line naming the file, the field and what was
+expected. Also site profiles and executor options (suite < profile < flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from harness_helpers import ROOT, write_suite
+
+from mgrq.cli import main
+from mgrq.errors import ConfigError, DataError, UnknownNameError
+from mgrq.methods import get_method
+from mgrq.runner import executors as ex
+from mgrq.runner.suite import list_suites, load_suite
+
+REPQ_TABLE_MODELS = {
+    "vit_small_patch16_224", "vit_base_patch16_224", "deit_tiny_patch16_224",
+    "deit_small_patch16_224", "deit_base_patch16_224", "swin_tiny_patch4_window7_224",
+    "swin_small_patch4_window7_224",
+}
+
+
+def test_shipped_suites_validate_and_expand():
+    names = {p.stem for p in list_suites()}
+    assert {"demo", "imagenet-w4a4", "imagenet-w6a6", "imagenet-w3a3", "ablation-mgrq"} <= names
+    demo = load_suite("demo")
+    specs = demo.specs()
+    assert len(specs) == len(demo.models) * len(demo.bits) * len(demo.methods) * len(demo.seeds)
+    assert len({s.content_hash for s in specs}) == len(specs)  # every cell its own hash
+    assert len({s.run_id for s in specs}) == len(specs)
+    assert not demo.needs_data_root and demo.ablation
+    for b in ("w4a4", "w6a6", "w3a3"):
+        s = load_suite(f"imagenet-{b}")
+        assert set(s.models) >= REPQ_TABLE_MODELS, b
+        assert s.needs_data_root and s.bits == ((int(b[1]), int(b[3])),)
+        assert s.name == f"imagenet-{b}" and "suite-imagenet" in s.command
+
+
+def test_ablation_suite_validates_only_once_mgrq_registers():
+    try:
+        get_method("mgrq")
+        registered = True
+    except UnknownNameError:
+        registered = False
+    if registered:
+        s = load_suite("ablation-mgrq")
+        assert {m.name for m in s.methods} >= {"mgrq", "mgrq_obwr"}
+        return
+    with pytest.raises(UnknownNameError) as e:
+        load_suite("ablation-mgrq")
+    msg = str(e.value)
+    assert "ablation-mgrq.yaml" in msg and "methods[" in msg and "unknown method 'mgrq" in msg
+    assert "\n" not in msg
+    # Readable without the registry check (listing, docs).
+    s = load_suite("ablation-mgrq", check_names=False)
+    assert s.ablation == tuple(m.name for m in s.methods)
+
+
+def test_variants_and_per_method_overrides(tmp_path):
+    path = write_suite(
+        tmp_path / "grid.yaml", bits=["W4A4", "w6a6"], seeds=[0, 1],
+        methods=["percentile",
+                 {"name": "percentile", "variant": "pct-minmax", "config": {"act_init": "minmax"}}],
+        overrides={"percentile": {"calib": 16, "config": {"weight_init": "lp"}},
+                   "pct-minmax": {"calib": 4}},
+        bits_overrides={"^head\\.": 8},
+    )
+    s = load_suite(path)
+    specs = s.specs()
+    assert len(specs) == 2 * 2 * 2
+    by_id = {sp.run_id: sp for sp in specs}
+    plain = by_id["tiny_vit.percentile.w6a6.s1"]
+    var = by_id["tiny_vit.pct-minmax.w4a4.s0"]
+    assert plain.calib == 16 and dict(plain.method_config) == {"weight_init": "lp"}
+    # variant: method overrides, then variant overrides, then the entry's own config
+    assert var.method == "percentile" and var.variant == "pct-minmax" and var.calib == 4
+    assert dict(var.method_config) == {"weight_init": "lp", "act_init": "minmax"}
+    assert plain.bits_overrides == (("^head\\.", 8),)
+    assert plain.eval_limit == 100 and plain.eval_split == "heldout"
+    smoke = s.with_options(calib=2, eval_limit=10).specs()
+    assert {sp.calib for sp in smoke} == {2} and {sp.eval_limit for sp in smoke} == {10}
+
+
+BAD = [
+    # (fields, field named in the message, expectation named in the message)
+    ({"bits": ["W4A4", "W44"]}, "bits[1]", "expected WxAy"),
+    ({"bits": ["W1A4"]}, "bits[0]", "expected 2..16"),
+    ({"modles": ["tiny_vit"]}, "modles", "did you mean 'models'"),
+    ({"seeds": [0, -1]}, "seeds", "non-negative integers"),
+    ({"methods": []}, "methods", "non-empty list"),
+    ({"methods": ["percentile", "percentile"]}, "methods", "distinct 'variant'"),
+    ({"methods": [{"name": "percentile", "config": {"act_innit": "minmax"}}]}, "methods[0].config",
+     "unknown field(s) act_innit"),
+    ({"methods": [{"name": "percentile", "config": {"act_init": "bogus"}}]}, "methods[0].config",
+     "expected one of percentile, lp, minmax"),
+    ({"calibration": {"n": 0}}, "calibration.n", "integer >= 1"),
+    ({"data": {"eval_split": "test"}}, "data.eval_split", "'heldout' or 'tune'"),
+    ({"overrides": {"brecq": {"calib": 4}}}, "overrides.brecq", "not a method or variant"),
+    ({"executor": {"gpus": 1}}, "executor.gpus", "unknown field"),
+    ({"description": ""}, "description", "non-empty string"),
+]
+
+
+@pytest.mark.parametrize("fields,where,expect", BAD, ids=[b[1] + ":" + b[2][:12] for b in BAD])
+def test_malformed_suite_names_file_field_and_expectation(tmp_path, fields, where, expect):
+    path = write_suite(tmp_path / "bad.yaml", **fields)
+    with pytest.raises(ConfigError) as e:
+        load_suite(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"'{where}'" in msg and expect in msg, msg
+    assert "\n" not in msg
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: broken\nmodels: [tiny_vit\nbits: [W4A4]\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML \(line \d+"):
+        load_suite(path)
+
+
+@pytest.mark.parametrize("field,value,hint", [
+    ("methods", ["percentil"], "Did you mean 'percentile'"),
+    ("models", ["tiny_vitt"], "Did you mean 'tiny_vit'"),
+])
+def test_unknown_method_or_model_in_suite(tmp_path, field, value, hint):
+    path = write_suite(tmp_path / "names.yaml", **{field: value})
+    with pytest.raises(UnknownNameError) as e:
+        load_suite(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"'{field}[0" in msg and hint in msg, msg
+
+
+def test_imagenet_suite_needs_a_data_root(tmp_path):
+    s = load_suite("imagenet-w4a4")
+    with pytest.raises(ConfigError, match=r"imagenet-w4a4.yaml: data.root: model vit_small_patch16_224 "
+                                          r"needs an ImageNet-layout folder; pass --data-root"):
+        s.with_options()
+    with pytest.raises(DataError, match="not found; expected ROOT/train/<class>"):
+        s.with_options(data_root=str(tmp_path / "nowhere"))
+    (tmp_path / "inet" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"inet/val not found"):
+        s.with_options(data_root=str(tmp_path / "inet"))
+
+
+def test_cli_bad_suite_fails_before_submitting(tmp_path, capsys):
+    bad = write_suite(tmp_path / "bad.yaml", bits=["W4A9x"])
+    out = tmp_path / "runs"
+    code = main(["suite", "run", str(bad), "--out", str(out), "--no-mirror"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "bits[0]" in err and str(bad) in err
+    assert not out.exists()  # nothing was planned, written or submitted
+    code = main(["suite", "run", "imagenet-w4a4", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--data-root" in err and not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Executor options and site profiles
+# --------------------------------------------------------------------------------------------
+
+
+def test_site_profile_precedence_and_sbatch_parameters(tmp_path, monkeypatch):
+    profile = tmp_path / "site.yaml"
+    profile.write_text(yaml.safe_dump({
+        "slurm": {"partition": "gpu", "account": "lab42", "qos": "normal", "cpus_per_task": 8,
+                  "mem_gb": 64, "gpus_per_node": 1, "timeout_min": 240,
+                  "setup": ["module load cuda"], "additional": {"gres": "gpu:a100:1"}},
+        "local": {"parallelism": 3},
+    }))
+    monkeypatch.setenv(ex.PROFILE_ENV, str(profile))
+    prof, where = ex.load_profile()
+    assert where == str(profile)
+    suite_defaults = {"timeout_min": 60, "cpus_per_task": 4, "array_parallelism": 8}
+    opts = ex.resolve_options("slurm", suite_defaults, prof, {"partition": "debug", "account": None})
+    # flags win over the profile, the profile over the suite, unset flags change nothing
+    assert (opts.partition, opts.account, opts.cpus_per_task) == ("debug", "lab42", 8)
+    assert (opts.timeout_min, opts.array_parallelism) == (240, 8)
+    executor = ex.slurm_executor(tmp_path / "jobs", opts, "mgrq-test")
+    p = executor.parameters
+    assert p["partition"] == "debug" and p["account"] == "lab42" and p["qos"] == "normal"
+    assert p["cpus_per_task"] == 8 and p["mem"] == "65536MB" and p["gpus_per_node"] == 1
+    assert p["time"] == 240 and p["array_parallelism"] == 8 and p["setup"] == ["module load cuda"]
+    assert p["additional_parameters"] == {"gres": "gpu:a100:1"}
+    assert ex.resolve_options("local", {}, prof, {}).parallelism == 3
+
+
+@pytest.mark.parametrize("content,match", [
+    ("slurm:\n  partion: gpu\n", r"slurm.partion: unknown option"),
+    ("cloud:\n  x: 1\n", r"section 'cloud': expected one of local, debug, slurm"),
+    ("slurm: [1, 2]\n", r"section slurm: expected a mapping"),
+])
+def test_bad_site_profile(tmp_path, content, match):
+    p = tmp_path / "site.yaml"
+    p.write_text(content)
+    with pytest.raises(ConfigError, match=match):
+        ex.load_profile(p)
+
+
+def test_executor_option_checks(tmp_path):
+    with pytest.raises(ConfigError, match="timeout_min=2: expected >= 5 for slurm"):
+        ex.resolve_options("slurm", {"timeout_min": 2}, {}, {})
+    with pytest.raises(ConfigError, match="parallelism=0"):
+        ex.resolve_options("local", {}, {}, {"parallelism": 0})
+    with pytest.raises(ConfigError, match="site profile .*missing.yaml .*--profile.*not found"):
+        ex.load_profile(Path(tmp_path / "missing.yaml"))
+
+
+def test_local_plan_and_chunks(monkeypatch):
+    monkeypatch.setattr(ex, "cpu_count", lambda: 2)
+    assert ex.local_plan(ex.ExecutorOptions(), 12) == (2, 1)  # 2 cores: 2 jobs x 1 thread
+    assert ex.local_plan(ex.ExecutorOptions(), 1) == (1, 2)
+    monkeypatch.setattr(ex, "cpu_count", lambda: 16)
+    assert ex.local_plan(ex.ExecutorOptions(), 40) == (4, 4)
+    assert ex.local_plan(ex.ExecutorOptions(parallelism=2, threads=3), 40) == (2, 3)
+    parts = ex.chunk(list(range(7)), 3)
+    assert parts == [[0, 1, 2], [3, 4], [5, 6]]
+
+
+def test_suite_list_cli(capsys):
+    assert main(["suite", "list"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert "demo" in lines and "cells" in lines["demo"]
+    assert set(lines) >= {p.stem for p in (ROOT / "suites").glob("*.yaml")}

@@ -1,0 +1,137 @@
+"""MLflow mirroring: an unreachable tracking URI leaves the records in place and says how to
+mirror later; mirroring later creates the runs once (idempotent); params, metrics, tags and
+artifacts match the record; reports read MLflow and the records alike."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from harness_helpers import write_suite
+
+from mgrq.cli import main
+from mgrq.tracking import MirrorError, default_uri, flatten, mirror
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*noload.*")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_default_uri_and_env_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert default_uri(tmp_path) == "http://mlflow.example:5000"
+
+
+def test_unreachable_uri_records_land_then_mirror_later(tmp_path, monkeypatch, capsys):
+    suite = write_suite(tmp_path / "trk.yaml", eval_limit=50,
+                        methods=[{"name": "percentile", "config": {"act_init": "minmax"}}])
+    out = tmp_path / "runs"
+    dead = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    code = main(["suite", "run", str(suite), "--out", str(out), "--label", "T", "--executor", "debug",
+                 "--threads", "1", "--no-report"])
+    cap = capsys.readouterr()
+    assert code == 3, cap.out + cap.err  # cells fine, mirroring failed
+    warning = [ln for ln in cap.err.splitlines() if ln.startswith("warning:")]
+    assert len(warning) == 1 and dead in warning[0] and "unreachable" in warning[0]
+    assert f"mgrq mirror --out {out} --suite trk --label T" in warning[0]
+    (path,) = (out / "trk" / "T").glob("*/record.json")
+    rec = json.loads(path.read_text())
+    assert rec["status"] == "done"  # the record landed
+    assert not (out / "mlflow.db").exists()
+
+    # later: mirror into the default store, twice (idempotent)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert main(["mirror", "--out", str(out), "--suite", "trk", "--label", "T"]) == 0
+    assert "1 run(s) created, 0 replaced, 0 unchanged" in capsys.readouterr().out
+    assert main(["mirror", "--out", str(out)]) == 0
+    assert "0 run(s) created, 0 replaced, 1 unchanged" in capsys.readouterr().out
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=default_uri(out))
+    (run,) = client.search_runs([client.get_experiment_by_name("trk").experiment_id])
+    p, m, t = run.data.params, run.data.metrics, run.data.tags
+    assert (p["model"], p["method"], p["bits"], p["w_bits"], p["calib"]) == ("tiny_vit", "percentile", "W4A4", "4", "8")
+    assert p["config.act_init"] == "minmax" and p["config.weight_init"] == "percentile"
+    assert m["top1"] == rec["metrics"]["top1"] and m["fp_top1"] == rec["metrics"]["fp_top1"]
+    assert m["quantize_s"] == rec["timings"]["quantize_s"] and m["peak_mem_mb"] == rec["peak_mem_mb"]
+    assert t["label"] == "T" and t["suite"] == "trk" and t["status"] == "done"
+    assert t["run_id"] == rec["id"] and t["content_hash"] == rec["hash"]
+    assert t["git_sha"] == str(rec["git_sha"]) and t["executor"] == "debug"
+    assert run.info.run_name == f"T/{rec['id']}" and run.info.status == "FINISHED"
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"record.json", "cell.log", "events.jsonl"} <= arts
+    assert str(out.resolve() / "mlartifacts" / "trk") in run.info.artifact_uri
+
+    # reports read MLflow and the records alike
+    from reports.frame import mlflow_frame, records_frame
+
+    a = records_frame(out, "trk", ["T"]).drop(columns=["error", "citation"])
+    b = mlflow_frame(default_uri(out), "trk", ["T"]).drop(columns=["error", "citation"])
+    assert a.to_dict("records") == b.to_dict("records")
+
+
+def test_unreachable_uri_mirror_error_is_one_line(tmp_path):
+    (tmp_path / "x" / "L").mkdir(parents=True)
+    with pytest.raises(MirrorError) as e:
+        mirror(tmp_path, "x", "L", uri=f"http://127.0.0.1:{_free_port()}")
+    assert "\n" not in str(e.value) and "mirror them later with `mgrq mirror" in str(e.value)
+
+
+def test_flatten_failed_record():
+    rec = {"id": "m.p.w4a4.s0", "hash": "abc", "status": "failed",
+           "spec": {"model": "m", "method": "p", "w_bits": 4, "a_bits": 4, "seed": 0},
+           "error": {"type": "ConfigError", "message": "calib=9: expected 1..4"},
+           "suite": {"name": "s", "label": "L"}, "executor": {"name": "slurm", "slurm_job_id": "7"}}
+    params, metrics, tags = flatten(rec, "s/L/m.p.w4a4.s0-abc")
+    assert params["bits"] == "W4A4" and params["name"] == "p" and metrics == {}
+    assert tags["status"] == "failed" and tags["error"] == "ConfigError: calib=9: expected 1..4"
+    assert tags["slurm_job_id"] == "7" and tags["mgrq.key"] == "s/L/m.p.w4a4.s0-abc"
+
+
+@pytest.mark.slow
+def test_mirror_to_a_tracking_server(tmp_path):
+    """MLFLOW_TRACKING_URI pointing at a real `mlflow server` wins over the sqlite default."""
+    from harness_helpers import cli_env
+
+    port = _free_port()
+    env = cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--default-artifact-root", str(tmp_path / "server-artifacts")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read() == b"OK":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        suite = write_suite(tmp_path / "srv.yaml", eval_limit=50)
+        out = tmp_path / "runs"
+        r = subprocess.run([sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(out),
+                            "--executor", "debug", "--no-report"],
+                           env={**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"MLflow (http://127.0.0.1:{port}): 1 run(s) created" in r.stdout
+        assert not (out / "mlflow.db").exists()
+        res = mirror(out, uri=f"http://127.0.0.1:{port}")
+        assert (res.created, res.unchanged) == (0, 1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
