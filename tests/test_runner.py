@@ -12,10 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from harness_helpers import ROOT, cli_env, write_suite
 
 from mgrq.cli import main
 from mgrq.runner.layout import read_events
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*noload.*")
 
 
 def cell_dirs(root: Path) -> dict[str, Path]:
@@ -69,6 +72,11 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "2 cells: 1 done, 1 failed" in text and "-> 1 to run" in text
     assert len(read_events(cells["tiny_vit.pct-toomany.w4a4.s0"])) == 4
+    # status of the newest label: one line per cell, then the counts
+    assert main(["suite", "status", "dbg", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "suite dbg [L1]" in text and "1 done, 1 failed" in text
+    assert f"top-1 {ok['metrics']['top1']:.2f}" in text
 
 
 def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:

@@ -102,8 +102,12 @@ class ExecutorOptions:
         object.__setattr__(self, "additional", tuple(sorted((str(k), v) for k, v in dict(self.additional).items())))
 
     def describe(self) -> dict[str, Any]:
+        """The options that matter for this executor (unset ones left out)."""
+        slurm_only = {"cells_per_job", "partition", "account", "qos", "constraint", "cpus_per_task",
+                      "mem_gb", "array_parallelism", "setup", "additional", "max_num_timeout"}
+        skip = slurm_only if self.kind != "slurm" else {"parallelism"}
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) not in (None, (), False) or f.name == "kind"}
+                if f.name not in skip and (getattr(self, f.name) not in (None, (), False) or f.name == "kind")}
 
 
 OPTION_NAMES = tuple(f.name for f in fields(ExecutorOptions) if f.name not in ("kind", "pdb"))
