@@ -1,0 +1,415 @@
+"""The block-reconstruction engine shared by BRECQ, QDrop and MGRQ.
+
+``Reconstructor(qmodel, images, cfg, device=...).run(stages)`` reconstructs the units of a
+:class:`~mgrq.surgery.QuantModel` (patch embedding, each block / patch merging, the head) in
+forward order, once per :class:`~mgrq.recon.config.Stage`. Per unit and stage:
+
+1. cache ``x_q``, ``x_f``, the FP target ``y`` (and Fisher weights) for every calibration image
+   (:mod:`mgrq.recon.cache`);
+2. install AdaRound / LSQ training quantizers (:mod:`mgrq.recon.session`);
+3. call ``setup`` of every loss term (the block term, plus any extra terms a method adds through
+   ``extra_terms``; see :mod:`mgrq.recon.losses`);
+4. run ``stage.iters`` Adam steps (eager, compiled or CUDA-graph replayed; :mod:`.runner`); the
+   step has no host synchronisation: the loss is read every ``check_every`` iterations for the
+   progress bar and the NaN/Inf check (which names the unit and the first bad iteration);
+5. harden the rounding, write the learned steps back, put the originals back.
+
+While a stage runs, every model parameter has ``requires_grad=False`` and the points of the
+units after the current one are switched off, so chaining those units is the frozen FP tail
+(MGRQ's global term runs the unit output through it). Everything (gradient flags, point
+switches, TF32 flags) is restored when :meth:`Reconstructor.run` returns or raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mgrq.errors import ReconstructionError
+from mgrq.recon.cache import BatchSource, UnitCache, nbytes
+from mgrq.recon.config import ReconConfig, Stage
+from mgrq.recon.losses import FisherError, LogitKL, LossTerm, OutputError, StepContext, logit_kl
+from mgrq.recon.runner import StepRunner
+from mgrq.recon.session import UnitSession, quant_layers
+from mgrq.recon.trainer import UnitTrainer
+from mgrq.surgery import QuantModel
+from mgrq.surgery.wrap import Unit
+
+TermFactory = Callable[[Unit, Stage], Sequence[LossTerm]]
+
+
+@contextlib.contextmanager
+def points_off(unit: Unit) -> Iterator[None]:
+    """Run ``unit`` in full precision for a while (its points' switches are restored)."""
+    saved = [(p, p.enabled) for p in unit.points()]
+    try:
+        for p, _ in saved:
+            p.enabled = False
+        yield
+    finally:
+        for p, e in saved:
+            p.enabled = e
+
+
+@contextlib.contextmanager
+def no_drop(unit: Unit) -> Iterator[None]:
+    """QDrop's dropping off for a while (e.g. while caching)."""
+    saved = [(p, p.drop_prob) for p in unit.points()]
+    try:
+        for p, _ in saved:
+            p.drop_prob = 0.0
+        yield
+    finally:
+        for p, d in saved:
+            p.drop_prob = d
+
+
+@dataclass
+class UnitRecon:
+    """What loss terms get in ``setup``: one unit being reconstructed in one stage.
+
+    Attributes:
+        unit, index, units: the unit, its position and the model's unit list.
+        stage: the current :class:`Stage`.
+        cache: its :class:`UnitCache` (``x_q``, ``x_f``, ``y``, ``fisher``; ``[n, ...]``).
+        device: the compute device.
+        layers: fqn -> the unit's QuantLinear / QuantConv2d modules (the keys of ``ctx.taps``).
+        session: the installed training quantizers (``adarounds``, ``acts``).
+    """
+
+    unit: Unit
+    index: int
+    units: list[Unit]
+    stage: Stage
+    cache: UnitCache
+    device: torch.device
+    layers: dict[str, nn.Module]
+    session: UnitSession
+    engine: Reconstructor
+
+    @property
+    def tail(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The frozen FP tail (units ``index+1..L``): unit output ``[B, ...]`` -> logits
+        ``[B, K]``, differentiable w.r.t. its input; None for the head unit."""
+        rest = self.units[self.index + 1:]
+        if not rest:
+            return None
+
+        def tail(h: torch.Tensor) -> torch.Tensor:
+            for u in rest:
+                h = u.fn(h)
+            return h
+
+        return tail
+
+    def fp_logits(self) -> torch.Tensor:
+        """FP logits ``[n, K]`` of the calibration images (computed once per engine)."""
+        return self.engine.fp_logits()
+
+    def fp_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The unit in full precision on ``x`` ``[b, ...]`` (no grad): its output and the output
+        of each quantized layer (same keys as ``ctx.taps``)."""
+        taps: dict[str, torch.Tensor] = {}
+        with points_off(self.unit), tap_hooks(self.layers, taps), torch.no_grad():
+            out = self.unit.fn(x.to(self.device))
+        return out, taps
+
+
+@contextlib.contextmanager
+def tap_hooks(layers: dict[str, nn.Module], store: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Forward hooks writing each layer's output into ``store[fqn]``."""
+    handles = []
+    for name, m in layers.items():
+        def hook(_m: nn.Module, _args: Any, out: torch.Tensor, name: str = name) -> None:
+            store[name] = out
+        handles.append(m.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak memory so far in this process (MiB): CUDA allocated, or the CPU max RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated_since_run_start"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "cpu_maxrss"
+
+
+class Reconstructor:
+    """Block reconstruction of ``qmodel`` on calibration ``images`` ``[n, C, H, W]``.
+
+    Args:
+        qmodel: a quantized model whose active points already have initialized quantizers.
+        images: the calibration images (CPU or device).
+        cfg: the engine settings.
+        device: the compute device.
+        seed: base seed (index schedules and QDrop masks are derived per stage and unit).
+        progress: show a progress bar per unit.
+        extra_terms: ``f(unit, stage) -> [LossTerm, ...]`` added to the block term (MGRQ's hook).
+        units: regex; reconstruct only units whose name matches (others keep their quantizers).
+        desc: label of progress bars and errors (e.g. the method name).
+    """
+
+    def __init__(
+        self, qmodel: QuantModel, images: torch.Tensor, cfg: ReconConfig, *, device: torch.device,
+        seed: int = 0, progress: bool = True, extra_terms: TermFactory | None = None,
+        units: str = "", desc: str = "recon",
+    ):
+        self.qmodel, self.images, self.cfg, self.device = qmodel, images, cfg, torch.device(device)
+        self.seed, self.progress, self.extra_terms, self.desc = seed, progress, extra_terms, desc
+        self.units = qmodel.units()
+        self.select = re.compile(units) if units else None
+        self._fp_logits: torch.Tensor | None = None
+
+    # ---- FP helpers -------------------------------------------------------------------------
+    def fp_logits(self) -> torch.Tensor:
+        if self._fp_logits is None:
+            with self.qmodel.quant_off(), torch.no_grad():
+                outs = [self.qmodel(x.to(self.device)) for x in self.images.split(self.cfg.chunk)]
+            self._fp_logits = torch.cat(outs).float()
+        return self._fp_logits
+
+    def _place(self, est_bytes: int) -> torch.device:
+        """Where a unit's cache lives: the device, or the CPU (pinned, streamed)."""
+        if self.device.type != "cuda" or self.cfg.cache == "device":
+            return self.device
+        if self.cfg.cache == "cpu":
+            return torch.device("cpu")
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return self.device if est_bytes < self.cfg.cache_fraction * free else torch.device("cpu")
+
+    @torch.no_grad()
+    def _map(self, unit: Unit, x: torch.Tensor, place: torch.device) -> torch.Tensor:
+        """``unit.fn`` over ``x`` ``[n, ...]`` in chunks (current quantization state, no
+        dropping); the result ``[n, ...]`` is stored on ``place`` (pinned when it is the CPU
+        and the compute device is not)."""
+        out: torch.Tensor | None = None
+        i = 0
+        with no_drop(unit):
+            for chunk in x.split(self.cfg.chunk):
+                y = unit.fn(chunk.to(self.device, non_blocking=True)).float()
+                if out is None:
+                    pin = place.type == "cpu" and self.device.type == "cuda"
+                    out = torch.empty((x.shape[0], *y.shape[1:]), dtype=y.dtype, device=place, pin_memory=pin)
+                out[i:i + len(y)].copy_(y, non_blocking=True)
+                i += len(y)
+        assert out is not None
+        return out
+
+    def _fisher(self, k: int, unit: Unit, x_q: torch.Tensor) -> torch.Tensor:
+        """BRECQ's Fisher weights ``(|dKL/dz| + damping)^2`` of unit ``k``'s output ``z`` with the
+        model quantized up to unit ``k`` and FP after it, KL(FP logits || logits) averaged over
+        a batch of ``cfg.batch`` images."""
+        fp = self.fp_logits()
+        rest = self.units[k + 1:]
+        parts = []
+        with no_drop(unit):
+            for i, chunk in enumerate(x_q.split(self.cfg.batch)):
+                with torch.no_grad():
+                    z = unit.fn(chunk.to(self.device)).float()
+                z.requires_grad_(True)
+                h = z
+                for u in rest:
+                    h = u.fn(h)
+                lo = i * self.cfg.batch
+                loss = logit_kl(h, fp[lo:lo + len(chunk)])
+                (g,) = torch.autograd.grad(loss, z)
+                parts.append(((g.abs() + self.cfg.fisher_damping) ** 2).to(x_q.device))
+        return torch.cat(parts)
+
+    # ---- the run ----------------------------------------------------------------------------
+    def run(self, stages: Sequence[Stage]) -> dict[str, Any]:
+        """Reconstruct every (selected) unit once per stage. Returns the record info:
+        ``{"stages": [{"stage", ..., "units": [per-unit stats]}], "compile", "tf32", ...}``."""
+        t0 = time.perf_counter()
+        params = list(self.qmodel.parameters())
+        grad_flags = [p.requires_grad for p in params]
+        training = self.qmodel.training
+        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        out: dict[str, Any] = {"compile": self.cfg.compile, "autocast": self.cfg.autocast,
+                               "tf32": self.cfg.tf32 if self.device.type == "cuda" else None,
+                               "device": str(self.device), "stages": []}
+        try:
+            self.qmodel.eval()
+            for p in params:
+                p.requires_grad_(False)
+            if self.device.type == "cuda":
+                torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
+                torch.backends.cudnn.allow_tf32 = self.cfg.tf32
+            with _dynamo_limits(self.cfg.compile != "none"):
+                for si, stage in enumerate(stages):
+                    out["stages"].append(self._run_stage(si, stage))
+        finally:
+            for p, f in zip(params, grad_flags):
+                p.requires_grad_(f)
+            self.qmodel.train(training)
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        out["total_s"] = time.perf_counter() - t0
+        return out
+
+    def _selected(self, unit: Unit) -> bool:
+        return self.select is None or bool(self.select.search(unit.name))
+
+    def _run_stage(self, si: int, stage: Stage) -> dict[str, Any]:
+        saved = [(p, p.enabled) for p in self.qmodel.points()]
+        info: dict[str, Any] = {"stage": stage.name, "iters": stage.iters, "learn_rounding": stage.learn_rounding,
+                                "learn_steps": stage.learn_steps, "acts": stage.acts, "lr_round": stage.lr_round,
+                                "lr_step": stage.lr_step, "p": stage.p, "units": []}
+        last = max((k for k, u in enumerate(self.units) if self._selected(u)), default=-1)
+        try:
+            for p, _ in saved:
+                p.enabled = False
+            x_q = x_f = self.images
+            for k, unit in enumerate(self.units[: last + 1]):
+                t = time.perf_counter()
+                extra = 1 if self.cfg.block_loss == "fisher" else 0
+                place = self._place((4 + extra) * nbytes(x_f))  # x_q, x_f, y, next x_q (+ Fisher)
+                same = x_q is x_f
+                x_f = _to(x_f, place, self.device)
+                x_q = x_f if same else _to(x_q, place, self.device)
+                with points_off(unit):
+                    y = self._map(unit, x_f, place)
+                if not self._selected(unit):
+                    for p in unit.points():
+                        if p.quantizer is not None and p.bits is not None:
+                            p.enabled = p.kind == "weight" or stage.acts
+                else:
+                    cache = UnitCache(x_q, x_f, y)
+                    info["units"].append(self._reconstruct(si, k, unit, stage, cache, time.perf_counter() - t))
+                if k < last:
+                    x_q = self._map(unit, x_q, place)
+                x_f = y
+        finally:
+            for p, e in saved:
+                p.enabled = e
+        return info
+
+    def _terms(self, unit: Unit, stage: Stage) -> list[LossTerm]:
+        if unit.kind == "head":
+            block: LossTerm = LogitKL()
+        elif self.cfg.block_loss == "fisher":
+            block = FisherError()
+        else:
+            block = OutputError(p=stage.p)
+        terms = [block, *(self.extra_terms(unit, stage) if self.extra_terms else [])]
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss term names must be unique within a unit, got {names}")
+        return terms
+
+    def _reconstruct(self, si: int, k: int, unit: Unit, stage: Stage, cache: UnitCache, cache_s: float) -> dict[str, Any]:
+        cfg = self.cfg
+        unit_seed = (self.seed * 1_000_003 + 7919 * si + k) % (2**62)
+        torch.manual_seed(unit_seed)
+        terms = self._terms(unit, stage)
+        stats: dict[str, Any] = {"unit": unit.name, "kind": unit.kind, "stage": stage.name, "iters": stage.iters,
+                                 "cache_s": cache_s, "cache_place": str(cache.x_f.device)}
+        with UnitSession(unit, self.qmodel.model, stage, cfg.act_drop) as session:
+            if not session.adarounds and not session.step_params:
+                stats.update(skipped="nothing to learn")
+                return stats
+            if cfg.block_loss == "fisher" and unit.kind != "head":
+                t = time.perf_counter()
+                cache.fisher = self._fisher(k, unit, cache.x_q)
+                stats["fisher_s"] = time.perf_counter() - t
+            recon = UnitRecon(unit, k, self.units, stage, cache, self.device,
+                              quant_layers(unit, self.qmodel.model), session, self)
+            source = BatchSource(cache, cfg.batch, stage.iters, unit_seed, self.device)
+            trainer = UnitTrainer(recon, terms, source, cfg)
+            try:
+                for term in terms:
+                    term.setup(recon)
+                stats.update(self._loop(trainer, recon))
+            finally:
+                for term in terms:
+                    term.teardown()
+                trainer.close()
+        stats["peak_mem_mb"], stats["peak_mem_kind"] = peak_memory(self.device)
+        return stats
+
+    def _loop(self, tr: UnitTrainer, recon: UnitRecon) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg, stage, unit = self.cfg, recon.stage, recon.unit
+        runner = StepRunner(tr.forward, tr.update, tr.zero_grad, cfg.compile, self.device)
+        pbar = tqdm(total=stage.iters, desc=f"{self.desc} {stage.name} {unit.name}", disable=not self.progress, leave=False)
+        side = torch.cuda.Stream(self.device) if runner.use_graphs else None
+        stream_ctx = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream(self.device))
+        t0 = time.perf_counter()
+        checks: list[tuple[int, float]] = []
+        first: dict[str, float] = {}
+        try:
+            with stream_ctx:
+                for it in range(stage.iters):
+                    tr.source.prepare(it)
+                    runner(tr.variant(it))
+                    if it == 0:
+                        first = tr.read()
+                    if (it + 1) % cfg.check_every == 0 or it + 1 == stage.iters:
+                        now = tr.read()
+                        if now["bad_at"] >= 0:
+                            raise ReconstructionError(
+                                f"{self.desc}: unit {unit.name} ({stage.name} stage): the loss became "
+                                f"{now['bad_value']} at iteration {int(now['bad_at'])} of {stage.iters}; "
+                                "the unit keeps its quantizers from before this stage")
+                        checks.append((it + 1, time.perf_counter()))
+                        pbar.set_postfix(loss=f"{now['total']:.4g}")
+                        pbar.update(it + 1 - pbar.n)
+        finally:
+            if side is not None:
+                torch.cuda.current_stream(self.device).wait_stream(side)
+            runner.close()
+            pbar.close()
+        wall = time.perf_counter() - t0
+        last = tr.read()
+        steady = wall / stage.iters
+        if len(checks) >= 3:
+            (i1, t1), (i2, t2) = checks[1], checks[-1]
+            steady = (t2 - t1) / (i2 - i1)
+        return {"wall_s": wall, "s_per_iter": steady, "loss_first": first["total"], "loss_last": last["total"],
+                "terms_first": first["terms"], "terms_last": last["terms"],
+                "learned": tr.learned_counts(), "rounding_changed": tr.rounding_changed()}
+
+
+def _to(x: torch.Tensor, place: torch.device, device: torch.device) -> torch.Tensor:
+    """``x`` on ``place`` (pinned when that is the CPU and the compute device is CUDA)."""
+    if place.type == "cpu" and device.type == "cuda":
+        return x if x.device.type == "cpu" and x.is_pinned() else x.to("cpu").pin_memory()
+    return x if x.device == place else x.to(place)
+
+
+@contextlib.contextmanager
+def _dynamo_limits(active: bool) -> Iterator[None]:
+    """Let torch.compile keep one compiled step per unit and variant (instead of silently
+    falling back to eager after 8 recompilations of the same code)."""
+    if not active:
+        yield
+        return
+    import torch._dynamo.config as dc
+
+    names = [n for n in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                         "accumulated_recompile_limit") if hasattr(dc, n)]
+    old = {n: getattr(dc, n) for n in names}
+    try:
+        for n in names:
+            setattr(dc, n, max(old[n], 512))
+        yield
+    finally:
+        for n, v in old.items():
+            setattr(dc, n, v)
+
+
+__all__ = ["Reconstructor", "StepContext", "TermFactory", "UnitRecon", "no_drop", "points_off", "tap_hooks"]

@@ -1,0 +1,65 @@
+"""Initial quantizers of a reconstruction, from calibration, chosen by name.
+
+- ``percentile``: :mod:`mgrq.methods.percentile` (RepQ-ViT's quantizers and search without the
+  reparameterization; the weight and activation searches are configurable, BRECQ's 80-step
+  L2.4 shrink search being ``lp``).
+- ``repq_vit``: the registered ``repq_vit`` method (RepQ-ViT's full calibration, including its
+  scale reparameterization of the LayerNorm -> Linear pairs), run with its default config.
+
+Both run on the first ``n`` calibration images (the reconstruction itself uses all of them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mgrq.data import Calibration
+from mgrq.errors import ConfigError, UnknownNameError
+from mgrq.surgery import QuantModel
+
+INITS = ("percentile", "repq_vit")
+
+
+def calibration_head(calib: Calibration, n: int) -> Calibration:
+    """The first ``n`` images of ``calib`` (all of them when ``n`` is 0 or larger)."""
+    if n <= 0 or n >= len(calib.ids):
+        return calib
+    from mgrq.data import hash_ids
+
+    ids = list(calib.ids[:n])
+    return dataclasses.replace(calib, images=calib.images[:n], labels=calib.labels[:n], ids=ids, ids_hash=hash_ids(ids))
+
+
+def initial_quantizers(
+    qmodel: QuantModel, calib: Calibration, init: str, n: int, ctx: Any,
+    weight_init: str = "percentile", act_init: str = "percentile", softmax_quantizer: str = "log_sqrt2",
+) -> dict[str, Any]:
+    """Set and calibrate every active point's quantizer with the ``init`` method on the first
+    ``n`` calibration images. Returns ``{"method", "images", "info"}`` for the run record."""
+    from mgrq.methods import get_method
+
+    head = calibration_head(calib, n)
+    if init == "percentile":
+        from mgrq.methods.percentile import PercentileConfig
+        from mgrq.methods.percentile import quantize as percentile
+
+        cfg = PercentileConfig(weight_init=weight_init, act_init=act_init, softmax_quantizer=softmax_quantizer)
+        info = percentile(qmodel, head, cfg, ctx)
+        from mgrq.config import config_dict
+
+        return {"method": "percentile", "images": len(head.ids), "config": config_dict(cfg), "info": info}
+    if init == "repq_vit":
+        try:
+            method = get_method("repq_vit")
+        except UnknownNameError:
+            raise ConfigError(
+                "init='repq_vit': the repq_vit method is not registered (baselines/repq_vit.py); "
+                "use init='percentile' or install a version that has it"
+            ) from None
+        cfg = method.make_config({})
+        info = method.quantize(qmodel, head, cfg, ctx)
+        from mgrq.config import config_dict
+
+        return {"method": "repq_vit", "images": len(head.ids), "config": config_dict(cfg), "info": info}
+    raise ConfigError(f"init={init!r}: expected one of {', '.join(INITS)}")
