@@ -20,6 +20,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mgrq.methods.percentile",
     "baselines.repq_vit",
     "baselines.ptq4vit",
+    "baselines.brecq",
 )
 
 
