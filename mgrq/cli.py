@@ -3,6 +3,7 @@
     mgrq quantize --model tiny_vit --method percentile --w-bits 4 --a-bits 4 [--record run.json]
     mgrq models | mgrq methods
     mgrq zoo train tiny_vit
+    mgrq suite run|list|status ...    mgrq mirror ...    mgrq report ...   (the harness, mgrq.runner)
 
 Every user error prints one line (``error: ...``) and exits with status 2.
 """

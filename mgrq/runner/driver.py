@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import re
 import subprocess
 import sys
@@ -135,7 +134,9 @@ class SlurmQueue:
     works on clusters without accounting (where sacct, and submitit's job state, say UNKNOWN)."""
 
     def __init__(self, every_s: float = 5.0):
-        self.every_s, self.last, self.live, self.gone_since = every_s, 0.0, set(), {}
+        self.every_s, self.last = every_s, 0.0
+        self.live: set[str] = set()
+        self.gone_since: dict[str, float] = {}
 
     def refresh(self, job_ids: list[str]) -> None:
         if time.time() - self.last < self.every_s:
@@ -232,8 +233,8 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
 
         groups = [cells]
         threads = opts.threads or ex.cpu_count()
-        executor = submitit.DebugExecutor(folder=str(jobs_dir))
-        job = executor.submit(CellJob(cells, suite_meta, kind, threads))
+        debug = submitit.DebugExecutor(folder=str(jobs_dir))
+        job = debug.submit(CellJob(cells, suite_meta, kind, threads))
         with _patched_post_mortem(enabled=opts.pdb):
             try:
                 job.result()
@@ -281,8 +282,12 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
     reported: set[str] = set()
     running = list(jobs)
     k = 0
+    heartbeat = time.time()
     try:
         while True:
+            if time.time() - heartbeat >= 60:  # a sign of life while jobs wait in a queue
+                heartbeat = time.time()
+                print(f"[{k}/{n}] waiting: {len(running)} job(s) queued or running", flush=True)
             if queue is not None:
                 queue.refresh([j.job_id for j, _ in running])
             still = []
@@ -367,17 +372,3 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
             "seconds": round(summary.seconds, 1), "executor": opts.describe(),
         })
     return summary
-
-
-def status_rows(root: Path, cells: list[Cell]) -> list[dict[str, Any]]:
-    rows = []
-    for c in cells:
-        rec = c.record() or {}
-        rows.append({"id": c.run_id, "status": rec.get("status", "pending"),
-                     "top1": rec.get("metrics", {}).get("top1"),
-                     "job": (rec.get("executor") or {}).get("job_id")})
-    return rows
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +255,3 @@ def clean_job_env() -> Iterator[None]:
 
 def slurm_threads(opts: ExecutorOptions) -> int:
     return opts.threads or opts.cpus_per_task or 1
-
-
-def with_kind(opts: ExecutorOptions, kind: str) -> ExecutorOptions:
-    return replace(opts, kind=kind)
