@@ -81,8 +81,11 @@ def demo(session: nox.Session) -> None:
 
     t0 = time.time()
     py = _python(session)
-    session.run(py, "-m", "mgrq", "suite", "run", "demo", *session.posargs, env=ENV, external=True)
-    session.log(f"demo finished in {time.time() - t0:.0f}s (environment setup included)")
+    try:
+        session.run(py, "-m", "mgrq", "suite", "run", "demo", *session.posargs, env=ENV,
+                    external=True)
+    finally:
+        session.log(f"demo: {time.time() - t0:.0f}s in total (environment setup included)")
 
 
 @nox.session(venv_backend="none")

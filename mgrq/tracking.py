@@ -50,9 +50,11 @@ class MirrorResult:
     unchanged: int = 0
     skipped_running: int = 0
 
+    def counts(self) -> str:
+        return f"{self.created} run(s) created, {self.replaced} replaced, {self.unchanged} unchanged"
+
     def line(self) -> str:
-        return (f"MLflow ({self.uri}): {self.created} run(s) created, {self.replaced} replaced, "
-                f"{self.unchanged} unchanged")
+        return f"MLflow ({self.uri}): {self.counts()}"
 
 
 def _quiet() -> None:

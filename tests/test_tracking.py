@@ -128,7 +128,8 @@ def test_mirror_to_a_tracking_server(tmp_path):
                            env={**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"MLflow (http://127.0.0.1:{port}): 1 run(s) created" in r.stdout
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("MLflow:"))
+        assert f"http://127.0.0.1:{port}, experiment 'srv'" in line and "1 run(s) created" in line
         assert not (out / "mlflow.db").exists()
         res = mirror(out, uri=f"http://127.0.0.1:{port}")
         assert (res.created, res.unchanged) == (0, 1)

@@ -160,7 +160,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         mirror_uri = default_uri(out)
         try:
             res = mirror(out, suite.name, label)
-            mirror_line = res.line()
+            mirror_line = f"{res.uri}, experiment '{suite.name}', tag label={label}: {res.counts()}"
         except MirrorError as e:
             print(f"warning: {e}", file=sys.stderr, flush=True)
             mirror_line = f"NOT mirrored: {e}"
@@ -198,16 +198,19 @@ def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | N
           f"(done before), {len(summary.failed)} failed; wall time {summary.seconds:.0f}s")
     print(f"records:  {summary.root}/<cell>/record.json")
     if rep is not None:
+        def names(paths: list) -> str:
+            return " ".join(p.name for p in paths)
+
+        print(f"report:   {rep.dest}/")
         tables = [p for p in rep.tables if p.suffix in (".tex", ".md")]
-        print(f"tables:   {', '.join(str(p) for p in tables)}")
-        if rep.pdf:
-            print(f"          {rep.pdf} (compiled with pdflatex)")
-        elif rep.pdf_note:
+        pdf = f" {rep.pdf.name} (compiled with pdflatex)" if rep.pdf else ""
+        print(f"  tables  {names(tables)}{pdf}")
+        if rep.pdf_note:
             print(f"          (no PDF: {rep.pdf_note})")
-        print(f"figures:  {', '.join(str(p) for p in rep.figures if p.suffix == '.png')}")
-        print(f"          (PDF versions beside them; data: {rep.dest / 'results.csv'})")
+        print(f"  figures {names([p for p in rep.figures if p.suffix == '.png'])} (and .pdf)")
+        print("  data    results.csv (one row per cell)")
     if mirror_line:
-        print(f"MLflow:   {mirror_line}; experiment '{summary.suite}', tag label={summary.label}")
+        print(f"MLflow:   {mirror_line}")
         if uri and not mirror_line.startswith("NOT"):
             print(f"          open the UI: {ui_command(uri)}  (then http://127.0.0.1:5000)")
 
