@@ -287,5 +287,17 @@ def search(uri: str, suite: str, labels: list[str] | None = None) -> list[dict[s
         if labels and run.data.tags.get("label") not in labels:
             continue
         out.append({"params": dict(run.data.params), "metrics": dict(run.data.metrics),
-                    "tags": dict(run.data.tags), "run_uuid": run.info.run_id})
+                    "tags": dict(run.data.tags), "run_uuid": run.info.run_id,
+                    "start_time": run.info.start_time})
     return out
+
+
+def labels(uri: str, suite: str) -> list[str]:
+    """The labels mirrored for a suite, oldest first (by their earliest run start)."""
+    first: dict[str, int] = {}
+    for run in search(uri, suite):
+        lab = run["tags"].get("label")
+        if lab:
+            t = run["start_time"] or 0
+            first[lab] = min(first.get(lab, t), t)
+    return sorted(first, key=lambda k: (first[k], k))

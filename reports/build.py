@@ -71,6 +71,18 @@ def load_frame(out: Path, suite: str, labels: list[str], source: str = "records"
     raise ConfigError(f"--from {source!r}: expected 'records' or 'mlflow'")
 
 
+def _label(out: Path, suite: str, label: str | None, source: str, uri: str | None) -> str:
+    """A label, with ``latest``/``previous`` resolved in the source the report reads."""
+    from mgrq.runner.layout import resolve_label
+
+    if source == "mlflow":
+        from mgrq.tracking import default_uri, labels
+
+        u = uri or default_uri(out)
+        return resolve_label(out, suite, label, known=labels(u, suite), where=f"MLflow {u}")
+    return resolve_label(out, suite, label)
+
+
 def _order(found: list[str], preferred: list[str]) -> list[str]:
     return [x for x in preferred if x in found] + [x for x in dict.fromkeys(found) if x not in preferred]
 
@@ -101,12 +113,8 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                  pdf: str = "auto", uri: str | None = None, figures: bool = True) -> Report:
     """Tables and figures of one label of a suite. ``pdf``: ``auto`` (compile when pdflatex is
     installed), ``yes`` (must compile) or ``no``."""
-    from mgrq.runner.layout import resolve_label
-
     out = Path(out)
-    if source == "records" or label in (None, "latest", "previous"):
-        label = resolve_label(out, suite, label)
-    assert label is not None
+    label = _label(out, suite, label, source, uri)
     df = load_frame(out, suite, [label], source, uri)
     if df.empty:
         raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source})")
@@ -160,13 +168,11 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
                   dest: str | Path | None = None) -> tuple[pd.DataFrame, list[Path], str]:
     """Delta table between two labels of a suite; flags cells that moved by more than
     ``threshold`` points of top-1 or newly failed. Returns (frame, files, markdown)."""
-    from mgrq.runner.layout import resolve_label
-
     if threshold < 0:
         raise ConfigError(f"--threshold {threshold}: expected >= 0 (points of top-1)")
     out = Path(out)
-    a = resolve_label(out, suite, label_a) if source == "records" or label_a in ("latest", "previous") else label_a
-    b = resolve_label(out, suite, label_b) if source == "records" or label_b in ("latest", "previous") else label_b
+    a = _label(out, suite, label_a, source, uri)
+    b = _label(out, suite, label_b, source, uri)
     if a == b:
         raise ConfigError(f"--compare {label_a} {label_b}: both are label {a}; expected two different runs")
     df = load_frame(out, suite, [a, b], source, uri)

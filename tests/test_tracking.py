@@ -80,6 +80,15 @@ def test_unreachable_uri_records_land_then_mirror_later(tmp_path, monkeypatch, c
     a = records_frame(out, "trk", ["T"]).drop(columns=["error", "citation"])
     b = mlflow_frame(default_uri(out), "trk", ["T"]).drop(columns=["error", "citation"])
     assert a.to_dict("records") == b.to_dict("records")
+    # ... even with the run folders gone (a team server, records elsewhere): latest label from MLflow
+    import shutil
+
+    shutil.rmtree(out / "trk")
+    assert main(["report", "trk", "--out", str(out), "--from", "mlflow", "--no-pdf", "--no-figures",
+                 "--dest", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "main.md").read_text()
+    assert "suite trk (T)" in md and f"| Percentile | 4/4 | {rec['metrics']['top1']:.2f} |" in md
+    capsys.readouterr()
 
 
 def test_unreachable_uri_mirror_error_is_one_line(tmp_path):

@@ -128,15 +128,18 @@ def labels(out: Path, suite: str) -> list[str]:
     return [name for _, _, name in sorted(found)]
 
 
-def resolve_label(out: Path, suite: str, label: str | None) -> str:
-    """``None``/``latest`` -> the newest label, ``previous`` -> the one before it, else itself."""
-    all_labels = labels(out, suite)
+def resolve_label(out: Path, suite: str, label: str | None,
+                  known: list[str] | None = None, where: str | None = None) -> str:
+    """``None``/``latest`` -> the newest label, ``previous`` -> the one before it, else itself.
+    ``known``: the labels oldest first (default: the run folders under ``out``)."""
+    all_labels = labels(out, suite) if known is None else known
+    where = where or str(Path(out).resolve() / suite)
     if label in (None, "latest", "previous"):
         need = 2 if label == "previous" else 1
         if len(all_labels) < need:
             raise ConfigError(
                 f"suite {suite}: {'no' if not all_labels else 'only one'} run under "
-                f"{Path(out).resolve() / suite}; expected at least {need} (run `mgrq suite run {suite}`)"
+                f"{where}; expected at least {need} (run `mgrq suite run {suite}`)"
             )
         return all_labels[-need]
     if label not in all_labels:
