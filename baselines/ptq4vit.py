@@ -137,10 +137,16 @@ class BasePTQConfig(PTQ4ViTConfig):
     channelwise_conv: bool = False
 
 
-def fq_sym(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric signed fake-quantization ``clamp(round(x / d), -2^(b-1), 2^(b-1) - 1) * d``."""
+def fq_sym(x: torch.Tensor, step: torch.Tensor, bits: int, axis: int | None = None, low: int | None = None) -> torch.Tensor:
+    """Symmetric signed fake-quantization ``clamp(round(x / d), -2^(b-1), 2^(b-1) - 1) * d``, as
+    the reference computes it (one step, or one per index of ``axis``); ``low`` overrides the
+    lowest code (0 for the positive half of the post-GELU quantizer)."""
     half = 2 ** (bits - 1)
-    return torch.clamp(torch.round(x / step), -half, half - 1) * step
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        step = step.reshape(shape)
+    return torch.div(x, step).round_().clamp_(-half if low is None else low, half - 1).mul_(step)
 
 
 def init_step(x: torch.Tensor, bits: int, positive: bool = False) -> torch.Tensor:
@@ -352,15 +358,21 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         cand_a = f * s_a
         neg = PostGeluTwinQuantizer(ab).neg_scale if gelu else 0.0
 
+    if gelu:  # twin: the negative half has a fixed step, the positive half is searched
+        x_pos = x.clamp_min(0)
+        x_neg = post_gelu_twin_quant(x.clamp_max(0), 1.0, neg, ab)
+
     def qx(step: torch.Tensor | None) -> torch.Tensor:
         if step is None:
             return x
         if gelu:
-            return post_gelu_twin_quant(x, step, neg, ab)
+            return fq_sym(x_pos, step, ab, low=0).add_(x_neg)
         return fq_sym(x, step, ab)
 
     def qw(step: torch.Tensor) -> torch.Tensor:
-        return fq_sym(w, step.repeat_interleave(out_ch // groups)[:, None], wb)
+        if groups == 1:
+            return fq_sym(w, step, wb)
+        return fq_sym(w, step.repeat_interleave(out_ch // groups), wb, axis=0)
 
     seen_a: torch.Tensor | None | str = "never"
     seen_w: torch.Tensor | str = "never"
@@ -421,7 +433,7 @@ def search_matmul(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         return (t.abs().amax((0, 2, 3)) / (2 ** (bits - 1) - 0.5)).clamp_min(SCALE_FLOOR)
 
     def hq(t: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
-        return fq_sym(t, step.view(1, -1, 1, 1), bits)
+        return fq_sym(t, step, bits, axis=1)
 
     s_a = s_b = None
     if pa.bits is not None:

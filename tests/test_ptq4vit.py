@@ -14,6 +14,7 @@ from baselines.ptq4vit import (
     quantize_base_ptq,
     quantize_ptq4vit,
     search_linear,
+    search_matmul,
 )
 from mgrq import zoo
 from mgrq.config import build_config
@@ -22,7 +23,7 @@ from mgrq.errors import ConfigError
 from mgrq.methods import RunContext
 from mgrq.quant import point as P
 from mgrq.quant.quantizers import UniformQuantizer
-from mgrq.quant.twin import PostGeluTwinQuantizer, SoftmaxTwinQuantizer
+from mgrq.quant.twin import PostGeluTwinQuantizer, SoftmaxTwinQuantizer, softmax_twin_quant
 from mgrq.surgery import LayerPolicy, quantize_model
 from mgrq.surgery.layers import QuantLinear
 
@@ -118,6 +119,57 @@ def test_linear_search_matches_reference_formula():
     search_linear(site, cfg, Stats())
     torch.testing.assert_close(lin.weight_q.quantizer.scale, s_w, rtol=1e-6, atol=0)
     torch.testing.assert_close(lin.act_q.quantizer.scale, s_a, rtol=1e-6, atol=0)
+
+
+def _reference_matmul_search(a, b, g, bits, f, rounds, twin_mode=None):
+    """The reference's head-wise PTQSLBatchingQuantMatMul search (SoS split search for the
+    post-softmax operand, with ``b`` unquantized during it), written out literally."""
+    raw = a @ b
+    half = 2 ** (bits - 1)
+
+    def hq(t, s):  # s: [H]
+        s = s.view(1, -1, 1, 1)
+        return (t / s).round().clamp(-half, half - 1) * s
+
+    def sim(out):  # per head: -mean over (batch, rows, cols) of (g (raw - out))^2
+        return -((g * (raw - out)) ** 2).mean((0, 2, 3))
+
+    s_b = b.abs().amax((0, 2, 3)) / (half - 0.5)
+    cb = f[:, None] * s_b[None]
+    if twin_mode is None:
+        s_a = a.abs().amax((0, 2, 3)) / (half - 0.5)
+        ca = f[:, None] * s_a[None]
+    splits = torch.tensor([2.0**-i for i in range(20)])
+    for _ in range(rounds):
+        if twin_mode is None:
+            sims = torch.stack([sim(hq(a, c) @ hq(b, s_b)) for c in ca])
+            s_a = ca.gather(0, sims.argmax(0)[None])[0]
+            aq = hq(a, s_a)
+        else:
+            sims = torch.stack([sim(softmax_twin_quant(a, c, bits, twin_mode) @ b).mean() for c in splits])
+            s_a = splits[int(sims.argmax())]
+            aq = softmax_twin_quant(a, s_a, bits, twin_mode)
+        sims = torch.stack([sim(aq @ hq(b, c)) for c in cb])
+        s_b = cb.gather(0, sims.argmax(0)[None])[0]
+    return s_a, s_b
+
+
+@pytest.mark.parametrize("which", ["matmul1", "matmul2"])
+def test_matmul_search_matches_reference_formula(which):
+    _, qm = _qm("tiny_vit")
+    site = next(s for s in find_sites(qm) if s.name == f"blocks.2.attn.{which}")
+    images = torch.randn(6, 1, 32, 32)
+    with torch.no_grad():
+        logits = qm(images)
+    cfg = PTQ4ViTConfig(n_candidates=20, rounds=2, grad_batch=3, twin_softmax="sum")
+    capture(qm, [site], images, logits, cfg)
+    a, b = (torch.cat([t[i] for t in site.inputs]) for i in (0, 1))
+    g = torch.cat(site.grads)
+    s_a, s_b = _reference_matmul_search(a, b, g, 4, cfg.factors(), 2, "sum" if which == "matmul2" else None)
+    search_matmul(site, cfg, Stats())
+    qa, qb = site.module.a_q.quantizer, site.module.b_q.quantizer
+    torch.testing.assert_close(qa.split if which == "matmul2" else qa.scale, s_a, rtol=1e-6, atol=0)
+    torch.testing.assert_close(qb.scale, s_b, rtol=1e-6, atol=0)
 
 
 def test_hessian_gradient_switch():
