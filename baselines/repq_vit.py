@@ -35,9 +35,9 @@ Deviations from the reference (none changes a simulated value beyond float round
   Python loop over channels; division ``x / d`` is computed as ``x * (1 / d)`` (torch's
   fake-quant convention): values can differ in the last bit at exact rounding ties.
 - timm >= 1.0 instead of timm 0.4.12: Swin blocks hold ``[B, H, W, C]`` tensors and
-  ``PatchMerging`` opens each stage instead of closing it (the same weights, renamed); our Swin
-  attention scales ``q @ k^T`` after the matmul where the reference scales ``q`` before it (the
-  percentile search is scale-equivariant, so the quantized values agree up to round-off).
+  ``PatchMerging`` opens each stage instead of closing it (the same weights, renamed). As in
+  the reference, ViT attention quantizes ``q`` before the ``head_dim^-0.5`` scale and Swin
+  attention after it.
 - Exactness of the reparameterization needs Swin windows without padding (true for every zoo
   model: resolutions divisible by the window size).
 

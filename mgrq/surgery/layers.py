@@ -122,7 +122,11 @@ class QuantAttention(nn.Module):
 
 
 class QuantWindowAttention(nn.Module):
-    """timm Swin ``WindowAttention`` with quantizable matmuls. x: ``[nW*B, N, C]``."""
+    """timm Swin ``WindowAttention`` with quantizable matmuls. x: ``[nW*B, N, C]``.
+
+    ``attn = matmul1(q * scale, k^T)`` (timm's and the Swin forwards of RepQ-ViT / PTQ4ViT: the
+    q operand is quantized after scaling), relative position bias, mask, softmax, ``matmul2``.
+    """
 
     def __init__(self, m: nn.Module):
         super().__init__()
@@ -143,7 +147,8 @@ class QuantWindowAttention(nn.Module):
         B_, N, _ = x.shape
         qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        attn = self.matmul1(q, k.transpose(-2, -1)) * self.scale
+        # q is scaled before the matmul, as timm's Swin and RepQ-ViT / PTQ4ViT's Swin forwards do
+        attn = self.matmul1(q * self.scale, k.transpose(-2, -1))
         attn = attn + self._rel_pos_bias()
         if mask is not None:
             num_win = mask.shape[0]
