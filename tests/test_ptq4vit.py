@@ -72,6 +72,20 @@ def test_ptq4vit_quantizer_placement(name):
             torch.testing.assert_close(qm(x), model(x), rtol=0, atol=1e-5)  # weights untouched
 
 
+def test_capture_grouping_does_not_change_results():
+    """A small ``capture_mb`` splits the units over several capture passes; same steps."""
+    calib = _calib(4)
+    steps = []
+    for mb in (1, 4096):
+        _, qm = _qm("tiny_vit")
+        info = quantize_ptq4vit(qm, calib, PTQ4ViTConfig(n_candidates=8, rounds=1, capture_mb=mb), CPU)
+        steps.append({p.name: getattr(p.quantizer, "scale", getattr(p.quantizer, "split", None)) for p in qm.active_points()})
+        assert (info["capture_passes"] > 1) == (mb == 1)
+    assert steps[0].keys() == steps[1].keys()
+    for k in steps[0]:
+        torch.testing.assert_close(steps[0][k], steps[1][k], rtol=0, atol=0, msg=k)
+
+
 def test_base_ptq_settings_and_placement():
     cfg = BasePTQConfig()
     assert (cfg.alpha, cfg.beta, cfg.rounds, cfg.metric, cfg.twin, cfg.channelwise_conv) == (0.5, 1.2, 1, "cosine", False, False)
