@@ -109,6 +109,11 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path) -> list[Path]:
                 ax.scatter(s["quantize_s"].clip(lower=1e-3), s["mean"], color=colors[i % len(colors)],
                            marker=markers[j % len(markers)], label=f"{method_name(n)} {b}")
     ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("quantization time per model (s, log scale)")
     ax.set_ylabel("top-1 (%)")
     ax.grid(alpha=0.3)
