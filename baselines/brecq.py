@@ -123,6 +123,7 @@ class BrecqConfig(_ReconMethodConfig):
         super().__post_init__()
         if self.act_iters < 0:
             raise ValueError(f"act_iters={self.act_iters}: expected >= 0 (0 skips the activation pass)")
+        self.stages()  # validates lr_step, act_p
 
     def stages(self) -> list[tuple[Stage, ReconConfig]]:
         out = [(Stage("rounding", self.iters, learn_rounding=True, learn_steps=False, acts=False,
@@ -140,6 +141,10 @@ class QDropConfig(_ReconMethodConfig):
     lr_step: float = 4e-5
     input_prob: float = 0.5
     act_drop: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.stages()  # validates input_prob, act_drop, lr_step
 
     def stages(self) -> list[tuple[Stage, ReconConfig]]:
         return [(Stage("joint", self.iters, learn_rounding=True, learn_steps=True, acts=True,

@@ -350,6 +350,7 @@ class Reconstructor:
             side.wait_stream(torch.cuda.current_stream(self.device))
         t0 = time.perf_counter()
         checks: list[tuple[int, float]] = []
+        curve: list[tuple[int, float]] = []
         first: dict[str, float] = {}
         try:
             with stream_ctx:
@@ -366,6 +367,7 @@ class Reconstructor:
                                 f"{now['bad_value']} at iteration {int(now['bad_at'])} of {stage.iters}; "
                                 "the unit keeps its quantizers from before this stage")
                         checks.append((it + 1, time.perf_counter()))
+                        curve.append((it + 1, now["total"]))
                         pbar.set_postfix(loss=f"{now['total']:.4g}")
                         pbar.update(it + 1 - pbar.n)
         finally:
@@ -381,7 +383,8 @@ class Reconstructor:
             steady = (t2 - t1) / (i2 - i1)
         return {"wall_s": wall, "s_per_iter": steady, "loss_first": first["total"], "loss_last": last["total"],
                 "terms_first": first["terms"], "terms_last": last["terms"],
-                "learned": tr.learned_counts(), "rounding_changed": tr.rounding_changed()}
+                "learned": tr.learned_counts(), "rounding_changed": tr.rounding_changed(),
+                "loss_curve": [list(c) for c in curve[:: max(1, len(curve) // 50)]]}
 
 
 def _to(x: torch.Tensor, place: torch.device, device: torch.device) -> torch.Tensor:

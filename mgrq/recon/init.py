@@ -37,7 +37,7 @@ def initial_quantizers(
 ) -> dict[str, Any]:
     """Set and calibrate every active point's quantizer with the ``init`` method on the first
     ``n`` calibration images. Returns ``{"method", "images", "info"}`` for the run record."""
-    from mgrq.methods import get_method
+    from mgrq.methods import registry
 
     head = calibration_head(calib, n)
     if init == "percentile":
@@ -51,7 +51,7 @@ def initial_quantizers(
         return {"method": "percentile", "images": len(head.ids), "config": config_dict(cfg), "info": info}
     if init == "repq_vit":
         try:
-            method = get_method("repq_vit")
+            method = registry.get_method("repq_vit")
         except UnknownNameError:
             raise ConfigError(
                 "init='repq_vit': the repq_vit method is not registered (baselines/repq_vit.py); "

@@ -1,0 +1,108 @@
+"""``brecq`` and ``qdrop``: configs, their stages, and end-to-end runs (CLI, ViT, DeiT, Swin)."""
+
+import json
+
+import pytest
+import torch
+
+from mgrq import zoo
+from mgrq.data import Calibration, hash_ids
+from mgrq.errors import ConfigError, ReconstructionError
+from mgrq.methods import get_method
+from mgrq.methods.registry import RunContext
+from mgrq.surgery import LayerPolicy, quantize_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see tests/test_recon.py
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_configs_and_stages():
+    brecq = get_method("brecq").make_config({"iters": "7", "act_iters": "3", "block_loss": "fisher"})
+    (s1, e1), (s2, e2) = brecq.stages()
+    assert (s1.iters, s1.learn_rounding, s1.learn_steps, s1.acts, s1.lr_round) == (7, True, False, False, 1e-3)
+    assert (s2.iters, s2.learn_rounding, s2.learn_steps, s2.acts, s2.lr_step, s2.p) == (3, False, True, True, 4e-4, 2.4)
+    assert (e1.input_mode, e1.block_loss, e2.block_loss) == ("quant", "fisher", "mse")
+    qdrop = get_method("qdrop").make_config({})
+    ((s, e),) = qdrop.stages()
+    assert (s.iters, s.learn_rounding, s.learn_steps, s.lr_step) == (20000, True, True, 4e-5)
+    assert (e.input_mode, e.input_prob, e.act_drop, e.batch) == ("qdrop", 0.5, 0.5, 32)
+    assert get_method("qdrop").default_calib == get_method("brecq").default_calib == 1024
+    for bad, field in (({"compile": "fast"}, "compile"), ({"init": "nope"}, "init"),
+                       ({"input_prob": "2"}, "input_prob"), ({"iters": "0"}, "iters"), ({"bogus": "1"}, "bogus")):
+        with pytest.raises(ConfigError, match=field):
+            get_method("qdrop").make_config(bad)
+
+
+def test_qdrop_through_the_cli_records_per_unit_stats(tmp_path, capsys):
+    from mgrq.cli import main
+
+    rec = tmp_path / "r.json"
+    rc = main(["quantize", "--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4",
+               "--calib", "32", "--eval-limit", "100", "--device", "cpu", "--quiet", "--record", str(rec),
+               "--set", "iters=6", "--set", "init_calib=32", "--set", "check_every=3",
+               "--set", "weight_init=percentile", "--set", "act_init=percentile"])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(rec.read_text())
+    assert r["status"] == "done" and r["method"]["config"]["iters"] == 6
+    info = r["method"]["info"]
+    assert info["init"]["method"] == "percentile" and info["calib_images"] == 32
+    (recon,) = info["recon"]
+    assert recon["compile"] == "none" and recon["device"] == "cpu"
+    units = recon["stages"][0]["units"]
+    assert [u["unit"] for u in units] == ["patch_embed", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"]
+    for u in units:
+        assert u["iters"] == 6 and u["wall_s"] > 0 and u["peak_mem_mb"] > 0 and u["s_per_iter"] > 0
+        assert set(u["terms_first"]) == {"block"}
+
+
+def _calib(n, shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = [str(i) for i in range(n)]
+    return Calibration(torch.randn((n, *shape), generator=g), torch.zeros(n, dtype=torch.long), ids, hash_ids(ids), seed)
+
+
+def test_brecq_on_swin_merge_block_and_head():
+    model = zoo.create_model("tiny_swin")
+    qm = quantize_model(model, LayerPolicy(4, 4))
+    cfg = get_method("brecq").make_config({"iters": "4", "act_iters": "3", "init_calib": "16", "check_every": "2", "act_init": "percentile",
+                                            "units": r"^(layers\.1\.downsample|layers\.1\.blocks\.1|head)$"})
+    info = get_method("brecq").quantize(qm, _calib(24, (1, 32, 32)), cfg, RunContext(device=torch.device("cpu"), progress=False))
+    rounding, steps = info["recon"]
+    names = [u["unit"] for u in rounding["stages"][0]["units"]]
+    assert names == ["layers.1.downsample", "layers.1.blocks.1", "head"]
+    assert [u["iters"] for u in steps["stages"][0]["units"]] == [3, 3, 3]
+    assert all(p.enabled and p.quantizer is not None for p in qm.active_points())
+    with torch.no_grad():
+        assert torch.isfinite(qm(torch.randn(2, 1, 32, 32))).all()
+
+
+def test_qdrop_on_distilled_deit_head_and_fisher():
+    model = zoo.ZOO["tiny_deit"].build().eval()  # weights do not matter here
+    qm = quantize_model(model, LayerPolicy(3, 3))
+    cfg = get_method("brecq").make_config({"iters": "3", "act_iters": "0", "init_calib": "16", "check_every": "3", "act_init": "percentile",
+                                            "block_loss": "fisher", "units": r"^(blocks\.3|head)$"})
+    info = get_method("brecq").quantize(qm, _calib(16, (1, 32, 32)), cfg, RunContext(device=torch.device("cpu"), progress=False))
+    (rounding,) = info["recon"]
+    blk, head = rounding["stages"][0]["units"]
+    assert blk["unit"] == "blocks.3" and "fisher_s" in blk and head["unit"] == "head"
+
+
+def test_diverging_run_is_recorded_as_failed(monkeypatch):
+    from mgrq.recon import losses
+    from mgrq.run import execute, failed_record
+    from mgrq.spec import RunSpec
+
+    real = losses.channel_error
+    monkeypatch.setattr(losses, "channel_error", lambda *a, **k: real(*a, **k) * float("inf"))
+    spec = RunSpec(model="tiny_vit", method="qdrop", w_bits=4, a_bits=4, calib=16, eval_limit=50, device="cpu",
+                   method_config=(("iters", 4), ("init_calib", 16), ("check_every", 2), ("act_init", "percentile"),
+                                  ("units", r"^blocks\.0$")))
+    with pytest.raises(ReconstructionError, match=r"qdrop: unit blocks\.0 \(joint stage\): the loss became inf at iteration 0 of 4") as e:
+        execute(spec, progress=False)
+    rec = failed_record(spec, e.value, "now")
+    assert rec["status"] == "failed" and rec["error"]["type"] == "ReconstructionError" and rec["error"]["user_error"]

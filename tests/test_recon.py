@@ -1,0 +1,274 @@
+"""The reconstruction engine: training-time quantizers, schedules, the unit loop, the loss-term
+hook, error handling and state restoration (tiny_vit, CPU)."""
+
+import math
+
+import pytest
+import torch
+
+from mgrq import zoo
+from mgrq.errors import ConfigError, ReconstructionError, UnknownNameError
+from mgrq.methods.registry import RunContext
+from mgrq.quant import functional as QF
+from mgrq.quant.adaround import AdaRoundQuantizer
+from mgrq.quant.quantizers import LogQuantizer, UniformQuantizer
+from mgrq.recon import LossTerm, ReconConfig, Reconstructor, Stage, StepContext, channel_error
+from mgrq.recon.init import initial_quantizers
+from mgrq.recon.learnable import LSQAct, SteAct, bernoulli_mask, log_sqrt2_fast
+from mgrq.recon.losses import beta_at, cosine_lr, round_gate
+from mgrq.surgery import LayerPolicy, quantize_model
+
+CPU = torch.device("cpu")
+
+
+# ---- training-time quantizers ------------------------------------------------------------------
+def test_lsq_act_matches_torch_learnable_fake_quant():
+    x = torch.randn(4, 50, 30) * 3
+    q = UniformQuantizer(4)
+    q.init_minmax(x)
+    a = LSQAct(q, learn=True)
+    xa = x.clone().requires_grad_(True)
+    dy = torch.randn_like(x)
+    out = a(xa)
+    out.backward(dy)
+    s = torch.nn.Parameter(q.scale.clone().reshape(1))
+    xb = x.clone().requires_grad_(True)
+    g = 1.0 / (x.numel() * q.qmax) ** 0.5
+    ref = torch._fake_quantize_learnable_per_tensor_affine(xb, s, q.zero_point.reshape(1), 0, 15, g)
+    ref.backward(dy)
+    assert torch.equal(out, ref) and torch.equal(out, q(x))
+    assert torch.equal(xa.grad, xb.grad)
+    assert torch.allclose(a.scale.grad.reshape(1), s.grad, rtol=1e-4)
+
+
+def test_lsq_act_fractional_zero_point_and_dropping():
+    x = torch.randn(2, 40, 16)
+    q = UniformQuantizer(3)
+    q.init_minmax(x)
+    q.set_params(q.scale, q.zero_point + 0.37)  # RepQ-ViT-style fractional zero point
+    assert torch.equal(LSQAct(q, learn=False)(x), q(x))
+    torch.manual_seed(0)
+    a = LSQAct(q, learn=True, drop=0.5)
+    xr = x.clone().requires_grad_(True)
+    out = a(xr)
+    kept = out == x
+    assert 0.4 < kept.float().mean() < 0.7  # ~half bypass the quantizer (plus exact grid hits)
+    quantized = ~kept
+    assert torch.equal(out[quantized], q(x)[quantized])
+    out.sum().backward()
+    assert (xr.grad[kept] == 1).all()  # dropped elements pass the gradient straight through
+
+
+def test_ste_log_quantizer_is_exact_and_straight_through():
+    x = torch.randn(4, 3, 17, 17).softmax(-1)
+    x[0, 0, 0, :3] = 0
+    lq = LogQuantizer(4)
+    lq.init_percentile(x)
+    assert torch.equal(log_sqrt2_fast(x, lq.scale, 4), QF.log_sqrt2_quant(x, lq.scale, 4))
+    xr = x.clone().requires_grad_(True)
+    out = SteAct(lq)(xr)
+    assert torch.equal(out, lq(x))
+    out.backward(torch.full_like(x, 2.0))
+    assert (xr.grad == 2.0).all()
+
+
+def test_bernoulli_mask():
+    torch.manual_seed(0)
+    for p in (0.5, 0.2):
+        m = bernoulli_mask(torch.empty(3, 1001), p)
+        assert m.shape == (3, 1001) and set(m.unique().tolist()) <= {0.0, 1.0}
+        assert abs(float(m.mean()) - p) < 0.03
+
+
+def test_schedules_match_the_reference_formulas():
+    iters, warm = 100, 0.2
+    for i in (0, 18, 19, 20, 50, 99):
+        t = i + 1  # BRECQ/QDrop count from 1
+        ref = 20 if t < warm * iters else 2 + 18 * max(0.0, 1 - (t - warm * iters) / (iters - warm * iters))
+        assert float(beta_at(torch.tensor(float(i)), iters, warm, 20.0, 2.0)) == pytest.approx(ref)
+        assert float(round_gate(torch.tensor(float(i)), iters, warm)) == float(t >= warm * iters)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=4e-5)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=0.0)
+    for i in range(iters):
+        assert float(cosine_lr(torch.tensor(float(i)), 4e-5, iters)) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-5)
+        opt.step()
+        sched.step()
+
+
+def test_channel_error_sums_channels_and_averages_the_rest():
+    out, tgt = torch.zeros(2, 3, 4), torch.ones(2, 3, 4)
+    tgt[0, 0] = 3.0
+    assert float(channel_error(out, tgt)) == pytest.approx((4 * 9 + 5 * 4) / 6)
+
+
+# ---- the engine on tiny_vit --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    # one thread: on a shared 2-core machine, two OpenMP threads that wait for each other make
+    # the hundreds of small kernels of a step many times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = zoo.create_model("tiny_vit")
+    images = torch.randn(64, 1, 32, 32)
+    yield model, images
+    torch.set_num_threads(threads)
+
+
+def _qmodel(tiny, bits=4):
+    from mgrq.data import Calibration, hash_ids
+
+    model, images = tiny
+    qm = quantize_model(model, LayerPolicy(bits, bits))
+    ids = [str(i) for i in range(len(images))]
+    cal = Calibration(images, torch.zeros(len(images), dtype=torch.long), ids, hash_ids(ids), 0)
+    initial_quantizers(qm, cal, "percentile", 32, RunContext(device=CPU, progress=False))
+    return qm, images
+
+
+def _unit_error(qm, images, name):
+    """Output MSE of unit ``name`` (quantized) against FP on the FP inputs of ``images``."""
+    units = qm.units()
+    k = [u.name for u in units].index(name)
+    with torch.no_grad():
+        with qm.quant_off():
+            h = images
+            for u in units[:k]:
+                h = u.fn(h)
+            ref = units[k].fn(h)
+        return float(channel_error(units[k].fn(h), ref))
+
+
+def _state(qm):
+    return [(p.name, type(p.quantizer).__name__, p.enabled, p.drop_prob) for p in qm.points()]
+
+
+def test_reconstruction_beats_round_to_nearest_and_restores_state(tiny):
+    qm, images = _qmodel(tiny, bits=3)
+    before = _unit_error(qm, images, "blocks.1")
+    state0 = _state(qm)
+    grads0 = [p.requires_grad for p in qm.parameters()]
+    cfg = ReconConfig(input_mode="qdrop", act_drop=0.5, check_every=20)
+    info = Reconstructor(qm, images, cfg, device=CPU, progress=False, units=r"^blocks\.1$").run(
+        [Stage("joint", 120, learn_rounding=True, learn_steps=True, lr_round=1e-2)])
+    after = _unit_error(qm, images, "blocks.1")
+    assert after < 0.9 * before, (before, after)
+    u = info["stages"][0]["units"][0]
+    assert u["unit"] == "blocks.1" and u["wall_s"] > 0 and u["peak_mem_mb"] > 0 and u["rounding_changed"] > 0
+    assert math.isfinite(u["loss_last"])
+    # state after the context: hardened AdaRound weights, original act quantizers, no dropping
+    state1 = _state(qm)
+    for (n, t0, e0, _d0), (_, t1, e1, d1) in zip(state0, state1):
+        assert (e1, d1) == (e0, 0.0)
+        assert t1 == ("AdaRoundQuantizer" if n.startswith("blocks.1.") and n.endswith("weight_q") else t0)
+    assert all(isinstance(p.quantizer, AdaRoundQuantizer) and p.quantizer.hard
+               for p in qm.points(kind="weight") if p.name.startswith("blocks.1."))
+    assert [p.requires_grad for p in qm.parameters()] == grads0
+
+
+def test_deterministic_on_cpu(tiny):
+    outs = []
+    for _ in range(2):
+        qm, images = _qmodel(tiny)
+        cfg = ReconConfig(input_mode="qdrop", act_drop=0.5, check_every=5)
+        Reconstructor(qm, images, cfg, device=CPU, seed=3, progress=False, units=r"^blocks\.0$").run(
+            [Stage("joint", 10, True, True)])
+        with torch.no_grad():
+            outs.append(qm(images[:8]))
+    assert torch.equal(outs[0], outs[1])
+
+
+class _Probe(LossTerm):
+    """A term that checks what the hook hands it (eager mode: Python side effects are fine)."""
+
+    name, weight, every, needs_taps = "probe", 0.5, 3, True
+
+    def setup(self, recon):
+        self.recon, self.calls = recon, 0
+        fp_out, taps = recon.fp_taps(recon.cache.x_f[:4])
+        assert torch.allclose(fp_out, recon.cache.y[:4], atol=1e-5)
+        assert list(taps) == list(recon.layers) == [f"blocks.0.{n}" for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+        self.fp_logits = recon.fp_logits()
+        assert self.fp_logits.shape == (recon.cache.n, 10)
+
+    def __call__(self, ctx: StepContext) -> torch.Tensor:
+        self.calls += 1
+        assert set(ctx.taps) == set(self.recon.layers) and ctx.taps["blocks.0.mlp.fc1"].shape[-1] == 384
+        assert ctx.taps["blocks.0.mlp.fc1"].requires_grad  # quantized path of this very forward
+        logits = self.recon.tail(ctx.out[:4])
+        assert logits.shape == (4, 10) and logits.requires_grad
+        fp = self.fp_logits.index_select(0, ctx.idx[:4])
+        return torch.nn.functional.kl_div(logits.log_softmax(-1), fp.log_softmax(-1), reduction="batchmean", log_target=True)
+
+
+def test_loss_term_hook(tiny):
+    qm, images = _qmodel(tiny)
+    probes = []
+
+    def extra(unit, stage):
+        probes.append(_Probe())
+        return [probes[-1]]
+
+    cfg = ReconConfig(fusion="normalized", check_every=4)
+    info = Reconstructor(qm, images, cfg, device=CPU, progress=False, extra_terms=extra, units=r"^blocks\.0$").run(
+        [Stage("joint", 10, True, True)])
+    assert len(probes) == 1 and probes[0].calls == 4  # iterations 0, 3, 6, 9
+    u = info["stages"][0]["units"][0]
+    assert set(u["terms_first"]) == {"block", "probe"} and u["terms_first"]["probe"] >= 0
+
+
+class _NaNAfter(LossTerm):
+    name = "nan"
+
+    def __call__(self, ctx):
+        return torch.where(ctx.step >= 3, torch.tensor(float("nan")), torch.tensor(0.0))
+
+
+def test_nan_loss_raises_naming_unit_and_iteration_and_restores(tiny):
+    qm, images = _qmodel(tiny)
+    state0 = _state(qm)
+    grads0 = [p.requires_grad for p in qm.parameters()]
+    cfg = ReconConfig(check_every=4)
+    engine = Reconstructor(qm, images, cfg, device=CPU, progress=False, desc="qdrop",
+                           extra_terms=lambda u, s: [_NaNAfter()], units=r"^blocks\.0$")
+    with pytest.raises(ReconstructionError, match=r"unit blocks\.0 .*nan at iteration 3 of 12"):
+        engine.run([Stage("joint", 12, True, True)])
+    assert _state(qm) == state0  # original quantizers, switches and drop probabilities
+    assert [p.requires_grad for p in qm.parameters()] == grads0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="input_mode"):
+        ReconConfig(input_mode="mixed")
+    with pytest.raises(ValueError, match="learns nothing"):
+        Stage("x", 10, False, False)
+    with pytest.raises(ValueError, match="needs acts"):
+        Stage("x", 10, False, True, acts=False)
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        from mgrq.recon.runner import StepRunner
+
+        StepRunner(lambda v: torch.zeros(()), lambda t: None, lambda: None, "cudagraphs", CPU)
+
+
+def test_repq_vit_init_or_clear_error(tiny, monkeypatch):
+    from mgrq.methods import registry
+
+    qm, images = _qmodel(tiny)
+    from mgrq.data import Calibration
+
+    cal = Calibration(images, torch.zeros(len(images), dtype=torch.long), [str(i) for i in range(64)], "h", 0)
+    real = registry.get_method
+
+    def missing(name):
+        if name == "repq_vit":
+            raise UnknownNameError("unknown method 'repq_vit'")
+        return real(name)
+
+    monkeypatch.setattr(registry, "get_method", missing)
+    with pytest.raises(ConfigError, match="repq_vit method is not registered"):
+        initial_quantizers(qm, cal, "repq_vit", 32, RunContext(device=CPU, progress=False))
+    monkeypatch.setattr(registry, "get_method", real)
+    info = initial_quantizers(qm, cal, "repq_vit", 32, RunContext(device=CPU, progress=False))
+    assert info["method"] == "repq_vit" and info["images"] == 32
+    assert all(p.quantizer is not None and p.enabled for p in qm.active_points())
