@@ -52,10 +52,11 @@ def softmax_twin_quant(
     if mode not in TWIN_MODES:
         raise ValueError(f"mode={mode!r}: expected one of {', '.join(TWIN_MODES)}")
     top = 2 ** (bits - 1) - 1
+    split = torch.as_tensor(split, dtype=x.dtype, device=x.device)
     low_step = split / top
     if mode == "sum":
-        high = torch.clamp(torch.round(x.clamp(split, 1) * top), 0, top) / top
-        low = torch.clamp(torch.round(x.clamp(0, split) / low_step), 0, top) * low_step
+        high = torch.clamp(torch.round(torch.maximum(x, split).clamp(max=1.0) * top), 0, top) / top
+        low = torch.clamp(torch.round(torch.minimum(x, split).clamp(min=0.0) / low_step), 0, top) * low_step
         return high + low
     high = torch.clamp(torch.round(x * top), 0, top) / top
     low = torch.clamp(torch.round(x / low_step), 0, top) * low_step
@@ -64,6 +65,8 @@ def softmax_twin_quant(
 
 class PostGeluTwinQuantizer(nn.Module):
     """PTQ4ViT's post-GELU twin-uniform quantizer (one positive step per tensor)."""
+
+    scale: torch.Tensor
 
     def __init__(self, bits: int, neg_scale: float | None = None):
         super().__init__()
@@ -93,6 +96,8 @@ class PostGeluTwinQuantizer(nn.Module):
 
 class SoftmaxTwinQuantizer(nn.Module):
     """PTQ4ViT's post-softmax twin-uniform quantizer (one split per tensor)."""
+
+    split: torch.Tensor
 
     def __init__(self, bits: int, mode: str = "select"):
         super().__init__()
