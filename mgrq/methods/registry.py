@@ -21,6 +21,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "baselines.repq_vit",
     "baselines.ptq4vit",
     "baselines.brecq",
+    "mgrq.methods.mgrq",
 )
 
 

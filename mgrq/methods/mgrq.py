@@ -1,0 +1,245 @@
+"""``mgrq``: MGRQ, mixed-granularity reconstruction for ViTs, and its ablation variants.
+
+Paper: L. Yang, Z. Li, J. Xiao, H. Gong, Q. Gu, "MGRQ: Post-Training Quantization For Vision
+Transformer With Mixed Granularity Reconstruction", IEEE ICIP 2024 (arXiv 2406.09229). No public
+code exists; only the abstract-level description was available. The spec this module implements
+is this project's reading of it (``shared/MGRQ.md``).
+
+MGRQ runs on the shared reconstruction engine (:mod:`mgrq.recon`): it adds loss terms through
+the engine's ``extra_terms`` hook (:mod:`mgrq.methods.mgrq_terms`), it has no private path.
+
+**What the paper says** (its words, from the abstract): block-wise reconstruction helps CNNs but
+gives limited gains on ViTs; MGRQ keeps an *Optimized Block-wise Reconstruction* as its base,
+adds an *Extra-Block Global Supervision* that relates each block's output to the model's
+output, an *Intra-Block Local Supervision* that aligns the distribution of the outputs of every
+layer inside the block with the full-precision ones (to reduce the generalization error), and a
+*Mixed Granularity Loss Fusion* of the three.
+
+**This project's reading, field by field** (every choice the paper leaves open is a field):
+
+- OBWR (the paper names it; everything below is ours):
+  ``init`` = ``repq_vit`` (start from RepQ-ViT's calibrated quantizers, the same lab's previous
+  method; ``percentile`` switches that off), on the first ``init_calib`` = 32 calibration images
+  (RepQ-ViT's protocol; ``weight_init``/``act_init``/``softmax_quantizer`` only apply to
+  ``init=percentile``). Units in forward order (patch embedding, each block / patch merging,
+  head); AdaRound rounding and LSQ activation steps learned *jointly* (``lr_round`` 1e-3,
+  ``lr_step`` 4e-5 with cosine decay, ``round_weight`` 0.01, beta ``beta_start`` 20 ->
+  ``beta_end`` 2 after a ``warmup`` of 0.2: the BRECQ/QDrop lineage's constants), ``iters``
+  per unit (20,000 at paper scale), ``batch`` 32. ``input_mode``: ``qdrop`` (default: the unit
+  input is ``where(rand < input_prob, X_q, X_f)`` element-wise and every activation quantizer of
+  the unit drops with probability ``act_drop``), ``quant`` or ``fp`` (no dropping in those two).
+  ``block_loss``: ``mse`` (squared error summed over channels, averaged over tokens and batch)
+  or ``fisher``. The head unit's block loss is the KL on logits (the engine's).
+- EBGS (the paper: "relates the block's output to the model's output"; the formula is ours):
+  ``w_global * tau^2 * KL(softmax(z_F/tau) || softmax(T_k(U_k^Q(X))/tau))`` with the frozen FP
+  tail ``T_k`` and cached FP logits ``z_F``; ``global_tau`` = 1; cost bounded by
+  ``global_every`` (evaluated every n-th iteration, its weight is not rescaled) and
+  ``global_batch`` (the first images of the batch; 0 = all). Not added to the head unit (global
+  and block coincide there). ``w_global = 0`` switches it off.
+- IBLS (the paper: "aligns the distribution of the outputs of every layer inside the block";
+  the statistics are ours): on every quantized Linear of block and merge units (``qkv``,
+  ``proj``, ``fc1``, ``fc2``; Swin ``reduction``), ``local_metric`` = ``moments`` (per-channel
+  mean and std over batch and tokens, ``mean_l [||mu_Q - mu_F||^2 + ||sigma_Q - sigma_F||^2] /
+  C_l``), ``kl`` (per-token softmax over channels) or ``mse``; the quantized side comes from the
+  engine's taps of the training forward (no second pass). ``w_local = 0`` switches it off.
+- MGLF (the paper: "fuses the losses"; the normalization is ours, after APHQ-ViT's port of
+  BRECQ): ``fusion`` = ``normalized``: ``L = L_block/L_block0 + w_global L_global/L_global0 +
+  w_local L_local/L_local0 + round_weight * L_round``, each ``L_0`` the term's detached value at
+  its first evaluation in the unit; ``fusion=sum`` is the raw weighted sum. ``w_b`` is 1 (the
+  engine's block term; with normalized fusion only the ratios to it matter).
+
+Defaults ``w_global``, ``w_local``, ``global_every``, ``local_metric`` (chosen on the ``tune``
+split, never on the held-out digits): see "Defaults" at the end of this docstring.
+
+**Variants** (registered methods, so suites can list them; each fixes its switched-off part and
+refuses a config that turns it back on): ``mgrq`` (everything), ``mgrq_obwr`` (``w_global=0``,
+``w_local=0``), ``mgrq_obwr_global`` (``w_local=0``), ``mgrq_obwr_local`` (``w_global=0``),
+``mgrq_sum_fusion`` (``fusion=sum``). ``mgrq_obwr`` is the engine's QDrop reconstruction from
+the RepQ-ViT init: bit for bit the result of ``qdrop`` with ``init=repq_vit``,
+``init_calib=32`` and ``fusion=normalized`` (tested).
+
+**Defaults** (provisional until the sweep of ``suites/mgrq-sweep.yaml`` finishes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from mgrq.data import Calibration
+from mgrq.methods.mgrq_terms import LOCAL_METRICS, GlobalKL, LocalAlignment
+from mgrq.methods.percentile import INITS as PERCENTILE_SEARCHES
+from mgrq.methods.registry import RunContext, register_method
+from mgrq.recon import LossTerm, ReconConfig, Reconstructor, Stage
+from mgrq.recon.init import INITS, initial_quantizers
+from mgrq.surgery import QuantModel
+from mgrq.surgery.wrap import Unit
+
+PAPER_CALIB = 1024
+ENGINE_FIELDS = ("batch", "input_mode", "input_prob", "act_drop", "round_weight", "warmup", "beta_start",
+                 "beta_end", "block_loss", "fisher_damping", "fusion", "cache", "compile", "tf32", "autocast",
+                 "check_every")
+
+
+@dataclass(frozen=True)
+class MGRQConfig:
+    """MGRQ's settings (see the module docstring for what each one means and where it comes
+    from). ``iters`` etc. are paper-scale; suites and tests set fewer."""
+
+    # OBWR: initial quantizers
+    init: str = "repq_vit"
+    init_calib: int = 32
+    weight_init: str = "percentile"
+    act_init: str = "percentile"
+    softmax_quantizer: str = "log_sqrt2"
+    # OBWR: the joint reconstruction
+    iters: int = 20000
+    batch: int = 32
+    lr_round: float = 1e-3
+    lr_step: float = 4e-5
+    round_weight: float = 0.01
+    warmup: float = 0.2
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    input_mode: str = "qdrop"
+    input_prob: float = 0.5
+    act_drop: float = 0.5
+    block_loss: str = "mse"
+    fisher_damping: float = 1.0
+    # EBGS
+    w_global: float = 1.0
+    global_tau: float = 1.0
+    global_every: int = 1
+    global_batch: int = 0
+    # IBLS
+    w_local: float = 1.0
+    local_metric: str = "moments"
+    # MGLF
+    fusion: str = "normalized"
+    # operational (the engine's)
+    units: str = ""  # regex: reconstruct only matching units ("" = all)
+    cache: str = "auto"
+    compile: str = "none"
+    tf32: bool = True
+    autocast: str = "none"
+    check_every: int = 50
+
+    FIXED: ClassVar[dict[str, Any]] = {}  # fields a variant pins (its switched-off parts)
+    METHOD: ClassVar[str] = "mgrq"
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r}: expected one of {', '.join(INITS)}")
+        for f in ("weight_init", "act_init"):
+            if getattr(self, f) not in PERCENTILE_SEARCHES:
+                raise ValueError(f"{f}={getattr(self, f)!r}: expected one of {', '.join(PERCENTILE_SEARCHES)}")
+        if self.softmax_quantizer not in ("log_sqrt2", "log2", "uniform"):
+            raise ValueError(f"softmax_quantizer={self.softmax_quantizer!r}: expected 'log_sqrt2', 'log2' or 'uniform'")
+        if self.iters < 1 or self.init_calib < 0:
+            raise ValueError(f"iters={self.iters}, init_calib={self.init_calib}: expected iters >= 1, init_calib >= 0")
+        if self.local_metric not in LOCAL_METRICS:
+            raise ValueError(f"local_metric={self.local_metric!r}: expected one of {', '.join(LOCAL_METRICS)}")
+        for f in ("w_global", "w_local"):
+            if not getattr(self, f) >= 0:
+                raise ValueError(f"{f}={getattr(self, f)}: expected >= 0 (0 switches the term off)")
+        if not self.global_tau > 0:
+            raise ValueError(f"global_tau={self.global_tau}: expected > 0")
+        if self.global_every < 1:
+            raise ValueError(f"global_every={self.global_every}: expected >= 1")
+        if not 0 <= self.global_batch <= self.batch:
+            raise ValueError(f"global_batch={self.global_batch}: expected 0 (the whole batch) .. batch={self.batch}")
+        for f, v in self.FIXED.items():
+            if getattr(self, f) != v:
+                raise ValueError(f"{f}={getattr(self, f)!r}: method {self.METHOD} fixes {f}={v!r} (its switched-off "
+                                 f"part); use method mgrq with {f}=... instead")
+        self.stage()
+        self.engine()
+
+    def stage(self) -> Stage:
+        """The one joint pass (rounding and steps together)."""
+        return Stage("joint", self.iters, learn_rounding=True, learn_steps=True, acts=True,
+                     lr_round=self.lr_round, lr_step=self.lr_step)
+
+    def engine(self) -> ReconConfig:
+        """The engine settings; QDrop's dropping only with ``input_mode='qdrop'``."""
+        kw = {f: getattr(self, f) for f in ENGINE_FIELDS}
+        if self.input_mode != "qdrop":
+            kw["act_drop"] = 0.0
+        return ReconConfig(**kw)
+
+    def parts(self) -> dict[str, Any]:
+        """Which of MGRQ's parts this config runs (for the run record)."""
+        return {"obwr": True, "ebgs": self.w_global > 0, "ibls": self.w_local > 0, "mglf": self.fusion}
+
+    def extra_terms(self, unit: Unit, stage: Stage) -> list[LossTerm]:
+        """EBGS and IBLS terms of ``unit`` (the engine adds the block term itself)."""
+        terms: list[LossTerm] = []
+        if self.w_global > 0 and unit.kind != "head":
+            terms.append(GlobalKL(self.w_global, self.global_tau, self.global_every, self.global_batch))
+        if self.w_local > 0 and unit.kind in ("block", "merge"):
+            terms.append(LocalAlignment(self.w_local, self.local_metric))
+        return terms
+
+
+@dataclass(frozen=True)
+class MGRQObwrConfig(MGRQConfig):
+    """``mgrq_obwr``: block loss only (EBGS and IBLS off)."""
+
+    w_global: float = 0.0
+    w_local: float = 0.0
+    FIXED: ClassVar[dict[str, Any]] = {"w_global": 0.0, "w_local": 0.0}
+    METHOD: ClassVar[str] = "mgrq_obwr"
+
+
+@dataclass(frozen=True)
+class MGRQObwrGlobalConfig(MGRQConfig):
+    """``mgrq_obwr_global``: block + global terms (IBLS off)."""
+
+    w_local: float = 0.0
+    FIXED: ClassVar[dict[str, Any]] = {"w_local": 0.0}
+    METHOD: ClassVar[str] = "mgrq_obwr_global"
+
+
+@dataclass(frozen=True)
+class MGRQObwrLocalConfig(MGRQConfig):
+    """``mgrq_obwr_local``: block + local terms (EBGS off)."""
+
+    w_global: float = 0.0
+    FIXED: ClassVar[dict[str, Any]] = {"w_global": 0.0}
+    METHOD: ClassVar[str] = "mgrq_obwr_local"
+
+
+@dataclass(frozen=True)
+class MGRQSumFusionConfig(MGRQConfig):
+    """``mgrq_sum_fusion``: every term, raw weighted sum instead of the normalized fusion."""
+
+    fusion: str = "sum"
+    FIXED: ClassVar[dict[str, Any]] = {"fusion": "sum"}
+    METHOD: ClassVar[str] = "mgrq_sum_fusion"
+
+
+def quantize_mgrq(qmodel: QuantModel, calib: Calibration, cfg: MGRQConfig, ctx: RunContext) -> dict[str, Any]:
+    """Initial quantizers, then one joint reconstruction pass with MGRQ's terms. Returns the
+    method info for the run record (init, parts, engine settings, per-unit stats)."""
+    from mgrq.config import config_dict
+
+    qmodel.to(ctx.device)
+    init = initial_quantizers(qmodel, calib, cfg.init, cfg.init_calib, ctx, cfg.weight_init, cfg.act_init,
+                              cfg.softmax_quantizer)
+    ecfg = cfg.engine()
+    engine = Reconstructor(qmodel, calib.images, ecfg, device=ctx.device, seed=ctx.seed, progress=ctx.progress,
+                           extra_terms=cfg.extra_terms, units=cfg.units, desc=cfg.METHOD)
+    recon = engine.run([cfg.stage()])
+    return {"init": init, "calib_images": len(calib.ids), "parts": cfg.parts(), "engine": config_dict(ecfg),
+            "recon": [recon]}
+
+
+_DESCRIPTIONS = {
+    "mgrq": "MGRQ (ICIP 2024): block reconstruction from RepQ-ViT + global (tail KL) + local (layer moments), fused",
+    "mgrq_obwr": "MGRQ ablation: optimized block-wise reconstruction only (RepQ-ViT init, QDrop, block loss)",
+    "mgrq_obwr_global": "MGRQ ablation: block loss + extra-block global supervision",
+    "mgrq_obwr_local": "MGRQ ablation: block loss + intra-block local supervision",
+    "mgrq_sum_fusion": "MGRQ ablation: all terms, raw weighted sum instead of the normalized fusion",
+}
+for _cls in (MGRQConfig, MGRQObwrConfig, MGRQObwrGlobalConfig, MGRQObwrLocalConfig, MGRQSumFusionConfig):
+    register_method(_cls.METHOD, _cls, _DESCRIPTIONS[_cls.METHOD], default_calib=PAPER_CALIB)(quantize_mgrq)
