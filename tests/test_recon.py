@@ -151,8 +151,9 @@ def test_reconstruction_beats_round_to_nearest_and_restores_state(tiny):
     grads0 = [p.requires_grad for p in qm.parameters()]
     cfg = ReconConfig(input_mode="qdrop", act_drop=0.5, check_every=20)
     info = Reconstructor(qm, images, cfg, device=CPU, progress=False, units=r"^blocks\.1$").run(
-        [Stage("joint", 120, learn_rounding=True, learn_steps=True, lr_round=1e-2)])
+        [Stage("joint", 60, learn_rounding=True, learn_steps=True, lr_round=1e-2)])
     after = _unit_error(qm, images, "blocks.1")
+    print(f"blocks.1 output error: round-to-nearest {before:.4f}, reconstructed {after:.4f}")
     assert after < 0.9 * before, (before, after)
     u = info["stages"][0]["units"][0]
     assert u["unit"] == "blocks.1" and u["wall_s"] > 0 and u["peak_mem_mb"] > 0 and u["rounding_changed"] > 0
@@ -182,7 +183,7 @@ def test_deterministic_on_cpu(tiny):
 class _Probe(LossTerm):
     """A term that checks what the hook hands it (eager mode: Python side effects are fine)."""
 
-    name, weight, every, needs_taps = "probe", 0.5, 3, True
+    name, weight, every, needs_taps, needs_fp_taps = "probe", 0.5, 3, True, True
 
     def setup(self, recon):
         self.recon, self.calls = recon, 0
@@ -196,6 +197,11 @@ class _Probe(LossTerm):
         self.calls += 1
         assert set(ctx.taps) == set(self.recon.layers) and ctx.taps["blocks.0.mlp.fc1"].shape[-1] == 384
         assert ctx.taps["blocks.0.mlp.fc1"].requires_grad  # quantized path of this very forward
+        _, fp = self.recon.fp_taps(ctx.x_fp)  # FP path, same images
+        assert set(ctx.fp_taps) == set(fp) and not ctx.fp_taps["blocks.0.mlp.fc2"].requires_grad
+        assert torch.allclose(ctx.fp_taps["blocks.0.mlp.fc2"], fp["blocks.0.mlp.fc2"])
+        assert not torch.allclose(ctx.taps["blocks.0.mlp.fc2"], fp["blocks.0.mlp.fc2"])
+        assert torch.equal(ctx.x_fp, self.recon.cache.x_f.index_select(0, ctx.idx))
         logits = self.recon.tail(ctx.out[:4])
         assert logits.shape == (4, 10) and logits.requires_grad
         fp = self.fp_logits.index_select(0, ctx.idx[:4])
@@ -238,7 +244,12 @@ def test_nan_loss_raises_naming_unit_and_iteration_and_restores(tiny):
     assert [p.requires_grad for p in qm.parameters()] == grads0
 
 
-def test_config_validation():
+def test_config_validation(tiny):
+    qm, images = _qmodel(tiny)
+    with pytest.raises(ConfigError, match=r"matches none of the model's units: patch_embed, blocks\.0"):
+        Reconstructor(qm, images, ReconConfig(), device=CPU, units="^block$")
+    with pytest.raises(ConfigError, match="not a valid regex"):
+        Reconstructor(qm, images, ReconConfig(), device=CPU, units="(")
     with pytest.raises(ValueError, match="input_mode"):
         ReconConfig(input_mode="mixed")
     with pytest.raises(ValueError, match="learns nothing"):

@@ -14,7 +14,7 @@ INPUT_MODES = ("quant", "fp", "qdrop")
 BLOCK_LOSSES = ("mse", "fisher")
 FUSIONS = ("sum", "normalized")
 CACHE_PLACES = ("auto", "device", "cpu")
-COMPILE_MODES = ("none", "compile", "cudagraphs", "compile+cudagraphs")
+COMPILE_MODES = ("none", "kernels", "compile", "cudagraphs", "compile+cudagraphs")
 AUTOCASTS = ("none", "bf16")
 
 
@@ -75,8 +75,10 @@ class ReconConfig:
         cache: where cached unit inputs/targets live: ``device``, ``cpu`` (pinned, streamed) or
             ``auto`` (device when they take less than ``cache_fraction`` of free device memory).
         chunk: images per forward when building caches.
-        compile: ``none`` (eager), ``compile`` (torch.compile of the forward+loss),
-            ``cudagraphs`` (the whole iteration captured in one CUDA graph) or both.
+        compile: ``none`` (eager), ``kernels`` (eager step; only the training quantizers'
+            element-wise kernels are compiled: ~20 s once per process, the CPU choice),
+            ``compile`` (torch.compile of the whole forward+loss), ``cudagraphs`` (the whole
+            iteration captured in one CUDA graph) or ``compile+cudagraphs``.
         tf32: allow TF32 matmuls on CUDA (recorded; ignored on CPU).
         autocast: ``bf16`` runs the unit forward under bfloat16 autocast (quantizers in fp32).
         check_every: iterations between host reads of the loss (progress bar, NaN check).

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mgrq.errors import ReconstructionError
+from mgrq.errors import ConfigError, ReconstructionError
 from mgrq.recon.cache import BatchSource, UnitCache, nbytes
 from mgrq.recon.config import ReconConfig, Stage
 from mgrq.recon.losses import FisherError, LogitKL, LossTerm, OutputError, StepContext, logit_kl
@@ -169,7 +169,12 @@ class Reconstructor:
         self.qmodel, self.images, self.cfg, self.device = qmodel, images, cfg, torch.device(device)
         self.seed, self.progress, self.extra_terms, self.desc = seed, progress, extra_terms, desc
         self.units = qmodel.units()
-        self.select = re.compile(units) if units else None
+        try:
+            self.select = re.compile(units) if units else None
+        except re.error as e:
+            raise ConfigError(f"units={units!r}: not a valid regex ({e})") from None
+        if self.select is not None and not any(self.select.search(u.name) for u in self.units):
+            raise ConfigError(f"units={units!r} matches none of the model's units: {', '.join(u.name for u in self.units)}")
         self._fp_logits: torch.Tensor | None = None
 
     # ---- FP helpers -------------------------------------------------------------------------
@@ -315,7 +320,7 @@ class Reconstructor:
         terms = self._terms(unit, stage)
         stats: dict[str, Any] = {"unit": unit.name, "kind": unit.kind, "stage": stage.name, "iters": stage.iters,
                                  "cache_s": cache_s, "cache_place": str(cache.x_f.device)}
-        with UnitSession(unit, self.qmodel.model, stage, cfg.act_drop) as session:
+        with UnitSession(unit, self.qmodel.model, stage, cfg.act_drop, kernels=cfg.compile == "kernels") as session:
             if not session.adarounds and not session.step_params:
                 stats.update(skipped="nothing to learn")
                 return stats

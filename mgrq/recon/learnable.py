@@ -61,6 +61,43 @@ def mix(a: torch.Tensor, b: torch.Tensor, take_b: torch.Tensor) -> torch.Tensor:
     return torch.lerp(a, b, take_b)
 
 
+def _lsq_forward_math(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, keep: torch.Tensor | None,
+                      qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Out-of-place form of :class:`_LSQFakeQuant`'s forward (for ``compile='kernels'``):
+    ``(x_hat, gx, gs)``."""
+    v = x * torch.reciprocal(s)
+    qq = torch.round(v) + z
+    cq = torch.clamp(qq, qmin, qmax)
+    inr = (cq == qq).to(x.dtype)
+    c = cq - z
+    out = c * s
+    gs = c - v * inr
+    if keep is None:
+        return out, inr, gs
+    return torch.lerp(out, x, keep), torch.maximum(inr, keep), gs * (1.0 - keep)
+
+
+def _lsq_backward_math(dy: torch.Tensor, gx: torch.Tensor, gs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return dy * gx, (dy * gs).sum()
+
+
+def _log_forward_math(x: torch.Tensor, scale: torch.Tensor, keep: torch.Tensor | None, bits: int) -> torch.Tensor:
+    out = QF.log_sqrt2_quant(x, scale, bits)
+    return out if keep is None else torch.lerp(out, x, keep)
+
+
+_KERNELS: dict[str, Any] = {}
+
+
+def kernel(name: str) -> Any:
+    """The ``torch.compile``d (dynamic shapes) version of an element-wise kernel above: one fused
+    loop per kernel instead of one pass per operation (compiled once per process)."""
+    if name not in _KERNELS:
+        fn = {"lsq_fwd": _lsq_forward_math, "lsq_bwd": _lsq_backward_math, "log_fwd": _log_forward_math}[name]
+        _KERNELS[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return _KERNELS[name]
+
+
 class _LSQFakeQuant(torch.autograd.Function):
     """``x_hat = (clamp(round(x / s) + z, qmin, qmax) - z) * s``, optionally dropped to ``x``
     where ``keep == 1``. Gradients: ``dx = dy * (in_range or kept)``; LSQ's
@@ -68,7 +105,14 @@ class _LSQFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, s: torch.Tensor, z: torch.Tensor,
-                keep: torch.Tensor | None, qmin: int, qmax: int, g: float) -> torch.Tensor:
+                keep: torch.Tensor | None, qmin: int, qmax: int, g: float, kernels: bool) -> torch.Tensor:
+        ctx.g, ctx.scale_shape, ctx.s_shape = g, scale.shape, s.shape
+        ctx.kernels = kernels = kernels and s.numel() == 1
+        if kernels:
+            with torch.no_grad():
+                out, gx, gs = kernel("lsq_fwd")(x, s, z, keep, qmin, qmax)
+            ctx.save_for_backward(gx, gs)
+            return out
         with torch.no_grad():
             v = x * torch.reciprocal(s)
             qq = torch.round(v).add_(z)  # round(x/s) + z
@@ -84,12 +128,15 @@ class _LSQFakeQuant(torch.autograd.Function):
             else:
                 gx = inr
         ctx.save_for_backward(gx, gs)
-        ctx.g, ctx.scale_shape, ctx.s_shape = g, scale.shape, s.shape
         return out
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         gx, gs = ctx.saved_tensors
+        if ctx.kernels:
+            dx, ds = kernel("lsq_bwd")(dy, gx, gs)
+            dscale = (ds * ctx.g).reshape(ctx.scale_shape) if ctx.needs_input_grad[1] else None
+            return dx, dscale, None, None, None, None, None, None, None
         dx = dy * gx if ctx.needs_input_grad[0] else None
         dscale = None
         if ctx.needs_input_grad[1]:
@@ -100,7 +147,7 @@ class _LSQFakeQuant(torch.autograd.Function):
                 if ds.numel() != ctx.scale_shape.numel():  # group granularity: sum each group
                     ds = ds.view(ctx.scale_shape.numel(), -1).sum(1)
             dscale = (ds * ctx.g).reshape(ctx.scale_shape)
-        return dx, dscale, None, None, None, None, None, None
+        return dx, dscale, None, None, None, None, None, None, None
 
 
 def log_sqrt2_fast(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
@@ -117,14 +164,13 @@ def log_sqrt2_fast(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Ten
 
 
 class _Ste(torch.autograd.Function):
-    """Forward ``fn(x)`` (optionally dropped to ``x`` where ``keep == 1``) without recording it;
-    backward the identity."""
+    """Forward ``fn(x, keep)`` (the quantized value, dropped to ``x`` where ``keep == 1``) without
+    recording it; backward the identity."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, fn: Any, keep: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
-            out = fn(x)
-            return out if keep is None else mix(out, x, keep)
+            return fn(x, keep)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, None, None]:
@@ -136,8 +182,9 @@ class LSQAct(nn.Module):
     straight-through gradient for the input), with QDrop dropping probability ``drop``.
     :meth:`commit` writes the step back into the wrapped quantizer."""
 
-    def __init__(self, q: UniformQuantizer, learn: bool, drop: float = 0.0):
+    def __init__(self, q: UniformQuantizer, learn: bool, drop: float = 0.0, kernels: bool = False):
         super().__init__()
+        self.kernels = kernels
         if not q.initialized:
             raise RuntimeError("LSQAct: the quantizer is not initialized")
         self.q = q  # the original (kept for commit and for its granularity view)
@@ -157,7 +204,7 @@ class LSQAct(nn.Module):
             if keep is not None:
                 out = mix(out, xf, keep)
         else:
-            out = _LSQFakeQuant.apply(xf, self.scale, s, z, keep, self.qmin, self.qmax, g)
+            out = _LSQFakeQuant.apply(xf, self.scale, s, z, keep, self.qmin, self.qmax, g, self.kernels)
         return out.to(x.dtype)
 
     @torch.no_grad()
@@ -171,9 +218,9 @@ class SteAct(nn.Module):
     """Any quantizer with a fixed step, straight-through backward (e.g. log-sqrt2 post-softmax),
     with QDrop dropping probability ``drop``."""
 
-    def __init__(self, q: nn.Module, drop: float = 0.0):
+    def __init__(self, q: nn.Module, drop: float = 0.0, kernels: bool = False):
         super().__init__()
-        self.q, self.drop, self.learn = q, drop, False
+        self.q, self.drop, self.learn, self.kernels = q, drop, False, kernels
         self.fast = isinstance(q, LogQuantizer) and q.base == "sqrt2"
 
     def _quant(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,12 +228,18 @@ class SteAct(nn.Module):
             return log_sqrt2_fast(x, self.q.scale, self.q.bits)
         return self.q(x)
 
+    def _quant_mix(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        if self.fast and self.kernels:
+            return kernel("log_fwd")(x, self.q.scale, keep, self.q.bits)
+        out = self._quant(x)
+        return out if keep is None else mix(out, x, keep)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         keep = bernoulli_mask(x, self.drop) if self.drop > 0 else None
         if torch.compiler.is_compiling():
             out = x + (self.q(x) - x).detach()
             return out if keep is None else mix(out, x, keep)
-        return _Ste.apply(x, self._quant, keep)
+        return _Ste.apply(x, self._quant_mix, keep)
 
     def commit(self) -> None:
         pass

@@ -21,13 +21,19 @@ rounding regularizer while rounding is learned.
 3. ``term.teardown()`` after the unit (free cached tensors).
 
 Set ``needs_taps = True`` to get ``ctx.taps``: the outputs of every quantized Linear/Conv of the
-unit on the quantized path of this iteration (forward hooks; no second forward pass).
+unit on the quantized path of this iteration (forward hooks; no second forward pass). Set
+``needs_fp_taps = True`` to also get ``ctx.fp_taps``, the same layers in full precision on the
+batch's FP input (one extra no-grad FP forward of the unit); per-image FP statistics can instead
+be precomputed in ``setup`` with ``recon.fp_taps(x)`` and gathered with ``ctx.idx``.
+
+Fusion note: with ``fusion='normalized'`` every term starts near ``w_i`` while the rounding
+regularizer keeps its raw scale (``round_weight`` times a sum over all weights of the unit).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,11 +51,14 @@ class StepContext:
         idx: ``[B]`` int64 indices of this batch in the calibration set (index cached per-image
             tensors with ``t.index_select(0, ctx.idx)``).
         x: ``[B, ...]`` the unit input actually used (after QDrop mixing).
+        x_q, x_fp: ``[B, ...]`` the batch's cached inputs from the quantized and the FP model.
         out: ``[B, ...]`` the unit output on the quantized path (requires grad).
         target: ``[B, ...]`` the cached FP output of the unit for the same images.
         fisher: ``[B, ...]`` Fisher weights of the output error, or None.
         taps: quantized-layer fqn -> output ``[B, ..., C_out]`` of that layer in this forward
             (filled only when some active term has ``needs_taps``).
+        fp_taps: the same layers' outputs when the unit runs in full precision on ``x_fp`` (no
+            grad; filled only when some active term has ``needs_fp_taps``; costs one FP forward).
         step: ``[]`` float32, the iteration index (a device tensor: use it, not a Python int, in
             schedules so that a compiled/captured step stays valid).
         recon: the unit's :class:`~mgrq.recon.engine.UnitRecon` (tail, FP logits, ...).
@@ -57,13 +66,15 @@ class StepContext:
 
     idx: torch.Tensor
     x: torch.Tensor
+    x_q: torch.Tensor
+    x_fp: torch.Tensor
     out: torch.Tensor
     target: torch.Tensor
     fisher: torch.Tensor | None
     taps: dict[str, torch.Tensor]
+    fp_taps: dict[str, torch.Tensor]
     step: torch.Tensor
     recon: UnitRecon
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class LossTerm:
@@ -75,12 +86,14 @@ class LossTerm:
         every: evaluate on iterations ``it`` with ``it % every == 0`` (1 = every iteration);
             the engine keeps one traced step per set of active terms.
         needs_taps: fill ``ctx.taps`` with the quantized layers' outputs.
+        needs_fp_taps: fill ``ctx.fp_taps`` (one extra FP forward of the unit, no grad).
     """
 
     name: str = "term"
     weight: float = 1.0
     every: int = 1
     needs_taps: bool = False
+    needs_fp_taps: bool = False
 
     def setup(self, recon: UnitRecon) -> None:
         """Called once per unit before the first iteration."""

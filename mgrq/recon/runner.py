@@ -56,7 +56,7 @@ class StepRunner:
         self.zero_grad()
         with self._rng:
             total = self._fn(n)(variant)
-        self.update(total)
+            self.update(total)
 
     def __call__(self, variant: tuple[bool, ...]) -> None:
         n = self.calls[variant]

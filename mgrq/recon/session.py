@@ -46,8 +46,8 @@ class UnitSession:
         step_params: the LSQ step parameters being learned.
     """
 
-    def __init__(self, unit: Unit, root: nn.Module, stage: Stage, act_drop: float):
-        self.unit, self.root, self.stage, self.act_drop = unit, root, stage, act_drop
+    def __init__(self, unit: Unit, root: nn.Module, stage: Stage, act_drop: float, kernels: bool = False):
+        self.unit, self.root, self.stage, self.act_drop, self.kernels = unit, root, stage, act_drop, kernels
         self.adarounds: list[AdaRoundQuantizer] = []
         self.acts: list[LSQAct | SteAct] = []
         self._saved: list[tuple[QuantPoint, Any, bool, float]] = []
@@ -92,8 +92,8 @@ class UnitSession:
         q = p.quantizer
         assert q is not None
         drop = self.act_drop
-        w: LSQAct | SteAct = (LSQAct(q, learn=self.stage.learn_steps, drop=drop) if isinstance(q, UniformQuantizer)
-                              else SteAct(q, drop=drop))
+        w: LSQAct | SteAct = (LSQAct(q, learn=self.stage.learn_steps, drop=drop, kernels=self.kernels)
+                              if isinstance(q, UniformQuantizer) else SteAct(q, drop=drop, kernels=self.kernels))
         self._wrapped.append((p, q))
         p.quantizer = w
         p.drop_prob = 0.0  # the wrapper drops (same semantics, fused with the quantizer)

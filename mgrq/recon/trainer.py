@@ -50,8 +50,9 @@ class UnitTrainer:
         self.normalized = cfg.fusion == "normalized"
         self.taps: dict[str, torch.Tensor] = {}
         self._hooks = contextlib.ExitStack()
-        if any(t.needs_taps for t in terms):
+        if any(t.needs_taps or t.needs_fp_taps for t in terms):
             self._hooks.enter_context(tap_hooks(recon.layers, self.taps))
+        self.points = self.unit.points()
         self.autocast: Any = (torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.autocast == "bf16"
                               else contextlib.nullcontext())
         self.lr_step = torch.tensor(float(stage.lr_step), device=dev)
@@ -77,8 +78,12 @@ class UnitTrainer:
             x = b["x_f"] if self.mix == "fp" else b["x_q"]
         with self.autocast:
             out = self.unit.fn(x)
-        ctx = StepContext(idx=self.source.idx, x=x, out=out, target=b["y"], fisher=b.get("fisher"),
-                          taps=self.taps, step=self.count, recon=self.recon)
+        taps = dict(self.taps)
+        fp_taps: dict[str, torch.Tensor] = {}
+        if any(on and t.needs_fp_taps for t, on in zip(self.terms, variant)):
+            fp_taps = self._fp_taps(b["x_f"])
+        ctx = StepContext(idx=self.source.idx, x=x, x_q=b["x_q"], x_fp=b["x_f"], out=out, target=b["y"],
+                          fisher=b.get("fisher"), taps=taps, fp_taps=fp_taps, step=self.count, recon=self.recon)
         total = torch.zeros((), device=self.count.device)
         for i, (term, on) in enumerate(zip(self.terms, variant)):
             if not on:
@@ -97,6 +102,18 @@ class UnitTrainer:
             reg = torch.stack([a.round_loss(beta) for a in self.adarounds]).sum()
             total = total + cfg.round_weight * round_gate(it, st.iters, cfg.warmup) * reg
         return total
+
+    def _fp_taps(self, x_fp: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The unit's layer outputs in full precision on ``x_fp`` (no grad, points switched off
+        and back with plain attribute writes so that the step stays traceable)."""
+        saved = [p.enabled for p in self.points]
+        for p in self.points:
+            p.enabled = False
+        with torch.no_grad():
+            self.unit.fn(x_fp)
+        for p, e in zip(self.points, saved):
+            p.enabled = e
+        return dict(self.taps)
 
     def update(self, total: torch.Tensor) -> None:
         total.backward()
