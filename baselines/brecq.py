@@ -44,8 +44,9 @@ run record through the config):
 - Initial quantizers: ``init=percentile`` (default) runs :mod:`mgrq.methods.percentile` on the
   first ``init_calib`` = 64 calibration images (BRECQ initializes on ``cali_data[:64]``), with
   BRECQ's 80-step L2.4 shrink search for weights and activations (``weight_init=lp``,
-  ``act_init=lp``); ``init=repq_vit`` starts from RepQ-ViT instead. BRECQ re-initializes the
-  activation steps after pass 1 on the hard-rounded weights; here they keep their initial value.
+  ``act_init=lp``); ``init=repq_vit`` starts from RepQ-ViT instead. As BRECQ does, the
+  activation quantizers are calibrated again on the hard-rounded weights before pass 2
+  (``act_reinit``; needs ``init=percentile``).
 - Batches are drawn with replacement (QDrop's ``randint``; BRECQ uses ``randperm[:32]``).
 """
 
@@ -118,11 +119,15 @@ class BrecqConfig(_ReconMethodConfig):
     act_iters: int = 5000
     lr_step: float = 4e-4
     act_p: float = 2.4
+    act_reinit: bool = True  # re-calibrate activation quantizers on the hard-rounded weights before pass 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.act_iters < 0:
             raise ValueError(f"act_iters={self.act_iters}: expected >= 0 (0 skips the activation pass)")
+        if self.act_reinit and self.init != "percentile":
+            raise ValueError(f"act_reinit=true re-runs the percentile activation calibration; with init={self.init!r} "
+                             "set act_reinit=false (the init's activation quantizers are kept)")
         self.stages()  # validates lr_step, act_p
 
     def stages(self) -> list[tuple[Stage, ReconConfig]]:
@@ -152,6 +157,29 @@ class QDropConfig(_ReconMethodConfig):
                  self.engine(input_mode="qdrop", input_prob=self.input_prob, act_drop=self.act_drop))]
 
 
+def reinit_activations(qmodel: QuantModel, calib: Calibration, cfg: _ReconMethodConfig, ctx: RunContext) -> int:
+    """BRECQ's activation calibration after the rounding pass (``qnn(cali_data[:64])`` with
+    activations on): every activation quantizer is initialized again, in forward order, by the
+    ``percentile`` method's searches on the first ``init_calib`` images, with the weights as they
+    are now (hard-rounded). Returns the number of points re-initialized."""
+    from mgrq.methods.percentile import PercentileConfig, calibrate_forward, make_quantizer
+    from mgrq.quant.calib import lazy_init
+    from mgrq.recon.init import calibration_head
+
+    pcfg = PercentileConfig(weight_init=cfg.weight_init, act_init=cfg.act_init, softmax_quantizer=cfg.softmax_quantizer)
+    acts = [p for p in qmodel.active_points() if p.kind == "act"]
+    for p in acts:
+        p.enabled = False
+
+    def init(p: Any, x: Any) -> None:
+        p.quantizer = make_quantizer(p, x, pcfg)
+        p.enabled = True
+
+    with lazy_init(acts, init):
+        calibrate_forward(qmodel, calibration_head(calib, cfg.init_calib), 0, ctx.device)
+    return len(acts)
+
+
 def reconstruct(name: str, qmodel: QuantModel, calib: Calibration, cfg: _ReconMethodConfig, ctx: RunContext,
                 stages: list[tuple[Stage, ReconConfig]]) -> dict[str, Any]:
     """Initial quantizers, then each (stage, engine config) in turn. Returns the method info."""
@@ -159,7 +187,9 @@ def reconstruct(name: str, qmodel: QuantModel, calib: Calibration, cfg: _ReconMe
     init = initial_quantizers(qmodel, calib, cfg.init, cfg.init_calib, ctx, cfg.weight_init, cfg.act_init,
                               cfg.softmax_quantizer)
     recon: list[dict[str, Any]] = []
-    for stage, ecfg in stages:
+    for i, (stage, ecfg) in enumerate(stages):
+        if i > 0 and isinstance(cfg, BrecqConfig) and cfg.act_reinit and stage.acts:
+            init["act_reinit_points"] = reinit_activations(qmodel, calib, cfg, ctx)
         engine = Reconstructor(qmodel, calib.images, ecfg, device=ctx.device, seed=ctx.seed,
                                progress=ctx.progress, units=cfg.units, desc=name)
         recon.append(engine.run([stage]))

@@ -32,6 +32,9 @@ def test_configs_and_stages():
     assert (s.iters, s.learn_rounding, s.learn_steps, s.lr_step) == (20000, True, True, 4e-5)
     assert (e.input_mode, e.input_prob, e.act_drop, e.batch) == ("qdrop", 0.5, 0.5, 32)
     assert get_method("qdrop").default_calib == get_method("brecq").default_calib == 1024
+    with pytest.raises(ConfigError, match="act_reinit"):
+        get_method("brecq").make_config({"init": "repq_vit"})
+    assert get_method("brecq").make_config({"init": "repq_vit", "act_reinit": "false"}).init == "repq_vit"
     for bad, field in (({"compile": "fast"}, "compile"), ({"init": "nope"}, "init"),
                        ({"input_prob": "2"}, "input_prob"), ({"iters": "0"}, "iters"), ({"bogus": "1"}, "bogus")):
         with pytest.raises(ConfigError, match=field):
@@ -43,12 +46,12 @@ def test_qdrop_through_the_cli_records_per_unit_stats(tmp_path, capsys):
 
     rec = tmp_path / "r.json"
     rc = main(["quantize", "--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4",
-               "--calib", "32", "--eval-limit", "100", "--device", "cpu", "--quiet", "--record", str(rec),
-               "--set", "iters=6", "--set", "init_calib=32", "--set", "check_every=3",
+               "--calib", "32", "--eval-limit", "50", "--device", "cpu", "--quiet", "--record", str(rec),
+               "--set", "iters=4", "--set", "init_calib=16", "--set", "check_every=2",
                "--set", "weight_init=percentile", "--set", "act_init=percentile"])
     assert rc == 0, capsys.readouterr().err
     r = json.loads(rec.read_text())
-    assert r["status"] == "done" and r["method"]["config"]["iters"] == 6
+    assert r["status"] == "done" and r["method"]["config"]["iters"] == 4
     info = r["method"]["info"]
     assert info["init"]["method"] == "percentile" and info["calib_images"] == 32
     (recon,) = info["recon"]
@@ -56,7 +59,7 @@ def test_qdrop_through_the_cli_records_per_unit_stats(tmp_path, capsys):
     units = recon["stages"][0]["units"]
     assert [u["unit"] for u in units] == ["patch_embed", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"]
     for u in units:
-        assert u["iters"] == 6 and u["wall_s"] > 0 and u["peak_mem_mb"] > 0 and u["s_per_iter"] > 0
+        assert u["iters"] == 4 and u["wall_s"] > 0 and u["peak_mem_mb"] > 0 and u["s_per_iter"] > 0
         assert set(u["terms_first"]) == {"block"}
 
 
