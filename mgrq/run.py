@@ -6,7 +6,6 @@ sample -> method -> quantized evaluation -> record.
 
 from __future__ import annotations
 
-import resource
 import time
 import traceback
 from typing import Any
@@ -15,12 +14,7 @@ import torch
 
 from mgrq import records
 from mgrq.errors import MGRQError
-
-
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "cpu_maxrss"
+from mgrq.memory import PeakMemory
 
 
 def _subset(ds: torch.utils.data.Dataset, limit: int | None) -> torch.utils.data.Dataset:
@@ -31,7 +25,16 @@ def _subset(ds: torch.utils.data.Dataset, limit: int | None) -> torch.utils.data
 
 def execute(spec: Any, progress: bool = True, workdir: str | None = None, fp_cache: dict | None = None) -> dict[str, Any]:
     """Run ``spec`` and return its record (status ``done``). Errors propagate to the caller,
-    which records them (see :func:`execute_safely`)."""
+    which records them (see :func:`failed_record`). Peak memory covers this run only."""
+    from mgrq.evaluate import pick_device
+
+    with PeakMemory(pick_device(spec.device)) as mem:
+        record = _execute(spec, progress, workdir, fp_cache)
+    record["peak_mem_mb"], record["peak_mem_kind"] = mem.mb, mem.kind
+    return record
+
+
+def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | None) -> dict[str, Any]:
     from mgrq import zoo
     from mgrq.data import sample_calibration
     from mgrq.evaluate import evaluate, pick_device
@@ -45,8 +48,6 @@ def execute(spec: Any, progress: bool = True, workdir: str | None = None, fp_cac
     cfg = method.make_config(dict(spec.method_config))
     policy = LayerPolicy(spec.w_bits, spec.a_bits, spec.image_bits, tuple(spec.bits_overrides))
     torch.manual_seed(spec.seed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
     model = zoo.create_model(spec.model, spec.checkpoint)
     bundle = zoo.data_bundle_for(spec.model, model, spec.data_root, spec.eval_split)
@@ -82,7 +83,6 @@ def execute(spec: Any, progress: bool = True, workdir: str | None = None, fp_cac
     t = time.perf_counter()
     q = evaluate(qmodel, val, device=device, progress=progress, desc=f"{spec.run_id} eval")
     t_eval = time.perf_counter() - t
-    peak, peak_kind = peak_memory_mb(device)
     from mgrq.config import config_dict
 
     return {
@@ -93,8 +93,8 @@ def execute(spec: Any, progress: bool = True, workdir: str | None = None, fp_cac
         "spec": spec.to_dict(),
         "metrics": {"fp_top1": fp["top1"], "fp_top5": fp["top5"], "top1": q["top1"], "top5": q["top5"], "n_eval": q["n"]},
         "timings": {"total_s": time.perf_counter() - t0, "load_s": t_load, "fp_eval_s": t_fp, "quantize_s": t_quant, "eval_s": t_eval},
-        "peak_mem_mb": peak,
-        "peak_mem_kind": peak_kind,
+        "peak_mem_mb": None,  # filled by execute()
+        "peak_mem_kind": None,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "calibration": {"n": n_calib, "seed": calib.seed, "ids_hash": calib.ids_hash},

@@ -1,0 +1,70 @@
+"""Peak memory of a stretch of work (a run, a reconstruction unit).
+
+- CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak at the start
+  (kind ``cuda_allocated``).
+- CPU: the process's resident set size sampled every ``interval`` seconds from
+  ``/proc/self/statm`` by a background thread (kind ``cpu_rss_sampled``). Unlike ``ru_maxrss``
+  (the process's all-time peak) it belongs to this stretch only, so cells that run one after the
+  other in one job get their own figures. Where ``/proc`` is missing it falls back to
+  ``ru_maxrss`` (kind ``cpu_maxrss``).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_STATM = "/proc/self/statm"
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open(_STATM) as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakMemory:
+    """``with PeakMemory(device) as pm: ...`` then ``pm.mb`` (MiB) and ``pm.kind``."""
+
+    def __init__(self, device: torch.device | str, interval: float = 0.05):
+        self.device = torch.device(device)
+        self.interval = interval
+        self.mb = 0.0
+        self.kind = ""
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = _rss_bytes()
+            if rss is not None and rss > self._peak:
+                self._peak = rss
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            rss = _rss_bytes()
+            if rss is not None:
+                self._peak = rss
+                self._thread = threading.Thread(target=self._sample, daemon=True)
+                self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.mb, self.kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_allocated"
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            rss = _rss_bytes()
+            self.mb, self.kind = max(self._peak, rss or 0) / 2**20, "cpu_rss_sampled"
+        else:
+            self.mb, self.kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "cpu_maxrss"
