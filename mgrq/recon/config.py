@@ -70,6 +70,8 @@ class ReconConfig:
             the iterations, beta then linear from ``beta_start`` to ``beta_end``.
         block_loss: ``mse`` or ``fisher`` (error weighted by ``(|dKL/dy| + fisher_damping)^2``,
             BRECQ's as-coded Fisher diagonal; ``fisher_damping=0`` gives the plain squared gradient).
+            The head unit always uses the KL between FP and quantized logits.
+        block_weight: weight ``w_b`` of the block term in the fused objective.
         fusion: ``sum`` (``sum_i w_i L_i``) or ``normalized`` (each term divided by its value at
             its first evaluation in the unit, detached).
         cache: where cached unit inputs/targets live: ``device``, ``cpu`` (pinned, streamed) or
@@ -93,6 +95,7 @@ class ReconConfig:
     beta_end: float = 2.0
     warmup: float = 0.2
     block_loss: str = "mse"
+    block_weight: float = 1.0
     fisher_damping: float = 1.0
     fusion: str = "sum"
     cache: str = "auto"
@@ -117,7 +120,8 @@ class ReconConfig:
                 raise ValueError(f"{f}={getattr(self, f)}: expected a probability in [0, 1]")
         if not 0.0 < self.cache_fraction <= 1.0:
             raise ValueError(f"cache_fraction={self.cache_fraction}: expected in (0, 1]")
-        if self.round_weight < 0 or self.fisher_damping < 0:
-            raise ValueError("round_weight and fisher_damping must be >= 0")
+        for f in ("round_weight", "fisher_damping", "block_weight"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"{f}={getattr(self, f)}: expected >= 0")
         if not self.beta_start > 0 or not self.beta_end > 0:
             raise ValueError(f"beta_start={self.beta_start}, beta_end={self.beta_end}: expected > 0")

@@ -60,15 +60,20 @@ def points_off(unit: Unit) -> Iterator[None]:
 
 @contextlib.contextmanager
 def no_drop(unit: Unit) -> Iterator[None]:
-    """QDrop's dropping off for a while (e.g. while caching)."""
-    saved = [(p, p.drop_prob) for p in unit.points()]
+    """QDrop's dropping off for a while (e.g. while caching or computing Fisher weights): the
+    points' ``drop_prob`` and the training wrappers' ``drop``."""
+    saved = [(p, p.drop_prob, getattr(p.quantizer, "drop", None)) for p in unit.points()]
     try:
-        for p, _ in saved:
+        for p, _, wdrop in saved:
             p.drop_prob = 0.0
+            if wdrop is not None:
+                p.quantizer.drop = 0.0  # type: ignore[union-attr]
         yield
     finally:
-        for p, d in saved:
+        for p, d, wdrop in saved:
             p.drop_prob = d
+            if wdrop is not None:
+                p.quantizer.drop = wdrop  # type: ignore[union-attr]
 
 
 @dataclass
@@ -301,12 +306,13 @@ class Reconstructor:
         return info
 
     def _terms(self, unit: Unit, stage: Stage) -> list[LossTerm]:
+        w = self.cfg.block_weight
         if unit.kind == "head":
-            block: LossTerm = LogitKL()
+            block: LossTerm = LogitKL(weight=w)
         elif self.cfg.block_loss == "fisher":
-            block = FisherError()
+            block = FisherError(weight=w)
         else:
-            block = OutputError(p=stage.p)
+            block = OutputError(p=stage.p, weight=w)
         terms = [block, *(self.extra_terms(unit, stage) if self.extra_terms else [])]
         names = [t.name for t in terms]
         if len(set(names)) != len(names):
