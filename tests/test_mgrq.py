@@ -52,7 +52,7 @@ def test_variants_and_switches():
     full = _cfg("mgrq")
     assert (names(full, "embed"), names(full, "block"), names(full, "merge"), names(full, "head")) == (
         ["global"], ["global", "local"], ["global", "local"], [])
-    assert full.parts() == {"obwr": True, "ebgs": True, "ibls": True, "mglf": "normalized"}
+    assert full.parts() == {"block": True, "ebgs": True, "ibls": True, "mglf": "normalized"}
     e = full.engine()
     assert (e.input_mode, e.input_prob, e.act_drop, e.fusion, e.block_loss) == ("qdrop", 0.5, 0.5, "normalized", "mse")
     assert full.init == "repq_vit" and full.stage().learn_rounding and full.stage().learn_steps
@@ -62,6 +62,7 @@ def test_variants_and_switches():
     assert _cfg("mgrq", fusion="sum").engine().fusion == "sum"
     assert _cfg("mgrq", input_mode="quant").engine().act_drop == 0.0  # no dropping without QDrop
     assert _cfg("mgrq", init="percentile").init == "percentile"
+    assert _cfg("mgrq", w_block=0).engine().block_weight == 0.0 and full.engine().block_weight == 1.0
     # the registered variants
     assert names(_cfg("mgrq_obwr"), "block") == []
     assert names(_cfg("mgrq_obwr_global"), "block") == ["global"]
@@ -80,7 +81,8 @@ def test_variants_and_switches():
         _cfg("mgrq_sum_fusion", fusion="normalized")
     for bad, field in (({"local_metric": "l1"}, "local_metric"), ({"w_local": -1}, "w_local"),
                        ({"global_batch": 64}, "global_batch"), ({"global_every": 0}, "global_every"),
-                       ({"global_tau": 0}, "global_tau"), ({"fusion": "max"}, "fusion"), ({"init": "x"}, "init")):
+                       ({"global_tau": 0}, "global_tau"), ({"fusion": "max"}, "fusion"), ({"init": "x"}, "init"),
+                       ({"w_block": 0, "w_global": 0, "w_local": 0}, "nothing to reconstruct")):
         with pytest.raises(ConfigError, match=field):
             _cfg("mgrq", **bad)
 
@@ -120,6 +122,7 @@ class _Probe(LossTerm):
     def __init__(self, metric):
         self.glob = T.GlobalKL(1.0)
         self.local = T.LocalAlignment(1.0, metric)
+        self.needs_fp_taps = self.local.needs_fp_taps  # kl / mse read the engine's FP taps
         self.seen: dict = {}
 
     def setup(self, recon):
@@ -208,7 +211,7 @@ def test_obwr_equals_qdrop_from_repq_vit_init_bit_for_bit():
     lb = [u["loss_last"] for u in ib["recon"][0]["stages"][0]["units"]]
     assert la == lb and len(la) == 6
     assert not torch.equal(ya, yc)
-    assert ia["parts"] == {"obwr": True, "ebgs": False, "ibls": False, "mglf": "normalized"}
+    assert ia["parts"] == {"block": True, "ebgs": False, "ibls": False, "mglf": "normalized"}
 
 
 # ---- fusion ---------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ from mgrq.surgery.wrap import Unit
 PAPER_CALIB = 1024
 ENGINE_FIELDS = ("batch", "input_mode", "input_prob", "act_drop", "round_weight", "warmup", "beta_start",
                  "beta_end", "block_loss", "fisher_damping", "fusion", "cache", "compile", "tf32", "autocast",
-                 "check_every")
+                 "check_every")  # MGRQConfig fields passed to ReconConfig as they are (plus w_block)
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ class MGRQConfig:
     act_drop: float = 0.5
     block_loss: str = "mse"
     fisher_damping: float = 1.0
+    w_block: float = 1.0
     # EBGS
     w_global: float = 1.0
     global_tau: float = 1.0
@@ -139,9 +140,11 @@ class MGRQConfig:
             raise ValueError(f"iters={self.iters}, init_calib={self.init_calib}: expected iters >= 1, init_calib >= 0")
         if self.local_metric not in LOCAL_METRICS:
             raise ValueError(f"local_metric={self.local_metric!r}: expected one of {', '.join(LOCAL_METRICS)}")
-        for f in ("w_global", "w_local"):
+        for f in ("w_block", "w_global", "w_local"):
             if not getattr(self, f) >= 0:
                 raise ValueError(f"{f}={getattr(self, f)}: expected >= 0 (0 switches the term off)")
+        if self.w_block == self.w_global == self.w_local == 0:
+            raise ValueError("w_block, w_global and w_local are all 0: nothing to reconstruct")
         if not self.global_tau > 0:
             raise ValueError(f"global_tau={self.global_tau}: expected > 0")
         if self.global_every < 1:
@@ -163,13 +166,14 @@ class MGRQConfig:
     def engine(self) -> ReconConfig:
         """The engine settings; QDrop's dropping only with ``input_mode='qdrop'``."""
         kw = {f: getattr(self, f) for f in ENGINE_FIELDS}
+        kw["block_weight"] = self.w_block
         if self.input_mode != "qdrop":
             kw["act_drop"] = 0.0
         return ReconConfig(**kw)
 
     def parts(self) -> dict[str, Any]:
         """Which of MGRQ's parts this config runs (for the run record)."""
-        return {"obwr": True, "ebgs": self.w_global > 0, "ibls": self.w_local > 0, "mglf": self.fusion}
+        return {"block": self.w_block > 0, "ebgs": self.w_global > 0, "ibls": self.w_local > 0, "mglf": self.fusion}
 
     def extra_terms(self, unit: Unit, stage: Stage) -> list[LossTerm]:
         """EBGS and IBLS terms of ``unit`` (the engine adds the block term itself)."""

@@ -17,8 +17,9 @@
     ``mu = mean_i m_i`` and ``var = mean_i v_i + mean_i (m_i - mu)^2`` (every image has the same
     number of tokens);
   - ``kl``: per token, ``KL(softmax_c(F) || softmax_c(Q))`` over the channels, averaged over
-    tokens, batch and layers (caches every FP layer output: ``n * tokens * sum_l C_l`` floats);
-  - ``mse``: the mean squared error of the layer outputs, averaged over layers (same cache).
+    tokens, batch and layers (the FP outputs come from the engine's ``fp_taps``: one extra
+    no-grad FP forward of the unit per evaluation);
+  - ``mse``: the mean squared error of the layer outputs, averaged over layers (same FP side).
 
 Layer outputs of shape ``[B * windows, tokens, C]`` (Swin window attention) or ``[B, H, W, C]``
 are viewed as ``[B, T, C]`` per image (windows of one image are contiguous), so every metric
@@ -141,7 +142,9 @@ class LocalAlignment(LossTerm):
 
     Args:
         weight: ``w_l``.
-        metric: ``moments``, ``kl`` or ``mse``.
+        metric: ``moments`` (FP side from per-image statistics cached in ``setup``), ``kl`` or
+            ``mse`` (FP side from the engine's ``ctx.fp_taps``: one no-grad FP forward of the
+            unit on the batch's FP input per evaluation).
     """
 
     name = "local"
@@ -151,39 +154,39 @@ class LocalAlignment(LossTerm):
         if metric not in LOCAL_METRICS:
             raise ValueError(f"local_metric={metric!r}: expected one of {', '.join(LOCAL_METRICS)}")
         self.weight, self.metric = weight, metric
+        self.needs_fp_taps = metric != "moments"
         self.layers: list[str] = []
-        self._fp: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._fp: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def setup(self, recon: UnitRecon) -> None:
-        """FP per-layer statistics (``moments``) or outputs (``kl``, ``mse``) of every cached
-        image ``x_f`` ``[n, ...]``, on the compute device."""
+        """``moments``: the FP per-image token mean and variance ``[n, C_l]`` of every layer on
+        every cached FP input ``x_f``, on the compute device."""
         self.layers = list(recon.layers)
         if not self.layers:
             raise ValueError(f"LocalAlignment: unit {recon.unit.name} has no quantized layer")
-        parts: dict[str, list[tuple[torch.Tensor, ...]]] = {n: [] for n in self.layers}
+        if self.metric != "moments":
+            return
+        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in self.layers}
         for chunk in recon.cache.x_f.split(recon.engine.cfg.chunk):
             _, taps = recon.fp_taps(chunk)
             for name in self.layers:
-                f = per_image(taps[name], len(chunk))
-                if self.metric == "moments":
-                    v, m = torch.var_mean(f, dim=1, correction=0)
-                    parts[name].append((m, v))
-                else:
-                    parts[name].append((f,))
-        self._fp = {n: tuple(torch.cat(c).to(recon.device) for c in zip(*p)) for n, p in parts.items()}
+                v, m = torch.var_mean(per_image(taps[name], len(chunk)), dim=1, correction=0)
+                parts[name].append((m, v))
+        self._fp = {n: (torch.cat([m for m, _ in p]).to(recon.device), torch.cat([v for _, v in p]).to(recon.device))
+                    for n, p in parts.items()}
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:
         b = ctx.out.shape[0]
         vals = []
         for name in self.layers:
             q = per_image(ctx.taps[name], b)
-            fp = [t.index_select(0, ctx.idx) for t in self._fp[name]]
             if self.metric == "moments":
-                vals.append(moment_gap(q, *pooled_moments(*fp)))
+                m, v = self._fp[name]
+                vals.append(moment_gap(q, *pooled_moments(m.index_select(0, ctx.idx), v.index_select(0, ctx.idx))))
             elif self.metric == "kl":
-                vals.append(token_kl(q, fp[0]))
+                vals.append(token_kl(q, per_image(ctx.fp_taps[name], b)))
             else:
-                vals.append((q - fp[0]).square().mean())
+                vals.append((q - per_image(ctx.fp_taps[name], b)).square().mean())
         return torch.stack(vals).mean()
 
     def teardown(self) -> None:
