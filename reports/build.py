@@ -6,7 +6,8 @@ figures, and a compiled PDF of the tables when ``pdflatex`` is installed.
     mgrq report imagenet-w4a4 --compare previous latest --threshold 0.5
 
 Output (default ``<out>/<suite>/<label>/report/``): ``main.tex``, ``main.md``, ``ablation.tex``,
-``ablation.md`` (suites with an ablation), ``tables.tex`` + ``tables.pdf``, ``results.csv``,
+``ablation.md`` (suites with an ablation), ``cost.tex``, ``cost.md`` (quantization time and peak
+memory), ``tables.tex`` + ``tables.pdf``, ``results.csv``,
 ``acc_vs_bits.{pdf,png}``, ``ablation.{pdf,png}``, ``acc_vs_time.{pdf,png}``; for a comparison,
 ``compare-<A>-vs-<B>.{md,tex,csv}``.
 """
@@ -144,6 +145,11 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         (dest / "ablation.md").write_text(abl.markdown())
         rep.tables += [dest / "ablation.tex", dest / "ablation.md"]
         fragments.append("ablation.tex")
+    cost = T.cost_table(agg, models, names, suite, label, info.get("bits"))
+    (dest / "cost.tex").write_text(cost.latex())
+    (dest / "cost.md").write_text(cost.markdown())
+    rep.tables += [dest / "cost.tex", dest / "cost.md"]
+    fragments.append("cost.tex")
     df.to_csv(dest / "results.csv", index=False)
     rep.tables.append(dest / "results.csv")
     if figures:

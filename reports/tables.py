@@ -58,8 +58,11 @@ class Value:
     n: int = 0
     failed: int = 0
     bold: bool = False
+    text: str | None = None  # shown as is (cost cells), instead of the formatted mean
 
     def latex(self) -> str:
+        if self.text is not None:
+            return tex(self.text)
         if self.n == 0:
             return "fail" if self.failed else "--"
         s = f"{self.mean:.2f}"
@@ -69,6 +72,8 @@ class Value:
         return s + (r"$^\ast$" if self.failed else "")
 
     def markdown(self) -> str:
+        if self.text is not None:
+            return self.text
         if self.n == 0:
             return "fail" if self.failed else "–"
         s = f"{self.mean:.2f}"
@@ -265,6 +270,29 @@ def ablation_table(agg: pd.DataFrame, models: list[str], rows_in: list[str], sui
     cap = (f"Ablation: top-1 accuracy (%) per variant, suite {suite} ({label}). "
            "Best per column in bold." + (f" {seeds}" if seeds else ""))
     return Table("Ablation table", cap, f"tab:{suite}-ablation", models, groups, avg=True)
+
+
+def cost_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: str, label: str,
+               bits_pref: list[str] | None = None) -> Table:
+    """Cost beside accuracy: mean quantization wall time and peak memory per method x model,
+    one block per bit-width (same rows as the main table)."""
+    runs = agg[(agg["source"] == "run") & agg["n"].gt(0)]
+    groups = []
+    for bits in _bits_order(list(runs["bits"]), bits_pref):
+        rows = []
+        for n in names:
+            sub = runs[(runs["name"] == n) & (runs["bits"] == bits)]
+            if sub.empty:
+                continue
+            vals = {}
+            for r in sub.itertuples():
+                mem = "" if pd.isna(r.peak_mem_mb) else f", {r.peak_mem_mb:.0f} MB"
+                vals[r.model] = Value(n=1, text=f"{r.quantize_s:.1f} s{mem}")
+            rows.append(Row(method_name(n), bits, vals))
+        groups.append((bits, rows))
+    cap = (f"Cost: quantization wall time and peak memory (mean over seeds), suite {suite} ({label}). "
+           "Peak memory: CUDA allocated on GPU, resident set size on CPU.")
+    return Table("Cost table", cap, f"tab:{suite}-cost", models, groups)
 
 
 # --------------------------------------------------------------------------------------------

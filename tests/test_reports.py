@@ -107,6 +107,10 @@ def test_markdown_csv_and_figures(tmp_path):
     assert not any("†" in r for r in rows)
     abl = (rep.dest / "ablation.md").read_text()
     assert "| pct-mm | 4/4 | 60.50 ± 0.71 | 60.50 ± 0.71 | 60.50 |" in abl
+    cost = (rep.dest / "cost.md").read_text()  # time and memory beside accuracy, same rows
+    assert "| RepQ-ViT | 4/4 | 5.0 s, 100 MB | 5.0 s, 100 MB |" in cost
+    assert "| Percentile | 6/6 | 2.0 s, 100 MB | 2.0 s, 100 MB |" in cost
+    assert r"RepQ-ViT & 4/4 & 5.0 s, 100 MB" in (rep.dest / "cost.tex").read_text()
     import pandas as pd
 
     csv = pd.read_csv(rep.dest / "results.csv")
