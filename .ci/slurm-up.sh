@@ -37,8 +37,9 @@ ReturnToService=2
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
-# Short grace between SIGTERM and SIGKILL (requeue/cancel) and fast scheduling: a test cluster.
-KillWait=5
+# Short grace between SIGTERM and SIGKILL (requeue/cancel; submitit jobs ignore SIGTERM, so a
+# requeued cell is killed 1 s later instead of finishing) and fast scheduling: a test cluster.
+KillWait=1
 SchedulerParameters=sched_interval=2
 NodeName=$H CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP

@@ -3,9 +3,10 @@ sets MGRQ_REQUIRE_SLURM=1 so these fail instead of skipping when it is missing).
 
 One grid of 4 cells is submitted as a job array: 2 tasks of 2 cells each, at most 2 at once.
 While the first task runs its second cell, the test requeues it with ``scontrol requeue`` (the
-preemption path): the job comes back, skips its finished first cell, redoes the interrupted one,
-which completes exactly once with the same result as an in-process run of its spec. Then the
-records and the MLflow runs are checked.
+preemption path): SLURM sends SIGTERM, the job stops at once (mgrq.runner.jobs), comes back,
+skips its finished first cell and redoes the interrupted one, which completes exactly once, with
+the same result as an in-process run of its spec.
+Then the records and the MLflow runs are checked.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _cells(root: Path) -> dict[str, Path]:
 def slurm_run(tmp_path_factory):
     require_slurm()
     tmp = tmp_path_factory.mktemp("slurm")
-    suite = write_suite(tmp / "sgrid.yaml", bits=["W4A4", "W8A8", "W6A6", "W5A5"], eval_limit=500)
+    suite = write_suite(tmp / "sgrid.yaml", bits=["W4A4", "W8A8", "W6A6", "W5A5"], eval_limit=None)
     out = tmp / "runs"
     argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(out),
             "--label", "S", "--executor", "slurm", "--array-parallelism", "2", "--threads", "1",
@@ -74,7 +75,10 @@ def slurm_run(tmp_path_factory):
             return any(e["event"] == "start" and e.get("restart") == 1
                        for e in read_events(_cells(root)[requeued["cell"]]))
 
+        # Not before the killed instance is cleaned up: a job released at once is started on
+        # the node while its old credential is still revoked there, and SLURM kills it.
         t0 = time.time()
+        time.sleep(4)
         while time.time() - t0 < 120 and not restarted() and proc.poll() is None:
             if _squeue_state(requeued["job"]).startswith("PENDING"):
                 subprocess.run(["scontrol", "update", f"jobid={requeued['job']}", "StartTime=now"],

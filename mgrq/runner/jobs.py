@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -122,6 +123,16 @@ def run_cell(cell: Cell, suite: dict[str, Any], kind: str, threads: int,
     return {"id": cell.run_id, "status": rec["status"], "seconds": seconds}
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SLURM sends SIGTERM when it requeues, preempts or cancels a job. submitit ignores it
+    (its checkpointing runs on USR2, before), and where the cluster's process tracking does not
+    follow up with SIGKILL the cell would run on and finish after its job was requeued. Stop at
+    once instead: the cell's record stays ``running`` and the restarted job redoes it."""
+    print("[job] SIGTERM (requeue, preemption or cancel): stopping; the unfinished cell runs "
+          "again when the job restarts", file=sys.__stderr__, flush=True)
+    os._exit(128 + signum)
+
+
 class CellJob(Checkpointable):
     """A submitit job: run ``cells`` in order with a torch thread budget.
 
@@ -140,6 +151,8 @@ class CellJob(Checkpointable):
 
         before = torch.get_num_threads()
         set_thread_budget(self.threads)
+        if self.kind == "slurm":
+            signal.signal(signal.SIGTERM, _stop_on_sigterm)
         fp_cache: dict = {}  # FP accuracy shared by the cells of one model within this job
         try:
             return [run_cell(c, self.suite, self.kind, self.threads, fp_cache) for c in self.cells]
