@@ -52,10 +52,10 @@ def tests_slow(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
-    """ruff (lint) and mypy on mgrq/."""
+    """ruff (lint) and mypy on mgrq/, baselines/ and reports/."""
     py = _python(session)
     session.run(py, "-m", "ruff", "check", "mgrq", "baselines", "reports", "tests", "noxfile.py", external=True)
-    session.run(py, "-m", "mypy", "mgrq", external=True)
+    session.run(py, "-m", "mypy", "mgrq", "baselines", "reports", external=True)
 
 
 @nox.session(venv_backend="none")

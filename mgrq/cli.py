@@ -46,7 +46,7 @@ def _spec_from_args(args: argparse.Namespace):
         overrides.append((pattern, value if value == "fp" else int(value) if value.isdigit() else value))
     return RunSpec(
         model=args.model, method=args.method, w_bits=args.w_bits, a_bits=args.a_bits,
-        seed=args.seed, calib=args.calib, method_config=parse_assignments(args.overrides),
+        seed=args.seed, calib=args.calib, method_config=tuple(parse_assignments(args.overrides).items()),
         image_bits=args.image_bits, bits_overrides=tuple(overrides), checkpoint=args.checkpoint,
         data_root=args.data_root, eval_limit=args.eval_limit, device=args.device,
     )

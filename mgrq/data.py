@@ -242,7 +242,7 @@ def hash_ids(ids: Sequence[str]) -> str:
 
 def sample_calibration(bundle: DataBundle, n: int, seed: int) -> Calibration:
     """Draw ``n`` distinct training images with a seeded generator (no augmentation)."""
-    total = len(bundle.train)
+    total = len(bundle.train)  # type: ignore[arg-type]  # map-style datasets here
     if not 1 <= n <= total:
         raise ConfigError(f"calib={n}: expected 1..{total} (size of the training split)")
     g = torch.Generator().manual_seed(seed)

@@ -161,12 +161,12 @@ def create_model(
         sd = load_state_dict_file(checkpoint)
         # A fine-tuned checkpoint may carry its own classifier: size the head from it.
         head = next((sd[k] for k in ("head.weight", "head.fc.weight") if k in sd), None)
-        kwargs = {"num_classes": int(head.shape[0])} if head is not None else {}
-        model = timm.create_model(entry.timm_name, pretrained=False, **kwargs)
+        kwargs: dict[str, Any] = {"num_classes": int(head.shape[0])} if head is not None else {}
+        model = timm.create_model(str(entry.timm_name), pretrained=False, **kwargs)
         _load_into(model, sd, checkpoint)
         return model.eval()
     try:
-        return timm.create_model(entry.timm_name, pretrained=pretrained).eval()
+        return timm.create_model(str(entry.timm_name), pretrained=pretrained).eval()
     except Exception as e:
         raise CheckpointError(
             f"model {name}: could not load the timm pretrained weights "
@@ -188,7 +188,7 @@ def data_bundle_for(name: str, model: nn.Module, data_root: str | Path | None, e
             f"model {name}: needs an ImageNet-layout folder; pass --data-root "
             f"({data.IMAGENET_LAYOUT})"
         )
-    num_classes = model.num_classes if hasattr(model, "num_classes") else 1000
+    num_classes = int(getattr(model, "num_classes", 1000))
     return data.imagenet_bundle(data_root, model, num_classes)
 
 
