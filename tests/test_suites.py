@@ -39,6 +39,18 @@ def test_shipped_suites_validate_and_expand():
         assert s.name == f"imagenet-{b}" and "suite-imagenet" in s.command
 
 
+def test_shipped_suites_run_every_registered_method():
+    from mgrq.methods.registry import all_methods
+
+    registered = {m.name for m in all_methods()}
+    ablation_rows = {n for n in registered if n.startswith("mgrq_")}  # MGRQ's ablation variants
+    main = registered - ablation_rows
+    for name in ("demo", "imagenet-w4a4", "imagenet-w6a6", "imagenet-w3a3", "ablation-mgrq"):
+        listed = {m.method for m in load_suite(name).methods}
+        assert main <= listed, (name, sorted(main - listed))
+    assert ablation_rows | {"mgrq"} <= {m.method for m in load_suite("ablation-mgrq").methods}
+
+
 def test_ablation_suite_validates_only_once_mgrq_registers():
     try:
         get_method("mgrq")
