@@ -7,6 +7,10 @@
   (the process's all-time peak) it belongs to this stretch only, so cells that run one after the
   other in one job get their own figures. Where ``/proc`` is missing it falls back to
   ``ru_maxrss`` (kind ``cpu_maxrss``).
+
+Contexts nest (a run around its reconstruction units): on CUDA an inner context resets the
+device's peak counter, so it hands the peak it measured, and the one the outer context had seen
+before the reset, back to the enclosing context.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _STATM = "/proc/self/statm"
+_CUDA_ACTIVE: list[PeakMemory] = []  # open CUDA contexts, innermost last
 
 
 def _rss_bytes() -> int | None:
@@ -38,6 +43,7 @@ class PeakMemory:
         self.mb = 0.0
         self.kind = ""
         self._peak = 0
+        self._carry = 0  # CUDA: bytes peaked before an inner context reset the counter
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -49,7 +55,11 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
+            if _CUDA_ACTIVE:
+                outer = _CUDA_ACTIVE[-1]
+                outer._carry = max(outer._carry, torch.cuda.max_memory_allocated(self.device))
             torch.cuda.reset_peak_memory_stats(self.device)
+            _CUDA_ACTIVE.append(self)
         else:
             rss = _rss_bytes()
             if rss is not None:
@@ -60,7 +70,12 @@ class PeakMemory:
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
-            self.mb, self.kind = torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_allocated"
+            if self in _CUDA_ACTIVE:
+                _CUDA_ACTIVE.remove(self)
+            peak = max(torch.cuda.max_memory_allocated(self.device), self._carry)
+            if _CUDA_ACTIVE:
+                _CUDA_ACTIVE[-1]._carry = max(_CUDA_ACTIVE[-1]._carry, peak)
+            self.mb, self.kind = peak / 2**20, "cuda_allocated"
         elif self._thread is not None:
             self._stop.set()
             self._thread.join()

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from mgrq.errors import ConfigError, ReconstructionError
+from mgrq.memory import PeakMemory
 from mgrq.recon.cache import BatchSource, UnitCache, nbytes
 from mgrq.recon.config import ReconConfig, Stage
 from mgrq.recon.losses import FisherError, LogitKL, LossTerm, OutputError, StepContext, logit_kl
@@ -140,15 +141,6 @@ def tap_hooks(layers: dict[str, nn.Module], store: dict[str, torch.Tensor]) -> I
     finally:
         for h in handles:
             h.remove()
-
-
-def peak_memory(device: torch.device) -> tuple[float, str]:
-    """Peak memory so far in this process (MiB): CUDA allocated, or the CPU max RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated_since_run_start"
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "cpu_maxrss"
 
 
 class Reconstructor:
@@ -326,7 +318,8 @@ class Reconstructor:
         terms = self._terms(unit, stage)
         stats: dict[str, Any] = {"unit": unit.name, "kind": unit.kind, "stage": stage.name, "iters": stage.iters,
                                  "cache_s": cache_s, "cache_place": str(cache.x_f.device)}
-        with UnitSession(unit, self.qmodel.model, stage, cfg.act_drop, kernels=cfg.compile == "kernels") as session:
+        with PeakMemory(self.device) as mem, \
+                UnitSession(unit, self.qmodel.model, stage, cfg.act_drop, kernels=cfg.compile == "kernels") as session:
             if not session.adarounds and not session.step_params:
                 stats.update(skipped="nothing to learn")
                 return stats
@@ -346,7 +339,7 @@ class Reconstructor:
                 for term in terms:
                     term.teardown()
                 trainer.close()
-        stats["peak_mem_mb"], stats["peak_mem_kind"] = peak_memory(self.device)
+        stats["peak_mem_mb"], stats["peak_mem_kind"] = round(mem.mb, 1), mem.kind
         return stats
 
     def _loop(self, tr: UnitTrainer, recon: UnitRecon) -> dict[str, Any]:

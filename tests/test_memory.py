@@ -1,0 +1,42 @@
+"""Peak memory of a stretch of work (mgrq.memory.PeakMemory), nested as a run around its units."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from mgrq.memory import PeakMemory
+
+
+def _touch(n_bytes: int, device: str) -> torch.Tensor:
+    x = torch.empty(n_bytes // 4, dtype=torch.float32, device=device)
+    x.fill_(1.0)  # resident, not only reserved
+    return x
+
+
+def test_cpu_peak_sees_a_transient_allocation_and_nests():
+    with PeakMemory("cpu", interval=0.005) as outer, PeakMemory("cpu", interval=0.005) as inner:
+        x = _touch(200 * 2**20, "cpu")
+        time.sleep(0.05)  # let the sampler see it
+        del x
+    assert inner.kind == outer.kind == "cpu_rss_sampled"
+    assert inner.mb > 200 and outer.mb >= inner.mb
+
+
+@pytest.mark.gpu
+def test_cuda_nested_contexts_keep_the_outer_peak():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    dev = "cuda"
+    with PeakMemory(dev) as outer:
+        big = _touch(512 * 2**20, dev)
+        del big  # the outer stretch peaked at >= 512 MiB before the inner context resets
+        with PeakMemory(dev) as inner:
+            small = _touch(64 * 2**20, dev)
+            del small
+        after = _touch(128 * 2**20, dev)
+        del after
+    assert inner.kind == "cuda_allocated" and 64 <= inner.mb < 512
+    assert outer.mb >= 512
