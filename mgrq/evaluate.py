@@ -7,11 +7,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` when given ("cpu", "cuda", "cuda:1"), else CUDA when present, else CPU."""
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` when given ("cpu", "cuda", "cuda:1"), else CUDA when present, else CPU.
+    A CUDA device always comes back with its index (``cuda`` -> ``cuda:0``), so devices compare
+    equal to ``tensor.device``."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 def loader(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoader:
@@ -34,7 +39,7 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    dev = pick_device(device)
     was_training = model.training
     model.eval().to(dev)
     correct1 = correct5 = seen = 0

@@ -309,3 +309,12 @@ def test_cuda_fast_modes_and_streamed_cache_match_eager(tiny):
     for key, (stats, codes) in runs.items():
         assert stats["loss_last"] == pytest.approx(ref_stats["loss_last"], rel=1e-2), key
         assert (codes == ref_codes).float().mean() > 0.99, key
+
+
+def test_batch_source_refuses_a_cache_split_across_devices():
+    from mgrq.recon.cache import BatchSource, UnitCache
+
+    x = torch.zeros(4, 3)
+    cache = UnitCache(x, x, torch.zeros(4, 3, device="meta"))
+    with pytest.raises(ValueError, match="several devices"):
+        BatchSource(cache, batch=2, iters=3, seed=0, device=torch.device("cpu"))

@@ -55,11 +55,16 @@ class BatchSource:
     """
 
     def __init__(self, cache: UnitCache, batch: int, iters: int, seed: int, device: torch.device):
+        if device.type == "cuda" and device.index is None:  # compare like tensor.device does
+            device = torch.device("cuda", torch.cuda.current_device())
         self.cache, self.device = cache, device
         g = torch.Generator().manual_seed(seed)
         self.schedule = torch.randint(0, cache.n, (iters, batch), generator=g)
         self.idx = torch.zeros(batch, dtype=torch.int64, device=device)
         self.streamed = cache.x_f.device != device
+        placed = {t.device for t in cache.tensors().values()}
+        if len(placed) != 1:
+            raise ValueError(f"cache tensors on several devices {sorted(map(str, placed))}: expected one")
         if not self.streamed:
             self._sched_dev = self.schedule.to(device)
             return

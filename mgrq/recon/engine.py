@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from mgrq.errors import ConfigError, ReconstructionError
+from mgrq.evaluate import pick_device
 from mgrq.memory import PeakMemory
 from mgrq.recon.cache import BatchSource, UnitCache, nbytes
 from mgrq.recon.config import ReconConfig, Stage
@@ -163,7 +164,7 @@ class Reconstructor:
         seed: int = 0, progress: bool = True, extra_terms: TermFactory | None = None,
         units: str = "", desc: str = "recon",
     ):
-        self.qmodel, self.images, self.cfg, self.device = qmodel, images, cfg, torch.device(device)
+        self.qmodel, self.images, self.cfg, self.device = qmodel, images, cfg, pick_device(device)
         self.seed, self.progress, self.extra_terms, self.desc = seed, progress, extra_terms, desc
         self.units = qmodel.units()
         try:
