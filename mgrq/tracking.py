@@ -156,6 +156,7 @@ def flatten(rec: dict[str, Any], key: str) -> tuple[dict[str, str], dict[str, fl
         "host": str(rec.get("host") or ex.get("host")), "executor": str(ex.get("name")),
         "job_id": str(ex.get("job_id")), "slurm_job_id": str(ex.get("slurm_job_id")),
         "calibration_ids_hash": str((rec.get("calibration") or {}).get("ids_hash")),
+        "device_used": str(rec.get("device")),  # the resolved device (spec.device may be "auto")
     }
     if rec.get("status") == "failed":
         err = rec.get("error") or {}

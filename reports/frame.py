@@ -3,7 +3,8 @@
 
 Columns: suite, label, run_id, hash, model, method, name (variant or method), bits ("W4A4"),
 w_bits, a_bits, seed, status, top1, top5, fp_top1, fp_top5, n_eval, quantize_s, total_s,
-peak_mem_mb, calib, error, source ("run" | "published"), citation.
+peak_mem_mb, device ("cpu" | "cuda", where the cell ran), calib, error, source ("run" |
+"published"), citation.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ import pandas as pd
 COLUMNS = [
     "suite", "label", "run_id", "hash", "model", "method", "name", "bits", "w_bits", "a_bits",
     "seed", "status", "top1", "top5", "fp_top1", "fp_top5", "n_eval", "quantize_s", "total_s",
-    "peak_mem_mb", "calib", "error", "source", "citation",
+    "peak_mem_mb", "device", "calib", "error", "source", "citation",
 ]
 PUBLISHED_CSV = Path(__file__).with_name("published.csv")
+
+
+def _device_type(d: Any) -> str | None:
+    """``cuda:0`` -> ``cuda``; None when unknown."""
+    return str(d).split(":")[0] if d not in (None, "", "None") else None
 
 
 def _f(x: Any) -> float:
@@ -45,6 +51,7 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
         "fp_top5": _f(m.get("fp_top5")), "n_eval": _f(m.get("n_eval")),
         "quantize_s": _f(t.get("quantize_s")), "total_s": _f(t.get("total_s")),
         "peak_mem_mb": _f(rec.get("peak_mem_mb")),
+        "device": _device_type(rec.get("device")),
         "calib": (rec.get("calibration") or {}).get("n", spec.get("calib")),
         "error": f"{err.get('type')}: {err.get('message')}" if err else None,
         "source": "run", "citation": None,
@@ -85,6 +92,7 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
             "status": t.get("status"),
             **{k: _f(m.get(k)) for k in ("top1", "top5", "fp_top1", "fp_top5", "n_eval",
                                          "quantize_s", "total_s", "peak_mem_mb")},
+            "device": _device_type(t.get("device_used")),
             "calib": int(p["calib"]) if str(p.get("calib", "")).isdigit() else None,
             "error": err, "source": "run", "citation": None,
         })
@@ -116,12 +124,14 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     mean FP top-1, mean quantization time and peak memory."""
     keys = ["model", "name", "bits", "w_bits", "a_bits", "source"]
     if df.empty:
-        return pd.DataFrame(columns=[*keys, "mean", "std", "n", "failed", "fp", "quantize_s", "peak_mem_mb"])
+        return pd.DataFrame(columns=[*keys, "mean", "std", "n", "failed", "fp", "quantize_s", "peak_mem_mb",
+                                     "device"])
     done = df[df["status"] == "done"]
     g = done.groupby(keys, dropna=False)
     agg = g.agg(mean=("top1", "mean"), std=("top1", "std"), n=("top1", "count"),
                 fp=("fp_top1", "mean"), quantize_s=("quantize_s", "mean"),
-                peak_mem_mb=("peak_mem_mb", "mean")).reset_index()
+                peak_mem_mb=("peak_mem_mb", "mean"),
+                device=("device", lambda d: "+".join(sorted({str(x) for x in d.dropna()})) or None)).reset_index()
     failed = (df[df["status"] == "failed"].groupby(keys, dropna=False).size()
               .rename("failed").reset_index())
     agg = agg.merge(failed, on=keys, how="outer")

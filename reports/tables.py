@@ -277,6 +277,8 @@ def cost_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
     """Cost beside accuracy: mean quantization wall time and peak memory per method x model,
     one block per bit-width (same rows as the main table)."""
     runs = agg[(agg["source"] == "run") & agg["n"].gt(0)]
+    devices = {str(d) for d in runs.get("device", pd.Series(dtype=object)).dropna()}
+    mixed = len(devices) > 1  # cells ran on different devices: say where, times are not comparable
     groups = []
     for bits in _bits_order(list(runs["bits"]), bits_pref):
         rows = []
@@ -287,11 +289,13 @@ def cost_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
             vals = {}
             for r in sub.itertuples():
                 mem = "" if pd.isna(r.peak_mem_mb) else f", {r.peak_mem_mb:.0f} MB"
-                vals[r.model] = Value(n=1, text=f"{r.quantize_s:.1f} s{mem}")
+                dev = f" ({str(r.device).upper().replace('CUDA', 'GPU')})" if mixed and isinstance(r.device, str) else ""
+                vals[r.model] = Value(n=1, text=f"{r.quantize_s:.1f} s{mem}{dev}")
             rows.append(Row(method_name(n), bits, vals))
         groups.append((bits, rows))
     cap = (f"Cost: quantization wall time and peak memory (mean over seeds), suite {suite} ({label}). "
-           "Peak memory: CUDA allocated on GPU, resident set size on CPU.")
+           "Peak memory: CUDA allocated on GPU, resident set size on CPU."
+           + (" Cells ran on different devices (marked); compare times only on one device." if mixed else ""))
     return Table("Cost table", cap, f"tab:{suite}-cost", models, groups)
 
 

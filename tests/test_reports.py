@@ -158,3 +158,24 @@ def test_report_bad_inputs(tmp_path):
     make_runs(out)
     with pytest.raises(UnknownNameError, match="unknown label of suite rep 'Z'"):
         build_report(out, "rep", "Z", pdf="no")
+
+
+def test_cost_table_marks_the_device_when_cells_ran_on_different_ones():
+    import pandas as pd
+
+    from reports.frame import COLUMNS, aggregate
+    from reports.tables import cost_table
+
+    def row(name, device, secs):
+        r = dict.fromkeys(COLUMNS)
+        r.update(model="tiny_vit", method=name, name=name, bits="W4A4", w_bits=4, a_bits=4, seed=0,
+                 status="done", top1=90.0, fp_top1=95.0, quantize_s=secs, peak_mem_mb=100.0,
+                 device=device, source="run")
+        return r
+
+    mixed = aggregate(pd.DataFrame([row("qdrop", "cuda", 10.0), row("brecq", "cpu", 40.0)], columns=COLUMNS))
+    md = cost_table(mixed, ["tiny_vit"], ["brecq", "qdrop"], "s", "L").markdown()
+    assert "40.0 s, 100 MB (CPU)" in md and "10.0 s, 100 MB (GPU)" in md and "different devices" in md
+    one = aggregate(pd.DataFrame([row("qdrop", "cpu", 10.0), row("brecq", "cpu", 40.0)], columns=COLUMNS))
+    md = cost_table(one, ["tiny_vit"], ["brecq", "qdrop"], "s", "L").markdown()
+    assert "40.0 s, 100 MB |" in md and "(CPU)" not in md and "different devices" not in md
