@@ -14,6 +14,7 @@ Schema (``schema: 1``)::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -61,8 +62,12 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
+@functools.lru_cache(maxsize=1)
 def git_sha() -> str | None:
-    """The git commit of the source tree this package runs from (``+dirty`` when modified)."""
+    """The git commit of the source tree this package runs from (``+dirty`` when modified).
+
+    Read once per process: a job that runs many cells keeps the code it imported at its start,
+    so commits made while it runs must not relabel its later records."""
     src = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
