@@ -12,7 +12,6 @@ from harness_helpers import ROOT, write_suite
 
 from mgrq.cli import main
 from mgrq.errors import ConfigError, DataError, UnknownNameError
-from mgrq.methods import get_method
 from mgrq.runner import executors as ex
 from mgrq.runner.suite import list_suites, load_suite
 
@@ -51,25 +50,14 @@ def test_shipped_suites_run_every_registered_method():
     assert ablation_rows | {"mgrq"} <= {m.method for m in load_suite("ablation-mgrq").methods}
 
 
-def test_ablation_suite_validates_only_once_mgrq_registers():
-    try:
-        get_method("mgrq")
-        registered = True
-    except UnknownNameError:
-        registered = False
-    if registered:
-        s = load_suite("ablation-mgrq")
-        assert {m.name for m in s.methods} >= {"mgrq", "mgrq_obwr"}
-        return
-    with pytest.raises(UnknownNameError) as e:
-        load_suite("ablation-mgrq")
-    msg = str(e.value)
-    assert "ablation-mgrq.yaml" in msg and "methods[" in msg and "unknown method 'mgrq" in msg
-    assert "\n" not in msg
-    # Readable without the registry check (listing, docs).
-    s = load_suite("ablation-mgrq", check_names=False)
-    assert s.ablation == tuple(m.name for m in s.methods)
-
+def test_ablation_suite_rows_are_mgrq_variants_beside_every_baseline():
+    s = load_suite("ablation-mgrq")
+    variants = ("mgrq_obwr", "mgrq_obwr_global", "mgrq_obwr_local", "mgrq_sum_fusion", "mgrq")
+    assert s.ablation == variants  # the ablation table: MGRQ's parts switched off one at a time
+    assert {m.name for m in s.methods} >= {*variants, "base_ptq", "ptq4vit", "repq_vit", "brecq", "qdrop"}
+    assert s.seeds == (0, 1, 2) and s.bits == ((4, 4), (3, 3)) and s.eval_split == "heldout"
+    recon = {m.name: m for m in s.methods if m.name in {*variants, "brecq", "qdrop"}}
+    assert {m.calib for m in recon.values()} == {256}  # one shared reconstruction budget
 
 def test_variants_and_per_method_overrides(tmp_path):
     path = write_suite(
