@@ -68,7 +68,7 @@ def test_one_imagenet_w4a4_cell_end_to_end(tmp_path, imagenet_folder, capsys):
     torch.save(model.state_dict(), ckpt)
     out = tmp_path / "runs"
     code = main(["suite", "run", "imagenet-w4a4", "--data-root", str(imagenet_folder),
-                 "--checkpoint", f"deit_tiny_patch16_224={ckpt}", "--only", r"^deit_tiny_patch16_224\.",
+                 "--checkpoint", f"deit_tiny_patch16_224={ckpt}", "--only", r"^deit_tiny_patch16_224\.percentile\.",
                  "--calib", "2", "--out", str(out), "--label", "cell", "--executor", "debug",
                  "--threads", "1", "--no-mirror", "--no-pdf"])
     text = capsys.readouterr().out
