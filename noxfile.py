@@ -4,6 +4,7 @@ another environment that already has ``pip install -e ".[dev]"``.
 
     nox -s tests            fast CPU tests (the README's test command; < 5 min on 2 cores)
     nox -s tests_slow       the long checks (marker ``slow``)
+    nox -s tests_gpu        the CUDA checks (marker ``gpu``)
     nox -s lint             ruff + mypy
 """
 
@@ -48,6 +49,13 @@ def tests_slow(session: nox.Session) -> None:
     """The long checks: ``slow``-marked tests."""
     py = _python(session)
     session.run(py, "-m", "pytest", "-q", "-m", "slow", *session.posargs, env=ENV, external=True)
+
+
+@nox.session(venv_backend="none")
+def tests_gpu(session: nox.Session) -> None:
+    """The CUDA checks: ``gpu``-marked tests (engine fast modes, streamed cache, CUDA peak memory)."""
+    py = _python(session)
+    session.run(py, "-m", "pytest", "-q", "-m", "gpu", *session.posargs, env=ENV, external=True)
 
 
 @nox.session(venv_backend="none")
