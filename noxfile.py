@@ -55,7 +55,8 @@ def tests_slow(session: nox.Session) -> None:
 def tests_gpu(session: nox.Session) -> None:
     """The CUDA checks: ``gpu``-marked tests (engine fast modes, streamed cache, CUDA peak memory)."""
     py = _python(session)
-    session.run(py, "-m", "pytest", "-q", "-m", "gpu", *session.posargs, env=ENV, external=True)
+    session.run(py, "-m", "pytest", "-q", "-m", "gpu", *session.posargs, env={**ENV, "MGRQ_REQUIRE_GPU": "1"},
+                external=True)
 
 
 @nox.session(venv_backend="none")

@@ -61,7 +61,7 @@ from mgrq.data import Calibration
 from mgrq.methods.percentile import INITS as PERCENTILE_SEARCHES
 from mgrq.methods.registry import RunContext, register_method
 from mgrq.recon import ReconConfig, Reconstructor, Stage
-from mgrq.recon.init import INITS, initial_quantizers
+from mgrq.recon.init import INITS, check_init_fields, initial_quantizers
 from mgrq.surgery import QuantModel
 
 PAPER_CALIB = 1024
@@ -104,6 +104,7 @@ class _ReconMethodConfig:
             raise ValueError(f"softmax_quantizer={self.softmax_quantizer!r}: expected 'log_sqrt2', 'log2' or 'uniform'")
         if self.iters < 1 or self.init_calib < 0:
             raise ValueError(f"iters={self.iters}, init_calib={self.init_calib}: expected iters >= 1, init_calib >= 0")
+        check_init_fields(self)
         self.engine()  # validates the engine fields
 
     def engine(self, **over: Any) -> ReconConfig:

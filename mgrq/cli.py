@@ -87,10 +87,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from mgrq.methods import all_methods
+    import dataclasses
 
-    for m in all_methods():
-        print(f"{m.name:18s} {m.description} (default calib {m.default_calib})")
+    from mgrq.methods import all_methods, get_method
+
+    if not getattr(args, "name", None):
+        for m in all_methods():
+            print(f"{m.name:18s} {m.description} (default calib {m.default_calib})")
+        print("\n`mgrq methods NAME` lists a method's config fields (set them with --set FIELD=VALUE)")
+        return 0
+    m = get_method(args.name)
+    print(f"{m.name}: {m.description} (default calib {m.default_calib})")
+    for f in dataclasses.fields(m.config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        print(f"  {f.name:18s} = {default!r}")
     return 0
 
 
@@ -124,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model zoo (name first on each line)")
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("methods", help="list the registered methods (name first on each line)")
+    p = sub.add_parser("methods", help="list the registered methods (name first on each line), or one "
+                                        "method's config fields and defaults")
+    p.add_argument("name", nargs="?", help="a method: print its config fields (for --set / suite config)")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("zoo", help="the tiny offline zoo")
@@ -164,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mgrq ... | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from mgrq.errors import ConfigError
+
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` when given ("cpu", "cuda", "cuda:1"), else CUDA when present, else CPU.
@@ -13,9 +15,27 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     equal to ``tensor.device``."""
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = parse_device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r}: no CUDA device is available here; expected cpu or auto")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """Check a device string without touching the hardware (a login node may have no GPU)."""
+    if isinstance(device, torch.device):
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
     return dev
 
 

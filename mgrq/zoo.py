@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mgrq.errors import CheckpointError, unknown
+from mgrq.errors import CheckpointError, ConfigError, unknown
 
 WEIGHTS_DIR = Path(__file__).parent / "zoo_weights"
 
@@ -232,6 +232,8 @@ def train_tiny(
         raise CheckpointError(f"model {name}: only the tiny zoo is trained here")
     assert entry.build is not None
     epochs = entry.epochs if epochs is None else epochs
+    if epochs < 1 or batch_size < 1:
+        raise ConfigError(f"zoo train {name}: epochs={epochs}, batch_size={batch_size}: expected both >= 1")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     bundle = data.mnist_bundle()

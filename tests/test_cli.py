@@ -22,8 +22,11 @@ def test_models_and_methods_listing(capsys):
     names = [line.split()[0] for line in out.splitlines()]
     assert code == 0 and names == list(zoo.ZOO)
     code, out, _ = run_cli(capsys, "methods")
-    names = [line.split()[0] for line in out.splitlines()]
-    assert code == 0 and "percentile" in names
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert code == 0 and {"percentile", "repq_vit", "ptq4vit", "base_ptq", "brecq", "qdrop", "mgrq"} <= set(names)
+    code, out, _ = run_cli(capsys, "methods", "qdrop")
+    fields = {k.strip(): v for k, v in (line.split(" = ", 1) for line in out.splitlines()[1:])}
+    assert code == 0 and fields["iters"] == "20000" and fields["input_prob"] == "0.5", out
 
 
 def test_quantize_tiny_vit_w8a8_and_w4a4_records(tmp_path, capsys):
@@ -60,6 +63,12 @@ def test_method_config_override(tmp_path, capsys):
     (["--model", "tiny_vit", "--method", "percentil", "--w-bits", "4", "--a-bits", "4"], "unknown method 'percentil'. Did you mean 'percentile'"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "1", "--a-bits", "4"], r"w_bits=1: expected an integer bit-width in 2\.\.16"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "17"], r"a_bits=17: expected an integer bit-width in 2\.\.16"),
+    (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "4", "--bits-override", r"^head\.=99"],
+     r"override '\^head\\\\\.'=99: expected an integer bit-width in 2\.\.16"),
+    (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "4", "--device", "bogus"],
+     "device 'bogus': expected auto, cpu, cuda or cuda:N"),
+    (["--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4", "--set", "softmax_quantizer=uniform",
+      "--set", "init=repq_vit"], "only used with init='percentile'"),
 ])
 def test_bad_inputs_one_line_errors(capsys, argv, match):
     import re
@@ -113,3 +122,16 @@ def test_console_script_exit_status():
     assert p.returncode == 2 and p.stderr.startswith("error: unknown model 'nope'")
     p = subprocess.run([sys.executable, "-m", "mgrq", "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "quantize" in p.stdout and "methods" in p.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only messages")
+@pytest.mark.parametrize("argv,match", [
+    (["--device", "cuda"], "no CUDA device is available here"),
+    (["--method", "qdrop", "--set", "compile=cudagraphs"], "CUDA graphs need a CUDA device"),
+])
+def test_cuda_only_options_on_a_cpu_machine(capsys, argv, match):
+    base = {"--model": "tiny_vit", "--method": "percentile", "--w-bits": "4", "--a-bits": "4"}
+    args = [x for k, v in base.items() if k not in argv for x in (k, v)] + argv
+    code, _, err = run_cli(capsys, "quantize", *args, "--quiet")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and match in lines[0], err

@@ -96,6 +96,10 @@ BAD = [
      "unknown field(s) act_innit"),
     ({"methods": [{"name": "percentile", "config": {"act_init": "bogus"}}]}, "methods[0].config",
      "expected one of percentile, lp, minmax"),
+    ({"methods": [{"name": "percentile", "config": [1, 2]}]}, "methods[0].config",
+     "expected a mapping of config fields"),
+    ({"overrides": {"percentile": {"config": "minmax"}}}, "overrides.percentile.config",
+     "expected a mapping of config fields"),
     ({"calibration": {"n": 0}}, "calibration.n", "integer >= 1"),
     ({"data": {"eval_split": "test"}}, "data.eval_split", "'heldout' or 'tune'"),
     ({"overrides": {"brecq": {"calib": 4}}}, "overrides.brecq", "not a method or variant"),
@@ -156,6 +160,9 @@ def test_cli_bad_suite_fails_before_submitting(tmp_path, capsys):
     code = main(["suite", "run", "imagenet-w4a4", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "--data-root" in err and not out.exists()
+    code = main(["suite", "run", str(write_suite(tmp_path / "ok.yaml")), "--out", str(out), "--device", "cdua"])
+    err = capsys.readouterr().err
+    assert code == 2 and "device 'cdua': expected auto, cpu, cuda or cuda:N" in err and not out.exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,14 +9,17 @@ import math
 
 import torch
 
+from mgrq.errors import ConfigError
+
 MIN_BITS, MAX_BITS = 2, 16
 SCALE_FLOOR = 1e-8  # zero-width ranges (constant tensors) get this step instead of 0
 
 
 def check_bits(bits: int, field: str = "bits") -> int:
-    """Validate a bit-width: an int in 2..16, else ``ValueError`` naming ``field``."""
+    """Validate a bit-width: an int in 2..16, else ``ConfigError`` (a ``ValueError``) naming
+    ``field``."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"{field}={bits!r}: expected an integer bit-width in {MIN_BITS}..{MAX_BITS}")
+        raise ConfigError(f"{field}={bits!r}: expected an integer bit-width in {MIN_BITS}..{MAX_BITS}")
     return bits
 
 

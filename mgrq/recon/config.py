@@ -1,7 +1,7 @@
 """Settings of the reconstruction engine: what one pass over the units learns
 (:class:`Stage`) and how every pass runs (:class:`ReconConfig`).
 
-The defaults are the BRECQ/QDrop lineage's (see ``shared/BASELINES.md``): batch 32, Adam 1e-3 on
+The defaults are the BRECQ/QDrop lineage's (BRECQ and QDrop reference code, see ``baselines/brecq.py``): batch 32, Adam 1e-3 on
 the rounding variables, Adam 4e-5 with cosine decay on the activation steps, rounding weight 0.01,
 beta 20 -> 2 after a 0.2 warm-up, 20,000 iterations per unit.
 """

@@ -19,6 +19,18 @@ from mgrq.errors import ConfigError, UnknownNameError
 from mgrq.surgery import QuantModel
 
 INITS = ("percentile", "repq_vit")
+PERCENTILE_ONLY = {"weight_init": "percentile", "act_init": "percentile", "softmax_quantizer": "log_sqrt2"}
+
+
+def check_init_fields(cfg: Any) -> None:
+    """``weight_init``, ``act_init`` and ``softmax_quantizer`` only apply to ``init=percentile``:
+    refuse them with another init instead of ignoring them (the record would claim them)."""
+    if cfg.init == "percentile":
+        return
+    changed = [f"{k}={getattr(cfg, k)!r}" for k, default in PERCENTILE_ONLY.items() if getattr(cfg, k) != default]
+    if changed:
+        raise ValueError(f"{', '.join(changed)}: only used with init='percentile'; init={cfg.init!r} sets "
+                         "its own quantizers (set init=percentile, or leave these at their defaults)")
 
 
 def calibration_head(calib: Calibration, n: int) -> Calibration:

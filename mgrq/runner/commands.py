@@ -142,6 +142,10 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         data_root=args.data_root, checkpoints=parse_assignments(args.checkpoint, "--checkpoint"),
         eval_limit=args.eval_limit, calib=args.calib)
     opts = _executor_options(args, suite)
+    if opts.device not in (None, "auto"):
+        from mgrq.evaluate import parse_device
+
+        parse_device(opts.device)  # a typo fails here, not in every cell (the GPU may be elsewhere)
     label = check_label(args.label or default_label())
     if args.dry_run:
         root, cells = driver.plan(suite, out, label, opts.device, args.only)

@@ -249,6 +249,11 @@ class _Parser:
             raise self.err(where, f"unknown field{hint}; expected one of {', '.join(allowed)}")
         return d
 
+    def mapping(self, v: Any, fld: str) -> None:
+        """``v`` is absent or a mapping (a method's config fields)."""
+        if v is not None and not isinstance(v, dict):
+            raise self.err(fld, f"expected a mapping of config fields (field: value), got {v!r}")
+
     def str_list(self, d: dict, fld: str, required: bool = True) -> list[str]:
         v = d.get(fld)
         if v is None and not required:
@@ -327,9 +332,11 @@ class _Parser:
             o = overrides.get(key)
             if o is not None:
                 o = self.keys(o, f"overrides.{key}", OVERRIDE_FIELDS)
+                self.mapping(o.get("config"), f"overrides.{key}.config")
                 cfg = {**merged.get("config", {}), **(o.get("config") or {})}
                 merged.update(o)
                 merged["config"] = cfg
+        self.mapping(v.get("config"), f"{fld}.config")
         cfg = {**merged.get("config", {}), **(v.get("config") or {})}
         merged.update({k: x for k, x in v.items() if k != "config"})
         bo = merged.get("bits_overrides")
