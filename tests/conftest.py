@@ -6,6 +6,26 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+REQUIRE_GPU_ENV = "MGRQ_REQUIRE_GPU"
+
+
+def require_cuda() -> torch.device:
+    """The CUDA device for a ``gpu`` test. Without one the test is skipped, unless
+    ``MGRQ_REQUIRE_GPU=1`` (set by ``nox -s tests_gpu``): then it fails, so that a GPU session on a
+    machine without a usable GPU cannot pass with every check skipped."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if os.environ.get(REQUIRE_GPU_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        pytest.fail(f"no CUDA device available, and {REQUIRE_GPU_ENV}={os.environ[REQUIRE_GPU_ENV]} requires one",
+                    pytrace=False)
+    pytest.skip(f"needs a CUDA device (set {REQUIRE_GPU_ENV}=1 to fail instead of skipping)")
+
+
+@pytest.fixture(name="require_cuda")
+def _require_cuda_fixture() -> torch.device:
+    """Fixture form of :func:`require_cuda`: request it first in a ``gpu`` test."""
+    return require_cuda()
+
 
 @pytest.fixture(autouse=True)
 def _seed():

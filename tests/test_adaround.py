@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mgrq.quant.adaround import GAMMA, ZETA, AdaRoundQuantizer, rectified_sigmoid
+from mgrq.quant.adaround import AdaRoundQuantizer, inverse_rectified_sigmoid, rectified_sigmoid
 from mgrq.quant.quantizers import UniformQuantizer, per_channel
 
 
@@ -66,9 +66,26 @@ def test_round_loss_and_gradient():
     assert torch.allclose(ar.round_loss(beta), expected)
     ar.round_loss(beta).backward()
     assert ar.alpha.grad is not None and ar.alpha.grad.abs().sum() > 0
-    # the rectified sigmoid spans [gamma, zeta] before clamping
-    assert torch.allclose(rectified_sigmoid(torch.tensor([-50.0, 50.0])), torch.tensor([0.0, 1.0]))
-    assert ZETA == 1.1 and GAMMA == -0.1
+
+
+def test_rectified_sigmoid_values_and_saturation():
+    """h(V) = clamp(1.2 sigmoid(V) - 0.1, 0, 1) (zeta = 1.1, gamma = -0.1, Nagel et al. 2020)."""
+    h = rectified_sigmoid
+    assert float(h(torch.tensor(0.0))) == pytest.approx(0.5, abs=1e-7)
+    # sigmoid(-ln 3) = 1/4 -> 1.2/4 - 0.1 = 0.2; sigmoid(ln 3) = 3/4 -> 0.8
+    ln3 = torch.log(torch.tensor(3.0))
+    assert torch.allclose(h(torch.stack([-ln3, ln3])), torch.tensor([0.2, 0.8]), atol=1e-6)
+    # the stretch reaches exactly 0 / 1 once sigmoid(V) <= 1/12 / >= 11/12, i.e. |V| >= ln 11 ~ 2.398,
+    # where a plain sigmoid is still far from 0 and 1
+    big = torch.tensor([-50.0, -3.0, -2.45, 2.45, 3.0, 50.0])
+    assert torch.equal(h(big), torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]))
+    inner = torch.tensor([-2.3, -1.0, 1.0, 2.3])
+    hv = h(inner)
+    assert ((hv > 0) & (hv < 1)).all() and (torch.diff(hv) > 0).all()
+    assert torch.allclose(hv, 1.2 * torch.sigmoid(inner) - 0.1, atol=1e-6)
+    # the inverse used to initialise V
+    rest = torch.tensor([0.0, 0.1, 0.5, 0.9, 0.99])
+    assert torch.allclose(h(inverse_rectified_sigmoid(rest)), rest, atol=1e-6)
 
 
 def test_shape_check():

@@ -84,15 +84,30 @@ def test_brecq_on_swin_merge_block_and_head():
         assert torch.isfinite(qm(torch.randn(2, 1, 32, 32))).all()
 
 
-def test_qdrop_on_distilled_deit_head_and_fisher():
+@pytest.mark.parametrize("method", ["brecq", "qdrop"])
+def test_fisher_block_loss_and_distilled_deit_head(method):
     model = zoo.ZOO["tiny_deit"].build().eval()  # weights do not matter here
     qm = quantize_model(model, LayerPolicy(3, 3))
-    cfg = get_method("brecq").make_config({"iters": "3", "act_iters": "0", "init_calib": "16", "check_every": "3", "act_init": "percentile",
-                                            "block_loss": "fisher", "units": r"^(blocks\.3|head)$"})
-    info = get_method("brecq").quantize(qm, _calib(16, (1, 32, 32)), cfg, RunContext(device=torch.device("cpu"), progress=False))
+    over = {"iters": "3", "init_calib": "16", "check_every": "3", "act_init": "percentile", "block_loss": "fisher",
+            "units": r"^(blocks\.3|head)$"}
+    if method == "brecq":
+        over["act_iters"] = "0"  # rounding pass only
+    cfg = get_method(method).make_config(over)
+    info = get_method(method).quantize(qm, _calib(16, (1, 32, 32)), cfg, RunContext(device=torch.device("cpu"), progress=False))
     (rounding,) = info["recon"]
-    blk, head = rounding["stages"][0]["units"]
+    (stage,) = rounding["stages"]
+    blk, head = stage["units"]
     assert blk["unit"] == "blocks.3" and "fisher_s" in blk and head["unit"] == "head"
+    assert blk["iters"] == head["iters"] == 3
+    assert "fisher_s" not in head and set(head["terms_first"]) == {"block"}  # the head keeps its logit KL
+    assert head["learned"]["rounding"] == 2 * 10 * 96  # both the class and the distillation head
+    # brecq's rounding pass learns rounding only; qdrop learns rounding and activation steps jointly
+    assert stage["stage"] == {"brecq": "rounding", "qdrop": "joint"}[method]
+    assert blk["learned"]["rounding"] > 0
+    assert (blk["learned"]["steps"] > 0) == (method == "qdrop")
+    with torch.no_grad():
+        out = qm(torch.randn(2, 1, 32, 32))
+    assert torch.isfinite(out).all()
 
 
 def test_diverging_run_is_recorded_as_failed(monkeypatch):

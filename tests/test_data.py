@@ -75,8 +75,28 @@ def test_imagenet_folder_with_real_photos_and_timm_preprocessing(tmp_path):
     assert list(cfg["mean"]) == list(model.pretrained_cfg["mean"])
     calib = data.sample_calibration(b, 4, 0)
     assert all(i.startswith("n0000000") for i in calib.ids)  # relative file paths are the ids
-    m = evaluate(model, b.val, batch_size=6, progress=False)
-    assert m["n"] == 6 and 0 <= m["top1"] <= 100
+    # top-1 against an independent count over the whole split in one batch (evaluate: 4 + 2 images)
+    images = torch.stack([b.val[i][0] for i in range(len(b.val))])
+    labels = torch.tensor([b.val[i][1] for i in range(len(b.val))])
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    with torch.no_grad():
+        expected = 100.0 * float((model(images).argmax(-1) == labels).float().mean())
+    m = evaluate(model, b.val, batch_size=4, device="cpu", progress=False)
+    assert m["n"] == 6 and m["top1"] == pytest.approx(expected)
+    assert m["top5"] == 100.0  # only 3 classes: top-5 is top-3, always a hit
+    # and a known value: a model that always ranks class 2 > 1 > 0 is right on 2 of 6 images
+    const = _ConstantLogits(torch.tensor([0.0, 1.0, 2.0]))
+    m = evaluate(const, b.val, batch_size=4, device="cpu", progress=False)
+    assert m == {"top1": pytest.approx(100.0 / 3), "top5": 100.0, "n": 6.0}
+
+
+class _ConstantLogits(torch.nn.Module):
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.register_buffer("logits", logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1)
 
 
 def test_imagenet_errors_name_path_and_layout(tmp_path):

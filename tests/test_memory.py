@@ -26,10 +26,8 @@ def test_cpu_peak_sees_a_transient_allocation_and_nests():
 
 
 @pytest.mark.gpu
-def test_cuda_nested_contexts_keep_the_outer_peak():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    dev = "cuda"
+def test_cuda_nested_contexts_keep_the_outer_peak(require_cuda):
+    dev = require_cuda
     with PeakMemory(dev) as outer:
         big = _touch(512 * 2**20, dev)
         del big  # the outer stretch peaked at >= 512 MiB before the inner context resets
