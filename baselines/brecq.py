@@ -58,10 +58,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mgrq.data import Calibration
-from mgrq.methods.percentile import INITS as PERCENTILE_SEARCHES
 from mgrq.methods.registry import RunContext, register_method
 from mgrq.recon import ReconConfig, Reconstructor, Stage
-from mgrq.recon.init import INITS, check_init_fields, initial_quantizers
+from mgrq.recon.init import check_start_fields, initial_quantizers
 from mgrq.surgery import QuantModel
 
 PAPER_CALIB = 1024
@@ -95,16 +94,7 @@ class _ReconMethodConfig:
     check_every: int = 50
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r}: expected one of {', '.join(INITS)}")
-        for f in ("weight_init", "act_init"):
-            if getattr(self, f) not in PERCENTILE_SEARCHES:
-                raise ValueError(f"{f}={getattr(self, f)!r}: expected one of {', '.join(PERCENTILE_SEARCHES)}")
-        if self.softmax_quantizer not in ("log_sqrt2", "log2", "uniform"):
-            raise ValueError(f"softmax_quantizer={self.softmax_quantizer!r}: expected 'log_sqrt2', 'log2' or 'uniform'")
-        if self.iters < 1 or self.init_calib < 0:
-            raise ValueError(f"iters={self.iters}, init_calib={self.init_calib}: expected iters >= 1, init_calib >= 0")
-        check_init_fields(self)
+        check_start_fields(self)
         self.engine()  # validates the engine fields
 
     def engine(self, **over: Any) -> ReconConfig:

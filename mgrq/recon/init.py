@@ -22,9 +22,23 @@ INITS = ("percentile", "repq_vit")
 PERCENTILE_ONLY = {"weight_init": "percentile", "act_init": "percentile", "softmax_quantizer": "log_sqrt2"}
 
 
-def check_init_fields(cfg: Any) -> None:
-    """``weight_init``, ``act_init`` and ``softmax_quantizer`` only apply to ``init=percentile``:
-    refuse them with another init instead of ignoring them (the record would claim them)."""
+def check_start_fields(cfg: Any) -> None:
+    """The fields every reconstruction method's config shares (``init``, ``init_calib``,
+    ``weight_init``, ``act_init``, ``softmax_quantizer``, ``iters``), ``ValueError`` naming the
+    field. ``weight_init``, ``act_init`` and ``softmax_quantizer`` only apply to
+    ``init=percentile``: they are refused with another init instead of ignored (the record would
+    claim them)."""
+    from mgrq.methods.percentile import INITS as PERCENTILE_SEARCHES
+
+    if cfg.init not in INITS:
+        raise ValueError(f"init={cfg.init!r}: expected one of {', '.join(INITS)}")
+    for f in ("weight_init", "act_init"):
+        if getattr(cfg, f) not in PERCENTILE_SEARCHES:
+            raise ValueError(f"{f}={getattr(cfg, f)!r}: expected one of {', '.join(PERCENTILE_SEARCHES)}")
+    if cfg.softmax_quantizer not in ("log_sqrt2", "log2", "uniform"):
+        raise ValueError(f"softmax_quantizer={cfg.softmax_quantizer!r}: expected 'log_sqrt2', 'log2' or 'uniform'")
+    if cfg.iters < 1 or cfg.init_calib < 0:
+        raise ValueError(f"iters={cfg.iters}, init_calib={cfg.init_calib}: expected iters >= 1, init_calib >= 0")
     if cfg.init == "percentile":
         return
     changed = [f"{k}={getattr(cfg, k)!r}" for k, default in PERCENTILE_ONLY.items() if getattr(cfg, k) != default]
