@@ -38,3 +38,13 @@ def set_fused_attn(model: torch.nn.Module, fused: bool) -> None:
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = fused
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (restored after): on a shared 2-core machine two
+    OpenMP threads waiting for each other make the engine's many small kernels much slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,13 +12,7 @@ from mgrq.methods import get_method
 from mgrq.methods.registry import RunContext
 from mgrq.surgery import LayerPolicy, quantize_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_recon.py
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_configs_and_stages():

@@ -21,12 +21,7 @@ CPU = torch.device("cpu")
 VARIANTS = ("mgrq", "mgrq_obwr", "mgrq_obwr_global", "mgrq_obwr_local", "mgrq_sum_fusion")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_recon.py
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _calib(n, shape=(1, 32, 32), seed=0):
