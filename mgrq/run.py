@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from mgrq import records
-from mgrq.errors import ConfigError, MGRQError
+from mgrq.errors import MGRQError
 from mgrq.memory import PeakMemory
 
 
@@ -47,10 +47,10 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
     method = get_method(spec.method)
     cfg = method.make_config(dict(spec.method_config))
     policy = LayerPolicy(spec.w_bits, spec.a_bits, spec.image_bits, tuple(spec.bits_overrides))
-    compile_mode = getattr(cfg, "compile", "none")
-    if "cudagraphs" in str(compile_mode) and device.type != "cuda":
-        raise ConfigError(f"compile={compile_mode}: CUDA graphs need a CUDA device, this run is on {device}; "
-                          "expected none, kernels or compile")
+    if hasattr(cfg, "compile"):  # the reconstruction methods: refuse CUDA graphs on a CPU up front
+        from mgrq.recon.runner import check_compile_device
+
+        check_compile_device(cfg.compile, device)
     torch.manual_seed(spec.seed)
 
     model = zoo.create_model(spec.model, spec.checkpoint)

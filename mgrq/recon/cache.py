@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mgrq.evaluate import pick_device
+
 
 @dataclass
 class UnitCache:
@@ -55,8 +57,7 @@ class BatchSource:
     """
 
     def __init__(self, cache: UnitCache, batch: int, iters: int, seed: int, device: torch.device):
-        if device.type == "cuda" and device.index is None:  # compare like tensor.device does
-            device = torch.device("cuda", torch.cuda.current_device())
+        device = pick_device(device)  # cuda -> cuda:N, to compare with tensor.device
         self.cache, self.device = cache, device
         g = torch.Generator().manual_seed(seed)
         self.schedule = torch.randint(0, cache.n, (iters, batch), generator=g)

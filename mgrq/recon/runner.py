@@ -24,6 +24,16 @@ from typing import Any
 
 import torch
 
+from mgrq.errors import ConfigError
+
+
+def check_compile_device(mode: str, device: torch.device) -> None:
+    """CUDA graphs (``cudagraphs``, ``compile+cudagraphs``) need a CUDA device: ``ConfigError``
+    (a ``ValueError``) otherwise, so a run can refuse the mode before doing any work."""
+    if "cudagraphs" in mode and device.type != "cuda":
+        raise ConfigError(f"compile={mode}: CUDA graphs need a CUDA device, this run is on {device}; "
+                          "expected none, kernels or compile")
+
 WARMUP = 3
 
 
@@ -40,8 +50,7 @@ class StepRunner:
         self.mode, self.device = mode, device
         self.use_compile = "compile" in mode
         self.use_graphs = "cudagraphs" in mode
-        if self.use_graphs and device.type != "cuda":
-            raise ValueError(f"compile={mode!r}: CUDA graphs need a CUDA device, got {device}")
+        check_compile_device(mode, device)
         self.compiled: Callable[[tuple[bool, ...]], torch.Tensor] | None = None
         if self.use_compile:
             self.compiled = torch.compile(forward, fullgraph=True, dynamic=False)
