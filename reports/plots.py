@@ -94,7 +94,9 @@ def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest
 
 
 def accuracy_vs_time(agg: pd.DataFrame, dest: Path) -> list[Path]:
-    """Top-1 vs quantization wall time (log scale): colour = method, marker = bit-width."""
+    """Top-1 vs quantization wall time (log scale): colour = method, marker = bit-width. When
+    the cells ran on different devices, GPU points are hollow and every label names its device
+    (times of different devices are not comparable)."""
     plt = _plt()
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)].dropna(subset=["quantize_s", "mean"])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -102,12 +104,19 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path) -> list[Path]:
     bits = _bits_order(list(runs["bits"])) if len(runs) else []
     names = list(dict.fromkeys(runs["name"]))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    device = runs["device"].fillna("?") if "device" in runs else pd.Series("?", index=runs.index)
+    devices = sorted(set(device))
     for i, n in enumerate(names):
         for j, b in enumerate(bits):
-            s = runs[(runs["name"] == n) & (runs["bits"] == b)]
-            if len(s):
-                ax.scatter(s["quantize_s"].clip(lower=1e-3), s["mean"], color=colors[i % len(colors)],
-                           marker=markers[j % len(markers)], label=f"{method_name(n)} {b}")
+            for d in devices:
+                s = runs[(runs["name"] == n) & (runs["bits"] == b) & (device == d)]
+                if not len(s):
+                    continue
+                c = colors[i % len(colors)]
+                hollow = len(devices) > 1 and "cuda" in d
+                where = f" ({d.upper().replace('CUDA', 'GPU')})" if len(devices) > 1 else ""
+                ax.scatter(s["quantize_s"].clip(lower=1e-3), s["mean"], marker=markers[j % len(markers)],
+                           facecolors="none" if hollow else c, edgecolors=c, label=f"{method_name(n)} {b}{where}")
     ax.set_xscale("log")
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 

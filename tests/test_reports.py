@@ -179,3 +179,28 @@ def test_cost_table_marks_the_device_when_cells_ran_on_different_ones():
     one = aggregate(pd.DataFrame([row("qdrop", "cpu", 10.0), row("brecq", "cpu", 40.0)], columns=COLUMNS))
     md = cost_table(one, ["tiny_vit"], ["brecq", "qdrop"], "s", "L").markdown()
     assert "40.0 s, 100 MB |" in md and "(CPU)" not in md and "different devices" not in md
+
+
+def test_acc_vs_time_marks_devices_when_mixed(tmp_path, monkeypatch):
+    """CPU and GPU times are not comparable: with mixed devices every label names its device and
+    GPU points are hollow; with one device the labels stay plain."""
+    import pandas as pd
+
+    import reports.plots as plots
+
+    seen: list[tuple[list[str], list[int]]] = []
+    real_save = plots._save
+
+    def spy(fig, dest, stem):
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        seen.append((labels, [len(c.get_facecolors()) for c in ax.collections]))  # hollow: 0 face colours
+        return real_save(fig, dest, stem)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    agg = pd.DataFrame({"source": "run", "n": 3, "name": ["brecq", "qdrop"], "bits": "W4A4",
+                        "quantize_s": [40.0, 15.0], "mean": [94.0, 95.0], "device": ["cpu", "cuda"]})
+    plots.accuracy_vs_time(agg, tmp_path)
+    plots.accuracy_vs_time(agg.assign(device="cpu"), tmp_path)
+    assert seen[0] == (["BRECQ W4A4 (CPU)", "QDrop W4A4 (GPU)"], [1, 0])
+    assert seen[1] == (["BRECQ W4A4", "QDrop W4A4"], [1, 1])
