@@ -234,6 +234,26 @@ def test_ebgs_and_ibls_change_the_result_on_the_same_units():
         assert sa.keys() == sm.keys() and not all(torch.equal(sa[k], sm[k]) for k in sa), m
 
 
+@pytest.mark.parametrize("metric", ["kl", "moments"])
+def test_terms_have_no_side_effect_beyond_their_gradient(monkeypatch, metric):
+    """EBGS and IBLS evaluated every iteration (tail forwards, FP taps, hooks, normalization) but
+    multiplied by 0: the run is bit for bit OBWR's. So any difference a term makes comes from its
+    gradient (mgrq-noise: even a 1e-9 weight moves the trajectory), not from switching it on."""
+    for cls in (T.GlobalKL, T.LocalAlignment):
+        real = cls.__call__
+        monkeypatch.setattr(cls, "__call__", lambda self, ctx, real=real: real(self, ctx) * 0.0)
+    cal = _calib(32)
+    one = r"^blocks\.0$"
+    qa, ia = _run("mgrq_obwr", cal, units=one)
+    qb, ib = _run("mgrq", cal, units=one, w_global=1, w_local=1, local_metric=metric)
+    (ua,) = ia["recon"][0]["stages"][0]["units"]
+    (ub,) = ib["recon"][0]["stages"][0]["units"]
+    assert set(ub["terms_last"]) == {"block", "global", "local"}  # the terms did run
+    assert ua["loss_last"] == ub["loss_last"]
+    sa, sb = _state(qa), _state(qb)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 # ---- fusion ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("fusion", ["normalized", "sum"])
 def test_fusion_of_block_global_local(fusion):
