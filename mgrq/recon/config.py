@@ -78,8 +78,9 @@ class ReconConfig:
             ``auto`` (device when they take less than ``cache_fraction`` of free device memory).
         chunk: images per forward when building caches.
         compile: ``none`` (eager), ``kernels`` (eager step; only the training quantizers'
-            element-wise kernels are compiled: ~20 s once per process, the CPU choice),
-            ``compile`` (torch.compile of the whole forward+loss), ``cudagraphs`` (the whole
+            element-wise kernels are compiled: ~20 s once per process, the CPU choice for
+            short runs), ``compile`` (torch.compile of the whole forward+loss; ~14 s per unit
+            on CPU, the CPU choice for long runs), ``cudagraphs`` (the whole
             iteration captured in one CUDA graph) or ``compile+cudagraphs``.
         tf32: allow TF32 matmuls on CUDA (recorded; ignored on CPU).
         autocast: ``bf16`` runs the unit forward under bfloat16 autocast (quantizers in fp32).
