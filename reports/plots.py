@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.tables import _bits_order, method_name, model_name
+from reports.tables import _bits_order, device_name, method_name, model_name
 
 
 def _plt():
@@ -114,7 +114,7 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path) -> list[Path]:
                     continue
                 c = colors[i % len(colors)]
                 hollow = len(devices) > 1 and "cuda" in d
-                where = f" ({d.upper().replace('CUDA', 'GPU')})" if len(devices) > 1 else ""
+                where = f" ({device_name(d)})" if len(devices) > 1 else ""
                 ax.scatter(s["quantize_s"].clip(lower=1e-3), s["mean"], marker=markers[j % len(markers)],
                            facecolors="none" if hollow else c, edgecolors=c, label=f"{method_name(n)} {b}{where}")
     ax.set_xscale("log")

@@ -35,6 +35,12 @@ def method_name(m: str) -> str:
     return METHOD_NAMES.get(m, m)
 
 
+def device_name(d: str) -> str:
+    """A frame's device column as printed: ``cpu`` -> ``CPU``, ``cuda`` -> ``GPU``,
+    ``cpu+cuda`` -> ``CPU+GPU``."""
+    return d.upper().replace("CUDA", "GPU")
+
+
 def tex(s: str) -> str:
     """Escape LaTeX specials in plain text."""
     rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -289,7 +295,7 @@ def cost_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
             vals = {}
             for r in sub.itertuples():
                 mem = "" if pd.isna(r.peak_mem_mb) else f", {r.peak_mem_mb:.0f} MB"
-                dev = f" ({str(r.device).upper().replace('CUDA', 'GPU')})" if mixed and isinstance(r.device, str) else ""
+                dev = f" ({device_name(r.device)})" if mixed and isinstance(r.device, str) else ""
                 vals[r.model] = Value(n=1, text=f"{r.quantize_s:.1f} s{mem}{dev}")
             rows.append(Row(method_name(n), bits, vals))
         groups.append((bits, rows))
