@@ -89,7 +89,7 @@ class _ReconMethodConfig:
     units: str = ""  # regex: reconstruct only matching units ("" = all)
     cache: str = "auto"
     compile: str = "none"
-    tf32: bool = True
+    matmul_precision: str = "high"
     autocast: str = "none"
     check_every: int = 50
 
@@ -99,7 +99,7 @@ class _ReconMethodConfig:
 
     def engine(self, **over: Any) -> ReconConfig:
         kw = {f: getattr(self, f) for f in ("batch", "round_weight", "warmup", "beta_start", "beta_end", "block_loss",
-                                             "fisher_damping", "fusion", "cache", "compile", "tf32", "autocast",
+                                             "fisher_damping", "fusion", "cache", "compile", "matmul_precision", "autocast",
                                              "check_every")}
         kw.update(over)
         return ReconConfig(**kw)

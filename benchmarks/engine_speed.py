@@ -10,7 +10,8 @@ random images. The step: QDrop's joint step (AdaRound rounding + LSQ steps, elem
 mixing and activation dropping with p = 0.5, output MSE, rounding regularizer), batch 32, drawn
 from ``--n`` cached inputs.
 
-Each mode reconstructs the same block from the same state with the same seed for ``--iters``
+A mode may carry a matmul precision (``compile@medium``: torch's ``medium``, bf16 products on
+CPUs with AMX or AVX-512 BF16); the others, eager included, use ``--matmul-precision``. Each mode reconstructs the same block from the same state with the same seed for ``--iters``
 iterations. ms/iteration is the steady-state time between the engine's loss reads (every
 ``--every`` iterations, after the first read: compilation and graph capture excluded; they are
 reported as setup). The fast modes are checked against eager: relative difference of the loss
@@ -31,6 +32,8 @@ if __package__ in (None, ""):  # run as a script from the repo root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
+
+from mgrq.recon.config import MATMUL_PRECISIONS
 
 SIZES = {  # embed dim, heads, image size, patch size
     "deit_s": (384, 6, 224, 16),
@@ -65,8 +68,9 @@ def run_mode(qm0: Any, images: torch.Tensor, mode: str, args: argparse.Namespace
     from mgrq.recon import ReconConfig, Reconstructor, Stage
 
     qm = copy.deepcopy(qm0)
-    cfg = ReconConfig(input_mode="qdrop", act_drop=0.5, compile=mode, check_every=args.every, tf32=not args.no_tf32,
-                      cache="device")
+    compile_mode, _, precision = mode.partition("@")
+    cfg = ReconConfig(input_mode="qdrop", act_drop=0.5, compile=compile_mode, check_every=args.every,
+                      matmul_precision=precision or args.matmul_precision, cache="device")
     stage = Stage("joint", args.iters, learn_rounding=True, learn_steps=True)
     t = time.perf_counter()
     info = Reconstructor(qm, images, cfg, device=device, seed=args.seed, progress=False, units=r"^blocks\.0$").run([stage])
@@ -96,10 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default=None, help="default: deit_s on CUDA, tiny on CPU")
     p.add_argument("--iters", type=int, default=None, help="default: 400 on CUDA, 40 on CPU")
     p.add_argument("--every", type=int, default=None, help="loss read interval (default iters/20)")
-    p.add_argument("--modes", default=None, help="comma list; default: all that apply to the device")
+    p.add_argument("--modes", default=None, help="comma list of compile modes, each optionally with "
+                   "@highest|@high|@medium; default: all compile modes that apply to the device")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    p.add_argument("--no-tf32", action="store_true", help="full-FP32 matmuls on CUDA (default: TF32 allowed)")
+    p.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default="high",
+                   help="torch float32 matmul precision of every mode without an @precision suffix "
+                        "(default high: TF32 on CUDA, fp32 on CPU)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     dim, heads, img, patch = SIZES[args.size]
     tokens = (img // patch) ** 2 + 1
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name} | torch {torch.__version__} | timm {timm.__version__} | TF32 {'off' if args.no_tf32 or not cuda else 'on'}")
+    print(f"device: {name} | torch {torch.__version__} | timm {timm.__version__} | matmul precision {args.matmul_precision}")
     print(f"block: {args.size} ({dim} dims, {heads} heads, {tokens} tokens), batch 32, W4A4, QDrop joint step, "
           f"{args.iters} iterations (graph capture after {WARMUP} eager warm-up steps), loss read every {args.every}")
     results: dict[str, dict[str, Any]] = {}

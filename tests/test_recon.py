@@ -255,6 +255,27 @@ def test_nan_loss_raises_naming_unit_and_iteration_and_restores(tiny):
     assert [p.requires_grad for p in qm.parameters()] == grads0
 
 
+class _PrecisionSeen(LossTerm):
+    name, weight = "seen", 0.0
+
+    def __call__(self, ctx):
+        self.seen = torch.get_float32_matmul_precision()
+        return ctx.out.sum() * 0
+
+
+def test_matmul_precision_holds_during_the_run_only(tiny):
+    qm, images = _qmodel(tiny)
+    before = torch.get_float32_matmul_precision()
+    term = _PrecisionSeen()
+    cfg = ReconConfig(matmul_precision="medium" if before != "medium" else "highest", check_every=2)
+    info = Reconstructor(qm, images, cfg, device=CPU, progress=False, extra_terms=lambda u, s: [term],
+                         units=r"^blocks\.0$").run([Stage("joint", 2, True, True)])
+    assert term.seen == cfg.matmul_precision == info["matmul_precision"]
+    assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(ValueError, match=r"matmul_precision='bf16': expected one of highest, high, medium"):
+        ReconConfig(matmul_precision="bf16")
+
+
 def test_config_validation(tiny):
     qm, images = _qmodel(tiny)
     with pytest.raises(ConfigError, match=r"matches none of the model's units: patch_embed, blocks\.0"):

@@ -107,7 +107,7 @@ from mgrq.surgery.wrap import Unit
 
 PAPER_CALIB = 1024
 ENGINE_FIELDS = ("batch", "input_mode", "input_prob", "act_drop", "round_weight", "warmup", "beta_start",
-                 "beta_end", "block_loss", "fisher_damping", "fusion", "cache", "compile", "tf32", "autocast",
+                 "beta_end", "block_loss", "fisher_damping", "fusion", "cache", "compile", "matmul_precision", "autocast",
                  "check_every")  # MGRQConfig fields passed to ReconConfig as they are (plus w_block)
 
 
@@ -151,7 +151,7 @@ class MGRQConfig:
     units: str = ""  # regex: reconstruct only matching units ("" = all)
     cache: str = "auto"
     compile: str = "none"
-    tf32: bool = True
+    matmul_precision: str = "high"
     autocast: str = "none"
     check_every: int = 50
 

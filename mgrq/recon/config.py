@@ -16,6 +16,7 @@ FUSIONS = ("sum", "normalized")
 CACHE_PLACES = ("auto", "device", "cpu")
 COMPILE_MODES = ("none", "kernels", "compile", "cudagraphs", "compile+cudagraphs")
 AUTOCASTS = ("none", "bf16")
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,10 @@ class ReconConfig:
             short runs), ``compile`` (torch.compile of the whole forward+loss; ~14 s per unit
             on CPU, the CPU choice for long runs), ``cudagraphs`` (the whole
             iteration captured in one CUDA graph) or ``compile+cudagraphs``.
-        tf32: allow TF32 matmuls on CUDA (recorded; ignored on CPU).
+        matmul_precision: ``torch.set_float32_matmul_precision`` during the reconstruction:
+            ``highest`` (fp32 products everywhere), ``high`` (TF32 on CUDA; fp32 on CPU) or
+            ``medium`` (also bf16 products with fp32 accumulation on CPUs whose oneDNN has them,
+            AMX or AVX-512 BF16: the CPU fast mode, with bf16 numerics; on CUDA as ``high``).
         autocast: ``bf16`` runs the unit forward under bfloat16 autocast (quantizers in fp32).
         check_every: iterations between host reads of the loss (progress bar, NaN check).
     """
@@ -103,13 +107,14 @@ class ReconConfig:
     cache_fraction: float = 0.5
     chunk: int = 64
     compile: str = "none"
-    tf32: bool = True
+    matmul_precision: str = "high"
     autocast: str = "none"
     check_every: int = 50
 
     def __post_init__(self) -> None:
         choices = {"input_mode": INPUT_MODES, "block_loss": BLOCK_LOSSES, "fusion": FUSIONS,
-                   "cache": CACHE_PLACES, "compile": COMPILE_MODES, "autocast": AUTOCASTS}
+                   "cache": CACHE_PLACES, "compile": COMPILE_MODES, "autocast": AUTOCASTS,
+                   "matmul_precision": MATMUL_PRECISIONS}
         for f, allowed in choices.items():
             if getattr(self, f) not in allowed:
                 raise ValueError(f"{f}={getattr(self, f)!r}: expected one of {', '.join(allowed)}")

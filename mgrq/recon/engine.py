@@ -234,22 +234,22 @@ class Reconstructor:
     # ---- the run ----------------------------------------------------------------------------
     def run(self, stages: Sequence[Stage]) -> dict[str, Any]:
         """Reconstruct every (selected) unit once per stage. Returns the record info:
-        ``{"stages": [{"stage", ..., "units": [per-unit stats]}], "compile", "tf32", ...}``."""
+        ``{"stages": [{"stage", ..., "units": [per-unit stats]}], "compile", "matmul_precision", ...}``."""
         t0 = time.perf_counter()
         params = list(self.qmodel.parameters())
         grad_flags = [p.requires_grad for p in params]
         training = self.qmodel.training
-        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        precision = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
         out: dict[str, Any] = {"compile": self.cfg.compile, "autocast": self.cfg.autocast,
-                               "tf32": self.cfg.tf32 if self.device.type == "cuda" else None,
+                               "matmul_precision": self.cfg.matmul_precision,
                                "device": str(self.device), "stages": []}
         try:
             self.qmodel.eval()
             for p in params:
                 p.requires_grad_(False)
+            torch.set_float32_matmul_precision(self.cfg.matmul_precision)
             if self.device.type == "cuda":
-                torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
-                torch.backends.cudnn.allow_tf32 = self.cfg.tf32
+                torch.backends.cudnn.allow_tf32 = self.cfg.matmul_precision != "highest"
             with _dynamo_limits(self.cfg.compile != "none"):
                 for si, stage in enumerate(stages):
                     out["stages"].append(self._run_stage(si, stage))
@@ -257,7 +257,8 @@ class Reconstructor:
             for p, f in zip(params, grad_flags):
                 p.requires_grad_(f)
             self.qmodel.train(training)
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+            torch.set_float32_matmul_precision(precision[0])
+            torch.backends.cudnn.allow_tf32 = precision[1]
         out["total_s"] = time.perf_counter() - t0
         return out
 
