@@ -78,6 +78,23 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
     assert "suite dbg [L1]" in text and "1 done, 1 failed" in text
     assert f"top-1 {ok['metrics']['top1']:.2f}" in text
 
+    # a method default changed since the done cell ran (simulated on the record's side): the
+    # label is refused, naming the cell and the field, and nothing is run or rewritten
+    path = cells["tiny_vit.percentile.w4a4.s0"] / "record.json"
+    drifted = json.loads(before)
+    cfg = drifted["method"]["config"]
+    key = next(k for k, v in cfg.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    cfg[key] += 1
+    path.write_text(json.dumps(drifted))
+    changed = path.read_bytes()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 done cell(s) ran with other method defaults" in err
+    assert f"tiny_vit.percentile.w4a4.s0: {key} {cfg[key]!r} -> {cfg[key] - 1!r}" in err and "new --label" in err
+    assert path.read_bytes() == changed and len(read_events(cells["tiny_vit.pct-toomany.w4a4.s0"])) == 4
+    assert main([*argv, "--dry-run"]) == 0
+    assert f"ran with other defaults: {key}" in capsys.readouterr().out
+
 
 def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     t0 = time.time()

@@ -67,6 +67,37 @@ def plan(suite: Suite, out: Path, label: str, device: str = "auto",
     return root, [cell_for(root, s) for s in specs]
 
 
+def config_drift(cell: Cell) -> dict[str, tuple[Any, Any]]:
+    """Method config fields whose value in the cell's record differs from what the current code
+    resolves for the cell's spec (``{field: (recorded, now)}``): a changed default since the
+    cell ran. The cell hash covers the spec (with its config overrides), not the defaults.
+    Fields present on one side only (renamed or new options) are not compared."""
+    rec = cell.record() or {}
+    recorded = (rec.get("method") or {}).get("config")
+    if not isinstance(recorded, dict):
+        return {}
+    from mgrq.config import config_dict
+    from mgrq.methods import get_method
+
+    now = config_dict(get_method(cell.spec["method"]).make_config(dict(cell.spec.get("method_config") or {})))
+    return {k: (recorded[k], now[k]) for k in sorted(set(recorded) & set(now)) if recorded[k] != now[k]}
+
+
+def check_drift(cells: list[Cell], label: str) -> None:
+    """Refuse to resume a label whose done cells ran with other method defaults than the current
+    code's: mixing the two would give one table from two methods. ``ConfigError`` naming the
+    cells and fields; nothing is run or changed."""
+    drifted = [(c, d) for c in cells if c.status() == "done" and (d := config_drift(c))]
+    if not drifted:
+        return
+    c, d = drifted[0]
+    fields = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(d.items())[:4])
+    raise ConfigError(
+        f"label {label}: {len(drifted)} done cell(s) ran with other method defaults than the current "
+        f"code resolves (e.g. {c.run_id}: {fields}); expected an unchanged method config to resume "
+        f"a label: run under a new --label (the records of {label} are kept as they are)")
+
+
 def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Counter:
     """The dry-run view: one line per cell with its status, then the counts."""
     counts: Counter = Counter()
@@ -78,10 +109,17 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
         if st == "done":
             m = (c.record() or {}).get("metrics", {})
             extra = f"top-1 {m.get('top1', float('nan')):.2f}"
+            drift = config_drift(c)
+            if drift:
+                counts["drift"] += 1
+                extra += "  ran with other defaults: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in drift.items())
         print(f"  {st:8s} {c.run_id:55s} {c.hash}  {extra}")
     print(f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, "
           f"{counts['running']} running/interrupted, {counts['pending']} not started"
           f" -> {len(cells) - counts['done']} to run")
+    if counts["drift"]:
+        print(f"{counts['drift']} done cell(s) ran with other method defaults than the current code "
+              "resolves: `suite run` refuses this label; use a new --label")
     return counts
 
 
@@ -350,6 +388,7 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
     t0 = time.time()
     root, cells = plan(suite, out, label, opts.device, only)
     with label_lock(root):
+        check_drift(cells, label)
         todo = [c for c in cells if c.status() != "done"]
         summary = Summary(suite.name, label, root, len(cells), skipped=len(cells) - len(todo),
                           executor=opts.kind)
