@@ -120,10 +120,10 @@ def _mlflow_runs(out: Path, suite: str) -> dict[str, tuple[str, str, str]]:
 
 
 def test_sigkill_mid_cell_then_rerun_only_unfinished(tmp_path):
-    """Two local jobs side by side (1 torch thread each): cells 1 and 2 in the first, cell 3 in
-    the second. The first job's process is killed with SIGKILL while it runs cell 2; the other
-    job finishes. The rerun runs cell 2 only; the other records and MLflow runs stay as they
-    were."""
+    """Two local jobs side by side (1 torch thread each) share the three cells (the first starts
+    with cell 1, the second with cell 3; cell 2 goes to whichever is free first). The process
+    running cell 2 is killed with SIGKILL; the other job finishes. The rerun runs cell 2 only;
+    the other records and MLflow runs stay as they were."""
     suite = write_suite(tmp_path / "kill.yaml", bits=["W4A4", "W8A8", "W6A6"], eval_limit=200)
     out = tmp_path / "runs"
     argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(out),
@@ -137,10 +137,9 @@ def test_sigkill_mid_cell_then_rerun_only_unfinished(tmp_path):
     try:
         def c2_running() -> bool:
             cells = cell_dirs(root) if root.is_dir() else {}
-            return (c1 in cells and rec(cells[c1])["status"] == "done" and c2 in cells
-                    and any(e["event"] == "start" for e in read_events(cells[c2])))
+            return c2 in cells and (cells[c2] / "record.json").exists() and rec(cells[c2])["status"] == "running"
 
-        _wait_for(c2_running, 240, "the second cell of the first job to start", proc)
+        _wait_for(c2_running, 240, "cell 2 to start", proc)
         victim = rec(cell_dirs(root)[c2])["executor"]["pid"]
         os.kill(victim, signal.SIGKILL)  # the job process, mid-cell
         stdout, stderr = proc.communicate(timeout=240)
@@ -155,7 +154,8 @@ def test_sigkill_mid_cell_then_rerun_only_unfinished(tmp_path):
     assert r[c2]["status"] == "failed" and r[c2]["error"]["type"] == "JobLost", r[c2]["error"]
     assert {r[c]["status"] for c in (c1, c3)} == {"done"}
     assert {r[c]["torch_threads"] for c in (c1, c3)} == {1}
-    assert r[c1]["executor"]["job_id"] == r[c2]["executor"]["job_id"] != r[c3]["executor"]["job_id"]
+    jobs = {c: r[c]["executor"]["job_id"] for c in (c1, c2, c3)}
+    assert jobs[c1] != jobs[c3] and jobs[c2] in (jobs[c1], jobs[c3]), jobs
     finished = {c: ((cells[c] / "record.json").read_bytes(), (cells[c] / "record.json").stat().st_mtime_ns)
                 for c in (c1, c3)}
     runs1 = _mlflow_runs(out, "kill")

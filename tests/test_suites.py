@@ -225,6 +225,22 @@ def test_local_plan_and_chunks(monkeypatch):
     assert ex.local_plan(ex.ExecutorOptions(parallelism=2, threads=3), 40) == (2, 3)
     parts = ex.chunk(list(range(7)), 3)
     assert parts == [[0, 1, 2], [3, 4], [5, 6]]
+    # local jobs: own chunk first, then the others' cells from the far end
+    assert ex.work_orders(list(range(7)), 3) == [[0, 1, 2, 6, 5, 4, 3], [3, 4, 6, 5, 2, 1, 0],
+                                                 [5, 6, 4, 3, 2, 1, 0]]
+    assert ex.work_orders([0, 1], 4) == [[0, 1], [1, 0]]
+
+
+def test_claims_give_each_cell_to_one_job(tmp_path):
+    from mgrq.runner.jobs import claim, claimed_by
+    from mgrq.runner.layout import Cell
+
+    cells = [Cell(f"c{i}", "h", tmp_path / f"c{i}", {}) for i in range(3)]
+    assert claim(tmp_path, "c0", 0) and claim(tmp_path, "c2", 1)
+    assert not claim(tmp_path, "c0", 1)  # another job's cell
+    assert claim(tmp_path, "c0", 0)  # its own (a requeued job takes its interrupted cell again)
+    assert [c.run_id for c in claimed_by(tmp_path, cells, 0)] == ["c0"]
+    assert [c.run_id for c in claimed_by(tmp_path, cells, 1)] == ["c2"]
 
 
 def test_suite_list_cli(capsys):

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import os
 import re
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,16 +263,14 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
                     jobs_dir: Path, poll_s: float = 1.0) -> None:
     """Submit ``cells`` with the executor of ``opts`` and wait until every job has finished,
     printing one line per finished cell."""
-    from mgrq.runner.jobs import CellJob
+    from mgrq.runner.jobs import CellJob, claimed_by
 
     n = len(cells)
     kind = opts.kind
     print(f"submitting {n} cell(s) with the {kind} executor", flush=True)
-    groups: list[list[Cell]]
     if kind == "debug":
         import submitit
 
-        groups = [cells]
         threads = opts.threads or ex.cpu_count()
         debug = submitit.DebugExecutor(folder=str(jobs_dir))
         job = debug.submit(CellJob(cells, suite_meta, kind, threads))
@@ -283,21 +284,24 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             print(_progress_line(i, n, c, c.record() or {}), flush=True)
         return
 
-    jobs: list[tuple[Any, list[Cell]]] = []
+    jobs: list[tuple[Any, Callable[[], list[Cell]]]] = []  # (job, the cells it ran or runs)
     if kind == "local":
         import submitit
 
         n_jobs, threads = ex.local_plan(opts, n)
-        groups = ex.chunk(cells, n_jobs)
-        print(f"local: {len(groups)} job(s) side by side, {threads} torch thread(s) each", flush=True)
+        orders = ex.work_orders(cells, n_jobs)
+        claims = jobs_dir / f"claims-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        claims.mkdir(parents=True)
+        print(f"local: {len(orders)} job(s) side by side, {threads} torch thread(s) each", flush=True)
         executor = submitit.LocalExecutor(folder=str(jobs_dir), max_num_timeout=opts.max_num_timeout)
         gpus = _visible_gpus() if opts.gpus_per_node is None else list(range(opts.gpus_per_node))
-        for i, g in enumerate(groups):
+        for i, order in enumerate(orders):
             params: dict[str, Any] = {"timeout_min": opts.timeout_min}
             if gpus:
                 params.update(gpus_per_node=1, visible_gpus=[gpus[i % len(gpus)]])
             executor.update_parameters(**params)
-            jobs.append((executor.submit(CellJob(g, suite_meta, kind, threads)), g))
+            job = executor.submit(CellJob(order, suite_meta, kind, threads, claims, i))
+            jobs.append((job, functools.partial(claimed_by, claims, cells, i)))
     else:
         from submitit.core.utils import FailedJobError
 
@@ -312,7 +316,7 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             why = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else repr(e))
             raise ex.SubmitError(f"sbatch refused the job array ({why.strip()}); check the "
                                  "partition/account/qos options and SLURM_CONF") from None
-        jobs = list(zip(pending, groups))
+        jobs = [(j, functools.partial(list, g)) for j, g in zip(pending, groups)]
         print(f"slurm: job array {jobs[0][0].job_id.split('_')[0]} with {len(jobs)} task(s), "
               f"at most {opts.array_parallelism} at once, {threads} CPU thread(s) each", flush=True)
 
@@ -331,7 +335,7 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             still = []
             for job, group in running:
                 if _job_finished(job, kind, queue):
-                    mark_lost(group, job, suite_meta, kind)
+                    mark_lost(group(), job, suite_meta, kind)
                 else:
                     still.append((job, group))
             running = still

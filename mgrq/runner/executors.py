@@ -193,8 +193,7 @@ def local_plan(opts: ExecutorOptions, n_cells: int) -> tuple[int, int]:
 
 
 def chunk(items: list[Any], n: int) -> list[list[Any]]:
-    """Split ``items`` into ``n`` contiguous, nearly equal chunks (cells of one model stay
-    together, so a job evaluates each FP model once)."""
+    """Split ``items`` into ``n`` contiguous, nearly equal chunks."""
     n = max(1, min(n, len(items)))
     size, extra = divmod(len(items), n)
     out, start = [], 0
@@ -203,6 +202,20 @@ def chunk(items: list[Any], n: int) -> list[list[Any]]:
         out.append(items[start:end])
         start = end
     return out
+
+
+def work_orders(items: list[Any], n: int) -> list[list[Any]]:
+    """The order in which each of ``n`` local jobs tries to claim ``items``: its own contiguous
+    chunk first (cells of one model stay together, so a job evaluates each FP model once), then
+    every other item from the end of the list backwards. A job that finishes early takes the
+    cells the others have not reached yet, from the far end, instead of sitting idle."""
+    parts = chunk(items, n)
+    orders, start = [], 0
+    for part in parts:
+        rest = items[:start] + items[start + len(part):]
+        orders.append(part + rest[::-1])
+        start += len(part)
+    return orders
 
 
 def slurm_executor(folder: Path, opts: ExecutorOptions, job_name: str):

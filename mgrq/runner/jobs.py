@@ -133,18 +133,48 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     os._exit(128 + signum)
 
 
+def claim(claims: Path, run_id: str, owner: int) -> bool:
+    """Atomically claim a cell for job ``owner`` (a file created with O_EXCL under ``claims``).
+    True when this job may run it: the claim is new, or it is this job's own (a requeued job
+    takes its interrupted cell again)."""
+    path = claims / run_id
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return path.read_text().strip() == str(owner)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(owner))
+    return True
+
+
+def claimed_by(claims: Path, cells: list[Cell], owner: int) -> list[Cell]:
+    """The cells of ``cells`` that job ``owner`` claimed."""
+    out = []
+    for c in cells:
+        with contextlib.suppress(OSError):
+            if (claims / c.run_id).read_text().strip() == str(owner):
+                out.append(c)
+    return out
+
+
 class CellJob(Checkpointable):
     """A submitit job: run ``cells`` in order with a torch thread budget.
+
+    With ``claims`` (a folder shared by the local jobs of one submission), the job runs only the
+    cells it claims first (:func:`claim`): jobs side by side share one work list and none sits
+    idle while cells are left.
 
     ``checkpoint`` (called by submitit on preemption or timeout) resubmits the job unchanged:
     the finished cells are on disk and are skipped when it starts again.
     """
 
-    def __init__(self, cells: list[Cell], suite: dict[str, Any], kind: str, threads: int):
+    def __init__(self, cells: list[Cell], suite: dict[str, Any], kind: str, threads: int,
+                 claims: Path | None = None, owner: int = 0):
         self.cells = [Cell(c.run_id, c.hash, Path(c.dir), dict(c.spec)) for c in cells]
         self.suite = dict(suite)
         self.kind = kind
         self.threads = int(threads)
+        self.claims, self.owner = (Path(claims) if claims is not None else None), int(owner)
 
     def __call__(self) -> list[dict[str, Any]]:
         import torch
@@ -155,7 +185,8 @@ class CellJob(Checkpointable):
             signal.signal(signal.SIGTERM, _stop_on_sigterm)
         fp_cache: dict = {}  # FP accuracy shared by the cells of one model within this job
         try:
-            return [run_cell(c, self.suite, self.kind, self.threads, fp_cache) for c in self.cells]
+            return [run_cell(c, self.suite, self.kind, self.threads, fp_cache) for c in self.cells
+                    if self.claims is None or claim(self.claims, c.run_id, self.owner)]
         finally:
             if self.kind == "debug":  # in-process: give the caller its threads back
                 torch.set_num_threads(before)
