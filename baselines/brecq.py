@@ -60,6 +60,7 @@ from typing import Any
 from mgrq.data import Calibration
 from mgrq.methods.registry import RunContext, register_method
 from mgrq.recon import ReconConfig, Reconstructor, Stage
+from mgrq.recon.config import engine_kwargs
 from mgrq.recon.init import check_start_fields, initial_quantizers
 from mgrq.surgery import QuantModel
 
@@ -98,9 +99,7 @@ class _ReconMethodConfig:
         self.engine()  # validates the engine fields
 
     def engine(self, **over: Any) -> ReconConfig:
-        kw = {f: getattr(self, f) for f in ("batch", "round_weight", "warmup", "beta_start", "beta_end", "block_loss",
-                                             "fisher_damping", "fusion", "cache", "compile", "matmul_precision", "autocast",
-                                             "check_every")}
+        kw = engine_kwargs(self)
         kw.update(over)
         return ReconConfig(**kw)
 

@@ -11,7 +11,8 @@ mixing and activation dropping with p = 0.5, output MSE, rounding regularizer), 
 from ``--n`` cached inputs.
 
 A mode may carry a matmul precision (``compile@medium``: torch's ``medium``, bf16 products on
-CPUs with AMX or AVX-512 BF16); the others, eager included, use ``--matmul-precision``. Each mode reconstructs the same block from the same state with the same seed for ``--iters``
+CPUs with AMX or AVX-512 BF16); the others, eager included, use ``--matmul-precision``. Each
+mode reconstructs the same block from the same state with the same seed for ``--iters``
 iterations. ms/iteration is the steady-state time between the engine's loss reads (every
 ``--every`` iterations, after the first read: compilation and graph capture excluded; they are
 reported as setup). The fast modes are checked against eager: relative difference of the loss

@@ -101,14 +101,12 @@ from mgrq.data import Calibration
 from mgrq.methods.mgrq_terms import LOCAL_METRICS, GlobalKL, LocalAlignment
 from mgrq.methods.registry import RunContext, register_method
 from mgrq.recon import LossTerm, ReconConfig, Reconstructor, Stage
+from mgrq.recon.config import engine_kwargs
 from mgrq.recon.init import check_start_fields, initial_quantizers
 from mgrq.surgery import QuantModel
 from mgrq.surgery.wrap import Unit
 
 PAPER_CALIB = 1024
-ENGINE_FIELDS = ("batch", "input_mode", "input_prob", "act_drop", "round_weight", "warmup", "beta_start",
-                 "beta_end", "block_loss", "fisher_damping", "fusion", "cache", "compile", "matmul_precision", "autocast",
-                 "check_every")  # MGRQConfig fields passed to ReconConfig as they are (plus w_block)
 
 
 @dataclass(frozen=True)
@@ -187,7 +185,7 @@ class MGRQConfig:
 
     def engine(self) -> ReconConfig:
         """The engine settings; QDrop's dropping only with ``input_mode='qdrop'``."""
-        kw = {f: getattr(self, f) for f in ENGINE_FIELDS}
+        kw = engine_kwargs(self)  # the fields named as in ReconConfig, plus w_block
         kw["block_weight"] = self.w_block
         if self.input_mode != "qdrop":
             kw["act_drop"] = 0.0

@@ -8,7 +8,9 @@ beta 20 -> 2 after a 0.2 warm-up, 20,000 iterations per unit.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 INPUT_MODES = ("quant", "fp", "qdrop")
 BLOCK_LOSSES = ("mse", "fisher")
@@ -131,3 +133,10 @@ class ReconConfig:
                 raise ValueError(f"{f}={getattr(self, f)}: expected >= 0")
         if not self.beta_start > 0 or not self.beta_end > 0:
             raise ValueError(f"beta_start={self.beta_start}, beta_end={self.beta_end}: expected > 0")
+
+
+def engine_kwargs(cfg: Any) -> dict[str, Any]:
+    """The fields of a method's config dataclass that are also :class:`ReconConfig` fields, with
+    their values: what a reconstruction method passes to the engine as it is."""
+    names = {f.name for f in dataclasses.fields(ReconConfig)}
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in names}
