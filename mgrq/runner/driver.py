@@ -70,12 +70,11 @@ def plan(suite: Suite, out: Path, label: str, device: str = "auto",
     return root, [cell_for(root, s) for s in specs]
 
 
-def config_drift(cell: Cell) -> dict[str, tuple[Any, Any]]:
-    """Method config fields whose value in the cell's record differs from what the current code
-    resolves for the cell's spec (``{field: (recorded, now)}``): a changed default since the
-    cell ran. The cell hash covers the spec (with its config overrides), not the defaults.
-    Fields present on one side only (renamed or new options) are not compared."""
-    rec = cell.record() or {}
+def config_drift(cell: Cell, rec: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Method config fields whose value in the cell's record ``rec`` differs from what the
+    current code resolves for the cell's spec (``{field: (recorded, now)}``): a changed default
+    since the cell ran. The cell hash covers the spec (with its config overrides), not the
+    defaults. Fields present on one side only (renamed or new options) are not compared."""
     recorded = (rec.get("method") or {}).get("config")
     if not isinstance(recorded, dict):
         return {}
@@ -90,7 +89,8 @@ def check_drift(cells: list[Cell], label: str) -> None:
     """Refuse to resume a label whose done cells ran with other method defaults than the current
     code's: mixing the two would give one table from two methods. ``ConfigError`` naming the
     cells and fields; nothing is run or changed."""
-    drifted = [(c, d) for c in cells if c.status() == "done" and (d := config_drift(c))]
+    drifted = [(c, d) for c in cells
+               if (rec := c.record() or {}).get("status") == "done" and (d := config_drift(c, rec))]
     if not drifted:
         return
     c, d = drifted[0]
@@ -110,9 +110,10 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
         counts[st] += 1
         extra = ""
         if st == "done":
-            m = (c.record() or {}).get("metrics", {})
+            rec = c.record() or {}
+            m = rec.get("metrics", {})
             extra = f"top-1 {m.get('top1', float('nan')):.2f}"
-            drift = config_drift(c)
+            drift = config_drift(c, rec)
             if drift:
                 counts["drift"] += 1
                 extra += "  ran with other defaults: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in drift.items())
