@@ -1,0 +1,287 @@
+"""Engine speed against the official BRECQ code, side by side in one process, on the CPU.
+
+    git clone https://github.com/yhhhli/BRECQ /tmp/BRECQ && git -C /tmp/BRECQ checkout e455d62
+    python -m benchmarks.vs_brecq --brecq /tmp/BRECQ                       # 2 threads, wall time
+    python -m benchmarks.vs_brecq --brecq /tmp/BRECQ --threads 1 --clock cpu --precisions highest,medium
+
+Both sides reconstruct block 0 of the tiny ViT (``tiny_vit``: 96 dims, 3 heads, 65 tokens) at
+W4A4 with batch 32 drawn from 256 random images, in the two stages BRECQ runs:
+
+- **rounding**: AdaRound rounding with activation quantization off. BRECQ:
+  ``quant/block_recon.py::block_reconstruction(act_quant=False)`` (Adam 1e-3, beta 20 -> 2 after
+  a 0.2 warm-up, output MSE). Ours: ``Stage("rounding", learn_rounding=True, acts=False)``.
+- **steps**: activation step sizes with the rounding frozen, activations quantized. BRECQ:
+  ``block_reconstruction(act_quant=True, lr=4e-4, p=2.4)``. Ours: ``Stage("steps", lr_step=4e-4, p=2.4)``.
+
+The BRECQ code is the user's checkout, imported at run time, never copied into this project.
+One change is made to it in memory when it is loaded: ``device = 'cuda'`` in
+``block_reconstruction`` becomes the CPU. Its quantizers are its own (weights channel-wise
+``mse``, activations ``mse`` with a learned step, ``QuantModel`` around the timm model; the
+block is wrapped as a ``BaseQuantBlock`` with no output quantizer, as a ViT block has none).
+The placement differs in the steps stage only: BRECQ quantizes the outputs of the 4 Linear
+layers, this project the inputs of the 4 Linear layers and both operands of the two attention
+matmuls (6 more quantizers). In the rounding stage activations are off on both sides, so the
+work is the same.
+
+Time per iteration: the time between two successive iterations of each side's loop (BRECQ:
+its per-iteration ``torch.randperm`` call; ours: the engine's optimizer update), the first two
+dropped, median over the ``--iters`` iterations. ``--clock wall`` (default) is wall time;
+``--clock cpu`` is the process's CPU time, steadier on a busy machine with one thread (with
+several threads it adds the threads' times up). Rows are interleaved over ``--rounds`` rounds in
+one process, so a drift in the machine's load hits every row; the table gives the median over
+rounds and the ratio BRECQ / ours at the same matmul precision, and against BRECQ in fp32.
+
+``--precisions highest,medium`` adds rows with bf16 matrix products (torch's float32 matmul
+precision ``medium``; fp32 accumulation on CPUs with AMX or AVX-512 BF16). BRECQ's rows under
+``medium`` run with timm's fused attention off: torch's CPU attention kernel is several times
+slower under that setting. ``compile`` rows include no compilation time (about 14 s per unit,
+paid once). Accuracy is not compared here; the suites do that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script from the repo root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+
+BRECQ_URL = "https://github.com/yhhhli/BRECQ"
+BRECQ_COMMIT = "e455d62"
+STAGES = ("rounding", "steps")
+OURS = {"rounding": ("none", "compile"), "steps": ("kernels", "compile")}  # default modes per stage
+PRECISION_TAG = {"highest": "fp32", "high": "fp32", "medium": "bf16 products"}
+
+
+class CheckoutError(ValueError):
+    """The ``--brecq`` folder is not the expected BRECQ checkout."""
+
+
+def load_brecq(path: str, device: str = "cpu") -> types.ModuleType:
+    """The BRECQ checkout's ``quant/block_recon.py`` as a module, with its hard-coded
+    ``device = 'cuda'`` replaced by ``device``. Raises :class:`CheckoutError` naming what was
+    expected."""
+    src_path = os.path.join(path, "quant", "block_recon.py")
+    if not os.path.isfile(src_path):
+        raise CheckoutError(f"--brecq {path!r}: no quant/block_recon.py there; expected a checkout of {BRECQ_URL} "
+                         f"(commit {BRECQ_COMMIT}): git clone {BRECQ_URL} BRECQ && git -C BRECQ checkout {BRECQ_COMMIT}")
+    with open(src_path) as f:
+        src = f.read()
+    if src.count("device = 'cuda'") != 1:
+        raise CheckoutError(f"{src_path}: expected one line \"device = 'cuda'\" in block_reconstruction "
+                         f"(commit {BRECQ_COMMIT}); this checkout differs")
+    sys.path.insert(0, os.path.abspath(path))
+    with contextlib.redirect_stdout(io.StringIO()):
+        import quant  # noqa: F401  (BRECQ's package; prints a note about SyncBatchNorm)
+    mod = types.ModuleType("brecq_block_recon")
+    mod.__file__ = src_path
+    exec(compile(src.replace("device = 'cuda'", f"device = {device!r}"), src_path, "exec"), mod.__dict__)
+    return mod
+
+
+def checkout_commit(path: str) -> str:
+    try:
+        out = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or "unknown (not a git checkout)"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+
+
+class Clock:
+    def __init__(self, kind: str):
+        self.now: Callable[[], float] = time.perf_counter if kind == "wall" else time.process_time
+        self.stamps: list[float] = []
+
+    def tick(self) -> None:
+        self.stamps.append(self.now())
+
+    def per_iter(self) -> float:
+        d = [b - a for a, b in zip(self.stamps, self.stamps[1:])][2:]
+        if not d:
+            raise RuntimeError("too few iterations timed: use --iters 5 or more")
+        return statistics.median(d)
+
+
+class BrecqSide:
+    """The tiny ViT inside BRECQ's ``QuantModel``, block 0 reconstructed by BRECQ's code."""
+
+    def __init__(self, brecq: types.ModuleType, fp: torch.nn.Module, images: torch.Tensor, iters: int):
+        from quant.quant_block import BaseQuantBlock
+        from quant.quant_layer import StraightThrough
+        from quant.quant_model import QuantModel
+
+        class Block(BaseQuantBlock):  # a ViT block: no quantizer on its output
+            def __init__(self, blk: torch.nn.Module, aq: dict[str, Any]):
+                super().__init__(aq)
+                self.blk = blk
+                self.act_quantizer = StraightThrough()
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.blk(x)
+
+        self.brecq, self.fp, self.images, self.iters = brecq, fp, images, iters
+        self.QuantModel, self.Block = QuantModel, Block
+
+    def model(self, fused_attn: bool) -> Any:
+        wq = {"n_bits": 4, "channel_wise": True, "scale_method": "mse"}
+        aq = {"n_bits": 4, "channel_wise": False, "scale_method": "mse", "leaf_param": True}
+        qnn = self.QuantModel(copy.deepcopy(self.fp), wq, aq).eval()
+        qnn.model.blocks[0] = self.Block(qnn.model.blocks[0], aq)
+        for m in qnn.modules():
+            if hasattr(m, "fused_attn"):
+                m.fused_attn = fused_attn
+        qnn.set_quant_state(True, False)
+        with torch.no_grad():
+            qnn(self.images[:64])  # BRECQ initializes its quantizers on the first 64 images
+        return qnn
+
+    def run(self, qnn: Any, stage: str, clock: Clock) -> float:
+        act = stage == "steps"
+        if act:
+            qnn.set_quant_state(True, True)
+            with torch.no_grad():
+                qnn(self.images[:64])
+        orig = torch.randperm
+
+        def randperm(*a: Any, **k: Any) -> torch.Tensor:  # called once per iteration by BRECQ's loop
+            clock.tick()
+            return orig(*a, **k)
+
+        self.brecq.torch.randperm = randperm
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.brecq.block_reconstruction(qnn, qnn.model.blocks[0], self.images, iters=self.iters, act_quant=act,
+                                                asym=True, warmup=0.2, b_range=(20, 2), lr=4e-4,
+                                                p=2.4 if act else 2.0, batch_size=32)
+        finally:
+            self.brecq.torch.randperm = orig
+        return clock.per_iter()
+
+
+class OurSide:
+    """The same tiny ViT through this project's surgery, quantizers from BRECQ's L2.4 searches
+    (``weight_init=lp``, ``act_init=lp``), block 0 reconstructed by the engine."""
+
+    def __init__(self, fp: torch.nn.Module, images: torch.Tensor, iters: int):
+        from mgrq.data import Calibration, hash_ids
+
+        ids = [str(i) for i in range(len(images))]
+        self.cal = Calibration(images, torch.zeros(len(images), dtype=torch.long), ids, hash_ids(ids), 0)
+        self.fp, self.images, self.iters = fp, images, iters
+
+    def run(self, stage: str, mode: str, precision: str, clock: Clock) -> float:
+        import mgrq.recon.trainer as trainer
+        from mgrq.methods.registry import RunContext
+        from mgrq.recon import ReconConfig, Reconstructor, Stage
+        from mgrq.recon.init import initial_quantizers
+        from mgrq.surgery import LayerPolicy, quantize_model
+
+        qm = quantize_model(self.fp, LayerPolicy(4, 4))
+        initial_quantizers(qm, self.cal, "percentile", 64, RunContext(device=torch.device("cpu"), progress=False),
+                           "lp", "lp")
+        st = (Stage("rounding", self.iters, learn_rounding=True, learn_steps=False, acts=False) if stage == "rounding"
+              else Stage("steps", self.iters, learn_rounding=False, learn_steps=True, lr_step=4e-4, p=2.4))
+        cfg = ReconConfig(check_every=10, compile=mode, matmul_precision=precision)
+        orig = trainer.UnitTrainer.update
+
+        def update(tr: Any, total: torch.Tensor) -> None:
+            orig(tr, total)
+            clock.tick()
+
+        trainer.UnitTrainer.update = update  # type: ignore[method-assign,assignment]
+        try:
+            Reconstructor(qm, self.images, cfg, device=torch.device("cpu"), progress=False, units=r"^blocks\.0$").run([st])
+        finally:
+            trainer.UnitTrainer.update = orig  # type: ignore[method-assign]
+        return clock.per_iter()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=f"BRECQ checkout: git clone {BRECQ_URL} BRECQ && git -C BRECQ checkout {BRECQ_COMMIT}")
+    p.add_argument("--brecq", required=True, help="path to a checkout of yhhhli/BRECQ (commit e455d62)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for both sides (default 2)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time (default) or this process's CPU time (steadier with --threads 1)")
+    p.add_argument("--iters", type=int, default=40, help="iterations per row and round (default 40)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--stages", default="rounding,steps", help="comma list of: rounding, steps")
+    p.add_argument("--precisions", default="highest",
+                   help="comma list of float32 matmul precisions: highest (fp32), medium (bf16 products)")
+    p.add_argument("--modes", default=None,
+                   help="our compile modes, comma list (default: none,compile for rounding and kernels,compile for "
+                        "steps; steps has no pure eager row by default, the fused kernels are the CPU default's peer)")
+    args = p.parse_args(argv)
+    stages = [s for s in args.stages.split(",") if s]
+    precisions = [s for s in args.precisions.split(",") if s]
+    bad = [s for s in stages if s not in STAGES] + [s for s in precisions if s not in PRECISION_TAG]
+    if bad:
+        p.error(f"unknown stage or precision {bad}: stages are {', '.join(STAGES)}; precisions {', '.join(PRECISION_TAG)}")
+    if args.iters < 5 or args.rounds < 1 or args.threads < 1:
+        p.error("--iters must be >= 5, --rounds and --threads >= 1")
+
+    from mgrq import zoo
+
+    try:
+        brecq = load_brecq(args.brecq)
+    except CheckoutError as e:
+        p.error(str(e))
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    fp = zoo.create_model("tiny_vit")
+    images = torch.randn(256, 1, 32, 32)
+    theirs, ours = BrecqSide(brecq, fp, images, args.iters), OurSide(fp, images, args.iters)
+
+    rows: list[tuple[str, str, str, str]] = []  # (stage, side, mode, precision)
+    for stage in stages:
+        modes = args.modes.split(",") if args.modes else list(OURS[stage])
+        for prec in precisions:
+            rows.append((stage, "BRECQ", "-", prec))
+            rows += [(stage, "ours", m, prec) for m in modes]
+    times: dict[tuple[str, str, str, str], list[float]] = {r: [] for r in rows}
+    saved = torch.get_float32_matmul_precision()
+    print(f"BRECQ {checkout_commit(args.brecq)} vs this engine | torch {torch.__version__} | {args.threads} thread(s) | "
+          f"{args.clock} clock | tiny_vit blocks.0, batch 32, W4A4 | {args.iters} iterations x {args.rounds} rounds",
+          flush=True)
+    for r in range(args.rounds):
+        for row in rows:
+            stage, side, mode, prec = row
+            if side == "ours":  # the engine holds its matmul precision while it runs
+                times[row].append(ours.run(stage, mode, prec, Clock(args.clock)))
+                continue
+            torch.set_float32_matmul_precision(prec)
+            try:
+                times[row].append(theirs.run(theirs.model(fused_attn=prec != "medium"), stage, Clock(args.clock)))
+            finally:
+                torch.set_float32_matmul_precision(saved)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{s}/{side}/{m}@{PRECISION_TAG[pr]} {1e3 * v[-1]:.1f}" for (s, side, m, pr), v in times.items()), flush=True)
+
+    med = {row: statistics.median(v) for row, v in times.items()}
+    print()
+    print("| stage | code | mode | matmul | ms/iter | BRECQ same matmul / row | BRECQ fp32 / row |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        stage, side, mode, prec = row
+        same = med[(stage, "BRECQ", "-", prec)] / med[row]
+        fp32 = med.get((stage, "BRECQ", "-", "highest"))
+        vs32 = f"{fp32 / med[row]:.2f}x" if fp32 is not None else "-"
+        print(f"| {stage} | {side} | {mode} | {PRECISION_TAG[prec]} | {1e3 * med[row]:.1f} | {same:.2f}x | {vs32} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
