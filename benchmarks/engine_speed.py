@@ -11,7 +11,9 @@ mixing and activation dropping with p = 0.5, output MSE, rounding regularizer), 
 from ``--n`` cached inputs.
 
 A mode may carry a matmul precision (``compile@medium``: torch's ``medium``, bf16 products on
-CPUs with AMX or AVX-512 BF16); the others, eager included, use ``--matmul-precision``. Each
+CPUs with AMX or AVX-512 BF16); the others, eager included, use ``--matmul-precision``.
+``--autocast bf16`` runs every mode, eager included, under bfloat16 autocast, so the fast modes
+are compared with eager at the same numerics. Each
 mode reconstructs the same block from the same state with the same seed for ``--iters``
 iterations. ms/iteration is the steady-state time between the engine's loss reads (every
 ``--every`` iterations, after the first read: compilation and graph capture excluded; they are
@@ -34,7 +36,7 @@ if __package__ in (None, ""):  # run as a script from the repo root
 
 import torch
 
-from mgrq.recon.config import MATMUL_PRECISIONS
+from mgrq.recon.config import AUTOCASTS, MATMUL_PRECISIONS
 
 SIZES = {  # embed dim, heads, image size, patch size
     "deit_s": (384, 6, 224, 16),
@@ -71,7 +73,7 @@ def run_mode(qm0: Any, images: torch.Tensor, mode: str, args: argparse.Namespace
     qm = copy.deepcopy(qm0)
     compile_mode, _, precision = mode.partition("@")
     cfg = ReconConfig(input_mode="qdrop", act_drop=0.5, compile=compile_mode, check_every=args.every,
-                      matmul_precision=precision or args.matmul_precision, cache="device")
+                      matmul_precision=precision or args.matmul_precision, autocast=args.autocast, cache="device")
     stage = Stage("joint", args.iters, learn_rounding=True, learn_steps=True)
     t = time.perf_counter()
     info = Reconstructor(qm, images, cfg, device=device, seed=args.seed, progress=False, units=r"^blocks\.0$").run([stage])
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default="high",
                    help="torch float32 matmul precision of every mode without an @precision suffix "
                         "(default high: TF32 on CUDA, fp32 on CPU)")
+    p.add_argument("--autocast", choices=AUTOCASTS, default="none",
+                   help="autocast of every mode, eager included (bf16: the unit forward in bfloat16, quantizers "
+                        "in fp32), so fast modes are compared with eager at the same numerics (default none)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -128,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     dim, heads, img, patch = SIZES[args.size]
     tokens = (img // patch) ** 2 + 1
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name} | torch {torch.__version__} | timm {timm.__version__} | matmul precision {args.matmul_precision}")
+    print(f"device: {name} | torch {torch.__version__} | timm {timm.__version__} | matmul precision {args.matmul_precision}"
+          f"{' | autocast ' + args.autocast if args.autocast != 'none' else ''}")
     print(f"block: {args.size} ({dim} dims, {heads} heads, {tokens} tokens), batch 32, W4A4, QDrop joint step, "
           f"{args.iters} iterations (graph capture after {WARMUP} eager warm-up steps), loss read every {args.every}")
     results: dict[str, dict[str, Any]] = {}
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         c = compare(r, eager)
         print(f"| {mode} | {r['ms']:.2f} | {eager['ms'] / r['ms']:.2f}x | {r['setup_s']:.1f} | {c['curve']:.2e} | "
               f"{100 * c['agree']:.3f}% | {c['steps']:.2e} |")
-    if eager is not None:
+    if eager is not None and len(results) > 1:
         ok = [m for m in results if m != "none" and compare(results[m], eager)["curve"] < 1e-2
               and compare(results[m], eager)["agree"] > 0.99]
         print(f"\nfast modes equal to eager within noise (loss curves within 1%, >99% same rounding): {', '.join(ok) or 'none'}")
