@@ -15,17 +15,19 @@ W4A4 with batch 32 drawn from 256 random images, in the two stages BRECQ runs:
 
 The BRECQ code is the user's checkout, imported at run time, never copied into this project.
 One change is made to it in memory when it is loaded: ``device = 'cuda'`` in
-``block_reconstruction`` becomes the CPU. Its quantizers are its own (weights channel-wise
+``block_reconstruction`` becomes the CPU; while its rows run, ``torch.randperm`` (which its loop
+calls once per iteration) is wrapped to take the time stamps. Its quantizers are its own (weights channel-wise
 ``mse``, activations ``mse`` with a learned step, ``QuantModel`` around the timm model; the
 block is wrapped as a ``BaseQuantBlock`` with no output quantizer, as a ViT block has none).
-The placement differs in the steps stage only: BRECQ quantizes the outputs of the 4 Linear
-layers, this project the inputs of the 4 Linear layers and both operands of the two attention
-matmuls (6 more quantizers). In the rounding stage activations are off on both sides, so the
-work is the same.
+The placement differs in the steps stage: BRECQ quantizes the outputs of the 4 Linear layers,
+this project the inputs of the 4 Linear layers and both operands of the two attention matmuls
+(6 more quantizers). In the rounding stage activations are off on both sides; the one
+difference left is attention: BRECQ's fp32 rows run timm's fused attention kernel, this
+project's quantizable attention always runs the two matmuls and the softmax explicitly.
 
 Time per iteration: the time between two successive iterations of each side's loop (BRECQ:
-its per-iteration ``torch.randperm`` call; ours: the engine's optimizer update), the first two
-dropped, median over the ``--iters`` iterations. ``--clock wall`` (default) is wall time;
+its per-iteration ``torch.randperm`` call; ours: the engine's optimizer update), median over the
+``--iters`` - 1 intervals less the first two. ``--clock wall`` (default) is wall time;
 ``--clock cpu`` is the process's CPU time, steadier on a busy machine with one thread (with
 several threads it adds the threads' times up). Rows are interleaved over ``--rounds`` rounds in
 one process, so a drift in the machine's load hits every row; the table gives the median over
@@ -62,7 +64,8 @@ BRECQ_URL = "https://github.com/yhhhli/BRECQ"
 BRECQ_COMMIT = "e455d62"
 STAGES = ("rounding", "steps")
 OURS = {"rounding": ("none", "compile"), "steps": ("kernels", "compile")}  # default modes per stage
-PRECISION_TAG = {"highest": "fp32", "high": "fp32", "medium": "bf16 products"}
+CPU_MODES = ("none", "kernels", "compile")  # the engine's compile modes that run on a CPU
+PRECISION_TAG = {"highest": "fp32", "medium": "bf16 products"}  # float32 matmul precision -> label
 
 
 class CheckoutError(ValueError):
@@ -82,9 +85,18 @@ def load_brecq(path: str, device: str = "cpu") -> types.ModuleType:
     if src.count("device = 'cuda'") != 1:
         raise CheckoutError(f"{src_path}: expected one line \"device = 'cuda'\" in block_reconstruction "
                          f"(commit {BRECQ_COMMIT}); this checkout differs")
-    sys.path.insert(0, os.path.abspath(path))
-    with contextlib.redirect_stdout(io.StringIO()):
-        import quant  # noqa: F401  (BRECQ's package; prints a note about SyncBatchNorm)
+    root = os.path.abspath(path)
+    sys.path.insert(0, root)  # left in place: BRECQ's modules import each other for the whole run
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import quant  # BRECQ's package; prints a note about SyncBatchNorm
+    except ImportError as e:
+        raise CheckoutError(f"--brecq {path!r}: importing its quant package failed ({e}); expected a complete "
+                            f"checkout of {BRECQ_URL} (commit {BRECQ_COMMIT})") from e
+    where = os.path.abspath(getattr(quant, "__file__", None) or "")
+    if not where.startswith(root + os.sep):
+        raise CheckoutError(f"a different 'quant' package is already imported ({where or 'no file'}), "
+                            f"not the one in {root}; run the benchmark in a fresh process")
     mod = types.ModuleType("brecq_block_recon")
     mod.__file__ = src_path
     exec(compile(src.replace("device = 'cuda'", f"device = {device!r}"), src_path, "exec"), mod.__dict__)
@@ -222,14 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default="highest",
                    help="comma list of float32 matmul precisions: highest (fp32), medium (bf16 products)")
     p.add_argument("--modes", default=None,
-                   help="our compile modes, comma list (default: none,compile for rounding and kernels,compile for "
-                        "steps; steps has no pure eager row by default, the fused kernels are the CPU default's peer)")
+                   help="our compile modes, comma list of none, kernels, compile (default: none,compile for rounding "
+                        "and kernels,compile for steps; steps has no pure eager row by default, the fused kernels "
+                        "are the CPU default's peer)")
     args = p.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
     precisions = [s for s in args.precisions.split(",") if s]
-    bad = [s for s in stages if s not in STAGES] + [s for s in precisions if s not in PRECISION_TAG]
-    if bad:
-        p.error(f"unknown stage or precision {bad}: stages are {', '.join(STAGES)}; precisions {', '.join(PRECISION_TAG)}")
+    modes_arg = [m for m in (args.modes or "").split(",") if m]
+    for kind, given, allowed in (("stage", stages, STAGES), ("precision", precisions, tuple(PRECISION_TAG)),
+                                 ("mode", modes_arg, CPU_MODES)):
+        bad = [x for x in given if x not in allowed]
+        if bad or (kind != "mode" and not given):
+            p.error(f"--{kind}s {','.join(given)!r}: unknown or empty; expected a comma list of {', '.join(allowed)}")
     if args.iters < 5 or args.rounds < 1 or args.threads < 1:
         p.error("--iters must be >= 5, --rounds and --threads >= 1")
 
@@ -247,13 +263,17 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[tuple[str, str, str, str]] = []  # (stage, side, mode, precision)
     for stage in stages:
-        modes = args.modes.split(",") if args.modes else list(OURS[stage])
+        modes = modes_arg or list(OURS[stage])
         for prec in precisions:
             rows.append((stage, "BRECQ", "-", prec))
             rows += [(stage, "ours", m, prec) for m in modes]
     times: dict[tuple[str, str, str, str], list[float]] = {r: [] for r in rows}
     saved = torch.get_float32_matmul_precision()
-    print(f"BRECQ {checkout_commit(args.brecq)} vs this engine | torch {torch.__version__} | {args.threads} thread(s) | "
+    commit = checkout_commit(args.brecq)
+    if not commit.startswith(BRECQ_COMMIT):
+        print(f"warning: the BRECQ checkout is at {commit}, not {BRECQ_COMMIT}; the figures are for that code",
+              file=sys.stderr)
+    print(f"BRECQ {commit} vs this engine | torch {torch.__version__} | {args.threads} thread(s) | "
           f"{args.clock} clock | tiny_vit blocks.0, batch 32, W4A4 | {args.iters} iterations x {args.rounds} rounds",
           flush=True)
     for r in range(args.rounds):

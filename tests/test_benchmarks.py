@@ -9,35 +9,65 @@ import pytest
 from benchmarks import vs_brecq
 
 
-def test_vs_brecq_refuses_a_folder_that_is_not_the_brecq_checkout(tmp_path, capsys):
+@pytest.fixture
+def clean_quant(monkeypatch):
+    """Keep a fake BRECQ ``quant`` package from leaking into other tests (sys.path, sys.modules)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    saved = {k: v for k, v in sys.modules.items() if k == "quant" or k.startswith("quant.")}
+    for k in saved:
+        del sys.modules[k]
+    yield
+    for k in [k for k in sys.modules if k == "quant" or k.startswith("quant.")]:
+        del sys.modules[k]
+    sys.modules.update(saved)
+
+
+def fake_checkout(root, body="    device = 'cuda'\n    return torch.zeros(1).to(device).device.type\n"):
+    pkg = root / "quant"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "block_recon.py").write_text(f"import torch\n\ndef block_reconstruction():\n{body}")
+    return root
+
+
+def test_vs_brecq_refuses_a_folder_that_is_not_the_brecq_checkout(tmp_path, capsys, clean_quant):
     with pytest.raises(SystemExit) as e:
         vs_brecq.main(["--brecq", str(tmp_path / "nowhere")])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "quant/block_recon.py" in err and vs_brecq.BRECQ_COMMIT in err
 
-    (tmp_path / "quant").mkdir()
-    (tmp_path / "quant" / "block_recon.py").write_text("def block_reconstruction():\n    device = 'cuda:1'\n")
+    other = fake_checkout(tmp_path / "other", body="    device = 'cuda:1'\n")
     with pytest.raises(vs_brecq.CheckoutError, match="expected one line"):
-        vs_brecq.load_brecq(str(tmp_path))
+        vs_brecq.load_brecq(str(other))
+
+    broken = fake_checkout(tmp_path / "broken")
+    (broken / "quant" / "__init__.py").write_text("import linklink  # a package BRECQ's checkout would bring\n")
+    with pytest.raises(vs_brecq.CheckoutError, match="importing its quant package failed"):
+        vs_brecq.load_brecq(str(broken))
 
 
-def test_vs_brecq_loads_block_recon_with_the_device_replaced(tmp_path, monkeypatch):
-    pkg = tmp_path / "quant"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "block_recon.py").write_text(
-        "import torch\n\ndef block_reconstruction():\n    device = 'cuda'\n    return torch.zeros(1).to(device).device.type\n")
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delitem(sys.modules, "quant", raising=False)
-    mod = vs_brecq.load_brecq(str(tmp_path))
+def test_vs_brecq_loads_block_recon_with_the_device_replaced(tmp_path, clean_quant):
+    root = fake_checkout(tmp_path / "brecq")
+    mod = vs_brecq.load_brecq(str(root))
     assert mod.block_reconstruction() == "cpu"
-    assert mod.__file__ == str(pkg / "block_recon.py")
+    assert mod.__file__ == str(root / "quant" / "block_recon.py")
+    # a second checkout in the same process would silently reuse the first one's package: refused
+    with pytest.raises(vs_brecq.CheckoutError, match="different 'quant' package"):
+        vs_brecq.load_brecq(str(fake_checkout(tmp_path / "second")))
 
 
-@pytest.mark.parametrize("argv", [["--stages", "weights"], ["--precisions", "fp16"], ["--iters", "2"]])
-def test_vs_brecq_rejects_bad_options(argv, capsys):
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--stages", "weights"], "--stages 'weights': unknown or empty; expected a comma list of rounding, steps"),
+    (["--precisions", "high"], "--precisions 'high': unknown or empty; expected a comma list of highest, medium"),
+    (["--modes", "none,cudagraphs"], "--modes 'none,cudagraphs': unknown or empty; expected a comma list of none, "
+                                     "kernels, compile"),
+    (["--iters", "2"], "--iters must be >= 5"),
+])
+def test_vs_brecq_rejects_bad_options_before_any_work(argv, message, tmp_path, capsys):
+    # the checkout path is valid-looking but never read: options are checked first
     with pytest.raises(SystemExit) as e:
-        vs_brecq.main(["--brecq", "/x", *argv])
+        vs_brecq.main(["--brecq", str(tmp_path), *argv])
     assert e.value.code == 2
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "block_recon.py" not in err
