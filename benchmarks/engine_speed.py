@@ -13,8 +13,9 @@ from ``--n`` cached inputs.
 A mode may carry a matmul precision (``compile@medium``: torch's ``medium``, bf16 products on
 CPUs with AMX or AVX-512 BF16); the others, eager included, use ``--matmul-precision``.
 ``--autocast bf16`` runs every mode, eager included, under bfloat16 autocast, so the fast modes
-are compared with eager at the same numerics. Each
-mode reconstructs the same block from the same state with the same seed for ``--iters``
+are compared with eager at the same numerics.
+
+Each mode reconstructs the same block from the same state with the same seed for ``--iters``
 iterations. ms/iteration is the steady-state time between the engine's loss reads (every
 ``--every`` iterations, after the first read: compilation and graph capture excluded; they are
 reported as setup). The fast modes are checked against eager: relative difference of the loss
@@ -49,7 +50,7 @@ def build(size: str, device: torch.device, seed: int) -> tuple[Any, torch.Tensor
     random calibration images."""
     from timm.models.vision_transformer import VisionTransformer
 
-    from mgrq.data import Calibration, hash_ids
+    from mgrq.data import Calibration
     from mgrq.methods.registry import RunContext
     from mgrq.recon.init import initial_quantizers
     from mgrq.surgery import LayerPolicy, quantize_model
@@ -60,9 +61,7 @@ def build(size: str, device: torch.device, seed: int) -> tuple[Any, torch.Tensor
                               num_heads=heads, mlp_ratio=4.0, qkv_bias=True).eval()
     qm = quantize_model(model, LayerPolicy(4, 4)).to(device)
     images = torch.randn(64, 3, img, img)
-    ids = [str(i) for i in range(len(images))]
-    cal = Calibration(images, torch.zeros(len(images), dtype=torch.long), ids, hash_ids(ids), seed)
-    initial_quantizers(qm, cal, "percentile", 32, RunContext(device=device, progress=False))
+    initial_quantizers(qm, Calibration.of_images(images, seed), "percentile", 32, RunContext(device=device, progress=False))
     return qm, images
 
 

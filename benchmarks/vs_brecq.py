@@ -172,14 +172,14 @@ class BrecqSide:
             clock.tick()
             return orig(*a, **k)
 
-        self.brecq.torch.randperm = randperm
+        torch.randperm = randperm  # BRECQ's module reads it from the torch module
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 self.brecq.block_reconstruction(qnn, qnn.model.blocks[0], self.images, iters=self.iters, act_quant=act,
                                                 asym=True, warmup=0.2, b_range=(20, 2), lr=4e-4,
                                                 p=2.4 if act else 2.0, batch_size=32)
         finally:
-            self.brecq.torch.randperm = orig
+            torch.randperm = orig
         return clock.per_iter()
 
 
@@ -188,10 +188,9 @@ class OurSide:
     (``weight_init=lp``, ``act_init=lp``), block 0 reconstructed by the engine."""
 
     def __init__(self, fp: torch.nn.Module, images: torch.Tensor, iters: int):
-        from mgrq.data import Calibration, hash_ids
+        from mgrq.data import Calibration
 
-        ids = [str(i) for i in range(len(images))]
-        self.cal = Calibration(images, torch.zeros(len(images), dtype=torch.long), ids, hash_ids(ids), 0)
+        self.cal = Calibration.of_images(images)
         self.fp, self.images, self.iters = fp, images, iters
 
     def run(self, stage: str, mode: str, precision: str, clock: Clock) -> float:

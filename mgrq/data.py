@@ -235,6 +235,12 @@ class Calibration:
     def batches(self, batch_size: int) -> list[torch.Tensor]:
         return list(self.images.split(batch_size))
 
+    @classmethod
+    def of_images(cls, images: torch.Tensor, seed: int = 0) -> Calibration:
+        """Unlabeled images as a calibration set (benchmarks, tests): labels 0, ids ``"0".."n-1"``."""
+        ids = [str(i) for i in range(len(images))]
+        return cls(images, torch.zeros(len(images), dtype=torch.long), ids, hash_ids(ids), seed)
+
 
 def hash_ids(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]

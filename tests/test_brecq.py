@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mgrq import zoo
-from mgrq.data import Calibration, hash_ids
+from mgrq.data import Calibration
 from mgrq.errors import ConfigError, ReconstructionError
 from mgrq.methods import get_method
 from mgrq.methods.registry import RunContext
@@ -59,8 +59,7 @@ def test_qdrop_through_the_cli_records_per_unit_stats(tmp_path, capsys):
 
 def _calib(n, shape, seed=0):
     g = torch.Generator().manual_seed(seed)
-    ids = [str(i) for i in range(n)]
-    return Calibration(torch.randn((n, *shape), generator=g), torch.zeros(n, dtype=torch.long), ids, hash_ids(ids), seed)
+    return Calibration.of_images(torch.randn((n, *shape), generator=g), seed)
 
 
 def test_brecq_on_swin_merge_block_and_head():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mgrq import zoo
-from mgrq.data import Calibration, hash_ids
+from mgrq.data import Calibration
 from mgrq.errors import ConfigError, ReconstructionError
 from mgrq.methods import get_method
 from mgrq.methods import mgrq_terms as T
@@ -26,8 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _calib(n, shape=(1, 32, 32), seed=0):
     g = torch.Generator().manual_seed(seed)
-    ids = [str(i) for i in range(n)]
-    return Calibration(torch.randn((n, *shape), generator=g), torch.zeros(n, dtype=torch.long), ids, hash_ids(ids), seed)
+    return Calibration.of_images(torch.randn((n, *shape), generator=g), seed)
 
 
 def _cfg(method, **over):

@@ -117,13 +117,11 @@ def tiny():
 
 
 def _qmodel(tiny, bits=4):
-    from mgrq.data import Calibration, hash_ids
+    from mgrq.data import Calibration
 
     model, images = tiny
     qm = quantize_model(model, LayerPolicy(bits, bits))
-    ids = [str(i) for i in range(len(images))]
-    cal = Calibration(images, torch.zeros(len(images), dtype=torch.long), ids, hash_ids(ids), 0)
-    initial_quantizers(qm, cal, "percentile", 32, RunContext(device=CPU, progress=False))
+    initial_quantizers(qm, Calibration.of_images(images), "percentile", 32, RunContext(device=CPU, progress=False))
     return qm, images
 
 
