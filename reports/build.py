@@ -4,9 +4,11 @@ figures, and a compiled PDF of the tables when ``pdflatex`` is installed.
     mgrq report demo                          # newest label of the demo suite, from the records
     mgrq report imagenet-w4a4 --from mlflow   # the same from the MLflow store
     mgrq report imagenet-w4a4 --compare previous latest --threshold 0.5
+    mgrq report ablation-mgrq --paired mgrq   # + MGRQ minus each method, paired by seed
 
 Output (default ``<out>/<suite>/<label>/report/``): ``main.tex``, ``main.md``, ``ablation.tex``,
-``ablation.md`` (suites with an ablation), ``cost.tex``, ``cost.md`` (quantization time and peak
+``ablation.md`` (suites with an ablation), ``paired.tex``, ``paired.md`` (with a reference
+method: ``--paired METHOD`` or the suite's ``report.paired``), ``cost.tex``, ``cost.md`` (quantization time and peak
 memory), ``tables.tex`` + ``tables.pdf``, ``results.csv``,
 ``acc_vs_bits.{pdf,png}``, ``ablation.{pdf,png}``, ``acc_vs_time.{pdf,png}``; for a comparison,
 ``compare-<A>-vs-<B>.{md,tex,csv}``.
@@ -40,23 +42,31 @@ class Report:
     pdf: Path | None = None
     pdf_note: str | None = None
     main_markdown: str = ""
+    paired_markdown: str = ""
     frame: pd.DataFrame | None = None
 
 
 def suite_info(out: Path, suite: str, label: str | None) -> dict[str, Any]:
-    """Model/method order and ablation rows: from the label's ``suite.json``, else the suite
-    file (names not checked), else empty."""
+    """Model/method order and report settings: from the label's ``suite.json``, else the suite
+    file (names not checked), else empty. A label run before ``report.paired`` existed takes
+    that setting from the suite file."""
     if label:
         meta = records.read_record(Path(out).resolve() / suite / label / "suite.json")
         if meta:
+            if "paired" not in meta:
+                meta["paired"] = _suite_file_info(suite).get("paired")
             return meta
+    return _suite_file_info(suite)
+
+
+def _suite_file_info(suite: str) -> dict[str, Any]:
     try:
         from mgrq.runner.suite import load_suite
 
         s = load_suite(suite, check_names=False)
         return {"models": list(s.models), "methods": [m.name for m in s.methods],
                 "bits": [f"W{w}A{a}" for w, a in s.bits],
-                "ablation": list(s.ablation), "caption": s.caption}
+                "ablation": list(s.ablation), "caption": s.caption, "paired": s.paired}
     except MGRQError:
         return {}
 
@@ -111,9 +121,11 @@ def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
 
 def build_report(out: str | Path, suite: str, label: str | None = None, source: str = "records",
                  dest: str | Path | None = None, published: bool | str | Path = True,
-                 pdf: str = "auto", uri: str | None = None, figures: bool = True) -> Report:
+                 pdf: str = "auto", uri: str | None = None, figures: bool = True,
+                 paired: str | None = None) -> Report:
     """Tables and figures of one label of a suite. ``pdf``: ``auto`` (compile when pdflatex is
-    installed), ``yes`` (must compile) or ``no``."""
+    installed), ``yes`` (must compile) or ``no``. ``paired``: the reference method of the paired
+    table (default: the suite's ``report.paired``; none: no paired table)."""
     out = Path(out)
     label = _label(out, suite, label, source, uri)
     df = load_frame(out, suite, [label], source, uri)
@@ -145,6 +157,18 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         (dest / "ablation.md").write_text(abl.markdown())
         rep.tables += [dest / "ablation.tex", dest / "ablation.md"]
         fragments.append("ablation.tex")
+    reference = paired or info.get("paired")
+    if reference:
+        if reference not in names:
+            where = "--paired" if paired else "report.paired"
+            raise ConfigError(f"{where} {reference}: not a method of suite {suite} [{label}]; "
+                              f"expected one of {', '.join(names)}")
+        pt = T.paired_table(df, reference, models, names, suite, label, info.get("bits"))
+        (dest / "paired.tex").write_text(pt.latex())
+        (dest / "paired.md").write_text(pt.markdown())
+        rep.tables += [dest / "paired.tex", dest / "paired.md"]
+        rep.paired_markdown = pt.markdown()
+        fragments.append("paired.tex")
     cost = T.cost_table(agg, models, names, suite, label, info.get("bits"))
     (dest / "cost.tex").write_text(cost.latex())
     (dest / "cost.md").write_text(cost.markdown())

@@ -1,7 +1,8 @@
 """Paper-style tables from the aggregated frame: the main table (RepQ-ViT/MGRQ style: models as
 columns, methods as rows grouped by bit-width, the full-precision row first, the best value of
 each column in bold, mean +- std over seeds), the ablation table (variants x models, with the
-average over models) and the label-to-label comparison. Each renders to LaTeX (booktabs) and
+average over models), the paired table (one method minus each other one, paired by seed, with
+95% intervals) and the label-to-label comparison. Each renders to LaTeX (booktabs) and
 Markdown from the same rows.
 """
 
@@ -45,7 +46,7 @@ def tex(s: str) -> str:
     """Escape LaTeX specials in plain text."""
     rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-           "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$"}
+           "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "−": r"$-$"}
     return "".join(rep.get(ch, ch) for ch in str(s))
 
 
@@ -64,11 +65,13 @@ class Value:
     n: int = 0
     failed: int = 0
     bold: bool = False
-    text: str | None = None  # shown as is (cost cells), instead of the formatted mean
+    text: str | None = None  # shown as is (cost and paired cells), instead of the formatted mean
+    italic: bool = False
 
     def latex(self) -> str:
         if self.text is not None:
-            return tex(self.text)
+            t = tex(self.text)
+            return rf"\textbf{{{t}}}" if self.bold else rf"\textit{{{t}}}" if self.italic else t
         if self.n == 0:
             return "fail" if self.failed else "--"
         s = f"{self.mean:.2f}"
@@ -79,7 +82,7 @@ class Value:
 
     def markdown(self) -> str:
         if self.text is not None:
-            return self.text
+            return f"**{self.text}**" if self.bold else f"*{self.text}*" if self.italic else self.text
         if self.n == 0:
             return "fail" if self.failed else "–"
         s = f"{self.mean:.2f}"
@@ -303,6 +306,73 @@ def cost_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
            "Peak memory: CUDA allocated on GPU, resident set size on CPU."
            + (" Cells ran on different devices (marked); compare times only on one device." if mixed else ""))
     return Table("Cost table", cap, f"tab:{suite}-cost", models, groups)
+
+
+# --------------------------------------------------------------------------------------------
+# Paired by seed: one method against each of the others
+# --------------------------------------------------------------------------------------------
+
+
+def paired_frame(df: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """One row per (model, bits, name) other than ``reference``: the top-1 differences
+    ``reference - name`` over the seeds where both cells finished (same model, bits and seed, so
+    the same calibration images), with their mean, standard deviation, the half-width of the
+    two-sided 95% Student-t interval of the mean (NaN below 2 seeds), the number of seeds where
+    ``reference`` is at least level, and a verdict: ``ahead`` (interval above 0), ``behind``
+    (below 0), ``tie`` (contains 0) or ``n<2``."""
+    from scipy.stats import t as student_t
+
+    cols = ["model", "bits", "name", "n", "diff", "sd", "half", "level", "verdict"]
+    done = df[df["status"] == "done"]
+    if "source" in done:
+        done = done[done["source"] == "run"]
+    key = ["model", "bits", "seed"]
+    ref = done[done["name"] == reference][[*key, "top1"]]
+    rows = []
+    for (model, bits, name), g in done[done["name"] != reference].groupby(["model", "bits", "name"]):
+        m = g[[*key, "top1"]].merge(ref, on=key, suffixes=("", "_ref"))
+        d = (m["top1_ref"] - m["top1"]).to_numpy(dtype=float).round(9)  # 97.3 - 97.3 is exactly 0
+        n = len(d)
+        if n == 0:
+            continue
+        mean = round(float(d.mean()), 9) + 0.0  # no -0.0
+        sd = float(d.std(ddof=1)) if n > 1 else math.nan
+        half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
+        if n < 2:
+            verdict = "n<2"
+        else:
+            verdict = "ahead" if mean - half > 0 else "behind" if mean + half < 0 else "tie"
+        rows.append([model, bits, name, n, mean, sd, half, int((d >= 0).sum()), verdict])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: list[str], suite: str,
+                 label: str, bits_pref: list[str] | None = None) -> Table:
+    """The paired differences of :func:`paired_frame` as a table: the other methods (``names``
+    order) as rows, models as columns, one block per bit-width."""
+    pf = paired_frame(df, reference)
+    groups = []
+    for bits in _bits_order(list(pf["bits"]), bits_pref):
+        rows = []
+        for n in names:
+            sub = pf[(pf["name"] == n) & (pf["bits"] == bits)]
+            if n == reference or sub.empty:
+                continue
+            vals = {}
+            for r in sub.itertuples():
+                ci = "" if math.isnan(r.half) else f" ± {r.half:.2f}"
+                vals[r.model] = Value(n=int(r.n), text=f"{r.diff:+.2f}{ci} ({r.level}/{r.n})".replace("-", "−"),
+                                      bold=r.verdict == "ahead", italic=r.verdict == "behind")
+            rows.append(Row(method_name(n), bits, vals))
+        if rows:
+            groups.append((bits, rows))
+    ref = method_name(reference)
+    cap = (f"Paired by seed, suite {suite} ({label}): top-1 of {ref} minus each method (points), mean over "
+           f"the seeds where both finished ± half-width of the 95% Student-t interval; (k/n): seeds "
+           f"where {ref} is at least level. Bold: interval above 0 ({ref} ahead); italic: below 0 "
+           f"({ref} behind); plain: the interval contains 0 (within seed noise). "
+           "No correction for multiple comparisons.")
+    return Table("Paired table", cap, f"tab:{suite}-paired", models, groups)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def test_tables_compile_and_show_the_numbers(tmp_path):
     require_latex()
     out = tmp_path / "runs"
     make_runs(out)
-    rep = build_report(out, "rep", "A", pdf="yes")
+    rep = build_report(out, "rep", "A", pdf="yes", paired="repq_vit")
     d = rep.dest
     main_tex, abl_tex = (d / "main.tex").read_text(), (d / "ablation.tex").read_text()
     # booktabs, models as columns, FP first, best per column bold, mean +- std over seeds
@@ -92,6 +92,12 @@ def test_tables_compile_and_show_the_numbers(tmp_path):
     assert any(ln.startswith("RepQ-ViT† 4/4 57.43") for ln in lines), text
     assert any(ln.startswith("pct-mm 4/4 60.50±0.71 60.50±0.71 60.50") for ln in lines), text
     assert rep.pdf is not None and rep.pdf.stat().st_size > 1000
+    # the paired table is in the compiled PDF too: RepQ-ViT minus pct-mm, seeds 0 and 1
+    text = subprocess.run(["pdftotext", "-layout", str(rep.pdf), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    lines = [" ".join(ln.split()) for ln in text.splitlines()]
+    assert any(ln.startswith("pct-mm 4/4 +15.00 ± 6.35 (2/2) +15.00 ± 6.35 (2/2)") for ln in lines), text
+    assert any(ln.startswith("Percentile 4/4 +4.50 ± 12.71 (2/2)") for ln in lines), text
 
 
 def test_markdown_csv_and_figures(tmp_path):
@@ -123,6 +129,62 @@ def test_markdown_csv_and_figures(tmp_path):
         if p.suffix == ".png":
             h, w = imread(p).shape[:2]
             assert h > 200 and w > 300
+
+
+def test_paired_differences_intervals_and_verdicts():
+    import pandas as pd
+
+    from reports.tables import paired_frame, paired_table
+
+    ref = [80.0, 81.0, 82.0, 83.0]
+    others = {
+        "ahead": [78.0, 79.5, 80.0, 81.0],   # ref - x = 2, 1.5, 2, 2
+        "behind": [81.0, 82.2, 82.8, 84.0],  # -1, -1.2, -0.8, -1
+        "tie": [79.0, 82.0, 81.5, 83.5],     # 1, -1, 0.5, -0.5
+        "gaps": [80.0, None, 70.0, 90.0],    # seed 1 failed; seed 2 has no reference (below)
+    }
+    rows = [{"model": "tiny_vit", "name": "ref", "bits": "W4A4", "seed": i, "status": "done", "top1": v,
+             "source": "run"} for i, v in enumerate(ref) if i != 2]
+    rows.append({"model": "tiny_vit", "name": "ref", "bits": "W4A4", "seed": 2, "status": "failed",
+                 "top1": None, "source": "run"})
+    for name, vals in others.items():
+        for i, v in enumerate(vals):
+            rows.append({"model": "tiny_vit", "name": name, "bits": "W4A4", "seed": i,
+                         "status": "done" if v is not None else "failed", "top1": v, "source": "run"})
+    df = pd.DataFrame(rows)
+    pf = paired_frame(df, "ref").set_index("name")
+    # the reference failed at seed 2: no method is paired there
+    assert pf["n"].to_dict() == {"ahead": 3, "behind": 3, "gaps": 2, "tie": 3}
+    t2 = 4.302653  # Student t, 97.5% quantile, 2 degrees of freedom
+    a = pf.loc["ahead"]  # differences 2, 1.5, 2 (seeds 0, 1, 3)
+    assert a["diff"] == pytest.approx(5.5 / 3) and a["sd"] == pytest.approx(0.288675, rel=1e-5)
+    assert a["half"] == pytest.approx(t2 * 0.288675 / 3 ** 0.5, rel=1e-5)
+    assert a["verdict"] == "ahead" and a["level"] == 3
+    assert pf.loc["behind", "verdict"] == "behind" and pf.loc["behind", "level"] == 0
+    t = pf.loc["tie"]  # 1, -1, -0.5: the interval contains 0
+    assert t["verdict"] == "tie" and t["level"] == 1 and t["diff"] == pytest.approx(-0.5 / 3)
+    g = pf.loc["gaps"]  # seeds 0 and 3 only: 0 and -7
+    assert g["diff"] == pytest.approx(-3.5) and g["level"] == 1 and g["verdict"] == "tie"
+    one = paired_frame(df[df["seed"] == 0], "ref").set_index("name")
+    assert set(one["verdict"]) == {"n<2"} and one["half"].isna().all()
+    md = paired_table(df, "ref", ["tiny_vit"], ["ref", "ahead", "behind", "tie", "gaps"], "s", "L").markdown()
+    assert "| ahead | 4/4 | **+1.83 ± 0.72 (3/3)** |" in md
+    assert "| behind | 4/4 | *−1.07 ± 0.29 (0/3)* |" in md
+    assert "| tie | 4/4 | −0.17 ± 2.59 (1/3) |" in md
+    assert "| ref |" not in md
+
+
+def test_paired_option_of_the_cli(tmp_path, capsys):
+    out = tmp_path / "runs"
+    make_runs(out)
+    assert main(["report", "rep", "--out", str(out), "--no-pdf", "--no-figures", "--paired", "repq_vit"]) == 0
+    text = capsys.readouterr().out
+    assert "| pct-mm | 4/4 | **+15.00 ± 6.35 (2/2)** | **+15.00 ± 6.35 (2/2)** |" in text
+    assert "| Percentile | 6/6 |" not in text.split("Paired by seed")[1]  # no reference at W6A6
+    assert (out / "rep" / "A" / "report" / "paired.tex").is_file()
+    assert main(["report", "rep", "--out", str(out), "--no-pdf", "--no-figures", "--paired", "mgrq"]) == 2
+    err = capsys.readouterr().err
+    assert "--paired mgrq: not a method of suite rep [A]; expected one of percentile, repq_vit, pct-mm" in err
 
 
 def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):

@@ -58,6 +58,7 @@ def test_ablation_suite_rows_are_mgrq_variants_beside_every_baseline():
     assert s.seeds == (0, 1, 2) and s.bits == ((4, 4), (3, 3)) and s.eval_split == "heldout"
     recon = {m.name: m for m in s.methods if m.name in {*variants, "brecq", "qdrop"}}
     assert {m.calib for m in recon.values()} == {256}  # one shared reconstruction budget
+    assert s.paired == "mgrq" and load_suite("tiny-swin-seeds").paired == "mgrq"
 
 def test_variants_and_per_method_overrides(tmp_path):
     path = write_suite(
@@ -105,6 +106,7 @@ BAD = [
     ({"overrides": {"brecq": {"calib": 4}}}, "overrides.brecq", "not a method or variant"),
     ({"executor": {"gpus": 1}}, "executor.gpus", "unknown field"),
     ({"description": ""}, "description", "non-empty string"),
+    ({"report": {"paired": "mgrq"}}, "report.paired", "expected one method name from percentile"),
 ]
 
 

@@ -102,7 +102,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--no-published", action="store_true", help="leave out the published reference rows")
     rp.add_argument("--published-csv", default=None, help="published rows CSV (default reports/published.csv)")
     rp.add_argument("--no-pdf", action="store_true", help="do not compile the tables with pdflatex")
-    rp.add_argument("--no-figures", action="store_true")
+    rp.add_argument("--no-figures", action="store_true", help="do not draw the figures")
+    rp.add_argument("--paired", metavar="METHOD", default=None,
+                    help="also write the paired table: METHOD minus each other method, paired by seed, "
+                         "with 95%% intervals (default: the suite's report.paired)")
     rp.add_argument("--compare", nargs=2, metavar=("LABEL_A", "LABEL_B"), default=None,
                     help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed)")
     rp.add_argument("--threshold", type=float, default=1.0, help="flag cells whose top-1 moved more (points)")
@@ -281,8 +284,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1 if (args.strict and flagged) else 0
     published: Any = False if args.no_published else (args.published_csv or True)
     rep = build_report(out, args.suite, args.label, args.source, args.dest, published,
-                       "no" if args.no_pdf else "auto", args.tracking_uri, not args.no_figures)
+                       "no" if args.no_pdf else "auto", args.tracking_uri, not args.no_figures, args.paired)
     print(rep.main_markdown)
+    if rep.paired_markdown:
+        print(rep.paired_markdown)
     for p in rep.tables + rep.figures + ([rep.pdf] if rep.pdf else []):
         print(f"written: {p}")
     if rep.pdf_note:

@@ -47,7 +47,7 @@ EXECUTOR_FIELDS = (
     "parallelism", "threads", "timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb",
     "array_parallelism", "partition", "account", "qos", "constraint",
 )
-REPORT_FIELDS = ("ablation", "caption")
+REPORT_FIELDS = ("ablation", "caption", "paired")
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class Suite:
     bits_overrides: tuple[tuple[str, Any], ...] = ()
     executor: tuple[tuple[str, Any], ...] = ()
     ablation: tuple[str, ...] = ()  # rows of the ablation table (empty: no ablation table)
+    paired: str | None = None  # reference method of the paired table (None: no paired table)
     caption: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -422,6 +423,9 @@ class _Parser:
         caption = rep.get("caption")
         if caption is not None and not isinstance(caption, str):
             raise self.err("report.caption", "expected a string")
+        paired = rep.get("paired")
+        if paired is not None and paired not in names:
+            raise self.err("report.paired", f"expected one method name from {', '.join(names)}")
         suite = Suite(
             name=name, path=self.path, description=d["description"].strip(),
             command=d["command"].strip(), models=tuple(models), bits=tuple(bits), methods=methods,
@@ -430,7 +434,8 @@ class _Parser:
             eval_limit=self.opt_int(d.get("eval_limit"), "eval_limit"),
             image_bits=self.opt_int(d.get("image_bits", 8), "image_bits", 2, 16) or 8,
             bits_overrides=self.bits_overrides(d.get("bits_overrides"), "bits_overrides"),
-            executor=tuple(sorted(ex.items())), ablation=tuple(ablation), caption=caption, raw=d,
+            executor=tuple(sorted(ex.items())), ablation=tuple(ablation), caption=caption,
+            paired=paired, raw=d,
         )
         if self.check_names:
             try:
