@@ -8,7 +8,7 @@ random weights, W4A4 with the project's placement (every Linear input and weight
 matmul operands; log-sqrt2 post-softmax), initial quantizers from the ``percentile`` method on
 random images. The step: QDrop's joint step (AdaRound rounding + LSQ steps, element-wise input
 mixing and activation dropping with p = 0.5, output MSE, rounding regularizer), batch 32, drawn
-from ``--n`` cached inputs.
+from 64 cached inputs.
 
 A mode may carry a matmul precision (``compile@medium``: torch's ``medium``, bf16 products on
 CPUs with AMX or AVX-512 BF16); the others, eager included, use ``--matmul-precision``.
@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script from the repo root
 
 import torch
 
+from mgrq.errors import first_line
 from mgrq.recon.config import AUTOCASTS, MATMUL_PRECISIONS
 
 SIZES = {  # embed dim, heads, image size, patch size
@@ -98,13 +99,16 @@ def compare(fast: dict[str, Any], eager: dict[str, Any]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     p.add_argument("--size", choices=sorted(SIZES), default=None, help="default: deit_s on CUDA, tiny on CPU")
     p.add_argument("--iters", type=int, default=None, help="default: 400 on CUDA, 40 on CPU")
     p.add_argument("--every", type=int, default=None, help="loss read interval (default iters/20)")
     p.add_argument("--modes", default=None, help="comma list of compile modes, each optionally with "
-                   "@highest|@high|@medium; default: all compile modes that apply to the device")
-    p.add_argument("--seed", type=int, default=0)
+                   "@highest|@high|@medium; eager (none) always runs first as the reference; default: "
+                   "none,compile,cudagraphs,compile+cudagraphs on CUDA, none,kernels,compile on CPU")
+    p.add_argument("--seed", type=int, default=0, help="seed of the block's weights, the images and the "
+                   "reconstruction (default 0)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     p.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS, default="high",
                    help="torch float32 matmul precision of every mode without an @precision suffix "
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args.iters = args.iters or (400 if cuda else 40)
     args.every = args.every or max(1, args.iters // 20)
     modes = args.modes.split(",") if args.modes else (
-        ["none", "compile", "cudagraphs", "compile+cudagraphs"] if cuda else ["none"])
+        ["none", "compile", "cudagraphs", "compile+cudagraphs"] if cuda else ["none", "kernels", "compile"])
     if "none" not in modes:
         modes = ["none", *modes]
 
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results[mode] = run_mode(qm, images, mode, args, device)
         except Exception as e:  # report and go on with the other modes
-            errors[mode] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            errors[mode] = f"{type(e).__name__}: {first_line(e)}"
     print()
     print("| mode | ms/iter | speed-up | setup s | loss max rel diff vs eager | rounding agreement | step max rel diff |")
     print("|---|---|---|---|---|---|---|")

@@ -229,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="wall time (default) or this process's CPU time (steadier with --threads 1)")
     p.add_argument("--iters", type=int, default=40, help="iterations per row and round (default 40)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--stages", default="rounding,steps", help="comma list of: rounding, steps")
+    p.add_argument("--stages", default="rounding,steps", help="comma list of: rounding, steps (default both)")
     p.add_argument("--precisions", default="highest",
-                   help="comma list of float32 matmul precisions: highest (fp32), medium (bf16 products)")
+                   help="comma list of float32 matmul precisions: highest (fp32), medium (bf16 products); "
+                        "default highest")
     p.add_argument("--modes", default=None,
                    help="our compile modes, comma list of none, kernels, compile (default: none,compile for rounding "
                         "and kernels,compile for steps; steps has no pure eager row by default, the fused kernels "

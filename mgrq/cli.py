@@ -144,10 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = zsub.add_parser("train", help="train a tiny-zoo model on MNIST-5k and write its checkpoint + metadata")
     t.add_argument("name", help="tiny_vit, tiny_deit or tiny_swin")
     t.add_argument("--epochs", type=int, default=None, help="default: the zoo entry's recipe")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
     t.add_argument("--out", default=None, help="checkpoint path (default: mgrq/zoo_weights/<name>.pth)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_zoo_train)
 
     for register in EXTRA_COMMANDS:

@@ -38,9 +38,21 @@ class ReconstructionError(MGRQError, RuntimeError):
     """A reconstruction diverged (NaN/Inf loss): names the unit and the iteration."""
 
 
-def unknown(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
-    """Build an 'unknown X' error with a did-you-mean hint and the list of known names."""
+def unknown(kind: str, name: str, known: Iterable[str], where: str = "") -> UnknownNameError:
+    """Build an 'unknown X' error with a did-you-mean hint and the list of known names
+    (``where``, e.g. ``"of suite demo"``, follows the name)."""
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}")
+    at = f" {where}" if where else ""
+    return UnknownNameError(f"unknown {kind} {name!r}{at}.{hint} Known {kind}s: {', '.join(known)}")
+
+
+def first_line(e: BaseException | str, limit: int = 160, empty: str = "") -> str:
+    """The first line of an exception's message (or of a string) for a one-line error: cut at a word boundary
+    with an ellipsis when longer than ``limit`` characters; ``empty`` when there is none."""
+    line = (str(e).strip().splitlines() or [empty])[0]
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0]
+    return (cut if len(cut) > limit // 2 else line[:limit]).rstrip(" ,;:") + "…"

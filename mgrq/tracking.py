@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mgrq.errors import MGRQError
+from mgrq.errors import MGRQError, first_line
 
 KEY_TAG = "mgrq.key"
 DIGEST_TAG = "mgrq.digest"
@@ -245,7 +245,7 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
     except MirrorError:
         raise
     except Exception as e:
-        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        msg = first_line(e, 300) or type(e).__name__
         raise MirrorError(f"MLflow ({uri}): mirroring failed ({type(e).__name__}: {msg}); {redo}") from None
     return result
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mgrq.errors import CheckpointError, ConfigError, unknown
+from mgrq.errors import CheckpointError, ConfigError, first_line, unknown
 
 WEIGHTS_DIR = Path(__file__).parent / "zoo_weights"
 
@@ -112,7 +112,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # torch raises many types for a corrupt file
         raise CheckpointError(
             f"checkpoint {path}: not a readable torch/safetensors weights file "
-            f"({type(e).__name__}: {(str(e).splitlines() or ['empty file'])[0][:120]})"
+            f"({type(e).__name__}: {first_line(e, 120, 'empty file')})"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -170,7 +170,7 @@ def create_model(
     except Exception as e:
         raise CheckpointError(
             f"model {name}: could not load the timm pretrained weights "
-            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); "
+            f"({type(e).__name__}: {first_line(e)}); "
             "pass --checkpoint PATH to a local weights file or populate the HF hub cache"
         ) from None
 

@@ -64,7 +64,7 @@ def test_method_config_override(tmp_path, capsys):
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "1", "--a-bits", "4"], r"w_bits=1: expected an integer bit-width in 2\.\.16"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "17"], r"a_bits=17: expected an integer bit-width in 2\.\.16"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "4", "--bits-override", r"^head\.=99"],
-     r"override '\^head\\\\\.'=99: expected an integer bit-width in 2\.\.16"),
+     r"override '\^head\\\\\.'=99: expected an integer bit-width in 2\.\.16 or 'fp'"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "4", "--device", "bogus"],
      "device 'bogus': expected auto, cpu, cuda or cuda:N"),
     (["--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4", "--set", "softmax_quantizer=uniform",
@@ -77,6 +77,16 @@ def test_bad_inputs_one_line_errors(capsys, argv, match):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(match, lines[0]), err
+
+
+def test_first_line_of_an_error_cuts_at_a_word():
+    from mgrq.errors import first_line
+
+    assert first_line(ValueError("short\nsecond line")) == "short"
+    out = first_line(RuntimeError("word " * 50), 40)
+    assert out.endswith("…") and len(out) <= 41 and out[:-1].split(" ")[-1] == "word"
+    assert first_line(ValueError(""), empty="empty file") == "empty file"
+    assert first_line("x" * 200, 50) == "x" * 50 + "…"  # no space to cut at: a hard cut
 
 
 def test_missing_data_folder(tmp_path, capsys):

@@ -218,7 +218,7 @@ def test_report_bad_inputs(tmp_path):
     with pytest.raises(ConfigError, match="expected at least 1"):
         build_report(out, "nosuch", None, pdf="no")
     make_runs(out)
-    with pytest.raises(UnknownNameError, match="unknown label of suite rep 'Z'"):
+    with pytest.raises(UnknownNameError, match=r"unknown label 'Z' of suite rep\. .*Known labels: A"):
         build_report(out, "rep", "Z", pdf="no")
 
 

@@ -106,7 +106,7 @@ BAD = [
     ({"overrides": {"brecq": {"calib": 4}}}, "overrides.brecq", "not a method or variant"),
     ({"executor": {"gpus": 1}}, "executor.gpus", "unknown field"),
     ({"description": ""}, "description", "non-empty string"),
-    ({"report": {"paired": "mgrq"}}, "report.paired", "expected one method name from percentile"),
+    ({"report": {"paired": "mgrq"}}, "report.paired", "'mgrq' is not a method of this suite; expected one of percentile"),
 ]
 
 
@@ -214,6 +214,15 @@ def test_executor_option_checks(tmp_path):
         ex.resolve_options("slurm", {"timeout_min": 2}, {}, {})
     with pytest.raises(ConfigError, match="parallelism=0"):
         ex.resolve_options("local", {}, {}, {"parallelism": 0})
+    # a bad value is reported against the layer that set it
+    w = ("site.yaml: ", "site.yaml: ", "s.yaml: ")
+    with pytest.raises(ConfigError, match=r"^command line: executor option timeout_min=3: expected >= 5"):
+        ex.resolve_options("slurm", {}, {"slurm": {"partition": "p"}}, {"timeout_min": 3}, *w)
+    with pytest.raises(ConfigError, match=r"^site\.yaml: executor option timeout_min=2"):
+        ex.resolve_options("slurm", {}, {"slurm": {"timeout_min": 2}}, {}, *w)
+    with pytest.raises(ConfigError, match=r"^s\.yaml: executor option timeout_min=2"):
+        ex.resolve_options("slurm", {"timeout_min": 2}, {"slurm": {"partition": "p"}}, {}, *w)
+    assert ex.resolve_options("slurm", {"timeout_min": 2}, {}, {"timeout_min": 30}, *w).timeout_min == 30
     with pytest.raises(ConfigError, match="site profile .*missing.yaml .*--profile.*not found"):
         ex.load_profile(Path(tmp_path / "missing.yaml"))
 

@@ -43,17 +43,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--data-root", default=None, help="ImageNet-layout folder (wins over the suite's data.root)")
     r.add_argument("--checkpoint", action="append", metavar="MODEL=PATH",
                    help="local weights file for a model (repeatable; wins over the suite's checkpoints)")
-    r.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images (smoke runs)")
-    r.add_argument("--calib", type=int, default=None, help="calibration images for every method (smoke runs)")
+    r.add_argument("--eval-limit", type=int, default=None,
+                   help="evaluate on the first N images (smoke runs; default: the suite's eval_limit, "
+                        "else every image; changes the cells' hashes)")
+    r.add_argument("--calib", type=int, default=None,
+                   help="calibration images for every method (smoke runs; default: the suite's; "
+                        "changes the cells' hashes)")
     r.add_argument("--device", default="auto", help="device for the cells: auto (default), cpu, cuda")
     g = r.add_argument_group("executor (suite executor: defaults < site profile < these flags)")
     g.add_argument("--executor", choices=("local", "debug", "slurm"), default=None,
                    help="local (default), debug (in-process) or slurm (job array)")
     g.add_argument("--profile", default=None,
                    help="site profile YAML/TOML with slurm/local options (default $MGRQ_SITE_PROFILE)")
-    g.add_argument("--parallelism", type=int, default=None, help="local: jobs side by side")
-    g.add_argument("--threads", type=int, default=None, help="torch threads per job")
-    g.add_argument("--timeout-min", type=int, default=None, help="time limit per job, minutes")
+    g.add_argument("--parallelism", type=int, default=None, help="local: jobs side by side (default min(4, cores))")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / jobs)")
+    g.add_argument("--timeout-min", type=int, default=None,
+                   help="time limit per job, minutes (default: the suite's executor.timeout_min, else 720)")
     g.add_argument("--partition", default=None, help="slurm partition")
     g.add_argument("--account", default=None, help="slurm account")
     g.add_argument("--qos", default=None, help="slurm QoS")
@@ -61,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gpus", dest="gpus_per_node", type=int, default=None, help="GPUs per job")
     g.add_argument("--cpus", dest="cpus_per_task", type=int, default=None, help="slurm CPUs per job")
     g.add_argument("--mem-gb", type=float, default=None, help="slurm memory per job, GB")
-    g.add_argument("--array-parallelism", type=int, default=None, help="slurm: array tasks at once")
+    g.add_argument("--array-parallelism", type=int, default=None, help="slurm: array tasks at once (default 32)")
     g.add_argument("--cells-per-job", type=int, default=None, help="slurm: cells per array task (default 1)")
     g.add_argument("--slurm-setup", dest="setup", action="append", default=None,
                    metavar="LINE", help="shell line run before each slurm job (repeatable)")
@@ -77,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=cmd_suite_list)
 
     st = ssub.add_parser("status", help="status of every cell of a suite run")
-    st.add_argument("suite")
+    st.add_argument("suite", help="suite name")
     _add_out(st)
     st.add_argument("--label", default=None, help="label (default: the newest)")
     st.set_defaults(func=cmd_suite_status)
@@ -108,7 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "with 95%% intervals (default: the suite's report.paired)")
     rp.add_argument("--compare", nargs=2, metavar=("LABEL_A", "LABEL_B"), default=None,
                     help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed)")
-    rp.add_argument("--threshold", type=float, default=1.0, help="flag cells whose top-1 moved more (points)")
+    rp.add_argument("--threshold", type=float, default=1.0,
+                    help="with --compare: flag cells whose top-1 moved by more than this many points (default 1.0)")
     rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when any cell is flagged")
     rp.set_defaults(func=cmd_report)
 
@@ -131,7 +137,8 @@ def _executor_options(args: argparse.Namespace, suite: Any):
     flags["device"] = args.device
     flags["pdb"] = args.pdb or None
     where = f"{profile_path}: " if profile_path and kind in profile else f"{suite.path}: "
-    return ex.resolve_options(kind, dict(suite.executor), profile, flags, where)
+    return ex.resolve_options(kind, dict(suite.executor), profile, flags, where,
+                              f"{profile_path}: " if profile_path else "", f"{suite.path}: ")
 
 
 def cmd_suite_run(args: argparse.Namespace) -> int:

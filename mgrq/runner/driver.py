@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mgrq import records
-from mgrq.errors import ConfigError
+from mgrq.errors import ConfigError, first_line
 from mgrq.runner import executors as ex
 from mgrq.runner.layout import Cell, append_event, cell_for, label_dir
 from mgrq.runner.suite import Suite
@@ -257,7 +257,7 @@ def _progress_line(i: int, n: int, c: Cell, rec: dict[str, Any]) -> str:
         return (f"[{i}/{n}] done   {c.run_id}: top-1 {m.get('top1', float('nan')):6.2f} "
                 f"(FP {m.get('fp_top1', float('nan')):.2f}) in {t.get('total_s', 0):.1f}s")
     err = rec.get("error", {})
-    return f"[{i}/{n}] FAILED {c.run_id}: {err.get('type')}: {str(err.get('message', ''))[:160]}"
+    return f"[{i}/{n}] FAILED {c.run_id}: {err.get('type')}: {first_line(str(err.get('message', '')))}"
 
 
 def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.ExecutorOptions,

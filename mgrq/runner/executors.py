@@ -152,14 +152,28 @@ def load_profile(path: str | os.PathLike | None = None) -> tuple[dict[str, dict[
 
 
 def resolve_options(kind: str, suite_defaults: dict[str, Any], profile: dict[str, dict[str, Any]],
-                    flags: dict[str, Any], where: str = "") -> ExecutorOptions:
-    """Suite defaults < site profile section of ``kind`` < flags (``None`` flags are unset)."""
+                    flags: dict[str, Any], where: str = "", profile_where: str = "",
+                    suite_where: str = "") -> ExecutorOptions:
+    """Suite defaults < site profile section of ``kind`` < flags (``None`` flags are unset).
+    A bad value is reported against the layer that set it: ``command line: ``, ``profile_where``
+    or ``suite_where`` when that layer alone fails the check, else ``where``."""
     if kind not in KINDS:
         raise ConfigError(f"--executor {kind!r}: expected one of {', '.join(KINDS)}")
-    merged: dict[str, Any] = {}
-    merged.update(suite_defaults)
-    merged.update(profile.get(kind, {}))
-    merged.update({k: v for k, v in flags.items() if v is not None and v != () and v != {}})
+    set_flags = {k: v for k, v in flags.items() if v is not None and v != () and v != {}}
+    layers = [("command line: ", set_flags), (profile_where or where, profile.get(kind, {})),
+              (suite_where or where, suite_defaults)]
+    try:
+        return _options(kind, {**suite_defaults, **profile.get(kind, {}), **set_flags}, where)
+    except ConfigError as e:
+        for at, layer in layers:
+            try:
+                _options(kind, dict(layer), at)
+            except ConfigError as alone:
+                raise alone from None
+        raise e from None
+
+
+def _options(kind: str, merged: dict[str, Any], where: str) -> ExecutorOptions:
     if "setup" in merged:
         s = merged["setup"]
         merged["setup"] = (s,) if isinstance(s, str) else tuple(s)

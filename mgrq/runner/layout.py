@@ -128,6 +128,14 @@ def labels(out: Path, suite: str) -> list[str]:
     return [name for _, _, name in sorted(found)]
 
 
+def suites_with_runs(out: Path) -> list[str]:
+    """Names of the folders under ``out`` that hold at least one run (a label with ``suite.json``)."""
+    root = Path(out).resolve()
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and any(d.glob("*/suite.json")))
+
+
 def resolve_label(out: Path, suite: str, label: str | None,
                   known: list[str] | None = None, where: str | None = None) -> str:
     """``None``/``latest`` -> the newest label, ``previous`` -> the one before it, else itself.
@@ -137,15 +145,19 @@ def resolve_label(out: Path, suite: str, label: str | None,
     if label in (None, "latest", "previous"):
         need = 2 if label == "previous" else 1
         if len(all_labels) < need:
+            others = ""
+            if not all_labels and known is None and not (Path(out).resolve() / suite).is_dir():
+                have = suites_with_runs(out)
+                others = f"; suites with runs under {Path(out).resolve()}: {', '.join(have) or 'none'}"
             raise ConfigError(
                 f"suite {suite}: {'no' if not all_labels else 'only one'} run under "
-                f"{where}; expected at least {need} (run `mgrq suite run {suite}`)"
+                f"{where}; expected at least {need} (run `mgrq suite run {suite}`{others})"
             )
         return all_labels[-need]
     if label not in all_labels:
         from mgrq.errors import unknown
 
-        raise unknown(f"label of suite {suite}", label, all_labels)
+        raise unknown("label", label, all_labels, f"of suite {suite}")
     return label
 
 

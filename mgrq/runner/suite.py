@@ -148,7 +148,8 @@ class Suite:
             if root is None:
                 raise ConfigError(
                     f"{where}: data.root: model {first} needs an ImageNet-layout folder; "
-                    f"pass --data-root PATH or set data.root ({IMAGENET_LAYOUT})"
+                    f"pass --data-root PATH or set data.root ({IMAGENET_LAYOUT}); --dry-run needs it "
+                    "too, the data root is part of every cell's hash"
                 )
             for sub in ("", "train", "val"):
                 if not (Path(root) / sub).is_dir():
@@ -425,7 +426,8 @@ class _Parser:
             raise self.err("report.caption", "expected a string")
         paired = rep.get("paired")
         if paired is not None and paired not in names:
-            raise self.err("report.paired", f"expected one method name from {', '.join(names)}")
+            raise self.err("report.paired", f"{paired!r} is not a method of this suite; expected one of "
+                                            f"{', '.join(names)}")
         suite = Suite(
             name=name, path=self.path, description=d["description"].strip(),
             command=d["command"].strip(), models=tuple(models), bits=tuple(bits), methods=methods,

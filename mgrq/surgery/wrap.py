@@ -54,7 +54,10 @@ class LayerPolicy:
             except re.error as e:
                 raise ConfigError(f"layer policy override {pattern!r}: invalid regex ({e})") from None
             if bits != FP:
-                check_bits(bits, f"layer policy override {pattern!r}")  # type: ignore[arg-type]
+                try:
+                    check_bits(bits, f"layer policy override {pattern!r}")  # type: ignore[arg-type]
+                except ConfigError as e:
+                    raise ConfigError(f"{e} or 'fp' (keep full precision)") from None
 
     def bits_for(self, p: P.QuantPoint) -> int | None:
         """Bit-width for a point, or None to keep it in full precision."""
