@@ -41,6 +41,7 @@ class Report:
     figures: list[Path] = field(default_factory=list)
     pdf: Path | None = None
     pdf_note: str | None = None
+    notes: list[str] = field(default_factory=list)  # what was left out, and why
     main_markdown: str = ""
     paired_markdown: str = ""
     frame: pd.DataFrame | None = None
@@ -54,12 +55,14 @@ def suite_info(out: Path, suite: str, label: str | None) -> dict[str, Any]:
         meta = records.read_record(Path(out).resolve() / suite / label / "suite.json")
         if meta:
             if "paired" not in meta:
-                meta["paired"] = _suite_file_info(suite).get("paired")
+                meta["paired"] = _suite_file_info(meta.get("file") or suite).get("paired")
             return meta
     return _suite_file_info(suite)
 
 
-def _suite_file_info(suite: str) -> dict[str, Any]:
+def _suite_file_info(suite: str | Path) -> dict[str, Any]:
+    """Report settings from a suite file (a name or the path a label recorded); empty when it
+    cannot be read: the records alone still make a report."""
     try:
         from mgrq.runner.suite import load_suite
 
@@ -67,7 +70,7 @@ def _suite_file_info(suite: str) -> dict[str, Any]:
         return {"models": list(s.models), "methods": [m.name for m in s.methods],
                 "bits": [f"W{w}A{a}" for w, a in s.bits],
                 "ablation": list(s.ablation), "caption": s.caption, "paired": s.paired}
-    except MGRQError:
+    except Exception:  # a missing, renamed or broken file: no settings, not a failed report
         return {}
 
 
@@ -125,7 +128,9 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                  paired: str | None = None) -> Report:
     """Tables and figures of one label of a suite. ``pdf``: ``auto`` (compile when pdflatex is
     installed), ``yes`` (must compile) or ``no``. ``paired``: the reference method of the paired
-    table (default: the suite's ``report.paired``; none: no paired table)."""
+    table (default: the suite's ``report.paired``; ``"none"``: no paired table). An explicit
+    ``paired`` that is not a method of the label fails before anything is written; the suite's
+    setting is skipped with a note instead (a partial run, or an old label)."""
     out = Path(out)
     label = _label(out, suite, label, source, uri)
     df = load_frame(out, suite, [label], source, uri)
@@ -134,13 +139,28 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     info = suite_info(out, suite, label)
     models = _order(list(df["model"]), info.get("models") or [])
     names = _order(list(df["name"]), info.get("methods") or [])
+    notes: list[str] = []
+    if paired not in (None, "none") and paired not in names:
+        raise ConfigError(f"--paired {paired}: not a method of suite {suite} [{label}]; "
+                          f"expected one of {', '.join(names)} (or none)")
+    reference = paired if paired is not None else info.get("paired")
+    if reference == "none":
+        reference = None
+    if reference and reference not in names:
+        notes.append(f"paired table skipped: the suite's report.paired {reference} has no cells in this label")
+        reference = None
+    superseded = df.attrs.get("superseded") or []
+    if superseded:
+        notes.append(f"{len(superseded)} record(s) left out: the label holds a newer record of the same cell "
+                     f"(a rerun with other options): {', '.join(superseded[:3])}"
+                     + (", ..." if len(superseded) > 3 else ""))
     pub = None
     if published:
         pub = F.published_frame(None if published is True else published)
     agg = F.aggregate(df)
     dest = Path(dest) if dest else out.resolve() / suite / label / "report"
     dest.mkdir(parents=True, exist_ok=True)
-    rep = Report(dest=dest, frame=df)
+    rep = Report(dest=dest, frame=df, notes=notes)
     n_eval = df.loc[df["status"] == "done", "n_eval"].dropna()
     main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"),
                         float(n_eval.iloc[0]) if len(n_eval) and n_eval.nunique() == 1 else None,
@@ -157,13 +177,10 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         (dest / "ablation.md").write_text(abl.markdown())
         rep.tables += [dest / "ablation.tex", dest / "ablation.md"]
         fragments.append("ablation.tex")
-    reference = paired or info.get("paired")
-    if reference:
-        if reference not in names:
-            where = "--paired" if paired else "report.paired"
-            raise ConfigError(f"{where} {reference}: not a method of suite {suite} [{label}]; "
-                              f"expected one of {', '.join(names)}")
-        pt = T.paired_table(df, reference, models, names, suite, label, info.get("bits"))
+    pt = T.paired_table(df, reference, models, names, suite, label, info.get("bits")) if reference else None
+    if pt is not None and not pt.groups:
+        rep.notes.append(f"paired table skipped: no finished cell pairs with {reference} by seed")
+    elif pt is not None:
         (dest / "paired.tex").write_text(pt.latex())
         (dest / "paired.md").write_text(pt.markdown())
         rep.tables += [dest / "paired.tex", dest / "paired.md"]

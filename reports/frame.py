@@ -64,7 +64,7 @@ def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) 
 
     base = Path(out).resolve() / suite
     dirs = [base / lab for lab in labels] if labels else sorted(d for d in base.glob("*") if d.is_dir())
-    rows = []
+    rows, times = [], []
     for d in dirs:
         for _path, rec in records_under(d):
             if rec.get("status") not in ("done", "failed"):
@@ -73,16 +73,31 @@ def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) 
             row["label"] = row["label"] or d.name
             row["suite"] = row["suite"] or suite
             rows.append(row)
-    return pd.DataFrame(rows, columns=COLUMNS)
+            times.append(str(rec.get("finished") or rec.get("started") or ""))
+    return _one_per_cell(rows, times)
+
+
+def _one_per_cell(rows: list[dict[str, Any]], times: list[Any]) -> pd.DataFrame:
+    """The frame of ``rows`` with one row per (label, cell id): when a label holds a cell under
+    several hashes (rerun with other options, e.g. ``--eval-limit``), the newest by ``times``
+    wins, so no seed counts twice. The others are listed in ``df.attrs["superseded"]``."""
+    newest: dict[tuple[Any, Any], int] = {}
+    for i in sorted(range(len(rows)), key=lambda i: times[i]):
+        newest[(rows[i]["label"], rows[i]["run_id"])] = i
+    keep = set(newest.values())
+    df = pd.DataFrame([r for i, r in enumerate(rows) if i in keep], columns=COLUMNS)
+    df.attrs["superseded"] = [f"{r['label']}/{r['run_id']}-{r['hash']}" for i, r in enumerate(rows) if i not in keep]
+    return df
 
 
 def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.DataFrame:
     """The same frame from the runs mirrored into MLflow (params, metrics and tags)."""
     from mgrq.tracking import search
 
-    rows = []
+    rows, times = [], []
     for run in search(uri, suite, labels):
         p, m, t = run["params"], run["metrics"], run["tags"]
+        times.append(run.get("start_time") or 0)
         err = t.get("error")
         rows.append({
             "suite": t.get("suite"), "label": t.get("label"), "run_id": t.get("run_id"),
@@ -96,8 +111,11 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
             "calib": int(p["calib"]) if str(p.get("calib", "")).isdigit() else None,
             "error": err, "source": "run", "citation": None,
         })
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.sort_values(["label", "run_id"]).reset_index(drop=True)
+    df = _one_per_cell(rows, times)
+    superseded = df.attrs["superseded"]
+    df = df.sort_values(["label", "run_id"]).reset_index(drop=True)
+    df.attrs["superseded"] = superseded
+    return df
 
 
 def published_frame(path: str | Path | None = None) -> pd.DataFrame:

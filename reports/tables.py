@@ -323,7 +323,7 @@ def paired_frame(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     from scipy.stats import t as student_t
 
     cols = ["model", "bits", "name", "n", "diff", "sd", "half", "level", "verdict"]
-    done = df[df["status"] == "done"]
+    done = df[(df["status"] == "done") & df["top1"].notna()]
     if "source" in done:
         done = done[done["source"] == "run"]
     key = ["model", "bits", "seed"]
@@ -361,7 +361,8 @@ def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: lis
             vals = {}
             for r in sub.itertuples():
                 ci = "" if math.isnan(r.half) else f" ± {r.half:.2f}"
-                vals[r.model] = Value(n=int(r.n), text=f"{r.diff:+.2f}{ci} ({r.level}/{r.n})".replace("-", "−"),
+                diff = round(r.diff, 2) + 0.0  # -0.003 shows as +0.00, not -0.00
+                vals[r.model] = Value(n=int(r.n), text=f"{diff:+.2f}{ci} ({r.level}/{r.n})".replace("-", "−"),
                                       bold=r.verdict == "ahead", italic=r.verdict == "behind")
             rows.append(Row(method_name(n), bits, vals))
         if rows:

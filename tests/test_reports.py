@@ -22,11 +22,14 @@ MODELS = ["deit_tiny_patch16_224", "tiny_vit"]
 
 
 def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, seed: int,
-        top1: float | None, fp: float = 80.0, variant: str | None = None, qs: float = 2.0) -> None:
+        top1: float | None, fp: float = 80.0, variant: str | None = None, qs: float = 2.0,
+        eval_limit: int | None = None, finished: str | None = None) -> None:
     w, a = int(bits[1]), int(bits[3])
-    spec = RunSpec(model=model, method=method, w_bits=w, a_bits=a, seed=seed, variant=variant)
+    spec = RunSpec(model=model, method=method, w_bits=w, a_bits=a, seed=seed, variant=variant,
+                   eval_limit=eval_limit)
     rec = {"schema": 1, "id": spec.run_id, "hash": spec.content_hash, "spec": spec.to_dict(),
-           "suite": {"name": suite, "label": label}, "started": records.now(), "finished": records.now()}
+           "suite": {"name": suite, "label": label}, "started": records.now(),
+           "finished": finished or records.now()}
     if top1 is None:
         rec.update(status="failed", error={"type": "RuntimeError", "message": "boom", "traceback": ""})
     else:
@@ -165,6 +168,11 @@ def test_paired_differences_intervals_and_verdicts():
     assert t["verdict"] == "tie" and t["level"] == 1 and t["diff"] == pytest.approx(-0.5 / 3)
     g = pf.loc["gaps"]  # seeds 0 and 3 only: 0 and -7
     assert g["diff"] == pytest.approx(-3.5) and g["level"] == 1 and g["verdict"] == "tie"
+    nan = pd.concat([df, pd.DataFrame([{"model": "tiny_vit", "name": "ahead", "bits": "W4A4", "seed": 9,
+                                         "status": "done", "top1": None, "source": "run"},
+                                        {"model": "tiny_vit", "name": "ref", "bits": "W4A4", "seed": 9,
+                                         "status": "done", "top1": 85.0, "source": "run"}])])
+    assert paired_frame(nan, "ref").set_index("name").loc["ahead", "n"] == 3  # a NaN top-1 is not paired
     one = paired_frame(df[df["seed"] == 0], "ref").set_index("name")
     assert set(one["verdict"]) == {"n<2"} and one["half"].isna().all()
     md = paired_table(df, "ref", ["tiny_vit"], ["ref", "ahead", "behind", "tie", "gaps"], "s", "L").markdown()
@@ -220,6 +228,50 @@ def test_report_bad_inputs(tmp_path):
     make_runs(out)
     with pytest.raises(UnknownNameError, match=r"unknown label 'Z' of suite rep\. .*Known labels: A"):
         build_report(out, "rep", "Z", pdf="no")
+    with pytest.raises(ConfigError, match=r"expected at least 1 .*suites with runs under .*: empty, rep\)"):
+        build_report(out, "nosuch", None, pdf="no")
+    # an explicit --paired that is not a method of the label fails before anything is written
+    with pytest.raises(ConfigError, match="--paired mgrq: not a method of suite rep"):
+        build_report(out, "rep", "A", pdf="no", paired="mgrq", dest=tmp_path / "r1")
+    assert not (tmp_path / "r1" / "main.md").exists()
+
+
+def test_rerun_cell_under_another_hash_counts_once(tmp_path):
+    out = tmp_path / "runs"
+    make_runs(out)
+    # the seed-1 percentile cell of tiny_vit rerun in the same label with other options (new hash)
+    put(out, "rep", "A", "tiny_vit", "percentile", "W4A4", 1, 90.0, eval_limit=20, finished="2999-01-01T00:00:00")
+    rep = build_report(out, "rep", "A", pdf="no", figures=False)
+    cells = rep.frame[(rep.frame["model"] == "tiny_vit") & (rep.frame["name"] == "percentile")
+                      & (rep.frame["bits"] == "W4A4")]
+    assert sorted(cells["top1"]) == [70.0, 90.0]  # seed 0, and the newer seed-1 record only
+    assert "| Percentile | 4/4 | 71.00 ± 1.41 | **80.00** ± 14.14 |" in rep.main_markdown
+    assert len(rep.notes) == 1 and "1 record(s) left out" in rep.notes[0] and "tiny_vit.percentile.w4a4.s1" in rep.notes[0]
+
+
+def test_paired_setting_of_the_suite_file(tmp_path, capsys):
+    from mgrq.errors import ConfigError
+
+    out = tmp_path / "runs"
+    make_runs(out)
+    meta = records.read_record(out / "rep" / "A" / "suite.json")
+    suite_file = tmp_path / "rep.yaml"  # the label predates report.paired: the recorded file has it
+    suite_file.write_text("name: rep\ndescription: d\ncommand: c\nmodels: [tiny_vit]\nbits: [W4A4]\n"
+                          "methods: [percentile, repq_vit]\nreport: {paired: repq_vit}\n")
+    records.write_record(out / "rep" / "A" / "suite.json", {**meta, "file": str(suite_file)})
+    rep = build_report(out, "rep", "A", pdf="no", figures=False)
+    assert "| Percentile | 4/4 | +4.50 ± 12.71 (2/2) |" in rep.paired_markdown
+    assert not build_report(out, "rep", "A", pdf="no", figures=False, paired="none").paired_markdown
+    # the suite names a method this label never ran: the rest of the report is still written
+    suite_file.write_text(suite_file.read_text().replace("percentile, repq_vit", "percentile, repq_vit, qdrop")
+                          .replace("paired: repq_vit", "paired: qdrop"))
+    rep = build_report(out, "rep", "A", pdf="no", figures=False, dest=tmp_path / "r2")
+    assert not rep.paired_markdown and (tmp_path / "r2" / "cost.md").is_file()
+    assert rep.notes == ["paired table skipped: the suite's report.paired qdrop has no cells in this label"]
+    suite_file.write_bytes(b"\xff\xfe\x00garbage")  # unreadable: no settings, still a report
+    assert build_report(out, "rep", "A", pdf="no", figures=False).main_markdown
+    with pytest.raises(ConfigError):
+        build_report(out, "rep", "A", pdf="no", figures=False, paired="qdrop")
 
 
 def test_cost_table_marks_the_device_when_cells_ran_on_different_ones():

@@ -223,6 +223,11 @@ def test_executor_option_checks(tmp_path):
     with pytest.raises(ConfigError, match=r"^s\.yaml: executor option timeout_min=2"):
         ex.resolve_options("slurm", {"timeout_min": 2}, {"slurm": {"partition": "p"}}, {}, *w)
     assert ex.resolve_options("slurm", {"timeout_min": 2}, {}, {"timeout_min": 30}, *w).timeout_min == 30
+    # a value overridden by a higher layer is not blamed: the suite's mem_gb is what fails
+    with pytest.raises(ConfigError, match=r"^s\.yaml: executor option mem_gb=-1"):
+        ex.resolve_options("slurm", {"mem_gb": -1}, {"slurm": {"timeout_min": 2}}, {"timeout_min": 30}, *w)
+    with pytest.raises(ConfigError, match=r"^s\.yaml: executor option timeout_min=2"):
+        ex.resolve_options("slurm", {"timeout_min": 2}, {"slurm": {"mem_gb": -1}}, {"mem_gb": 4}, *w)
     with pytest.raises(ConfigError, match="site profile .*missing.yaml .*--profile.*not found"):
         ex.load_profile(Path(tmp_path / "missing.yaml"))
 

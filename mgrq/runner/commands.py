@@ -110,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--no-figures", action="store_true", help="do not draw the figures")
     rp.add_argument("--paired", metavar="METHOD", default=None,
                     help="also write the paired table: METHOD minus each other method, paired by seed, "
-                         "with 95%% intervals (default: the suite's report.paired)")
+                         "with 95%% intervals (default: the suite's report.paired; 'none': no paired table)")
     rp.add_argument("--compare", nargs=2, metavar=("LABEL_A", "LABEL_B"), default=None,
                     help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed)")
     rp.add_argument("--threshold", type=float, default=1.0,
@@ -223,6 +223,8 @@ def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | N
             print(f"          (no PDF: {rep.pdf_note})")
         print(f"  figures {names([p for p in rep.figures if p.suffix == '.png'])} (and .pdf)")
         print("  data    results.csv (one row per cell)")
+        for note in rep.notes:
+            print(f"  note    {note}")
     if mirror_line:
         print(f"MLflow:   {mirror_line}")
         if uri and not mirror_line.startswith("NOT"):
@@ -297,6 +299,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(rep.paired_markdown)
     for p in rep.tables + rep.figures + ([rep.pdf] if rep.pdf else []):
         print(f"written: {p}")
-    if rep.pdf_note:
-        print(f"note: {rep.pdf_note}")
+    for note in rep.notes + ([rep.pdf_note] if rep.pdf_note else []):
+        print(f"note: {note}")
     return 0

@@ -160,10 +160,12 @@ def resolve_options(kind: str, suite_defaults: dict[str, Any], profile: dict[str
     if kind not in KINDS:
         raise ConfigError(f"--executor {kind!r}: expected one of {', '.join(KINDS)}")
     set_flags = {k: v for k, v in flags.items() if v is not None and v != () and v != {}}
-    layers = [("command line: ", set_flags), (profile_where or where, profile.get(kind, {})),
-              (suite_where or where, suite_defaults)]
+    prof = profile.get(kind, {})
+    layers = [("command line: ", set_flags),  # each layer with the keys it supplies to the merge
+              (profile_where or where, {k: v for k, v in prof.items() if k not in set_flags}),
+              (suite_where or where, {k: v for k, v in suite_defaults.items() if k not in set_flags and k not in prof})]
     try:
-        return _options(kind, {**suite_defaults, **profile.get(kind, {}), **set_flags}, where)
+        return _options(kind, {**suite_defaults, **prof, **set_flags}, where)
     except ConfigError as e:
         for at, layer in layers:
             try:
