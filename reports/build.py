@@ -8,10 +8,11 @@ figures, and a compiled PDF of the tables when ``pdflatex`` is installed.
 
 Output (default ``<out>/<suite>/<label>/report/``): ``main.tex``, ``main.md``, ``ablation.tex``,
 ``ablation.md`` (suites with an ablation), ``paired.tex``, ``paired.md`` (with a reference
-method: ``--paired METHOD`` or the suite's ``report.paired``), ``cost.tex``, ``cost.md`` (quantization time and peak
-memory), ``tables.tex`` + ``tables.pdf``, ``results.csv``,
+method: ``--paired METHOD`` or the suite's ``report.paired``), ``cost.tex``, ``cost.md``
+(quantization time and peak memory), ``tables.tex`` + ``tables.pdf``, ``results.csv``,
 ``acc_vs_bits.{pdf,png}``, ``ablation.{pdf,png}``, ``acc_vs_time.{pdf,png}``; for a comparison,
-``compare-<A>-vs-<B>.{md,tex,csv}``.
+``compare-<A>-vs-<B>.{md,tex,csv}``. A cell recorded twice in one label (rerun under another
+hash) counts once, its newest record; the report's notes name the others.
 """
 
 from __future__ import annotations
