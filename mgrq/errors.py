@@ -49,8 +49,9 @@ def unknown(kind: str, name: str, known: Iterable[str], where: str = "") -> Unkn
 
 
 def first_line(e: BaseException | str, limit: int = 160, empty: str = "") -> str:
-    """The first line of an exception's message (or of a string) for a one-line error: cut at a word boundary
-    with an ellipsis when longer than ``limit`` characters; ``empty`` when there is none."""
+    """The first line of an exception's message (or of a string) for a one-line error: cut at a
+    word boundary with an ellipsis when longer than ``limit`` characters; ``empty`` when there is
+    none."""
     line = (str(e).strip().splitlines() or [empty])[0]
     if len(line) <= limit:
         return line

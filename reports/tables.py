@@ -315,11 +315,12 @@ def cost_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
 
 def paired_frame(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     """One row per (model, bits, name) other than ``reference``: the top-1 differences
-    ``reference - name`` over the seeds where both cells finished (same model, bits and seed: the same random draw
-    of calibration images, of which a method with fewer images takes a prefix), with their mean, standard deviation, the half-width of the
-    two-sided 95% Student-t interval of the mean (NaN below 2 seeds), the number of seeds where
-    ``reference`` is at least level, and a verdict: ``ahead`` (interval above 0), ``behind``
-    (below 0), ``tie`` (contains 0) or ``n<2``."""
+    ``reference - name`` over the seeds where both cells finished (same model, bits and seed: the
+    same random draw of calibration images, of which a method with fewer images takes a prefix),
+    with their mean, standard deviation, the half-width of the two-sided 95% Student-t interval
+    of the mean (NaN below 2 seeds), the number of seeds where ``reference`` is at least level,
+    and a verdict: ``ahead`` (interval above 0), ``behind`` (below 0), ``tie`` (contains 0) or
+    ``n<2``."""
     from scipy.stats import t as student_t
 
     cols = ["model", "bits", "name", "n", "diff", "sd", "half", "level", "verdict"]

@@ -215,7 +215,7 @@ def test_executor_option_checks(tmp_path):
     with pytest.raises(ConfigError, match="parallelism=0"):
         ex.resolve_options("local", {}, {}, {"parallelism": 0})
     # a bad value is reported against the layer that set it
-    w = ("site.yaml: ", "site.yaml: ", "s.yaml: ")
+    w = ("site.yaml: ", "s.yaml: ")
     with pytest.raises(ConfigError, match=r"^command line: executor option timeout_min=3: expected >= 5"):
         ex.resolve_options("slurm", {}, {"slurm": {"partition": "p"}}, {"timeout_min": 3}, *w)
     with pytest.raises(ConfigError, match=r"^site\.yaml: executor option timeout_min=2"):

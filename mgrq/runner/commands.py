@@ -136,8 +136,7 @@ def _executor_options(args: argparse.Namespace, suite: Any):
     flags["additional"] = parse_assignments(args.additional, "--slurm-param") if args.additional else None
     flags["device"] = args.device
     flags["pdb"] = args.pdb or None
-    where = f"{profile_path}: " if profile_path and kind in profile else f"{suite.path}: "
-    return ex.resolve_options(kind, dict(suite.executor), profile, flags, where,
+    return ex.resolve_options(kind, dict(suite.executor), profile, flags,
                               f"{profile_path}: " if profile_path else "", f"{suite.path}: ")
 
 

@@ -152,18 +152,19 @@ def load_profile(path: str | os.PathLike | None = None) -> tuple[dict[str, dict[
 
 
 def resolve_options(kind: str, suite_defaults: dict[str, Any], profile: dict[str, dict[str, Any]],
-                    flags: dict[str, Any], where: str = "", profile_where: str = "",
-                    suite_where: str = "") -> ExecutorOptions:
+                    flags: dict[str, Any], profile_where: str = "", suite_where: str = "") -> ExecutorOptions:
     """Suite defaults < site profile section of ``kind`` < flags (``None`` flags are unset).
-    A bad value is reported against the layer that set it: ``command line: ``, ``profile_where``
-    or ``suite_where`` when that layer alone fails the check, else ``where``."""
+    A bad value is reported against the layer that set it (``command line: ``, ``profile_where``
+    or ``suite_where``: the first whose own values fail the check); a failure of the combination
+    only, against the profile when it has a ``kind`` section, else the suite."""
     if kind not in KINDS:
         raise ConfigError(f"--executor {kind!r}: expected one of {', '.join(KINDS)}")
     set_flags = {k: v for k, v in flags.items() if v is not None and v != () and v != {}}
     prof = profile.get(kind, {})
     layers = [("command line: ", set_flags),  # each layer with the keys it supplies to the merge
-              (profile_where or where, {k: v for k, v in prof.items() if k not in set_flags}),
-              (suite_where or where, {k: v for k, v in suite_defaults.items() if k not in set_flags and k not in prof})]
+              (profile_where, {k: v for k, v in prof.items() if k not in set_flags}),
+              (suite_where, {k: v for k, v in suite_defaults.items() if k not in set_flags and k not in prof})]
+    where = profile_where if kind in profile else suite_where
     try:
         return _options(kind, {**suite_defaults, **prof, **set_flags}, where)
     except ConfigError as e:
