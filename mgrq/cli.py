@@ -54,19 +54,29 @@ def _spec_from_args(args: argparse.Namespace):
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from mgrq import records
+    from mgrq.errors import ConfigError
     from mgrq.methods import get_method
     from mgrq.run import execute, failed_record
     from mgrq.zoo import get_entry
 
     spec = _spec_from_args(args)
-    get_entry(spec.model)  # fail fast on unknown names, before loading anything
+    if get_entry(spec.model).tiny and spec.data_root is not None:  # fail fast, before loading anything
+        raise ConfigError(f"--data-root {spec.data_root}: model {spec.model} is from the tiny zoo and is evaluated "
+                          "on the embedded MNIST digits; expected --data-root only with an ImageNet (timm) model")
     get_method(spec.method)
+    if args.record:
+        records.check_writable(args.record, "--record")
     started = records.now()
     try:
         rec = execute(spec, progress=not args.quiet)
     except BaseException as e:
         if args.record and not isinstance(e, KeyboardInterrupt):
-            records.write_record(args.record, failed_record(spec, e, started))
+            old = records.read_record(args.record)
+            if old is not None and old.get("status") == "done":  # keep a finished result
+                print(f"note: {args.record} holds a done record; the failure is not written over it",
+                      file=sys.stderr)
+            else:
+                records.write_record(args.record, failed_record(spec, e, started))
         raise
     m = rec["metrics"]
     print(f"{spec.run_id}: FP top-1 {m['fp_top1']:.2f}  {spec.bits} top-1 {m['top1']:.2f}  "
@@ -109,8 +119,14 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
     import torch
 
+    from mgrq.errors import ConfigError
+    from mgrq.records import check_writable
     from mgrq.zoo import train_tiny
 
+    if args.threads < 0:
+        raise ConfigError(f"--threads {args.threads}: expected 0 (torch's default) or a positive number")
+    if args.out is not None:
+        check_writable(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = train_tiny(args.name, out=args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)

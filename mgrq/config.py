@@ -12,6 +12,13 @@ from typing import Any
 from mgrq.errors import ConfigError
 
 
+def _type_name(typ: Any) -> str:
+    """``int`` for ``<class 'int'>``, ``int | None`` for a union, ``tuple[int, ...]`` as written."""
+    if isinstance(typ, type) and typing.get_origin(typ) is None:
+        return {"bool": "a boolean (true/false)", "int": "an integer", "float": "a number"}.get(typ.__name__, typ.__name__)
+    return str(typ).replace("typing.", "")
+
+
 def _coerce(cls_name: str, f: dataclasses.Field, value: Any, hints: dict[str, Any]) -> Any:
     typ = hints.get(f.name, f.type)
     origin = typing.get_origin(typ)
@@ -37,7 +44,7 @@ def _coerce(cls_name: str, f: dataclasses.Field, value: Any, hints: dict[str, An
                     return tuple(json.loads(value if value.startswith("[") else f"[{value}]"))
             except (ValueError, json.JSONDecodeError):
                 continue
-        raise ConfigError(f"{cls_name}.{f.name}={value!r}: expected {typ}")
+        raise ConfigError(f"{cls_name}.{f.name}={value!r}: expected {_type_name(typ)}")
     if isinstance(value, list):
         return tuple(value)
     if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:

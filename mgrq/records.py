@@ -52,6 +52,32 @@ def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     return path
 
 
+def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> Path:
+    """Fail before any work when ``path`` cannot be written (``ConfigError`` naming ``what``, the
+    path and what was expected): a file path that is an existing folder, a folder path that is an
+    existing file, a path below a regular file, or a place this user may not write. Creates
+    nothing; returns ``Path(path)``."""
+    from mgrq.errors import ConfigError
+
+    p = Path(path)
+    expected = "a folder (existing or to be created)" if folder else "a file path"
+    if p.exists():
+        if p.is_dir() != folder:
+            raise ConfigError(f"{what} {str(p)!r} is {'a file' if folder else 'a folder'}; expected {expected}")
+        target = p if folder else p.parent
+    else:
+        target = p.parent
+        while not target.exists():
+            target = target.parent
+        if not target.is_dir():
+            raise ConfigError(f"{what} {str(p)!r}: {str(target)!r} is a file, so nothing can be created "
+                              f"below it; expected {expected}")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {str(p)!r}: the folder {str(target)!r} is not writable; expected {expected} "
+                          "in a writable place")
+    return p
+
+
 def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     """The record at ``path``, or None when it is missing or unreadable (a cell to redo)."""
     try:
@@ -60,6 +86,31 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return rec if isinstance(rec, dict) else None
+
+
+def problem(rec: Any) -> str | None:
+    """What makes ``rec`` unusable as a run record (a JSON file that parses but lacks the fields
+    the runner and the reports read), or None when it is usable."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if not isinstance(rec.get("id"), str):
+        return "no string 'id'"
+    if rec.get("status") not in STATUSES:
+        return f"status {rec.get('status')!r}, expected one of {', '.join(STATUSES)}"
+    spec = rec.get("spec")
+    if not isinstance(spec, dict):
+        return "no 'spec' object"
+    for k, typ in (("model", str), ("method", str), ("w_bits", int), ("a_bits", int)):
+        if not isinstance(spec.get(k), typ) or isinstance(spec.get(k), bool):
+            return f"spec.{k} is {spec.get(k)!r}, expected {typ.__name__}"
+    if rec["status"] == "done":
+        m = rec.get("metrics")
+        if not isinstance(m, dict):
+            return "a done record without a 'metrics' object"
+        for k in ("top1", "fp_top1"):
+            if not isinstance(m.get(k), (int, float)) or isinstance(m.get(k), bool):
+                return f"metrics.{k} is {m.get(k)!r}, expected a number"
+    return None
 
 
 @functools.lru_cache(maxsize=1)

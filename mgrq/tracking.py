@@ -277,7 +277,11 @@ def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any]
 
 
 def search(uri: str, suite: str, labels: list[str] | None = None) -> list[dict[str, Any]]:
-    """The mirrored runs of a suite as flat dicts ``{params, metrics, tags}`` (for reports)."""
+    """The mirrored runs of a suite as flat dicts ``{params, metrics, tags}`` (for reports).
+    Reads only: a sqlite store that does not exist is an error, not created."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise MirrorError(f"MLflow ({uri}): no such sqlite store; expected the store the runs were mirrored into "
+                          "(`mgrq mirror` writes <out>/mlflow.db by default)")
     check_reachable(uri)
     client = _client(uri)
     exp = client.get_experiment_by_name(suite)

@@ -100,6 +100,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weights file (a ``state_dict``, or a dict holding one under ``state_dict``/
     ``model``) with one clear error for a missing or corrupt file."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a folder; expected a weights file (.pth/.pt/.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: file not found")
     try:
@@ -126,9 +128,9 @@ def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str) 
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()
+        first = " ".join(str(e).split())  # one line: torch's message has newlines and tabs
         raise CheckpointError(
-            f"checkpoint {path}: does not fit the model ({' '.join(first[:2])[:300]})"
+            f"checkpoint {path}: does not fit the model ({first[:300]})"
         ) from None
 
 

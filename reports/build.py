@@ -123,6 +123,21 @@ def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
     return pdf
 
 
+def check_dest(dest: str | Path, what: str = "--dest") -> Path:
+    """``dest`` as a Path, failing with one line (:class:`ConfigError`, naming it as ``what``)
+    when it cannot be a folder (it or a folder above it is a file, or it is not writable).
+    Called before any work."""
+    return records.check_writable(dest, what, folder=True)
+
+
+def _make_dest(dest: Path, what: str) -> None:
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. no permission, or the path changed since check_dest
+        raise ConfigError(f"{what} {dest}: cannot create the folder ({e.strerror or e}); "
+                          f"expected a folder the report can be written to") from None
+
+
 def build_report(out: str | Path, suite: str, label: str | None = None, source: str = "records",
                  dest: str | Path | None = None, published: bool | str | Path = True,
                  pdf: str = "auto", uri: str | None = None, figures: bool = True,
@@ -131,9 +146,13 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     installed), ``yes`` (must compile) or ``no``. ``paired``: the reference method of the paired
     table (default: the suite's ``report.paired``; ``"none"``: no paired table). An explicit
     ``paired`` that is not a method of the label fails before anything is written; the suite's
-    setting is skipped with a note instead (a partial run, or an old label)."""
+    setting is skipped with a note instead (a partial run, or an old label). A ``dest`` that
+    cannot be a folder, or a bad published CSV, also fails before anything is written."""
     out = Path(out)
+    what = "--dest" if dest else "report folder"
+    dest = check_dest(dest) if dest else None
     label = _label(out, suite, label, source, uri)
+    dest = dest or check_dest(out.resolve() / suite / label / "report", what)
     df = load_frame(out, suite, [label], source, uri)
     if df.empty:
         raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source})")
@@ -150,6 +169,10 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if reference and reference not in names:
         notes.append(f"paired table skipped: the suite's report.paired {reference} has no cells in this label")
         reference = None
+    unreadable = df.attrs.get("unreadable") or []
+    if unreadable:
+        notes.append(f"{len(unreadable)} record file(s) left out, unreadable or malformed (rerun the suite to "
+                     f"redo those cells): {', '.join(unreadable[:3])}" + (", ..." if len(unreadable) > 3 else ""))
     superseded = df.attrs.get("superseded") or []
     if superseded:
         notes.append(f"{len(superseded)} record(s) left out: the label holds a newer record of the same cell "
@@ -159,8 +182,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if published:
         pub = F.published_frame(None if published is True else published)
     agg = F.aggregate(df)
-    dest = Path(dest) if dest else out.resolve() / suite / label / "report"
-    dest.mkdir(parents=True, exist_ok=True)
+    _make_dest(dest, what)
     rep = Report(dest=dest, frame=df, notes=notes)
     n_eval = df.loc[df["status"] == "done", "n_eval"].dropna()
     main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"),
@@ -219,14 +241,16 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     if threshold < 0:
         raise ConfigError(f"--threshold {threshold}: expected >= 0 (points of top-1)")
     out = Path(out)
+    what = "--dest" if dest else "report folder"
+    dest = check_dest(dest) if dest else None
     a = _label(out, suite, label_a, source, uri)
     b = _label(out, suite, label_b, source, uri)
     if a == b:
         raise ConfigError(f"--compare {label_a} {label_b}: both are label {a}; expected two different runs")
     df = load_frame(out, suite, [a, b], source, uri)
     cmp = T.compare_frame(df[df["label"] == a], df[df["label"] == b], threshold)
-    dest = Path(dest) if dest else out.resolve() / suite / b / "report"
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = dest or check_dest(out.resolve() / suite / b / "report", what)
+    _make_dest(dest, what)
     stem = f"compare-{a}-vs-{b}"
     md = T.compare_markdown(cmp, a, b, threshold)
     (dest / f"{stem}.md").write_text(md)

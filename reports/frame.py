@@ -15,6 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from mgrq.errors import ConfigError
+from mgrq.spec import parse_bits
+
 COLUMNS = [
     "suite", "label", "run_id", "hash", "model", "method", "name", "bits", "w_bits", "a_bits",
     "seed", "status", "top1", "top5", "fp_top1", "fp_top5", "n_eval", "quantize_s", "total_s",
@@ -59,14 +62,16 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) -> pd.DataFrame:
-    """Cells with a terminal record (done or failed) of ``suite`` under ``out``."""
+    """Cells with a terminal record (done or failed) of ``suite`` under ``out``; the record
+    files that are unreadable or malformed are named in ``df.attrs["unreadable"]``."""
     from mgrq.runner.layout import records_under
 
     base = Path(out).resolve() / suite
     dirs = [base / lab for lab in labels] if labels else sorted(d for d in base.glob("*") if d.is_dir())
     rows, times = [], []
+    bad: list[tuple[Path, str]] = []
     for d in dirs:
-        for _path, rec in records_under(d):
+        for _path, rec in records_under(d, bad):
             if rec.get("status") not in ("done", "failed"):
                 continue
             row = row_from_record(rec)
@@ -74,7 +79,9 @@ def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) 
             row["suite"] = row["suite"] or suite
             rows.append(row)
             times.append(str(rec.get("finished") or rec.get("started") or ""))
-    return _one_per_cell(rows, times)
+    df = _one_per_cell(rows, times)
+    df.attrs["unreadable"] = [f"{p.parent.parent.name}/{p.parent.name} ({why})" for p, why in bad]
+    return df
 
 
 def _one_per_cell(rows: list[dict[str, Any]], times: list[Any]) -> pd.DataFrame:
@@ -118,22 +125,91 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
     return df
 
 
+PUBLISHED_COLUMNS = ["method", "bits", "model", "top1", "citation"]
+
+
+def _published_error(path: Path, what: str) -> ConfigError:
+    return ConfigError(f"published CSV {path}: {what}")
+
+
+def _published_row(path: Path, line: int, r: dict[Any, Any]) -> dict[str, Any]:
+    """One row of the published CSV, checked: ``line`` (of the file) names it in the error."""
+    def bad(what: str) -> ConfigError:
+        return _published_error(path, f"line {line}: {what}")
+
+    if None in r:  # more fields than the header names
+        raise bad(f"{len(r) - 1 + len(r[None])} fields, expected {len(r) - 1} "
+                  f"(quote a citation that contains commas)")
+    missing = [c for c in PUBLISHED_COLUMNS if r.get(c) is None]
+    if missing:
+        raise bad(f"no value for {', '.join(missing)} (the row has fewer fields than the header)")
+    v = {c: str(r[c]).strip() for c in PUBLISHED_COLUMNS}
+    for c, want in (("method", "a name"), ("model", "a name"), ("citation", "the paper the number is copied from")):
+        if not v[c]:
+            raise bad(f"empty {c}; expected {want}")
+    bits = v["bits"].upper()
+    if bits == "FP":
+        w, a = 32, 32
+    else:
+        try:
+            w, a = parse_bits(bits)
+        except ConfigError as e:
+            raise bad(f"{e}, or FP") from None
+    try:
+        top1 = float(v["top1"])
+    except ValueError:
+        raise bad(f"top1 {v['top1']!r} is not a number; expected the top-1 in % (e.g. 72.21)") from None
+    if not 0.0 <= top1 <= 100.0:  # also rejects nan
+        raise bad(f"top1 {v['top1']} is out of range; expected the top-1 in %, between 0 and 100")
+    return {
+        "suite": None, "label": "published", "run_id": None, "hash": None,
+        "model": v["model"], "method": v["method"], "name": v["method"], "bits": bits,
+        "w_bits": w, "a_bits": a, "seed": 0, "status": "done", "top1": top1,
+        "top5": float("nan"), "fp_top1": float("nan"), "fp_top5": float("nan"),
+        "n_eval": float("nan"), "quantize_s": float("nan"), "total_s": float("nan"),
+        "peak_mem_mb": float("nan"), "calib": None, "error": None, "source": "published",
+        "citation": v["citation"],
+    }
+
+
 def published_frame(path: str | Path | None = None) -> pd.DataFrame:
-    """Published reference numbers (``reports/published.csv``): method, bits, model, top1,
-    citation. The method ``fp`` is the full-precision row."""
+    """Published reference numbers (``reports/published.csv``, or the CSV at ``path``): lines
+    starting with ``#`` are comments, then a header naming at least the columns method, bits
+    (WxAy or FP), model, top1 (%, 0-100) and citation (other columns are ignored). The method
+    ``fp`` is the full-precision row. A missing or unreadable file, a missing column or a bad
+    value raises :class:`ConfigError` naming the file (and the line)."""
+    p = Path(path) if path else PUBLISHED_CSV
+    expected = f"expected a CSV with the columns {', '.join(PUBLISHED_COLUMNS)} (see {PUBLISHED_CSV})"
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (spreadsheet export)
+            lines = [(i, line) for i, line in enumerate(f, 1) if not line.startswith("#")]
+    except FileNotFoundError:
+        raise _published_error(p, f"file not found; {expected}") from None
+    except IsADirectoryError:
+        raise _published_error(p, f"is a folder; {expected}") from None
+    except UnicodeDecodeError as e:
+        raise _published_error(p, f"not UTF-8 text ({e.reason} at byte {e.start}); {expected}") from None
+    except OSError as e:
+        raise _published_error(p, f"cannot be read ({e.strerror or e}); {expected}") from None
+    reader = csv.DictReader(line for _, line in lines)
+
+    def line_no() -> int:  # the file's line of the record just read (comments skipped)
+        return lines[min(max(reader.line_num, 1), len(lines)) - 1][0] if lines else 1
+
     rows = []
-    with open(path or PUBLISHED_CSV, newline="") as f:
-        for r in csv.DictReader(line for line in f if not line.startswith("#")):
-            w, a = (int(x) for x in r["bits"].upper().lstrip("W").split("A")) if r["bits"] != "FP" else (32, 32)
-            rows.append({
-                "suite": None, "label": "published", "run_id": None, "hash": None,
-                "model": r["model"], "method": r["method"], "name": r["method"], "bits": r["bits"],
-                "w_bits": w, "a_bits": a, "seed": 0, "status": "done", "top1": float(r["top1"]),
-                "top5": float("nan"), "fp_top1": float("nan"), "fp_top5": float("nan"),
-                "n_eval": float("nan"), "quantize_s": float("nan"), "total_s": float("nan"),
-                "peak_mem_mb": float("nan"), "calib": None, "error": None, "source": "published",
-                "citation": r["citation"],
-            })
+    try:
+        header = [c.strip() for c in reader.fieldnames or []]
+        if not header:
+            raise _published_error(p, f"no header line; {expected}")
+        missing = [c for c in PUBLISHED_COLUMNS if c not in header]
+        if missing:
+            raise _published_error(p, f"missing column(s) {', '.join(missing)} (header: {', '.join(header)}); "
+                                      f"{expected}")
+        reader.fieldnames = header
+        for r in reader:
+            rows.append(_published_row(p, line_no(), r))
+    except csv.Error as e:
+        raise _published_error(p, f"line {line_no()}: {e}; {expected}") from None
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -35,6 +35,16 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def _legend_entries(axes) -> tuple[list, list[str]]:
+    """The legend handles and labels of all ``axes``, each label once, in order of first
+    appearance (a panel may lack methods whose cells of that model all failed)."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    return list(seen.values()), list(seen)
+
+
 def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], dest: Path) -> list[Path]:
     """One panel per model: top-1 (mean over seeds, error bars = std) vs bit-width, one line
     per method; the FP accuracy as a dashed line."""
@@ -60,9 +70,10 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(models):]:
         ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), frameon=False,
-               bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 6)))
+    handles, labels = _legend_entries(axes.flat)
+    if labels:  # none when no cell of any model finished
+        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 6)))
     fig.tight_layout()
     return _save(fig, dest, "acc_vs_bits")
 
@@ -88,7 +99,9 @@ def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest
         lo = sub["mean"].min() if len(sub) else 0
         ax.set_ylim(max(0.0, float(lo) - 10), None)
         ax.grid(axis="y", alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+    handles, labels = _legend_entries(axes.flat)
+    if labels:  # no bars when no cell of these rows finished
+        axes.flat[0].legend(handles, labels, fontsize=8)
     fig.tight_layout()
     return _save(fig, dest, "ablation")
 

@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=cmd_suite_list)
 
     st = ssub.add_parser("status", help="status of every cell of a suite run")
-    st.add_argument("suite", help="suite name")
+    st.add_argument("suite", help="suite name or suite YAML file")
     _add_out(st)
     st.add_argument("--label", default=None, help="label (default: the newest)")
     st.set_defaults(func=cmd_suite_status)
@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("report", help="LaTeX/Markdown tables and figures of a suite run",
                         description="Tables and figures of one label of a suite, or with --compare "
                                     "the delta table between two labels (nightly runs).")
-    rp.add_argument("suite", help="suite name")
+    rp.add_argument("suite", help="suite name or suite YAML file")
     _add_out(rp)
     rp.add_argument("--label", default=None, help="label (default: the newest; 'previous' = the one before)")
     rp.add_argument("--from", dest="source", choices=("records", "mlflow"), default="records",
@@ -113,13 +113,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "with 95%% intervals (default: the suite's report.paired; 'none': no paired table)")
     rp.add_argument("--compare", nargs=2, metavar=("LABEL_A", "LABEL_B"), default=None,
                     help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed)")
-    rp.add_argument("--threshold", type=float, default=1.0,
+    rp.add_argument("--threshold", type=float, default=None,
                     help="with --compare: flag cells whose top-1 moved by more than this many points (default 1.0)")
     rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when any cell is flagged")
     rp.set_defaults(func=cmd_report)
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def _suite_name(arg: str) -> str:
+    """A suite name, or the name of the suite file at a path (``suites/demo.yaml`` -> ``demo``)."""
+    if Path(arg).suffix in (".yaml", ".yml") or "/" in arg:
+        from mgrq.runner.suite import load_suite
+
+        return load_suite(arg, check_names=False).name
+    return arg
 
 
 def _executor_options(args: argparse.Namespace, suite: Any):
@@ -142,20 +151,24 @@ def _executor_options(args: argparse.Namespace, suite: Any):
 
 def cmd_suite_run(args: argparse.Namespace) -> int:
     from mgrq.config import parse_assignments
+    from mgrq.records import check_writable
     from mgrq.runner import driver
     from mgrq.runner.layout import check_label, default_label
     from mgrq.runner.suite import load_suite
 
-    out = _out(args)
+    out = check_writable(_out(args), "--out", folder=True)
     suite = load_suite(args.suite).with_options(
         data_root=args.data_root, checkpoints=parse_assignments(args.checkpoint, "--checkpoint"),
         eval_limit=args.eval_limit, calib=args.calib)
+    if args.data_root is not None and not suite.needs_data_root:
+        print(f"note: --data-root is not used: every model of suite {suite.name} is from the tiny zoo "
+              "(embedded MNIST digits)", file=sys.stderr)
     opts = _executor_options(args, suite)
     if opts.device not in (None, "auto"):
         from mgrq.evaluate import parse_device
 
         parse_device(opts.device)  # a typo fails here, not in every cell (the GPU may be elsewhere)
-    label = check_label(args.label or default_label())
+    label = check_label(args.label if args.label is not None else default_label())
     if args.dry_run:
         root, cells = driver.plan(suite, out, label, opts.device, args.only)
         driver.print_grid(suite, label, root, cells)
@@ -246,17 +259,17 @@ def cmd_suite_list(args: argparse.Namespace) -> int:
 
 def cmd_suite_status(args: argparse.Namespace) -> int:
     from mgrq.records import read_record
-    from mgrq.runner.layout import resolve_label
+    from mgrq.runner.layout import Cell, resolve_label
 
-    out = _out(args)
+    out, args.suite = _out(args), _suite_name(args.suite)
     label = resolve_label(out, args.suite, args.label)
     root = out.resolve() / args.suite / label
     meta = read_record(root / "suite.json") or {}
     counts: dict[str, int] = {}
     print(f"suite {args.suite} [{label}] -> {root}")
     for c in meta.get("cells", []):
-        rec = read_record(root / c["dir"] / "record.json") or {}
-        st = rec.get("status", "pending")
+        cell = Cell(c["id"], c.get("hash", ""), root / c["dir"], {})
+        st, rec = cell.status(), cell.record() or {}
         counts[st] = counts.get(st, 0) + 1
         m = rec.get("metrics") or {}
         top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""
@@ -267,6 +280,8 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
+    from mgrq.errors import unknown
+    from mgrq.runner.layout import labels, suites_with_runs
     from mgrq.tracking import mirror
 
     out = _out(args)
@@ -274,18 +289,46 @@ def cmd_mirror(args: argparse.Namespace) -> int:
         from mgrq.errors import ConfigError
 
         raise ConfigError(f"--out {out}: folder not found (nothing to mirror)")
+    suites = suites_with_runs(out)
+    if args.suite is not None and args.suite not in suites:
+        raise unknown("suite", args.suite, suites, f"under --out {out} (suites with runs)")
+    if args.label is not None:
+        known = sorted({lab for s in ([args.suite] if args.suite else suites) for lab in labels(out, s)})
+        if args.label not in known:
+            raise unknown("label", args.label, known, f"of {'suite ' + args.suite if args.suite else 'any suite'} "
+                          f"under --out {out}")
     res = mirror(out, args.suite, args.label, args.tracking_uri)
     print(res.line())
     return 0
 
 
+def _check_report_flags(args: argparse.Namespace) -> None:
+    """Options that do nothing in the chosen mode are an error, not silently ignored."""
+    from mgrq.errors import ConfigError
+
+    if args.compare:
+        unused = [flag for flag, on in (("--label", args.label is not None), ("--paired", args.paired is not None),
+                                        ("--no-figures", args.no_figures), ("--no-pdf", args.no_pdf),
+                                        ("--no-published", args.no_published),
+                                        ("--published-csv", args.published_csv is not None)) if on]
+        what = "the comparison of two labels (it takes them from --compare; no figures, PDF or published rows)"
+    else:
+        unused = [flag for flag, on in (("--threshold", args.threshold is not None), ("--strict", args.strict)) if on]
+        what = "a report of one label (they apply to --compare LABEL_A LABEL_B)"
+    if unused:
+        raise ConfigError(f"{', '.join(unused)}: not used by {what}; expected {'them' if len(unused) > 1 else 'it'} "
+                          "left out")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.build import build_compare, build_report
 
-    out = _out(args)
+    out, args.suite = _out(args), _suite_name(args.suite)
+    _check_report_flags(args)
     if args.compare:
+        threshold = 1.0 if args.threshold is None else args.threshold
         cmp, files, md = build_compare(out, args.suite, args.compare[0], args.compare[1],
-                                       args.threshold, args.source, args.tracking_uri, args.dest)
+                                       threshold, args.source, args.tracking_uri, args.dest)
         print(md)
         print("written: " + ", ".join(str(f) for f in files))
         flagged = int(cmp["flag"].isin(["moved", "newly failed"]).sum())

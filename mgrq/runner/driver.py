@@ -120,7 +120,8 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
         print(f"  {st:8s} {c.run_id:55s} {c.hash}  {extra}")
     print(f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, "
           f"{counts['running']} running/interrupted, {counts['pending']} not started"
-          f" -> {len(cells) - counts['done']} to run")
+          + (f", {counts['corrupt']} with an unreadable record" if counts["corrupt"] else "")
+          + f" -> {len(cells) - counts['done']} to run")
     if counts["drift"]:
         print(f"{counts['drift']} done cell(s) ran with other method defaults than the current code "
               "resolves: `suite run` refuses this label; use a new --label")

@@ -179,12 +179,19 @@ def resolve_options(kind: str, suite_defaults: dict[str, Any], profile: dict[str
 def _options(kind: str, merged: dict[str, Any], where: str) -> ExecutorOptions:
     if "setup" in merged:
         s = merged["setup"]
+        if not isinstance(s, str | tuple | list) or not all(isinstance(x, str) for x in s):
+            raise ConfigError(f"{where}executor option setup: {s!r}; expected a shell line or a list of them")
         merged["setup"] = (s,) if isinstance(s, str) else tuple(s)
     if "additional" in merged:
         a = merged["additional"]
-        if not isinstance(a, dict | tuple | list):
-            raise ConfigError(f"{where}executor option additional: expected a mapping of sbatch options")
-        merged["additional"] = tuple(dict(a).items())
+        try:  # a mapping, or the (key, value) pairs a loaded suite holds
+            pairs = tuple(dict(a).items()) if isinstance(a, dict | tuple | list) else None
+        except (TypeError, ValueError):
+            pairs = None
+        if pairs is None:
+            raise ConfigError(f"{where}executor option additional: {a!r}; expected a mapping of sbatch "
+                              "options (name: value)")
+        merged["additional"] = pairs
     try:
         return ExecutorOptions(kind=kind, **merged)
     except ConfigError as e:

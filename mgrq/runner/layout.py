@@ -74,12 +74,17 @@ class Cell:
         return self.dir / "events.jsonl"
 
     def record(self) -> dict[str, Any] | None:
-        return records.read_record(self.record_path)
+        """The cell's run record, or None when there is none or it is unreadable or malformed."""
+        rec = records.read_record(self.record_path)
+        return rec if rec is not None and records.problem(rec) is None else None
 
     def status(self) -> str:
-        """``done`` | ``failed`` | ``running`` (a record says so) | ``pending`` (no record)."""
+        """``done`` | ``failed`` | ``running`` (a record says so) | ``pending`` (no record) |
+        ``corrupt`` (a record file that is unreadable or malformed: the cell runs again)."""
         rec = self.record()
-        return str(rec.get("status")) if rec else "pending"
+        if rec is not None:
+            return str(rec["status"])
+        return "corrupt" if self.record_path.exists() else "pending"
 
 
 def label_dir(out: Path, suite: str, label: str) -> Path:
@@ -145,13 +150,18 @@ def resolve_label(out: Path, suite: str, label: str | None,
     if label in (None, "latest", "previous"):
         need = 2 if label == "previous" else 1
         if len(all_labels) < need:
-            others = ""
+            from mgrq.runner.suite import list_suites
+
+            if suite in {p.stem for p in list_suites()}:
+                hint = f"run `mgrq suite run {suite}`"
+            else:
+                hint = "run the suite's file again" if all_labels else f"no suite file in suites/ is named {suite}"
             if not all_labels and known is None and not (Path(out).resolve() / suite).is_dir():
                 have = suites_with_runs(out)
-                others = f"; suites with runs under {Path(out).resolve()}: {', '.join(have) or 'none'}"
+                hint += f"; suites with runs under {Path(out).resolve()}: {', '.join(have) or 'none'}"
             raise ConfigError(
                 f"suite {suite}: {'no' if not all_labels else 'only one'} run under "
-                f"{where}; expected at least {need} (run `mgrq suite run {suite}`{others})"
+                f"{where}; expected at least {need} ({hint})"
             )
         return all_labels[-need]
     if label not in all_labels:
@@ -161,11 +171,15 @@ def resolve_label(out: Path, suite: str, label: str | None,
     return label
 
 
-def records_under(root: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Every readable cell record under a label folder (or any folder above cells)."""
+def records_under(root: Path, bad: list[tuple[Path, str]] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """Every usable cell record under a label folder (or any folder above cells); the unreadable
+    or malformed ones are appended to ``bad`` as ``(path, what is wrong)`` when it is given."""
     out = []
     for path in sorted(Path(root).glob("**/record.json")):
         rec = records.read_record(path)
-        if rec is not None and "id" in rec and "spec" in rec:
+        why = "unreadable (not a JSON object)" if rec is None else records.problem(rec)
+        if rec is not None and why is None:
             out.append((path, rec))
+        elif bad is not None and why is not None:
+            bad.append((path, why))
     return out

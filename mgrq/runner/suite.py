@@ -98,7 +98,8 @@ class Suite:
         return any(not get_entry(m).tiny for m in self.models)
 
     def specs(self, device: str = "auto") -> list[RunSpec]:
-        """The grid, ordered by model, bit-width, method (suite order) and seed."""
+        """The grid, ordered by model, bit-width, method (suite order) and seed. Tiny-zoo cells
+        get no data root (they use the embedded MNIST digits; it is not in their hash)."""
         ckpt = dict(self.checkpoints)
         out = []
         for model in self.models:
@@ -112,7 +113,7 @@ class Suite:
                             image_bits=m.image_bits if m.image_bits is not None else self.image_bits,
                             bits_overrides=(m.bits_overrides if m.bits_overrides is not None
                                             else self.bits_overrides),
-                            checkpoint=ckpt.get(model), data_root=self.data_root,
+                            checkpoint=ckpt.get(model), data_root=None if _is_tiny(model) else self.data_root,
                             eval_split=self.eval_split, eval_limit=self.eval_limit, device=device,
                         ))
         return out
@@ -362,21 +363,28 @@ class _Parser:
         models = self.str_list(d, "models")
         for i, m in enumerate(models):
             self.name_check("model", m, f"models[{i}]")
+            if m in models[:i]:
+                raise self.err(f"models[{i}]", f"{m!r} listed twice; expected each model once")
         bits_in = d.get("bits")
         if isinstance(bits_in, str):
             bits_in = [bits_in]
         if not isinstance(bits_in, list) or not bits_in:
             raise self.err("bits", f"expected a non-empty list of WxAy strings, got {bits_in!r}")
-        bits = []
+        bits: list[tuple[int, int]] = []
         for i, b in enumerate(bits_in):
             try:
-                bits.append(parse_bits(str(b)))
+                wa = parse_bits(str(b))
             except ConfigError as e:
                 raise self.err(f"bits[{i}]", str(e)) from None
+            if wa in bits:
+                raise self.err(f"bits[{i}]", f"{b!r} is bits[{bits.index(wa)}] again; expected each bit-width once")
+            bits.append(wa)
         overrides = d.get("overrides") or {}
         if not isinstance(overrides, dict):
             raise self.err("overrides", f"expected a mapping METHOD: {{{', '.join(OVERRIDE_FIELDS)}}}")
         methods_in = d.get("methods")
+        if isinstance(methods_in, str):
+            methods_in = [methods_in]
         if not isinstance(methods_in, list) or not methods_in:
             raise self.err("methods", f"expected a non-empty list of method names or mappings, got {methods_in!r}")
         methods = tuple(self.method(i, m, overrides) for i, m in enumerate(methods_in))

@@ -1,0 +1,194 @@
+"""Bad input found by a user walkthrough: each gets one line naming what was wrong and what was
+expected (exit status 2), before any work is done, and nothing already computed is lost."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from harness_helpers import write_suite
+
+from mgrq import records
+from mgrq.cli import main
+from mgrq.errors import ConfigError
+from mgrq.runner import executors as ex
+from mgrq.runner.layout import Cell, records_under
+from mgrq.runner.suite import load_suite
+
+QUANT = ["quantize", "--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "4", "--quiet"]
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: "), err
+    return err[-1]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make any quantization or training fail the test: the error must come first."""
+    import mgrq.run
+    import mgrq.zoo
+
+    def boom(*a, **k):
+        raise AssertionError("work started before the input was checked")
+
+    monkeypatch.setattr(mgrq.run, "execute", boom)
+    monkeypatch.setattr(mgrq.zoo, "train_tiny", boom)
+
+
+def test_check_writable(tmp_path):
+    f = tmp_path / "f.json"
+    f.write_text("{}")
+    assert records.check_writable(f, "--record") == f  # an existing file is overwritten
+    assert records.check_writable(tmp_path / "a" / "b.json", "--record") == tmp_path / "a" / "b.json"
+    assert records.check_writable(tmp_path / "new", "--out", folder=True) == tmp_path / "new"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "new").exists()  # creates nothing
+    with pytest.raises(ConfigError, match=r"--record '.*' is a folder; expected a file path"):
+        records.check_writable(tmp_path, "--record")
+    with pytest.raises(ConfigError, match=r"--out '.*f.json' is a file; expected a folder"):
+        records.check_writable(f, "--out", folder=True)
+    with pytest.raises(ConfigError, match=r"f.json' is a file, so nothing can be created below it"):
+        records.check_writable(f / "x" / "r.json", "--record")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (QUANT + ["--record", "{tmp}"], r"--record '.*' is a folder; expected a file path"),
+    (QUANT + ["--record", "{tmp}/file/r.json"], r"is a file, so nothing can be created below it"),
+    (QUANT + ["--data-root", "{tmp}"], r"--data-root .*: model tiny_vit is from the tiny zoo .* expected --data-root "
+                                       r"only with an ImageNet"),
+    (["zoo", "train", "tiny_vit", "--out", "{tmp}/file/z.pth"], r"--out .* is a file, so nothing can be created"),
+    (["zoo", "train", "tiny_vit", "--threads", "-2"], r"--threads -2: expected 0 \(torch's default\) or a positive"),
+    (["suite", "run", "demo", "--out", "{tmp}/file", "--dry-run"], r"--out '.*file' is a file; expected a folder"),
+])
+def test_bad_paths_fail_before_any_work(tmp_path, capsys, no_work, argv, message):
+    (tmp_path / "file").write_text("x")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    assert re.search(message, error_line(capsys))
+
+
+def test_failed_quantize_keeps_a_done_record(tmp_path, capsys):
+    rec = tmp_path / "r.json"
+    records.write_record(rec, {"id": "x", "status": "done", "spec": {}, "metrics": {"top1": 90.0}})
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a checkpoint")
+    assert main(QUANT + ["--checkpoint", str(bad), "--record", str(rec)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a done record; the failure is not written over it" in err and "not a readable" in err
+    assert json.loads(rec.read_text())["metrics"] == {"top1": 90.0}
+
+
+def test_checkpoint_messages(tmp_path, capsys):
+    assert main(QUANT + ["--checkpoint", str(tmp_path)]) == 2
+    assert "is a folder; expected a weights file" in error_line(capsys)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"w": torch.zeros(2)}, wrong)
+    assert main(QUANT + ["--checkpoint", str(wrong)]) == 2
+    line = error_line(capsys)
+    assert "does not fit the model" in line and "\t" not in line
+
+
+def test_layer_policy_override_must_match_a_point(capsys):
+    assert main(QUANT + ["--bits-override", "nosuchpoint=fp"]) == 2
+    line = error_line(capsys)
+    assert "override 'nosuchpoint' matches none of the model's" in line and "head.weight_q" in line
+
+
+def test_method_config_type_errors_name_the_type(capsys):
+    assert main(["quantize", "--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4",
+                 "--set", "iters=abc"]) == 2
+    assert error_line(capsys).endswith("QDropConfig.iters='abc': expected an integer")
+
+
+def test_suite_grid_duplicates_and_scalar_methods(tmp_path):
+    with pytest.raises(ConfigError, match=r"field 'models\[1\]': 'tiny_vit' listed twice"):
+        load_suite(write_suite(tmp_path / "m.yaml", models=["tiny_vit", "tiny_vit"]))
+    with pytest.raises(ConfigError, match=r"field 'bits\[1\]': 'w4a4' is bits\[0\] again"):
+        load_suite(write_suite(tmp_path / "b.yaml", bits=["W4A4", "w4a4"]))
+    assert [m.name for m in load_suite(write_suite(tmp_path / "s.yaml", methods="percentile")).methods] == ["percentile"]
+
+
+def test_tiny_cells_ignore_the_data_root(tmp_path, capsys):
+    s = load_suite(write_suite(tmp_path / "t.yaml"))
+    with_root = s.with_options(data_root=str(tmp_path))
+    assert [c.data_root for c in with_root.specs()] == [None]
+    assert [c.content_hash for c in with_root.specs()] == [c.content_hash for c in s.specs()]
+    assert main(["suite", "run", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "runs"),
+                 "--data-root", str(tmp_path), "--dry-run"]) == 0
+    assert "note: --data-root is not used: every model of suite t is from the tiny zoo" in capsys.readouterr().err
+
+
+def test_malformed_records_are_named_not_crashed_on(tmp_path, capsys):
+    from reports.build import build_report
+
+    path = write_suite(tmp_path / "mal.yaml", seeds=[0, 1])
+    out = tmp_path / "runs"
+    assert main(["suite", "run", str(path), "--out", str(out), "--label", "L", "--executor", "debug",
+                 "--no-mirror", "--no-report"]) == 0
+    rec_path, ok_path = sorted((out / "mal" / "L").glob("*/record.json"))
+    good = json.loads(rec_path.read_text())
+    assert records.problem(good) is None
+    assert records.problem({**good, "metrics": None}) == "a done record without a 'metrics' object"
+    assert records.problem({**good, "spec": {"model": "tiny_vit"}}).startswith("spec.method is None")
+    rec_path.write_text(json.dumps({**good, "metrics": None}))
+    cell = Cell(good["id"], good["hash"], rec_path.parent, {})
+    assert cell.record() is None and cell.status() == "corrupt"
+    bad: list = []
+    assert [p for p, _ in records_under(out / "mal" / "L", bad)] == [ok_path]
+    assert bad == [(rec_path, "a done record without a 'metrics' object")]
+    (note,) = build_report(out, "mal", "L", pdf="no", figures=False).notes
+    assert note.startswith("1 record file(s) left out, unreadable or malformed") and rec_path.parent.name in note
+    capsys.readouterr()
+    assert main(["suite", "run", str(path), "--out", str(out), "--label", "L", "--dry-run"]) == 0
+    assert "1 with an unreadable record -> 1 to run" in capsys.readouterr().out
+    assert main(["suite", "status", str(path), "--out", str(out), "--label", "L"]) == 0  # a YAML path works too
+    assert capsys.readouterr().out.strip().endswith("1 corrupt, 1 done")
+
+
+def test_mirror_unknown_suite_or_label(tmp_path, capsys):
+    out = tmp_path / "runs"
+    records.write_record(out / "s1" / "L1" / "suite.json", {"created": "x"})
+    assert main(["mirror", "--out", str(out), "--suite", "s2"]) == 2
+    line = error_line(capsys)
+    assert "unknown suite 's2' under --out" in line and line.endswith("Known suites: s1")
+    assert main(["mirror", "--out", str(out), "--label", "L2"]) == 2
+    assert "unknown label 'L2' of any suite under --out" in error_line(capsys)
+
+
+def test_report_options_that_do_not_apply(tmp_path, capsys):
+    out = str(tmp_path / "runs")
+    assert main(["report", "s", "--out", out, "--strict"]) == 2
+    assert "--strict: not used by a report of one label" in error_line(capsys)
+    assert main(["report", "s", "--out", out, "--compare", "A", "B", "--paired", "x", "--no-figures"]) == 2
+    assert "--paired, --no-figures: not used by the comparison of two labels" in error_line(capsys)
+
+
+def test_executor_option_shapes():
+    with pytest.raises(ConfigError, match=r"p.yaml: executor option additional: \[1, 2\]; expected a mapping"):
+        ex.resolve_options("slurm", {}, {"slurm": {"additional": [1, 2]}}, {}, "p.yaml: ")
+    with pytest.raises(ConfigError, match=r"executor option setup: 5; expected a shell line"):
+        ex.resolve_options("slurm", {}, {"slurm": {"setup": 5}}, {}, "p.yaml: ")
+    opts = ex.resolve_options("slurm", {"additional": (("mail_type", "END"),)}, {}, {})
+    assert opts.additional == (("mail_type", "END"),)
+
+
+def test_label_may_not_be_empty(tmp_path, capsys):
+    assert main(["suite", "run", "demo", "--out", str(tmp_path), "--label", "", "--dry-run"]) == 2
+    assert "--label '': expected letters" in error_line(capsys)
+
+
+def test_records_under_skips_nothing_usable(tmp_path):
+    p = Path(tmp_path) / "c" / "record.json"
+    p.parent.mkdir()
+    p.write_text("{trunc")
+    bad: list = []
+    assert records_under(tmp_path, bad) == [] and bad == [(p, "unreadable (not a JSON object)")]
+
+
+def test_report_from_a_missing_sqlite_store_creates_nothing(tmp_path, capsys):
+    db = tmp_path / "new.db"
+    assert main(["report", "s", "--out", str(tmp_path), "--from", "mlflow", "--tracking-uri", f"sqlite:///{db}"]) == 2
+    assert "no such sqlite store" in error_line(capsys) and not db.exists()

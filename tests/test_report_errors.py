@@ -1,0 +1,212 @@
+"""Reports on awkward inputs: a model (the first panel of the figure) or a whole label with no
+finished cell still gives the tables and figures; a bad ``--published-csv`` or ``--dest`` fails
+with one line naming the path and what was expected (exit 2 from the CLI), before anything is
+written.
+
+The inputs are run records written in the runner's layout under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+from mgrq import records
+from mgrq.cli import main
+from mgrq.errors import ConfigError
+from mgrq.spec import RunSpec
+from reports import plots
+from reports.build import build_report
+from reports.frame import published_frame
+
+
+def put(out: Path, suite: str, label: str, model: str, method: str, seed: int, top1: float | None,
+        variant: str | None = None) -> None:
+    """A W4A4 cell record: done with ``top1``, or failed when it is None."""
+    spec = RunSpec(model=model, method=method, w_bits=4, a_bits=4, seed=seed, variant=variant)
+    rec = {"schema": 1, "id": spec.run_id, "hash": spec.content_hash, "spec": spec.to_dict(),
+           "suite": {"name": suite, "label": label}, "started": records.now(), "finished": records.now()}
+    if top1 is None:
+        rec.update(status="failed", error={"type": "RuntimeError", "message": "boom", "traceback": ""})
+    else:
+        rec.update(status="done", metrics={"top1": top1, "top5": 99.0, "fp_top1": 80.0, "fp_top5": 99.5,
+                                           "n_eval": 50.0},
+                   timings={"quantize_s": 2.0, "total_s": 3.0}, peak_mem_mb=100.0,
+                   calibration={"n": 32, "seed": seed, "ids_hash": "x"})
+    records.write_record(out / suite / label / f"{spec.run_id}-{spec.content_hash}" / "record.json", rec)
+
+
+def make_suite(out: Path, failed_models: tuple[str, ...], suite: str = "s") -> None:
+    """Models tiny_vit (first) and deit_tiny_patch16_224, methods percentile and repq_vit (and the
+    ablation variant pct-mm), seeds 0 and 1; every cell of ``failed_models`` failed."""
+    records.write_record(out / suite / "L" / "suite.json", {
+        "created": "2026-01-01T00:00:00", "models": ["tiny_vit", "deit_tiny_patch16_224"],
+        "methods": ["percentile", "repq_vit", "pct-mm"], "bits": ["W4A4"], "ablation": ["percentile", "pct-mm"]})
+    for model in ("tiny_vit", "deit_tiny_patch16_224"):
+        bad = model in failed_models
+        for seed in (0, 1):
+            put(out, suite, "L", model, "percentile", seed, None if bad else 70.0 + seed)
+            put(out, suite, "L", model, "repq_vit", seed, None if bad else 75.0)
+            put(out, suite, "L", model, "percentile", seed, None if bad else 60.0, variant="pct-mm")
+
+
+FIGURES = sorted(f"{s}.{e}" for s in ("acc_vs_bits", "ablation", "acc_vs_time") for e in ("pdf", "png"))
+
+
+def test_first_model_with_no_finished_cell(tmp_path, monkeypatch):
+    """The first panel has no line: the legend comes from the other panels; tables show fail."""
+    out = tmp_path / "runs"
+    make_suite(out, failed_models=("tiny_vit",))
+    legends: dict[str, list[str]] = {}
+    save = plots._save
+
+    def spy(fig, dest, stem):
+        legends[stem] = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+        return save(fig, dest, stem)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    rep = build_report(out, "s", "L", pdf="no", published=False)
+    assert sorted(p.name for p in rep.figures) == FIGURES
+    for p in rep.figures:
+        assert p.is_file() and p.stat().st_size > 1000
+    assert legends["acc_vs_bits"] == ["Full Prec.", "Percentile", "RepQ-ViT", "pct-mm"]  # from panel 2
+    md = (rep.dest / "main.md").read_text()
+    assert "| Method | W/A | tiny ViT | DeiT-T |" in md
+    assert "| Percentile | 4/4 | fail | 70.50 ± 0.71 |" in md
+    assert "| RepQ-ViT | 4/4 | fail | **75.00** ± 0.00 |" in md
+    assert (rep.dest / "main.tex").is_file() and (rep.dest / "cost.md").is_file()
+    assert "| pct-mm | 4/4 | fail | 60.00 ± 0.00 |" in (rep.dest / "ablation.md").read_text()
+    assert len((rep.dest / "results.csv").read_text().splitlines()) == 1 + 12
+
+
+def test_first_model_failed_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "runs"
+    make_suite(out, failed_models=("tiny_vit",))
+    assert main(["report", "s", "--out", str(out), "--no-pdf", "--dest", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "acc_vs_bits.png").is_file() and (tmp_path / "r" / "main.md").is_file()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_label_with_every_cell_failed(tmp_path, monkeypatch):
+    """No line, bar or point at all: the figures are written without a legend (and without
+    matplotlib's "no artists" warning), the tables show fail."""
+    out = tmp_path / "runs"
+    make_suite(out, failed_models=("tiny_vit", "deit_tiny_patch16_224"))
+    legends: dict[str, int] = {}
+    save = plots._save
+
+    def spy(fig, dest, stem):
+        legends[stem] = len(fig.legends) + sum(ax.get_legend() is not None for ax in fig.axes)
+        return save(fig, dest, stem)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        rep = build_report(out, "s", "L", pdf="no", published=False)
+    assert sorted(p.name for p in rep.figures) == FIGURES
+    assert legends == {"acc_vs_bits": 0, "ablation": 0, "acc_vs_time": 0}
+    assert "| Percentile | 4/4 | fail | fail |" in rep.main_markdown
+    assert "| pct-mm | 4/4 | fail | fail |" in (rep.dest / "ablation.md").read_text()
+
+
+# --published-csv ---------------------------------------------------------------------------
+
+HEADER = "method,bits,model,top1,citation\n"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_published_csv_reads_a_valid_file(tmp_path):
+    p = write(tmp_path / "pub.csv", "# a comment\n" + HEADER + "fp,FP,tiny_vit,81.5,\"A, B (2023)\"\n"
+              "repq_vit,w4a4,tiny_vit,60,A\n")
+    df = published_frame(p)
+    assert list(df["bits"]) == ["FP", "W4A4"] and list(df["top1"]) == [81.5, 60.0]
+    assert list(df["citation"]) == ["A, B (2023)", "A"] and set(df["source"]) == {"published"}
+
+
+@pytest.mark.parametrize("text, match", [
+    (None, r"published CSV .*nope\.csv: file not found; expected a CSV with the columns method, bits, "
+           r"model, top1, citation"),
+    ("method,model,top1,citation\nfp,tiny_vit,80,A\n",
+     r"pub\.csv: missing column\(s\) bits \(header: method, model, top1, citation\); expected a CSV "
+     r"with the columns method, bits, model, top1, citation"),
+    ("model,top1\n", r"missing column\(s\) method, bits, citation "),
+    ("", r"pub\.csv: no header line; expected a CSV with the columns"),
+    ("# only a comment\n" + HEADER + "fp,FP,tiny_vit,80,A\nfp,W4A4,tiny_vit,abc,A\n",
+     r"pub\.csv: line 4: top1 'abc' is not a number; expected the top-1 in %"),
+    (HEADER + "fp,FP,tiny_vit,180,A\n", r"line 2: top1 180 is out of range; expected the top-1 in %, between 0 and 100"),
+    (HEADER + "fp,FP,tiny_vit,nan,A\n", r"line 2: top1 nan is out of range"),
+    (HEADER + "fp,W4,tiny_vit,70,A\n", r"line 2: bit-width 'W4': expected WxAy, e\.g\. W4A4 or w6a6, or FP"),
+    (HEADER + "fp,FP,tiny_vit,70,Li et al., 2023\n", r"line 2: 6 fields, expected 5 \(quote a citation that contains commas\)"),
+    (HEADER + "fp,FP,tiny_vit\n", r"line 2: no value for top1, citation"),
+    (HEADER + "fp,FP,,70,A\n", r"line 2: empty model; expected a name"),
+    (HEADER + "fp,FP,tiny_vit,70,\n", r"line 2: empty citation; expected the paper the number is copied from"),
+])
+def test_published_csv_errors_name_the_file_and_the_problem(tmp_path, text, match):
+    p = tmp_path / "nope.csv" if text is None else write(tmp_path / "pub.csv", text)
+    with pytest.raises(ConfigError, match=match) as e:
+        published_frame(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_published_csv_not_readable(tmp_path):
+    with pytest.raises(ConfigError, match=r"published CSV .*: is a folder; expected a CSV"):
+        published_frame(tmp_path)
+    p = tmp_path / "bin.csv"
+    p.write_bytes(HEADER.encode() + b"fp,FP,tiny_vit,\xff\xfe,A\n")
+    with pytest.raises(ConfigError, match=r"bin\.csv: not UTF-8 text"):
+        published_frame(p)
+
+
+@pytest.mark.parametrize("text, match", [
+    (None, r"^error: published CSV \S*nope\.csv: file not found; expected a CSV with the columns"),
+    ("method,model,top1,citation\nfp,tiny_vit,80,A\n", r"^error: published CSV \S*pub\.csv: missing column\(s\) bits "),
+    (HEADER + "fp,FP,tiny_vit,high,A\n", r"^error: published CSV \S*pub\.csv: line 2: top1 'high' is not a number"),
+])
+def test_published_csv_cli_one_line_exit_2_nothing_written(tmp_path, capsys, text, match):
+    out = tmp_path / "runs"
+    make_suite(out, failed_models=())
+    p = tmp_path / "nope.csv" if text is None else write(tmp_path / "pub.csv", text)
+    dest = tmp_path / "r"
+    assert main(["report", "s", "--out", str(out), "--no-pdf", "--dest", str(dest), "--published-csv", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.match(match, err), err
+    assert not dest.exists()
+    assert len(list((out / "s" / "L").glob("*/record.json"))) == 12  # the records are untouched
+
+
+# --dest ------------------------------------------------------------------------------------
+
+def test_dest_that_is_a_file_fails_before_any_work(tmp_path, capsys):
+    out = tmp_path / "runs"
+    make_suite(out, failed_models=())
+    f = write(tmp_path / "r.json", "{}")
+    assert main(["report", "s", "--out", str(out), "--no-pdf", "--dest", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --dest '{f}' is a file; expected a folder (existing or to be created)\n"
+    assert f.read_text() == "{}"
+    below = f / "sub" / "report"
+    with pytest.raises(ConfigError, match=rf"--dest '{below}': '{f}' is a file, so nothing can be created below it; expected a folder"):
+        build_report(out, "s", "L", pdf="no", dest=below)
+    # checked before the label is resolved or any record is read
+    with pytest.raises(ConfigError, match=r"--dest '.*r\.json' is a file"):
+        build_report(out, "s", "no-such-label", pdf="no", dest=f)
+    assert main(["report", "s", "--out", str(out), "--compare", "L", "L", "--dest", str(f)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --dest '{f}' is a file; expected a folder")
+    assert not (out / "s" / "L" / "report").exists()
+
+
+def test_dest_that_is_a_folder_or_new_works(tmp_path):
+    out = tmp_path / "runs"
+    make_suite(out, failed_models=())
+    (tmp_path / "old").mkdir()
+    for d in (tmp_path / "old", tmp_path / "new" / "deeper"):
+        rep = build_report(out, "s", "L", pdf="no", dest=d, figures=False)
+        assert rep.dest == d and (d / "main.md").is_file()
