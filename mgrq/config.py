@@ -13,7 +13,12 @@ from mgrq.errors import ConfigError
 
 
 def _type_name(typ: Any) -> str:
-    """``int`` for ``<class 'int'>``, ``int | None`` for a union, ``tuple[int, ...]`` as written."""
+    """A field type in words: ``int`` -> ``an integer``, ``int | None`` -> ``an integer or none``;
+    other types as written (``tuple[int, ...]``)."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(typ))
+    if typ is type(None):
+        return "none"
     if isinstance(typ, type) and typing.get_origin(typ) is None:
         return {"bool": "a boolean (true/false)", "int": "an integer", "float": "a number"}.get(typ.__name__, typ.__name__)
     return str(typ).replace("typing.", "")

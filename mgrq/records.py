@@ -100,9 +100,12 @@ def problem(rec: Any) -> str | None:
     spec = rec.get("spec")
     if not isinstance(spec, dict):
         return "no 'spec' object"
-    for k, typ in (("model", str), ("method", str), ("w_bits", int), ("a_bits", int)):
+    for k, typ in (("model", str), ("method", str), ("w_bits", int), ("a_bits", int), ("seed", int)):
         if not isinstance(spec.get(k), typ) or isinstance(spec.get(k), bool):
             return f"spec.{k} is {spec.get(k)!r}, expected {typ.__name__}"
+    for k in ("suite", "metrics", "timings", "error", "calibration", "executor"):
+        if rec.get(k) is not None and not isinstance(rec[k], dict):
+            return f"{k} is {type(rec[k]).__name__}, expected an object"
     if rec["status"] == "done":
         m = rec.get("metrics")
         if not isinstance(m, dict):

@@ -20,7 +20,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,11 @@ class MirrorResult:
     replaced: int = 0
     unchanged: int = 0
     skipped_running: int = 0
+    unreadable: list[str] = field(default_factory=list)  # record files left out, with what is wrong
 
     def counts(self) -> str:
-        return f"{self.created} run(s) created, {self.replaced} replaced, {self.unchanged} unchanged"
+        bad = f"; {len(self.unreadable)} unreadable record(s) left out: {self.unreadable[0]}" if self.unreadable else ""
+        return f"{self.created} run(s) created, {self.replaced} replaced, {self.unchanged} unchanged{bad}"
 
     def line(self) -> str:
         return f"MLflow ({self.uri}): {self.counts()}"
@@ -134,8 +136,8 @@ def flatten(rec: dict[str, Any], key: str) -> tuple[dict[str, str], dict[str, fl
     params = {k: v[:6000] for k, v in params.items()}
 
     metrics: dict[str, float] = {}
-    for name, (sect, field) in METRICS.items():
-        v = _num((rec.get(sect) or {}).get(field))
+    for name, (sect, name_in_sect) in METRICS.items():
+        v = _num((rec.get(sect) or {}).get(name_in_sect))
         if v is not None:
             metrics[name] = v
     if "top1" in metrics and "fp_top1" in metrics:
@@ -222,7 +224,9 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
         for s in suites:
             base = out.resolve() / s
             lab_dirs = [base / label] if label else sorted(d for d in base.iterdir() if d.is_dir())
-            recs = [(p, r) for d in lab_dirs if d.is_dir() for p, r in records_under(d)]
+            bad: list[tuple[Path, str]] = []
+            recs = [(p, r) for d in lab_dirs if d.is_dir() for p, r in records_under(d, bad)]
+            result.unreadable += [f"{p} ({why})" for p, why in bad]
             if not recs:
                 continue
             exp_id = _experiment_id(client, s, uri, out)

@@ -177,6 +177,30 @@ def create_model(
         ) from None
 
 
+def check_overrides(overrides: tuple[tuple[str, Any], ...] | list, models: list[str], where: str) -> None:
+    """Fail before any work when a layer-policy pattern matches no quantization point of any of
+    ``models`` (:class:`ConfigError` naming ``where``, the pattern and example point names). A
+    pattern needs to match in one model only: a suite's overrides apply to every model of its
+    grid, and e.g. ``reduction`` exists in Swin only. The models are built on the meta device
+    (no weights, no memory), which takes well under a second each."""
+    from mgrq.surgery import LayerPolicy, point_names, quantize_model, unmatched_overrides
+
+    if not overrides:
+        return
+    names: list[str] = []
+    for name in dict.fromkeys(models):
+        with torch.device("meta"):
+            model = create_model(name, pretrained=False)
+        names += point_names(quantize_model(model, LayerPolicy(8, 8)))
+    bad = unmatched_overrides(overrides, names)
+    if bad:
+        examples = ", ".join(dict.fromkeys([names[0], names[len(names) // 2], names[-1]]))
+        raise ConfigError(
+            f"{where}: layer policy pattern {bad[0]!r} matches no quantization point of "
+            f"{', '.join(dict.fromkeys(models))}; expected a regex (re.search) for point names such as {examples}"
+        )
+
+
 def data_bundle_for(name: str, model: nn.Module, data_root: str | Path | None, eval_split: str = "heldout"):
     """The data a zoo model is evaluated on: MNIST-5k for the tiny zoo, else an ImageNet folder."""
     from mgrq import data

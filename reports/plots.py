@@ -35,14 +35,17 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _legend_entries(axes) -> tuple[list, list[str]]:
-    """The legend handles and labels of all ``axes``, each label once, in order of first
-    appearance (a panel may lack methods whose cells of that model all failed)."""
+def _legend_entries(axes, order: list[str] | None = None) -> tuple[list, list[str]]:
+    """The legend handles and labels of all ``axes``, each label once (a panel may lack methods
+    whose cells of that model all failed), in ``order`` (labels not in it last), else in order of
+    first appearance."""
     seen: dict[str, object] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
-    return list(seen.values()), list(seen)
+    rank = {lab: i for i, lab in enumerate(order or [])}
+    labels = sorted(seen, key=lambda lab: rank.get(lab, len(rank)))
+    return [seen[lab] for lab in labels], labels
 
 
 def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], dest: Path) -> list[Path]:
@@ -55,11 +58,11 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
     for ax, m in zip(axes.flat, models):
         sub = runs[runs["model"] == m]
-        for n in names:
+        for i, n in enumerate(names):  # a method keeps its colour in every panel, drawn or not
             s = sub[sub["name"] == n].set_index("bits").reindex(bits)
             if s["mean"].notna().any():
                 ax.errorbar(range(len(bits)), s["mean"], yerr=s["std"].fillna(0), marker="o",
-                            capsize=2, label=method_name(n))
+                            capsize=2, label=method_name(n), color=f"C{i % 10}")
         fp = sub["fp"].dropna()
         if len(fp):
             ax.axhline(float(fp.mean()), color="gray", ls="--", lw=1, label="Full Prec.")
@@ -70,7 +73,7 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(models):]:
         ax.set_visible(False)
-    handles, labels = _legend_entries(axes.flat)
+    handles, labels = _legend_entries(axes.flat, [method_name(n) for n in names])
     if labels:  # none when no cell of any model finished
         fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), frameon=False,
                    bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 6)))

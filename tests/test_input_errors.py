@@ -62,7 +62,7 @@ def test_check_writable(tmp_path):
                                        r"only with an ImageNet"),
     (["zoo", "train", "tiny_vit", "--out", "{tmp}/file/z.pth"], r"--out .* is a file, so nothing can be created"),
     (["zoo", "train", "tiny_vit", "--threads", "-2"], r"--threads -2: expected 0 \(torch's default\) or a positive"),
-    (["suite", "run", "demo", "--out", "{tmp}/file", "--dry-run"], r"--out '.*file' is a file; expected a folder"),
+    (["suite", "run", "demo", "--out", "{tmp}/file", "--no-mirror"], r"--out '.*file' is a file; expected a folder"),
 ])
 def test_bad_paths_fail_before_any_work(tmp_path, capsys, no_work, argv, message):
     (tmp_path / "file").write_text("x")
@@ -91,10 +91,19 @@ def test_checkpoint_messages(tmp_path, capsys):
     assert "does not fit the model" in line and "\t" not in line
 
 
-def test_layer_policy_override_must_match_a_point(capsys):
-    assert main(QUANT + ["--bits-override", "nosuchpoint=fp"]) == 2
+def test_layer_policy_override_must_match_a_point(tmp_path, capsys, no_work):
+    assert main(QUANT + ["--bits-override", "reduction=fp"]) == 2  # Swin's patch merging: not in a ViT
     line = error_line(capsys)
-    assert "override 'nosuchpoint' matches none of the model's" in line and "head.weight_q" in line
+    assert line.startswith("error: --bits-override: layer policy pattern 'reduction' matches no quantization "
+                           "point of tiny_vit; expected a regex (re.search) for point names such as patch_embed.")
+    # a suite's overrides apply to every model: one model of the grid having the point is enough
+    mixed = write_suite(tmp_path / "mix.yaml", models=["tiny_vit", "tiny_swin"], bits_overrides={"reduction": 8})
+    assert load_suite(mixed).with_options().bits_overrides == (("reduction", 8),)
+    typo = write_suite(tmp_path / "typo.yaml", models=["tiny_vit", "tiny_swin"],
+                       methods=[{"name": "percentile", "bits_overrides": {"reductoin": 8}}])
+    with pytest.raises(ConfigError, match=r"typo.yaml: percentile: bits_overrides: layer policy pattern 'reductoin' "
+                                          r"matches no quantization point of tiny_vit, tiny_swin"):
+        load_suite(typo).with_options()
 
 
 def test_method_config_type_errors_name_the_type(capsys):
@@ -146,6 +155,11 @@ def test_malformed_records_are_named_not_crashed_on(tmp_path, capsys):
     assert "1 with an unreadable record -> 1 to run" in capsys.readouterr().out
     assert main(["suite", "status", str(path), "--out", str(out), "--label", "L"]) == 0  # a YAML path works too
     assert capsys.readouterr().out.strip().endswith("1 corrupt, 1 done")
+    from mgrq.tracking import mirror
+
+    res = mirror(out, "mal", "L")
+    assert res.created == 1 and res.unreadable == [f"{rec_path} (a done record without a 'metrics' object)"]
+    assert "; 1 unreadable record(s) left out: " in res.counts()
 
 
 def test_mirror_unknown_suite_or_label(tmp_path, capsys):
@@ -173,6 +187,19 @@ def test_executor_option_shapes():
         ex.resolve_options("slurm", {}, {"slurm": {"setup": 5}}, {}, "p.yaml: ")
     opts = ex.resolve_options("slurm", {"additional": (("mail_type", "END"),)}, {}, {})
     assert opts.additional == (("mail_type", "END"),)
+
+
+def test_dry_run_writes_nothing_so_any_out_will_do(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["suite", "run", "demo", "--out", str(tmp_path / "file" / "runs"), "--dry-run"]) == 0
+    assert "48 cells: 0 done" in capsys.readouterr().out
+
+
+def test_method_config_type_names():
+    from mgrq.config import _type_name
+
+    assert _type_name(int) == "an integer" and _type_name(int | None) == "an integer or none"
+    assert _type_name(bool) == "a boolean (true/false)" and _type_name(str) == "str"
 
 
 def test_label_may_not_be_empty(tmp_path, capsys):

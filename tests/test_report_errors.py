@@ -72,7 +72,7 @@ def test_first_model_with_no_finished_cell(tmp_path, monkeypatch):
     assert sorted(p.name for p in rep.figures) == FIGURES
     for p in rep.figures:
         assert p.is_file() and p.stat().st_size > 1000
-    assert legends["acc_vs_bits"] == ["Full Prec.", "Percentile", "RepQ-ViT", "pct-mm"]  # from panel 2
+    assert legends["acc_vs_bits"] == ["Percentile", "RepQ-ViT", "pct-mm", "Full Prec."]  # from panel 2
     md = (rep.dest / "main.md").read_text()
     assert "| Method | W/A | tiny ViT | DeiT-T |" in md
     assert "| Percentile | 4/4 | fail | 70.50 ± 0.71 |" in md
@@ -80,6 +80,29 @@ def test_first_model_with_no_finished_cell(tmp_path, monkeypatch):
     assert (rep.dest / "main.tex").is_file() and (rep.dest / "cost.md").is_file()
     assert "| pct-mm | 4/4 | fail | 60.00 ± 0.00 |" in (rep.dest / "ablation.md").read_text()
     assert len((rep.dest / "results.csv").read_text().splitlines()) == 1 + 12
+
+
+def test_a_method_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):
+    """Percentile failed on the first model only: RepQ-ViT must not take Percentile's colour there."""
+    out = tmp_path / "runs"
+    records.write_record(out / "s" / "L" / "suite.json", {"created": "x", "models": ["tiny_vit", "tiny_deit"],
+                                                          "methods": ["percentile", "repq_vit"], "bits": ["W4A4"]})
+    for model in ("tiny_vit", "tiny_deit"):
+        put(out, "s", "L", model, "percentile", 0, None if model == "tiny_vit" else 70.0)
+        put(out, "s", "L", model, "repq_vit", 0, 75.0)
+    colours: list[dict[str, object]] = []
+    save = plots._save
+
+    def spy(fig, dest, stem):
+        if stem == "acc_vs_bits":
+            for ax in fig.axes:  # one errorbar container per drawn method
+                colours.append({c.get_label(): c.lines[0].get_color() for c in ax.containers})
+        return save(fig, dest, stem)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    build_report(out, "s", "L", pdf="no", published=False)
+    first, second = colours
+    assert "Percentile" not in first and first["RepQ-ViT"] == second["RepQ-ViT"] != second["Percentile"]
 
 
 def test_first_model_failed_through_the_cli(tmp_path, capsys):

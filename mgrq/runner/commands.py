@@ -156,7 +156,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     from mgrq.runner.layout import check_label, default_label
     from mgrq.runner.suite import load_suite
 
-    out = check_writable(_out(args), "--out", folder=True)
+    out = _out(args) if args.dry_run else check_writable(_out(args), "--out", folder=True)  # dry runs write nothing
     suite = load_suite(args.suite).with_options(
         data_root=args.data_root, checkpoints=parse_assignments(args.checkpoint, "--checkpoint"),
         eval_limit=args.eval_limit, calib=args.calib)

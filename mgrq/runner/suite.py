@@ -158,6 +158,12 @@ class Suite:
                         f"{where}: data.root: folder {Path(root) / sub} not found; "
                         f"expected {IMAGENET_LAYOUT}"
                     )
+        for what, bo in [("bits_overrides", self.bits_overrides)] + [
+                (f"{m.name}: bits_overrides", m.bits_overrides) for m in self.methods if m.bits_overrides]:
+            if bo:
+                from mgrq.zoo import check_overrides
+
+                check_overrides(bo, list(self.models), f"{where}: {what}")
         for flag, v in (("--eval-limit", eval_limit), ("--calib", calib)):
             if v is not None and v < 1:
                 raise ConfigError(f"{flag} {v}: expected a positive integer")

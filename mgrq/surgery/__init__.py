@@ -7,7 +7,10 @@ from mgrq.surgery.wrap import (
     QuantModel,
     Unit,
     family_of,
+    point_names,
     quantize_model,
+    unmatched_overrides,
 )
 
-__all__ = ["FP", "SUPPORTED", "LayerPolicy", "QuantModel", "Unit", "family_of", "quantize_model"]
+__all__ = ["FP", "SUPPORTED", "LayerPolicy", "QuantModel", "Unit", "family_of", "point_names", "quantize_model",
+           "unmatched_overrides"]

@@ -229,18 +229,21 @@ def quantize_model(model: nn.Module, policy: LayerPolicy) -> QuantModel:
             pairs.append((f"{pre}norm2", f"{pre}mlp.fc1"))
         if hasattr(m, "norm") and hasattr(m, "reduction"):
             pairs.append((f"{pre}norm", f"{pre}reduction"))
-    names = []
     for name, m in model.named_modules():
         if isinstance(m, P.QuantPoint):
             m.name = name
             m.bits = policy.bits_for(m)  # type: ignore[assignment]
-            names.append(name)
-    for pattern, _ in policy.overrides:
-        if not any(re.search(pattern, n) for n in names):
-            raise ConfigError(f"layer policy override {pattern!r} matches none of the model's {len(names)} "
-                              f"quantization points; expected a regex for names such as {', '.join(names[:3])}, "
-                              f"{names[-1]} (searched with re.search)")
     return QuantModel(model, family, policy, pairs)
+
+
+def point_names(qm: QuantModel) -> list[str]:
+    """The names of a quantizable model's points, in module order (what overrides match)."""
+    return [n for n, m in qm.model.named_modules() if isinstance(m, P.QuantPoint)]
+
+
+def unmatched_overrides(overrides: tuple[tuple[str, int | str], ...] | list, names: list[str]) -> list[str]:
+    """The override patterns that ``re.search`` finds in none of ``names``."""
+    return [pattern for pattern, _ in overrides if not any(re.search(pattern, n) for n in names)]
 
 
 def build_units(qm: QuantModel) -> list[Unit]:
