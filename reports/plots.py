@@ -30,6 +30,16 @@ def _save(fig, dest: Path, stem: str) -> list[Path]:
     return out
 
 
+def _colours(n: int) -> list:
+    """``n`` distinct colours: matplotlib's 10-colour cycle, or tab20 for 11 to 20 methods (the
+    ablation suite has 11: with the 10-colour cycle the 11th, MGRQ, took the 1st's colour)."""
+    plt = _plt()
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    cmap = plt.get_cmap("tab20")
+    return [cmap(i % 20) for i in range(n)]
+
+
 def _grid(n: int) -> tuple[int, int]:
     cols = min(4, n)
     return math.ceil(n / cols), cols
@@ -56,13 +66,14 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
     bits = _bits_order(list(runs["bits"]))
     rows, cols = _grid(len(models))
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    colours = _colours(len(names))
     for ax, m in zip(axes.flat, models):
         sub = runs[runs["model"] == m]
         for i, n in enumerate(names):  # a method keeps its colour in every panel, drawn or not
             s = sub[sub["name"] == n].set_index("bits").reindex(bits)
             if s["mean"].notna().any():
                 ax.errorbar(range(len(bits)), s["mean"], yerr=s["std"].fillna(0), marker="o",
-                            capsize=2, label=method_name(n), color=f"C{i % 10}")
+                            capsize=2, label=method_name(n), color=colours[i])
         fp = sub["fp"].dropna()
         if len(fp):
             ax.axhline(float(fp.mean()), color="gray", ls="--", lw=1, label="Full Prec.")
@@ -75,9 +86,11 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
         ax.set_visible(False)
     handles, labels = _legend_entries(axes.flat, [method_name(n) for n in names])
     if labels:  # none when no cell of any model finished
-        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), frameon=False,
-                   bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 6)))
-    fig.tight_layout()
+        fig.tight_layout()  # then the legend below the panels (bbox_inches="tight" makes room)
+        fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
+    else:
+        fig.tight_layout()
     return _save(fig, dest, "acc_vs_bits")
 
 

@@ -105,6 +105,11 @@ def test_a_method_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):
     assert "Percentile" not in first and first["RepQ-ViT"] == second["RepQ-ViT"] != second["Percentile"]
 
 
+def test_methods_get_distinct_colours_up_to_20():
+    for n in (1, 10, 11, 20):  # the ablation suite plots 11 methods
+        assert len({str(c) for c in plots._colours(n)}) == n
+
+
 def test_first_model_failed_through_the_cli(tmp_path, capsys):
     out = tmp_path / "runs"
     make_suite(out, failed_models=("tiny_vit",))
