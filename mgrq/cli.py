@@ -54,15 +54,20 @@ def _spec_from_args(args: argparse.Namespace):
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from mgrq import records
+    from mgrq.data import check_imagenet_root
     from mgrq.errors import ConfigError
     from mgrq.methods import get_method
     from mgrq.run import execute, failed_record
     from mgrq.zoo import check_overrides, get_entry
 
     spec = _spec_from_args(args)
-    if get_entry(spec.model).tiny and spec.data_root is not None:  # fail fast, before loading anything
-        raise ConfigError(f"--data-root {spec.data_root}: model {spec.model} is from the tiny zoo and is evaluated "
-                          "on the embedded MNIST digits; expected --data-root only with an ImageNet (timm) model")
+    if get_entry(spec.model).tiny:  # fail fast, before loading anything
+        if spec.data_root is not None:
+            raise ConfigError(f"--data-root {spec.data_root}: model {spec.model} is from the tiny zoo and is "
+                              "evaluated on the embedded MNIST digits; expected --data-root only with an ImageNet "
+                              "(timm) model")
+    else:
+        check_imagenet_root(spec.data_root, spec.model)
     get_method(spec.method)
     check_overrides(spec.bits_overrides, [spec.model], "--bits-override")
     if args.record:

@@ -185,6 +185,22 @@ def timm_data_config(model: torch.nn.Module) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
+def check_imagenet_root(root: str | os.PathLike | None, model: str, where: str = "") -> Path:
+    """Fail fast, before any model or weights are loaded: ``root`` must be given and have the
+    ``train/`` and ``val/`` folders of :data:`IMAGENET_LAYOUT` (``where`` prefixes the message).
+    The class folders are checked later, against the model's outputs."""
+    if root is None:
+        raise ConfigError(f"{where}model {model} needs an ImageNet-layout folder; pass --data-root PATH "
+                          f"({IMAGENET_LAYOUT})")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{where}data root {path}: folder not found; expected layout {IMAGENET_LAYOUT}")
+    for sub in ("train", "val"):
+        if not (path / sub).is_dir():
+            raise DataError(f"{where}data root {path}: folder {path / sub} not found; expected layout {IMAGENET_LAYOUT}")
+    return path
+
+
 def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes: int) -> DataBundle:
     """ImageNet-layout folder with the model's own timm preprocessing (val transform for both the
     calibration images drawn from ``train/`` and the evaluation images of ``val/``, as in the

@@ -202,6 +202,27 @@ def test_method_config_type_names():
     assert _type_name(bool) == "a boolean (true/false)" and _type_name(str) == "str"
 
 
+def test_imagenet_data_root_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import mgrq.zoo
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the data root was checked")
+
+    monkeypatch.setattr(mgrq.zoo, "create_model", no_load)
+    imagenet = ["quantize", "--model", "deit_tiny_patch16_224", "--method", "percentile", "--w-bits", "4",
+                "--a-bits", "4", "--quiet"]
+    assert main(imagenet) == 2
+    assert "model deit_tiny_patch16_224 needs an ImageNet-layout folder; pass --data-root" in error_line(capsys)
+    (tmp_path / "train").mkdir()
+    assert main(imagenet + ["--data-root", str(tmp_path)]) == 2
+    assert f"data root {tmp_path}: folder {tmp_path / 'val'} not found; expected layout" in error_line(capsys)
+
+
+def test_pdb_needs_the_debug_executor(tmp_path, capsys):
+    assert main(["suite", "run", "demo", "--out", str(tmp_path), "--pdb", "--dry-run"]) == 2
+    assert "--pdb: opens pdb in this process, so it needs --executor debug (not local)" in error_line(capsys)
+
+
 def test_label_may_not_be_empty(tmp_path, capsys):
     assert main(["suite", "run", "demo", "--out", str(tmp_path), "--label", "", "--dry-run"]) == 2
     assert "--label '': expected letters" in error_line(capsys)

@@ -144,6 +144,10 @@ def _executor_options(args: argparse.Namespace, suite: Any):
     flags["setup"] = tuple(args.setup) if args.setup else None
     flags["additional"] = parse_assignments(args.additional, "--slurm-param") if args.additional else None
     flags["device"] = args.device
+    if args.pdb and kind != "debug":
+        from mgrq.errors import ConfigError
+
+        raise ConfigError(f"--pdb: opens pdb in this process, so it needs --executor debug (not {kind})")
     flags["pdb"] = args.pdb or None
     return ex.resolve_options(kind, dict(suite.executor), profile, flags,
                               f"{profile_path}: " if profile_path else "", f"{suite.path}: ")

@@ -143,7 +143,7 @@ class Suite:
         if root is not None:
             root = str(Path(root).expanduser().resolve())
         if self.needs_data_root:
-            from mgrq.data import IMAGENET_LAYOUT
+            from mgrq.data import IMAGENET_LAYOUT, check_imagenet_root
 
             first = next(m for m in self.models if not _is_tiny(m))
             if root is None:
@@ -152,12 +152,7 @@ class Suite:
                     f"pass --data-root PATH or set data.root ({IMAGENET_LAYOUT}); --dry-run needs it "
                     "too, the data root is part of every cell's hash"
                 )
-            for sub in ("", "train", "val"):
-                if not (Path(root) / sub).is_dir():
-                    raise DataError(
-                        f"{where}: data.root: folder {Path(root) / sub} not found; "
-                        f"expected {IMAGENET_LAYOUT}"
-                    )
+            check_imagenet_root(root, first, f"{where}: ")
         for what, bo in [("bits_overrides", self.bits_overrides)] + [
                 (f"{m.name}: bits_overrides", m.bits_overrides) for m in self.methods if m.bits_overrides]:
             if bo:
