@@ -8,6 +8,7 @@ They are re-made with ``mgrq zoo train <name>``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -177,21 +178,28 @@ def create_model(
         ) from None
 
 
+@functools.cache
+def _point_names(name: str) -> tuple[str, ...]:
+    """The quantization point names of zoo model ``name`` (built once per process on the meta
+    device: a suite checks the same models for its own and each method's overrides)."""
+    from mgrq.surgery import LayerPolicy, point_names, quantize_model
+
+    with torch.device("meta"):
+        model = create_model(name, pretrained=False)
+    return tuple(point_names(quantize_model(model, LayerPolicy(8, 8))))
+
+
 def check_overrides(overrides: tuple[tuple[str, Any], ...] | list, models: list[str], where: str) -> None:
     """Fail before any work when a layer-policy pattern matches no quantization point of any of
     ``models`` (:class:`ConfigError` naming ``where``, the pattern and example point names). A
     pattern needs to match in one model only: a suite's overrides apply to every model of its
     grid, and e.g. ``reduction`` exists in Swin only. The models are built on the meta device
     (no weights, no memory), which takes well under a second each."""
-    from mgrq.surgery import LayerPolicy, point_names, quantize_model, unmatched_overrides
+    from mgrq.surgery import unmatched_overrides
 
     if not overrides:
         return
-    names: list[str] = []
-    for name in dict.fromkeys(models):
-        with torch.device("meta"):
-            model = create_model(name, pretrained=False)
-        names += point_names(quantize_model(model, LayerPolicy(8, 8)))
+    names = [n for name in dict.fromkeys(models) for n in _point_names(name)]
     bad = unmatched_overrides(overrides, names)
     if bad:
         examples = ", ".join(dict.fromkeys([names[0], names[len(names) // 2], names[-1]]))
@@ -204,18 +212,13 @@ def check_overrides(overrides: tuple[tuple[str, Any], ...] | list, models: list[
 def data_bundle_for(name: str, model: nn.Module, data_root: str | Path | None, eval_split: str = "heldout"):
     """The data a zoo model is evaluated on: MNIST-5k for the tiny zoo, else an ImageNet folder."""
     from mgrq import data
-    from mgrq.errors import ConfigError
 
     entry = get_entry(name)
     if entry.tiny:
         return data.mnist_bundle(eval_split)
-    if data_root is None:
-        raise ConfigError(
-            f"model {name}: needs an ImageNet-layout folder; pass --data-root "
-            f"({data.IMAGENET_LAYOUT})"
-        )
+    root = data.check_imagenet_root(data_root, name)
     num_classes = int(getattr(model, "num_classes", 1000))
-    return data.imagenet_bundle(data_root, model, num_classes)
+    return data.imagenet_bundle(root, model, num_classes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -123,17 +123,16 @@ def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
     return pdf
 
 
-def check_dest(dest: str | Path, what: str = "--dest") -> Path:
-    """``dest`` as a Path, failing with one line (:class:`ConfigError`, naming it as ``what``)
-    when it cannot be a folder (it or a folder above it is a file, or it is not writable).
-    Called before any work."""
-    return records.check_writable(dest, what, folder=True)
+def _listed(items: list[str]) -> str:
+    """The first three of ``items`` for a note, then ``...``."""
+    return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
 
 
 def _make_dest(dest: Path, what: str) -> None:
+    """Create the report folder (checked with ``records.check_writable`` before any work)."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # e.g. no permission, or the path changed since check_dest
+    except OSError as e:  # e.g. no permission, or the path changed since it was checked
         raise ConfigError(f"{what} {dest}: cannot create the folder ({e.strerror or e}); "
                           f"expected a folder the report can be written to") from None
 
@@ -150,9 +149,9 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     cannot be a folder, or a bad published CSV, also fails before anything is written."""
     out = Path(out)
     what = "--dest" if dest else "report folder"
-    dest = check_dest(dest) if dest else None
+    dest = records.check_writable(dest, what, folder=True) if dest else None
     label = _label(out, suite, label, source, uri)
-    dest = dest or check_dest(out.resolve() / suite / label / "report", what)
+    dest = dest or records.check_writable(out.resolve() / suite / label / "report", what, folder=True)
     df = load_frame(out, suite, [label], source, uri)
     if df.empty:
         raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source})")
@@ -172,12 +171,11 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     unreadable = df.attrs.get("unreadable") or []
     if unreadable:
         notes.append(f"{len(unreadable)} record file(s) left out, unreadable or malformed (rerun the suite to "
-                     f"redo those cells): {', '.join(unreadable[:3])}" + (", ..." if len(unreadable) > 3 else ""))
+                     f"redo those cells): {_listed(unreadable)}")
     superseded = df.attrs.get("superseded") or []
     if superseded:
         notes.append(f"{len(superseded)} record(s) left out: the label holds a newer record of the same cell "
-                     f"(a rerun with other options): {', '.join(superseded[:3])}"
-                     + (", ..." if len(superseded) > 3 else ""))
+                     f"(a rerun with other options): {_listed(superseded)}")
     pub = None
     if published:
         pub = F.published_frame(None if published is True else published)
@@ -242,14 +240,14 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
         raise ConfigError(f"--threshold {threshold}: expected >= 0 (points of top-1)")
     out = Path(out)
     what = "--dest" if dest else "report folder"
-    dest = check_dest(dest) if dest else None
+    dest = records.check_writable(dest, what, folder=True) if dest else None
     a = _label(out, suite, label_a, source, uri)
     b = _label(out, suite, label_b, source, uri)
     if a == b:
         raise ConfigError(f"--compare {label_a} {label_b}: both are label {a}; expected two different runs")
     df = load_frame(out, suite, [a, b], source, uri)
     cmp = T.compare_frame(df[df["label"] == a], df[df["label"] == b], threshold)
-    dest = dest or check_dest(out.resolve() / suite / b / "report", what)
+    dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)
     _make_dest(dest, what)
     stem = f"compare-{a}-vs-{b}"
     md = T.compare_markdown(cmp, a, b, threshold)

@@ -153,12 +153,11 @@ class Suite:
                     "too, the data root is part of every cell's hash"
                 )
             check_imagenet_root(root, first, f"{where}: ")
+        from mgrq.zoo import check_overrides
+
         for what, bo in [("bits_overrides", self.bits_overrides)] + [
                 (f"{m.name}: bits_overrides", m.bits_overrides) for m in self.methods if m.bits_overrides]:
-            if bo:
-                from mgrq.zoo import check_overrides
-
-                check_overrides(bo, list(self.models), f"{where}: {what}")
+            check_overrides(bo, list(self.models), f"{where}: {what}")
         for flag, v in (("--eval-limit", eval_limit), ("--calib", calib)):
             if v is not None and v < 1:
                 raise ConfigError(f"{flag} {v}: expected a positive integer")
