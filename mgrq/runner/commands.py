@@ -273,7 +273,7 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
     print(f"suite {args.suite} [{label}] -> {root}")
     for c in meta.get("cells", []):
         cell = Cell(c["id"], c.get("hash", ""), root / c["dir"], {})
-        st, rec = cell.status(), cell.record() or {}
+        st, rec = cell.state()
         counts[st] = counts.get(st, 0) + 1
         m = rec.get("metrics") or {}
         top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""

@@ -106,11 +106,10 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     counts: Counter = Counter()
     print(f"suite {suite.name} ({suite.path}) label {label} -> {root}")
     for c in cells:
-        st = c.status()
+        st, rec = c.state()
         counts[st] += 1
         extra = ""
         if st == "done":
-            rec = c.record() or {}
             m = rec.get("metrics", {})
             extra = f"top-1 {m.get('top1', float('nan')):.2f}"
             drift = config_drift(c, rec)

@@ -78,13 +78,18 @@ class Cell:
         rec = records.read_record(self.record_path)
         return rec if rec is not None and records.problem(rec) is None else None
 
-    def status(self) -> str:
-        """``done`` | ``failed`` | ``running`` (a record says so) | ``pending`` (no record) |
-        ``corrupt`` (a record file that is unreadable or malformed: the cell runs again)."""
+    def state(self) -> tuple[str, dict[str, Any]]:
+        """``(status, record)`` from one read of the record file (``{}`` when there is no usable
+        record). Status: ``done`` | ``failed`` | ``running`` (a record says so) | ``pending`` (no
+        record) | ``corrupt`` (a record file that is unreadable or malformed: the cell runs again)."""
         rec = self.record()
         if rec is not None:
-            return str(rec["status"])
-        return "corrupt" if self.record_path.exists() else "pending"
+            return str(rec["status"]), rec
+        return ("corrupt" if self.record_path.exists() else "pending"), {}
+
+    def status(self) -> str:
+        """The status part of :meth:`state`."""
+        return self.state()[0]
 
 
 def label_dir(out: Path, suite: str, label: str) -> Path:
