@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -39,6 +42,18 @@ def parse_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block; on exit every submodule gets back its own
+    training flag (``model.train(flag)`` would set the wrapper's flag on all of them)."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield model.eval()
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 def loader(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
 
@@ -60,17 +75,16 @@ def evaluate(
     from tqdm import tqdm
 
     dev = pick_device(device)
-    was_training = model.training
-    model.eval().to(dev)
+    model.to(dev)
     correct1 = correct5 = seen = 0
-    for images, labels in tqdm(loader(dataset, batch_size, workers), desc=desc, disable=not progress, leave=False):
-        images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-        logits = model(images)
-        k = min(5, logits.shape[-1])
-        top = logits.topk(k, dim=-1).indices
-        hit = top == labels[:, None]
-        correct1 += int(hit[:, 0].sum())
-        correct5 += int(hit.any(dim=-1).sum())
-        seen += labels.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for images, labels in tqdm(loader(dataset, batch_size, workers), desc=desc, disable=not progress, leave=False):
+            images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+            logits = model(images)
+            k = min(5, logits.shape[-1])
+            top = logits.topk(k, dim=-1).indices
+            hit = top == labels[:, None]
+            correct1 += int(hit[:, 0].sum())
+            correct5 += int(hit.any(dim=-1).sum())
+            seen += labels.numel()
     return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "n": float(seen)}

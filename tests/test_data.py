@@ -81,7 +81,10 @@ def test_imagenet_folder_with_real_photos_and_timm_preprocessing(tmp_path):
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
     with torch.no_grad():
         expected = 100.0 * float((model(images).argmax(-1) == labels).float().mean())
+    model.blocks[0].train()  # mixed training flags come back as they were
+    flags = [mod.training for mod in model.modules()]
     m = evaluate(model, b.val, batch_size=4, device="cpu", progress=False)
+    assert [mod.training for mod in model.modules()] == flags
     assert m["n"] == 6 and m["top1"] == pytest.approx(expected)
     assert m["top5"] == 100.0  # only 3 classes: top-5 is top-3, always a hit
     # and a known value: a model that always ranks class 2 > 1 > 0 is right on 2 of 6 images

@@ -139,12 +139,14 @@ def _unit_error(qm, images, name):
 
 
 def _state(qm):
-    return [(p.name, type(p.quantizer).__name__, p.enabled, p.drop_prob) for p in qm.points()]
+    return ([(p.name, type(p.quantizer).__name__, p.enabled, p.drop_prob) for p in qm.points()],
+            [m.training for m in qm.modules()])
 
 
 def test_reconstruction_beats_round_to_nearest_and_restores_state(tiny):
     qm, images = _qmodel(tiny, bits=3)
     before = _unit_error(qm, images, "blocks.1")
+    qm.model.blocks[0].train()  # mixed training flags: each module must get its own back
     state0 = _state(qm)
     grads0 = [p.requires_grad for p in qm.parameters()]
     cfg = ReconConfig(input_mode="qdrop", act_drop=0.5, check_every=20)
@@ -158,7 +160,8 @@ def test_reconstruction_beats_round_to_nearest_and_restores_state(tiny):
     assert math.isfinite(u["loss_last"])
     # state after the context: hardened AdaRound weights, original act quantizers, no dropping
     state1 = _state(qm)
-    for (n, t0, e0, _d0), (_, t1, e1, d1) in zip(state0, state1):
+    assert state1[1] == state0[1]  # training flags
+    for (n, t0, e0, _d0), (_, t1, e1, d1) in zip(state0[0], state1[0]):
         assert (e1, d1) == (e0, 0.0)
         assert t1 == ("AdaRoundQuantizer" if n.startswith("blocks.1.") and n.endswith("weight_q") else t0)
     assert all(isinstance(p.quantizer, AdaRoundQuantizer) and p.quantizer.hard
@@ -242,6 +245,7 @@ class _NaNAfter(LossTerm):
 
 def test_nan_loss_raises_naming_unit_and_iteration_and_restores(tiny):
     qm, images = _qmodel(tiny)
+    qm.model.blocks[0].attn.train()
     state0 = _state(qm)
     grads0 = [p.requires_grad for p in qm.parameters()]
     cfg = ReconConfig(check_every=4)

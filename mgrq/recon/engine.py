@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from mgrq.errors import ConfigError, ReconstructionError
-from mgrq.evaluate import pick_device
+from mgrq.evaluate import eval_mode, pick_device
 from mgrq.memory import PeakMemory
 from mgrq.recon.cache import BatchSource, UnitCache, nbytes
 from mgrq.recon.config import ReconConfig, Stage
@@ -238,25 +238,22 @@ class Reconstructor:
         t0 = time.perf_counter()
         params = list(self.qmodel.parameters())
         grad_flags = [p.requires_grad for p in params]
-        training = self.qmodel.training
         precision = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
         out: dict[str, Any] = {"compile": self.cfg.compile, "autocast": self.cfg.autocast,
                                "matmul_precision": self.cfg.matmul_precision,
                                "device": str(self.device), "stages": []}
         try:
-            self.qmodel.eval()
             for p in params:
                 p.requires_grad_(False)
             torch.set_float32_matmul_precision(self.cfg.matmul_precision)
             if self.device.type == "cuda":
                 torch.backends.cudnn.allow_tf32 = self.cfg.matmul_precision != "highest"
-            with _dynamo_limits(self.cfg.compile != "none"):
-                for si, stage in enumerate(stages):
+            with eval_mode(self.qmodel), _dynamo_limits(self.cfg.compile != "none"):  # each module's
+                for si, stage in enumerate(stages):  # training flag comes back on exit
                     out["stages"].append(self._run_stage(si, stage))
         finally:
             for p, f in zip(params, grad_flags):
                 p.requires_grad_(f)
-            self.qmodel.train(training)
             torch.set_float32_matmul_precision(precision[0])
             torch.backends.cudnn.allow_tf32 = precision[1]
         out["total_s"] = time.perf_counter() - t0

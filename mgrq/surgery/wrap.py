@@ -233,7 +233,7 @@ def quantize_model(model: nn.Module, policy: LayerPolicy) -> QuantModel:
         if isinstance(m, P.QuantPoint):
             m.name = name
             m.bits = policy.bits_for(m)  # type: ignore[assignment]
-    return QuantModel(model, family, policy, pairs)
+    return QuantModel(model, family, policy, pairs).eval()  # the copied timm model is in eval mode
 
 
 def point_names(qm: QuantModel) -> list[str]:
