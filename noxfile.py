@@ -61,7 +61,7 @@ def tests_gpu(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
-    """ruff (lint) and mypy on mgrq/, baselines/ and reports/."""
+    """ruff (lint) on mgrq/, baselines/, reports/, tests/ and noxfile.py; mypy on mgrq/, baselines/ and reports/."""
     py = _python(session)
     session.run(py, "-m", "ruff", "check", "mgrq", "baselines", "reports", "tests", "noxfile.py", external=True)
     session.run(py, "-m", "mypy", "mgrq", "baselines", "reports", external=True)

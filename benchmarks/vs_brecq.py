@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                         "default highest")
     p.add_argument("--modes", default=None,
                    help="our compile modes, comma list of none, kernels, compile (default: none,compile for rounding "
-                        "and kernels,compile for steps; steps has no pure eager row by default, the fused kernels "
-                        "are the CPU default's peer)")
+                        "and kernels,compile for steps; steps has no pure eager row by default: the opt-in fused "
+                        "quantizer kernels are the peer of BRECQ's eager step there)")
     args = p.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
     precisions = [s for s in args.precisions.split(",") if s]

@@ -1,6 +1,6 @@
 """mgrq: post-training quantization of Vision Transformers under one protocol.
 
-``import mgrq`` imports torch only; mlflow, submitit and matplotlib load inside the code that
+``import mgrq`` loads no heavy dependency (not even torch); torch loads with the modules that use it, mlflow, submitit and matplotlib load inside the code that
 needs them (tracking, the suite runner, reports).
 """
 

@@ -110,7 +110,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     if not getattr(args, "name", None):
         for m in all_methods():
             print(f"{m.name:18s} {m.description} (default calib {m.default_calib})")
-        print("\n`mgrq methods NAME` lists a method's config fields (set them with --set FIELD=VALUE)")
+        print("\n`mgrq methods NAME` lists a method's config fields (set them with --set FIELD=VALUE)", file=sys.stderr)
         return 0
     m = get_method(args.name)
     print(f"{m.name}: {m.description} (default calib {m.default_calib})")

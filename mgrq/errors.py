@@ -45,7 +45,7 @@ def unknown(kind: str, name: str, known: Iterable[str], where: str = "") -> Unkn
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     at = f" {where}" if where else ""
-    return UnknownNameError(f"unknown {kind} {name!r}{at}.{hint} Known {kind}s: {', '.join(known)}")
+    return UnknownNameError(f"unknown {kind} {name!r}{at}.{hint} Known {kind}s: {', '.join(known) or 'none'}")
 
 
 def first_line(e: BaseException | str, limit: int = 160, empty: str = "") -> str:

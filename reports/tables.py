@@ -382,10 +382,15 @@ def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: lis
 # --------------------------------------------------------------------------------------------
 
 
+ALERT_FLAGS = ("moved", "newly failed", "new, failed")
+"""The flags that make ``mgrq report --compare ... --strict`` exit 1."""
+
+
 def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """One row per cell (model, name, bits, seed) of either label: top-1 in A and B, the delta
-    and a flag: ``moved`` (|delta| > threshold), ``newly failed``, ``fixed``, ``new``,
-    ``missing`` or empty."""
+    and a flag: ``moved`` (|delta| > threshold), ``newly failed`` (done in A, failed in B),
+    ``still failing``, ``fixed``, ``new`` (only in B, done), ``new, failed`` (only in B,
+    failed), ``missing`` (only in A) or empty."""
     key = ["model", "name", "bits", "seed"]
     cols = [*key, "status", "top1"]
     m = a[cols].merge(b[cols], on=key, how="outer", suffixes=("_a", "_b"))
@@ -415,15 +420,15 @@ def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float) -> pd.Data
 
 
 def compare_markdown(cmp: pd.DataFrame, label_a: str, label_b: str, threshold: float) -> str:
-    flagged = int((cmp["flag"].isin(["moved", "newly failed"])).sum())
+    flagged = int((cmp["flag"].isin(ALERT_FLAGS)).sum())
     lines = [f"**Top-1 change from {label_a} (A) to {label_b} (B); flagged: |Δ| > {threshold:g} "
-             f"points or newly failed ({flagged} cell(s))**", "",
+             f"points or a new failure ({flagged} cell(s))**", "",
              "| Model | Method | W/A | Seed | A | B | Δ | Flag |", "|:--|:--|:-:|:-:|--:|--:|--:|:--|"]
     for r in cmp.itertuples():
         a = "fail" if r.status_a == "failed" else ("–" if pd.isna(r.top1_a) else f"{r.top1_a:.2f}")
         b = "fail" if r.status_b == "failed" else ("–" if pd.isna(r.top1_b) else f"{r.top1_b:.2f}")
         d = "–" if pd.isna(r.delta) else f"{r.delta:+.2f}"
-        fl = f"**{r.flag}**" if r.flag in ("moved", "newly failed") else r.flag
+        fl = f"**{r.flag}**" if r.flag in ALERT_FLAGS else r.flag
         lines.append(f"| {model_name(r.model)} | {method_name(r.name)} | {wa(r.bits)} | {r.seed} "
                      f"| {a} | {b} | {d} | {fl} |")
     return "\n".join(lines) + "\n"
@@ -432,7 +437,7 @@ def compare_markdown(cmp: pd.DataFrame, label_a: str, label_b: str, threshold: f
 def compare_latex(cmp: pd.DataFrame, suite: str, label_a: str, label_b: str, threshold: float) -> str:
     lines = [r"\begin{table}[t]", r"\centering",
              rf"\caption{{Top-1 change, suite {tex(suite)}: {tex(label_a)} (A) to {tex(label_b)} (B); "
-             rf"flagged when $|\Delta| > {threshold:g}$ or newly failed.}}",
+             rf"flagged when $|\Delta| > {threshold:g}$ or a new failure.}}",
              rf"\label{{tab:{suite}-compare}}",
              r"\begin{tabular}{lllcrrrl}", r"\toprule",
              r"Model & Method & W/A & Seed & A & B & $\Delta$ & Flag \\", r"\midrule"]
@@ -440,7 +445,7 @@ def compare_latex(cmp: pd.DataFrame, suite: str, label_a: str, label_b: str, thr
         a = "fail" if r.status_a == "failed" else ("--" if pd.isna(r.top1_a) else f"{r.top1_a:.2f}")
         b = "fail" if r.status_b == "failed" else ("--" if pd.isna(r.top1_b) else f"{r.top1_b:.2f}")
         d = "--" if pd.isna(r.delta) else f"{r.delta:+.2f}"
-        fl = rf"\textbf{{{r.flag}}}" if r.flag in ("moved", "newly failed") else tex(r.flag)
+        fl = rf"\textbf{{{r.flag}}}" if r.flag in ALERT_FLAGS else tex(r.flag)
         lines.append(f"{tex(model_name(r.model))} & {tex(method_name(r.name))} & {wa(r.bits)} & "
                      f"{r.seed} & {a} & {b} & {d} & {fl} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]

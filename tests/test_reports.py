@@ -216,6 +216,17 @@ def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
+    out = tmp_path / "runs"
+    make_runs(out, "A", created="2026-01-01T00:00:00")
+    make_runs(out, "B", created="2026-01-02T00:00:00")
+    args = ["report", "rep", "--out", str(out), "--compare", "A", "B", "--strict"]
+    assert main(args) == 0  # the same cells, the same top-1: nothing flagged
+    put(out, "rep", "B", "tiny_vit", "repq_vit", "W4A4", 7, None)  # a seed A never ran, failed in B
+    assert main(args) == 1
+    assert "| tiny ViT | RepQ-ViT | 4/4 | 7 | – | fail | – | **new, failed** |" in capsys.readouterr().out
+
+
 def test_report_bad_inputs(tmp_path):
     out = tmp_path / "runs"
     with pytest.raises(ReportError, match="no finished cells"):

@@ -3,7 +3,8 @@
 
 The defaults are the BRECQ/QDrop lineage's (BRECQ and QDrop reference code, see ``baselines/brecq.py``): batch 32, Adam 1e-3 on
 the rounding variables, Adam 4e-5 with cosine decay on the activation steps, rounding weight 0.01,
-beta 20 -> 2 after a 0.2 warm-up, 20,000 iterations per unit.
+beta 20 -> 2 after a 0.2 warm-up (20,000 iterations per unit is the methods' ``iters`` default;
+:class:`Stage` has none).
 """
 
 from __future__ import annotations

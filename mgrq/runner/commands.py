@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--profile", default=None,
                    help="site profile YAML/TOML with slurm/local options (default $MGRQ_SITE_PROFILE)")
     g.add_argument("--parallelism", type=int, default=None, help="local: jobs side by side (default min(4, cores))")
-    g.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / jobs)")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per job (default: local, cores / jobs; slurm, --cpus, else 1)")
     g.add_argument("--timeout-min", type=int, default=None,
                    help="time limit per job, minutes (default: the suite's executor.timeout_min, else 720)")
     g.add_argument("--partition", default=None, help="slurm partition")
@@ -115,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed)")
     rp.add_argument("--threshold", type=float, default=None,
                     help="with --compare: flag cells whose top-1 moved by more than this many points (default 1.0)")
-    rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when any cell is flagged")
+    rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when a cell is flagged moved, newly failed, or new, failed")
     rp.set_defaults(func=cmd_report)
 
 
@@ -335,7 +335,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                                        threshold, args.source, args.tracking_uri, args.dest)
         print(md)
         print("written: " + ", ".join(str(f) for f in files))
-        flagged = int(cmp["flag"].isin(["moved", "newly failed"]).sum())
+        from reports.tables import ALERT_FLAGS
+
+        flagged = int(cmp["flag"].isin(ALERT_FLAGS).sum())
         return 1 if (args.strict and flagged) else 0
     published: Any = False if args.no_published else (args.published_csv or True)
     rep = build_report(out, args.suite, args.label, args.source, args.dest, published,

@@ -1,8 +1,9 @@
 """Executors (through submitit) and site profiles.
 
-- ``local`` (default): the cells are split into ``parallelism`` jobs that run side by side, each
-  running its cells one after the other with ``threads`` torch threads (default: up to 4 jobs,
-  the CPU cores shared between them), so a 2-core laptop runs 2 jobs x 1 thread.
+- ``local`` (default): ``parallelism`` jobs run side by side and share the cells through claim
+  files (:func:`work_orders`: each starts on its own contiguous share, then takes the cells no
+  job has started yet), each with ``threads`` torch threads (default: up to 4 jobs, the CPU
+  cores shared between them), so a 2-core laptop runs 2 jobs x 1 thread.
 - ``debug``: everything in this process (for a debugger; ``--pdb`` opens pdb on a job crash).
 - ``slurm``: one job array, ``cells_per_job`` cells per array task (default 1), at most
   ``array_parallelism`` tasks at once. Partition, account, QoS, constraint, GPUs, CPUs, memory,

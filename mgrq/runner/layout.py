@@ -3,14 +3,14 @@
     <out>/                                   default ./runs (``--out``)
       mlflow.db, mlartifacts/                the default MLflow store (sqlite, no server)
       <suite>/<label>/                       one run of a suite (label: date + git sha)
-        suite.json                           the suite as run: file, options, specs, created
+        suite.json                           the suite as run: file, options, cells, created
         summary.json                         counts after the driver finished
         jobs/                                submitit folders (pickles, job stdout/stderr)
         report/                              tables and figures of this label
         <run_id>-<hash>/                     one cell
           record.json                        the run record (status running|done|failed)
           cell.log                           everything the cell printed
-          events.jsonl                       start/done/failed events, one line each (append-only)
+          events.jsonl                       start/done/failed/lost events, one line each (append-only)
           work/                              scratch for methods with resumable state
 
 A cell whose ``record.json`` says ``done`` is skipped when the suite is run again (resume).
