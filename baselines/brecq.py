@@ -49,7 +49,11 @@ run record through the config):
   for the percentile search, hence the default. ``init=repq_vit`` starts from RepQ-ViT instead. As BRECQ does, the
   activation quantizers are calibrated again on the hard-rounded weights before pass 2
   (``act_reinit``; needs ``init=percentile``).
-- Batches are drawn with replacement (QDrop's ``randint``; BRECQ uses ``randperm[:32]``).
+- Batches are drawn with replacement (QDrop's ``randint``; BRECQ uses ``randperm[:32]``). The
+  batch schedule is seeded per unit from the run seed; pass 2 draws with the same per-unit seed
+  as pass 1, so its 5,000 batches are pass 1's first 5,000 (BRECQ draws them afresh from the
+  global generator). Kept so that recorded results stay reproducible; the effect is on which
+  batches are seen, not how many.
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ What ``ptq4vit`` does (constants from the reference):
   operand (one split per layer searched in ``2^-i``, ``i = 0..19``; during that search the
   second operand ``v`` stays unquantized, as coded).
 - Parallel calibration: every layer is calibrated on full-precision inputs and outputs of the
-  calibration images (32 by default), never on the outputs of already-quantized layers.
+  calibration images (32 by default), never on the outputs of already-quantized layers. Which
+  32 images: the project's protocol draws them from the training split with the run's seed, the
+  same draw for every method (the reference draws with seed 3).
 
 ``base_ptq`` (``configs/BasePTQ.py``): the same framework with alpha 0.5, one round, the
 cosine-similarity metric (row-wise cosine of ``O`` and ``O_hat``), plain uniform quantizers

@@ -28,8 +28,11 @@ layer inside the block with the full-precision ones (to reduce the generalizatio
   per unit (20,000 at paper scale), ``batch`` 32. ``input_mode``: ``qdrop`` (default: the unit
   input is ``where(rand < input_prob, X_q, X_f)`` element-wise and every activation quantizer of
   the unit drops with probability ``act_drop``), ``quant`` or ``fp`` (no dropping in those two).
+  Every uniform activation quantizer of the unit gets an LSQ step; the log-sqrt2 post-softmax
+  quantizer keeps its calibrated step (straight-through gradient), as in ``brecq``/``qdrop``.
   ``block_loss``: ``mse`` (squared error summed over channels, averaged over tokens and batch)
-  or ``fisher``. The head unit's block loss is the KL on logits (the engine's).
+  or ``fisher`` (weights ``(|g| + fisher_damping)^2``, 1 as BRECQ codes it; ``fisher_damping=0``
+  gives the plain squared gradient). The head unit's block loss is the KL on logits (the engine's).
 - EBGS (the paper: "relates the block's output to the model's output"; the formula is ours):
   ``w_global * tau^2 * KL(softmax(z_F/tau) || softmax(T_k(U_k^Q(X))/tau))`` with the frozen FP
   tail ``T_k`` and cached FP logits ``z_F``; ``global_tau`` = 1; cost bounded by
@@ -59,7 +62,9 @@ the RepQ-ViT init: bit for bit the result of ``qdrop`` with ``init=repq_vit``,
 ``init_calib=32`` and ``fusion=normalized`` (tested).
 
 **Defaults**, chosen on the ``tune`` split (500 digits carved from the 4,000 training images;
-the held-out digits were never evaluated), W3A3, tiny zoo, 256 calibration images, 100
+the held-out digits were never evaluated; calibration draws from the other 3,500. The tiny FP
+models were trained on all 4,000, ``tune`` included, so it is unseen by the quantization, not
+by the FP training: a weaker validation than fresh images, the only one the offline data allow), W3A3, tiny zoo, 256 calibration images, 100
 iterations per unit, seeds 0-2 for every cell, by ``suites/mgrq-sweep2.yaml``::
 
     mgrq suite run mgrq-sweep2 --label sweep2
