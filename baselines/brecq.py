@@ -46,7 +46,11 @@ run record through the config):
   ``cali_data[:64]``), so the reconstruction starts from the ``percentile`` baseline's state.
   BRECQ's 80-step L2.4 shrink search is ``weight_init=lp`` / ``act_init=lp``; on the tiny zoo
   (tiny_vit W3A3, seed 0, scored on the ``tune`` split) ``act_init=lp`` gave 82.0% against 86.4%
-  for the percentile search, hence the default. ``init=repq_vit`` starts from RepQ-ViT instead. As BRECQ does, the
+  for the percentile search, hence the default. For the weights the two searches tie
+  (``suites/recon-weight-init.yaml``, label winit1: tiny zoo, W4A4 and W3A3, 3 seeds, tune
+  split; ``lp`` minus ``percentile`` paired by seed: brecq -0.47 to +0.40 points, every 95%
+  interval containing 0; qdrop -0.20 to +0.53, one interval on each side of 0), so
+  ``weight_init`` keeps ``percentile`` too. ``init=repq_vit`` starts from RepQ-ViT instead. As BRECQ does, the
   activation quantizers are calibrated again on the hard-rounded weights before pass 2
   (``act_reinit``; needs ``init=percentile``).
 - Batches are drawn with replacement (QDrop's ``randint``; BRECQ uses ``randperm[:32]``). The
