@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ def _type_name(typ: Any) -> str:
     if typ is type(None):
         return "none"
     if isinstance(typ, type) and typing.get_origin(typ) is None:
-        return {"bool": "a boolean (true/false)", "int": "an integer", "float": "a number"}.get(typ.__name__, typ.__name__)
+        return {"bool": "a boolean (true/false)", "int": "an integer", "float": "a number", "str": "a string"}.get(typ.__name__, typ.__name__)
     return str(typ).replace("typing.", "")
 
 
@@ -50,11 +51,41 @@ def _coerce(cls_name: str, f: dataclasses.Field, value: Any, hints: dict[str, An
             except (ValueError, json.JSONDecodeError):
                 continue
         raise ConfigError(f"{cls_name}.{f.name}={value!r}: expected {_type_name(typ)}")
-    if isinstance(value, list):
-        return tuple(value)
-    if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
-        return float(value)
+    # a value already typed (a suite file's YAML): it must be of an allowed type
+    bad = ConfigError(f"{cls_name}.{f.name}={value!r} ({type(value).__name__}): expected {_type_name(typ)}")
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise bad
+    if isinstance(value, bool):
+        if bool in allowed:
+            return value
+        raise bad
+    if isinstance(value, list | tuple):
+        if any(t is tuple or typing.get_origin(t) is tuple for t in allowed):
+            return tuple(value)
+        raise bad
+    if isinstance(value, int):
+        if int in allowed:
+            return value
+        if float in allowed:
+            return float(value)
+        raise bad
+    if isinstance(value, float):
+        if float in allowed:
+            return value
+        raise bad
+    if isinstance(value, str | type(None)):
+        return value
+    if not any(isinstance(t, type) and isinstance(value, t) for t in allowed):
+        raise bad
     return value
+
+
+def _check_finite(cls_name: str, name: str, value: Any) -> None:
+    """No config field takes an infinite or NaN number (a learning rate of inf diverges)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{cls_name}.{name}={value!r}: expected a finite number")
 
 
 def build_config(cls: type, overrides: Mapping[str, Any] | None = None) -> Any:
@@ -69,6 +100,8 @@ def build_config(cls: type, overrides: Mapping[str, Any] | None = None) -> Any:
         )
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(cls.__name__, fields[k], v, hints) for k, v in overrides.items()}
+    for k, v in kwargs.items():
+        _check_finite(cls.__name__, k, v)
     try:
         return cls(**kwargs)
     except ConfigError:

@@ -77,6 +77,12 @@ class RunSpec:
             raise ConfigError(f"eval_limit={self.eval_limit!r}: expected a positive integer")
         object.__setattr__(self, "method_config", _freeze(self.method_config))
         object.__setattr__(self, "bits_overrides", tuple(tuple(x) for x in self.bits_overrides))
+        for pattern, _ in self.bits_overrides:
+            try:
+                re.compile(str(pattern))
+            except re.error as e:
+                raise ConfigError(f"bits override {pattern!r}: not a valid regular expression ({e}); "
+                                  "expected REGEX=BITS, e.g. 'head=8'") from None
 
     @property
     def name(self) -> str:

@@ -199,7 +199,29 @@ def test_method_config_type_names():
     from mgrq.config import _type_name
 
     assert _type_name(int) == "an integer" and _type_name(int | None) == "an integer or none"
-    assert _type_name(bool) == "a boolean (true/false)" and _type_name(str) == "str"
+    assert _type_name(bool) == "a boolean (true/false)" and _type_name(str) == "a string"
+
+
+def test_typed_suite_values_are_checked_and_numbers_must_be_finite(tmp_path):
+    for value, shown in ((10.5, "iters=10.5 (float): expected an integer"),
+                         (True, "iters=True (bool): expected an integer")):
+        bad = write_suite(tmp_path / "t.yaml", methods=[{"name": "qdrop", "config": {"iters": value}}])
+        with pytest.raises(ConfigError, match=re.escape(f"field 'methods[0].config': QDropConfig.{shown}")):
+            load_suite(bad)
+    ok = write_suite(tmp_path / "ok.yaml", methods=[{"name": "qdrop", "config": {"iters": 10, "lr_step": 1}}])
+    assert dict(load_suite(ok).methods[0].config) == {"iters": 10, "lr_step": 1}
+    inf = write_suite(tmp_path / "inf.yaml", methods=[{"name": "qdrop", "config": {"lr_step": float("inf")}}])
+    with pytest.raises(ConfigError, match=r"QDropConfig.lr_step=inf: expected a finite number"):
+        load_suite(inf)
+    from mgrq.methods import get_method
+
+    with pytest.raises(ConfigError, match=r"QDropConfig.lr_round=nan: expected a finite number"):
+        get_method("qdrop").make_config({"lr_round": "nan"})  # --set lr_round=nan
+
+
+def test_bits_override_regex_is_checked_in_quantize(capsys, no_work):
+    assert main(QUANT + ["--bits-override", "(=4"]) == 2
+    assert error_line(capsys).startswith("error: bits override '(': not a valid regular expression (missing )")
 
 
 def test_imagenet_data_root_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
