@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from harness_helpers import ROOT, cli_env, write_suite
 
+from mgrq import records
 from mgrq.cli import main
-from mgrq.runner.layout import read_events
+from mgrq.errors import ConfigError
+from mgrq.runner.layout import Cell, read_events
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*noload.*")
 
@@ -177,3 +179,65 @@ def test_sigkill_mid_cell_then_rerun_only_unfinished(tmp_path):
         assert runs2[f"kill/K/{cells[c].name}"] == runs1[f"kill/K/{cells[c].name}"]
     assert {v[1] for v in runs2.values()} == {"FINISHED"}
     assert "0 run(s) created, 1 replaced, 2 unchanged" in r2.stdout
+
+
+def test_sigterm_to_the_driver_stops_its_local_jobs_and_records_the_cell(tmp_path):
+    """``kill DRIVER_PID`` stops the suite like Ctrl-C: the local job is told to stop, records its
+    cell as ``Interrupted`` (not ``running`` forever) and exits; the rerun runs the cell again."""
+    suite = write_suite(tmp_path / "term.yaml", methods=[{"name": "qdrop", "config": {"iters": 100000}}],
+                        eval_limit=100)
+    out = tmp_path / "runs"
+    argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(out), "--label", "T",
+            "--executor", "local", "--parallelism", "1", "--threads", "1", "--no-report", "--no-mirror"]
+    root = out / "term" / "T"
+    proc = subprocess.Popen(argv, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def running() -> bool:
+            cells = cell_dirs(root) if root.is_dir() else {}
+            return bool(cells) and all((d / "record.json").exists() and rec(d)["status"] == "running"
+                                       for d in cells.values())
+
+        _wait_for(running, 240, "the cell to start", proc)
+        (cell,) = cell_dirs(root).values()
+        job_pid = rec(cell)["executor"]["pid"]
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted: local jobs cancelled; rerun the suite to resume" in stderr
+    r = rec(cell)
+    assert r["status"] == "failed" and r["error"]["type"] == "Interrupted", r.get("error")
+    assert "the next run of the suite runs this cell again" in r["error"]["message"]
+    assert [e["event"] for e in read_events(cell)] == ["start", "interrupted"]
+    _wait_for(lambda: not Path(f"/proc/{job_pid}").exists(), 30, "the job process to exit")
+
+
+def test_a_cell_still_run_by_a_live_local_job_is_not_started_twice(tmp_path, capsys):
+    from mgrq.runner.driver import check_no_live_jobs
+
+    suite = write_suite(tmp_path / "live.yaml")
+    out = tmp_path / "runs"
+    argv = ["suite", "run", str(suite), "--out", str(out), "--label", "L", "--executor", "debug",
+            "--no-report", "--no-mirror"]
+    assert main(argv) == 0
+    (cell_dir,) = cell_dirs(out / "live" / "L").values()
+    cell = Cell(cell_dir.name.rsplit("-", 1)[0], "", cell_dir, {})
+    # a job of an earlier driver (a process whose command line names submitit) still runs the cell
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
+    try:
+        r = rec(cell_dir)
+        records.write_record(cell_dir / "record.json", {**r, "status": "running", "executor": {
+            "name": "local", "host": records.host(), "pid": job.pid}})
+        with pytest.raises(ConfigError, match=rf"cell {cell.run_id} is still being run by local job process "
+                                              rf"{job.pid} on this host"):
+            check_no_live_jobs([cell])
+        assert main(argv) == 2
+        assert f"kill {job.pid}" in capsys.readouterr().err
+    finally:
+        job.kill()
+        job.wait()
+    check_no_live_jobs([cell])  # the process is gone: the cell may run again
+    assert main(argv) == 0
+    assert rec(cell_dir)["status"] == "done"

@@ -225,7 +225,9 @@ def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | N
         print(rep.main_markdown)
     print(f"== {summary.suite} [{summary.label}] ==")
     print(f"cells:    {summary.total} total: {summary.done} done now, {summary.skipped} skipped "
-          f"(done before), {len(summary.failed)} failed; wall time {summary.seconds:.0f}s")
+          f"(done before), {len(summary.failed)} failed"
+          + (f", {len(summary.not_run)} not run (rerun the suite)" if summary.not_run else "")
+          + f"; wall time {summary.seconds:.0f}s")
     print(f"records:  {summary.root}/<cell>/record.json")
     if rep is not None:
         def names(paths: list) -> str:

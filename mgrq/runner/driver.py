@@ -14,6 +14,7 @@ import fcntl
 import functools
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -41,12 +42,13 @@ class Summary:
     skipped: int = 0  # done before this run started
     done: int = 0  # finished during this run
     failed: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)  # no record of an end (a job lost before them)
     seconds: float = 0.0
     executor: str = "local"
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.not_run else 0
 
     def line(self) -> str:
         return (f"suite {self.suite} [{self.label}]: {self.total} cells: {self.done} done, "
@@ -234,6 +236,12 @@ def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str
         state = "unknown"
         with contextlib.suppress(Exception):
             state = job.state
+        code = getattr(getattr(job, "_process", None), "returncode", None)  # a local job's process
+        if isinstance(code, int) and code < 0:
+            with contextlib.suppress(ValueError):
+                state += f", killed by {signal.Signals(-code).name}"
+        elif isinstance(code, int) and code > 0:
+            state += f", exit status {code}"
         spec = RunSpec.from_dict(c.spec)
         failed = {
             "schema": records.SCHEMA, "id": spec.run_id, "hash": spec.content_hash,
@@ -249,6 +257,34 @@ def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str
         append_event(c, "lost", job_id=job.job_id)
         lost += 1
     return lost
+
+
+def check_no_live_jobs(cells: list[Cell]) -> None:
+    """Refuse to start when a cell is still being run by a local job of an earlier driver that
+    was killed (its record says ``running`` with this host and a live process id): both would run
+    the cell and write its record."""
+    for c in cells:
+        st, rec = c.state()
+        info = rec.get("executor") or {}
+        pid = info.get("pid")
+        if st != "running" or info.get("name") != "local" or info.get("host") != records.host():
+            continue
+        if not isinstance(pid, int) or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass  # alive, another user's
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        with contextlib.suppress(OSError):
+            if b"submitit" not in cmdline.read_bytes():
+                continue  # the id now belongs to an unrelated process
+        raise ConfigError(f"cell {c.run_id} is still being run by local job process {pid} on this host "
+                          f"(started {rec.get('started')}, from an earlier `suite run` that was stopped); "
+                          f"expected no live job: wait for it to end or stop it (kill {pid}), then run "
+                          "the suite again")
 
 
 def _progress_line(i: int, n: int, c: Cell, rec: dict[str, Any]) -> str:
@@ -322,46 +358,84 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
               f"at most {opts.array_parallelism} at once, {threads} CPU thread(s) each", flush=True)
 
     queue = SlurmQueue() if kind == "slurm" else None
-    reported: set[str] = set()
     running = list(jobs)
-    k = 0
-    heartbeat = time.time()
     try:
-        while True:
-            if time.time() - heartbeat >= 60:  # a sign of life while jobs wait in a queue
-                heartbeat = time.time()
-                print(f"[{k}/{n}] waiting: {len(running)} job(s) queued or running", flush=True)
-            if queue is not None:
-                queue.refresh([j.job_id for j, _ in running])
-            still = []
-            for job, group in running:
-                if _job_finished(job, kind, queue):
-                    mark_lost(group(), job, suite_meta, kind)
-                else:
-                    still.append((job, group))
-            running = still
-            for c in cells:
-                if c.run_id in reported:
-                    continue
-                rec = c.record()
-                if rec is not None and rec.get("status") in TERMINAL:
-                    k += 1
-                    reported.add(c.run_id)
-                    print(_progress_line(k, n, c, rec), flush=True)
-            if not running:
-                break
-            time.sleep(poll_s)
+        with _stop_signals_interrupt():
+            _wait(cells, running, suite_meta, kind, queue, poll_s)
     except KeyboardInterrupt:
         if kind == "local":
             for job, _ in running:
                 with contextlib.suppress(Exception):
-                    job.cancel(check=False)
+                    job.cancel(check=False)  # SIGINT: the job records its cell as interrupted
+            deadline = time.time() + 15
+            while time.time() < deadline and not all(job.done() for job, _ in running):
+                time.sleep(0.2)
+            for job, group in running:
+                if job.done():  # a cell it left without a record of its end: JobLost
+                    mark_lost(group(), job, suite_meta, kind)
             print("interrupted: local jobs cancelled; rerun the suite to resume", file=sys.stderr)
         else:
             ids = " ".join(j.job_id for j, _ in running)
             print(f"interrupted: the SLURM jobs keep running ({ids}); `scancel` them, or wait and "
                   "rerun the suite to collect and resume", file=sys.stderr)
         raise
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt():
+    """While the driver waits: SIGTERM (``kill PID``) and SIGHUP (the terminal closed; unless
+    ignored, e.g. under nohup) stop it like Ctrl-C, so that it stops its local jobs too."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    saved = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            saved[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
+def _wait(cells: list[Cell], running: list, suite_meta: dict[str, Any], kind: str,
+          queue: SlurmQueue | None, poll_s: float) -> None:
+    """Poll until every job of ``running`` (updated in place, so that an interrupt sees the jobs
+    still running) has finished, printing one line per finished cell."""
+    reported: set[str] = set()
+    k, n = 0, len(cells)
+    heartbeat = time.time()
+    while True:
+        if time.time() - heartbeat >= 60:  # a sign of life while jobs wait in a queue
+            heartbeat = time.time()
+            print(f"[{k}/{n}] waiting: {len(running)} job(s) queued or running", flush=True)
+        if queue is not None:
+            queue.refresh([j.job_id for j, _ in running])
+        still = []
+        for job, group in running:
+            if _job_finished(job, kind, queue):
+                mark_lost(group(), job, suite_meta, kind)
+            else:
+                still.append((job, group))
+        running[:] = still
+        for c in cells:
+            if c.run_id in reported:
+                continue
+            rec = c.record()
+            if rec is not None and rec.get("status") in TERMINAL:
+                k += 1
+                reported.add(c.run_id)
+                print(_progress_line(k, n, c, rec), flush=True)
+        if not running:
+            break
+        time.sleep(poll_s)
 
 
 @contextlib.contextmanager
@@ -395,6 +469,7 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
     with label_lock(root):
         check_drift(cells, label)
         todo = [c for c in cells if c.status() != "done"]
+        check_no_live_jobs(todo)
         summary = Summary(suite.name, label, root, len(cells), skipped=len(cells) - len(todo),
                           executor=opts.kind)
         write_suite_json(suite, label, root, cells, opts)
@@ -404,15 +479,18 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
         if todo:
             submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s)
         for c in todo:
-            rec = c.record() or {}
-            if rec.get("status") == "done":
+            st = c.status()
+            if st == "done":
                 summary.done += 1
-            else:
+            elif st == "failed":
                 summary.failed.append(c.run_id)
+            else:
+                summary.not_run.append(c.run_id)
         summary.seconds = time.time() - t0
         records.write_record(root / "summary.json", {
             "suite": suite.name, "label": label, "finished": records.now(), "cells": len(cells),
             "done": summary.done, "skipped": summary.skipped, "failed": summary.failed,
+            "not_run": summary.not_run,
             "seconds": round(summary.seconds, 1), "executor": opts.describe(),
         })
     return summary

@@ -103,8 +103,13 @@ def run_cell(cell: Cell, suite: dict[str, Any], kind: str, threads: int,
         tee_out, tee_err = _Tee(log, sys.stdout), _Tee(log, sys.stderr)
         with contextlib.redirect_stdout(tee_out), contextlib.redirect_stderr(tee_err):  # type: ignore[type-var]
             print(f"[cell] {spec.run_id}: start ({spec.content_hash})", flush=True)
+            interrupted = False
             try:
                 rec = execute(spec, progress=False, workdir=str(cell.dir / "work"), fp_cache=fp_cache)
+            except KeyboardInterrupt as e:  # Ctrl-C, the driver cancelling its jobs, a local SIGTERM
+                interrupted = True
+                rec = failed_record(spec, e, started)
+                rec["error"].update(type="Interrupted", message=INTERRUPTED)
             except Exception as e:  # recorded; the rest of the grid goes on
                 rec = failed_record(spec, e, started)
                 print(rec["error"]["traceback"], file=sys.stderr, flush=True)
@@ -119,8 +124,21 @@ def run_cell(cell: Cell, suite: dict[str, Any], kind: str, threads: int,
                 print(f"[cell] {spec.run_id}: FAILED ({rec['error']['type']}: "
                       f"{rec['error']['message'][:200]})", flush=True)
     records.write_record(cell.record_path, rec)
-    append_event(cell, rec["status"], job_id=info.get("job_id"), seconds=round(seconds, 2))
+    append_event(cell, "interrupted" if interrupted else rec["status"], job_id=info.get("job_id"),
+                 seconds=round(seconds, 2))
+    if interrupted:
+        raise KeyboardInterrupt
     return {"id": cell.run_id, "status": rec["status"], "seconds": seconds}
+
+
+INTERRUPTED = ("interrupted before it finished (SIGINT or SIGTERM: Ctrl-C, or the suite driver stopping "
+               "its local jobs); the next run of the suite runs this cell again")
+
+
+def _interrupt_on_sigterm(signum: int, frame: Any) -> None:
+    """A local job told to stop (``kill PID``) ends its cell like Ctrl-C: an ``Interrupted``
+    record, then the job exits (submitit would log the signal and carry on)."""
+    raise KeyboardInterrupt
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -183,6 +201,8 @@ class CellJob(Checkpointable):
         set_thread_budget(self.threads)
         if self.kind == "slurm":
             signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        elif self.kind == "local":
+            signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
         fp_cache: dict = {}  # FP accuracy shared by the cells of one model within this job
         try:
             return [run_cell(c, self.suite, self.kind, self.threads, fp_cache) for c in self.cells
