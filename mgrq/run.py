@@ -53,6 +53,8 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
         check_compile_device(cfg.compile, device)
     torch.manual_seed(spec.seed)
 
+    wfile = zoo.weights_file(spec.model, spec.checkpoint)
+    weights = {"file": str(wfile), "sha256": zoo.weights_digest(wfile)} if wfile is not None else None
     model = zoo.create_model(spec.model, spec.checkpoint)
     bundle = zoo.data_bundle_for(spec.model, model, spec.data_root, spec.eval_split)
     val = _subset(bundle.val, spec.eval_limit)
@@ -103,6 +105,7 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
         "torch_threads": torch.get_num_threads(),
         "calibration": {"n": n_calib, "seed": calib.seed, "ids_hash": calib.ids_hash},
         "data": {"source": bundle.source, "config": bundle.data_config},
+        "weights": weights,  # the FP weights' file and SHA-256 (None: timm's hub weights)
         "policy": {"w_bits": policy.w_bits, "a_bits": policy.a_bits, "image_bits": policy.image_bits,
                    "overrides": [list(o) for o in policy.overrides]},
         "method": {"name": spec.method, "config": config_dict(cfg), "info": info},

@@ -97,6 +97,39 @@ def tiny_weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.pth"
 
 
+def weights_file(name: str, checkpoint: str | Path | None) -> Path | None:
+    """The file a model's weights come from: ``checkpoint`` when given, a tiny model's committed
+    weights, else None (timm's pretrained weights from the hub cache)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    return tiny_weights_path(name) if get_entry(name).tiny else None
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_digest(path: Path) -> str | None:
+    """SHA-256 of a weights file's bytes (None when it cannot be read); cached per process by
+    path, size and modification time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        import hashlib
+
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:
+            return None
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weights file (a ``state_dict``, or a dict holding one under ``state_dict``/
     ``model``) with one clear error for a missing or corrupt file."""

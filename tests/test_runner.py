@@ -241,3 +241,32 @@ def test_a_cell_still_run_by_a_live_local_job_is_not_started_twice(tmp_path, cap
     check_no_live_jobs([cell])  # the process is gone: the cell may run again
     assert main(argv) == 0
     assert rec(cell_dir)["status"] == "done"
+
+
+def test_a_checkpoint_replaced_under_the_same_path_is_not_resumed(tmp_path, capsys):
+    """The cell hash covers the checkpoint's path; the record keeps the file's SHA-256, and a
+    label whose done cells ran with other bytes is refused (dry run names the cell)."""
+    from mgrq import zoo
+
+    ck = tmp_path / "ck.pth"
+    ck.write_bytes(zoo.tiny_weights_path("tiny_vit").read_bytes())
+    suite = write_suite(tmp_path / "ck.yaml", checkpoints={"tiny_vit": str(ck)})
+    out = tmp_path / "runs"
+    argv = ["suite", "run", str(suite), "--out", str(out), "--label", "C", "--executor", "debug",
+            "--no-report", "--no-mirror"]
+    assert main(argv) == 0
+    (cell,) = cell_dirs(out / "ck" / "C").values()
+    digest = zoo.weights_digest(ck)
+    assert rec(cell)["weights"] == {"file": str(ck), "sha256": digest}
+    capsys.readouterr()
+    assert main(argv) == 0  # unchanged: resumed, nothing runs
+    assert "1 skipped (done before)" in capsys.readouterr().out
+    ck.write_bytes(zoo.tiny_weights_path("tiny_deit").read_bytes())  # other weights, same path
+    before = (cell / "record.json").read_bytes()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (f"label C: 1 done cell(s) ran with other weights than {ck} holds now (e.g. tiny_vit.percentile.w4a4.s0: "
+            f"sha256 {digest[:12]} -> {zoo.weights_digest(ck)[:12]})") in err
+    assert (cell / "record.json").read_bytes() == before
+    assert main([*argv, "--dry-run"]) == 0
+    assert "ran with other weights" in capsys.readouterr().out

@@ -87,12 +87,34 @@ def config_drift(cell: Cell, rec: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     return {k: (recorded[k], now[k]) for k in sorted(set(recorded) & set(now)) if recorded[k] != now[k]}
 
 
+def weights_drift(cell: Cell, rec: dict[str, Any]) -> tuple[str, str, str] | None:
+    """``(file, recorded sha256, current sha256)`` when the weights file a done cell ran with has
+    other contents now (a checkpoint replaced under the same path, ``mgrq zoo train`` run
+    again): the cell hash covers the path, not the bytes. None when unchanged, unreadable now,
+    or not recorded (older records, timm hub weights)."""
+    w = rec.get("weights")
+    if not isinstance(w, dict) or not w.get("sha256") or not w.get("file"):
+        return None
+    from mgrq import zoo
+
+    now = zoo.weights_digest(Path(w["file"]))
+    return (w["file"], w["sha256"], now) if now is not None and now != w["sha256"] else None
+
+
 def check_drift(cells: list[Cell], label: str) -> None:
     """Refuse to resume a label whose done cells ran with other method defaults than the current
-    code's: mixing the two would give one table from two methods. ``ConfigError`` naming the
-    cells and fields; nothing is run or changed."""
-    drifted = [(c, d) for c in cells
-               if (rec := c.record() or {}).get("status") == "done" and (d := config_drift(c, rec))]
+    code's, or with other bytes in their weights file: mixing the two would give one table from
+    two methods or two models. ``ConfigError`` naming the cells and fields; nothing is run or
+    changed."""
+    done = [(c, rec) for c in cells if (rec := c.record() or {}).get("status") == "done"]
+    moved = [(c, w) for c, rec in done if (w := weights_drift(c, rec))]
+    if moved:
+        c, (path, was, now) = moved[0]
+        raise ConfigError(
+            f"label {label}: {len(moved)} done cell(s) ran with other weights than {path} holds now "
+            f"(e.g. {c.run_id}: sha256 {was[:12]} -> {now[:12]}); expected unchanged weights to resume a "
+            f"label: run under a new --label (the records of {label} are kept as they are)")
+    drifted = [(c, d) for c, rec in done if (d := config_drift(c, rec))]
     if not drifted:
         return
     c, d = drifted[0]
@@ -118,14 +140,17 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
             if drift:
                 counts["drift"] += 1
                 extra += "  ran with other defaults: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in drift.items())
+            if (w := weights_drift(c, rec)) is not None:
+                counts["drift"] += 1
+                extra += f"  ran with other weights: {w[0]} sha256 {w[1][:12]} -> {w[2][:12]}"
         print(f"  {st:8s} {c.run_id:55s} {c.hash}  {extra}")
     print(f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, "
           f"{counts['running']} running/interrupted, {counts['pending']} not started"
           + (f", {counts['corrupt']} with an unreadable record" if counts["corrupt"] else "")
           + f" -> {len(cells) - counts['done']} to run")
     if counts["drift"]:
-        print(f"{counts['drift']} done cell(s) ran with other method defaults than the current code "
-              "resolves: `suite run` refuses this label; use a new --label")
+        print(f"{counts['drift']} done cell(s) ran with other method defaults or weights than now: "
+              "`suite run` refuses this label; use a new --label")
     return counts
 
 

@@ -10,7 +10,7 @@
         <run_id>-<hash>/                     one cell
           record.json                        the run record (status running|done|failed)
           cell.log                           everything the cell printed
-          events.jsonl                       start/done/failed/lost events, one line each (append-only)
+          events.jsonl                       start/done/failed/lost/interrupted events, one line each (append-only)
           work/                              scratch for methods with resumable state
 
 A cell whose ``record.json`` says ``done`` is skipped when the suite is run again (resume).
