@@ -158,9 +158,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str) -> None:
+def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str, assign: bool = False) -> None:
     try:
-        model.load_state_dict(sd, strict=True)
+        model.load_state_dict(sd, strict=True, assign=assign)
     except RuntimeError as e:
         first = " ".join(str(e).split())  # one line: torch's message has newlines and tabs
         raise CheckpointError(
@@ -195,10 +195,7 @@ def create_model(
 
     if checkpoint is not None:
         sd = load_state_dict_file(checkpoint)
-        # A fine-tuned checkpoint may carry its own classifier: size the head from it.
-        head = next((sd[k] for k in ("head.weight", "head.fc.weight") if k in sd), None)
-        kwargs: dict[str, Any] = {"num_classes": int(head.shape[0])} if head is not None else {}
-        model = timm.create_model(str(entry.timm_name), pretrained=False, **kwargs)
+        model = _timm_for(entry, sd)
         _load_into(model, sd, checkpoint)
         return model.eval()
     try:
@@ -209,6 +206,27 @@ def create_model(
             f"({type(e).__name__}: {first_line(e)}); "
             "pass --checkpoint PATH to a local weights file or populate the HF hub cache"
         ) from None
+
+
+def _timm_for(entry: Any, sd: dict[str, torch.Tensor]) -> nn.Module:
+    """The timm model of ``entry`` without weights, its classifier sized from ``sd`` (a fine-tuned
+    checkpoint may carry its own number of classes)."""
+    import timm
+
+    head = next((sd[k] for k in ("head.weight", "head.fc.weight") if k in sd), None)
+    kwargs: dict[str, Any] = {"num_classes": int(head.shape[0])} if head is not None else {}
+    return timm.create_model(str(entry.timm_name), pretrained=False, **kwargs)
+
+
+def check_checkpoint(name: str, path: str | Path) -> None:
+    """Fail before any work when a weights file does not load into zoo model ``name``
+    (:class:`CheckpointError`: unreadable, or keys and shapes that do not fit). The model is built
+    on the meta device, so only the file is read."""
+    sd = load_state_dict_file(path)
+    entry = get_entry(name)
+    with torch.device("meta"):
+        model = entry.build() if entry.build is not None else _timm_for(entry, sd)
+    _load_into(model, sd, path, assign=True)  # keys and shapes are checked all the same
 
 
 @functools.cache

@@ -270,3 +270,20 @@ def test_no_run_hint_names_a_suite_file_only_when_one_exists(tmp_path, capsys):
     assert "no suite file is named nosuch: `mgrq suite list`" in line and "mgrq suite run" not in line
     assert main(["report", "demo", "--out", str(tmp_path)]) == 2
     assert "(run `mgrq suite run demo`;" in error_line(capsys)
+
+
+def test_suite_checkpoints_are_fit_checked_before_submitting(tmp_path):
+    from mgrq import zoo
+    from mgrq.errors import CheckpointError
+
+    other = str(zoo.tiny_weights_path("tiny_deit"))
+    s = write_suite(tmp_path / "ck.yaml", checkpoints={"tiny_vit": other})
+    with pytest.raises(CheckpointError, match=re.escape(f"ck.yaml: checkpoints.tiny_vit: checkpoint {other}: "
+                                                        "does not fit the model (")):
+        load_suite(s).with_options()
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"checkpoints.tiny_vit: checkpoint .*garbage.pth: not a readable"):
+        load_suite(s).with_options(checkpoints={"tiny_vit": str(garbage)})
+    fits = load_suite(s).with_options(checkpoints={"tiny_vit": str(zoo.tiny_weights_path("tiny_vit"))})
+    assert dict(fits.checkpoints) == {"tiny_vit": str(zoo.tiny_weights_path("tiny_vit").resolve())}

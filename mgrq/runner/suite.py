@@ -140,6 +140,15 @@ class Suite:
         for m, p in ck.items():
             if not Path(p).is_file():
                 raise DataError(f"{where}: checkpoints.{m}: weights file {p} not found")
+        if ck:
+            from mgrq.errors import CheckpointError
+            from mgrq.zoo import check_checkpoint
+
+            for m, p in ck.items():  # read once here, not found unfit by every cell of the grid
+                try:
+                    check_checkpoint(m, p)
+                except CheckpointError as e:
+                    raise CheckpointError(f"{where}: checkpoints.{m}: {e}") from None
         if root is not None:
             root = str(Path(root).expanduser().resolve())
         if self.needs_data_root:
