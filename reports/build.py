@@ -176,6 +176,12 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if superseded:
         notes.append(f"{len(superseded)} record(s) left out: the label holds a newer record of the same cell "
                      f"(a rerun with other options): {_listed(superseded)}")
+    grid = [c["id"] for c in info.get("cells") or [] if isinstance(c, dict) and "id" in c]
+    finished = set(df.loc[df["status"] == "done", "run_id"])
+    missing = [c for c in grid if c not in finished]
+    if missing:
+        notes.append(f"{len(missing)} of the {len(grid)} cells of the grid have no finished result (not run yet, "
+                     f"running, or failed): {_listed(missing)}; `mgrq suite status {suite} --label {label}`")
     pub = None
     if published:
         pub = F.published_frame(None if published is True else published)

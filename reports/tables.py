@@ -223,7 +223,9 @@ def _seed_note(agg: pd.DataFrame) -> str | None:
     runs = agg[agg["source"] == "run"]
     if runs.empty:
         return None
-    n = int(runs["n"].max())
+    n, low = int(runs["n"].max()), int(runs["n"].min())
+    if low != n:  # a partial run: do not claim every cell has n seeds
+        return f"Mean ± std over the seeds that finished: {low} to {n} per cell."
     return f"Mean ± std over {n} seeds." if n > 1 else None
 
 

@@ -261,7 +261,11 @@ def test_a_checkpoint_replaced_under_the_same_path_is_not_resumed(tmp_path, caps
     capsys.readouterr()
     assert main(argv) == 0  # unchanged: resumed, nothing runs
     assert "1 skipped (done before)" in capsys.readouterr().out
-    ck.write_bytes(zoo.tiny_weights_path("tiny_deit").read_bytes())  # other weights, same path
+    import torch
+
+    sd = zoo.load_state_dict_file(ck)
+    sd["head.bias"] = sd["head.bias"] + 1.0
+    torch.save(sd, ck)  # other weights of the same model, same path
     before = (cell / "record.json").read_bytes()
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -270,3 +274,24 @@ def test_a_checkpoint_replaced_under_the_same_path_is_not_resumed(tmp_path, caps
     assert (cell / "record.json").read_bytes() == before
     assert main([*argv, "--dry-run"]) == 0
     assert "ran with other weights" in capsys.readouterr().out
+
+
+def test_only_runs_keep_the_whole_grid_in_status_and_report(tmp_path, capsys):
+    """``--only`` runs a subset; ``suite status`` still lists every cell of the grid (the others
+    pending) and the report names the cells without a result and does not claim every cell has
+    all seeds."""
+    suite = write_suite(tmp_path / "part.yaml", bits=["W4A4", "W8A8"], seeds=[0, 1], eval_limit=50)
+    out = tmp_path / "runs"
+    base = ["suite", "run", str(suite), "--out", str(out), "--label", "P", "--executor", "debug", "--no-mirror",
+            "--no-pdf"]
+    assert main([*base, "--only", r"w4a4\.s0$"]) == 0
+    capsys.readouterr()
+    assert main(["suite", "status", "part", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "1 done, 3 pending" in text and text.count("pending ") == 3, text
+    assert main([*base, "--only", r"w8a8"]) == 0  # a second subset: the first one's cell stays listed
+    text = capsys.readouterr().out
+    assert "1 of the 4 cells of the grid have no finished result" in text and "tiny_vit.percentile.w4a4.s1" in text
+    assert "Mean ± std over the seeds that finished: 1 to 2 per cell." in text
+    assert main(["suite", "status", "part", "--out", str(out)]) == 0
+    assert "3 done, 1 pending" in capsys.readouterr().out

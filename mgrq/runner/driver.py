@@ -175,11 +175,15 @@ def label_lock(root: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_suite_json(suite: Suite, label: str, root: Path, cells: list[Cell], opts: ex.ExecutorOptions) -> None:
+def write_suite_json(suite: Suite, label: str, root: Path, cells: list[Cell], opts: ex.ExecutorOptions,
+                     ran: int | None = None, only: str | None = None) -> None:
+    """``suite.json``: the suite as run, with every cell of its grid (also when this invocation
+    ran the ``--only`` subset of ``ran`` cells: status and reports see the cells not run yet)."""
     path = root / "suite.json"
     prev = records.read_record(path) or {}
     invocations = list(prev.get("invocations", []))
-    invocations.append({"time": records.now(), "executor": opts.describe(), "cells": len(cells),
+    invocations.append({"time": records.now(), "executor": opts.describe(),
+                        "cells": len(cells) if ran is None else ran, "only": only,
                         "host": records.host(), "git_sha": records.git_sha(), "argv": sys.argv})
     records.write_record(path, {
         "suite": suite.name, "label": label, "file": str(suite.path),
@@ -497,7 +501,8 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
         check_no_live_jobs(todo)
         summary = Summary(suite.name, label, root, len(cells), skipped=len(cells) - len(todo),
                           executor=opts.kind)
-        write_suite_json(suite, label, root, cells, opts)
+        grid = plan(suite, out, label, opts.device)[1] if only else cells
+        write_suite_json(suite, label, root, grid, opts, ran=len(cells), only=only)
         suite_meta = {"name": suite.name, "label": label, "file": str(suite.path)}
         print(f"suite {suite.name} [{label}]: {len(cells)} cells, {summary.skipped} done before, "
               f"{len(todo)} to run -> {root}", flush=True)
