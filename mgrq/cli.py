@@ -86,7 +86,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise
     m = rec["metrics"]
     print(f"{spec.run_id}: FP top-1 {m['fp_top1']:.2f}  {spec.bits} top-1 {m['top1']:.2f}  "
-          f"(delta {m['top1'] - m['fp_top1']:+.2f}; quantize {rec['timings']['quantize_s']:.1f}s, "
+          f"(delta {m['top1'] - m['fp_top1']:+.2f}; {int(m['n_eval'])} images; quantize {rec['timings']['quantize_s']:.1f}s, "
           f"total {rec['timings']['total_s']:.1f}s)")
     if args.record:
         path = records.write_record(args.record, rec)
@@ -147,8 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("quantize", help="quantize one model with one method and evaluate it",
-                       description="Quantize a model, print FP and quantized top-1, optionally write the JSON run record.")
+    p = sub.add_parser(
+        "quantize", help="quantize one model with one method and evaluate it",
+        description="Quantize a model, print FP and quantized top-1, optionally write the JSON run record.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The reconstruction methods (brecq, qdrop, mgrq and its variants) default to paper scale:\n"
+               "20,000 iterations per unit (brecq adds act_iters=5,000) on 1,024 calibration images,\n"
+               "which takes tens of minutes per tiny model on a CPU. The suites' short budget is\n"
+               "  --calib 256 --set iters=100 --set lr_round=0.01 --set lr_step=0.001\n"
+               "(brecq: also --set act_iters=25). `mgrq methods NAME` lists a method's fields.\n"
+               "The quantized model is evaluated and dropped; the run record keeps the result.")
     _add_run_options(p)
     p.add_argument("--record", default=None, help="write the JSON run record to this path")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -73,6 +73,10 @@ def test_variants_and_switches():
         _cfg("mgrq_obwr", w_global=1)
     with pytest.raises(ConfigError, match="mgrq_sum_fusion fixes fusion='sum'"):
         _cfg("mgrq_sum_fusion", fusion="normalized")
+    # ... nor to switch off the part it adds (it would be another variant under this name)
+    for variant, field in (("mgrq_obwr_global", "w_global"), ("mgrq_obwr_local", "w_local")):
+        with pytest.raises(ConfigError, match=f"{field}=0: method {variant} runs that term"):
+            _cfg(variant, **{field: 0})
     for bad, field in (({"local_metric": "l1"}, "local_metric"), ({"w_local": -1}, "w_local"),
                        ({"global_batch": 64}, "global_batch"), ({"global_every": 0}, "global_every"),
                        ({"global_tau": 0}, "global_tau"), ({"fusion": "max"}, "fusion"), ({"init": "x"}, "init"),

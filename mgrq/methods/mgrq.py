@@ -159,6 +159,7 @@ class MGRQConfig:
     check_every: int = 50
 
     FIXED: ClassVar[dict[str, Any]] = {}  # fields a variant pins (its switched-off parts)
+    KEEPS: ClassVar[tuple[str, ...]] = ()  # weights a variant needs above 0 (the part it adds)
     METHOD: ClassVar[str] = "mgrq"
 
     def __post_init__(self) -> None:
@@ -180,6 +181,10 @@ class MGRQConfig:
             if getattr(self, f) != v:
                 raise ValueError(f"{f}={getattr(self, f)!r}: method {self.METHOD} fixes {f}={v!r} (its switched-off "
                                  f"part); use method mgrq with {f}=... instead")
+        for f in self.KEEPS:
+            if getattr(self, f) == 0:
+                raise ValueError(f"{f}=0: method {self.METHOD} runs that term (expected {f} > 0); without "
+                                 "it the run is another variant, use that one instead")
         self.stage()
         self.engine()
 
@@ -226,6 +231,7 @@ class MGRQObwrGlobalConfig(MGRQConfig):
 
     w_local: float = 0.0
     FIXED: ClassVar[dict[str, Any]] = {"w_local": 0.0}
+    KEEPS: ClassVar[tuple[str, ...]] = ("w_global",)
     METHOD: ClassVar[str] = "mgrq_obwr_global"
 
 
@@ -235,6 +241,7 @@ class MGRQObwrLocalConfig(MGRQConfig):
 
     w_global: float = 0.0
     FIXED: ClassVar[dict[str, Any]] = {"w_global": 0.0}
+    KEEPS: ClassVar[tuple[str, ...]] = ("w_local",)
     METHOD: ClassVar[str] = "mgrq_obwr_local"
 
 
