@@ -190,7 +190,10 @@ def test_sigterm_to_the_driver_stops_its_local_jobs_and_records_the_cell(tmp_pat
     argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(out), "--label", "T",
             "--executor", "local", "--parallelism", "1", "--threads", "1", "--no-report", "--no-mirror"]
     root = out / "term" / "T"
-    proc = subprocess.Popen(argv, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # started as a non-interactive shell starts a background command (CI): SIGINT ignored, which
+    # its children inherit; stopping the jobs must not rely on SIGINT
+    proc = subprocess.Popen(argv, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         def running() -> bool:
             cells = cell_dirs(root) if root.is_dir() else {}

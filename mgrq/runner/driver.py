@@ -394,11 +394,14 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
     except KeyboardInterrupt:
         if kind == "local":
             for job, _ in running:
-                with contextlib.suppress(Exception):
-                    job.cancel(check=False)  # SIGINT: the job records its cell as interrupted
+                _stop_local_job(job)
             deadline = time.time() + 15
             while time.time() < deadline and not all(job.done() for job, _ in running):
                 time.sleep(0.2)
+            for job, _ in running:
+                if not job.done():
+                    with contextlib.suppress(Exception):
+                        job.cancel(check=False)  # submitit's way: SIGINT, then SIGKILL to its tasks
             for job, group in running:
                 if job.done():  # a cell it left without a record of its end: JobLost
                     mark_lost(group(), job, suite_meta, kind)
@@ -408,6 +411,21 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             print(f"interrupted: the SLURM jobs keep running ({ids}); `scancel` them, or wait and "
                   "rerun the suite to collect and resume", file=sys.stderr)
         raise
+
+
+def _stop_local_job(job: Any) -> None:
+    """Ask a local submitit job to stop: SIGTERM to its controller process, which forwards it to
+    the task, whose handler (:mod:`mgrq.runner.jobs`) records the cell as interrupted and exits.
+    Not submitit's ``cancel`` (SIGINT): a process started in the background by a
+    non-interactive shell (CI, ``cmd &``) inherits SIGINT ignored, and the job would run on."""
+    proc = getattr(job, "_process", None)
+    try:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            job.cancel(check=False)
+    except Exception:  # already gone
+        pass
 
 
 @contextlib.contextmanager
