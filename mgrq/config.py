@@ -75,8 +75,6 @@ def _coerce(cls_name: str, f: dataclasses.Field, value: Any, hints: dict[str, An
         if float in allowed:
             return value
         raise bad
-    if isinstance(value, str | type(None)):
-        return value
     if not any(isinstance(t, type) and isinstance(value, t) for t in allowed):
         raise bad
     return value

@@ -31,6 +31,12 @@ def rec(d: Path) -> dict:
     return json.loads((d / "record.json").read_text())
 
 
+def running_cells(root: Path) -> dict[str, Path]:
+    """The cells of a label folder whose record says ``running`` (none before the folder exists)."""
+    cells = cell_dirs(root) if root.is_dir() else {}
+    return {c: d for c, d in cells.items() if rec(d)["status"] == "running"}
+
+
 def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
     suite = write_suite(
         tmp_path / "dbg.yaml",
@@ -137,11 +143,7 @@ def test_sigkill_mid_cell_then_rerun_only_unfinished(tmp_path):
     proc = subprocess.Popen(argv, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        def c2_running() -> bool:
-            cells = cell_dirs(root) if root.is_dir() else {}
-            return c2 in cells and (cells[c2] / "record.json").exists() and rec(cells[c2])["status"] == "running"
-
-        _wait_for(c2_running, 240, "cell 2 to start", proc)
+        _wait_for(lambda: c2 in running_cells(root), 240, "cell 2 to start", proc)
         victim = rec(cell_dirs(root)[c2])["executor"]["pid"]
         os.kill(victim, signal.SIGKILL)  # the job process, mid-cell
         stdout, stderr = proc.communicate(timeout=240)
@@ -195,12 +197,7 @@ def test_sigterm_to_the_driver_stops_its_local_jobs_and_records_the_cell(tmp_pat
     proc = subprocess.Popen(argv, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        def running() -> bool:
-            cells = cell_dirs(root) if root.is_dir() else {}
-            return bool(cells) and all((d / "record.json").exists() and rec(d)["status"] == "running"
-                                       for d in cells.values())
-
-        _wait_for(running, 240, "the cell to start", proc)
+        _wait_for(lambda: bool(running_cells(root)), 240, "the cell to start", proc)
         (cell,) = cell_dirs(root).values()
         job_pid = rec(cell)["executor"]["pid"]
         proc.send_signal(signal.SIGTERM)
