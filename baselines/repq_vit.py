@@ -58,13 +58,12 @@ from torch import nn
 
 from mgrq.data import Calibration
 from mgrq.errors import ConfigError
+from mgrq.methods.percentile import check_softmax_quantizer
 from mgrq.methods.registry import RunContext, register_method
 from mgrq.quant import point as P
 from mgrq.quant.calib import lazy_init
 from mgrq.quant.quantizers import PER_TENSOR, LogQuantizer, UniformQuantizer, per_channel
 from mgrq.surgery import QuantModel
-
-SOFTMAX_QUANTIZERS = ("log_sqrt2", "log2", "uniform")
 
 
 @dataclass(frozen=True)
@@ -73,10 +72,7 @@ class RepQViTConfig:
     reparameterize: bool = True
 
     def __post_init__(self) -> None:
-        if self.softmax_quantizer not in SOFTMAX_QUANTIZERS:
-            raise ValueError(
-                f"softmax_quantizer={self.softmax_quantizer!r}: expected one of {', '.join(SOFTMAX_QUANTIZERS)}"
-            )
+        check_softmax_quantizer(self.softmax_quantizer)
         if not isinstance(self.reparameterize, bool):
             raise ValueError(f"reparameterize={self.reparameterize!r}: expected true or false")
 

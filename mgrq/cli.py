@@ -103,20 +103,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from mgrq.methods import all_methods, get_method
 
     if not getattr(args, "name", None):
         for m in all_methods():
             print(f"{m.name:18s} {m.description} (default calib {m.default_calib})")
-        print("\n`mgrq methods NAME` lists a method's config fields (set them with --set FIELD=VALUE)", file=sys.stderr)
+        print("\n`mgrq methods NAME` lists a method's config fields, what each means and the values it accepts "
+              "(set them with --set FIELD=VALUE)", file=sys.stderr)
         return 0
+    from mgrq.methods.fields import describe
+
     m = get_method(args.name)
     print(f"{m.name}: {m.description} (default calib {m.default_calib})")
-    for f in dataclasses.fields(m.config_cls):
-        default = f.default if f.default is not dataclasses.MISSING else "(required)"
-        print(f"  {f.name:18s} = {default!r}")
+    for name, default, meaning, choices in describe(m):
+        line = f"  {name:18s} = {default!r:12s} # {meaning or '(not described)'}"
+        if choices is not None:  # the allowed values; one only where this method fixes the field
+            line += " [fixed here]" if len(choices) == 1 else f" [{'|'.join(map(str, choices))}]"
+        print(line)
     return 0
 
 
@@ -165,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model zoo (name first on each line)")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("methods", help="list the registered methods (name first on each line), or one "
-                                        "method's config fields and defaults")
-    p.add_argument("name", nargs="?", help="a method: print its config fields (for --set / suite config)")
+                                        "method's config fields: default, meaning, allowed values")
+    p.add_argument("name", nargs="?", help="a method: print its config fields, one a line as "
+                                           "'FIELD = DEFAULT  # meaning [allowed values]' (for --set / suite config)")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("zoo", help="the tiny offline zoo")

@@ -1,5 +1,6 @@
 """The mgrq command line: listings, a real quantization run with its record, and bad inputs."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import torch
 
 from mgrq import zoo
 from mgrq.cli import main
+from mgrq.methods import all_methods
 
 
 def run_cli(capsys, *argv):
@@ -25,8 +27,88 @@ def test_models_and_methods_listing(capsys):
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
     assert code == 0 and {"percentile", "repq_vit", "ptq4vit", "base_ptq", "brecq", "qdrop", "mgrq"} <= set(names)
     code, out, _ = run_cli(capsys, "methods", "qdrop")
-    fields = {k.strip(): v for k, v in (line.split(" = ", 1) for line in out.splitlines()[1:])}
+    fields = {k.strip(): v.strip() for k, v in (line.split(" # ", 1)[0].split(" = ", 1) for line in out.splitlines()[1:])}
     assert code == 0 and fields["iters"] == "20000" and fields["input_prob"] == "0.5", out
+
+
+def _field_lines(capsys, method):
+    """``mgrq methods METHOD`` as {field: (default, meaning and choices)}."""
+    code, out, _ = run_cli(capsys, "methods", method)
+    assert code == 0, out
+    lines = out.splitlines()[1:]
+    parsed = {}
+    for line in lines:
+        assert len(line) <= 120, f"{method}: line longer than 120 characters: {line!r}"
+        left, sep, right = line.partition(" # ")
+        name, _, default = left.partition(" = ")
+        assert sep and right.strip(), f"{method}: no meaning on {line!r}"
+        parsed[name.strip()] = (default.strip(), right)
+    return parsed
+
+
+def test_methods_cli_prints_meaning_and_choices(capsys):
+    from mgrq.methods.fields import GLOSSARY, OVERRIDES
+    from mgrq.recon.config import COMPILE_MODES, FUSIONS
+
+    brecq = _field_lines(capsys, "brecq")
+    assert brecq["lr_round"] == ("0.001", GLOSSARY["lr_round"])
+    assert brecq["iters"] == ("20000", OVERRIDES["brecq"]["iters"])  # brecq's own meaning
+    assert brecq["compile"] == ("'none'", f"{GLOSSARY['compile']} [{'|'.join(COMPILE_MODES)}]")
+    assert brecq["fusion"][1].endswith(f"[{'|'.join(FUSIONS)}]")
+    assert _field_lines(capsys, "qdrop")["iters"] == ("20000", GLOSSARY["iters"])
+    assert _field_lines(capsys, "mgrq_sum_fusion")["fusion"] == ("'sum'", f"{GLOSSARY['fusion']} [fixed here]")
+    for m in all_methods():  # every method: every field line has a meaning and fits 120 columns
+        assert list(_field_lines(capsys, m.name)) == [f.name for f in dataclasses.fields(m.config_cls)]
+
+
+def test_method_fields_all_described_none_stale():
+    from mgrq.methods.fields import CHOICES, GLOSSARY, OVERRIDES, describe
+
+    fields_of = {m.name: {f.name for f in dataclasses.fields(m.config_cls)} for m in all_methods()}
+    undescribed = [f"{m}.{d.name}" for m in fields_of for d in describe(m) if not d.meaning]
+    assert undescribed == [], f"config fields without a line in mgrq/methods/fields.py: {undescribed}"
+    every_field = set().union(*fields_of.values())
+    assert set(GLOSSARY) - every_field == set(), "GLOSSARY lines for fields no method has"
+    assert set(CHOICES) - every_field == set(), "CHOICES for fields no method has"
+    for method, over in OVERRIDES.items():
+        assert method in fields_of, f"OVERRIDES for unregistered method {method}"
+        assert set(over) <= fields_of[method], f"OVERRIDES[{method!r}]: fields it does not have"
+        assert all(text != GLOSSARY.get(f) for f, text in over.items()), f"OVERRIDES[{method!r}] repeats GLOSSARY"
+
+
+def _expected_names(message):
+    """The names an ``expected one of a, b`` / ``expected 'a', 'b' or 'c'`` error lists."""
+    import re
+
+    return set(re.findall(r"[\w+]+", message.split("expected", 1)[1])) - {"one", "of", "or"}
+
+
+def test_method_fields_choices_are_what_validation_accepts():
+    """Shown choices = what each config's validation accepts: every choice builds a config, and
+    the error for any other value lists exactly the choices."""
+    from mgrq.errors import ConfigError
+    from mgrq.methods.fields import describe
+
+    checked = 0
+    for m in all_methods():
+        names = {f.name for f in dataclasses.fields(m.config_cls)}
+        for d in describe(m):
+            if d.choices is None:
+                continue
+            fixed = getattr(m.config_cls, "FIXED", {})
+            if d.name in fixed:  # an MGRQ variant's switched-off part: one value only
+                assert d.choices == (fixed[d.name],) == (d.default,)
+                continue
+            # weight_init etc. need init=percentile; init=repq_vit needs brecq's act_reinit=false
+            ctx = {k: v for k, v in {"init": "percentile", "act_reinit": False}.items() if k in names and k != d.name}
+            for value in d.choices:
+                m.make_config({**ctx, d.name: value})
+            with pytest.raises(ConfigError) as e:
+                m.make_config({**ctx, d.name: "no_such_choice"})
+            msg = str(e.value)
+            assert f"{d.name}='no_such_choice'" in msg and _expected_names(msg) == set(d.choices), (m.name, msg)
+            checked += 1
+    assert checked >= 80  # 89 today (11 methods): the loop did check something
 
 
 def test_quantize_tiny_vit_w8a8_and_w4a4_records(tmp_path, capsys):

@@ -28,6 +28,12 @@ from mgrq.quant.quantizers import PER_TENSOR, LogQuantizer, UniformQuantizer, pe
 from mgrq.surgery import QuantModel
 
 INITS = ("percentile", "lp", "minmax")
+SOFTMAX_QUANTIZERS = ("log_sqrt2", "log2", "uniform")  # the post-softmax quantizer: log base sqrt2 or 2, or uniform
+
+
+def check_softmax_quantizer(value: str) -> None:
+    if value not in SOFTMAX_QUANTIZERS:
+        raise ValueError(f"softmax_quantizer={value!r}: expected one of {', '.join(SOFTMAX_QUANTIZERS)}")
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,7 @@ class PercentileConfig:
         for f in ("weight_init", "act_init"):
             if getattr(self, f) not in INITS:
                 raise ValueError(f"{f}={getattr(self, f)!r}: expected one of {', '.join(INITS)}")
-        if self.softmax_quantizer not in ("log_sqrt2", "log2", "uniform"):
-            raise ValueError(f"softmax_quantizer={self.softmax_quantizer!r}: expected 'log_sqrt2', 'log2' or 'uniform'")
+        check_softmax_quantizer(self.softmax_quantizer)
         if self.calib_batch < 0:
             raise ValueError(f"calib_batch={self.calib_batch}: expected >= 0")
 

@@ -29,14 +29,14 @@ def check_start_fields(cfg: Any) -> None:
     ``init=percentile``: they are refused with another init instead of ignored (the record would
     claim them)."""
     from mgrq.methods.percentile import INITS as PERCENTILE_SEARCHES
+    from mgrq.methods.percentile import check_softmax_quantizer
 
     if cfg.init not in INITS:
         raise ValueError(f"init={cfg.init!r}: expected one of {', '.join(INITS)}")
     for f in ("weight_init", "act_init"):
         if getattr(cfg, f) not in PERCENTILE_SEARCHES:
             raise ValueError(f"{f}={getattr(cfg, f)!r}: expected one of {', '.join(PERCENTILE_SEARCHES)}")
-    if cfg.softmax_quantizer not in ("log_sqrt2", "log2", "uniform"):
-        raise ValueError(f"softmax_quantizer={cfg.softmax_quantizer!r}: expected 'log_sqrt2', 'log2' or 'uniform'")
+    check_softmax_quantizer(cfg.softmax_quantizer)
     if cfg.iters < 1 or cfg.init_calib < 0:
         raise ValueError(f"iters={cfg.iters}, init_calib={cfg.init_calib}: expected iters >= 1, init_calib >= 0")
     if cfg.init == "percentile":
