@@ -191,7 +191,7 @@ def reconstruct(name: str, qmodel: QuantModel, calib: Calibration, cfg: _ReconMe
         if i > 0 and isinstance(cfg, BrecqConfig) and cfg.act_reinit and stage.acts:
             init["act_reinit_points"] = reinit_activations(qmodel, calib, cfg, ctx)
         engine = Reconstructor(qmodel, calib.images, ecfg, device=ctx.device, seed=ctx.seed,
-                               progress=ctx.progress, units=cfg.units, desc=name)
+                               progress=ctx.progress, units=cfg.units, desc=name, warnings=ctx.warnings)
         recon.append(engine.run([stage]))
     return {"init": init, "calib_images": len(calib.ids), "recon": recon}
 

@@ -106,6 +106,9 @@ def problem(rec: Any) -> str | None:
     for k in ("suite", "metrics", "timings", "error", "calibration", "executor"):
         if rec.get(k) is not None and not isinstance(rec[k], dict):
             return f"{k} is {type(rec[k]).__name__}, expected an object"
+    w = rec.get("warnings")
+    if w is not None and not (isinstance(w, list) and all(isinstance(x, str) for x in w)):
+        return f"warnings is {w!r:.60}, expected a list of strings"
     if rec["status"] == "done":
         m = rec.get("metrics")
         if not isinstance(m, dict):
@@ -149,3 +152,9 @@ def versions() -> dict[str, str | None]:
 
 def host() -> str:
     return socket.gethostname()
+
+
+def warnings_note(rec: dict[str, Any]) -> str:
+    """``"N warning(s) in the record"`` for a record holding warnings, else ``""``."""
+    n = len(rec.get("warnings") or [])
+    return f"{n} warning(s) in the record" if n else ""

@@ -77,7 +77,11 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
     ctx = RunContext(device=device, seed=spec.seed, progress=progress, workdir=workdir)
     torch.manual_seed(spec.seed)
     t = time.perf_counter()
-    info = method.quantize(qmodel, calib, cfg, ctx)
+    try:
+        info = method.quantize(qmodel, calib, cfg, ctx)
+    except BaseException as e:  # the failed record keeps what the method warned of before it failed
+        e.run_warnings = list(ctx.warnings)  # type: ignore[attr-defined]
+        raise
     t_quant = time.perf_counter() - t
     missing = [p.name for p in qmodel.active_points() if not (p.enabled and p.quantizer is not None)]
     if missing:
@@ -109,6 +113,7 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
         "policy": {"w_bits": policy.w_bits, "a_bits": policy.a_bits, "image_bits": policy.image_bits,
                    "overrides": [list(o) for o in policy.overrides]},
         "method": {"name": spec.method, "config": config_dict(cfg), "info": info},
+        "warnings": list(ctx.warnings),  # what the method noticed but did not stop for
         "versions": records.versions(),
         "git_sha": records.git_sha(),
         "host": records.host(),
@@ -131,6 +136,7 @@ def failed_record(spec: Any, exc: BaseException, started: str) -> dict[str, Any]
             "user_error": isinstance(exc, MGRQError),
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         },
+        "warnings": list(getattr(exc, "run_warnings", [])),
         "versions": records.versions(),
         "git_sha": records.git_sha(),
         "host": records.host(),

@@ -163,6 +163,11 @@ def flatten(rec: dict[str, Any], key: str) -> tuple[dict[str, str], dict[str, fl
     if rec.get("status") == "failed":
         err = rec.get("error") or {}
         tags["error"] = f"{err.get('type')}: {err.get('message')}"[:5000]
+    warnings = rec.get("warnings") or []
+    if rec.get("status") == "done":
+        metrics["warnings"] = float(len(warnings))
+    if warnings:
+        tags["warnings"] = "\n".join(warnings)[:5000]
     return params, metrics, tags
 
 

@@ -182,6 +182,11 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if missing:
         notes.append(f"{len(missing)} of the {len(grid)} cells of the grid have no finished result (not run yet, "
                      f"running, or failed): {_listed(missing)}; `mgrq suite status {suite} --label {label}`")
+    warned = list(df.loc[(df["status"] == "done") & (df["warnings"] > 0), "run_id"])
+    if warned:
+        notes.append(f"{len(warned)} finished cell(s) ran with a warning: a unit's output error rose during "
+                     f"reconstruction (the record's warnings name it; a learning rate may be too high): "
+                     f"{_listed(warned)}")
     pub = None
     if published:
         pub = F.published_frame(None if published is True else published)

@@ -3,7 +3,8 @@
 
 Columns: suite, label, run_id, hash, model, method, name (variant or method), bits ("W4A4"),
 w_bits, a_bits, seed, status, top1, top5, fp_top1, fp_top5, n_eval, quantize_s, total_s,
-peak_mem_mb, device ("cpu" | "cuda", where the cell ran), calib, error, source ("run" |
+peak_mem_mb, device ("cpu" | "cuda", where the cell ran), calib, error, warnings (how many the
+run record holds: units whose output error rose during reconstruction), source ("run" |
 "published"), citation.
 """
 
@@ -21,7 +22,7 @@ from mgrq.spec import parse_bits
 COLUMNS = [
     "suite", "label", "run_id", "hash", "model", "method", "name", "bits", "w_bits", "a_bits",
     "seed", "status", "top1", "top5", "fp_top1", "fp_top5", "n_eval", "quantize_s", "total_s",
-    "peak_mem_mb", "device", "calib", "error", "source", "citation",
+    "peak_mem_mb", "device", "calib", "error", "warnings", "source", "citation",
 ]
 PUBLISHED_CSV = Path(__file__).with_name("published.csv")
 
@@ -57,6 +58,7 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
         "device": _device_type(rec.get("device")),
         "calib": (rec.get("calibration") or {}).get("n", spec.get("calib")),
         "error": f"{err.get('type')}: {err.get('message')}" if err else None,
+        "warnings": len(rec.get("warnings") or []),
         "source": "run", "citation": None,
     }
 
@@ -116,7 +118,7 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
                                          "quantize_s", "total_s", "peak_mem_mb")},
             "device": _device_type(t.get("device_used")),
             "calib": int(p["calib"]) if str(p.get("calib", "")).isdigit() else None,
-            "error": err, "source": "run", "citation": None,
+            "error": err, "warnings": int(m.get("warnings", 0)), "source": "run", "citation": None,
         })
     df = _one_per_cell(rows, times)
     superseded = df.attrs["superseded"]
@@ -167,7 +169,7 @@ def _published_row(path: Path, line: int, r: dict[Any, Any]) -> dict[str, Any]:
         "w_bits": w, "a_bits": a, "seed": 0, "status": "done", "top1": top1,
         "top5": float("nan"), "fp_top1": float("nan"), "fp_top5": float("nan"),
         "n_eval": float("nan"), "quantize_s": float("nan"), "total_s": float("nan"),
-        "peak_mem_mb": float("nan"), "calib": None, "error": None, "source": "published",
+        "peak_mem_mb": float("nan"), "calib": None, "error": None, "warnings": 0, "source": "published",
         "citation": v["citation"],
     }
 

@@ -142,6 +142,8 @@ def test_malformed_records_are_named_not_crashed_on(tmp_path, capsys):
     assert records.problem(good) is None
     assert records.problem({**good, "metrics": None}) == "a done record without a 'metrics' object"
     assert records.problem({**good, "spec": {"model": "tiny_vit"}}).startswith("spec.method is None")
+    assert records.problem({**good, "warnings": ["a", "b"]}) is None
+    assert records.problem({**good, "warnings": 3}) == "warnings is 3, expected a list of strings"
     rec_path.write_text(json.dumps({**good, "metrics": None}))
     cell = Cell(good["id"], good["hash"], rec_path.parent, {})
     assert cell.record() is None and cell.status() == "corrupt"

@@ -2,6 +2,7 @@
 hook, error handling and state restoration (tiny_vit, CPU)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -138,6 +139,21 @@ def _unit_error(qm, images, name):
         return float(channel_error(units[k].fn(h), ref))
 
 
+def _chain_error(qm, images, k):
+    """MSE of unit ``k``'s output on the quantized model's inputs against the FP model's."""
+    from mgrq.evaluate import eval_mode
+
+    units = qm.units()
+    with torch.no_grad(), eval_mode(qm):
+        h, ref = images, images
+        for u in units[: k + 1]:
+            h = u.fn(h)
+        with qm.quant_off():
+            for u in units[: k + 1]:
+                ref = u.fn(ref)
+        return float((h - ref).double().square().mean())
+
+
 def _state(qm):
     return ([(p.name, type(p.quantizer).__name__, p.enabled, p.drop_prob) for p in qm.points()],
             [m.training for m in qm.modules()])
@@ -150,12 +166,18 @@ def test_reconstruction_beats_round_to_nearest_and_restores_state(tiny):
     state0 = _state(qm)
     grads0 = [p.requires_grad for p in qm.parameters()]
     cfg = ReconConfig(input_mode="qdrop", act_drop=0.5, check_every=20)
-    info = Reconstructor(qm, images, cfg, device=CPU, progress=False, units=r"^blocks\.1$").run(
-        [Stage("joint", 60, learn_rounding=True, learn_steps=True, lr_round=1e-2)])
+    init = _chain_error(qm, images, 2)
+    engine = Reconstructor(qm, images, cfg, device=CPU, progress=False, units=r"^blocks\.1$")
+    info = engine.run([Stage("joint", 60, learn_rounding=True, learn_steps=True, lr_round=1e-2)])
     after = _unit_error(qm, images, "blocks.1")
     print(f"blocks.1 output error: round-to-nearest {before:.4f}, reconstructed {after:.4f}")
     assert after < 0.9 * before, (before, after)
     u = info["stages"][0]["units"][0]
+    # the recorded output errors: blocks.1 before (initial quantizers: rounding to nearest) and
+    # after, both on quantized inputs (blocks.0 keeps its initial quantizers) against FP
+    assert u["out_mse"]["init"] == pytest.approx(init, rel=1e-5)
+    assert u["out_mse"]["final"] == pytest.approx(_chain_error(qm, images, 2), rel=1e-5)
+    assert u["out_mse"]["final"] < 0.9 * u["out_mse"]["init"] and engine.warnings == []
     assert u["unit"] == "blocks.1" and u["wall_s"] > 0 and u["peak_mem_mb"] > 0 and u["rounding_changed"] > 0
     assert math.isfinite(u["loss_last"])
     # state after the context: hardened AdaRound weights, original act quantizers, no dropping
@@ -167,6 +189,20 @@ def test_reconstruction_beats_round_to_nearest_and_restores_state(tiny):
     assert all(isinstance(p.quantizer, AdaRoundQuantizer) and p.quantizer.hard
                for p in qm.points(kind="weight") if p.name.startswith("blocks.1."))
     assert [p.requires_grad for p in qm.parameters()] == grads0
+
+
+def test_a_diverged_unit_is_named_and_the_run_goes_on(tiny, capsys):
+    qm, images = _qmodel(tiny)
+    cfg = ReconConfig(check_every=10)
+    runs_warnings = ["an earlier pass's warning"]
+    engine = Reconstructor(qm, images, cfg, device=CPU, progress=False, desc="qdrop", units=r"^blocks\.0$",
+                           warnings=runs_warnings)
+    info = engine.run([Stage("joint", 30, learn_rounding=True, learn_steps=True, lr_round=1e6)])
+    u = info["stages"][0]["units"][0]
+    assert u["out_mse"]["final"] > 1.5 * u["out_mse"]["init"], u["out_mse"]  # finite, but far worse
+    assert engine.warnings is runs_warnings and len(runs_warnings) == 2  # appended to the run's list
+    assert re.search(r"qdrop: unit blocks\.0 \(joint stage\): its output error .* rose [\d.]+x", runs_warnings[1])
+    assert "warning: " + runs_warnings[1] in capsys.readouterr().err
 
 
 def test_deterministic_on_cpu(tiny):

@@ -23,7 +23,7 @@ MODELS = ["deit_tiny_patch16_224", "tiny_vit"]
 
 def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, seed: int,
         top1: float | None, fp: float = 80.0, variant: str | None = None, qs: float = 2.0,
-        eval_limit: int | None = None, finished: str | None = None) -> None:
+        eval_limit: int | None = None, finished: str | None = None, warnings: list[str] | None = None) -> None:
     w, a = int(bits[1]), int(bits[3])
     spec = RunSpec(model=model, method=method, w_bits=w, a_bits=a, seed=seed, variant=variant,
                    eval_limit=eval_limit)
@@ -35,7 +35,7 @@ def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, s
     else:
         rec.update(status="done", metrics={"top1": top1, "top5": 99.0, "fp_top1": fp, "fp_top5": 99.5, "n_eval": 50.0},
                    timings={"quantize_s": qs, "total_s": qs + 1}, peak_mem_mb=100.0,
-                   calibration={"n": 32, "seed": seed, "ids_hash": "x"})
+                   calibration={"n": 32, "seed": seed, "ids_hash": "x"}, warnings=warnings or [])
     records.write_record(out / suite / label / f"{spec.run_id}-{spec.content_hash}" / "record.json", rec)
 
 
@@ -329,3 +329,15 @@ def test_acc_vs_time_marks_devices_when_mixed(tmp_path, monkeypatch):
     plots.accuracy_vs_time(agg.assign(device="cpu"), tmp_path)
     assert seen[0] == (["BRECQ W4A4 (CPU)", "QDrop W4A4 (GPU)"], [1, 0])
     assert seen[1] == (["BRECQ W4A4", "QDrop W4A4"], [1, 1])
+
+
+def test_report_notes_cells_that_ran_with_a_warning(tmp_path):
+    out = tmp_path / "runs"
+    make_runs(out)
+    assert build_report(out, "rep", "A", pdf="no", figures=False).notes == []
+    put(out, "rep", "A", "tiny_vit", "repq_vit", "W4A4", 1, 75.5, finished="2999-01-01T00:00:00",
+        warnings=["qdrop: unit blocks.0 (joint stage): its output error ... rose 19.3x"])
+    rep = build_report(out, "rep", "A", pdf="no", figures=False)
+    assert list(rep.frame.loc[rep.frame["warnings"] > 0, "run_id"]) == ["tiny_vit.repq_vit.w4a4.s1"]
+    assert len(rep.notes) == 1 and "1 finished cell(s) ran with a warning" in rep.notes[0]
+    assert "tiny_vit.repq_vit.w4a4.s1" in rep.notes[0]

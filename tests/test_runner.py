@@ -84,7 +84,14 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
     assert main(["suite", "status", "dbg", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "suite dbg [L1]" in text and "1 done, 1 failed" in text
-    assert f"top-1 {ok['metrics']['top1']:.2f}" in text
+    assert f"top-1 {ok['metrics']['top1']:.2f}" in text and "warning" not in text
+    # a done record holding a warning (simulated): status and the dry run say so on its line
+    path = cells["tiny_vit.percentile.w4a4.s0"] / "record.json"
+    path.write_text(json.dumps({**json.loads(before), "warnings": ["percentile: unit blocks.0 rose 3x"]}))
+    for cmd in (["suite", "status", "dbg", "--out", str(out)], [*argv, "--dry-run"]):
+        assert main(cmd) == 0
+        (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "tiny_vit.percentile.w4a4.s0" in ln]
+        assert "1 warning(s) in the record" in line, cmd
 
     # a method default changed since the done cell ran (simulated on the record's side): the
     # label is refused, naming the cell and the field, and nothing is run or rewritten

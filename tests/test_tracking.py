@@ -145,3 +145,13 @@ def test_mirror_to_a_tracking_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_flatten_keeps_a_done_records_warnings():
+    rec = {"id": "m.p.w4a4.s0", "hash": "abc", "status": "done", "metrics": {"top1": 50.0},
+           "spec": {"model": "m", "method": "p", "w_bits": 4, "a_bits": 4, "seed": 0},
+           "warnings": ["qdrop: unit blocks.0 (joint stage): rose 19x", "qdrop: unit blocks.3 (joint stage): rose 4x"]}
+    _params, metrics, tags = flatten(rec, "s/L/m.p.w4a4.s0-abc")
+    assert metrics["warnings"] == 2.0 and tags["warnings"] == "\n".join(rec["warnings"])
+    _params, metrics, tags = flatten({**rec, "warnings": []}, "k")
+    assert metrics["warnings"] == 0.0 and "warnings" not in tags

@@ -264,7 +264,7 @@ def quantize_mgrq(qmodel: QuantModel, calib: Calibration, cfg: MGRQConfig, ctx: 
                               cfg.softmax_quantizer)
     ecfg = cfg.engine()
     engine = Reconstructor(qmodel, calib.images, ecfg, device=ctx.device, seed=ctx.seed, progress=ctx.progress,
-                           extra_terms=cfg.extra_terms, units=cfg.units, desc=cfg.METHOD)
+                           extra_terms=cfg.extra_terms, units=cfg.units, desc=cfg.METHOD, warnings=ctx.warnings)
     recon = engine.run([cfg.stage()])
     return {"init": init, "calib_images": len(calib.ids), "parts": cfg.parts(), "engine": config_dict(ecfg),
             "recon": [recon]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mgrq.errors import unknown
@@ -33,6 +33,8 @@ class RunContext:
     seed: int = 0
     progress: bool = True
     workdir: str | None = None  # a folder for resumable state (checkpoints of long methods)
+    # what the method noticed but did not stop for (the run record's ``warnings``)
+    warnings: list[str] = field(default_factory=list)
 
 
 class QuantizeFn(Protocol):

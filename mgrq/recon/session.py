@@ -31,6 +31,13 @@ from mgrq.surgery.layers import QuantConv2d, QuantLinear
 from mgrq.surgery.wrap import Unit
 
 
+def stage_points(points: list[QuantPoint], stage: Stage) -> list[tuple[QuantPoint, bool]]:
+    """The points a stage switches, each with its switch: weight points on, activation points
+    on when ``stage.acts``. Points the layer policy leaves in full precision (no bits or no
+    quantizer) are not listed."""
+    return [(p, p.kind == "weight" or stage.acts) for p in points if p.bits is not None and p.quantizer is not None]
+
+
 def quant_layers(unit: Unit, root: nn.Module) -> dict[str, nn.Module]:
     """The unit's QuantLinear / QuantConv2d modules by fully qualified name (forward order)."""
     ids = {id(m) for top in unit.modules for m in top.modules()}
@@ -62,17 +69,13 @@ class UnitSession:
         self._saved = [(p, p.quantizer, p.enabled, p.drop_prob) for p in points]
         weight_of = {id(m.weight_q): m.weight for m in quant_layers(self.unit, self.root).values()}
         try:
-            for p in points:
-                if p.bits is None or p.quantizer is None:
-                    continue
+            for p, on in stage_points(points, self.stage):
+                p.enabled = on
                 if p.kind == "weight":
-                    p.enabled = True
                     if self.stage.learn_rounding:
                         self._learn_rounding(p, weight_of[id(p)])
-                else:
-                    p.enabled = self.stage.acts
-                    if self.stage.acts:
-                        self._wrap_act(p)
+                elif on:
+                    self._wrap_act(p)
         except BaseException:
             self._restore()
             raise

@@ -264,7 +264,7 @@ def cmd_suite_list(args: argparse.Namespace) -> int:
 
 
 def cmd_suite_status(args: argparse.Namespace) -> int:
-    from mgrq.records import read_record
+    from mgrq.records import read_record, warnings_note
     from mgrq.runner.layout import Cell, resolve_label
 
     out, args.suite = _out(args), _suite_name(args.suite)
@@ -280,7 +280,7 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
         m = rec.get("metrics") or {}
         top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""
         job = (rec.get("executor") or {}).get("job_id") or ""
-        print(f"  {st:8s} {c['id']:55s} {top1:14s} {job}")
+        print(f"  {st:8s} {c['id']:55s} {top1:14s} {job}  {warnings_note(rec)}".rstrip())
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return 0
 

@@ -136,6 +136,8 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
         if st == "done":
             m = rec.get("metrics", {})
             extra = f"top-1 {m.get('top1', float('nan')):.2f}"
+            if note := records.warnings_note(rec):
+                extra += f"  {note}"
             drift = config_drift(c, rec)
             if drift:
                 counts["drift"] += 1
