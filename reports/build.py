@@ -239,6 +239,12 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
             if pdf == "yes":
                 raise
             rep.pdf_note = str(e)
+    notes_md = dest / "notes.md"  # what the tables leave out, kept beside them (none: no file)
+    if rep.notes:
+        notes_md.write_text(f"# Notes on {suite} [{label}]\n\n" + "".join(f"- {n}\n" for n in rep.notes))
+        rep.tables.append(notes_md)
+    else:
+        notes_md.unlink(missing_ok=True)  # a stale one from an earlier report of this folder
     return rep
 
 

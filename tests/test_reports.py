@@ -334,10 +334,16 @@ def test_acc_vs_time_marks_devices_when_mixed(tmp_path, monkeypatch):
 def test_report_notes_cells_that_ran_with_a_warning(tmp_path):
     out = tmp_path / "runs"
     make_runs(out)
-    assert build_report(out, "rep", "A", pdf="no", figures=False).notes == []
+    rep = build_report(out, "rep", "A", pdf="no", figures=False)
+    assert rep.notes == [] and not (rep.dest / "notes.md").exists()
     put(out, "rep", "A", "tiny_vit", "repq_vit", "W4A4", 1, 75.5, finished="2999-01-01T00:00:00",
         warnings=["qdrop: unit blocks.0 (joint stage): its output error ... rose 19.3x"])
     rep = build_report(out, "rep", "A", pdf="no", figures=False)
     assert list(rep.frame.loc[rep.frame["warnings"] > 0, "run_id"]) == ["tiny_vit.repq_vit.w4a4.s1"]
     assert len(rep.notes) == 1 and "1 finished cell(s) ran with a warning" in rep.notes[0]
     assert "tiny_vit.repq_vit.w4a4.s1" in rep.notes[0]
+    # the notes are kept beside the tables, and go away with the cause
+    assert (rep.dest / "notes.md").read_text() == f"# Notes on rep [A]\n\n- {rep.notes[0]}\n"
+    put(out, "rep", "A", "tiny_vit", "repq_vit", "W4A4", 1, 75.5, finished="2999-01-02T00:00:00")
+    rep = build_report(out, "rep", "A", pdf="no", figures=False)
+    assert rep.notes == [] and not (rep.dest / "notes.md").exists()
