@@ -302,3 +302,26 @@ def test_only_runs_keep_the_whole_grid_in_status_and_report(tmp_path, capsys):
     assert "Mean ± std over the seeds that finished: 1 to 2 per cell." in text
     assert main(["suite", "status", "part", "--out", str(out)]) == 0
     assert "3 done, 1 pending" in capsys.readouterr().out
+
+
+def test_a_cell_whose_reconstruction_diverged_is_done_with_a_warning_everywhere(tmp_path, capsys):
+    """A reconstruction that diverges but stays finite (lr_round=1e6; one unit, 30 iterations)
+    ends done, and its warning reaches the record, the run's summary, status and the report."""
+    suite = write_suite(tmp_path / "div.yaml", eval_limit=50, methods=[{"name": "qdrop", "calib": 32, "config": {
+        "iters": 30, "lr_round": 1e6, "check_every": 10, "units": "^patch_embed$"}}])
+    out = tmp_path / "runs"
+    assert main(["suite", "run", str(suite), "--out", str(out), "--label", "L", "--executor", "debug",
+                 "--threads", "1", "--no-mirror", "--no-pdf"]) == 0
+    cap = capsys.readouterr()
+    (cell,) = cell_dirs(out / "div" / "L").values()
+    r = rec(cell)
+    assert r["status"] == "done" and len(r["warnings"]) == 1
+    assert r["warnings"][0].startswith("qdrop: unit patch_embed (joint stage): its output error on the calibration")
+    (unit,) = r["method"]["info"]["recon"][0]["stages"][0]["units"]
+    assert unit["out_mse"]["final"] > 1.5 * unit["out_mse"]["init"]
+    assert f"warning: {r['warnings'][0]}" in (cell / "cell.log").read_text()
+    assert "warnings: 1 cell(s) done with warnings in their record" in cap.out
+    assert "ran with a warning" in cap.out and (out / "div" / "L" / "report" / "notes.md").is_file()
+    assert json.loads((out / "div" / "L" / "summary.json").read_text())["warned"] == [r["id"]]
+    assert main(["suite", "status", "div", "--out", str(out)]) == 0
+    assert "1 warning(s) in the record" in capsys.readouterr().out

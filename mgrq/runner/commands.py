@@ -228,6 +228,10 @@ def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | N
           f"(done before), {len(summary.failed)} failed"
           + (f", {len(summary.not_run)} not run (rerun the suite)" if summary.not_run else "")
           + f"; wall time {summary.seconds:.0f}s")
+    if summary.warned:
+        print(f"warnings: {len(summary.warned)} cell(s) done with warnings in their record "
+              f"(a reconstructed unit's output error rose): {', '.join(summary.warned[:3])}"
+              + (", ..." if len(summary.warned) > 3 else ""))
     print(f"records:  {summary.root}/<cell>/record.json")
     if rep is not None:
         def names(paths: list) -> str:

@@ -43,6 +43,7 @@ class Summary:
     done: int = 0  # finished during this run
     failed: list[str] = field(default_factory=list)
     not_run: list[str] = field(default_factory=list)  # no record of an end (a job lost before them)
+    warned: list[str] = field(default_factory=list)  # done in this run, with warnings in the record
     seconds: float = 0.0
     executor: str = "local"
 
@@ -529,9 +530,11 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
         if todo:
             submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s)
         for c in todo:
-            st = c.status()
+            st, rec = c.state()
             if st == "done":
                 summary.done += 1
+                if rec.get("warnings"):
+                    summary.warned.append(c.run_id)
             elif st == "failed":
                 summary.failed.append(c.run_id)
             else:
@@ -540,7 +543,7 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
         records.write_record(root / "summary.json", {
             "suite": suite.name, "label": label, "finished": records.now(), "cells": len(cells),
             "done": summary.done, "skipped": summary.skipped, "failed": summary.failed,
-            "not_run": summary.not_run,
+            "not_run": summary.not_run, "warned": summary.warned,
             "seconds": round(summary.seconds, 1), "executor": opts.describe(),
         })
     return summary
