@@ -176,7 +176,7 @@ def reinit_activations(qmodel: QuantModel, calib: Calibration, cfg: _ReconMethod
         p.enabled = True
 
     with lazy_init(acts, init):
-        calibrate_forward(qmodel, calibration_head(calib, cfg.init_calib), 0, ctx.device)
+        calibrate_forward(qmodel, calibration_head(calib, cfg.init_calib), ctx.device)
     return len(acts)
 
 

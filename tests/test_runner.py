@@ -98,14 +98,14 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
     path = cells["tiny_vit.percentile.w4a4.s0"] / "record.json"
     drifted = json.loads(before)
     cfg = drifted["method"]["config"]
-    key = next(k for k, v in cfg.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-    cfg[key] += 1
+    key, now = "act_init", cfg["act_init"]
+    cfg[key] = "minmax" if now != "minmax" else "lp"
     path.write_text(json.dumps(drifted))
     changed = path.read_bytes()
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "1 done cell(s) ran with other method defaults" in err
-    assert f"tiny_vit.percentile.w4a4.s0: {key} {cfg[key]!r} -> {cfg[key] - 1!r}" in err and "new --label" in err
+    assert f"tiny_vit.percentile.w4a4.s0: {key} {cfg[key]!r} -> {now!r}" in err and "new --label" in err
     assert path.read_bytes() == changed and len(read_events(cells["tiny_vit.pct-toomany.w4a4.s0"])) == 4
     assert main([*argv, "--dry-run"]) == 0
     assert f"ran with other defaults: {key}" in capsys.readouterr().out
@@ -304,14 +304,15 @@ def test_only_runs_keep_the_whole_grid_in_status_and_report(tmp_path, capsys):
     assert "3 done, 1 pending" in capsys.readouterr().out
 
 
-def test_a_cell_whose_reconstruction_diverged_is_done_with_a_warning_everywhere(tmp_path, capsys):
+def test_a_cell_whose_reconstruction_diverged_is_done_with_a_warning_everywhere(tmp_path, capsys, monkeypatch):
     """A reconstruction that diverges but stays finite (lr_round=1e6; one unit, 30 iterations)
     ends done, and its warning reaches the record, the run's summary, status and the report."""
     suite = write_suite(tmp_path / "div.yaml", eval_limit=50, methods=[{"name": "qdrop", "calib": 32, "config": {
         "iters": 30, "lr_round": 1e6, "check_every": 10, "units": "^patch_embed$"}}])
     out = tmp_path / "runs"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store under --out
     assert main(["suite", "run", str(suite), "--out", str(out), "--label", "L", "--executor", "debug",
-                 "--threads", "1", "--no-mirror", "--no-pdf"]) == 0
+                 "--threads", "1", "--no-pdf"]) == 0
     cap = capsys.readouterr()
     (cell,) = cell_dirs(out / "div" / "L").values()
     r = rec(cell)
@@ -325,3 +326,7 @@ def test_a_cell_whose_reconstruction_diverged_is_done_with_a_warning_everywhere(
     assert json.loads((out / "div" / "L" / "summary.json").read_text())["warned"] == [r["id"]]
     assert main(["suite", "status", "div", "--out", str(out)]) == 0
     assert "1 warning(s) in the record" in capsys.readouterr().out
+    from mgrq.tracking import default_uri
+    from reports.frame import mlflow_frame
+
+    assert list(mlflow_frame(default_uri(out), "div", ["L"])["warnings"]) == [1]  # the MLflow mirror too

@@ -41,15 +41,12 @@ class PercentileConfig:
     weight_init: str = "percentile"
     act_init: str = "percentile"
     softmax_quantizer: str = "log_sqrt2"
-    calib_batch: int = 0  # images per calibration forward; 0 = all calibration images at once
 
     def __post_init__(self) -> None:
         for f in ("weight_init", "act_init"):
             if getattr(self, f) not in INITS:
                 raise ValueError(f"{f}={getattr(self, f)!r}: expected one of {', '.join(INITS)}")
         check_softmax_quantizer(self.softmax_quantizer)
-        if self.calib_batch < 0:
-            raise ValueError(f"calib_batch={self.calib_batch}: expected >= 0")
 
 
 def init_uniform(q: UniformQuantizer, x: torch.Tensor, how: str) -> None:
@@ -78,11 +75,11 @@ def make_quantizer(p: P.QuantPoint, x: torch.Tensor, cfg: PercentileConfig) -> t
 
 
 @torch.no_grad()
-def calibrate_forward(qmodel: QuantModel, calib: Calibration, batch: int, device: torch.device) -> None:
-    """Push the calibration images through the model (in ``batch``-sized pieces, 0 = at once)."""
-    images = calib.images.to(device)
-    for chunk in images.split(batch if batch > 0 else len(images)):
-        qmodel(chunk)
+def calibrate_forward(qmodel: QuantModel, calib: Calibration, device: torch.device) -> None:
+    """Push all calibration images through the model in one forward: each quantizer is set from
+    the first tensor that reaches it (:func:`~mgrq.quant.calib.lazy_init`), so a forward in
+    batches would calibrate on the first batch only."""
+    qmodel(calib.images.to(device))
 
 
 @register_method("percentile", PercentileConfig, "basic PTQ: RepQ-ViT's quantizers and percentile search, no reparameterization")
@@ -97,5 +94,5 @@ def quantize(qmodel: QuantModel, calib: Calibration, cfg: PercentileConfig, ctx:
         p.enabled = True
 
     with lazy_init(points, init):
-        calibrate_forward(qmodel, calib, cfg.calib_batch, ctx.device)
+        calibrate_forward(qmodel, calib, ctx.device)
     return {"points": len(points)}
