@@ -76,23 +76,23 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
     del model
     ctx = RunContext(device=device, seed=spec.seed, progress=progress, workdir=workdir)
     torch.manual_seed(spec.seed)
-    t = time.perf_counter()
-    try:
+    try:  # from here on, a failed record keeps what the method warned of before the failure
+        t = time.perf_counter()
         info = method.quantize(qmodel, calib, cfg, ctx)
-    except BaseException as e:  # the failed record keeps what the method warned of before it failed
-        e.run_warnings = list(ctx.warnings)  # type: ignore[attr-defined]
-        raise
-    t_quant = time.perf_counter() - t
-    missing = [p.name for p in qmodel.active_points() if not (p.enabled and p.quantizer is not None)]
-    if missing:
-        raise RuntimeError(
-            f"method {spec.method} left {len(missing)} point(s) unquantized (e.g. {missing[0]}): "
-            "every point the layer policy quantizes must have an enabled quantizer"
-        )
+        t_quant = time.perf_counter() - t
+        missing = [p.name for p in qmodel.active_points() if not (p.enabled and p.quantizer is not None)]
+        if missing:
+            raise RuntimeError(
+                f"method {spec.method} left {len(missing)} point(s) unquantized (e.g. {missing[0]}): "
+                "every point the layer policy quantizes must have an enabled quantizer"
+            )
 
-    t = time.perf_counter()
-    q = evaluate(qmodel, val, device=device, progress=progress, desc=f"{spec.run_id} eval")
-    t_eval = time.perf_counter() - t
+        t = time.perf_counter()
+        q = evaluate(qmodel, val, device=device, progress=progress, desc=f"{spec.run_id} eval")
+        t_eval = time.perf_counter() - t
+    except BaseException as e:
+        e.run_warnings = list(ctx.warnings)  # type: ignore[attr-defined]  # read by failed_record
+        raise
     from mgrq.config import config_dict
 
     return {

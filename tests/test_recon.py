@@ -205,6 +205,21 @@ def test_a_diverged_unit_is_named_and_the_run_goes_on(tiny, capsys):
     assert "warning: " + runs_warnings[1] in capsys.readouterr().err
 
 
+def test_regression_check_threshold(tiny, capsys):
+    qm, images = _qmodel(tiny)
+    engine = Reconstructor(qm, images, ReconConfig(), device=CPU, progress=False, desc="brecq")
+    unit = qm.units()[1]
+    rounding = Stage("rounding", 10, learn_rounding=True, learn_steps=False, acts=False)
+    for before, after in ((1.0, 0.5), (1.0, 1.4), (1.0, 1.5), (0.0, 0.0)):
+        engine._check_regression(rounding, unit, before, after)
+    assert engine.warnings == [] and capsys.readouterr().err == ""
+    engine._check_regression(rounding, unit, 1.0, 1.6)
+    engine._check_regression(Stage("steps", 10, learn_rounding=False, learn_steps=True), unit, 2.0, float("nan"))
+    assert len(engine.warnings) == 2
+    assert "rose 1.6x" in engine.warnings[0] and "; lr_round may be too high" in engine.warnings[0]
+    assert "(steps stage)" in engine.warnings[1] and "; lr_step may be too high" in engine.warnings[1]
+
+
 def test_deterministic_on_cpu(tiny):
     outs = []
     for _ in range(2):

@@ -55,16 +55,15 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 # OVERRIDES says otherwise.
 GLOSSARY: dict[str, str] = {
     # calibration-only methods (percentile, repq_vit, ptq4vit, base_ptq)
-    "calib_batch": "images per calibration forward pass; 0 = all calibration images at once",
     "reparameterize": "fold per-channel post-LayerNorm scales into LN + next Linear (false: keep them)",
     "alpha": "smallest step factor searched: candidates d0 * (alpha + i (beta - alpha) / n)",
     "beta": "end of the step factor range searched, exclusive (see alpha)",
     "n_candidates": "step candidates per search (n)",
     "rounds": "alternating weight-step / input-step searches per layer",
     "metric": "score of a step candidate on the layer output",
-    "hessian_grad": "hessian weights: CE to FP top-1 (paper), code's KL (~0)",
+    "hessian_grad": "metric=hessian: CE to FP top-1 (paper) or code's KL (~0)",
     "twin": "twin-uniform quantizers for the post-GELU and post-softmax inputs",
-    "twin_softmax": "twin softmax: own range per value (paper) or sum (ref. code)",
+    "twin_softmax": "twin=true: own range per value (paper) or sum (ref. code)",
     "channelwise_conv": "patch-embedding conv weight: one step per output channel (false: per tensor)",
     "grad_batch": "images per forward/backward pass when collecting layer inputs and gradients",
     "capture_mb": "memory budget (MiB) for cached layer inputs and gradients (results unaffected)",
@@ -122,7 +121,7 @@ OVERRIDES: dict[str, dict[str, str]] = {
     "brecq": {
         "iters": "iterations per unit of pass 1 (AdaRound rounding, activations off)",
         "lr_step": "Adam learning rate of the LSQ activation steps in pass 2 (cosine decay to 0)",
-        "block_loss": "pass 1's unit output error (pass 2: squared error)",
+        "block_loss": "pass 1's unit output error (pass 2: |err|^act_p; head: logit KL)",
     },
 }
 

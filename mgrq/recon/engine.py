@@ -301,9 +301,10 @@ class Reconstructor:
                     for p, on in stage_points(unit.points(), stage):
                         p.enabled = on
                 else:
+                    cache_s = time.perf_counter() - t
                     with stage_switches(unit, stage):
                         mse_init = self._out_mse(unit, x_q, y)
-                    stats = self._reconstruct(si, k, unit, stage, UnitCache(x_q, x_f, y), time.perf_counter() - t)
+                    stats = self._reconstruct(si, k, unit, stage, UnitCache(x_q, x_f, y), cache_s)
                     stats["out_mse"] = {"init": mse_init, "final": self._out_mse(unit, x_q, y)}
                     info["units"].append(stats)
                     self._check_regression(stage, unit, mse_init, stats["out_mse"]["final"])
@@ -332,9 +333,10 @@ class Reconstructor:
         :attr:`warnings` (the run record's ``warnings``)."""
         if not after <= REGRESSION_RATIO * before:  # NaN counts as a rise
             ratio = after / before if before > 0 else float("inf")
+            rates = " and ".join(n for n, on in (("lr_round", stage.learn_rounding), ("lr_step", stage.learn_steps)) if on)
             msg = (f"{self.desc}: unit {unit.name} ({stage.name} stage): its output error on the calibration "
                    f"images rose {ratio:.3g}x during reconstruction, from {before:.4g} to {after:.4g} (MSE against "
-                   "the FP output); the learning rates (lr_round, lr_step) may be too high for this budget")
+                   f"the FP output); {rates or 'the learning rate'} may be too high for this budget")
             self.warnings.append(msg)
             print(f"warning: {msg}", file=sys.stderr, flush=True)
 
