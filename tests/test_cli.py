@@ -111,6 +111,27 @@ def test_method_fields_choices_are_what_validation_accepts():
     assert checked >= 80  # 89 today (11 methods): the loop did check something
 
 
+def test_every_field_validated_against_a_fixed_set_shows_its_choices():
+    """A string field whose config refuses an unknown value with "expected one of ..." must have
+    its set in CHOICES (so a new enum field cannot be added without showing its values)."""
+    from mgrq.errors import ConfigError
+    from mgrq.methods.fields import CHOICES
+
+    missing = []
+    for m in all_methods():
+        names = {f.name for f in dataclasses.fields(m.config_cls)}
+        ctx = {k: v for k, v in {"init": "percentile", "act_reinit": False}.items() if k in names}
+        for f in dataclasses.fields(m.config_cls):
+            if not isinstance(f.default, str) or f.name in getattr(m.config_cls, "FIXED", {}) or f.name == "units":
+                continue
+            try:
+                m.make_config({**ctx, f.name: "no_such_choice"})
+            except ConfigError as e:
+                if "expected" in str(e) and f.name not in CHOICES:
+                    missing.append(f"{m.name}.{f.name}: {e}")
+    assert missing == [], missing
+
+
 def test_quantize_tiny_vit_w8a8_and_w4a4_records(tmp_path, capsys):
     rec8 = tmp_path / "w8.json"
     code, out, _ = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile",
