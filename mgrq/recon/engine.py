@@ -29,7 +29,7 @@ import contextlib
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from torch import nn
 from mgrq.errors import ConfigError, ReconstructionError
 from mgrq.evaluate import eval_mode, pick_device
 from mgrq.memory import PeakMemory
+from mgrq.quant.point import QuantPoint
 from mgrq.recon.cache import BatchSource, UnitCache, nbytes
 from mgrq.recon.config import ReconConfig, Stage
 from mgrq.recon.losses import FisherError, LogitKL, LossTerm, OutputError, StepContext, logit_kl
@@ -60,16 +61,28 @@ REGRESSION_RATIO = 1.5
 
 
 @contextlib.contextmanager
-def points_off(unit: Unit) -> Iterator[None]:
-    """Run ``unit`` in full precision for a while (its points' switches are restored)."""
+def switched(unit: Unit, switches: Iterable[tuple[QuantPoint, bool]]) -> Iterator[None]:
+    """The unit's points switched as ``switches`` says (``(point, on)`` pairs) for a while; every
+    point of the unit gets its switch back on exit."""
     saved = [(p, p.enabled) for p in unit.points()]
     try:
-        for p, _ in saved:
-            p.enabled = False
+        for p, on in switches:
+            p.enabled = on
         yield
     finally:
         for p, e in saved:
             p.enabled = e
+
+
+def points_off(unit: Unit) -> contextlib.AbstractContextManager[None]:
+    """Run ``unit`` in full precision for a while (its points' switches are restored)."""
+    return switched(unit, [(p, False) for p in unit.points()])
+
+
+def stage_switches(unit: Unit, stage: Stage) -> contextlib.AbstractContextManager[None]:
+    """The unit's points switched as ``stage`` runs them, with their current quantizers, for a
+    while (the switches are restored)."""
+    return switched(unit, stage_points(unit.points(), stage))
 
 
 @contextlib.contextmanager
@@ -208,21 +221,24 @@ class Reconstructor:
         free, _ = torch.cuda.mem_get_info(self.device)
         return self.device if est_bytes < self.cfg.cache_fraction * free else torch.device("cpu")
 
-    @torch.no_grad()
+    def _outputs(self, unit: Unit, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """``unit.fn`` over ``x`` ``[n, ...]``, one float32 output per chunk of ``cfg.chunk``
+        images, on the compute device (current quantization state, no dropping, no grad)."""
+        with no_drop(unit), torch.no_grad():
+            for chunk in x.split(self.cfg.chunk):
+                yield unit.fn(chunk.to(self.device, non_blocking=True)).float()
+
     def _map(self, unit: Unit, x: torch.Tensor, place: torch.device) -> torch.Tensor:
-        """``unit.fn`` over ``x`` ``[n, ...]`` in chunks (current quantization state, no
-        dropping); the result ``[n, ...]`` is stored on ``place`` (pinned when it is the CPU
-        and the compute device is not)."""
+        """``unit.fn`` over ``x`` (:meth:`_outputs`); the result ``[n, ...]`` is stored on
+        ``place`` (pinned when it is the CPU and the compute device is not)."""
         out: torch.Tensor | None = None
         i = 0
-        with no_drop(unit):
-            for chunk in x.split(self.cfg.chunk):
-                y = unit.fn(chunk.to(self.device, non_blocking=True)).float()
-                if out is None:
-                    pin = place.type == "cpu" and self.device.type == "cuda"
-                    out = torch.empty((x.shape[0], *y.shape[1:]), dtype=y.dtype, device=place, pin_memory=pin)
-                out[i:i + len(y)].copy_(y, non_blocking=True)
-                i += len(y)
+        for y in self._outputs(unit, x):
+            if out is None:
+                pin = place.type == "cpu" and self.device.type == "cuda"
+                out = torch.empty((x.shape[0], *y.shape[1:]), dtype=y.dtype, device=place, pin_memory=pin)
+            out[i:i + len(y)].copy_(y, non_blocking=True)
+            i += len(y)
         assert out is not None
         return out
 
@@ -317,13 +333,10 @@ class Reconstructor:
         return info
 
     def _out_mse(self, unit: Unit, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Mean squared error of ``unit.fn(x)`` against ``y`` (``[n, ...]``, in chunks, no
-        dropping, current quantizers)."""
+        """Mean squared error of ``unit.fn(x)`` (:meth:`_outputs`) against ``y`` ``[n, ...]``."""
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        with no_drop(unit), torch.no_grad():
-            for xc, yc in zip(x.split(self.cfg.chunk), y.split(self.cfg.chunk)):
-                out = unit.fn(xc.to(self.device, non_blocking=True)).float()
-                total += (out - yc.to(self.device, non_blocking=True)).double().square().sum()
+        for out, yc in zip(self._outputs(unit, x), y.split(self.cfg.chunk)):
+            total += (out - yc.to(self.device, non_blocking=True)).double().square().sum()
         return float(total) / max(y.numel(), 1)
 
     def _check_regression(self, stage: Stage, unit: Unit, before: float, after: float) -> None:
@@ -432,20 +445,6 @@ class Reconstructor:
                 "terms_first": first["terms"], "terms_last": last["terms"],
                 "learned": tr.learned_counts(), "rounding_changed": tr.rounding_changed(),
                 "loss_curve": [list(c) for c in curve[:: max(1, len(curve) // 50)]]}
-
-
-@contextlib.contextmanager
-def stage_switches(unit: Unit, stage: Stage) -> Iterator[None]:
-    """The unit's points switched as ``stage`` runs them, with their current quantizers, for a
-    while (the switches are restored)."""
-    saved = [(p, p.enabled) for p in unit.points()]
-    try:
-        for p, on in stage_points(unit.points(), stage):
-            p.enabled = on
-        yield
-    finally:
-        for p, e in saved:
-            p.enabled = e
 
 
 def _to(x: torch.Tensor, place: torch.device, device: torch.device) -> torch.Tensor:
