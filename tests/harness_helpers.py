@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,19 @@ def mgrq(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None,
     """``python -m mgrq ARGV`` in a subprocess (the way users and nox run it)."""
     return subprocess.run([sys.executable, "-m", "mgrq", *argv], cwd=cwd or ROOT,
                           env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def background(argv: list[str], cwd: Path | None = None, **popen_kw: Any) -> Iterator[subprocess.Popen]:
+    """``argv`` (e.g. a suite driver) started in the background, text output piped; killed on
+    exit from the block if it still runs."""
+    proc = subprocess.Popen(argv, cwd=cwd or ROOT, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen_kw)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def slurm_up() -> bool:

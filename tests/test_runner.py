@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness_helpers import ROOT, cli_env, write_suite
+from harness_helpers import ROOT, background, cli_env, write_suite
 
 from mgrq import records
 from mgrq.cli import main
@@ -147,16 +147,11 @@ def test_sigkill_mid_cell_then_rerun_only_unfinished(tmp_path):
     root = out / "kill" / "K"
     c1, c2, c3 = (f"tiny_vit.percentile.{b}.s0" for b in ("w4a4", "w8a8", "w6a6"))
 
-    proc = subprocess.Popen(argv, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
+    with background(argv) as proc:
         _wait_for(lambda: c2 in running_cells(root), 240, "cell 2 to start", proc)
         victim = rec(cell_dirs(root)[c2])["executor"]["pid"]
         os.kill(victim, signal.SIGKILL)  # the job process, mid-cell
         stdout, stderr = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 1, stdout + stderr
     assert "local: 2 job(s) side by side, 1 torch thread(s) each" in stdout
     assert "3 cells: 2 done, 0 skipped (done before), 1 failed" in stdout, stdout
@@ -201,17 +196,12 @@ def test_sigterm_to_the_driver_stops_its_local_jobs_and_records_the_cell(tmp_pat
     root = out / "term" / "T"
     # started as a non-interactive shell starts a background command (CI): SIGINT ignored, which
     # its children inherit; stopping the jobs must not rely on SIGINT
-    proc = subprocess.Popen(argv, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    try:
+    with background(argv, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) as proc:
         _wait_for(lambda: bool(running_cells(root)), 240, "the cell to start", proc)
         (cell,) = cell_dirs(root).values()
         job_pid = rec(cell)["executor"]["pid"]
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 130, stdout + stderr
     assert "interrupted: local jobs cancelled; rerun the suite to resume" in stderr
     r = rec(cell)
