@@ -8,6 +8,7 @@ exits non-zero; nothing else is caught.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -46,6 +47,15 @@ def unknown(kind: str, name: str, known: Iterable[str], where: str = "") -> Unkn
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     at = f" {where}" if where else ""
     return UnknownNameError(f"unknown {kind} {name!r}{at}.{hint} Known {kind}s: {', '.join(known) or 'none'}")
+
+
+def compile_regex(pattern: str, what: str, expected: str) -> re.Pattern[str]:
+    """``pattern`` compiled, or a ``ConfigError`` "WHAT 'PATTERN': not a valid regular expression
+    (why); expected EXPECTED" for a user-given regex (a flag, a suite field, a config field)."""
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"{what} {pattern!r}: not a valid regular expression ({e}); expected {expected}") from None
 
 
 def first_line(e: BaseException | str, limit: int = 160, empty: str = "") -> str:

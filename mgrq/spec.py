@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mgrq.errors import ConfigError
+from mgrq.errors import ConfigError, compile_regex
 
 _BITS_RE = re.compile(r"^[wW](\d+)[aA](\d+)$")
 
@@ -78,11 +78,7 @@ class RunSpec:
         object.__setattr__(self, "method_config", _freeze(self.method_config))
         object.__setattr__(self, "bits_overrides", tuple(tuple(x) for x in self.bits_overrides))
         for pattern, _ in self.bits_overrides:
-            try:
-                re.compile(str(pattern))
-            except re.error as e:
-                raise ConfigError(f"bits override {pattern!r}: not a valid regular expression ({e}); "
-                                  "expected REGEX=BITS, e.g. 'head=8'") from None
+            compile_regex(str(pattern), "bits override", "REGEX=BITS, e.g. 'head=8'")
 
     @property
     def name(self) -> str:

@@ -228,6 +228,19 @@ def test_bits_override_regex_is_checked_in_quantize(capsys, no_work):
     assert error_line(capsys).startswith("error: bits override '(': not a valid regular expression (missing )")
 
 
+def test_every_user_regex_gets_the_same_kind_of_message(tmp_path, capsys, no_work):
+    """A suite's bits_overrides key and ``--only`` are checked like ``--bits-override``: what was
+    wrong, why, and what was expected, before any work."""
+    bad = write_suite(tmp_path / "re.yaml", bits_overrides={"(": 8})
+    with pytest.raises(ConfigError, match=r"re.yaml: field 'bits_overrides.\(': layer pattern '\(': not a valid "
+                                          r"regular expression \(missing \).*\); expected a regex searched in layer names"):
+        load_suite(bad)
+    ok = write_suite(tmp_path / "ok.yaml")
+    assert main(["suite", "run", str(ok), "--out", str(tmp_path / "runs"), "--only", "tiny[", "--dry-run"]) == 2
+    assert re.match(r"error: --only 'tiny\[': not a valid regular expression \(.*\); expected a regex searched "
+                    r"in the cell ids", error_line(capsys))
+
+
 def test_imagenet_data_root_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
     import mgrq.zoo
 

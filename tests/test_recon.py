@@ -333,7 +333,7 @@ def test_config_validation(tiny):
     qm, images = _qmodel(tiny)
     with pytest.raises(ConfigError, match=r"matches none of the model's units: patch_embed, blocks\.0"):
         Reconstructor(qm, images, ReconConfig(), device=CPU, units="^block$")
-    with pytest.raises(ConfigError, match="not a valid regex"):
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
         Reconstructor(qm, images, ReconConfig(), device=CPU, units="(")
     with pytest.raises(ValueError, match="input_mode"):
         ReconConfig(input_mode="mixed")

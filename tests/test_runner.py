@@ -212,7 +212,7 @@ def test_sigterm_to_the_driver_stops_its_local_jobs_and_records_the_cell(tmp_pat
 
 
 def test_a_cell_still_run_by_a_live_local_job_is_not_started_twice(tmp_path, capsys):
-    from mgrq.runner.driver import check_no_live_jobs
+    from mgrq.runner.driver import check_no_live_jobs, states
 
     suite = write_suite(tmp_path / "live.yaml")
     out = tmp_path / "runs"
@@ -229,13 +229,13 @@ def test_a_cell_still_run_by_a_live_local_job_is_not_started_twice(tmp_path, cap
             "name": "local", "host": records.host(), "pid": job.pid}})
         with pytest.raises(ConfigError, match=rf"cell {cell.run_id} is still being run by local job process "
                                               rf"{job.pid} on this host"):
-            check_no_live_jobs([cell])
+            check_no_live_jobs(states([cell]))
         assert main(argv) == 2
         assert f"kill {job.pid}" in capsys.readouterr().err
     finally:
         job.kill()
         job.wait()
-    check_no_live_jobs([cell])  # the process is gone: the cell may run again
+    check_no_live_jobs(states([cell]))  # the process is gone: the cell may run again
     assert main(argv) == 0
     assert rec(cell_dir)["status"] == "done"
 

@@ -26,7 +26,6 @@ switches, TF32 flags) is restored when :meth:`Reconstructor.run` returns or rais
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mgrq.errors import ConfigError, ReconstructionError
+from mgrq.errors import ConfigError, ReconstructionError, compile_regex
 from mgrq.evaluate import eval_mode, pick_device
 from mgrq.memory import PeakMemory
 from mgrq.quant.point import QuantPoint
@@ -194,10 +193,7 @@ class Reconstructor:
         self.qmodel, self.images, self.cfg, self.device = qmodel, images, cfg, pick_device(device)
         self.seed, self.progress, self.extra_terms, self.desc = seed, progress, extra_terms, desc
         self.units = qmodel.units()
-        try:
-            self.select = re.compile(units) if units else None
-        except re.error as e:
-            raise ConfigError(f"units={units!r}: not a valid regex ({e})") from None
+        self.select = compile_regex(units, "units", "a regex searched in unit names") if units else None
         if self.select is not None and not any(self.select.search(u.name) for u in self.units):
             raise ConfigError(f"units={units!r} matches none of the model's units: {', '.join(u.name for u in self.units)}")
         self._fp_logits: torch.Tensor | None = None

@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import functools
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mgrq import records
-from mgrq.errors import ConfigError, first_line
+from mgrq.errors import ConfigError, compile_regex, first_line
 from mgrq.runner import executors as ex
 from mgrq.runner.layout import Cell, append_event, cell_for, label_dir
 from mgrq.runner.suite import Suite
@@ -62,10 +61,7 @@ def plan(suite: Suite, out: Path, label: str, device: str = "auto",
     """The label folder and the cells of the grid (optionally those whose id matches ``only``)."""
     specs = suite.specs(device)
     if only:
-        try:
-            pat = re.compile(only)
-        except re.error as e:
-            raise ConfigError(f"--only {only!r}: not a valid regular expression ({e})") from None
+        pat = compile_regex(only, "--only", "a regex searched in the cell ids, e.g. '^tiny_vit\\.'")
         specs = [s for s in specs if pat.search(s.run_id)]
         if not specs:
             raise ConfigError(f"--only {only!r}: matches none of the {len(suite.specs())} cells of {suite.name}")
@@ -102,12 +98,20 @@ def weights_drift(cell: Cell, rec: dict[str, Any]) -> tuple[str, str, str] | Non
     return (w["file"], w["sha256"], now) if now is not None and now != w["sha256"] else None
 
 
-def check_drift(cells: list[Cell], label: str) -> None:
+State = tuple[Cell, str, dict[str, Any]]  # a cell, its status and its record, from one read
+
+
+def states(cells: list[Cell]) -> list[State]:
+    """Each cell with its status and record (:meth:`Cell.state`), each record file read once."""
+    return [(c, *c.state()) for c in cells]
+
+
+def check_drift(cells: list[State], label: str) -> None:
     """Refuse to resume a label whose done cells ran with other method defaults than the current
     code's, or with other bytes in their weights file: mixing the two would give one table from
     two methods or two models. ``ConfigError`` naming the cells and fields; nothing is run or
     changed."""
-    done = [(c, rec) for c in cells if (rec := c.record() or {}).get("status") == "done"]
+    done = [(c, rec) for c, st, rec in cells if st == "done"]
     moved = [(c, w) for c, rec in done if (w := weights_drift(c, rec))]
     if moved:
         c, (path, was, now) = moved[0]
@@ -291,12 +295,11 @@ def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str
     return lost
 
 
-def check_no_live_jobs(cells: list[Cell]) -> None:
+def check_no_live_jobs(cells: list[State]) -> None:
     """Refuse to start when a cell is still being run by a local job of an earlier driver that
     was killed (its record says ``running`` with this host and a live process id): both would run
     the cell and write its record."""
-    for c in cells:
-        st, rec = c.state()
+    for c, st, rec in cells:
         info = rec.get("executor") or {}
         pid = info.get("pid")
         if st != "running" or info.get("name") != "local" or info.get("host") != records.host():
@@ -517,9 +520,10 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
     t0 = time.time()
     root, cells = plan(suite, out, label, opts.device, only)
     with label_lock(root):
-        check_drift(cells, label)
-        todo = [c for c in cells if c.status() != "done"]
-        check_no_live_jobs(todo)
+        snapshot = states(cells)
+        check_drift(snapshot, label)
+        check_no_live_jobs([s for s in snapshot if s[1] != "done"])
+        todo = [c for c, st, _ in snapshot if st != "done"]
         summary = Summary(suite.name, label, root, len(cells), skipped=len(cells) - len(todo),
                           executor=opts.kind)
         grid = plan(suite, out, label, opts.device)[1] if only else cells

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mgrq.errors import ConfigError, DataError, MGRQError, UnknownNameError
+from mgrq.errors import ConfigError, DataError, MGRQError, UnknownNameError, compile_regex
 from mgrq.spec import RunSpec, parse_bits
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -303,9 +303,9 @@ class _Parser:
         out = []
         for k, b in v.items():
             try:
-                re.compile(str(k))
-            except re.error as e:
-                raise self.err(f"{fld}.{k}", f"not a valid regular expression ({e})") from None
+                compile_regex(str(k), "layer pattern", "a regex searched in layer names")
+            except ConfigError as e:
+                raise self.err(f"{fld}.{k}", str(e)) from None
             if b != "fp" and (isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16):
                 raise self.err(f"{fld}.{k}", f"expected a bit-width 2..16 or 'fp', got {b!r}")
             out.append((str(k), b))

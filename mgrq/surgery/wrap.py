@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mgrq.errors import ConfigError
+from mgrq.errors import ConfigError, compile_regex
 from mgrq.quant import point as P
 from mgrq.quant.functional import check_bits
 from mgrq.surgery.layers import (
@@ -49,10 +49,7 @@ class LayerPolicy:
         check_bits(self.a_bits, "a_bits")
         check_bits(self.image_bits, "image_bits")
         for pattern, bits in self.overrides:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ConfigError(f"layer policy override {pattern!r}: invalid regex ({e})") from None
+            compile_regex(pattern, "layer policy override", "a regex searched in layer names")
             if bits != FP:
                 try:
                     check_bits(bits, f"layer policy override {pattern!r}")  # type: ignore[arg-type]
