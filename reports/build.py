@@ -10,7 +10,8 @@ Output (default ``<out>/<suite>/<label>/report/``): ``main.tex``, ``main.md``, `
 ``ablation.md`` (suites with an ablation), ``paired.tex``, ``paired.md`` (with a reference
 method: ``--paired METHOD`` or the suite's ``report.paired``), ``cost.tex``, ``cost.md``
 (quantization time and peak memory), ``tables.tex`` + ``tables.pdf``, ``results.csv``,
-``acc_vs_bits.{pdf,png}``, ``ablation.{pdf,png}``, ``acc_vs_time.{pdf,png}``; for a comparison,
+``acc_vs_bits.{pdf,png}``, ``ablation.{pdf,png}``, ``acc_vs_time.{pdf,png}``, ``notes.md`` +
+``notes.tex`` (when there is something to note; the last page of ``tables.pdf``); for a comparison,
 ``compare-<A>-vs-<B>.{md,tex,csv}``. A cell recorded twice in one label (rerun under another
 hash) counts once, its newest record; the report's notes name the others.
 """
@@ -232,6 +233,16 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         if ablation:
             rep.figures += plots.ablation_bars(agg, models, ablation, dest, info.get("bits"))
         rep.figures += plots.accuracy_vs_time(agg, dest)
+    # what the tables leave out, kept beside them and at the end of tables.pdf (none: no files)
+    notes_md, notes_tex = dest / "notes.md", dest / "notes.tex"
+    if rep.notes:
+        notes_md.write_text(f"# Notes on {suite} [{label}]\n\n" + "".join(f"- {n}\n" for n in rep.notes))
+        notes_tex.write_text(T.notes_latex(rep.notes, suite, label))
+        rep.tables += [notes_md, notes_tex]
+        fragments.append("notes.tex")
+    else:  # stale ones from an earlier report of this folder
+        notes_md.unlink(missing_ok=True)
+        notes_tex.unlink(missing_ok=True)
     if pdf != "no":
         try:
             rep.pdf = compile_pdf(dest, fragments)
@@ -239,12 +250,6 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
             if pdf == "yes":
                 raise
             rep.pdf_note = str(e)
-    notes_md = dest / "notes.md"  # what the tables leave out, kept beside them (none: no file)
-    if rep.notes:
-        notes_md.write_text(f"# Notes on {suite} [{label}]\n\n" + "".join(f"- {n}\n" for n in rep.notes))
-        rep.tables.append(notes_md)
-    else:
-        notes_md.unlink(missing_ok=True)  # a stale one from an earlier report of this folder
     return rep
 
 

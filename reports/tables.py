@@ -46,8 +46,19 @@ def tex(s: str) -> str:
     """Escape LaTeX specials in plain text."""
     rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-           "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "−": r"$-$"}
+           "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "−": r"$-$",
+           "…": r"\dots{}", "×": r"$\times$"}
     return "".join(rep.get(ch, ch) for ch in str(s))
+
+
+def notes_latex(notes: list[str], suite: str, label: str) -> str:
+    """The report's notes as a LaTeX section for the proof document (``tables.pdf``), not for a
+    paper: on a page of its own after the tables, one item per note, `code` in typewriter."""
+    items = "".join(
+        "\\item " + "".join(rf"\texttt{{{tex(part)}}}" if i % 2 else tex(part)
+                             for i, part in enumerate(n.split("`"))) + "\n"
+        for n in notes)
+    return f"\\clearpage\n\\section*{{Notes on {tex(suite)} [{tex(label)}]}}\n\\begin{{itemize}}\n{items}\\end{{itemize}}\n"
 
 
 def wa(bits: str) -> str:

@@ -344,6 +344,27 @@ def test_report_notes_cells_that_ran_with_a_warning(tmp_path):
     assert "tiny_vit.repq_vit.w4a4.s1" in rep.notes[0]
     # the notes are kept beside the tables, and go away with the cause
     assert (rep.dest / "notes.md").read_text() == f"# Notes on rep [A]\n\n- {rep.notes[0]}\n"
+    assert r"\item 1 finished cell(s) ran with a warning" in (rep.dest / "notes.tex").read_text()
     put(out, "rep", "A", "tiny_vit", "repq_vit", "W4A4", 1, 75.5, finished="2999-01-02T00:00:00")
     rep = build_report(out, "rep", "A", pdf="no", figures=False)
-    assert rep.notes == [] and not (rep.dest / "notes.md").exists()
+    assert rep.notes == [] and not (rep.dest / "notes.md").exists() and not (rep.dest / "notes.tex").exists()
+
+
+def test_report_notes_close_the_compiled_tables(tmp_path):
+    """tables.pdf ends with the notes (escaped LaTeX, `code` in typewriter), read back with pdftotext."""
+    require_latex()
+    out = tmp_path / "runs"
+    make_runs(out)
+    put(out, "rep", "A", "tiny_vit", "repq_vit", "W4A4", 1, 75.5, finished="2999-01-01T00:00:00",
+        warnings=["a unit's output error rose 19.3x"])
+    (out / "rep" / "A" / "tiny_vit.pct_mm.w4a4.s9-0000").mkdir()
+    (out / "rep" / "A" / "tiny_vit.pct_mm.w4a4.s9-0000" / "record.json").write_text("{ not json")
+    rep = build_report(out, "rep", "A", pdf="yes", figures=False)
+    assert len(rep.notes) == 2, rep.notes
+    text = subprocess.run(["pdftotext", "-layout", str(rep.pdf), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    pages = text.split("\f")
+    notes = " ".join(pages[-2].split()).replace("_", " ")  # pdftotext reads the LaTeX underscore as a space
+    assert notes.startswith("Notes on rep [A]"), pages  # the last page, after every table
+    assert "1 finished cell(s) ran with a warning" in notes and "tiny vit.repq vit.w4a4.s1" in notes, notes
+    assert "1 record file(s) left out, unreadable or malformed" in notes, notes
