@@ -185,25 +185,35 @@ def test_sigkill_mid_cell_then_rerun_only_unfinished(tmp_path):
     assert "0 run(s) created, 1 replaced, 2 unchanged" in r2.stdout
 
 
-def test_sigterm_to_the_driver_stops_its_local_jobs_and_records_the_cell(tmp_path):
-    """``kill DRIVER_PID`` stops the suite like Ctrl-C: the local job is told to stop, records its
-    cell as ``Interrupted`` (not ``running`` forever) and exits; the rerun runs the cell again."""
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_stopping_the_driver_stops_its_local_jobs_and_records_the_cell(tmp_path, stop):
+    """``kill DRIVER_PID`` and Ctrl-C stop the suite alike: the local job is told to stop, records
+    its cell as ``Interrupted`` (not ``running`` forever) and exits; the rerun runs the cell again.
+    Ctrl-C in a terminal signals the whole process group (emulated with killpg): one message,
+    no traceback from a job's controller."""
     suite = write_suite(tmp_path / "term.yaml", methods=[{"name": "qdrop", "config": {"iters": 100000}}],
                         eval_limit=100)
     out = tmp_path / "runs"
     argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(out), "--label", "T",
             "--executor", "local", "--parallelism", "1", "--threads", "1", "--no-report", "--no-mirror"]
     root = out / "term" / "T"
-    # started as a non-interactive shell starts a background command (CI): SIGINT ignored, which
-    # its children inherit; stopping the jobs must not rely on SIGINT
-    with background(argv, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) as proc:
+    # sigterm: started as a non-interactive shell starts a background command (CI): SIGINT
+    # ignored, which its children inherit; stopping the jobs must not rely on SIGINT.
+    # ctrl-c: the driver leads a process group of its own, as a terminal's foreground job does
+    kw = ({"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)} if stop == "sigterm"
+          else {"start_new_session": True})
+    with background(argv, **kw) as proc:
         _wait_for(lambda: bool(running_cells(root)), 240, "the cell to start", proc)
         (cell,) = cell_dirs(root).values()
         job_pid = rec(cell)["executor"]["pid"]
-        proc.send_signal(signal.SIGTERM)
+        if stop == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
     assert "interrupted: local jobs cancelled; rerun the suite to resume" in stderr
+    assert "Traceback" not in stdout + stderr, stdout + stderr
     r = rec(cell)
     assert r["status"] == "failed" and r["error"]["type"] == "Interrupted", r.get("error")
     assert "the next run of the suite runs this cell again" in r["error"]["message"]

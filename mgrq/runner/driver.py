@@ -367,13 +367,14 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
         print(f"local: {len(orders)} job(s) side by side, {threads} torch thread(s) each", flush=True)
         executor = submitit.LocalExecutor(folder=str(jobs_dir), max_num_timeout=opts.max_num_timeout)
         gpus = _visible_gpus() if opts.gpus_per_node is None else list(range(opts.gpus_per_node))
-        for i, order in enumerate(orders):
-            params: dict[str, Any] = {"timeout_min": opts.timeout_min}
-            if gpus:
-                params.update(gpus_per_node=1, visible_gpus=[gpus[i % len(gpus)]])
-            executor.update_parameters(**params)
-            job = executor.submit(CellJob(order, suite_meta, kind, threads, claims, i))
-            jobs.append((job, functools.partial(claimed_by, claims, cells, i)))
+        with _sigint_ignored():  # inherited by the job processes: see _sigint_ignored
+            for i, order in enumerate(orders):
+                params: dict[str, Any] = {"timeout_min": opts.timeout_min}
+                if gpus:
+                    params.update(gpus_per_node=1, visible_gpus=[gpus[i % len(gpus)]])
+                executor.update_parameters(**params)
+                job = executor.submit(CellJob(order, suite_meta, kind, threads, claims, i))
+                jobs.append((job, functools.partial(claimed_by, claims, cells, i)))
     else:
         from submitit.core.utils import FailedJobError
 
@@ -432,6 +433,25 @@ def _stop_local_job(job: Any) -> None:
             job.cancel(check=False)
     except Exception:  # already gone
         pass
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Start local jobs with SIGINT ignored (a disposition that processes inherit and Python
+    keeps). Ctrl-C in a terminal signals the whole foreground process group: without this,
+    submitit's controller of each job died on it with a KeyboardInterrupt traceback, and the job
+    stopped on its own. Now only the driver sees Ctrl-C, and it stops its jobs as it does for
+    ``kill PID`` (SIGTERM, :func:`_stop_local_job`): one path, one message."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @contextlib.contextmanager
