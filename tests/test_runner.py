@@ -330,3 +330,40 @@ def test_a_cell_whose_reconstruction_diverged_is_done_with_a_warning_everywhere(
     from reports.frame import mlflow_frame
 
     assert list(mlflow_frame(default_uri(out), "div", ["L"])["warnings"]) == [1]  # the MLflow mirror too
+
+
+def test_local_gpu_pool():
+    """Local jobs take the GPUs the driver sees, one each in turn; --gpus 0 hides them; a suite's
+    gpus_per_node: 1 (a SLURM request) does not shrink the pool to GPU 0."""
+    from mgrq.runner import executors as ex
+
+    opts = ex.ExecutorOptions()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ex, "cuda_count", lambda: 2)
+        assert ex.local_gpus(opts, env={}) == ["0", "1"]
+        assert ex.local_gpus(ex.ExecutorOptions(gpus_per_node=1), env={}) == ["0", "1"]
+        assert ex.local_gpus(opts, env={"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
+        assert ex.local_gpus(opts, env={"CUDA_VISIBLE_DEVICES": "GPU-a1,GPU-b2,GPU-c3"}) == ["GPU-a1", "GPU-b2"]
+        assert ex.local_gpus(ex.ExecutorOptions(gpus_per_node=0), env={}) == []
+        mp.setattr(ex, "cuda_count", lambda: 0)
+        assert ex.local_gpus(opts, env={"CUDA_VISIBLE_DEVICES": "0"}) == []
+
+
+def test_each_local_job_runs_on_its_own_gpu(tmp_path, capsys, monkeypatch):
+    """The driver hands each local job one entry of its CUDA_VISIBLE_DEVICES; the job sets it
+    before CUDA starts and records it (no GPU here: the ids only travel, the cells run on CPU)."""
+    from mgrq.runner import executors as ex
+
+    monkeypatch.setattr(ex, "cuda_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    suite = write_suite(tmp_path / "gpus.yaml", seeds=[0, 1], eval_limit=50, executor={"gpus_per_node": 1})
+    out = tmp_path / "runs"
+    assert main(["suite", "run", str(suite), "--out", str(out), "--label", "G", "--executor", "local",
+                 "--parallelism", "2", "--threads", "1", "--no-report", "--no-mirror"]) == 0
+    assert "2 job(s) side by side, 1 torch thread(s) each, one GPU each in turn from CUDA devices 5,7" in \
+        capsys.readouterr().out
+    execs = [rec(d)["executor"] for d in cell_dirs(out / "gpus" / "G").values()]
+    assert len(execs) == 2
+    by_job = {e["job_id"]: e["cuda_visible_devices"] for e in execs}
+    # two jobs ran on 5 and 7; one job that ran both cells ran them on the same one
+    assert set(by_job.values()) <= {"5", "7"} and len(set(by_job.values())) == len(by_job), execs

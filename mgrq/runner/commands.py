@@ -63,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--account", default=None, help="slurm account")
     g.add_argument("--qos", default=None, help="slurm QoS")
     g.add_argument("--constraint", default=None, help="slurm constraint (e.g. a GPU type)")
-    g.add_argument("--gpus", dest="gpus_per_node", type=int, default=None, help="GPUs per job")
+    g.add_argument("--gpus", dest="gpus_per_node", type=int, default=None,
+                   help="GPUs per job (slurm). local: 0 runs the jobs on the CPU; otherwise each local "
+                        "job gets one of the visible GPUs (CUDA_VISIBLE_DEVICES) in turn")
     g.add_argument("--cpus", dest="cpus_per_task", type=int, default=None, help="slurm CPUs per job")
     g.add_argument("--mem-gb", type=float, default=None, help="slurm memory per job, GB")
     g.add_argument("--array-parallelism", type=int, default=None, help="slurm: array tasks at once (default 32)")

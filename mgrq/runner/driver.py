@@ -364,16 +364,15 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
         orders = ex.work_orders(cells, n_jobs)
         claims = jobs_dir / f"claims-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         claims.mkdir(parents=True)
-        print(f"local: {len(orders)} job(s) side by side, {threads} torch thread(s) each", flush=True)
+        gpus = ex.local_gpus(opts)
+        print(f"local: {len(orders)} job(s) side by side, {threads} torch thread(s) each"
+              + (f", one GPU each in turn from CUDA devices {','.join(gpus)}" if gpus else ""), flush=True)
         executor = submitit.LocalExecutor(folder=str(jobs_dir), max_num_timeout=opts.max_num_timeout)
-        gpus = _visible_gpus() if opts.gpus_per_node is None else list(range(opts.gpus_per_node))
+        executor.update_parameters(timeout_min=opts.timeout_min)
         with _sigint_ignored():  # inherited by the job processes: see _sigint_ignored
             for i, order in enumerate(orders):
-                params: dict[str, Any] = {"timeout_min": opts.timeout_min}
-                if gpus:
-                    params.update(gpus_per_node=1, visible_gpus=[gpus[i % len(gpus)]])
-                executor.update_parameters(**params)
-                job = executor.submit(CellJob(order, suite_meta, kind, threads, claims, i))
+                gpu = gpus[i % len(gpus)] if gpus else ""
+                job = executor.submit(CellJob(order, suite_meta, kind, threads, claims, i, gpu=gpu))
                 jobs.append((job, functools.partial(claimed_by, claims, cells, i)))
     else:
         from submitit.core.utils import FailedJobError
@@ -524,12 +523,6 @@ def _patched_post_mortem(enabled: bool):
         yield
     finally:
         pdb.post_mortem = orig  # type: ignore[assignment]
-
-
-def _visible_gpus() -> list[int]:
-    import torch
-
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
 def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,

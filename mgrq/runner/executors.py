@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -215,6 +215,28 @@ def local_plan(opts: ExecutorOptions, n_cells: int) -> tuple[int, int]:
     jobs = max(1, min(jobs, n_cells))
     threads = opts.threads or max(1, cores // jobs)
     return jobs, threads
+
+
+def cuda_count() -> int:
+    """How many CUDA devices this process sees (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def local_gpus(opts: ExecutorOptions, env: Mapping[str, str] | None = None) -> list[str]:
+    """The GPUs that local jobs take in turn, one per job, as ``CUDA_VISIBLE_DEVICES`` entries:
+    every GPU this process sees (its own ``CUDA_VISIBLE_DEVICES`` entries when set, so that
+    ``CUDA_VISIBLE_DEVICES=2,3`` gives the jobs GPUs 2 and 3, else ``0 .. count-1``); none with
+    ``gpus_per_node=0`` (``--gpus 0``: the jobs run on the CPU). Any other ``gpus_per_node`` does
+    not change the pool: a cell runs on one device, so each local job gets one GPU."""
+    if opts.gpus_per_node == 0:
+        return []
+    n = cuda_count()
+    listed = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [e.strip() for e in listed.split(",") if e.strip()][:n]
+    return [str(i) for i in range(n)]
 
 
 def chunk(items: list[Any], n: int) -> list[list[Any]]:

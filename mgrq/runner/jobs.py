@@ -53,6 +53,8 @@ def executor_info(kind: str, threads: int) -> dict[str, Any]:
                     array_task_id=env.array_task_id)
     except Exception:  # not inside a submitit job (a plain function call)
         info["job_id"] = None
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        info["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     if kind == "slurm":
         info.update(
             slurm_job_id=os.environ.get("SLURM_JOB_ID"),
@@ -187,14 +189,17 @@ class CellJob(Checkpointable):
     """
 
     def __init__(self, cells: list[Cell], suite: dict[str, Any], kind: str, threads: int,
-                 claims: Path | None = None, owner: int = 0):
+                 claims: Path | None = None, owner: int = 0, gpu: str | None = None):
         self.cells = [Cell(c.run_id, c.hash, Path(c.dir), dict(c.spec)) for c in cells]
         self.suite = dict(suite)
         self.kind = kind
         self.threads = int(threads)
         self.claims, self.owner = (Path(claims) if claims is not None else None), int(owner)
+        self.gpu = gpu  # local jobs: the CUDA_VISIBLE_DEVICES entry this job runs on ("" for none)
 
     def __call__(self) -> list[dict[str, Any]]:
+        if self.gpu is not None:  # before CUDA starts in this process (it reads the variable then)
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.gpu
         import torch
 
         before = torch.get_num_threads()
