@@ -6,6 +6,10 @@ another environment that already has ``pip install -e ".[dev]"``.
     nox -s tests_slow       the long checks (marker ``slow``)
     nox -s tests_gpu        the CUDA checks (marker ``gpu``)
     nox -s lint             ruff + mypy
+    nox -s quickstart       quantize the tiny ViT (percentile, W4A4): FP vs quantized top-1
+    nox -s demo             the offline demo suite on the tiny zoo, then its report
+    nox -s report -- SUITE  tables and figures of a suite's newest label (default: demo)
+    nox -s suite-NAME       run suites/NAME.yaml (``mgrq suite run`` options after ``--``)
 """
 
 from __future__ import annotations
