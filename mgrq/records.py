@@ -75,6 +75,13 @@ def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> 
     if not os.access(target, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {str(p)!r}: the folder {str(target)!r} is not writable; expected {expected} "
                           "in a writable place")
+    try:  # what write_record does there (os.access says yes to root everywhere, e.g. under /proc)
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".mgrq-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{what} {str(p)!r}: cannot create a file in {str(target)!r} ({e.strerror}); "
+                          f"expected {expected} in a writable place") from None
     return p
 
 

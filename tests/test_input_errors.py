@@ -53,6 +53,10 @@ def test_check_writable(tmp_path):
         records.check_writable(f, "--out", folder=True)
     with pytest.raises(ConfigError, match=r"f.json' is a file, so nothing can be created below it"):
         records.check_writable(f / "x" / "r.json", "--record")
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # the write probes leave nothing behind
+    # a folder where os.access says yes (to root) but no file can be created: /proc
+    with pytest.raises(ConfigError, match=r"--record '/proc/x.json': cannot create a file in '/proc' \("):
+        records.check_writable("/proc/x.json", "--record")
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -182,6 +186,8 @@ def test_report_options_that_do_not_apply(tmp_path, capsys):
     assert "--strict: not used by a report of one label" in error_line(capsys)
     assert main(["report", "s", "--out", out, "--compare", "A", "B", "--paired", "x", "--no-figures"]) == 2
     assert "--paired, --no-figures: not used by the comparison of two labels" in error_line(capsys)
+    assert main(["report", "s", "--out", out, "--tracking-uri", "sqlite:///x.db"]) == 2
+    assert "--tracking-uri: only used with --from mlflow" in error_line(capsys)
 
 
 def test_executor_option_shapes():

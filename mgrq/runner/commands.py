@@ -318,6 +318,9 @@ def _check_report_flags(args: argparse.Namespace) -> None:
     """Options that do nothing in the chosen mode are an error, not silently ignored."""
     from mgrq.errors import ConfigError
 
+    if args.tracking_uri is not None and args.source != "mlflow":
+        raise ConfigError("--tracking-uri: only used with --from mlflow (the records are read from --out); "
+                          "expected --from mlflow, or no --tracking-uri")
     if args.compare:
         unused = [flag for flag, on in (("--label", args.label is not None), ("--paired", args.paired is not None),
                                         ("--no-figures", args.no_figures), ("--no-pdf", args.no_pdf),
