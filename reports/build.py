@@ -268,6 +268,10 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     if a == b:
         raise ConfigError(f"--compare {label_a} {label_b}: both are label {a}; expected two different runs")
     df = load_frame(out, suite, [a, b], source, uri)
+    for lab in (a, b):  # a run that recorded nothing would compare as "every cell missing", flagged or not
+        if not (df["label"] == lab).any():
+            raise ReportError(f"--compare: label {lab} of suite {suite} has no cell records (no cell finished or "
+                              f"failed); expected two runs with records (`mgrq suite status {suite} --label {lab}`)")
     cmp = T.compare_frame(df[df["label"] == a], df[df["label"] == b], threshold)
     dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)
     _make_dest(dest, what)

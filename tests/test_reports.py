@@ -227,6 +227,21 @@ def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
     assert "| tiny ViT | RepQ-ViT | 4/4 | 7 | – | fail | – | **new, failed** |" in capsys.readouterr().out
 
 
+def test_strict_compare_alerts_on_cells_the_new_run_lost(tmp_path, capsys):
+    """A nightly run that stopped early: cells of A without a record in B are flagged; a label
+    with no record at all is an error, not a table of 'missing' rows."""
+    out = tmp_path / "runs"
+    make_runs(out, "A", created="2026-01-01T00:00:00")
+    make_runs(out, "B", created="2026-01-02T00:00:00")
+    next((out / "rep" / "B").glob("tiny_vit.repq_vit.w4a4.s1-*/record.json")).unlink()
+    assert main(["report", "rep", "--out", str(out), "--compare", "A", "B", "--strict"]) == 1
+    assert "| tiny ViT | RepQ-ViT | 4/4 | 1 | 75.50 | – | – | **missing** |" in capsys.readouterr().out
+    records.write_record(out / "rep" / "C" / "suite.json", {"created": "2026-01-03T00:00:00"})
+    assert main(["report", "rep", "--out", str(out), "--compare", "B", "C", "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "--compare: label C of suite rep has no cell records (no cell finished or failed)" in err
+
+
 def test_report_bad_inputs(tmp_path):
     out = tmp_path / "runs"
     with pytest.raises(ReportError, match="no finished cells"):

@@ -367,3 +367,24 @@ def test_each_local_job_runs_on_its_own_gpu(tmp_path, capsys, monkeypatch):
     by_job = {e["job_id"]: e["cuda_visible_devices"] for e in execs}
     # two jobs ran on 5 and 7; one job that ran both cells ran them on the same one
     assert set(by_job.values()) <= {"5", "7"} and len(set(by_job.values())) == len(by_job), execs
+
+
+def test_the_failure_summary_points_at_the_cell_folder_that_failed(tmp_path, capsys):
+    """A label may hold an older folder of the same run id (the cell ran before with other
+    options: another hash); the closing summary names the folder of the cell that just failed."""
+    out = tmp_path / "runs"
+    argv = ["--out", str(out), "--label", "L", "--executor", "debug", "--threads", "1", "--no-mirror", "--no-report"]
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    ok = write_suite(tmp_path / "v1" / "twice.yaml", methods=[{"name": "percentile", "variant": "pct-x", "calib": 8}])
+    assert main(["suite", "run", str(ok), *argv]) == 0
+    bad = write_suite(tmp_path / "v2" / "twice.yaml",
+                      methods=[{"name": "percentile", "variant": "pct-x", "calib": 100000}])
+    capsys.readouterr()
+    assert main(["suite", "run", str(bad), *argv]) == 1
+    text = capsys.readouterr().out
+    folders = sorted((out / "twice" / "L").glob("tiny_vit.pct-x.w4a4.s0-*"))
+    failed = [d for d in folders if rec(d)["status"] == "failed"]
+    assert len(folders) == 2 and len(failed) == 1
+    assert ("failed: tiny_vit.pct-x.w4a4.s0: ConfigError: " in text
+            and f"(log: {failed[0]}/cell.log)" in text), text

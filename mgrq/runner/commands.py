@@ -213,10 +213,10 @@ def _print_failures(summary: Any) -> None:
     from mgrq.records import read_record
 
     for rid in summary.failed:
-        rec = next((read_record(p) for p in summary.root.glob(f"{rid}-*/record.json")), None) or {}
-        err = rec.get("error") or {}
+        folder = summary.dirs[rid]  # not a glob on the id: an older folder of it (other options) may exist
+        err = (read_record(folder / "record.json") or {}).get("error") or {}
         print(f"  failed: {rid}: {err.get('type', 'no record')}: {str(err.get('message', ''))[:200]}"
-              f"  (log: {summary.root}/{rid}-{rec.get('hash', '*')}/cell.log)")
+              f"  (log: {folder}/cell.log)")
 
 
 def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | None) -> None:

@@ -43,6 +43,7 @@ class Summary:
     failed: list[str] = field(default_factory=list)
     not_run: list[str] = field(default_factory=list)  # no record of an end (a job lost before them)
     warned: list[str] = field(default_factory=list)  # done in this run, with warnings in the record
+    dirs: dict[str, Path] = field(default_factory=dict)  # run id -> its cell folder (this grid's hash)
     seconds: float = 0.0
     executor: str = "local"
 
@@ -547,6 +548,7 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
         if todo:
             submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s)
         for c in todo:
+            summary.dirs[c.run_id] = c.dir
             st, rec = c.state()
             if st == "done":
                 summary.done += 1
