@@ -292,12 +292,18 @@ def search(uri: str, suite: str, labels: list[str] | None = None) -> list[dict[s
         raise MirrorError(f"MLflow ({uri}): no such sqlite store; expected the store the runs were mirrored into "
                           "(`mgrq mirror` writes <out>/mlflow.db by default)")
     check_reachable(uri)
-    client = _client(uri)
-    exp = client.get_experiment_by_name(suite)
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(suite)
+        runs = existing_runs(client, exp.experiment_id).values() if exp is not None else []
+    except Exception as e:  # an unsupported scheme, a store that is not MLflow's, ...
+        msg = first_line(e, 300) or type(e).__name__
+        raise MirrorError(f"MLflow ({uri}): cannot be read ({type(e).__name__}: {msg}); expected the tracking "
+                          "URI the runs were mirrored into") from None
     if exp is None:
         raise MirrorError(f"MLflow ({uri}): no experiment named {suite!r}; run `mgrq mirror` first")
     out = []
-    for run in existing_runs(client, exp.experiment_id).values():
+    for run in runs:
         if labels and run.data.tags.get("label") not in labels:
             continue
         out.append({"params": dict(run.data.params), "metrics": dict(run.data.metrics),

@@ -80,9 +80,17 @@ def test_unreachable_uri_records_land_then_mirror_later(tmp_path, monkeypatch, c
     a = records_frame(out, "trk", ["T"]).drop(columns=["error", "citation"])
     b = mlflow_frame(default_uri(out), "trk", ["T"]).drop(columns=["error", "citation"])
     assert a.to_dict("records") == b.to_dict("records")
-    # ... even with the run folders gone (a team server, records elsewhere): latest label from MLflow
+    # a label run but never mirrored: the error says so, and how to mirror it
     import shutil
 
+    shutil.copytree(out / "trk" / "T", out / "trk" / "U")
+    capsys.readouterr()
+    assert main(["report", "trk", "--out", str(out), "--from", "mlflow", "--label", "U", "--no-pdf"]) == 2
+    err = capsys.readouterr().err
+    assert f"unknown label 'U' of suite trk in MLflow {default_uri(out)}" in err
+    assert f"exists: `mgrq mirror --out {out} --suite trk --label U` puts it there" in err
+    shutil.rmtree(out / "trk" / "U")
+    # ... even with the run folders gone (a team server, records elsewhere): latest label from MLflow
     shutil.rmtree(out / "trk")
     assert main(["report", "trk", "--out", str(out), "--from", "mlflow", "--no-pdf", "--no-figures",
                  "--dest", str(tmp_path / "rep")]) == 0
@@ -96,6 +104,15 @@ def test_unreachable_uri_mirror_error_is_one_line(tmp_path):
     with pytest.raises(MirrorError) as e:
         mirror(tmp_path, "x", "L", uri=f"http://127.0.0.1:{_free_port()}")
     assert "\n" not in str(e.value) and "mirror them later with `mgrq mirror" in str(e.value)
+
+
+def test_report_from_an_unsupported_tracking_uri_is_one_line(tmp_path, capsys):
+    """mlflow raises its own exception for a scheme it does not know; the report says which URI
+    and what was expected, on one line, exit 2."""
+    assert main(["report", "demo", "--out", str(tmp_path), "--from", "mlflow", "--tracking-uri", "bogus://x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: MLflow (bogus://x): cannot be read (")
+    assert err[0].endswith("expected the tracking URI the runs were mirrored into")
 
 
 def test_flatten_failed_record():
