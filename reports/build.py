@@ -155,7 +155,10 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     dest = dest or records.check_writable(out.resolve() / suite / label / "report", what, folder=True)
     df = load_frame(out, suite, [label], source, uri)
     if df.empty:
-        raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source})")
+        bad = df.attrs.get("unreadable") or []
+        why = (f": its {len(bad)} record file(s) are unreadable or malformed ({_listed(bad)}); rerun the suite to "
+               "redo those cells" if bad else "")
+        raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source}){why}")
     info = suite_info(out, suite, label)
     models = _order(list(df["model"]), info.get("models") or [])
     names = _order(list(df["name"]), info.get("methods") or [])

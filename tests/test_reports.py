@@ -244,8 +244,13 @@ def test_strict_compare_alerts_on_cells_the_new_run_lost(tmp_path, capsys):
 
 def test_report_bad_inputs(tmp_path):
     out = tmp_path / "runs"
-    with pytest.raises(ReportError, match="no finished cells"):
+    with pytest.raises(ReportError, match=r"no finished cells to report \(source: records\)$"):
         records.write_record(out / "empty" / "L" / "suite.json", {"created": "x"})
+        build_report(out, "empty", "L", pdf="no")
+    (out / "empty" / "L" / "c-0").mkdir()
+    (out / "empty" / "L" / "c-0" / "record.json").write_text("{bad")  # the only record: unreadable
+    with pytest.raises(ReportError, match=r"no finished cells to report \(source: records\): its 1 record "
+                                          r"file\(s\) are unreadable or malformed \(L/c-0 \(unreadable"):
         build_report(out, "empty", "L", pdf="no")
     from mgrq.errors import ConfigError, UnknownNameError
 

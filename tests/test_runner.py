@@ -92,6 +92,18 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
         assert main(cmd) == 0
         (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "tiny_vit.percentile.w4a4.s0" in ln]
         assert "1 warning(s) in the record" in line, cmd
+    # suite.json unreadable: status lists the cell folders there are, and says why
+    meta = (root / "suite.json").read_bytes()
+    (root / "suite.json").write_text("{bad")
+    assert main(["suite", "status", "dbg", "--out", str(out), "--label", "L1"]) == 0
+    text = capsys.readouterr().out
+    assert "suite.json is missing, unreadable or lists no cells; showing the 2 cell folder(s) found" in text
+    assert "1 done, 1 failed" in text and "tiny_vit.pct-toomany.w4a4.s0" in text
+    (root / "suite.json").write_bytes(meta)
+    (out / "dbg" / "L0").mkdir()  # a label folder where nothing started
+    (out / "dbg" / "L0" / "suite.json").write_text('{"created": "2000-01-01", "cells": []}')
+    assert main(["suite", "status", "dbg", "--out", str(out), "--label", "L0"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "no cells"
 
     # a method default changed since the done cell ran (simulated on the record's side): the
     # label is refused, naming the cell and the field, and nothing is run or rewritten

@@ -279,15 +279,22 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
     meta = read_record(root / "suite.json") or {}
     counts: dict[str, int] = {}
     print(f"suite {args.suite} [{label}] -> {root}")
-    for c in meta.get("cells", []):
-        cell = Cell(c["id"], c.get("hash", ""), root / c["dir"], {})
+    cells = [(c["id"], c.get("hash", ""), c["dir"]) for c in meta.get("cells", [])
+             if isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("dir"), str)]
+    if not cells:  # no grid to list: show the cell folders there are (the grid's cells not started are unknown)
+        cells = [(d.name.rsplit("-", 1)[0], d.name.rsplit("-", 1)[-1], d.name) for d in sorted(root.iterdir())
+                 if d.is_dir() and ((d / "record.json").exists() or (d / "cell.log").exists())]
+        print(f"note: {root / 'suite.json'} is missing, unreadable or lists no cells; showing the {len(cells)} "
+              "cell folder(s) found (cells never started are not known)")
+    for rid, h, folder in cells:
+        cell = Cell(rid, h, root / folder, {})
         st, rec = cell.state()
         counts[st] = counts.get(st, 0) + 1
         m = rec.get("metrics") or {}
         top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""
         job = (rec.get("executor") or {}).get("job_id") or ""
-        print(f"  {st:8s} {c['id']:55s} {top1:14s} {job}  {warnings_note(rec)}".rstrip())
-    print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        print(f"  {st:8s} {rid:55s} {top1:14s} {job}  {warnings_note(rec)}".rstrip())
+    print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no cells")
     return 0
 
 
