@@ -395,6 +395,8 @@ def test_the_failure_summary_points_at_the_cell_folder_that_failed(tmp_path, cap
     capsys.readouterr()
     assert main(["suite", "run", str(bad), *argv]) == 1
     text = capsys.readouterr().out
+    assert ("note: label L was run before with another grid; 1 of its cells are not in this one "
+            "(e.g. tiny_vit.pct-x.w4a4.s0)") in text
     folders = sorted((out / "twice" / "L").glob("tiny_vit.pct-x.w4a4.s0-*"))
     failed = [d for d in folders if rec(d)["status"] == "failed"]
     assert len(folders) == 2 and len(failed) == 1

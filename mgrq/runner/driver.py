@@ -189,6 +189,12 @@ def write_suite_json(suite: Suite, label: str, root: Path, cells: list[Cell], op
     ran the ``--only`` subset of ``ran`` cells: status and reports see the cells not run yet)."""
     path = root / "suite.json"
     prev = records.read_record(path) or {}
+    now = {c.hash for c in cells}
+    left = [c["id"] for c in prev.get("cells") or [] if isinstance(c, dict) and c.get("hash") not in now]
+    if left:  # the suite file changed under the same label: say what status and reports stop listing
+        print(f"note: label {label} was run before with another grid; {len(left)} of its cells are not in this "
+              f"one (e.g. {', '.join(left[:3])}): their folders stay, but `suite status` lists this grid now "
+              "(a new --label keeps the two apart)", flush=True)
     invocations = list(prev.get("invocations", []))
     invocations.append({"time": records.now(), "executor": opts.describe(),
                         "cells": len(cells) if ran is None else ran, "only": only,
