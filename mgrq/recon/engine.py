@@ -421,7 +421,8 @@ class Reconstructor:
                             raise ReconstructionError(
                                 f"{self.desc}: unit {unit.name} ({stage.name} stage): the loss became "
                                 f"{now['bad_value']} at iteration {int(now['bad_at'])} of {stage.iters}; "
-                                "the unit keeps its quantizers from before this stage")
+                                "the run stops; expected a finite loss (try a lower learning rate, lr_round "
+                                "or lr_step, or check the weights and the calibration images)")
                         checks.append((it + 1, time.perf_counter()))
                         curve.append((it + 1, now["total"]))
                         pbar.set_postfix(loss=f"{now['total']:.4g}")
