@@ -58,7 +58,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from mgrq.errors import ConfigError
     from mgrq.methods import get_method
     from mgrq.run import execute, failed_record
-    from mgrq.zoo import check_overrides, get_entry
+    from mgrq.zoo import check_checkpoint, check_overrides, get_entry, num_classes
 
     spec = _spec_from_args(args)
     if get_entry(spec.model).tiny:  # fail fast, before loading anything
@@ -66,9 +66,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             raise ConfigError(f"--data-root {spec.data_root}: model {spec.model} is from the tiny zoo and is "
                               "evaluated on the embedded MNIST digits; expected --data-root only with an ImageNet "
                               "(timm) model")
-    else:
+    else:  # the folders first (cheap), then the weights, then the class folders against their head
         check_imagenet_root(spec.data_root, spec.model)
-    get_method(spec.method)
+        n = check_checkpoint(spec.model, spec.checkpoint) if spec.checkpoint else num_classes(spec.model)
+        check_imagenet_root(spec.data_root, spec.model, num_classes=n)
+    get_method(spec.method).make_config(dict(spec.method_config))  # a bad --set fails here too
     check_overrides(spec.bits_overrides, [spec.model], "--bits-override")
     if args.record:
         records.check_writable(args.record, "--record")

@@ -10,7 +10,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from mgrq.errors import ConfigError
+from mgrq.errors import ConfigError, did_you_mean
 
 
 def _type_name(typ: Any) -> str:
@@ -93,9 +93,8 @@ def build_config(cls: type, overrides: Mapping[str, Any] | None = None) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{cls.__name__}: unknown field(s) {', '.join(unknown)}; expected one of {', '.join(fields)}"
-        )
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(k + did_you_mean(k, fields) for k in unknown)}; "
+                          f"expected one of {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(cls.__name__, fields[k], v, hints) for k, v in overrides.items()}
     for k, v in kwargs.items():
@@ -113,12 +112,18 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+ASSIGNMENT_FORMS = {"--bits-override": "REGEX=BITS", "--checkpoint": "MODEL=PATH"}  # else KEY=VALUE
+
+
 def parse_assignments(items: list[str] | None, what: str = "--set") -> dict[str, str]:
-    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``."""
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; a key given twice is an error."""
     out: dict[str, str] = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
+        key, sep, value = (x.strip() for x in item.partition("="))
         if not sep or not key:
-            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
+            raise ConfigError(f"{what} {item!r}: expected {ASSIGNMENT_FORMS.get(what, 'KEY=VALUE')}")
+        if key in out:
+            raise ConfigError(f"{what} {item!r}: {key} given twice (also {what} {key}={out[key]}); "
+                              "expected each once")
+        out[key] = value
     return out

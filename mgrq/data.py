@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mgrq.errors import ConfigError, DataError
+from mgrq.errors import ConfigError, DataError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 IMAGENET_LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>, one folder per class"
@@ -130,17 +130,46 @@ def mnist_bundle(eval_split: str = "heldout") -> DataBundle:
 # --------------------------------------------------------------------------------------------
 
 
+def class_folders(split_dir: Path, where: str = "") -> list[str]:
+    """The class folders (sorted names) of one split, listed without reading the images;
+    :class:`DataError` (prefixed by ``where``) when the folder is missing or has none."""
+    if not split_dir.is_dir():
+        raise DataError(f"{where}{split_dir}: folder not found; expected layout {IMAGENET_LAYOUT}")
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    if not classes:
+        raise DataError(f"{where}{split_dir}: no class folders; expected layout {IMAGENET_LAYOUT}")
+    return classes
+
+
+def check_classes(root: Path, train: list[str], val: list[str], num_classes: int | None, where: str = "",
+                  model: str = "the model") -> None:
+    """``train/`` and ``val/`` must hold ``num_classes`` class folders (the model's outputs; not
+    checked when None) and the same ones: a label is a folder's index, so it must mean the same
+    class in calibration, evaluation and the model's head."""
+    for split, classes in (("train", train), ("val", val)):
+        if num_classes is not None and len(classes) != num_classes:
+            raise DataError(
+                f"{where}{root / split}: {len(classes)} class folders, but {model} has "
+                f"{num_classes} outputs; expected one folder per class"
+            )
+    if train != val:
+        only = [f"only in {name}/: {_few(sorted(set(a) - set(b)))}"
+                for name, a, b in (("train", train, val), ("val", val, train)) if set(a) - set(b)]
+        raise DataError(f"{where}{root}: train/ and val/ have different class folders ({'; '.join(only)}); "
+                        "expected the same class folders in both")
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def scan_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """Classes (sorted folder names) and ``(relative path, class index)`` samples of one split.
 
     Raises :class:`DataError` naming the path and the expected layout when the folder is missing,
     has no class folders, or has a class folder without images.
     """
-    if not split_dir.is_dir():
-        raise DataError(f"{split_dir}: folder not found; expected layout {IMAGENET_LAYOUT}")
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-    if not classes:
-        raise DataError(f"{split_dir}: no class folders; expected layout {IMAGENET_LAYOUT}")
+    classes = class_folders(split_dir)
     samples: list[tuple[str, int]] = []
     for ci, cls in enumerate(classes):
         files = sorted(
@@ -155,6 +184,19 @@ def scan_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]
             )
         samples.extend((f"{cls}/{f}", ci) for f in files)
     return classes, samples
+
+
+class UnreadableImageError(DataError):
+    """An image file of a data folder that PIL cannot decode.
+
+    A DataLoader worker's exception comes back as ``type(e)(message)`` where the message is
+    "Caught X in DataLoader worker process N." and the worker's traceback; this keeps the
+    original one-line message (the traceback's last line) so the CLI still prints one line."""
+
+    def __init__(self, msg: str):
+        if msg.startswith("Caught ") and "\nOriginal Traceback" in msg:
+            msg = msg.rstrip().splitlines()[-1].partition(": ")[2] or msg
+        super().__init__(msg)
 
 
 class ImageFolderSplit(Dataset):
@@ -172,8 +214,14 @@ class ImageFolderSplit(Dataset):
         from PIL import Image
 
         rel, label = self.samples[i]
-        with Image.open(self.root / rel) as im:
-            img = im.convert("RGB")
+        try:
+            with Image.open(self.root / rel) as im:
+                img = im.convert("RGB")
+        except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+            raise UnreadableImageError(
+                f"data root: image {self.root / rel} cannot be decoded ({type(e).__name__}: {first_line(e, 120)}); "
+                "expected a readable image file"
+            ) from None
         return self.transform(img), label
 
 
@@ -185,10 +233,13 @@ def timm_data_config(model: torch.nn.Module) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
-def check_imagenet_root(root: str | os.PathLike | None, model: str, where: str = "") -> Path:
+def check_imagenet_root(
+    root: str | os.PathLike | None, model: str, where: str = "", num_classes: int | None = None
+) -> Path:
     """Fail fast, before any model or weights are loaded: ``root`` must be given and have the
-    ``train/`` and ``val/`` folders of :data:`IMAGENET_LAYOUT` (``where`` prefixes the message).
-    The class folders are checked later, against the model's outputs."""
+    ``train/`` and ``val/`` folders of :data:`IMAGENET_LAYOUT` (``where`` prefixes the message)
+    with the same class folders, ``num_classes`` of them when given (the model's outputs,
+    :func:`mgrq.zoo.num_classes`). Only folders are listed, not the images, so it stays cheap."""
     if root is None:
         raise ConfigError(f"{where}model {model} needs an ImageNet-layout folder; pass --data-root PATH "
                           f"({IMAGENET_LAYOUT})")
@@ -198,6 +249,8 @@ def check_imagenet_root(root: str | os.PathLike | None, model: str, where: str =
     for sub in ("train", "val"):
         if not (path / sub).is_dir():
             raise DataError(f"{where}data root {path}: folder {path / sub} not found; expected layout {IMAGENET_LAYOUT}")
+    train, val = (class_folders(path / sub, where) for sub in ("train", "val"))
+    check_classes(path, train, val, num_classes, where, f"model {model}")
     return path
 
 
@@ -214,14 +267,7 @@ def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes
     transform = create_transform(**cfg, is_training=False)
     train = ImageFolderSplit(root / "train", transform)
     val = ImageFolderSplit(root / "val", transform)
-    for split in (train, val):
-        if len(split.classes) != num_classes:
-            raise DataError(
-                f"{split.root}: {len(split.classes)} class folders, but the model has "
-                f"{num_classes} outputs; expected one folder per class"
-            )
-    if train.classes != val.classes:
-        raise DataError(f"{root}: train/ and val/ have different class folders")
+    check_classes(root, train.classes, val.classes, num_classes)
     return DataBundle(
         train=train,
         val=val,

@@ -39,6 +39,13 @@ class ReconstructionError(MGRQError, RuntimeError):
     """A reconstruction diverged (NaN/Inf loss): names the unit and the iteration."""
 
 
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``known`` to a misspelt field ``name``, else ``""``
+    (:func:`unknown` gives up to three, for names)."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def unknown(kind: str, name: str, known: Iterable[str], where: str = "") -> UnknownNameError:
     """Build an 'unknown X' error with a did-you-mean hint and the list of known names
     (``where``, e.g. ``"of suite demo"``, follows the name)."""

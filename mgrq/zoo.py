@@ -155,7 +155,18 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path}: expected a state_dict of tensors")
+    check_finite(obj, f"checkpoint {path}")
     return obj
+
+
+def check_finite(sd: dict[str, torch.Tensor], what: str) -> None:
+    """Fail on the first floating tensor holding NaN/Inf (:class:`CheckpointError` naming ``what``,
+    the tensor and the count): such weights load and fit the model, then fail deep inside a method
+    (a quantizer's range init) or give a NaN accuracy. One ``isfinite`` pass per tensor."""
+    for key, t in sd.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{what}: tensor {key} holds {bad} NaN/Inf value(s); expected finite weights")
 
 
 def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str, assign: bool = False) -> None:
@@ -199,13 +210,16 @@ def create_model(
         _load_into(model, sd, checkpoint)
         return model.eval()
     try:
-        return timm.create_model(str(entry.timm_name), pretrained=pretrained).eval()
+        model = timm.create_model(str(entry.timm_name), pretrained=pretrained)
     except Exception as e:
         raise CheckpointError(
             f"model {name}: could not load the timm pretrained weights "
             f"({type(e).__name__}: {first_line(e)}); "
             "pass --checkpoint PATH to a local weights file or populate the HF hub cache"
         ) from None
+    if pretrained:
+        check_finite(model.state_dict(), f"model {name}: the timm pretrained weights")
+    return model.eval()
 
 
 def _timm_for(entry: Any, sd: dict[str, torch.Tensor]) -> nn.Module:
@@ -213,20 +227,41 @@ def _timm_for(entry: Any, sd: dict[str, torch.Tensor]) -> nn.Module:
     checkpoint may carry its own number of classes)."""
     import timm
 
-    head = next((sd[k] for k in ("head.weight", "head.fc.weight") if k in sd), None)
+    head = _head(sd)
     kwargs: dict[str, Any] = {"num_classes": int(head.shape[0])} if head is not None else {}
     return timm.create_model(str(entry.timm_name), pretrained=False, **kwargs)
 
 
-def check_checkpoint(name: str, path: str | Path) -> None:
+def _head(sd: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The classifier weight ``[classes, dim]`` of a timm ViT/DeiT/Swin ``state_dict``."""
+    return next((sd[k] for k in ("head.weight", "head.fc.weight") if k in sd), None)
+
+
+def num_classes(name: str) -> int:
+    """The number of outputs of zoo model ``name`` with its default weights, without building it
+    (with a checkpoint: :func:`check_checkpoint`'s answer, the checkpoint's own head). An
+    ImageNet folder's class folders are checked against it before any work
+    (``check_imagenet_root``)."""
+    entry = get_entry(name)
+    if entry.tiny:
+        return 10
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(str(entry.timm_name))
+    return int(cfg.num_classes) if cfg is not None and cfg.num_classes else 1000
+
+
+def check_checkpoint(name: str, path: str | Path) -> int:
     """Fail before any work when a weights file does not load into zoo model ``name``
-    (:class:`CheckpointError`: unreadable, or keys and shapes that do not fit). The model is built
-    on the meta device, so only the file is read."""
+    (:class:`CheckpointError`: unreadable, NaN/Inf values, or keys and shapes that do not fit);
+    else the number of classes of the model with these weights (a fine-tuned head may have its
+    own). The model is built on the meta device, so only the file is read."""
     sd = load_state_dict_file(path)
     entry = get_entry(name)
     with torch.device("meta"):
         model = entry.build() if entry.build is not None else _timm_for(entry, sd)
     _load_into(model, sd, path, assign=True)  # keys and shapes are checked all the same
+    return int(getattr(model, "num_classes", 0))
 
 
 @functools.cache
@@ -267,9 +302,9 @@ def data_bundle_for(name: str, model: nn.Module, data_root: str | Path | None, e
     entry = get_entry(name)
     if entry.tiny:
         return data.mnist_bundle(eval_split)
-    root = data.check_imagenet_root(data_root, name)
-    num_classes = int(getattr(model, "num_classes", 1000))
-    return data.imagenet_bundle(root, model, num_classes)
+    n = int(getattr(model, "num_classes", 1000))
+    root = data.check_imagenet_root(data_root, name, num_classes=n)  # class folders before the images
+    return data.imagenet_bundle(root, model, n)
 
 
 # --------------------------------------------------------------------------------------------

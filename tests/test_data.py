@@ -1,5 +1,6 @@
 """Data: MNIST-5k split, ImageNet-layout folders of real photos with timm preprocessing, calibration."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,45 @@ def test_imagenet_errors_name_path_and_layout(tmp_path):
     (tmp_path / "d" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match="no class folders"):
         data.imagenet_bundle(tmp_path / "d", model, 3)
+
+
+def test_corrupt_image_is_named_in_this_process_and_from_loader_workers(tmp_path):
+    root = make_image_folder(tmp_path / "imnet")
+    bad = root / "val" / "n00000000" / "0bad.jpg"  # sorts first: item 0 of val
+    bad.write_text("not an image")
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
+    b = data.imagenet_bundle(root, model, 3)
+    expected = (rf"^data root: image {re.escape(str(bad))} cannot be decoded \(UnidentifiedImageError: .*\); "
+                r"expected a readable image file$")
+    with pytest.raises(DataError, match=expected):
+        b.val[0]
+    with pytest.raises(DataError, match=expected):  # a worker's exception comes back wrapped in a traceback
+        evaluate(model, b.val, batch_size=4, device="cpu", workers=1, progress=False)
+
+
+def test_class_folders_are_checked_up_front(tmp_path):
+    """check_imagenet_root (suite validation, dry runs, quantize) lists the class folders, not the
+    images: a wrong count or train/ and val/ that differ fail before any model or image is loaded."""
+    from mgrq import zoo
+
+    root = make_image_folder(tmp_path / "two", n_classes=2, per_class=1)
+    assert zoo.num_classes("deit_tiny_patch16_224") == 1000
+    with pytest.raises(DataError, match=r"s.yaml: .*two/train: 2 class folders, but model deit_tiny_patch16_224 has 1000 outputs; "
+                                        r"expected one folder per class"):
+        data.check_imagenet_root(root, "deit_tiny_patch16_224", "s.yaml: ", num_classes=1000)
+    assert data.check_imagenet_root(root, "deit_tiny_patch16_224", num_classes=2) == root
+    for c in range(5):
+        (root / "train" / f"extra{c}").mkdir()
+    (root / "val" / "n00000001").rename(root / "val" / "typo")
+    differ = (r"two: train/ and val/ have different class folders \(only in train/: extra0, extra1, extra2 and 3 "
+              r"more; only in val/: typo\); expected the same class folders in both")
+    with pytest.raises(DataError, match=differ):
+        data.check_imagenet_root(root, "deit_tiny_patch16_224")
+    jpeg = (root / "train" / "n00000000" / "img0.JPEG").read_bytes()
+    for c in range(1, 5):
+        (root / "train" / f"extra{c}").rmdir()
+    (root / "val" / "zz").mkdir()
+    for f in (root / "train" / "extra0" / "a.jpg", root / "val" / "zz" / "a.jpg"):
+        f.write_bytes(jpeg)
+    with pytest.raises(DataError, match=r"only in train/: extra0, n00000001; only in val/: typo, zz\)"):
+        data.imagenet_bundle(root, timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3), 3)

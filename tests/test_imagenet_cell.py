@@ -110,6 +110,18 @@ def test_one_imagenet_w4a4_cell_end_to_end(tmp_path, imagenet_folder, capsys):
     assert f"| Percentile | 4/4 | {q} |" in md or f"| Percentile | 4/4 | **{q}** |" in md
     assert "| RepQ-ViT † | 4/4 | 57.43 |" in md  # published DeiT-T W4A4, marked as published
 
+    # the class folders are checked against each head before anything runs: the suite's other
+    # models (timm's 1000 classes, no --checkpoint) do not fit 3 folders, unless --only leaves them out
+    capsys.readouterr()
+    argv = ["suite", "run", "imagenet-w4a4", "--data-root", str(imagenet_folder), "--dry-run",
+            "--checkpoint", f"deit_tiny_patch16_224={ckpt}"]
+    assert main(argv) == 2
+    assert "train: 3 class folders, but model vit_small_patch16_224 has 1000 outputs" in capsys.readouterr().err
+    assert main([*argv, "--only", "^deit_tiny_patch16_224[.]"]) == 0
+    assert main(["quantize", "--model", "deit_small_patch16_224", "--method", "percentile", "--w-bits", "4",
+                 "--a-bits", "4", "--data-root", str(imagenet_folder)]) == 2
+    assert "3 class folders, but model deit_small_patch16_224 has 1000 outputs" in capsys.readouterr().err
+
 
 @pytest.mark.imagenet
 def test_deit_small_on_real_imagenet_matches_the_published_fp_row(tmp_path):

@@ -306,7 +306,32 @@ def test_suite_checkpoints_are_fit_checked_before_submitting(tmp_path):
         load_suite(s).with_options()
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"checkpoints.tiny_vit: checkpoint .*garbage.pth: not a readable"):
-        load_suite(s).with_options(checkpoints={"tiny_vit": str(garbage)})
+    with pytest.raises(CheckpointError, match=r"^--checkpoint tiny_vit=\.\.\.: checkpoint .*garbage.pth: not a readable"):
+        load_suite(s).with_options(checkpoints={"tiny_vit": str(garbage)})  # from the command line, not ck.yaml
     fits = load_suite(s).with_options(checkpoints={"tiny_vit": str(zoo.tiny_weights_path("tiny_vit"))})
     assert dict(fits.checkpoints) == {"tiny_vit": str(zoo.tiny_weights_path("tiny_vit").resolve())}
+
+
+def test_cli_checkpoint_is_named_as_the_flag(tmp_path, capsys):
+    ok = write_suite(tmp_path / "ok.yaml")
+    assert main(["suite", "run", str(ok), "--out", str(tmp_path / "runs"), "--dry-run",
+                 "--checkpoint", "tiny_vit=bad.pth"]) == 2
+    assert error_line(capsys) == f"error: --checkpoint tiny_vit=...: weights file {Path('bad.pth').resolve()} not found"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--set", "iters=5", "--set", "iters=6"], "--set 'iters=6': iters given twice (also --set iters=5); expected each once"),
+    (["--set", "act_innit=minmax"], "PercentileConfig: unknown field(s) act_innit (did you mean 'act_init'?); expected "
+                                    "one of"),
+    (["--bits-override", "head"], "--bits-override 'head': expected REGEX=BITS"),
+    (["--bits-override", "head=8", "--bits-override", "head=fp"], "--bits-override 'head=fp': head given twice"),
+])
+def test_assignment_flags(capsys, no_work, argv, message):
+    assert main(QUANT + argv) == 2
+    assert error_line(capsys).startswith(f"error: {message}")
+
+
+def test_checkpoint_flag_form(tmp_path, capsys):
+    ok = write_suite(tmp_path / "ok.yaml")
+    assert main(["suite", "run", str(ok), "--out", str(tmp_path), "--dry-run", "--checkpoint", "tiny_vit"]) == 2
+    assert error_line(capsys) == "error: --checkpoint 'tiny_vit': expected MODEL=PATH"

@@ -94,7 +94,7 @@ BAD = [
     ({"methods": []}, "methods", "non-empty list"),
     ({"methods": ["percentile", "percentile"]}, "methods", "distinct 'variant'"),
     ({"methods": [{"name": "percentile", "config": {"act_innit": "minmax"}}]}, "methods[0].config",
-     "unknown field(s) act_innit"),
+     "unknown field(s) act_innit (did you mean 'act_init'?)"),
     ({"methods": [{"name": "percentile", "config": {"act_init": "bogus"}}]}, "methods[0].config",
      "expected one of percentile, lp, minmax"),
     ({"methods": [{"name": "percentile", "config": [1, 2]}]}, "methods[0].config",
@@ -103,10 +103,22 @@ BAD = [
      "expected a mapping of config fields"),
     ({"calibration": {"n": 0}}, "calibration.n", "integer >= 1"),
     ({"data": {"eval_split": "test"}}, "data.eval_split", "'heldout' or 'tune'"),
-    ({"overrides": {"brecq": {"calib": 4}}}, "overrides.brecq", "not a method or variant"),
+    ({"overrides": {"brecq": {"calib": 4}}}, "overrides.brecq", "unknown method 'brecq' of this suite"),
     ({"executor": {"gpus": 1}}, "executor.gpus", "unknown field"),
     ({"description": ""}, "description", "non-empty string"),
-    ({"report": {"paired": "mgrq"}}, "report.paired", "'mgrq' is not a method of this suite; expected one of percentile"),
+    ({"report": {"paired": "percentil"}}, "report.paired",
+     "unknown method 'percentil' of this suite. Did you mean 'percentile'? Known methods: percentile"),
+    ({"report": {"ablation": ["percentile", "nosuch"]}}, "report.ablation[1]", "unknown method 'nosuch' of this suite"),
+    ({"checkpoints": {"tiny_vitt": "/w.pth"}}, "checkpoints.tiny_vitt", "Did you mean 'tiny_vit'?"),
+    # a value from overrides is named where it was written, not as the methods entry it lands in
+    ({"overrides": {"percentile": {"calib": "abc"}}}, "overrides.percentile.calib", "expected an integer >= 1"),
+    ({"overrides": {"percentile": {"image_bits": 1}}}, "overrides.percentile.image_bits", "integer 2..16"),
+    ({"overrides": {"percentile": {"bits_overrides": {"head": 1}}}}, "overrides.percentile.bits_overrides.head",
+     "expected a bit-width 2..16"),
+    ({"overrides": {"percentile": {"config": {"act_init": "bogus"}}}}, "overrides.percentile.config",
+     "expected one of percentile, lp, minmax"),
+    ({"methods": [{"name": "percentile", "variant": "pv"}], "overrides": {"pv": {"calib": 0}}},
+     "overrides.pv.calib", "expected an integer >= 1"),
 ]
 
 
@@ -118,6 +130,39 @@ def test_malformed_suite_names_file_field_and_expectation(tmp_path, fields, wher
     msg = str(e.value)
     assert str(path) in msg and f"'{where}'" in msg and expect in msg, msg
     assert "\n" not in msg
+
+
+def test_config_from_overrides_and_entry_is_checked_together(tmp_path):
+    """Each layer may be invalid alone (alpha < beta): only the merged config is required to be
+    valid; when it is not and no layer fails alone, the methods entry is named."""
+    ok = write_suite(tmp_path / "ok.yaml", methods=[{"name": "ptq4vit", "config": {"beta": 3.0}}],
+                     overrides={"ptq4vit": {"config": {"alpha": 2.0}}})
+    assert dict(load_suite(ok).methods[0].config) == {"alpha": 2.0, "beta": 3.0}
+    bad = write_suite(tmp_path / "bad.yaml", methods=[{"name": "ptq4vit", "config": {"beta": 1.0}}],
+                      overrides={"ptq4vit": {"config": {"alpha": 1.1}}})
+    with pytest.raises(ConfigError, match=r"field 'methods\[0\]\.config': .*alpha=1.1, beta=1.0: expected 0 <= alpha"):
+        load_suite(bad)
+
+
+@pytest.mark.parametrize("text,line,key", [
+    ("models: [tiny_vit]\nbits: [W4A4]\nmethods: [percentile]\nmodels: [tiny_deit]\n", 4, "models"),
+    ("models: [tiny_vit]\nbits: [W4A4]\nmethods:\n  - name: percentile\n    config:\n      act_init: lp\n"
+     "      act_init: minmax\n", 7, "act_init"),
+])
+def test_duplicate_key_names_file_key_and_line(tmp_path, text, line, key):
+    path = tmp_path / "dup.yaml"
+    path.write_text("description: d\ncommand: c\n" + text)
+    with pytest.raises(ConfigError) as e:
+        load_suite(path)
+    assert str(e.value) == f"{path}: line {line + 2}: key '{key}' appears twice; expected each key once"
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path):
+    from mgrq.runner.suite import read_yaml
+
+    path = tmp_path / "m.yaml"
+    path.write_text("a: &x {k: 1, j: 2}\nb:\n  <<: *x\n  k: 3\n")
+    assert read_yaml(path) == {"a": {"k": 1, "j": 2}, "b": {"k": 3, "j": 2}}
 
 
 def test_yaml_syntax_error_names_line(tmp_path):
@@ -201,6 +246,8 @@ def test_site_profile_precedence_and_sbatch_parameters(tmp_path, monkeypatch):
     ("slurm:\n  partion: gpu\n", r"slurm.partion: unknown option"),
     ("cloud:\n  x: 1\n", r"section 'cloud': expected one of local, debug, slurm"),
     ("slurm: [1, 2]\n", r"section slurm: expected a mapping"),
+    ("slurm:\n  partition: a\n  partition: b\n", r"^site profile .*site.yaml: line 3: key 'partition' appears twice"),
+    ("slurm: [1\n", r"^site profile .*site.yaml: not valid YAML \(line 2"),
 ])
 def test_bad_site_profile(tmp_path, content, match):
     p = tmp_path / "site.yaml"

@@ -165,7 +165,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     out = _out(args) if args.dry_run else check_writable(_out(args), "--out", folder=True)  # dry runs write nothing
     suite = load_suite(args.suite).with_options(
         data_root=args.data_root, checkpoints=parse_assignments(args.checkpoint, "--checkpoint"),
-        eval_limit=args.eval_limit, calib=args.calib)
+        eval_limit=args.eval_limit, calib=args.calib, only=args.only)
     if args.data_root is not None and not suite.needs_data_root:
         print(f"note: --data-root is not used: every model of suite {suite.name} is from the tiny zoo "
               "(embedded MNIST digits)", file=sys.stderr)

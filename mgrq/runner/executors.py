@@ -123,18 +123,17 @@ def load_profile(path: str | os.PathLike | None = None) -> tuple[dict[str, dict[
     if not p.is_file():
         src = "--profile" if path else PROFILE_ENV
         raise ConfigError(f"site profile {p} ({src}): file not found")
-    text = p.read_text()
-    try:
-        if p.suffix == ".toml":
-            import tomllib
+    if p.suffix == ".toml":
+        import tomllib
 
-            doc: Any = tomllib.loads(text)
-        else:
-            import yaml
+        try:
+            doc: Any = tomllib.loads(p.read_text())
+        except Exception as e:
+            raise ConfigError(f"site profile {p}: not valid TOML ({e})".replace("\n", " ")) from None
+    else:
+        from mgrq.runner.suite import read_yaml
 
-            doc = yaml.safe_load(text)
-    except Exception as e:
-        raise ConfigError(f"site profile {p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'} ({e})".replace("\n", " ")) from None
+        doc = read_yaml(p, f"site profile {p}")  # a syntax error or a key given twice: file and line
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):

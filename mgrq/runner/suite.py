@@ -27,12 +27,22 @@ naming the file, the field and what was expected, before anything is submitted.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mgrq.errors import ConfigError, DataError, MGRQError, UnknownNameError, compile_regex
+import yaml
+
+from mgrq.errors import (
+    ConfigError,
+    DataError,
+    MGRQError,
+    UnknownNameError,
+    compile_regex,
+    did_you_mean,
+    unknown,
+)
 from mgrq.spec import RunSpec, parse_bits
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -124,10 +134,13 @@ class Suite:
         checkpoints: Mapping[str, str] | None = None,
         eval_limit: int | None = None,
         calib: int | None = None,
+        only: str | None = None,
     ) -> Suite:
         """A copy with command-line settings applied (they win over the file) and data/weights
-        paths made absolute, then checked: a missing data root for an ImageNet model or a
-        missing weights file fails here, before anything is submitted."""
+        paths made absolute, then checked: a missing data root for an ImageNet model, class
+        folders that do not fit a model's head, or a missing weights file fail here, before
+        anything is submitted. ``only`` (``--only``): the class folders are checked for the
+        models of the cells it selects."""
         where = str(self.path)
         root = data_root if data_root is not None else self.data_root
         ck = dict(self.checkpoints)
@@ -137,18 +150,21 @@ class Suite:
                                   f"({', '.join(self.models)})")
             ck[model] = path
         ck = {m: str(Path(p).expanduser().resolve()) for m, p in ck.items()}
+        src = {m: f"--checkpoint {m}=..." if m in (checkpoints or {}) else f"{where}: checkpoints.{m}" for m in ck}
         for m, p in ck.items():
             if not Path(p).is_file():
-                raise DataError(f"{where}: checkpoints.{m}: weights file {p} not found")
+                raise DataError(f"{src[m]}: weights file {p} not found")
+        from mgrq.zoo import check_checkpoint, num_classes
+
+        classes: dict[str, int] = {}  # of the models with a checkpoint: its own head
         if ck:
             from mgrq.errors import CheckpointError
-            from mgrq.zoo import check_checkpoint
 
             for m, p in ck.items():  # read once here, not found unfit by every cell of the grid
                 try:
-                    check_checkpoint(m, p)
+                    classes[m] = check_checkpoint(m, p)
                 except CheckpointError as e:
-                    raise CheckpointError(f"{where}: checkpoints.{m}: {e}") from None
+                    raise CheckpointError(f"{src[m]}: {e}") from None
         if root is not None:
             root = str(Path(root).expanduser().resolve())
         if self.needs_data_root:
@@ -161,7 +177,10 @@ class Suite:
                     f"pass --data-root PATH or set data.root ({IMAGENET_LAYOUT}); --dry-run needs it "
                     "too, the data root is part of every cell's hash"
                 )
-            check_imagenet_root(root, first, f"{where}: ")
+            pat = compile_regex(only, "--only", "a regex searched in the cell ids") if only else None
+            run = {s.model for s in self.specs() if pat is None or pat.search(s.run_id)}
+            for m in (m for m in self.models if not _is_tiny(m) and m in run):  # class folders against each head
+                check_imagenet_root(root, m, f"{where}: ", classes[m] if m in classes else num_classes(m))
         from mgrq.zoo import check_overrides
 
         for what, bo in [("bits_overrides", self.bits_overrides)] + [
@@ -210,8 +229,6 @@ def find_suite(name_or_path: str) -> Path:
         for f in sorted(d.glob("*.yaml")):
             known.setdefault(f.stem, f)
     if name_or_path not in known:
-        from mgrq.errors import unknown
-
         raise unknown("suite", name_or_path, known)
     return known[name_or_path]
 
@@ -224,18 +241,40 @@ def list_suites() -> list[Path]:
     return [seen[k] for k in sorted(seen)]
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice; "
+                                      "expected each key once")
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path, where: str = "") -> Any:
+    """The YAML document in ``path`` (read with :class:`UniqueKeyLoader`); a syntax error or a key
+    given twice raises ``ConfigError`` naming ``where`` (default: the path) and the line."""
+    where = where or str(path)
+    try:
+        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+
+
 def load_suite(name_or_path: str | Path, check_names: bool = True) -> Suite:
     """Read and validate a suite file. ``check_names=False`` skips the model/method registry
     checks (used to list suites whose methods are not registered yet)."""
     path = find_suite(str(name_or_path))
-    import yaml
-
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    doc = read_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of suite fields ({', '.join(TOP_FIELDS)})")
     return _Parser(path, check_names).suite(doc)
@@ -253,13 +292,14 @@ class _Parser:
             raise self.err(fld, f"expected a mapping with keys from {', '.join(allowed)}, got {d!r}")
         bad = [k for k in d if k not in allowed]
         if bad:
-            import difflib
-
-            close = difflib.get_close_matches(str(bad[0]), allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
             where = f"{fld}.{bad[0]}" if fld else str(bad[0])
-            raise self.err(where, f"unknown field{hint}; expected one of {', '.join(allowed)}")
+            raise self.err(where, f"unknown field{did_you_mean(bad[0], allowed)}; expected one of {', '.join(allowed)}")
         return d
+
+    def member(self, kind: str, name: Any, known: Collection[str], fld: str) -> None:
+        """``name`` is one of the suite's own ``known`` models or methods/variants."""
+        if name not in known:
+            raise self.err(fld, str(unknown(kind, str(name), known, "of this suite")))
 
     def mapping(self, v: Any, fld: str) -> None:
         """``v`` is absent or a mapping (a method's config fields)."""
@@ -311,19 +351,28 @@ class _Parser:
             out.append((str(k), b))
         return tuple(out)
 
-    def config(self, method: str, v: Any, fld: str) -> tuple[tuple[str, Any], ...]:
-        if v is None:
-            return ()
-        if not isinstance(v, dict):
-            raise self.err(fld, f"expected a mapping of {method} config fields, got {v!r}")
+    def check_config(self, method: str, cfg: dict[str, Any], fld: str) -> None:
         if self.check_names:
             from mgrq.methods import get_method
 
             try:
-                get_method(method).make_config(v)
+                get_method(method).make_config(cfg)
             except MGRQError as e:
                 raise self.err(fld, str(e)) from None
-        return tuple(sorted((str(k), tuple(x) if isinstance(x, list) else x) for k, x in v.items()))
+
+    def config(self, method: str, layers: list[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+        """The config fields of ``layers`` (where, mapping or None; later ones win), checked. An
+        error names the first layer that fails on its own, else the last (only together they fail)."""
+        for where, c in layers:
+            self.mapping(c, where)
+        cfg = {k: x for _, c in layers for k, x in (c or {}).items()}
+        try:
+            self.check_config(method, cfg, layers[-1][0])
+        except ConfigError:
+            for where, c in layers:
+                self.check_config(method, c or {}, where)
+            raise
+        return tuple(sorted((str(k), tuple(x) if isinstance(x, list) else x) for k, x in cfg.items()))
 
     def method(self, i: int, v: Any, overrides: dict[str, Any]) -> MethodEntry:
         fld = f"methods[{i}]"
@@ -337,28 +386,21 @@ class _Parser:
         variant = v.get("variant")
         if variant is not None and (not isinstance(variant, str) or not NAME_RE.match(variant)):
             raise self.err(f"{fld}.variant", f"expected a name of letters, digits, '.', '_', '-', got {variant!r}")
-        display = variant or name
-        # Per-method overrides (by method name, then by variant name) under the entry's own.
-        merged: dict[str, Any] = {}
-        for key in dict.fromkeys((name, display)):
-            o = overrides.get(key)
-            if o is not None:
-                o = self.keys(o, f"overrides.{key}", OVERRIDE_FIELDS)
-                self.mapping(o.get("config"), f"overrides.{key}.config")
-                cfg = {**merged.get("config", {}), **(o.get("config") or {})}
-                merged.update(o)
-                merged["config"] = cfg
-        self.mapping(v.get("config"), f"{fld}.config")
-        cfg = {**merged.get("config", {}), **(v.get("config") or {})}
-        merged.update({k: x for k, x in v.items() if k != "config"})
+        # Per-method overrides (by method name, then by variant name) under the entry's own; a
+        # bad value is named where it was written.
+        layers = [(f"overrides.{k}", self.keys(overrides[k], f"overrides.{k}", OVERRIDE_FIELDS))
+                  for k in dict.fromkeys((name, variant or name)) if overrides.get(k) is not None]
+        layers.append((fld, v))
+        merged = {k: x for _, o in layers for k, x in o.items()}
+        at = {k: f"{where}.{k}" for where, o in layers for k in o}
         bo = merged.get("bits_overrides")
         return MethodEntry(
             method=name,
             variant=variant,
-            config=self.config(name, cfg, f"{fld}.config"),
-            calib=self.opt_int(merged.get("calib"), f"{fld}.calib"),
-            image_bits=self.opt_int(merged.get("image_bits"), f"{fld}.image_bits", 2, 16),
-            bits_overrides=self.bits_overrides(bo, f"{fld}.bits_overrides") if bo is not None else None,
+            config=self.config(name, [(f"{where}.config", o.get("config")) for where, o in layers]),
+            calib=self.opt_int(merged.get("calib"), at.get("calib", "")),
+            image_bits=self.opt_int(merged.get("image_bits"), at.get("image_bits", ""), 2, 16),
+            bits_overrides=self.bits_overrides(bo, at["bits_overrides"]) if bo is not None else None,
         )
 
     def suite(self, d: dict[str, Any]) -> Suite:
@@ -401,9 +443,8 @@ class _Parser:
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup:
             raise self.err("methods", f"{dup!r} listed twice; give one of them a distinct 'variant' name")
-        stray = [k for k in overrides if k not in names and k not in {m.method for m in methods}]
-        if stray:
-            raise self.err(f"overrides.{stray[0]}", f"not a method or variant of this suite ({', '.join(names)})")
+        for k in overrides:
+            self.member("method", k, {*names, *(m.method for m in methods)}, f"overrides.{k}")
         seeds = d.get("seeds", [0])
         if isinstance(seeds, int):
             seeds = [seeds]
@@ -423,8 +464,7 @@ class _Parser:
         if not isinstance(ck, dict) or not all(isinstance(v, str) for v in ck.values()):
             raise self.err("checkpoints", "expected a mapping MODEL: PATH of weights files")
         for m in ck:
-            if m not in models:
-                raise self.err(f"checkpoints.{m}", f"not a model of this suite ({', '.join(models)})")
+            self.member("model", m, models, f"checkpoints.{m}")
         if root is not None and not Path(root).is_absolute():
             root = str((self.path.parent / root).resolve())
         ck = {m: p if Path(p).expanduser().is_absolute() else str((self.path.parent / p).resolve())
@@ -436,15 +476,16 @@ class _Parser:
             ablation = names
         elif ablation in (False, None):
             ablation = []
-        if not isinstance(ablation, list) or any(a not in names for a in ablation):
+        if not isinstance(ablation, list):
             raise self.err("report.ablation", f"expected true, 'all' or a list of names from {', '.join(names)}")
+        for i, a in enumerate(ablation):
+            self.member("method", a, names, f"report.ablation[{i}]")
         caption = rep.get("caption")
         if caption is not None and not isinstance(caption, str):
             raise self.err("report.caption", "expected a string")
         paired = rep.get("paired")
-        if paired is not None and paired not in names:
-            raise self.err("report.paired", f"{paired!r} is not a method of this suite; expected one of "
-                                            f"{', '.join(names)}")
+        if paired is not None:
+            self.member("method", paired, names, "report.paired")
         suite = Suite(
             name=name, path=self.path, description=d["description"].strip(),
             command=d["command"].strip(), models=tuple(models), bits=tuple(bits), methods=methods,
