@@ -335,3 +335,15 @@ def test_checkpoint_flag_form(tmp_path, capsys):
     ok = write_suite(tmp_path / "ok.yaml")
     assert main(["suite", "run", str(ok), "--out", str(tmp_path), "--dry-run", "--checkpoint", "tiny_vit"]) == 2
     assert error_line(capsys) == "error: --checkpoint 'tiny_vit': expected MODEL=PATH"
+
+
+def test_executor_flags_of_another_executor_are_refused(tmp_path, capsys):
+    ok = write_suite(tmp_path / "ok.yaml")
+    run = ["suite", "run", str(ok), "--out", str(tmp_path), "--dry-run"]
+    assert main([*run, "--partition", "gpu", "--mem-gb", "8"]) == 2
+    assert error_line(capsys) == ("error: --partition, --mem-gb: not used by the local executor; expected "
+                                  "--executor slurm, or them left out")
+    assert main([*run, "--executor", "slurm", "--parallelism", "2"]) == 2
+    assert error_line(capsys) == ("error: --parallelism: not used by the slurm executor; expected "
+                                  "--array-parallelism for slurm, or it left out")
+    assert main([*run, "--executor", "slurm", "--partition", "gpu"]) == 0

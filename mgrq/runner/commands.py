@@ -133,6 +133,11 @@ def _suite_name(arg: str) -> str:
     return arg
 
 
+SLURM_FLAGS = {"partition": "--partition", "account": "--account", "qos": "--qos", "constraint": "--constraint",
+               "cpus_per_task": "--cpus", "mem_gb": "--mem-gb", "array_parallelism": "--array-parallelism",
+               "cells_per_job": "--cells-per-job", "setup": "--slurm-setup", "additional": "--slurm-param"}
+
+
 def _executor_options(args: argparse.Namespace, suite: Any):
     from mgrq.config import parse_assignments
     from mgrq.runner import executors as ex
@@ -146,10 +151,18 @@ def _executor_options(args: argparse.Namespace, suite: Any):
     flags["setup"] = tuple(args.setup) if args.setup else None
     flags["additional"] = parse_assignments(args.additional, "--slurm-param") if args.additional else None
     flags["device"] = args.device
-    if args.pdb and kind != "debug":
-        from mgrq.errors import ConfigError
+    from mgrq.errors import ConfigError
 
+    if args.pdb and kind != "debug":
         raise ConfigError(f"--pdb: opens pdb in this process, so it needs --executor debug (not {kind})")
+    # flags another executor reads are an error, not silently ignored (a profile may set them: it
+    # has a section per executor)
+    other = SLURM_FLAGS if kind != "slurm" else {"parallelism": "--parallelism"}
+    unused = [flag for dest, flag in other.items() if flags.get(dest) is not None]
+    if unused:
+        hint = "--executor slurm" if kind != "slurm" else "--array-parallelism for slurm"
+        raise ConfigError(f"{', '.join(unused)}: not used by the {kind} executor; expected {hint}, or "
+                          f"{'them' if len(unused) > 1 else 'it'} left out")
     flags["pdb"] = args.pdb or None
     return ex.resolve_options(kind, dict(suite.executor), profile, flags,
                               f"{profile_path}: " if profile_path else "", f"{suite.path}: ")
