@@ -91,7 +91,7 @@ def build_config(cls: type, overrides: Mapping[str, Any] | None = None) -> Any:
     raise :class:`ConfigError` listing the fields of ``cls``; the dataclass validates values."""
     overrides = dict(overrides or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - set(fields))
+    unknown = sorted(str(k) for k in overrides if k not in fields)  # a YAML key may be a number
     if unknown:
         raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(k + did_you_mean(k, fields) for k in unknown)}; "
                           f"expected one of {', '.join(fields)}")

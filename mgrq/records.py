@@ -55,8 +55,9 @@ def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
 def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> Path:
     """Fail before any work when ``path`` cannot be written (``ConfigError`` naming ``what``, the
     path and what was expected): a file path that is an existing folder, a folder path that is an
-    existing file, a path below a regular file, or a place this user may not write. Creates
-    nothing; returns ``Path(path)``."""
+    existing file, a path below a regular file, or a place where no file can be created (a
+    probe file is created and removed in the nearest existing folder). Leaves nothing behind;
+    returns ``Path(path)``."""
     from mgrq.errors import ConfigError
 
     p = Path(path)

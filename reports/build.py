@@ -18,6 +18,7 @@ hash) counts once, its newest record; the report's notes name the others.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from mgrq import records
-from mgrq.errors import ConfigError, MGRQError
+from mgrq.errors import ConfigError, MGRQError, UnknownNameError
 from reports import frame as F
 from reports import tables as T
 
@@ -95,7 +96,15 @@ def _label(out: Path, suite: str, label: str | None, source: str, uri: str | Non
         from mgrq.tracking import default_uri, labels
 
         u = uri or default_uri(out)
-        return resolve_label(out, suite, label, known=labels(u, suite), where=f"MLflow {u}")
+        try:
+            return resolve_label(out, suite, label, known=labels(u, suite), where=f"MLflow {u}")
+        except UnknownNameError as e:
+            if label is None or not (out.resolve() / suite / label).is_dir():
+                raise
+            cmd = shlex.join(["mgrq", "mirror", "--out", str(out), "--suite", suite, "--label", label]
+                             + (["--tracking-uri", u] if uri else []))
+            raise UnknownNameError(f"{e} (its run folder {out.resolve() / suite / label} exists: `{cmd}` puts it "
+                                   "there)") from None
     return resolve_label(out, suite, label)
 
 
@@ -180,7 +189,8 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if superseded:
         notes.append(f"{len(superseded)} record(s) left out: the label holds a newer record of the same cell "
                      f"(a rerun with other options): {_listed(superseded)}")
-    grid = [c["id"] for c in info.get("cells") or [] if isinstance(c, dict) and "id" in c]
+    listed: list = info["cells"] if isinstance(info.get("cells"), list) else []
+    grid = [c["id"] for c in listed if isinstance(c, dict) and "id" in c]
     finished = set(df.loc[df["status"] == "done", "run_id"])
     missing = [c for c in grid if c not in finished]
     if missing:

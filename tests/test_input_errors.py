@@ -54,8 +54,9 @@ def test_check_writable(tmp_path):
     with pytest.raises(ConfigError, match=r"f.json' is a file, so nothing can be created below it"):
         records.check_writable(f / "x" / "r.json", "--record")
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # the write probes leave nothing behind
-    # a folder where os.access says yes (to root) but no file can be created: /proc
-    with pytest.raises(ConfigError, match=r"--record '/proc/x.json': cannot create a file in '/proc' \("):
+    # a folder where no file can be created: /proc (os.access says yes to root: the probe finds out)
+    with pytest.raises(ConfigError, match=r"--record '/proc/x.json': (cannot create a file in '/proc' \(|the folder "
+                                          r"'/proc' is not writable)"):
         records.check_writable("/proc/x.json", "--record")
 
 
@@ -346,4 +347,8 @@ def test_executor_flags_of_another_executor_are_refused(tmp_path, capsys):
     assert main([*run, "--executor", "slurm", "--parallelism", "2"]) == 2
     assert error_line(capsys) == ("error: --parallelism: not used by the slurm executor; expected "
                                   "--array-parallelism for slurm, or it left out")
+    assert main([*run, "--executor", "debug", "--parallelism", "2", "--gpus", "1"]) == 2
+    assert error_line(capsys) == ("error: --parallelism, --gpus: not used by the debug executor; expected "
+                                  "--executor local or slurm, or them left out")
     assert main([*run, "--executor", "slurm", "--partition", "gpu"]) == 0
+    assert main([*run, "--gpus", "0", "--timeout-min", "30"]) == 0  # the local executor reads both

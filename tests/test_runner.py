@@ -99,6 +99,9 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "suite.json is missing, unreadable or lists no cells; showing the 2 cell folder(s) found" in text
     assert "1 done, 1 failed" in text and "tiny_vit.pct-toomany.w4a4.s0" in text
+    (root / "suite.json").write_text('{"created": "x", "cells": null}')
+    assert main(["suite", "status", "dbg", "--out", str(out), "--label", "L1"]) == 0
+    assert "showing the 2 cell folder(s) found" in capsys.readouterr().out
     (root / "suite.json").write_bytes(meta)
     (out / "dbg" / "L0").mkdir()  # a label folder where nothing started
     (out / "dbg" / "L0" / "suite.json").write_text('{"created": "2000-01-01", "cells": []}')
@@ -211,9 +214,10 @@ def test_stopping_the_driver_stops_its_local_jobs_and_records_the_cell(tmp_path,
     root = out / "term" / "T"
     # sigterm: started as a non-interactive shell starts a background command (CI): SIGINT
     # ignored, which its children inherit; stopping the jobs must not rely on SIGINT.
-    # ctrl-c: the driver leads a process group of its own, as a terminal's foreground job does
+    # ctrl-c: the driver leads a process group of its own, as a terminal's foreground job does,
+    # with SIGINT's default action (this test may itself run with SIGINT ignored, e.g. in CI)
     kw = ({"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)} if stop == "sigterm"
-          else {"start_new_session": True})
+          else {"start_new_session": True, "preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)})
     with background(argv, **kw) as proc:
         _wait_for(lambda: bool(running_cells(root)), 240, "the cell to start", proc)
         (cell,) = cell_dirs(root).values()
@@ -402,3 +406,49 @@ def test_the_failure_summary_points_at_the_cell_folder_that_failed(tmp_path, cap
     assert len(folders) == 2 and len(failed) == 1
     assert ("failed: tiny_vit.pct-x.w4a4.s0: ConfigError: " in text
             and f"(log: {failed[0]}/cell.log)" in text), text
+
+
+
+def test_a_local_job_deaf_to_sigterm_is_killed(tmp_path):
+    """The driver's last resort after Ctrl-C: SIGKILL to the task and its controller (submitit's
+    cancel sends SIGINT first, which local jobs ignore). A plain submitit task logs SIGTERM and
+    carries on, like a job stuck in a long native call."""
+    import submitit
+
+    from mgrq.runner.driver import _kill_local_job, _sigint_ignored, _stop_local_job
+
+    def children(pid: int) -> list[int]:
+        try:
+            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    def gone(pid: int) -> bool:  # exited (a zombie until its new parent reaps it counts)
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    executor = submitit.LocalExecutor(folder=str(tmp_path / "jobs"))
+    executor.update_parameters(timeout_min=5)
+    with _sigint_ignored():
+        job = executor.submit(time.sleep, 120)
+    ctrl = job._process.pid
+    _wait_for(lambda: bool(children(ctrl)), 60, "the task to start")
+    (task,) = children(ctrl)
+
+    def catches_sigterm() -> bool:  # submitit's handler is installed (SigCgt of /proc/PID/status)
+        try:
+            status = Path(f"/proc/{task}/status").read_text()
+        except OSError:
+            return False
+        mask = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigCgt:"))
+        return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+    _wait_for(catches_sigterm, 60, "the task to handle SIGTERM")
+    _stop_local_job(job)  # SIGTERM: logged and ignored by the task
+    time.sleep(2)
+    assert not job.done() and not gone(task)
+    _kill_local_job(job)
+    _wait_for(lambda: job.done(), 15, "the controller to end")
+    _wait_for(lambda: gone(task), 15, "the task to end")

@@ -95,6 +95,8 @@ BAD = [
     ({"methods": ["percentile", "percentile"]}, "methods", "distinct 'variant'"),
     ({"methods": [{"name": "percentile", "config": {"act_innit": "minmax"}}]}, "methods[0].config",
      "unknown field(s) act_innit (did you mean 'act_init'?)"),
+    ({"methods": [{"name": "percentile", "config": {1: 2, "act_innit": 3}}]}, "methods[0].config",
+     "unknown field(s) 1, act_innit"),  # a YAML key may be a number
     ({"methods": [{"name": "percentile", "config": {"act_init": "bogus"}}]}, "methods[0].config",
      "expected one of percentile, lp, minmax"),
     ({"methods": [{"name": "percentile", "config": [1, 2]}]}, "methods[0].config",
@@ -163,6 +165,9 @@ def test_yaml_merge_keys_may_still_override(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("a: &x {k: 1, j: 2}\nb:\n  <<: *x\n  k: 3\n")
     assert read_yaml(path) == {"a": {"k": 1, "j": 2}, "b": {"k": 3, "j": 2}}
+    # a merge of a mapping that merges (PyYAML rewrites the inner one in place while building it)
+    path.write_text("defs: {base: &base {x: 1}, mid: &mid {<<: *base, x: 2}}\nchild: {<<: *mid}\n")
+    assert read_yaml(path) == yaml.safe_load(path.read_text())
 
 
 def test_yaml_syntax_error_names_line(tmp_path):

@@ -88,7 +88,10 @@ def test_unreachable_uri_records_land_then_mirror_later(tmp_path, monkeypatch, c
     assert main(["report", "trk", "--out", str(out), "--from", "mlflow", "--label", "U", "--no-pdf"]) == 2
     err = capsys.readouterr().err
     assert f"unknown label 'U' of suite trk in MLflow {default_uri(out)}" in err
-    assert f"exists: `mgrq mirror --out {out} --suite trk --label U` puts it there" in err
+    assert f"exists: `mgrq mirror --out {out} --suite trk --label U` puts it there)" in err
+    uri = default_uri(out)  # given explicitly: the hint mirrors into that store, not the default one
+    assert main(["report", "trk", "--out", str(out), "--from", "mlflow", "--tracking-uri", uri, "--label", "U"]) == 2
+    assert f"`mgrq mirror --out {out} --suite trk --label U --tracking-uri {uri}`" in capsys.readouterr().err
     shutil.rmtree(out / "trk" / "U")
     # ... even with the run folders gone (a team server, records elsewhere): latest label from MLflow
     shutil.rmtree(out / "trk")

@@ -117,7 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed)")
     rp.add_argument("--threshold", type=float, default=None,
                     help="with --compare: flag cells whose top-1 moved by more than this many points (default 1.0)")
-    rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when a cell is flagged moved, newly failed, or new, failed")
+    rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when a cell is flagged moved, newly failed, new, failed, or missing "
+                         "(in A, no record in B)")
     rp.set_defaults(func=cmd_report)
 
 
@@ -133,9 +134,10 @@ def _suite_name(arg: str) -> str:
     return arg
 
 
-SLURM_FLAGS = {"partition": "--partition", "account": "--account", "qos": "--qos", "constraint": "--constraint",
-               "cpus_per_task": "--cpus", "mem_gb": "--mem-gb", "array_parallelism": "--array-parallelism",
-               "cells_per_job": "--cells-per-job", "setup": "--slurm-setup", "additional": "--slurm-param"}
+FLAG_NAMES = {"parallelism": "--parallelism", "gpus_per_node": "--gpus", "timeout_min": "--timeout-min",
+              "partition": "--partition", "account": "--account", "qos": "--qos", "constraint": "--constraint",
+              "cpus_per_task": "--cpus", "mem_gb": "--mem-gb", "array_parallelism": "--array-parallelism",
+              "cells_per_job": "--cells-per-job", "setup": "--slurm-setup", "additional": "--slurm-param"}
 
 
 def _executor_options(args: argparse.Namespace, suite: Any):
@@ -157,10 +159,10 @@ def _executor_options(args: argparse.Namespace, suite: Any):
         raise ConfigError(f"--pdb: opens pdb in this process, so it needs --executor debug (not {kind})")
     # flags another executor reads are an error, not silently ignored (a profile may set them: it
     # has a section per executor)
-    other = SLURM_FLAGS if kind != "slurm" else {"parallelism": "--parallelism"}
-    unused = [flag for dest, flag in other.items() if flags.get(dest) is not None]
+    unused = [flag for dest, flag in FLAG_NAMES.items() if dest in ex.UNUSED[kind] and flags.get(dest) is not None]
     if unused:
-        hint = "--executor slurm" if kind != "slurm" else "--array-parallelism for slurm"
+        hint = {"local": "--executor slurm", "debug": "--executor local or slurm",
+                "slurm": "--array-parallelism for slurm"}[kind]
         raise ConfigError(f"{', '.join(unused)}: not used by the {kind} executor; expected {hint}, or "
                           f"{'them' if len(unused) > 1 else 'it'} left out")
     flags["pdb"] = args.pdb or None
@@ -292,7 +294,8 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
     meta = read_record(root / "suite.json") or {}
     counts: dict[str, int] = {}
     print(f"suite {args.suite} [{label}] -> {root}")
-    cells = [(c["id"], c.get("hash", ""), c["dir"]) for c in meta.get("cells", [])
+    listed = meta.get("cells")
+    cells = [(c["id"], c.get("hash", ""), c["dir"]) for c in (listed if isinstance(listed, list) else [])
              if isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("dir"), str)]
     if not cells:  # no grid to list: show the cell folders there are (the grid's cells not started are unknown)
         cells = [(d.name.rsplit("-", 1)[0], d.name.rsplit("-", 1)[-1], d.name) for d in sorted(root.iterdir())

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from mgrq import records
-from mgrq.errors import ConfigError, compile_regex, first_line
+from mgrq.errors import ConfigError, first_line
 from mgrq.runner import executors as ex
 from mgrq.runner.layout import Cell, append_event, cell_for, label_dir
-from mgrq.runner.suite import Suite
+from mgrq.runner.suite import Suite, select
 
 TERMINAL = ("done", "failed")
 
@@ -60,12 +60,7 @@ class Summary:
 def plan(suite: Suite, out: Path, label: str, device: str = "auto",
          only: str | None = None) -> tuple[Path, list[Cell]]:
     """The label folder and the cells of the grid (optionally those whose id matches ``only``)."""
-    specs = suite.specs(device)
-    if only:
-        pat = compile_regex(only, "--only", "a regex searched in the cell ids, e.g. '^tiny_vit\\.'")
-        specs = [s for s in specs if pat.search(s.run_id)]
-        if not specs:
-            raise ConfigError(f"--only {only!r}: matches none of the {len(suite.specs())} cells of {suite.name}")
+    specs = select(suite.specs(device), only, suite.name)
     root = label_dir(out, suite.name, label)
     return root, [cell_for(root, s) for s in specs]
 
@@ -190,7 +185,8 @@ def write_suite_json(suite: Suite, label: str, root: Path, cells: list[Cell], op
     path = root / "suite.json"
     prev = records.read_record(path) or {}
     now = {c.hash for c in cells}
-    left = [c["id"] for c in prev.get("cells") or [] if isinstance(c, dict) and c.get("hash") not in now]
+    listed: list = prev["cells"] if isinstance(prev.get("cells"), list) else []
+    left = [str(c.get("id")) for c in listed if isinstance(c, dict) and c.get("hash") not in now]
     if left:  # the suite file changed under the same label: say what status and reports stop listing
         print(f"note: label {label} was run before with another grid; {len(left)} of its cells are not in this "
               f"one (e.g. {', '.join(left[:3])}): their folders stay, but `suite status` lists this grid now "
@@ -412,9 +408,8 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             while time.time() < deadline and not all(job.done() for job, _ in running):
                 time.sleep(0.2)
             for job, _ in running:
-                if not job.done():
-                    with contextlib.suppress(Exception):
-                        job.cancel(check=False)  # submitit's way: SIGINT, then SIGKILL to its tasks
+                if not job.done():  # deaf to SIGTERM for 15 s (stuck in a long native call)
+                    _kill_local_job(job)
             for job, group in running:
                 if job.done():  # a cell it left without a record of its end: JobLost
                     mark_lost(group(), job, suite_meta, kind)
@@ -439,6 +434,23 @@ def _stop_local_job(job: Any) -> None:
             job.cancel(check=False)
     except Exception:  # already gone
         pass
+
+
+def _kill_local_job(job: Any) -> None:
+    """SIGKILL a local job's task processes (the controller's children, from /proc), then its
+    controller, and wait for the controller. Not submitit's ``cancel``: it sends SIGINT first,
+    which local jobs ignore (:func:`_sigint_ignored`)."""
+    proc = getattr(job, "_process", None)
+    if proc is None:
+        return
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    with contextlib.suppress(OSError):
+        for pid in children.read_text().split():
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 @contextlib.contextmanager

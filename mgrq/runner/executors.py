@@ -104,11 +104,18 @@ class ExecutorOptions:
 
     def describe(self) -> dict[str, Any]:
         """The options that matter for this executor (unset ones left out)."""
-        slurm_only = {"cells_per_job", "partition", "account", "qos", "constraint", "cpus_per_task",
-                      "mem_gb", "array_parallelism", "setup", "additional", "max_num_timeout"}
-        skip = slurm_only if self.kind != "slurm" else {"parallelism"}
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in skip and (getattr(self, f.name) not in (None, (), False) or f.name == "kind")}
+                if f.name not in UNUSED[self.kind]
+                and (getattr(self, f.name) not in (None, (), False) or f.name == "kind")}
+
+
+SLURM_ONLY = frozenset({"cells_per_job", "partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb",
+                        "array_parallelism", "setup", "additional", "max_num_timeout"})
+UNUSED = {  # the options each executor does not read (describe leaves them out; flags for them are refused)
+    "local": SLURM_ONLY,
+    "debug": SLURM_ONLY | {"parallelism", "gpus_per_node", "timeout_min"},  # one process, no job limits
+    "slurm": frozenset({"parallelism"}),
+}
 
 
 OPTION_NAMES = tuple(f.name for f in fields(ExecutorOptions) if f.name not in ("kind", "pdb"))

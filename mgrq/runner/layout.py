@@ -170,13 +170,9 @@ def resolve_label(out: Path, suite: str, label: str | None,
             )
         return all_labels[-need]
     if label not in all_labels:
-        from mgrq.errors import UnknownNameError, unknown
+        from mgrq.errors import unknown
 
-        err = unknown("label", label, all_labels, f"of suite {suite}" + (f" in {where}" if known is not None else ""))
-        if known is not None and (Path(out).resolve() / suite / label).is_dir():
-            err = UnknownNameError(f"{err} (the run folder {Path(out).resolve() / suite / label} exists: "
-                                   f"`mgrq mirror --out {out} --suite {suite} --label {label}` puts it there)")
-        raise err
+        raise unknown("label", label, all_labels, f"of suite {suite}" + (f" in {where}" if known is not None else ""))
     return label
 
 

@@ -177,8 +177,7 @@ class Suite:
                     f"pass --data-root PATH or set data.root ({IMAGENET_LAYOUT}); --dry-run needs it "
                     "too, the data root is part of every cell's hash"
                 )
-            pat = compile_regex(only, "--only", "a regex searched in the cell ids") if only else None
-            run = {s.model for s in self.specs() if pat is None or pat.search(s.run_id)}
+            run = {s.model for s in select(self.specs(), only, self.name)}
             for m in (m for m in self.models if not _is_tiny(m) and m in run):  # class folders against each head
                 check_imagenet_root(root, m, f"{where}: ", classes[m] if m in classes else num_classes(m))
         from mgrq.zoo import check_overrides
@@ -197,6 +196,18 @@ class Suite:
             calib=calib if calib is not None else self.calib,
             eval_limit=eval_limit if eval_limit is not None else self.eval_limit,
         )
+
+
+def select(specs: list[RunSpec], only: str | None, suite: str) -> list[RunSpec]:
+    """The cells ``--only`` selects (a regex searched in the run ids; all of them without it).
+    ``ConfigError`` when it is not a valid regex or selects none of suite ``suite``'s cells."""
+    if not only:
+        return specs
+    pat = compile_regex(only, "--only", "a regex searched in the cell ids, e.g. '^tiny_vit\\.'")
+    out = [s for s in specs if pat.search(s.run_id)]
+    if not out:
+        raise ConfigError(f"--only {only!r}: matches none of the {len(specs)} cells of {suite}")
+    return out
 
 
 def _is_tiny(model: str) -> bool:
@@ -242,18 +253,31 @@ def list_suites() -> list[Path]:
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last)."""
+    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last).
+    The composed document is checked before anything is built: merge keys (``<<``) rewrite the
+    mappings they merge in place while those are built, which a check during building would
+    take for repeated keys."""
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key = self.construct_object(key_node)
-                if key in seen:
-                    raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice; "
-                                      "expected each key once")
-                seen.add(key)
-        return super().construct_mapping(node, deep)
+    def construct_document(self, node: Any) -> Any:
+        seen: set[int] = set()
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if id(n) in seen:  # an alias: the same node again
+                continue
+            seen.add(id(n))
+            if isinstance(n, yaml.SequenceNode):
+                stack += n.value
+            elif isinstance(n, yaml.MappingNode):
+                keys: set[tuple[str, str]] = set()
+                for k, v in n.value:
+                    if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                        if (k.tag, k.value) in keys:
+                            raise ConfigError(f"line {k.start_mark.line + 1}: key {k.value!r} appears twice; "
+                                              "expected each key once")
+                        keys.add((k.tag, k.value))
+                    stack += [k, v]
+        return super().construct_document(node)
 
 
 def read_yaml(path: Path, where: str = "") -> Any:
