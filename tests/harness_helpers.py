@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,15 +51,28 @@ def mgrq(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None,
 
 @contextlib.contextmanager
 def background(argv: list[str], cwd: Path | None = None, **popen_kw: Any) -> Iterator[subprocess.Popen]:
-    """``argv`` (e.g. a suite driver) started in the background, text output piped; killed on
-    exit from the block if it still runs."""
+    """``argv`` (e.g. a suite driver) started in the background, text output piped; killed with
+    the processes it started (local jobs: they would run on, orphaned, and slow every later test)
+    on exit from the block if it still runs."""
     proc = subprocess.Popen(argv, cwd=cwd or ROOT, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen_kw)
     try:
         yield proc
     finally:
         if proc.poll() is None:
-            proc.kill()
+            for pid in [*_descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc), deepest last."""
+    try:
+        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [d for k in kids for d in (k, *_descendants(k))]
 
 
 def slurm_up() -> bool:
