@@ -133,6 +133,9 @@ def test_tiny_cells_ignore_the_data_root(tmp_path, capsys):
     assert main(["suite", "run", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "runs"),
                  "--data-root", str(tmp_path), "--dry-run"]) == 0
     assert "note: --data-root is not used: every model of suite t is from the tiny zoo" in capsys.readouterr().err
+    in_file = write_suite(tmp_path / "f.yaml", data={"root": "/nonexistent"})
+    assert main(["suite", "run", str(in_file), "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
+    assert f"note: {in_file}: data.root is not used: every model of suite f" in capsys.readouterr().err
 
 
 def test_malformed_records_are_named_not_crashed_on(tmp_path, capsys):

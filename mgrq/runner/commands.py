@@ -181,8 +181,9 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite).with_options(
         data_root=args.data_root, checkpoints=parse_assignments(args.checkpoint, "--checkpoint"),
         eval_limit=args.eval_limit, calib=args.calib, only=args.only)
-    if args.data_root is not None and not suite.needs_data_root:
-        print(f"note: --data-root is not used: every model of suite {suite.name} is from the tiny zoo "
+    if suite.data_root is not None and not suite.needs_data_root:
+        given = "--data-root" if args.data_root is not None else f"{suite.path}: data.root"
+        print(f"note: {given} is not used: every model of suite {suite.name} is from the tiny zoo "
               "(embedded MNIST digits)", file=sys.stderr)
     opts = _executor_options(args, suite)
     if opts.device not in (None, "auto"):
