@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mgrq.runner.driver import descendants
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,19 +62,10 @@ def background(argv: list[str], cwd: Path | None = None, **popen_kw: Any) -> Ite
         yield proc
     finally:
         if proc.poll() is None:
-            for pid in [*_descendants(proc.pid), proc.pid]:
+            for pid in [*descendants(proc.pid), proc.pid]:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             proc.wait()
-
-
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (Linux /proc), deepest last."""
-    try:
-        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-    return [d for k in kids for d in (k, *_descendants(k))]
 
 
 def slurm_up() -> bool:

@@ -415,13 +415,7 @@ def test_a_local_job_deaf_to_sigterm_is_killed(tmp_path):
     carries on, like a job stuck in a long native call."""
     import submitit
 
-    from mgrq.runner.driver import _kill_local_job, _sigint_ignored, _stop_local_job
-
-    def children(pid: int) -> list[int]:
-        try:
-            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            return []
+    from mgrq.runner.driver import _kill_local_job, _sigint_ignored, _stop_local_job, descendants
 
     def gone(pid: int) -> bool:  # exited (a zombie until its new parent reaps it counts)
         try:
@@ -434,8 +428,8 @@ def test_a_local_job_deaf_to_sigterm_is_killed(tmp_path):
     with _sigint_ignored():
         job = executor.submit(time.sleep, 120)
     ctrl = job._process.pid
-    _wait_for(lambda: bool(children(ctrl)), 60, "the task to start")
-    (task,) = children(ctrl)
+    _wait_for(lambda: bool(descendants(ctrl)), 60, "the task to start")
+    (task,) = descendants(ctrl)
 
     def catches_sigterm() -> bool:  # submitit's handler is installed (SigCgt of /proc/PID/status)
         try:

@@ -436,18 +436,26 @@ def _stop_local_job(job: Any) -> None:
         pass
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, each before its own children (Linux ``/proc``; none where it
+    cannot be read)."""
+    try:
+        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [d for k in kids for d in (k, *descendants(k))]
+
+
 def _kill_local_job(job: Any) -> None:
-    """SIGKILL a local job's task processes (the controller's children, from /proc), then its
-    controller, and wait for the controller. Not submitit's ``cancel``: it sends SIGINT first,
-    which local jobs ignore (:func:`_sigint_ignored`)."""
+    """SIGKILL a local job's processes (its task and whatever that started), then its controller,
+    and wait for the controller. Not submitit's ``cancel``: it sends SIGINT first, which local
+    jobs ignore (:func:`_sigint_ignored`)."""
     proc = getattr(job, "_process", None)
     if proc is None:
         return
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    with contextlib.suppress(OSError):
-        for pid in children.read_text().split():
-            with contextlib.suppress(OSError):
-                os.kill(int(pid), signal.SIGKILL)
+    for pid in descendants(proc.pid):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(Exception):
         proc.kill()
         proc.wait(timeout=10)
