@@ -227,14 +227,9 @@ def _timm_for(entry: Any, sd: dict[str, torch.Tensor]) -> nn.Module:
     checkpoint may carry its own number of classes)."""
     import timm
 
-    head = _head(sd)
+    head = next((sd[k] for k in ("head.weight", "head.fc.weight") if k in sd), None)
     kwargs: dict[str, Any] = {"num_classes": int(head.shape[0])} if head is not None else {}
     return timm.create_model(str(entry.timm_name), pretrained=False, **kwargs)
-
-
-def _head(sd: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """The classifier weight ``[classes, dim]`` of a timm ViT/DeiT/Swin ``state_dict``."""
-    return next((sd[k] for k in ("head.weight", "head.fc.weight") if k in sd), None)
 
 
 def num_classes(name: str) -> int:

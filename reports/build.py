@@ -189,8 +189,9 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if superseded:
         notes.append(f"{len(superseded)} record(s) left out: the label holds a newer record of the same cell "
                      f"(a rerun with other options): {_listed(superseded)}")
-    listed: list = info["cells"] if isinstance(info.get("cells"), list) else []
-    grid = [c["id"] for c in listed if isinstance(c, dict) and "id" in c]
+    from mgrq.runner.layout import grid_cells
+
+    grid = [c["id"] for c in grid_cells(info)]
     finished = set(df.loc[df["status"] == "done", "run_id"])
     missing = [c for c in grid if c not in finished]
     if missing:

@@ -287,7 +287,7 @@ def cmd_suite_list(args: argparse.Namespace) -> int:
 
 def cmd_suite_status(args: argparse.Namespace) -> int:
     from mgrq.records import read_record, warnings_note
-    from mgrq.runner.layout import Cell, resolve_label
+    from mgrq.runner.layout import Cell, grid_cells, resolve_label
 
     out, args.suite = _out(args), _suite_name(args.suite)
     label = resolve_label(out, args.suite, args.label)
@@ -295,9 +295,7 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
     meta = read_record(root / "suite.json") or {}
     counts: dict[str, int] = {}
     print(f"suite {args.suite} [{label}] -> {root}")
-    listed = meta.get("cells")
-    cells = [(c["id"], c.get("hash", ""), c["dir"]) for c in (listed if isinstance(listed, list) else [])
-             if isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("dir"), str)]
+    cells = [(c["id"], c.get("hash", ""), c["dir"]) for c in grid_cells(meta) if isinstance(c.get("dir"), str)]
     if not cells:  # no grid to list: show the cell folders there are (the grid's cells not started are unknown)
         cells = [(d.name.rsplit("-", 1)[0], d.name.rsplit("-", 1)[-1], d.name) for d in sorted(root.iterdir())
                  if d.is_dir() and ((d / "record.json").exists() or (d / "cell.log").exists())]

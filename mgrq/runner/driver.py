@@ -26,7 +26,7 @@ from typing import Any
 from mgrq import records
 from mgrq.errors import ConfigError, first_line
 from mgrq.runner import executors as ex
-from mgrq.runner.layout import Cell, append_event, cell_for, label_dir
+from mgrq.runner.layout import Cell, append_event, cell_for, grid_cells, label_dir
 from mgrq.runner.suite import Suite, select
 
 TERMINAL = ("done", "failed")
@@ -185,8 +185,7 @@ def write_suite_json(suite: Suite, label: str, root: Path, cells: list[Cell], op
     path = root / "suite.json"
     prev = records.read_record(path) or {}
     now = {c.hash for c in cells}
-    listed: list = prev["cells"] if isinstance(prev.get("cells"), list) else []
-    left = [str(c.get("id")) for c in listed if isinstance(c, dict) and c.get("hash") not in now]
+    left = [c["id"] for c in grid_cells(prev) if c.get("hash") not in now]
     if left:  # the suite file changed under the same label: say what status and reports stop listing
         print(f"note: label {label} was run before with another grid; {len(left)} of its cells are not in this "
               f"one (e.g. {', '.join(left[:3])}): their folders stay, but `suite status` lists this grid now "

@@ -92,6 +92,13 @@ class Cell:
         return self.state()[0]
 
 
+def grid_cells(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The well-formed entries (a mapping with a string ``id``) of the ``cells`` list of a label's
+    ``suite.json``; none when the list is absent or not a list."""
+    listed = meta.get("cells")
+    return [c for c in listed if isinstance(c, dict) and isinstance(c.get("id"), str)] if isinstance(listed, list) else []
+
+
 def label_dir(out: Path, suite: str, label: str) -> Path:
     return Path(out).resolve() / suite / label
 
