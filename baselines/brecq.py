@@ -54,10 +54,10 @@ run record through the config):
   activation quantizers are calibrated again on the hard-rounded weights before pass 2
   (``act_reinit``; needs ``init=percentile``).
 - Batches are drawn with replacement (QDrop's ``randint``; BRECQ uses ``randperm[:32]``). The
-  batch schedule is seeded per unit from the run seed; pass 2 draws with the same per-unit seed
-  as pass 1, so its 5,000 batches are pass 1's first 5,000 (BRECQ draws them afresh from the
-  global generator). Kept so that recorded results stay reproducible; the effect is on which
-  batches are seen, not how many.
+  batch schedule is seeded per unit and per pass from the run seed, so pass 2 draws its batches
+  afresh, as BRECQ's second ``recon_model`` does from the global generator. (Until commit
+  28d615e, pass 2 replayed pass 1's first ``act_iters`` batches; the brecq results in
+  ``docs/results`` were run again after the change.)
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def reconstruct(name: str, qmodel: QuantModel, calib: Calibration, cfg: _ReconMe
             init["act_reinit_points"] = reinit_activations(qmodel, calib, cfg, ctx)
         engine = Reconstructor(qmodel, calib.images, ecfg, device=ctx.device, seed=ctx.seed,
                                progress=ctx.progress, units=cfg.units, desc=name, warnings=ctx.warnings)
-        recon.append(engine.run([stage]))
+        recon.append(engine.run([stage], first=i))
     return {"init": init, "calib_images": len(calib.ids), "recon": recon}
 
 

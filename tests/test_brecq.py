@@ -77,6 +77,34 @@ def test_brecq_on_swin_merge_block_and_head():
         assert torch.isfinite(qm(torch.randn(2, 1, 32, 32))).all()
 
 
+def test_brecq_passes_draw_their_own_batches(monkeypatch):
+    """BRECQ's second pass draws its batches afresh (``randperm`` from the global generator), so
+    the steps stage must not replay the rounding stage's schedule; a rerun draws the same ones."""
+    from mgrq.recon import engine
+
+    drawn: list[torch.Tensor] = []
+
+    class Recording(engine.BatchSource):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            drawn.append(self.schedule.clone())
+
+    monkeypatch.setattr(engine, "BatchSource", Recording)
+
+    def run():
+        drawn.clear()
+        qm = quantize_model(zoo.ZOO["tiny_vit"].build().eval(), LayerPolicy(4, 4))
+        cfg = get_method("brecq").make_config({"iters": "6", "act_iters": "6", "batch": "4", "init_calib": "16",
+                                                "check_every": "3", "units": r"^blocks\.1$"})
+        get_method("brecq").quantize(qm, _calib(64, (1, 32, 32)), cfg, RunContext(device=torch.device("cpu"), progress=False))
+        return list(drawn)
+
+    rounding, steps = run()
+    assert rounding.shape == steps.shape == (6, 4)
+    assert not torch.equal(rounding, steps)
+    assert all(torch.equal(a, b) for a, b in zip(run(), (rounding, steps)))
+
+
 @pytest.mark.parametrize("method", ["brecq", "qdrop"])
 def test_fisher_block_loss_and_distilled_deit_head(method):
     model = zoo.ZOO["tiny_deit"].build().eval()  # weights do not matter here

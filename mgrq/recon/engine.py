@@ -260,8 +260,12 @@ class Reconstructor:
         return torch.cat(parts)
 
     # ---- the run ----------------------------------------------------------------------------
-    def run(self, stages: Sequence[Stage]) -> dict[str, Any]:
-        """Reconstruct every (selected) unit once per stage. Returns the record info:
+    def run(self, stages: Sequence[Stage], first: int = 0) -> dict[str, Any]:
+        """Reconstruct every (selected) unit once per stage. ``first`` is the position of
+        ``stages[0]`` in the method's sequence of stages: a method that runs its stages through
+        several engines (BRECQ's two passes have different engine settings) passes it so that each
+        stage draws its own batch schedule and masks, as one engine running all of them would.
+        Returns the record info:
         ``{"stages": [{"stage", ..., "units": [per-unit stats]}], "compile", "matmul_precision", ...}``."""
         t0 = time.perf_counter()
         params = list(self.qmodel.parameters())
@@ -277,7 +281,7 @@ class Reconstructor:
             if self.device.type == "cuda":
                 torch.backends.cudnn.allow_tf32 = self.cfg.matmul_precision != "highest"
             with eval_mode(self.qmodel), _dynamo_limits(self.cfg.compile != "none"):  # each module's
-                for si, stage in enumerate(stages):  # training flag comes back on exit
+                for si, stage in enumerate(stages, start=first):  # training flag comes back on exit
                     out["stages"].append(self._run_stage(si, stage))
         finally:
             for p, f in zip(params, grad_flags):
