@@ -106,8 +106,13 @@ def test_layer_policy_override_must_match_a_point(tmp_path, capsys, no_work):
     assert load_suite(mixed).with_options().bits_overrides == (("reduction", 8),)
     typo = write_suite(tmp_path / "typo.yaml", models=["tiny_vit", "tiny_swin"],
                        methods=[{"name": "percentile", "bits_overrides": {"reductoin": 8}}])
-    with pytest.raises(ConfigError, match=r"typo.yaml: percentile: bits_overrides: layer policy pattern 'reductoin' "
+    with pytest.raises(ConfigError, match=r"typo.yaml: methods\[0\]\.bits_overrides: layer policy pattern 'reductoin' "
                                           r"matches no quantization point of tiny_vit, tiny_swin"):
+        load_suite(typo).with_options()
+    # set through the per-method overrides: named there, not at the method's entry
+    typo = write_suite(tmp_path / "typo2.yaml", models=["tiny_vit"], methods=["base_ptq", "percentile"],
+                       overrides={"percentile": {"bits_overrides": {"reductoin": 8}}})
+    with pytest.raises(ConfigError, match=r"typo2.yaml: overrides\.percentile\.bits_overrides: layer policy pattern"):
         load_suite(typo).with_options()
 
 

@@ -70,6 +70,7 @@ class MethodEntry:
     calib: int | None = None
     image_bits: int | None = None
     bits_overrides: tuple[tuple[str, Any], ...] | None = None
+    bits_overrides_at: str = field(default="bits_overrides", compare=False)  # where the suite file set it
 
     @property
     def name(self) -> str:
@@ -183,7 +184,7 @@ class Suite:
         from mgrq.zoo import check_overrides
 
         for what, bo in [("bits_overrides", self.bits_overrides)] + [
-                (f"{m.name}: bits_overrides", m.bits_overrides) for m in self.methods if m.bits_overrides]:
+                (m.bits_overrides_at, m.bits_overrides) for m in self.methods if m.bits_overrides]:
             check_overrides(bo, list(self.models), f"{where}: {what}")
         for flag, v in (("--eval-limit", eval_limit), ("--calib", calib)):
             if v is not None and v < 1:
@@ -425,6 +426,7 @@ class _Parser:
             calib=self.opt_int(merged.get("calib"), at.get("calib", "")),
             image_bits=self.opt_int(merged.get("image_bits"), at.get("image_bits", ""), 2, 16),
             bits_overrides=self.bits_overrides(bo, at["bits_overrides"]) if bo is not None else None,
+            bits_overrides_at=at.get("bits_overrides", "bits_overrides"),
         )
 
     def suite(self, d: dict[str, Any]) -> Suite:
