@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from mgrq.errors import MGRQError
+from mgrq.errors import MGRQError, did_you_mean
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -145,8 +146,26 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, plus one check: an option the command does not know is named first, with the
+    nearest known option (argparse would first report the required options a typo left out:
+    ``--modle x`` gave "the following arguments are required: --model"). Subcommands inherit it."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if args is not None and self._subparsers is None:  # a command's own tokens, options and values
+            known = list(self._option_string_actions)
+            for tok in args:
+                if tok == "--":
+                    break
+                name = tok.split("=", 1)[0]
+                if name.startswith("--") and len(name) > 2 and not any(k.startswith(name) for k in known):
+                    self.error(f"unrecognized option {name}{did_you_mean(name, known)}; "
+                               f"'{self.prog} --help' lists the options")
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mgrq",
         description="Post-training quantization of Vision Transformers: MGRQ and baselines under one protocol.",
     )

@@ -360,3 +360,20 @@ def test_executor_flags_of_another_executor_are_refused(tmp_path, capsys):
                                   "--executor local or slurm, or them left out")
     assert main([*run, "--executor", "slurm", "--partition", "gpu"]) == 0
     assert main([*run, "--gpus", "0", "--timeout-min", "30"]) == 0  # the local executor reads both
+
+
+@pytest.mark.parametrize("argv, named, hint", [
+    (["quantize", "--modle", "tiny_vit", "--method", "percentile"], "--modle", "--model"),
+    (["suite", "run", "demo", "--paralelism=2"], "--paralelism", "--parallelism"),
+    (["report", "demo", "--compre", "a", "b"], "--compre", "--compare"),
+])
+def test_a_misspelt_option_is_named_before_missing_required_ones(argv, named, hint, capsys, no_work):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: unrecognized option {named} (did you mean '{hint}'?)" in last and "--help' lists" in last
+    # an abbreviation argparse accepts is left alone
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "--mod", "tiny_vit", "--help"])
+    assert e.value.code == 0 and "unrecognized" not in capsys.readouterr().err
