@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -116,39 +117,41 @@ def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest
         ax.set_ylim(max(0.0, float(lo) - 10), None)
         ax.grid(axis="y", alpha=0.3)
     handles, labels = _legend_entries(axes.flat)
-    if labels:  # no bars when no cell of these rows finished
-        axes.flat[0].legend(handles, labels, fontsize=8)
     fig.tight_layout()
+    if labels:  # no bars when no cell of these rows finished; below the panels, off the bars
+        fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
     return _save(fig, dest, "ablation")
 
 
-def accuracy_vs_time(agg: pd.DataFrame, dest: Path) -> list[Path]:
+def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = None) -> list[Path]:
     """Top-1 vs quantization wall time (log scale): colour = method, marker = bit-width. When
-    the cells ran on different devices, GPU points are hollow and every label names its device
-    (times of different devices are not comparable)."""
+    the cells ran on different devices, GPU points are hollow (times of different devices are
+    not comparable). The legend, right of the plot so that it hides no point, has one entry per
+    method (in ``order``, the grid's, so that a method has the colour it has in the accuracy vs
+    bit-width figure; others after), per bit-width and, when they are mixed, per device."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
     plt = _plt()
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)].dropna(subset=["quantize_s", "mean"])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     markers = "osD^vP*X"
     bits = _bits_order(list(runs["bits"])) if len(runs) else []
-    names = list(dict.fromkeys(runs["name"]))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    every = list(dict.fromkeys([*(order or []), *runs["name"]]))
+    colour = dict(zip(every, _colours(len(every))))
+    names = [n for n in every if (runs["name"] == n).any()]
     device = runs["device"].fillna("?") if "device" in runs else pd.Series("?", index=runs.index)
     devices = sorted(set(device))
-    for i, n in enumerate(names):
+    hollow = {d: len(devices) > 1 and "cuda" in d for d in devices}
+    for n in names:
         for j, b in enumerate(bits):
             for d in devices:
                 s = runs[(runs["name"] == n) & (runs["bits"] == b) & (device == d)]
-                if not len(s):
-                    continue
-                c = colors[i % len(colors)]
-                hollow = len(devices) > 1 and "cuda" in d
-                where = f" ({device_name(d)})" if len(devices) > 1 else ""
-                ax.scatter(s["quantize_s"].clip(lower=1e-3), s["mean"], marker=markers[j % len(markers)],
-                           facecolors="none" if hollow else c, edgecolors=c, label=f"{method_name(n)} {b}{where}")
+                if len(s):
+                    ax.scatter(s["quantize_s"].clip(lower=1e-3), s["mean"], marker=markers[j % len(markers)],
+                               facecolors="none" if hollow[d] else colour[n], edgecolors=colour[n])
     ax.set_xscale("log")
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -156,6 +159,14 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path) -> list[Path]:
     ax.set_ylabel("top-1 (%)")
     ax.grid(alpha=0.3)
     if names:
-        ax.legend(fontsize=7, ncol=2)
+        def key(label: str, marker: str = "o", colour: Any = "gray", fill: bool = True) -> Line2D:
+            return Line2D([], [], ls="", marker=marker, markeredgecolor=colour,
+                          markerfacecolor=colour if fill else "none", label=label)
+
+        handles = [key(method_name(n), colour=colour[n]) for n in names]
+        handles += [key(b.replace("A", "/A"), markers[j % len(markers)]) for j, b in enumerate(bits)]
+        if len(devices) > 1:
+            handles += [key(device_name(d), fill=not hollow[d]) for d in devices]
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
     return _save(fig, dest, "acc_vs_time")

@@ -84,6 +84,8 @@ def test_first_model_with_no_finished_cell(tmp_path, monkeypatch):
 
 def test_a_method_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):
     """Percentile failed on the first model only: RepQ-ViT must not take Percentile's colour there."""
+    from matplotlib.colors import to_rgba
+
     out = tmp_path / "runs"
     records.write_record(out / "s" / "L" / "suite.json", {"created": "x", "models": ["tiny_vit", "tiny_deit"],
                                                           "methods": ["percentile", "repq_vit"], "bits": ["W4A4"]})
@@ -96,13 +98,18 @@ def test_a_method_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):
     def spy(fig, dest, stem):
         if stem == "acc_vs_bits":
             for ax in fig.axes:  # one errorbar container per drawn method
-                colours.append({c.get_label(): c.lines[0].get_color() for c in ax.containers})
+                colours.append({c.get_label(): to_rgba(c.lines[0].get_color()) for c in ax.containers})
+        if stem == "acc_vs_time":  # the legend's method keys
+            lg = fig.axes[0].get_legend()
+            colours.append({t.get_text(): to_rgba(h.get_markeredgecolor()) for t, h in zip(lg.get_texts(), lg.legend_handles)})
         return save(fig, dest, stem)
 
     monkeypatch.setattr(plots, "_save", spy)
     build_report(out, "s", "L", pdf="no", published=False)
-    first, second = colours
+    first, second, scatter = colours
     assert "Percentile" not in first and first["RepQ-ViT"] == second["RepQ-ViT"] != second["Percentile"]
+    # and the same colours in the accuracy vs time figure
+    assert (scatter["Percentile"], scatter["RepQ-ViT"]) == (second["Percentile"], second["RepQ-ViT"])
 
 
 def test_methods_get_distinct_colours_up_to_20():

@@ -327,8 +327,8 @@ def test_cost_table_marks_the_device_when_cells_ran_on_different_ones():
 
 
 def test_acc_vs_time_marks_devices_when_mixed(tmp_path, monkeypatch):
-    """CPU and GPU times are not comparable: with mixed devices every label names its device and
-    GPU points are hollow; with one device the labels stay plain."""
+    """CPU and GPU times are not comparable: with mixed devices GPU points are hollow and the
+    legend names each device with its fill; with one device it names none."""
     import pandas as pd
 
     import reports.plots as plots
@@ -347,8 +347,30 @@ def test_acc_vs_time_marks_devices_when_mixed(tmp_path, monkeypatch):
                         "quantize_s": [40.0, 15.0], "mean": [94.0, 95.0], "device": ["cpu", "cuda"]})
     plots.accuracy_vs_time(agg, tmp_path)
     plots.accuracy_vs_time(agg.assign(device="cpu"), tmp_path)
-    assert seen[0] == (["BRECQ W4A4 (CPU)", "QDrop W4A4 (GPU)"], [1, 0])
-    assert seen[1] == (["BRECQ W4A4", "QDrop W4A4"], [1, 1])
+    assert seen[0] == (["BRECQ", "QDrop", "W4/A4", "CPU", "GPU"], [1, 0])
+    assert seen[1] == (["BRECQ", "QDrop", "W4/A4"], [1, 1])
+
+
+def test_acc_vs_time_gives_every_method_its_own_colour(tmp_path, monkeypatch):
+    """The ablation suite plots 12 methods; with the 10-colour cycle the 11th and 12th took the
+    1st's and 2nd's colours (Base PTQ and RepQ-ViT were both blue)."""
+    import pandas as pd
+
+    import reports.plots as plots
+
+    edges: list[set[str]] = []
+    real_save = plots._save
+
+    def spy(fig, dest, stem):
+        edges.append({str(c.get_edgecolors()[0].round(3).tolist()) for c in fig.axes[0].collections})
+        return real_save(fig, dest, stem)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    names = [f"m{i}" for i in range(12)]
+    agg = pd.DataFrame({"source": "run", "n": 3, "name": names, "bits": "W4A4", "quantize_s": 10.0,
+                        "mean": [80.0 + i for i in range(12)], "device": "cpu"})
+    plots.accuracy_vs_time(agg, tmp_path)
+    assert len(edges[0]) == 12
 
 
 def test_report_notes_cells_that_ran_with_a_warning(tmp_path):
