@@ -113,8 +113,9 @@ def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest
         ax.set_xticks(range(len(models)), [model_name(m) for m in models])
         ax.set_title(b.replace("A", "/A"))
         ax.set_ylabel("top-1 (%)")
-        lo = sub["mean"].min() if len(sub) else 0
-        ax.set_ylim(max(0.0, float(lo) - 10), None)
+        if len(sub):  # 10 points below the lowest bar; the top over the highest error bar, not past 100
+            top = float((sub["mean"] + sub["std"].fillna(0)).max())
+            ax.set_ylim(max(0.0, float(sub["mean"].min()) - 10), min(100.0, top + 2.0))
         ax.grid(axis="y", alpha=0.3)
     handles, labels = _legend_entries(axes.flat)
     fig.tight_layout()
