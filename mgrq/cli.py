@@ -153,15 +153,29 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         if args is not None and self._subparsers is None:  # a command's own tokens, options and values
-            known = list(self._option_string_actions)
-            for tok in args:
-                if tok == "--":
-                    break
-                name = tok.split("=", 1)[0]
-                if name.startswith("--") and len(name) > 2 and not any(k.startswith(name) for k in known):
-                    self.error(f"unrecognized option {name}{did_you_mean(name, known)}; "
-                               f"'{self.prog} --help' lists the options")
+            self._check_options(list(args))
         return super().parse_known_args(args, namespace)
+
+    def _check_options(self, args: list[str]) -> None:
+        """Tokens read as argparse reads them: a value (the token after an option that takes one,
+        or a token with a space) is not an option, and ``--`` ends the options."""
+        actions = self._option_string_actions
+        takes_value = False
+        for tok in args:
+            if tok == "--":
+                return
+            if takes_value or " " in tok:
+                takes_value = False
+                continue
+            name, eq, _ = tok.partition("=")
+            if not name.startswith("--") or len(name) <= 2:
+                continue
+            hits = [k for k in actions if k.startswith(name)]
+            if not hits:
+                self.error(f"unrecognized option {name}{did_you_mean(name, actions)}; "
+                           f"'{self.prog} --help' lists the options")
+            action = actions.get(name) or (actions[hits[0]] if len(hits) == 1 else None)
+            takes_value = action is not None and not eq and action.nargs != 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -377,3 +377,16 @@ def test_a_misspelt_option_is_named_before_missing_required_ones(argv, named, hi
     with pytest.raises(SystemExit) as e:
         main(["quantize", "--mod", "tiny_vit", "--help"])
     assert e.value.code == 0 and "unrecognized" not in capsys.readouterr().err
+
+
+def test_option_values_that_look_like_options_are_values(capsys, no_work):
+    """argparse reads a token with a space, or the token after an option that takes a value, as
+    a value: the unknown-option check must too (sbatch habits: ``--slurm-param --gres=gpu:1``)."""
+    from mgrq.cli import build_parser
+
+    args = build_parser().parse_args(["suite", "run", "demo", "--only", "--x y", "--slurm-setup", "--a b", "--dry-run"])
+    assert (args.only, args.setup, args.dry_run) == ("--x y", ["--a b"], True)
+    with pytest.raises(SystemExit):
+        main(["suite", "run", "demo", "--slurm-param", "--gres=gpu:1"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --slurm-param: expected one argument" in last and "unrecognized" not in last
