@@ -55,9 +55,9 @@ run record through the config):
   (``act_reinit``; needs ``init=percentile``).
 - Batches are drawn with replacement (QDrop's ``randint``; BRECQ uses ``randperm[:32]``). The
   batch schedule is seeded per unit and per pass from the run seed, so pass 2 draws its batches
-  afresh, as BRECQ's second ``recon_model`` does from the global generator. (Until commit
-  28d615e, pass 2 replayed pass 1's first ``act_iters`` batches; the brecq results in
-  ``docs/results`` were run again after the change.)
+  afresh, as BRECQ's second ``recon_model`` does from the global generator. (Before commit
+  ecf4c51, pass 2 replayed pass 1's first ``act_iters`` batches; the brecq results in
+  ``docs/results`` were run again at ecf4c51.)
 """
 
 from __future__ import annotations

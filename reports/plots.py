@@ -105,7 +105,7 @@ def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest
     fig, axes = plt.subplots(1, max(1, len(bits)), figsize=(panel_w * max(1, len(bits)), 3.4), squeeze=False)
     width = 0.8 / max(1, len(rows_in))
     for ax, b in zip(axes.flat, bits):
-        sub = runs[runs["bits"] == b]
+        sub = runs[(runs["bits"] == b) & runs["model"].isin(models)]
         for i, n in enumerate(rows_in):
             s = sub[sub["name"] == n].set_index("model").reindex(models)
             xs = [j + (i - (len(rows_in) - 1) / 2) * width for j in range(len(models))]
@@ -129,8 +129,8 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
     """Top-1 vs quantization wall time (log scale): colour = method, marker = bit-width. When
     the cells ran on different devices, GPU points are hollow (times of different devices are
     not comparable). The legend, right of the plot so that it hides no point, has one entry per
-    method (in ``order``, the grid's, so that a method has the colour it has in the accuracy vs
-    bit-width figure; others after), per bit-width and, when they are mixed, per device."""
+    method (in ``order``, the grid's; when every drawn method is in it, each has the colour it
+    has in the accuracy vs bit-width figure), per bit-width and, when they are mixed, per device."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
@@ -140,7 +140,7 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
     markers = "osD^vP*X"
     bits = _bits_order(list(runs["bits"])) if len(runs) else []
     every = list(dict.fromkeys([*(order or []), *runs["name"]]))
-    colour = dict(zip(every, _colours(len(every))))
+    colour = dict(zip(every, _colours(len(every))))  # the palette accuracy_vs_bits uses for ``order``
     names = [n for n in every if (runs["name"] == n).any()]
     device = runs["device"].fillna("?") if "device" in runs else pd.Series("?", index=runs.index)
     devices = sorted(set(device))

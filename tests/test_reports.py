@@ -334,12 +334,15 @@ def test_acc_vs_time_marks_devices_when_mixed(tmp_path, monkeypatch):
     import reports.plots as plots
 
     seen: list[tuple[list[str], list[int]]] = []
+    fills: list[dict[str, object]] = []
     real_save = plots._save
 
     def spy(fig, dest, stem):
         ax = fig.axes[0]
-        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        lg = ax.get_legend()
+        labels = [t.get_text() for t in lg.get_texts()]
         seen.append((labels, [len(c.get_facecolors()) for c in ax.collections]))  # hollow: 0 face colours
+        fills.append({t.get_text(): h.get_markerfacecolor() for t, h in zip(lg.get_texts(), lg.legend_handles)})
         return real_save(fig, dest, stem)
 
     monkeypatch.setattr(plots, "_save", spy)
@@ -348,6 +351,7 @@ def test_acc_vs_time_marks_devices_when_mixed(tmp_path, monkeypatch):
     plots.accuracy_vs_time(agg, tmp_path)
     plots.accuracy_vs_time(agg.assign(device="cpu"), tmp_path)
     assert seen[0] == (["BRECQ", "QDrop", "W4/A4", "CPU", "GPU"], [1, 0])
+    assert fills[0]["GPU"] == "none" and fills[0]["CPU"] != "none"  # the keys show the fills
     assert seen[1] == (["BRECQ", "QDrop", "W4/A4"], [1, 1])
 
 
@@ -410,3 +414,24 @@ def test_report_notes_close_the_compiled_tables(tmp_path):
     assert notes.startswith("Notes on rep [A]"), pages  # the last page, after every table
     assert "1 finished cell(s) ran with a warning" in notes and "tiny vit.repq vit.w4a4.s1" in notes, notes
     assert "1 record file(s) left out, unreadable or malformed" in notes, notes
+
+
+def test_ablation_bars_scale_to_the_drawn_models(tmp_path, monkeypatch):
+    """The y axis starts 10 points under the lowest drawn bar and stops over the highest error
+    bar, never past 100; a model of the frame that is not drawn does not stretch it."""
+    import pandas as pd
+
+    import reports.plots as plots
+
+    limits: list[tuple[float, float]] = []
+    real_save = plots._save
+
+    def spy(fig, dest, stem):
+        limits.extend(ax.get_ylim() for ax in fig.axes if ax.get_visible())
+        return real_save(fig, dest, stem)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    agg = pd.DataFrame({"source": "run", "n": 3, "bits": "W4A4", "name": ["a", "b", "a"],
+                        "model": ["m1", "m1", "m2"], "mean": [90.0, 99.0, 20.0], "std": [0.5, 0.8, 0.1]})
+    plots.ablation_bars(agg, ["m1"], ["a", "b"], tmp_path)
+    assert limits == [(80.0, 100.0)]
