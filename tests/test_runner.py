@@ -125,6 +125,22 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
     assert main([*argv, "--dry-run"]) == 0
     assert f"ran with other defaults: {key}" in capsys.readouterr().out
 
+    # a done cell recorded at another commit: resuming keeps it, and the run and the dry run say so
+    path.write_text(json.dumps({**json.loads(before), "git_sha": "0123456789abcdef0123+dirty"}))
+    for cmd, code in ((argv, 1), ([*argv, "--dry-run"], 0)):
+        assert main(cmd) == code
+        notes = [ln for ln in capsys.readouterr().out.splitlines() if "another source tree" in ln]
+        if records.git_sha() is None:  # not a git checkout: nothing to compare with
+            assert notes == []
+        else:
+            assert notes == [f"note: 1 of the 1 done cell(s) were recorded from another source tree than this one "
+                             f"({records.git_sha()[:12]}{'+dirty' if 'dirty' in records.git_sha() else ''}): "
+                             "0123456789ab+dirty (1); they are kept, not rerun (a new --label runs every cell "
+                             "with this code)"], cmd
+    path.write_bytes(before)
+    assert main([*argv, "--dry-run"]) == 0
+    assert "another source tree" not in capsys.readouterr().out
+
 
 def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     t0 = time.time()

@@ -126,15 +126,38 @@ def check_drift(cells: list[State], label: str) -> None:
         f"a label: run under a new --label (the records of {label} are kept as they are)")
 
 
+def other_commits(done: list[dict[str, Any]]) -> str | None:
+    """A note when done records of a label were written at other commits than the code running
+    now (resuming a label across commits keeps them; only a changed method config or weights
+    file is refused, by :func:`check_drift`, so a code change that moves results would otherwise
+    mix two versions in one table unnoticed). ``None`` when all match or this is no git checkout."""
+    now = records.git_sha()
+    if now is None:
+        return None
+    def short(sha: Any) -> str:
+        head, plus, tail = str(sha or "unknown").partition("+")
+        return head[:12] + plus + tail
+
+    other = Counter(short(r.get("git_sha")) for r in done if r.get("git_sha") != now)
+    if not other:
+        return None
+    shas = ", ".join(f"{sha} ({n})" for sha, n in other.most_common(3)) + (", ..." if len(other) > 3 else "")
+    return (f"note: {sum(other.values())} of the {len(done)} done cell(s) were recorded from another source tree "
+            f"than this one ({short(now)}): {shas}; they are kept, not rerun (a new --label runs every cell "
+            "with this code)")
+
+
 def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Counter:
     """The dry-run view: one line per cell with its status, then the counts."""
     counts: Counter = Counter()
+    done: list[dict[str, Any]] = []
     print(f"suite {suite.name} ({suite.path}) label {label} -> {root}")
     for c in cells:
         st, rec = c.state()
         counts[st] += 1
         extra = ""
         if st == "done":
+            done.append(rec)
             m = rec.get("metrics", {})
             extra = f"top-1 {m.get('top1', float('nan')):.2f}"
             if note := records.warnings_note(rec):
@@ -154,6 +177,8 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     if counts["drift"]:
         print(f"{counts['drift']} done cell(s) ran with other method defaults or weights than now: "
               "`suite run` refuses this label; use a new --label")
+    if commits := other_commits(done):
+        print(commits)
     return counts
 
 
@@ -570,6 +595,8 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
         suite_meta = {"name": suite.name, "label": label, "file": str(suite.path)}
         print(f"suite {suite.name} [{label}]: {len(cells)} cells, {summary.skipped} done before, "
               f"{len(todo)} to run -> {root}", flush=True)
+        if commits := other_commits([rec for _, st, rec in snapshot if st == "done"]):
+            print(commits, flush=True)
         if todo:
             submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s)
         for c in todo:
