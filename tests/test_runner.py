@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -392,13 +393,27 @@ def test_each_local_job_runs_on_its_own_gpu(tmp_path, capsys, monkeypatch):
     out = tmp_path / "runs"
     assert main(["suite", "run", str(suite), "--out", str(out), "--label", "G", "--executor", "local",
                  "--parallelism", "2", "--threads", "1", "--no-report", "--no-mirror"]) == 0
-    assert "2 job(s) side by side, 1 torch thread(s) each, one GPU each in turn from CUDA devices 5,7" in \
-        capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "2 job(s) side by side, 1 torch thread(s) each, one GPU each in turn from CUDA devices 5,7" in text
+    # each finished cell's line gives the time since submission and, until the last, the time left
+    done = [ln for ln in text.splitlines() if "] done   " in ln]
+    dur = r"\d+(m\d\ds|s)"
+    assert re.search(rf"^\[1/2\] done .* in [0-9.]+s  \[{dur} elapsed, ~{dur} left\]$", done[0]), done
+    assert re.search(rf"^\[2/2\] done .* in [0-9.]+s  \[{dur} elapsed\]$", done[1]), done
     execs = [rec(d)["executor"] for d in cell_dirs(out / "gpus" / "G").values()]
     assert len(execs) == 2
     by_job = {e["job_id"]: e["cuda_visible_devices"] for e in execs}
     # two jobs ran on 5 and 7; one job that ran both cells ran them on the same one
     assert set(by_job.values()) <= {"5", "7"} and len(set(by_job.values())) == len(by_job), execs
+
+
+def test_progress_clock():
+    from mgrq.runner.driver import _clock
+
+    assert _clock(0, 10, 59.6) == "1m00s elapsed"
+    assert _clock(3, 10, 90) == "1m30s elapsed, ~3m30s left"  # 30 s a cell, 7 cells to go
+    assert _clock(1, 2, 4000) == "1h06m elapsed, ~1h06m left"
+    assert _clock(10, 10, 5) == "5s elapsed"
 
 
 def test_the_failure_summary_points_at_the_cell_folder_that_failed(tmp_path, capsys):

@@ -349,13 +349,27 @@ def check_no_live_jobs(cells: list[State]) -> None:
                           "the suite again")
 
 
-def _progress_line(i: int, n: int, c: Cell, rec: dict[str, Any]) -> str:
+def _duration(s: float) -> str:
+    s = max(0, round(s))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _clock(k: int, n: int, elapsed: float) -> str:
+    """Time since the jobs were submitted and, once a cell has finished, the time left at the
+    rate so far (cells finished per second, whatever runs them side by side)."""
+    if k == 0 or k >= n:
+        return f"{_duration(elapsed)} elapsed"
+    return f"{_duration(elapsed)} elapsed, ~{_duration(elapsed / k * (n - k))} left"
+
+
+def _progress_line(i: int, n: int, c: Cell, rec: dict[str, Any], clock: str = "") -> str:
+    at = f"  [{clock}]" if clock else ""
     if rec.get("status") == "done":
         m, t = rec.get("metrics", {}), rec.get("timings", {})
         return (f"[{i}/{n}] done   {c.run_id}: top-1 {m.get('top1', float('nan')):6.2f} "
-                f"(FP {m.get('fp_top1', float('nan')):.2f}) in {t.get('total_s', 0):.1f}s")
+                f"(FP {m.get('fp_top1', float('nan')):.2f}) in {t.get('total_s', 0):.1f}s{at}")
     err = rec.get("error", {})
-    return f"[{i}/{n}] FAILED {c.run_id}: {err.get('type')}: {first_line(str(err.get('message', '')))}"
+    return f"[{i}/{n}] FAILED {c.run_id}: {err.get('type')}: {first_line(str(err.get('message', '')))}{at}"
 
 
 def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.ExecutorOptions,
@@ -534,11 +548,12 @@ def _wait(cells: list[Cell], running: list, suite_meta: dict[str, Any], kind: st
     still running) has finished, printing one line per finished cell."""
     reported: set[str] = set()
     k, n = 0, len(cells)
-    heartbeat = time.time()
+    t0 = heartbeat = time.time()
     while True:
         if time.time() - heartbeat >= 60:  # a sign of life while jobs wait in a queue
             heartbeat = time.time()
-            print(f"[{k}/{n}] waiting: {len(running)} job(s) queued or running", flush=True)
+            print(f"[{k}/{n}] waiting: {len(running)} job(s) queued or running  [{_clock(k, n, heartbeat - t0)}]",
+                  flush=True)
         if queue is not None:
             queue.refresh([j.job_id for j, _ in running])
         still = []
@@ -555,7 +570,7 @@ def _wait(cells: list[Cell], running: list, suite_meta: dict[str, Any], kind: st
             if rec is not None and rec.get("status") in TERMINAL:
                 k += 1
                 reported.add(c.run_id)
-                print(_progress_line(k, n, c, rec), flush=True)
+                print(_progress_line(k, n, c, rec, _clock(k, n, time.time() - t0)), flush=True)
         if not running:
             break
         time.sleep(poll_s)
