@@ -145,6 +145,12 @@ def git_sha() -> str | None:
         return None
 
 
+def short_sha(sha: Any) -> str:
+    """A :func:`git_sha` value for messages: 12 hex digits, ``+dirty`` kept, ``unknown`` for none."""
+    head, plus, tail = str(sha or "unknown").partition("+")
+    return head[:12] + plus + tail
+
+
 def versions() -> dict[str, str | None]:
     """Versions of the packages that can change a result."""
     import importlib.metadata as md

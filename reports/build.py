@@ -202,6 +202,11 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         notes.append(f"{len(warned)} finished cell(s) ran with a warning: a unit's output error rose during "
                      f"reconstruction (the record's warnings name it; a learning rate may be too high): "
                      f"{_listed(warned)}")
+    shas = df.loc[df["status"] == "done", "git_sha"].fillna("unknown").value_counts()
+    if len(shas) > 1:  # one table from several versions of the code: say which, and how many cells each
+        notes.append(f"the finished cells ran from {len(shas)} source trees (each record's git_sha): "
+                     + ", ".join(f"{records.short_sha(s)} ({n} cell{'s' * (n != 1)})" for s, n in shas.items())
+                     + "; a table from one version needs one label run at one commit")
     pub = None
     if published:
         pub = F.published_frame(None if published is True else published)

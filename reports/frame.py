@@ -4,8 +4,8 @@
 Columns: suite, label, run_id, hash, model, method, name (variant or method), bits ("W4A4"),
 w_bits, a_bits, seed, status, top1, top5, fp_top1, fp_top5, n_eval, quantize_s, total_s,
 peak_mem_mb, device ("cpu" | "cuda", where the cell ran), calib, error, warnings (how many the
-run record holds: units whose output error rose during reconstruction), source ("run" |
-"published"), citation.
+run record holds: units whose output error rose during reconstruction), git_sha (the commit
+the cell ran from, ``+dirty`` when modified), source ("run" | "published"), citation.
 """
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ from mgrq.spec import parse_bits
 COLUMNS = [
     "suite", "label", "run_id", "hash", "model", "method", "name", "bits", "w_bits", "a_bits",
     "seed", "status", "top1", "top5", "fp_top1", "fp_top5", "n_eval", "quantize_s", "total_s",
-    "peak_mem_mb", "device", "calib", "error", "warnings", "source", "citation",
+    "peak_mem_mb", "device", "calib", "error", "warnings", "git_sha", "source", "citation",
 ]
 PUBLISHED_CSV = Path(__file__).with_name("published.csv")
+
+
+def _sha_tag(v: Any) -> str | None:
+    """The git_sha tag as mirrored (``str(None)`` when the cell ran outside a git checkout)."""
+    return None if v in (None, "None", "") else str(v)
 
 
 def _device_type(d: Any) -> str | None:
@@ -58,7 +63,7 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
         "device": _device_type(rec.get("device")),
         "calib": (rec.get("calibration") or {}).get("n", spec.get("calib")),
         "error": f"{err.get('type')}: {err.get('message')}" if err else None,
-        "warnings": len(rec.get("warnings") or []),
+        "warnings": len(rec.get("warnings") or []), "git_sha": rec.get("git_sha"),
         "source": "run", "citation": None,
     }
 
@@ -118,7 +123,8 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
                                          "quantize_s", "total_s", "peak_mem_mb")},
             "device": _device_type(t.get("device_used")),
             "calib": int(p["calib"]) if str(p.get("calib", "")).isdigit() else None,
-            "error": err, "warnings": int(m.get("warnings", 0)), "source": "run", "citation": None,
+            "error": err, "warnings": int(m.get("warnings", 0)), "git_sha": _sha_tag(t.get("git_sha")),
+            "source": "run", "citation": None,
         })
     df = _one_per_cell(rows, times)
     superseded = df.attrs["superseded"]
@@ -169,7 +175,8 @@ def _published_row(path: Path, line: int, r: dict[Any, Any]) -> dict[str, Any]:
         "w_bits": w, "a_bits": a, "seed": 0, "status": "done", "top1": top1,
         "top5": float("nan"), "fp_top1": float("nan"), "fp_top5": float("nan"),
         "n_eval": float("nan"), "quantize_s": float("nan"), "total_s": float("nan"),
-        "peak_mem_mb": float("nan"), "calib": None, "error": None, "warnings": 0, "source": "published",
+        "peak_mem_mb": float("nan"), "calib": None, "error": None, "warnings": 0, "git_sha": None,
+        "source": "published",
         "citation": v["citation"],
     }
 

@@ -7,6 +7,7 @@ number in the tables can be checked exactly.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -394,6 +395,27 @@ def test_report_notes_cells_that_ran_with_a_warning(tmp_path):
     put(out, "rep", "A", "tiny_vit", "repq_vit", "W4A4", 1, 75.5, finished="2999-01-02T00:00:00")
     rep = build_report(out, "rep", "A", pdf="no", figures=False)
     assert rep.notes == [] and not (rep.dest / "notes.md").exists() and not (rep.dest / "notes.tex").exists()
+
+
+def test_report_notes_cells_from_several_source_trees(tmp_path):
+    """One table from two versions of the code is said so, with the commits and their cells."""
+    out = tmp_path / "runs"
+    make_runs(out)
+    recs = sorted((out / "rep" / "A").glob("*/record.json"))
+    for i, path in enumerate(recs):
+        rec = json.loads(path.read_text())
+        rec["git_sha"] = "a" * 40 if i else "b" * 40 + "+dirty"
+        path.write_text(json.dumps(rec))
+    done = sum(json.loads(p.read_text())["status"] == "done" for p in recs[1:])
+    assert json.loads(recs[0].read_text())["status"] == "done" and done > 1
+    rep = build_report(out, "rep", "A", pdf="no", figures=False)
+    assert rep.notes == [f"the finished cells ran from 2 source trees (each record's git_sha): {'a' * 12} "
+                         f"({done} cells), {'b' * 12}+dirty (1 cell); a table from one version needs one "
+                         "label run at one commit"]
+    assert set(rep.frame["git_sha"]) == {"a" * 40, "b" * 40 + "+dirty"}
+    rec = json.loads(recs[0].read_text())
+    recs[0].write_text(json.dumps({**rec, "git_sha": "a" * 40}))
+    assert build_report(out, "rep", "A", pdf="no", figures=False).notes == []
 
 
 def test_report_notes_close_the_compiled_tables(tmp_path):

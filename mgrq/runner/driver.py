@@ -134,10 +134,7 @@ def other_commits(done: list[dict[str, Any]]) -> str | None:
     now = records.git_sha()
     if now is None:
         return None
-    def short(sha: Any) -> str:
-        head, plus, tail = str(sha or "unknown").partition("+")
-        return head[:12] + plus + tail
-
+    short = records.short_sha
     other = Counter(short(r.get("git_sha")) for r in done if r.get("git_sha") != now)
     if not other:
         return None
