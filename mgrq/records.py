@@ -15,6 +15,7 @@ Schema (``schema: 1``)::
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -127,26 +128,40 @@ def problem(rec: Any) -> str | None:
     return None
 
 
+# What can change a run's result: a change elsewhere (docs, a regenerated results.csv) leaves
+# the records' git_sha clean.
+CODE_PATHS = ("mgrq", "baselines", "reports", "suites", "pyproject.toml")
+
+
 @functools.lru_cache(maxsize=1)
 def git_sha() -> str | None:
-    """The git commit of the source tree this package runs from (``+dirty`` when modified).
+    """:func:`tree_sha` of the source tree this package runs from.
 
     Read once per process: a job that runs many cells keeps the code it imported at its start,
     so commits made while it runs must not relabel its later records."""
-    src = Path(__file__).resolve().parent.parent
+    return tree_sha(Path(__file__).resolve().parent.parent)
+
+
+def tree_sha(src: Path) -> str | None:
+    """The git commit of the checkout at ``src``; ``+dirty.<8 hex>`` when its code
+    (:data:`CODE_PATHS`) differs from the commit, the hex digits a hash of that difference, so two
+    different modified trees of one commit do not read the same. ``None`` outside a checkout."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
-                               capture_output=True, text=True, timeout=5)
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        diff = subprocess.run(["git", "diff", "HEAD", "--", *CODE_PATHS], cwd=src, capture_output=True, timeout=30)
+        if diff.returncode != 0:
+            return None
     except (OSError, subprocess.SubprocessError):
         return None
+    if not diff.stdout:
+        return sha.stdout.strip()
+    return f"{sha.stdout.strip()}+dirty.{hashlib.sha256(diff.stdout).hexdigest()[:8]}"
 
 
 def short_sha(sha: Any) -> str:
-    """A :func:`git_sha` value for messages: 12 hex digits, ``+dirty`` kept, ``unknown`` for none."""
+    """A :func:`git_sha` value for messages: 12 hex digits, ``+dirty...`` kept, ``unknown`` for none."""
     head, plus, tail = str(sha or "unknown").partition("+")
     return head[:12] + plus + tail
 

@@ -5,7 +5,7 @@ Columns: suite, label, run_id, hash, model, method, name (variant or method), bi
 w_bits, a_bits, seed, status, top1, top5, fp_top1, fp_top5, n_eval, quantize_s, total_s,
 peak_mem_mb, device ("cpu" | "cuda", where the cell ran), calib, error, warnings (how many the
 run record holds: units whose output error rose during reconstruction), git_sha (the commit
-the cell ran from, ``+dirty`` when modified), source ("run" | "published"), citation.
+the cell ran from, ``+dirty.<hash>`` when its code was modified), source ("run" | "published"), citation.
 """
 
 from __future__ import annotations

@@ -135,9 +135,13 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
             assert notes == []
         else:
             assert notes == [f"note: 1 of the 1 done cell(s) were recorded from another source tree than this one "
-                             f"({records.git_sha()[:12]}{'+dirty' if 'dirty' in records.git_sha() else ''}): "
+                             f"({records.short_sha(records.git_sha())}): "
                              "0123456789ab+dirty (1); they are kept, not rerun (a new --label runs every cell "
                              "with this code)"], cmd
+    # a record without a git_sha (run outside a checkout) cannot be compared: no note
+    path.write_text(json.dumps({**json.loads(before), "git_sha": None}))
+    assert main([*argv, "--dry-run"]) == 0
+    assert "another source tree" not in capsys.readouterr().out
     path.write_bytes(before)
     assert main([*argv, "--dry-run"]) == 0
     assert "another source tree" not in capsys.readouterr().out
@@ -405,6 +409,50 @@ def test_each_local_job_runs_on_its_own_gpu(tmp_path, capsys, monkeypatch):
     by_job = {e["job_id"]: e["cuda_visible_devices"] for e in execs}
     # two jobs ran on 5 and 7; one job that ran both cells ran them on the same one
     assert set(by_job.values()) <= {"5", "7"} and len(set(by_job.values())) == len(by_job), execs
+
+
+def test_tree_sha_marks_code_changes_only(tmp_path):
+    """A change to the code (not to docs or a results.csv) marks the tree dirty, with a hash of
+    the change: two different changes on one commit do not read the same."""
+    def git(*a):
+        subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+
+    (tmp_path / "mgrq").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "mgrq" / "x.py").write_text("a = 1\n")
+    (tmp_path / "docs" / "r.csv").write_text("top1\n90\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert records.tree_sha(tmp_path) == head
+    (tmp_path / "docs" / "r.csv").write_text("top1\n91\n")
+    assert records.tree_sha(tmp_path) == head
+    (tmp_path / "mgrq" / "x.py").write_text("a = 2\n")
+    one = records.tree_sha(tmp_path)
+    (tmp_path / "mgrq" / "x.py").write_text("a = 3\n")
+    two = records.tree_sha(tmp_path)
+    assert one.startswith(f"{head}+dirty.") and two.startswith(f"{head}+dirty.") and one != two
+    assert records.short_sha(one) == f"{head[:12]}+dirty.{one[-8:]}" and records.short_sha(None) == "unknown"
+    assert records.tree_sha(tmp_path / "docs" / "nope") is None
+
+
+def test_a_rerun_failed_cell_is_reported_once_with_its_new_outcome(tmp_path, capsys):
+    """Until its job starts it again, a failed cell keeps the record of its earlier run: the
+    driver must not print that old failure as this run's result (and then never the new one)."""
+    suite = write_suite(tmp_path / "re.yaml", methods=[{"name": "percentile", "variant": "pct-toomany", "calib": 100000}])
+    out = tmp_path / "runs"
+    argv = ["suite", "run", str(suite), "--out", str(out), "--label", "R", "--threads", "1", "--no-mirror", "--no-report"]
+    assert main([*argv, "--executor", "debug"]) == 1
+    (cell,) = cell_dirs(out / "re" / "R").values()
+    old = rec(cell)
+    old["error"]["message"] = "OLD-ERROR from an earlier run"
+    (cell / "record.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    assert main([*argv, "--executor", "local", "--parallelism", "1"]) == 1
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "FAILED" in ln]
+    assert len(lines) == 1 and "calib=100000" in lines[0] and "OLD-ERROR" not in lines[0], lines
+    assert "calib=100000" in rec(cell)["error"]["message"]
 
 
 def test_progress_clock():

@@ -130,12 +130,13 @@ def other_commits(done: list[dict[str, Any]]) -> str | None:
     """A note when done records of a label were written at other commits than the code running
     now (resuming a label across commits keeps them; only a changed method config or weights
     file is refused, by :func:`check_drift`, so a code change that moves results would otherwise
-    mix two versions in one table unnoticed). ``None`` when all match or this is no git checkout."""
+    mix two versions in one table unnoticed). ``None`` when all match or this is no git checkout;
+    records without a git_sha (run outside a checkout) cannot be compared and are left out."""
     now = records.git_sha()
     if now is None:
         return None
     short = records.short_sha
-    other = Counter(short(r.get("git_sha")) for r in done if r.get("git_sha") != now)
+    other = Counter(short(r["git_sha"]) for r in done if r.get("git_sha") and r["git_sha"] != now)
     if not other:
         return None
     shas = ", ".join(f"{sha} ({n})" for sha, n in other.most_common(3)) + (", ..." if len(other) > 3 else "")
@@ -283,14 +284,17 @@ def _tail(path: Path, n: int = 15) -> str:
         return ""
 
 
-def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str) -> int:
-    """Cells of a finished job that have no terminal record become ``failed`` (JobLost)."""
+def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str,
+              before: dict[str, Any] | None = None) -> int:
+    """Cells of a finished job that have no terminal record become ``failed`` (JobLost); with
+    ``before`` (:func:`_stamp` of each record at submission), so do cells still holding the
+    terminal record of an earlier run (the job ended before it started them)."""
     from mgrq.spec import RunSpec
 
     lost = 0
     for c in cells:
         rec = c.record()
-        if rec is not None and rec.get("status") in TERMINAL:
+        if rec is not None and rec.get("status") in TERMINAL and (before is None or _stamp(rec) != before.get(c.run_id)):
             continue
         tail = _tail(Path(job.paths.stderr)) or _tail(Path(job.paths.stdout))
         state = "unknown"
@@ -394,6 +398,7 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             print(_progress_line(i, n, c, c.record() or {}), flush=True)
         return
 
+    before = {c.run_id: _stamp(c.record()) for c in cells}  # a failed cell's old record stays until its job starts it
     jobs: list[tuple[Any, Callable[[], list[Cell]]]] = []  # (job, the cells it ran or runs)
     if kind == "local":
         import submitit
@@ -434,7 +439,7 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
     running = list(jobs)
     try:
         with _stop_signals_interrupt():
-            _wait(cells, running, suite_meta, kind, queue, poll_s)
+            _wait(cells, running, suite_meta, kind, queue, poll_s, before)
     except KeyboardInterrupt:
         if kind == "local":
             for job, _ in running:
@@ -447,7 +452,7 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
                     _kill_local_job(job)
             for job, group in running:
                 if job.done():  # a cell it left without a record of its end: JobLost
-                    mark_lost(group(), job, suite_meta, kind)
+                    mark_lost(group(), job, suite_meta, kind, before)
             print("interrupted: local jobs cancelled; rerun the suite to resume", file=sys.stderr)
         else:
             ids = " ".join(j.job_id for j, _ in running)
@@ -539,10 +544,17 @@ def _stop_signals_interrupt():
             signal.signal(sig, old)
 
 
+def _stamp(rec: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    return None if rec is None else (rec.get("status"), rec.get("started"), rec.get("finished"))
+
+
 def _wait(cells: list[Cell], running: list, suite_meta: dict[str, Any], kind: str,
-          queue: SlurmQueue | None, poll_s: float) -> None:
+          queue: SlurmQueue | None, poll_s: float, before: dict[str, Any] | None = None) -> None:
     """Poll until every job of ``running`` (updated in place, so that an interrupt sees the jobs
-    still running) has finished, printing one line per finished cell."""
+    still running) has finished, printing one line per finished cell. ``before``: each cell's
+    record as it was at submission (:func:`_stamp`); a cell still holding that record, e.g. the
+    ``failed`` one of an earlier run until its job starts it again, has not finished yet."""
+    before = before or {}
     reported: set[str] = set()
     k, n = 0, len(cells)
     t0 = heartbeat = time.time()
@@ -556,7 +568,7 @@ def _wait(cells: list[Cell], running: list, suite_meta: dict[str, Any], kind: st
         still = []
         for job, group in running:
             if _job_finished(job, kind, queue):
-                mark_lost(group(), job, suite_meta, kind)
+                mark_lost(group(), job, suite_meta, kind, before)
             else:
                 still.append((job, group))
         running[:] = still
@@ -564,7 +576,7 @@ def _wait(cells: list[Cell], running: list, suite_meta: dict[str, Any], kind: st
             if c.run_id in reported:
                 continue
             rec = c.record()
-            if rec is not None and rec.get("status") in TERMINAL:
+            if rec is not None and rec.get("status") in TERMINAL and _stamp(rec) != before.get(c.run_id):
                 k += 1
                 reported.add(c.run_id)
                 print(_progress_line(k, n, c, rec, _clock(k, n, time.time() - t0)), flush=True)

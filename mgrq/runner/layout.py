@@ -39,7 +39,7 @@ def default_label() -> str:
     day = datetime.now().strftime("%Y%m%d")
     if not sha:
         return f"{day}-nogit"
-    return f"{day}-{sha[:7]}" + ("-dirty" if sha.endswith("+dirty") else "")
+    return f"{day}-{sha[:7]}" + ("-dirty" if "+dirty" in sha else "")
 
 
 def check_label(label: str) -> str:
