@@ -374,9 +374,10 @@ def _progress_line(i: int, n: int, c: Cell, rec: dict[str, Any], clock: str = ""
 
 
 def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.ExecutorOptions,
-                    jobs_dir: Path, poll_s: float = 1.0) -> None:
+                    jobs_dir: Path, poll_s: float = 1.0, before: dict[str, Any] | None = None) -> None:
     """Submit ``cells`` with the executor of ``opts`` and wait until every job has finished,
-    printing one line per finished cell."""
+    printing one line per finished cell. ``before``: :func:`_stamp` of each cell's record as the
+    caller read it (a failed cell's old record stays until its job starts it again)."""
     from mgrq.runner.jobs import CellJob, claimed_by
 
     n = len(cells)
@@ -398,7 +399,6 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             print(_progress_line(i, n, c, c.record() or {}), flush=True)
         return
 
-    before = {c.run_id: _stamp(c.record()) for c in cells}  # a failed cell's old record stays until its job starts it
     jobs: list[tuple[Any, Callable[[], list[Cell]]]] = []  # (job, the cells it ran or runs)
     if kind == "local":
         import submitit
@@ -622,7 +622,8 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
         if commits := other_commits([rec for _, st, rec in snapshot if st == "done"]):
             print(commits, flush=True)
         if todo:
-            submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s)
+            submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s,
+                            {c.run_id: _stamp(rec or None) for c, st, rec in snapshot if st != "done"})
         for c in todo:
             summary.dirs[c.run_id] = c.dir
             st, rec = c.state()
