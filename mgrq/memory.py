@@ -8,9 +8,11 @@
   other in one job get their own figures. Where ``/proc`` is missing it falls back to
   ``ru_maxrss`` (kind ``cpu_maxrss``).
 
-Contexts nest (a run around its reconstruction units): on CUDA an inner context resets the
-device's peak counter, so it hands the peak it measured, and the one the outer context had seen
-before the reset, back to the enclosing context.
+Contexts nest (a run around its reconstruction units), and an outer context's peak is at least
+each inner one's: on CUDA an inner context resets the device's peak counter, so it hands the
+peak it measured, and the one the outer context had seen before the reset, back to the
+enclosing context; on the CPU an inner context hands back its sampled peak, which the outer
+context's own sampler may have missed between two of its samples.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _STATM = "/proc/self/statm"
 _CUDA_ACTIVE: list[PeakMemory] = []  # open CUDA contexts, innermost last
+_CPU_ACTIVE: list[PeakMemory] = []  # open sampled CPU contexts, innermost last
 
 
 def _rss_bytes() -> int | None:
@@ -43,7 +46,7 @@ class PeakMemory:
         self.mb = 0.0
         self.kind = ""
         self._peak = 0
-        self._carry = 0  # CUDA: bytes peaked before an inner context reset the counter
+        self._carry = 0  # bytes peaked in inner contexts (CUDA: also before an inner one reset the counter)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -66,6 +69,7 @@ class PeakMemory:
                 self._peak = rss
                 self._thread = threading.Thread(target=self._sample, daemon=True)
                 self._thread.start()
+                _CPU_ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -79,7 +83,11 @@ class PeakMemory:
         elif self._thread is not None:
             self._stop.set()
             self._thread.join()
-            rss = _rss_bytes()
-            self.mb, self.kind = max(self._peak, rss or 0) / 2**20, "cpu_rss_sampled"
+            if self in _CPU_ACTIVE:
+                _CPU_ACTIVE.remove(self)
+            peak = max(self._peak, _rss_bytes() or 0, self._carry)
+            if _CPU_ACTIVE:
+                _CPU_ACTIVE[-1]._carry = max(_CPU_ACTIVE[-1]._carry, peak)
+            self.mb, self.kind = peak / 2**20, "cpu_rss_sampled"
         else:
             self.mb, self.kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "cpu_maxrss"
