@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -229,20 +231,26 @@ def test_checkpoint_of_wrong_model(tmp_path, capsys):
 
 
 def test_console_script_exit_status():
-    """The installed entry point exits non-zero on errors (checked as a real subprocess)."""
-    p = subprocess.run([sys.executable, "-m", "mgrq", "quantize", "--model", "nope", "--method", "percentile",
-                        "--w-bits", "4", "--a-bits", "4"], capture_output=True, text=True)
-    assert p.returncode == 2 and p.stderr.startswith("error: unknown model 'nope'")
-    p = subprocess.run([sys.executable, "-m", "mgrq", "--help"], capture_output=True, text=True)
-    assert p.returncode == 0 and "quantize" in p.stdout and "methods" in p.stdout
+    """``python -m mgrq`` (the same main() as the ``mgrq`` console script) exits non-zero on
+    errors, checked as a real subprocess; so does the installed ``mgrq`` script where it is on PATH."""
+    bad = ["quantize", "--model", "nope", "--method", "percentile", "--w-bits", "4", "--a-bits", "4"]
+    commands = [[sys.executable, "-m", "mgrq"]]
+    script = shutil.which("mgrq", path=os.path.dirname(sys.executable))
+    if script:
+        commands.append([script])
+    for cmd in commands:
+        p = subprocess.run(cmd + bad, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and p.stderr.startswith("error: unknown model 'nope'"), (cmd, p.stderr)
+        p = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "quantize" in p.stdout and "methods" in p.stdout, cmd
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only messages")
 @pytest.mark.parametrize("argv,match", [
     (["--device", "cuda"], "no CUDA device is available here"),
     (["--method", "qdrop", "--set", "compile=cudagraphs"], "CUDA graphs need a CUDA device"),
 ])
-def test_cuda_only_options_on_a_cpu_machine(capsys, argv, match):
+def test_cuda_only_options_on_a_cpu_machine(capsys, monkeypatch, argv, match):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also on a GPU one
     base = {"--model": "tiny_vit", "--method": "percentile", "--w-bits": "4", "--a-bits": "4"}
     args = [x for k, v in base.items() if k not in argv for x in (k, v)] + argv
     code, _, err = run_cli(capsys, "quantize", *args, "--quiet")

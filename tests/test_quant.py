@@ -211,15 +211,24 @@ def test_log2_and_log_sqrt2_closed_forms(bits):
     assert float(QF.log2_quant(tiny, d, bits)) == 0.0
 
 
-def test_log_quantizer_percentile_init_on_softmax():
-    attn = torch.randn(4, 3, 20, 20).softmax(-1)
-    lq = LogQuantizer(4, "sqrt2")
+@pytest.mark.parametrize("base", ["sqrt2", "2"])
+def test_log_quantizer_percentile_init_picks_lowest_error_candidate(base):
+    """The step is the candidate quantile (computed here with torch.quantile) whose quantized
+    values are closest to the input; the candidates' errors differ, so a search that kept
+    another one, or none, fails."""
+    attn = torch.randn(4, 3, 50, 50).softmax(-1)
+    lq = LogQuantizer(4, base)
     lq.init_percentile(attn)
-    err = float(((lq(attn) - attn) ** 2).mean())
-    lq2 = LogQuantizer(4, "2")
-    lq2.init_percentile(attn)
-    assert err < float((attn**2).mean())  # better than quantizing everything to zero
-    assert lq.initialized and lq2.initialized
+    fn = QF.log_sqrt2_quant if base == "sqrt2" else QF.log2_quant
+    errs = {}
+    for pct in (0.999, 0.9999, 0.99999):
+        d = torch.quantile(attn.reshape(-1).double(), pct).float()  # float64: fp32 positions lose the fraction
+        errs[pct] = (float(((fn(attn, d, 4) - attn) ** 2).mean()), d)
+    pct = min(errs, key=lambda k: errs[k][0])
+    err, best = errs[pct]
+    assert len({e for e, _ in errs.values()}) == 3 and pct != 0.999  # a search that keeps the first fails
+    assert torch.allclose(lq.scale, best, rtol=1e-6)
+    assert float(((lq(attn) - attn) ** 2).mean()) == pytest.approx(err, rel=1e-6)
 
 
 def test_uninitialized_quantizer_raises():

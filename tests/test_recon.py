@@ -178,7 +178,8 @@ def test_reconstruction_beats_round_to_nearest_and_restores_state(tiny):
     assert u["out_mse"]["init"] == pytest.approx(init, rel=1e-5)
     assert u["out_mse"]["final"] == pytest.approx(_chain_error(qm, images, 2), rel=1e-5)
     assert u["out_mse"]["final"] < 0.9 * u["out_mse"]["init"] and engine.warnings == []
-    assert u["unit"] == "blocks.1" and u["wall_s"] > 0 and u["peak_mem_mb"] > 0 and u["rounding_changed"] > 0
+    assert u["unit"] == "blocks.1" and u["wall_s"] > 0 and u["rounding_changed"] > 0
+    assert u["peak_mem_kind"] == "cpu_rss_sampled"  # sampled for this unit, not the process's all-time peak
     assert math.isfinite(u["loss_last"])
     # state after the context: hardened AdaRound weights, original act quantizers, no dropping
     state1 = _state(qm)

@@ -302,7 +302,7 @@ def test_paired_setting_of_the_suite_file(tmp_path, capsys):
     assert rep.notes == ["paired table skipped: the suite's report.paired qdrop has no cells in this label"]
     suite_file.write_bytes(b"\xff\xfe\x00garbage")  # unreadable: no settings, still a report
     assert build_report(out, "rep", "A", pdf="no", figures=False).main_markdown
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="--paired qdrop: not a method of suite rep"):
         build_report(out, "rep", "A", pdf="no", figures=False, paired="qdrop")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -409,6 +410,11 @@ def test_each_local_job_runs_on_its_own_gpu(tmp_path, capsys, monkeypatch):
     by_job = {e["job_id"]: e["cuda_visible_devices"] for e in execs}
     # two jobs ran on 5 and 7; one job that ran both cells ran them on the same one
     assert set(by_job.values()) <= {"5", "7"} and len(set(by_job.values())) == len(by_job), execs
+    # whichever job ran the cells: the driver submitted two jobs, one on each GPU
+    pickles = sorted(out.rglob("*_submitted.pkl"))
+    assert len(pickles) == 2, pickles
+    jobs = [pickle.loads(p.read_bytes()).function for p in pickles]
+    assert sorted(j.gpu for j in jobs) == ["5", "7"] and sorted(j.owner for j in jobs) == [0, 1]
 
 
 def test_tree_sha_marks_code_changes_only(tmp_path):

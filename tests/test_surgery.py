@@ -121,7 +121,7 @@ def test_layer_policy_bits_and_overrides():
     (dict(w_bits=1, a_bits=4), "w_bits=1"),
     (dict(w_bits=4, a_bits=17), "a_bits=17"),
     (dict(w_bits=4, a_bits=4, overrides=(("(unclosed", 8),)), "not a valid regular expression"),
-    (dict(w_bits=4, a_bits=4, overrides=(("head", 1),)), "head"),
+    (dict(w_bits=4, a_bits=4, overrides=(("head", 1),)), "'head'=1: expected an integer bit-width in 2..16"),
 ])
 def test_layer_policy_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

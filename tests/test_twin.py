@@ -61,9 +61,9 @@ def test_softmax_twin_small_split_sum_matches_select_below_split():
 
 
 def test_twin_quantizers_refuse_bad_use():
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="before set_split"):
         SoftmaxTwinQuantizer(4)(torch.rand(3))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="before set_scale"):
         PostGeluTwinQuantizer(4)(torch.rand(3))
     with pytest.raises(ValueError, match="split"):
         SoftmaxTwinQuantizer(4).set_split(0.0)
