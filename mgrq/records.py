@@ -34,12 +34,29 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _umask() -> int:
+    """This process's umask, read from ``/proc`` (Linux); elsewhere by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
-    """Write ``record`` as JSON atomically (temp file + rename in the same folder)."""
+    """Write ``record`` as JSON atomically (temp file + rename in the same folder), readable as
+    any file this process creates (the umask's permissions, not ``mkstemp``'s private 0600: a
+    shared ``runs/`` folder is read by colleagues and their report jobs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=2, sort_keys=False, default=str)
             f.write("\n")

@@ -531,3 +531,20 @@ def test_a_local_job_deaf_to_sigterm_is_killed(tmp_path):
     _kill_local_job(job)
     _wait_for(lambda: job.done(), 15, "the controller to end")
     _wait_for(lambda: gone(task), 15, "the task to end")
+
+
+def test_records_are_written_with_the_umask_permissions(tmp_path):
+    """A record is readable as any file the process creates (a shared runs/ folder), not private
+    as mkstemp makes its temp files; a private umask still gives a private record."""
+    from mgrq import records
+
+    old = os.umask(0o022)
+    try:
+        p = records.write_record(tmp_path / "a" / "record.json", {"status": "done"})
+        assert p.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        q = records.write_record(tmp_path / "b" / "record.json", {"status": "done"})
+        assert q.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    assert json.loads(p.read_text()) == {"status": "done"}
