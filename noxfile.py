@@ -1,6 +1,7 @@
 """nox sessions. All sessions share one virtual environment, ``.venv`` (torch is ~5 GB: one
 copy, installed once and refreshed when ``pyproject.toml`` changes). Set ``MGRQ_VENV`` to use
-another environment that already has ``pip install -e ".[dev]"``.
+another environment that already has ``pip install -e ".[dev]"``, as it is (nothing is installed
+into it; a missing package is an error).
 
     nox -s tests            fast CPU tests (the README's test command; < 5 min on 2 cores)
     nox -s tests_slow       the long checks (marker ``slow``)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,8 +30,20 @@ ENV = {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFE
 
 
 def _python(session: nox.Session) -> str:
-    """The shared environment's python, created and (re)installed when pyproject.toml changed."""
+    """The shared environment's python, created and (re)installed when pyproject.toml changed.
+    An environment named by ``MGRQ_VENV`` is used as it is: never created, upgraded or
+    reinstalled; a missing interpreter or package is an error that says how to install it."""
     py = VENV / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    if "MGRQ_VENV" in os.environ:
+        install = f'{py} -m pip install -e "{ROOT}[dev]"'
+        if not py.exists():
+            session.error(f"MGRQ_VENV={VENV}: no Python at {py}; expected a virtual environment "
+                          f"with this project installed ({install}), or unset MGRQ_VENV to use .venv/")
+        missing = subprocess.run([str(py), "-c", _CHECK], capture_output=True, text=True, cwd=ROOT).stdout.split()
+        if missing:
+            session.error(f"MGRQ_VENV={VENV}: the environment lacks {', '.join(missing)}; install the "
+                          f"project into it ({install}), or unset MGRQ_VENV to use .venv/")
+        return str(py)
     stamp = VENV / ".mgrq-install"
     want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if not py.exists():
@@ -39,6 +53,15 @@ def _python(session: nox.Session) -> str:
         session.run(str(py), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]", external=True)
         stamp.write_text(want)
     return str(py)
+
+
+# the imports the sessions need; prints the missing ones (run by MGRQ_VENV's python)
+_CHECK = """
+import importlib.util
+need = ["torch", "torchvision", "timm", "numpy", "pandas", "tqdm", "mlxtend", "yaml", "submitit", "mlflow",
+        "matplotlib", "scipy", "pytest", "hypothesis", "skimage"]
+print(" ".join(m for m in need if importlib.util.find_spec(m) is None))
+"""
 
 
 @nox.session(venv_backend="none")

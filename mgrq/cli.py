@@ -2,7 +2,7 @@
 
     mgrq quantize --model tiny_vit --method percentile --w-bits 4 --a-bits 4 [--record run.json]
     mgrq models | mgrq methods
-    mgrq zoo train tiny_vit
+    mgrq zoo train tiny_vit --out tiny_vit.pth
     mgrq suite run|list|status ...    mgrq mirror ...    mgrq report ...   (the harness, mgrq.runner)
 
 Every user error prints one line (``error: ...``) and exits with status 2.
@@ -139,6 +139,14 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads {args.threads}: expected 0 (torch's default) or a positive number")
     if args.out is not None:
         check_writable(args.out, "--out")
+    else:
+        from mgrq.zoo import get_entry, tiny_weights_path
+
+        get_entry(args.name)  # an unknown name is named as such, not as a missing file
+        shipped = tiny_weights_path(args.name)
+        if shipped.exists() and not args.force:
+            raise ConfigError(f"zoo train {args.name}: {shipped} exists (the checkpoint every tiny-zoo result "
+                              "was computed with); expected --out PATH for a new checkpoint, or --force to replace it")
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = train_tiny(args.name, out=args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
@@ -214,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("name", help="tiny_vit, tiny_deit or tiny_swin")
     t.add_argument("--epochs", type=int, default=None, help="default: the zoo entry's recipe")
     t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
-    t.add_argument("--out", default=None, help="checkpoint path (default: mgrq/zoo_weights/<name>.pth)")
+    t.add_argument("--out", default=None, help="checkpoint path (default: mgrq/zoo_weights/<name>.pth, the "
+                                               "shipped checkpoint, only when it is missing or with --force)")
+    t.add_argument("--force", action="store_true", help="replace the shipped checkpoint mgrq/zoo_weights/<name>.pth")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_zoo_train)

@@ -3,7 +3,8 @@ tiny offline zoo built from the same timm classes and trained on MNIST-5k.
 
 Tiny checkpoints live in ``mgrq/zoo_weights/<name>.pth`` (a plain ``state_dict``) beside a
 ``<name>.json`` that records the command, seed, epochs and held-out accuracy that produced them.
-They are re-made with ``mgrq zoo train <name>``.
+They are re-made with ``mgrq zoo train <name> --force`` (without ``--force`` it refuses to
+replace a shipped checkpoint; ``--out PATH`` writes elsewhere).
 """
 
 from __future__ import annotations
@@ -383,7 +384,7 @@ def train_tiny(
     torch.save(sd, out_path)
     meta = {
         "model": name,
-        "command": f"mgrq zoo train {name} --epochs {epochs} --seed {seed}",
+        "command": f"mgrq zoo train {name} --epochs {epochs} --seed {seed}" + (" --force" if out is None else f" --out {out}"),
         "seed": seed,
         "epochs": epochs,
         "batch_size": batch_size,

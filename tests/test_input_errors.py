@@ -40,6 +40,18 @@ def no_work(monkeypatch):
     monkeypatch.setattr(mgrq.zoo, "train_tiny", boom)
 
 
+def test_zoo_train_replaces_the_shipped_checkpoint_only_when_told(tmp_path, monkeypatch, capsys):
+    import mgrq.zoo
+
+    calls = []
+    monkeypatch.setattr(mgrq.zoo, "train_tiny", lambda name, out, **k: calls.append(out) or {"out": out})
+    assert main(["zoo", "train", "tiny_vit", "--force", "--quiet"]) == 0  # the shipped path, replaced
+    assert main(["zoo", "train", "tiny_vit", "--out", str(tmp_path / "t.pth"), "--quiet"]) == 0
+    monkeypatch.setattr(mgrq.zoo, "WEIGHTS_DIR", tmp_path / "none")  # a missing checkpoint is made
+    assert main(["zoo", "train", "tiny_vit", "--quiet"]) == 0
+    assert calls == [None, str(tmp_path / "t.pth"), None]
+
+
 def test_check_writable(tmp_path):
     f = tmp_path / "f.json"
     f.write_text("{}")
@@ -67,6 +79,8 @@ def test_check_writable(tmp_path):
                                        r"only with an ImageNet"),
     (["zoo", "train", "tiny_vit", "--out", "{tmp}/file/z.pth"], r"--out .* is a file, so nothing can be created"),
     (["zoo", "train", "tiny_vit", "--threads", "-2"], r"--threads -2: expected 0 \(torch's default\) or a positive"),
+    (["zoo", "train", "tiny_vit"], r"zoo train tiny_vit: .*tiny_vit.pth exists \(the checkpoint every tiny-zoo result "
+                                   r"was computed with\); expected --out PATH for a new checkpoint, or --force"),
     (["suite", "run", "demo", "--out", "{tmp}/file", "--no-mirror"], r"--out '.*file' is a file; expected a folder"),
 ])
 def test_bad_paths_fail_before_any_work(tmp_path, capsys, no_work, argv, message):
