@@ -376,6 +376,36 @@ def test_executor_flags_of_another_executor_are_refused(tmp_path, capsys):
     assert main([*run, "--gpus", "0", "--timeout-min", "30"]) == 0  # the local executor reads both
 
 
+def test_cuda_device_with_an_executor_that_runs_here(tmp_path, capsys, monkeypatch):
+    """local and debug run the cells on this machine: --device cuda without a GPU here fails
+    before anything runs (each cell failed with a traceback); slurm's nodes may have GPUs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ok = write_suite(tmp_path / "ok.yaml")
+    run = ["suite", "run", str(ok), "--out", str(tmp_path), "--device", "cuda", "--no-mirror"]
+    for kind in ("local", "debug"):
+        assert main([*run, "--executor", kind]) == 2
+        assert error_line(capsys) == (f"error: --device cuda: the {kind} executor runs the cells on this machine, "
+                                      "which has 0 CUDA device(s); expected cpu or auto, or --executor slurm")
+    assert not (tmp_path / "ok").exists()  # no label was started
+    assert main([*run, "--executor", "slurm", "--dry-run"]) == 0
+
+
+def test_a_suite_name_or_a_folder(tmp_path, capsys, monkeypatch):
+    """A folder named like a suite in the working directory does not hide the suite; a folder
+    given as the suite file is named as one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert main(["suite", "run", "demo", "--dry-run", "--out", str(tmp_path / "runs")]) == 0
+    from mgrq.runner import suite as suite_mod
+
+    demo = Path(suite_mod.__file__).resolve().parents[2] / "suites" / "demo.yaml"
+    assert capsys.readouterr().out.startswith(f"suite demo ({demo})")
+    (tmp_path / "grids").mkdir()
+    assert main(["suite", "run", "grids", "--dry-run"]) == 2
+    assert error_line(capsys).startswith("error: suite file grids: is a folder; expected a suite YAML file or a "
+                                         "suite name (ablation-mgrq, ")
+
+
 @pytest.mark.parametrize("argv, named, hint", [
     (["quantize", "--modle", "tiny_vit", "--method", "percentile"], "--modle", "--model"),
     (["suite", "run", "demo", "--paralelism=2"], "--paralelism", "--parallelism"),

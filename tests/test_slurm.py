@@ -153,3 +153,18 @@ def test_requeued_job_resumes_its_cell_once_with_the_right_result(slurm_run):
         torch.set_num_threads(threads)
     assert rec["metrics"]["top1"] == expected["metrics"]["top1"]
     assert rec["calibration"]["ids_hash"] == expected["calibration"]["ids_hash"]
+
+
+def test_a_refused_submission_leaves_no_new_label(tmp_path):
+    """sbatch refusing the array (an unknown partition) is one error line, and the label the run
+    had just created is gone: it would be the suite's newest (report's default) with no cell."""
+    require_slurm()
+    suite = write_suite(tmp_path / "refused.yaml", eval_limit=50)
+    out = tmp_path / "runs"
+    argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(out), "--label", "R",
+            "--executor", "slurm", "--partition", "no_such_partition", "--no-report", "--no-mirror"]
+    p = subprocess.run(argv, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    line = p.stderr.strip().splitlines()[-1]  # after sbatch's own lines
+    assert line.startswith("error: sbatch refused the job array (") and "the new label R was removed" in line
+    assert not (out / "refused").exists()

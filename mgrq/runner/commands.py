@@ -187,9 +187,17 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
               "(embedded MNIST digits)", file=sys.stderr)
     opts = _executor_options(args, suite)
     if opts.device not in (None, "auto"):
+        import torch
+
+        from mgrq.errors import ConfigError
         from mgrq.evaluate import parse_device
 
-        parse_device(opts.device)  # a typo fails here, not in every cell (the GPU may be elsewhere)
+        dev = parse_device(opts.device)  # a typo fails here, not in every cell (the GPU may be elsewhere)
+        if dev.type == "cuda" and opts.kind in ("local", "debug"):  # the cells run on this machine
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if n == 0 or (dev.index is not None and dev.index >= n):
+                raise ConfigError(f"--device {opts.device}: the {opts.kind} executor runs the cells on this machine, "
+                                  f"which has {n} CUDA device(s); expected cpu or auto, or --executor slurm")
     label = check_label(args.label if args.label is not None else default_label())
     if args.dry_run:
         root, cells = driver.plan(suite, out, label, opts.device, args.only)

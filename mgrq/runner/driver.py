@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -607,6 +608,22 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
     Done cells are skipped; everything else (not started, interrupted, failed) runs."""
     t0 = time.time()
     root, cells = plan(suite, out, label, opts.device, only)
+    fresh = not root.exists()
+    try:
+        return _run_label(suite, out, label, opts, only, poll_s, t0, root, cells)
+    except ex.SubmitError as e:
+        # nothing ran: a label this run created is removed, so that it does not become the
+        # suite's newest label (the default of report and status) with no cell in it
+        if fresh and not any(root.glob("*/record.json")):
+            shutil.rmtree(root, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                root.parent.rmdir()  # the suite's folder, when this was its only label
+            raise ex.SubmitError(f"{e}; no cell was submitted, and the new label {label} was removed") from None
+        raise
+
+
+def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, only: str | None,
+               poll_s: float, t0: float, root: Path, cells: list[Cell]) -> Summary:
     with label_lock(root):
         snapshot = states(cells)
         check_drift(snapshot, label)

@@ -230,16 +230,20 @@ def suite_dirs() -> list[Path]:
 
 
 def find_suite(name_or_path: str) -> Path:
-    """A suite file from a path (``suites/demo.yaml``) or a name (``demo``)."""
+    """A suite file from a path (``suites/demo.yaml``) or a name (``demo``; a folder of that name
+    in the working directory does not hide the suite)."""
     p = Path(name_or_path).expanduser()
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise ConfigError(f"suite file {p}: not found")
-        return p
     known: dict[str, Path] = {}
     for d in suite_dirs():
         for f in sorted(d.glob("*.yaml")):
             known.setdefault(f.stem, f)
+    if p.is_dir() and name_or_path not in known:
+        raise ConfigError(f"suite file {p}: is a folder; expected a suite YAML file or a suite name "
+                          f"({', '.join(known) or 'none found'})")
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise ConfigError(f"suite file {p}: not found")
+        return p
     if name_or_path not in known:
         raise unknown("suite", name_or_path, known)
     return known[name_or_path]
