@@ -46,11 +46,18 @@ def did_you_mean(name: object, known: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _fold(name: str) -> str:
+    return re.sub(r"[\s-]+", "_", str(name).strip().lower())
+
+
 def unknown(kind: str, name: str, known: Iterable[str], where: str = "") -> UnknownNameError:
     """Build an 'unknown X' error with a did-you-mean hint and the list of known names
-    (``where``, e.g. ``"of suite demo"``, follows the name)."""
+    (``where``, e.g. ``"of suite demo"``, follows the name). Names are compared without case,
+    and with ``-`` and spaces read as ``_`` (``RepQ-ViT`` -> ``repq_vit``)."""
     known = sorted(known)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    folded = {_fold(k): k for k in known}
+    close = [folded[_fold(name)]] if _fold(name) in folded else [
+        folded[c] for c in difflib.get_close_matches(_fold(name), list(folded), n=3, cutoff=0.5)]
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     at = f" {where}" if where else ""
     return UnknownNameError(f"unknown {kind} {name!r}{at}.{hint} Known {kind}s: {', '.join(known) or 'none'}")

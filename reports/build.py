@@ -173,8 +173,9 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     names = _order(list(df["name"]), info.get("methods") or [])
     notes: list[str] = []
     if paired not in (None, "none") and paired not in names:
-        raise ConfigError(f"--paired {paired}: not a method of suite {suite} [{label}]; "
-                          f"expected one of {', '.join(names)} (or none)")
+        what = (f"a method of suite {suite} with no finished cell in label {label}"
+                if paired in (info.get("methods") or []) else f"not a method of suite {suite} [{label}]")
+        raise ConfigError(f"--paired {paired}: {what}; expected one of {', '.join(names)} (or none)")
     reference = paired if paired is not None else info.get("paired")
     if reference == "none":
         reference = None

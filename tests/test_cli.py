@@ -166,6 +166,7 @@ def test_method_config_override(tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--model", "tiny_vt", "--method", "percentile", "--w-bits", "4", "--a-bits", "4"], "unknown model 'tiny_vt'. Did you mean 'tiny_vit'"),
     (["--model", "tiny_vit", "--method", "percentil", "--w-bits", "4", "--a-bits", "4"], "unknown method 'percentil'. Did you mean 'percentile'"),
+    (["--model", "tiny_vit", "--method", "RepQ-ViT", "--w-bits", "4", "--a-bits", "4"], "unknown method 'RepQ-ViT'. Did you mean 'repq_vit'?"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "1", "--a-bits", "4"], r"w_bits=1: expected an integer bit-width in 2\.\.16"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "17"], r"a_bits=17: expected an integer bit-width in 2\.\.16"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "4", "--bits-override", r"^head\.=99"],
@@ -174,6 +175,8 @@ def test_method_config_override(tmp_path, capsys):
      "device 'bogus': expected auto, cpu, cuda or cuda:N"),
     (["--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4", "--set", "softmax_quantizer=uniform",
       "--set", "init=repq_vit"], "only used with init='percentile'"),
+    (["--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4", "--set", "iters=0"],
+     "error: QDropConfig: iters=0: expected iters >= 1$"),  # the field that is wrong, and only it
 ])
 def test_bad_inputs_one_line_errors(capsys, argv, match):
     import re

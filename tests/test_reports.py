@@ -194,6 +194,12 @@ def test_paired_option_of_the_cli(tmp_path, capsys):
     assert main(["report", "rep", "--out", str(out), "--no-pdf", "--no-figures", "--paired", "mgrq"]) == 2
     err = capsys.readouterr().err
     assert "--paired mgrq: not a method of suite rep [A]; expected one of percentile, repq_vit, pct-mm" in err
+    # in the label's grid, but none of its cells finished (a run with --only, or all failed)
+    meta = json.loads((out / "rep" / "A" / "suite.json").read_text())
+    records.write_record(out / "rep" / "A" / "suite.json", {**meta, "methods": meta["methods"] + ["mgrq"]})
+    assert main(["report", "rep", "--out", str(out), "--no-pdf", "--no-figures", "--paired", "mgrq"]) == 2
+    assert ("--paired mgrq: a method of suite rep with no finished cell in label A; expected one of percentile, "
+            "repq_vit, pct-mm (or none)") in capsys.readouterr().err
 
 
 def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):

@@ -37,8 +37,10 @@ def check_start_fields(cfg: Any) -> None:
         if getattr(cfg, f) not in PERCENTILE_SEARCHES:
             raise ValueError(f"{f}={getattr(cfg, f)!r}: expected one of {', '.join(PERCENTILE_SEARCHES)}")
     check_softmax_quantizer(cfg.softmax_quantizer)
-    if cfg.iters < 1 or cfg.init_calib < 0:
-        raise ValueError(f"iters={cfg.iters}, init_calib={cfg.init_calib}: expected iters >= 1, init_calib >= 0")
+    if cfg.iters < 1:
+        raise ValueError(f"iters={cfg.iters}: expected iters >= 1")
+    if cfg.init_calib < 0:
+        raise ValueError(f"init_calib={cfg.init_calib}: expected init_calib >= 0")
     if cfg.init == "percentile":
         return
     changed = [f"{k}={getattr(cfg, k)!r}" for k, default in PERCENTILE_ONLY.items() if getattr(cfg, k) != default]
