@@ -197,7 +197,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     missing = [c for c in grid if c not in finished]
     if missing:
         notes.append(f"{len(missing)} of the {len(grid)} cells of the grid have no finished result (not run yet, "
-                     f"running, or failed): {_listed(missing)}; `mgrq suite status {suite} --label {label}`")
+                     f"running, interrupted, or failed): {_listed(missing)}; `mgrq suite status {suite} --label {label}`")
     warned = list(df.loc[(df["status"] == "done") & (df["warnings"] > 0), "run_id"])
     if warned:
         notes.append(f"{len(warned)} finished cell(s) ran with a warning: a unit's output error rose during "

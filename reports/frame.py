@@ -71,7 +71,7 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
 def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) -> pd.DataFrame:
     """Cells with a terminal record (done or failed) of ``suite`` under ``out``; the record
     files that are unreadable or malformed are named in ``df.attrs["unreadable"]``."""
-    from mgrq.runner.layout import records_under
+    from mgrq.runner.layout import records_under, shown_status
 
     base = Path(out).resolve() / suite
     dirs = [base / lab for lab in labels] if labels else sorted(d for d in base.glob("*") if d.is_dir())
@@ -79,8 +79,8 @@ def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) 
     bad: list[tuple[Path, str]] = []
     for d in dirs:
         for _path, rec in records_under(d, bad):
-            if rec.get("status") not in ("done", "failed"):
-                continue
+            if rec.get("status") not in ("done", "failed") or shown_status(rec["status"], rec) == "interrupted":
+                continue  # no result: running, or stopped before the end (the next run redoes it)
             row = row_from_record(rec)
             row["label"] = row["label"] or d.name
             row["suite"] = row["suite"] or suite
@@ -111,8 +111,10 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
     rows, times = [], []
     for run in search(uri, suite, labels):
         p, m, t = run["params"], run["metrics"], run["tags"]
-        times.append(run.get("start_time") or 0)
         err = t.get("error")
+        if t.get("status") == "failed" and str(err or "").startswith("Interrupted:"):
+            continue  # no result (stopped before the end), as in records_frame
+        times.append(run.get("start_time") or 0)
         rows.append({
             "suite": t.get("suite"), "label": t.get("label"), "run_id": t.get("run_id"),
             "hash": t.get("content_hash"), "model": p.get("model"), "method": p.get("method"),

@@ -548,3 +548,33 @@ def test_records_are_written_with_the_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert json.loads(p.read_text()) == {"status": "done"}
+
+
+def test_an_interrupted_cell_is_listed_as_such_not_as_a_failure(tmp_path, capsys):
+    """A cell stopped by Ctrl-C or a cancelled job has a failed record of type Interrupted: the
+    dry run and `suite status` show it as interrupted, and a report leaves it out of the tables
+    (no result, not a failure of the method) and names it among the cells without a result."""
+    from reports.build import build_report
+    from reports.frame import records_frame
+
+    suite = write_suite(tmp_path / "intr.yaml", seeds=[0, 1], eval_limit=50)
+    out = tmp_path / "runs"
+    assert main(["suite", "run", str(suite), "--out", str(out), "--label", "I", "--executor", "debug",
+                 "--no-report", "--no-mirror"]) == 0
+    cells = cell_dirs(out / "intr" / "I")
+    stopped = cells["tiny_vit.percentile.w4a4.s1"] / "record.json"
+    r = json.loads(stopped.read_text())
+    r.update(status="failed", error={"type": "Interrupted", "message": "stopped", "traceback": ""})
+    r.pop("metrics")
+    records.write_record(stopped, r)
+    capsys.readouterr()
+    assert main(["suite", "status", "intr", "--out", str(out), "--label", "I"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^  interrupted tiny_vit\.percentile\.w4a4\.s1 ", text, re.M) and "1 done, 1 interrupted" in text
+    assert main(["suite", "run", str(suite), "--out", str(out), "--label", "I", "--dry-run"]) == 0
+    assert "2 cells: 1 done, 0 failed, 1 running/interrupted, 0 not started -> 1 to run" in capsys.readouterr().out
+    assert list(records_frame(out, "intr", ["I"])["run_id"]) == ["tiny_vit.percentile.w4a4.s0"]
+    rep = build_report(out, "intr", "I", pdf="no", figures=False)
+    assert any("have no finished result (not run yet, running, interrupted, or failed): "
+               "tiny_vit.percentile.w4a4.s1" in n for n in rep.notes), rep.notes
+    assert "fail" not in rep.main_markdown

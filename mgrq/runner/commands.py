@@ -295,7 +295,7 @@ def cmd_suite_list(args: argparse.Namespace) -> int:
 
 def cmd_suite_status(args: argparse.Namespace) -> int:
     from mgrq.records import read_record, warnings_note
-    from mgrq.runner.layout import Cell, grid_cells, resolve_label
+    from mgrq.runner.layout import Cell, grid_cells, resolve_label, shown_status
 
     out, args.suite = _out(args), _suite_name(args.suite)
     label = resolve_label(out, args.suite, args.label)
@@ -312,11 +312,12 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
     for rid, h, folder in cells:
         cell = Cell(rid, h, root / folder, {})
         st, rec = cell.state()
+        st = shown_status(st, rec)
         counts[st] = counts.get(st, 0) + 1
         m = rec.get("metrics") or {}
         top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""
         job = (rec.get("executor") or {}).get("job_id") or ""
-        print(f"  {st:8s} {rid:55s} {top1:14s} {job}  {warnings_note(rec)}".rstrip())
+        print(f"  {st:11s} {rid:55s} {top1:14s} {job}  {warnings_note(rec)}".rstrip())
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no cells")
     return 0
 

@@ -27,7 +27,7 @@ from typing import Any
 from mgrq import records
 from mgrq.errors import ConfigError, first_line
 from mgrq.runner import executors as ex
-from mgrq.runner.layout import Cell, append_event, cell_for, grid_cells, label_dir
+from mgrq.runner.layout import Cell, append_event, cell_for, grid_cells, label_dir, shown_status
 from mgrq.runner.suite import Suite, select
 
 TERMINAL = ("done", "failed")
@@ -153,6 +153,7 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     print(f"suite {suite.name} ({suite.path}) label {label} -> {root}")
     for c in cells:
         st, rec = c.state()
+        st = shown_status(st, rec)
         counts[st] += 1
         extra = ""
         if st == "done":
@@ -168,9 +169,9 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
             if (w := weights_drift(c, rec)) is not None:
                 counts["drift"] += 1
                 extra += f"  ran with other weights: {w[0]} sha256 {w[1][:12]} -> {w[2][:12]}"
-        print(f"  {st:8s} {c.run_id:55s} {c.hash}  {extra}")
+        print(f"  {st:11s} {c.run_id:55s} {c.hash}  {extra}")
     print(f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, "
-          f"{counts['running']} running/interrupted, {counts['pending']} not started"
+          f"{counts['running'] + counts['interrupted']} running/interrupted, {counts['pending']} not started"
           + (f", {counts['corrupt']} with an unreadable record" if counts["corrupt"] else "")
           + f" -> {len(cells) - counts['done']} to run")
     if counts["drift"]:

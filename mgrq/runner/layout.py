@@ -92,6 +92,13 @@ class Cell:
         return self.state()[0]
 
 
+def shown_status(status: str, rec: dict[str, Any]) -> str:
+    """The status a listing shows: ``interrupted`` for a failed record whose cell was stopped
+    (Ctrl-C, a cancelled job: no result, not a failure of the method; the next run redoes it)."""
+    err = rec.get("error")
+    return "interrupted" if status == "failed" and isinstance(err, dict) and err.get("type") == "Interrupted" else status
+
+
 def grid_cells(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The well-formed entries (a mapping with a string ``id``) of the ``cells`` list of a label's
     ``suite.json``; none when the list is absent or not a list."""
