@@ -231,7 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in EXTRA_COMMANDS:
         register(sub)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command without a description its one-line help as one, so that
+    ``mgrq models --help`` says what the command does, as the command list does."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, p in action.choices.items():
+                if p.description is None and helps.get(name):
+                    text = str(helps[name])
+                    p.description = text[0].upper() + text[1:] + "."
+                _describe(p)
 
 
 def _harness_commands(sub: argparse._SubParsersAction) -> None:

@@ -133,6 +133,13 @@ def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
     return pdf
 
 
+# every file a report writes into its folder; a new report removes them first, so that a file the
+# new one does not write (a PDF under --no-pdf, a table or figure it skips) is not left from an older one
+OUTPUTS = tuple(f"{stem}.{ext}" for stem in ("main", "ablation", "paired", "cost", "notes") for ext in ("tex", "md")) + tuple(
+    f"{stem}.{ext}" for stem in ("acc_vs_bits", "ablation", "acc_vs_time") for ext in ("pdf", "png")) + tuple(
+    f"tables.{ext}" for ext in ("tex", "pdf", "aux", "log")) + ("results.csv",)
+
+
 def _listed(items: list[str]) -> str:
     """The first three of ``items`` for a note, then ``...``."""
     return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
@@ -213,6 +220,8 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         pub = F.published_frame(None if published is True else published)
     agg = F.aggregate(df)
     _make_dest(dest, what)
+    for stale in OUTPUTS:  # an earlier report's files this one may not write (--no-pdf, no ablation, ...)
+        (dest / stale).unlink(missing_ok=True)
     rep = Report(dest=dest, frame=df, notes=notes)
     n_eval = df.loc[df["status"] == "done", "n_eval"].dropna()
     main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"),
@@ -260,9 +269,6 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         notes_tex.write_text(T.notes_latex(rep.notes, suite, label))
         rep.tables += [notes_md, notes_tex]
         fragments.append("notes.tex")
-    else:  # stale ones from an earlier report of this folder
-        notes_md.unlink(missing_ok=True)
-        notes_tex.unlink(missing_ok=True)
     if pdf != "no":
         try:
             rep.pdf = compile_pdf(dest, fragments)

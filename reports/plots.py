@@ -125,6 +125,13 @@ def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest
     return _save(fig, dest, "ablation")
 
 
+def _tick_125(x: float, down: bool) -> float:
+    """The nearest of 1, 2, 5 x 10^k below (``down``) or above ``x`` (> 0)."""
+    k = math.floor(math.log10(x))
+    ticks = [m * 10.0**e for e in (k - 1, k, k + 1) for m in (1.0, 2.0, 5.0)]
+    return max(v for v in ticks if v <= x) if down else min(v for v in ticks if v >= x)
+
+
 def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = None) -> list[Path]:
     """Top-1 vs quantization wall time (log scale): colour = method, marker = bit-width. When
     the cells ran on different devices, GPU points are hollow (times of different devices are
@@ -153,6 +160,9 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
                     ax.scatter(s["quantize_s"].clip(lower=1e-3), s["mean"], marker=markers[j % len(markers)],
                                facecolors="none" if hollow[d] else colour[n], edgecolors=colour[n])
     ax.set_xscale("log")
+    if len(runs):  # from a 1-2-5 tick below the fastest point to one above the slowest: both ends labelled
+        t = runs["quantize_s"].clip(lower=1e-3)
+        ax.set_xlim(_tick_125(float(t.min()) / 1.15, down=True), _tick_125(float(t.max()) * 1.15, down=False))
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())

@@ -281,3 +281,26 @@ def test_a_failed_run_keeps_the_warnings_given_before_it_failed(monkeypatch):
     rec = failed_record(spec, e.value, "now")
     assert rec["status"] == "failed" and rec["warnings"] == ["unit blocks.0 (joint stage): its output error rose 9x"]
     assert "nan" in rec["error"]["message"]
+
+
+def test_every_command_help_says_what_the_command_does(capsys):
+    """`mgrq CMD --help` opens with what CMD does (the line of the command list), for every
+    command and subcommand."""
+    import argparse
+
+    from mgrq.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, p in action.choices.items():
+                    yield [*path, name], p
+                    yield from walk(p, [*path, name])
+
+    commands = list(walk(build_parser(), []))
+    assert {"models", "mirror", "suite list", "zoo train"} <= {" ".join(c) for c, _ in commands}
+    for cmd, p in commands:
+        with pytest.raises(SystemExit):
+            main([*cmd, "--help"])
+        text = capsys.readouterr().out
+        assert p.description and p.description.split("\n")[0][:40] in text, cmd

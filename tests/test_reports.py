@@ -463,3 +463,45 @@ def test_ablation_bars_scale_to_the_drawn_models(tmp_path, monkeypatch):
                         "model": ["m1", "m1", "m2"], "mean": [90.0, 99.0, 20.0], "std": [0.5, 0.8, 0.1]})
     plots.ablation_bars(agg, ["m1"], ["a", "b"], tmp_path)
     assert limits == [(80.0, 100.0)]
+
+
+def test_a_report_leaves_no_file_of_an_older_one(tmp_path):
+    """Rebuilt with --no-pdf and --no-figures, a report folder holds no PDF or figure of an earlier
+    report (they no longer matched its tables); files the report does not write are kept."""
+    from reports.build import OUTPUTS
+
+    out = tmp_path / "runs"
+    make_runs(out)
+    dest = out / "rep" / "A" / "report"
+    dest.mkdir(parents=True)
+    for name in ("tables.pdf", "acc_vs_bits.png", "ablation.pdf", "paired.md", "mine.txt"):
+        (dest / name).write_text("older")
+    assert {"tables.pdf", "acc_vs_bits.png", "ablation.pdf", "paired.md"} <= set(OUTPUTS)
+    rep = build_report(out, "rep", "A", pdf="no", figures=False, paired="none")
+    assert rep.pdf is None and not rep.figures
+    left = {p.name for p in dest.iterdir()}
+    assert {"tables.pdf", "acc_vs_bits.png", "ablation.pdf", "paired.md"}.isdisjoint(left)
+    assert {"main.md", "cost.md", "results.csv", "mine.txt"} <= left
+    assert {p.name for p in rep.tables} <= set(OUTPUTS)  # every file it writes is one it removes first
+
+
+def test_acc_vs_time_labels_a_tick_at_both_ends(tmp_path, monkeypatch):
+    """The time axis runs from a 1-2-5 tick below the fastest cell to one above the slowest, so
+    that no point sits beyond the last labelled tick (1.3 s points had no tick left of them)."""
+    import pandas as pd
+
+    import reports.plots as plots
+
+    seen: list[tuple[float, float]] = []
+    real_save = plots._save
+
+    def spy(fig, dest, stem):
+        seen.append(fig.axes[0].get_xlim())
+        return real_save(fig, dest, stem)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    agg = pd.DataFrame({"source": "run", "n": 3, "name": ["a", "b", "c"], "bits": "W4A4",
+                        "quantize_s": [1.3, 40.0, 480.0], "mean": [80.0, 81.0, 82.0], "device": "cpu"})
+    plots.accuracy_vs_time(agg, tmp_path)
+    assert seen == [(1.0, 1000.0)]
+    assert plots._tick_125(0.9, down=True) == 0.5 and plots._tick_125(2.5, down=False) == 5.0
