@@ -108,6 +108,7 @@ BAD = [
     ({"overrides": {"brecq": {"calib": 4}}}, "overrides.brecq", "unknown method 'brecq' of this suite"),
     ({"executor": {"gpus": 1}}, "executor.gpus", "unknown field"),
     ({"description": ""}, "description", "non-empty string"),
+    ({"command": 3}, "command", "expected a non-empty string, or the field left out"),
     ({"report": {"paired": "percentil"}}, "report.paired",
      "unknown method 'percentil' of this suite. Did you mean 'percentile'? Known methods: percentile"),
     ({"report": {"ablation": ["percentile", "nosuch"]}}, "report.ablation[1]", "unknown method 'nosuch' of this suite"),
@@ -316,3 +317,13 @@ def test_suite_list_cli(capsys):
     lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
     assert "demo" in lines and "cells" in lines["demo"]
     assert set(lines) >= {p.stem for p in (ROOT / "suites").glob("*.yaml")}
+
+
+def test_command_is_optional_documentation(tmp_path):
+    """A suite file needs no `command` (documentation, not executed): it defaults to how the
+    file is run."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("description: my grid\nmodels: [tiny_vit]\nbits: [W4A4]\nmethods: [percentile]\n")
+    assert load_suite(path).command == f"mgrq suite run {path}"
+    path.write_text(path.read_text() + "command: nox -s suite-mine\n")
+    assert load_suite(path).command == "nox -s suite-mine"

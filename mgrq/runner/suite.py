@@ -438,9 +438,12 @@ class _Parser:
         name = d.get("name", self.path.stem)
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise self.err("name", f"expected a name of letters, digits, '.', '_', '-', got {name!r}")
-        for f in ("description", "command"):
-            if not isinstance(d.get(f), str) or not d[f].strip():
-                raise self.err(f, "expected a non-empty string")
+        if not isinstance(d.get("description"), str) or not d["description"].strip():
+            raise self.err("description", "expected a non-empty string (one line, shown by `mgrq suite list`)")
+        if "command" not in d or d["command"] is None:  # documentation: how the suite is meant to be run
+            d = {**d, "command": f"mgrq suite run {self.path}"}
+        elif not isinstance(d["command"], str) or not d["command"].strip():
+            raise self.err("command", "expected a non-empty string, or the field left out")
         models = self.str_list(d, "models")
         for i, m in enumerate(models):
             self.name_check("model", m, f"models[{i}]")
