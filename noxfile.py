@@ -25,7 +25,7 @@ import nox
 
 nox.options.sessions = ["tests"]
 ROOT = Path(__file__).parent
-VENV = Path(os.environ.get("MGRQ_VENV", ROOT / ".venv"))
+VENV = Path(os.environ.get("MGRQ_VENV") or ROOT / ".venv")  # an empty MGRQ_VENV= counts as unset
 ENV = {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
 
 
@@ -34,12 +34,17 @@ def _python(session: nox.Session) -> str:
     An environment named by ``MGRQ_VENV`` is used as it is: never created, upgraded or
     reinstalled; a missing interpreter or package is an error that says how to install it."""
     py = VENV / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-    if "MGRQ_VENV" in os.environ:
+    if os.environ.get("MGRQ_VENV"):
         install = f'{py} -m pip install -e "{ROOT}[dev]"'
         if not py.exists():
             session.error(f"MGRQ_VENV={VENV}: no Python at {py}; expected a virtual environment "
                           f"with this project installed ({install}), or unset MGRQ_VENV to use .venv/")
-        missing = subprocess.run([str(py), "-c", _CHECK], capture_output=True, text=True, cwd=ROOT).stdout.split()
+        check = subprocess.run([str(py), "-c", _CHECK], capture_output=True, text=True, cwd=ROOT)
+        if check.returncode != 0:
+            why = (check.stderr.strip().splitlines() or [f"exit status {check.returncode}"])[-1]
+            session.error(f"MGRQ_VENV={VENV}: its Python does not run ({why}); expected a working virtual "
+                          f"environment, or unset MGRQ_VENV to use .venv/")
+        missing = check.stdout.split()
         if missing:
             session.error(f"MGRQ_VENV={VENV}: the environment lacks {', '.join(missing)}; install the "
                           f"project into it ({install}), or unset MGRQ_VENV to use .venv/")
@@ -59,7 +64,7 @@ def _python(session: nox.Session) -> str:
 _CHECK = """
 import importlib.util
 need = ["torch", "torchvision", "timm", "numpy", "pandas", "tqdm", "mlxtend", "yaml", "submitit", "mlflow",
-        "matplotlib", "scipy", "pytest", "hypothesis", "skimage"]
+        "matplotlib", "scipy", "pytest", "hypothesis", "skimage", "ruff", "mypy"]
 print(" ".join(m for m in need if importlib.util.find_spec(m) is None))
 """
 

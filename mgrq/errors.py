@@ -55,9 +55,11 @@ def unknown(kind: str, name: str, known: Iterable[str], where: str = "") -> Unkn
     (``where``, e.g. ``"of suite demo"``, follows the name). Names are compared without case,
     and with ``-`` and spaces read as ``_`` (``RepQ-ViT`` -> ``repq_vit``)."""
     known = sorted(known)
-    folded = {_fold(k): k for k in known}
-    close = [folded[_fold(name)]] if _fold(name) in folded else [
-        folded[c] for c in difflib.get_close_matches(_fold(name), list(folded), n=3, cutoff=0.5)]
+    folded: dict[str, list[str]] = {}
+    for k in known:
+        folded.setdefault(_fold(k), []).append(k)
+    close = folded[_fold(name)] if _fold(name) in folded else [
+        k for c in difflib.get_close_matches(_fold(name), list(folded), n=3, cutoff=0.5) for k in folded[c]][:3]
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     at = f" {where}" if where else ""
     return UnknownNameError(f"unknown {kind} {name!r}{at}.{hint} Known {kind}s: {', '.join(known) or 'none'}")

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import socket
 import subprocess
 import tempfile
@@ -34,29 +35,26 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _umask() -> int:
-    """This process's umask, read from ``/proc`` (Linux); elsewhere by setting and restoring it."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _create_temp(folder: Path, name: str) -> tuple[int, str]:
+    """A new file in ``folder`` for writing, named ``.NAME.<random>.tmp``, created with mode 0666
+    so that the kernel applies the umask and the folder's default ACL (``mkstemp`` makes 0600)."""
+    for _ in range(100):
+        tmp = str(folder / f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary file name for {name}")
 
 
 def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Write ``record`` as JSON atomically (temp file + rename in the same folder), readable as
-    any file this process creates (the umask's permissions, not ``mkstemp``'s private 0600: a
-    shared ``runs/`` folder is read by colleagues and their report jobs)."""
+    any file this process creates (the umask's permissions, not a private 0600: a shared
+    ``runs/`` folder is read by colleagues and their report jobs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path.parent, path.name)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=2, sort_keys=False, default=str)
             f.write("\n")

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import math
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -384,7 +385,7 @@ def train_tiny(
     torch.save(sd, out_path)
     meta = {
         "model": name,
-        "command": f"mgrq zoo train {name} --epochs {epochs} --seed {seed}" + (" --force" if out is None else f" --out {out}"),
+        "command": f"mgrq zoo train {name} --epochs {epochs} --seed {seed}" + (" --force" if out is None else f" --out {shlex.quote(str(out))}"),
         "seed": seed,
         "epochs": epochs,
         "batch_size": batch_size,

@@ -133,11 +133,33 @@ def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
     return pdf
 
 
-# every file a report writes into its folder; a new report removes them first, so that a file the
-# new one does not write (a PDF under --no-pdf, a table or figure it skips) is not left from an older one
+# every file a report may write into its folder
 OUTPUTS = tuple(f"{stem}.{ext}" for stem in ("main", "ablation", "paired", "cost", "notes") for ext in ("tex", "md")) + tuple(
     f"{stem}.{ext}" for stem in ("acc_vs_bits", "ablation", "acc_vs_time") for ext in ("pdf", "png")) + tuple(
     f"tables.{ext}" for ext in ("tex", "pdf", "aux", "log")) + ("results.csv",)
+MANIFEST = ".mgrq-report.json"  # the files the last report wrote into its folder
+
+
+def _earlier_outputs(dest: Path, own_folder: bool) -> set[str]:
+    """The files an earlier report left in ``dest``, which this one removes when it does not
+    write them again (a PDF under --no-pdf, a table or figure it skips): those its manifest
+    lists; without one, in a label's own report folder, every name a report writes; in a
+    ``--dest`` folder of the user's, only the notes (files there that no report wrote are the
+    user's)."""
+    listed = (records.read_record(dest / MANIFEST) or {}).get("files")
+    if isinstance(listed, list):
+        return {f for f in listed if f in OUTPUTS}
+    return set(OUTPUTS) if own_folder else {"notes.md", "notes.tex"}
+
+
+def _replace_outputs(dest: Path, earlier: set[str], written: list[Path], compiled: bool) -> None:
+    """Remove the earlier report's files this one did not write, and list this one's."""
+    now = {p.name for p in written if p.parent == dest}
+    if compiled:  # pdflatex's files, also when it failed
+        now |= {f for f in ("tables.tex", "tables.pdf", "tables.aux", "tables.log") if (dest / f).exists()}
+    for name in earlier - now:
+        (dest / name).unlink(missing_ok=True)
+    records.write_record(dest / MANIFEST, {"files": sorted(now)})
 
 
 def _listed(items: list[str]) -> str:
@@ -167,6 +189,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     out = Path(out)
     what = "--dest" if dest else "report folder"
     dest = records.check_writable(dest, what, folder=True) if dest else None
+    own_folder = dest is None
     label = _label(out, suite, label, source, uri)
     dest = dest or records.check_writable(out.resolve() / suite / label / "report", what, folder=True)
     df = load_frame(out, suite, [label], source, uri)
@@ -220,8 +243,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         pub = F.published_frame(None if published is True else published)
     agg = F.aggregate(df)
     _make_dest(dest, what)
-    for stale in OUTPUTS:  # an earlier report's files this one may not write (--no-pdf, no ablation, ...)
-        (dest / stale).unlink(missing_ok=True)
+    earlier = _earlier_outputs(dest, own_folder)
     rep = Report(dest=dest, frame=df, notes=notes)
     n_eval = df.loc[df["status"] == "done", "n_eval"].dropna()
     main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"),
@@ -269,13 +291,16 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         notes_tex.write_text(T.notes_latex(rep.notes, suite, label))
         rep.tables += [notes_md, notes_tex]
         fragments.append("notes.tex")
-    if pdf != "no":
-        try:
-            rep.pdf = compile_pdf(dest, fragments)
-        except ReportError as e:
-            if pdf == "yes":
-                raise
-            rep.pdf_note = str(e)
+    try:
+        if pdf != "no":
+            try:
+                rep.pdf = compile_pdf(dest, fragments)
+            except ReportError as e:
+                if pdf == "yes":
+                    raise
+                rep.pdf_note = str(e)
+    finally:
+        _replace_outputs(dest, earlier, [*rep.tables, *rep.figures], pdf != "no")
     return rep
 
 

@@ -69,9 +69,10 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) -> pd.DataFrame:
-    """Cells with a terminal record (done or failed) of ``suite`` under ``out``; the record
-    files that are unreadable or malformed are named in ``df.attrs["unreadable"]``."""
-    from mgrq.runner.layout import records_under, shown_status
+    """Cells with a result of ``suite`` under ``out``: done or failed, not interrupted (see
+    :func:`_one_per_cell`); the record files that are unreadable or malformed are named in
+    ``df.attrs["unreadable"]``."""
+    from mgrq.runner.layout import records_under
 
     base = Path(out).resolve() / suite
     dirs = [base / lab for lab in labels] if labels else sorted(d for d in base.glob("*") if d.is_dir())
@@ -79,8 +80,8 @@ def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) 
     bad: list[tuple[Path, str]] = []
     for d in dirs:
         for _path, rec in records_under(d, bad):
-            if rec.get("status") not in ("done", "failed") or shown_status(rec["status"], rec) == "interrupted":
-                continue  # no result: running, or stopped before the end (the next run redoes it)
+            if rec.get("status") not in ("done", "failed"):
+                continue
             row = row_from_record(rec)
             row["label"] = row["label"] or d.name
             row["suite"] = row["suite"] or suite
@@ -91,15 +92,23 @@ def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) 
     return df
 
 
+def _interrupted(row: dict[str, Any]) -> bool:
+    """A failed row whose cell was stopped (the error reads ``Interrupted: ...``, as the record's
+    type and message are joined in both frames)."""
+    return row.get("status") == "failed" and str(row.get("error") or "").startswith("Interrupted:")
+
+
 def _one_per_cell(rows: list[dict[str, Any]], times: list[Any]) -> pd.DataFrame:
     """The frame of ``rows`` with one row per (label, cell id): when a label holds a cell under
     several hashes (rerun with other options, e.g. ``--eval-limit``), the newest by ``times``
-    wins, so no seed counts twice. The others are listed in ``df.attrs["superseded"]``."""
+    wins, so no seed counts twice. The others are listed in ``df.attrs["superseded"]``. A cell
+    whose newest record is interrupted (stopped before the end; the next run redoes it) has no
+    result: it is left out, also when an older record of the cell under another hash finished."""
     newest: dict[tuple[Any, Any], int] = {}
     for i in sorted(range(len(rows)), key=lambda i: times[i]):
         newest[(rows[i]["label"], rows[i]["run_id"])] = i
     keep = set(newest.values())
-    df = pd.DataFrame([r for i, r in enumerate(rows) if i in keep], columns=COLUMNS)
+    df = pd.DataFrame([r for i, r in enumerate(rows) if i in keep and not _interrupted(r)], columns=COLUMNS)
     df.attrs["superseded"] = [f"{r['label']}/{r['run_id']}-{r['hash']}" for i, r in enumerate(rows) if i not in keep]
     return df
 
@@ -112,8 +121,6 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
     for run in search(uri, suite, labels):
         p, m, t = run["params"], run["metrics"], run["tags"]
         err = t.get("error")
-        if t.get("status") == "failed" and str(err or "").startswith("Interrupted:"):
-            continue  # no result (stopped before the end), as in records_frame
         times.append(run.get("start_time") or 0)
         rows.append({
             "suite": t.get("suite"), "label": t.get("label"), "run_id": t.get("run_id"),

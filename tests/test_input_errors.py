@@ -379,15 +379,28 @@ def test_executor_flags_of_another_executor_are_refused(tmp_path, capsys):
 def test_cuda_device_with_an_executor_that_runs_here(tmp_path, capsys, monkeypatch):
     """local and debug run the cells on this machine: --device cuda without a GPU here fails
     before anything runs (each cell failed with a traceback); slurm's nodes may have GPUs."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from mgrq.runner import executors as ex
+
+    monkeypatch.setattr(ex, "cuda_count", lambda: 0)
     ok = write_suite(tmp_path / "ok.yaml")
     run = ["suite", "run", str(ok), "--out", str(tmp_path), "--device", "cuda", "--no-mirror"]
     for kind in ("local", "debug"):
         assert main([*run, "--executor", kind]) == 2
         assert error_line(capsys) == (f"error: --device cuda: the {kind} executor runs the cells on this machine, "
-                                      "which has 0 CUDA device(s); expected cpu or auto, or --executor slurm")
+                                      "which has no CUDA device; expected cpu or auto, or --executor slurm")
     assert not (tmp_path / "ok").exists()  # no label was started
     assert main([*run, "--executor", "slurm", "--dry-run"]) == 0
+    # two GPUs here: a local job sees one, as cuda:0; debug sees both
+    monkeypatch.setattr(ex, "cuda_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert main([*run[:-2], "cuda:1", "--executor", "local", "--dry-run"]) == 2
+    assert "each local job sees one GPU, as cuda:0 (CUDA_VISIBLE_DEVICES); expected --device cuda" in error_line(capsys)
+    assert main([*run, "--gpus", "0", "--dry-run"]) == 2
+    assert "--gpus 0 gives its jobs no GPU; expected --device cpu" in error_line(capsys)
+    assert main([*run[:-2], "cuda:2", "--executor", "debug", "--dry-run"]) == 2
+    assert error_line(capsys).endswith("which has 2 CUDA device(s); expected cuda:0 to cuda:1")
+    assert main([*run[:-2], "cuda:1", "--executor", "debug", "--dry-run"]) == 0
+    assert main([*run, "--dry-run"]) == 0
 
 
 def test_a_suite_name_or_a_folder(tmp_path, capsys, monkeypatch):

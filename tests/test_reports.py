@@ -482,7 +482,19 @@ def test_a_report_leaves_no_file_of_an_older_one(tmp_path):
     left = {p.name for p in dest.iterdir()}
     assert {"tables.pdf", "acc_vs_bits.png", "ablation.pdf", "paired.md"}.isdisjoint(left)
     assert {"main.md", "cost.md", "results.csv", "mine.txt"} <= left
-    assert {p.name for p in rep.tables} <= set(OUTPUTS)  # every file it writes is one it removes first
+    assert {p.name for p in rep.tables} <= set(OUTPUTS)
+    # a folder of the user's (--dest): only what a report wrote there, by its manifest, is removed
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    for name in ("ablation.tex", "tables.pdf", "acc_vs_time.png"):
+        (paper / name).write_text("the user's")
+    rep = build_report(out, "rep", "A", pdf="no", figures=True, paired="none", dest=paper)
+    drawn = {p.name for p in rep.figures}
+    assert "acc_vs_bits.png" in drawn and (paper / "tables.pdf").read_text() == "the user's"
+    rep = build_report(out, "rep", "A", pdf="no", figures=False, paired="none", dest=paper)
+    left = {p.name for p in paper.iterdir()}
+    assert drawn.isdisjoint(left) and (paper / "tables.pdf").read_text() == "the user's"
+    assert (paper / "ablation.tex").exists()  # written by both reports (the suite's ablation rows)
 
 
 def test_acc_vs_time_labels_a_tick_at_both_ends(tmp_path, monkeypatch):

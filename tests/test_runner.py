@@ -564,6 +564,10 @@ def test_an_interrupted_cell_is_listed_as_such_not_as_a_failure(tmp_path, capsys
     cells = cell_dirs(out / "intr" / "I")
     stopped = cells["tiny_vit.percentile.w4a4.s1"] / "record.json"
     r = json.loads(stopped.read_text())
+    # an older finished record of the cell under another hash (a run with other options): the
+    # newest record, interrupted, hides it, as a newer finished one would
+    old = {**r, "hash": "0ldhash0", "finished": "2000-01-01T00:00:00+00:00"}
+    records.write_record(out / "intr" / "I" / "tiny_vit.percentile.w4a4.s1-0ldhash0" / "record.json", old)
     r.update(status="failed", error={"type": "Interrupted", "message": "stopped", "traceback": ""})
     r.pop("metrics")
     records.write_record(stopped, r)
@@ -574,7 +578,42 @@ def test_an_interrupted_cell_is_listed_as_such_not_as_a_failure(tmp_path, capsys
     assert main(["suite", "run", str(suite), "--out", str(out), "--label", "I", "--dry-run"]) == 0
     assert "2 cells: 1 done, 0 failed, 1 running/interrupted, 0 not started -> 1 to run" in capsys.readouterr().out
     assert list(records_frame(out, "intr", ["I"])["run_id"]) == ["tiny_vit.percentile.w4a4.s0"]
+    from mgrq.runner.driver import _progress_line
+
+    cell = Cell("tiny_vit.percentile.w4a4.s1", r["hash"], stopped.parent, {})
+    assert _progress_line(2, 2, cell, r) == ("[2/2] INTERRUPTED tiny_vit.percentile.w4a4.s1: stopped before the end; "
+                                             "the next run of the suite redoes it")
     rep = build_report(out, "intr", "I", pdf="no", figures=False)
     assert any("have no finished result (not run yet, running, interrupted, or failed): "
                "tiny_vit.percentile.w4a4.s1" in n for n in rep.notes), rep.notes
     assert "fail" not in rep.main_markdown
+
+
+def test_a_refused_submission_removes_only_a_label_it_created(tmp_path, capsys, monkeypatch):
+    """When the executor refuses the submission (sbatch errors) nothing ran: the label this run
+    had just created is removed, so it does not become the newest; a label that already held
+    records keeps everything. (The real sbatch refusal is in test_slurm.py.)"""
+    from mgrq.runner import driver
+    from mgrq.runner import executors as ex
+
+    suite = write_suite(tmp_path / "ref.yaml", seeds=[0, 1], eval_limit=50)
+    out = tmp_path / "runs"
+    run = ["suite", "run", str(suite), "--out", str(out), "--executor", "debug", "--no-report", "--no-mirror"]
+    assert main([*run, "--label", "OLD", "--only", r"\.s0$"]) == 0
+    old_files = sorted(p.relative_to(out) for p in (out / "ref" / "OLD").rglob("*") if p.is_file())
+
+    def refuse(*a, **k):
+        raise ex.SubmitError("sbatch refused the job array (sbatch: error: invalid partition)")
+
+    monkeypatch.setattr(driver, "submit_and_wait", refuse)
+    capsys.readouterr()
+    assert main([*run, "--label", "NEW"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: sbatch refused the job array (sbatch: error: invalid partition); no cell was submitted, "
+        "and the new label NEW was removed")
+    assert not (out / "ref" / "NEW").exists() and (out / "ref" / "OLD").is_dir()
+    assert main([*run, "--label", "OLD"]) == 2  # resuming: the s1 cell is refused, the label stays
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: sbatch refused the job array (sbatch: error: invalid partition)")
+    now = sorted(p.relative_to(out) for p in (out / "ref" / "OLD").rglob("*") if p.is_file())
+    assert set(old_files) <= set(now)

@@ -170,6 +170,28 @@ def _executor_options(args: argparse.Namespace, suite: Any):
                               f"{profile_path}: " if profile_path else "", f"{suite.path}: ")
 
 
+def _check_local_cuda(opts: Any, dev: Any) -> None:
+    """``--device cuda[:N]`` with an executor that runs the cells on this machine: a GPU the cells
+    will see, or one ``ConfigError`` before anything runs (each cell failed with a traceback).
+    A local job sees one GPU, as ``cuda:0`` (its own ``CUDA_VISIBLE_DEVICES``); debug sees them all."""
+    from mgrq.errors import ConfigError
+    from mgrq.runner import executors as ex
+
+    n = ex.cuda_count()
+    head = f"--device {opts.device}: the {opts.kind} executor runs the cells on this machine"
+    if n == 0:
+        raise ConfigError(f"{head}, which has no CUDA device; expected cpu or auto, or --executor slurm")
+    if opts.kind == "debug":
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"{head}, which has {n} CUDA device(s); expected cuda:0 to cuda:{n - 1}")
+        return
+    if not ex.local_gpus(opts):
+        raise ConfigError(f"{head}, and --gpus 0 gives its jobs no GPU; expected --device cpu, or --gpus left out")
+    if dev.index not in (None, 0):
+        raise ConfigError(f"{head}, and each local job sees one GPU, as cuda:0 (CUDA_VISIBLE_DEVICES); "
+                          "expected --device cuda")
+
+
 def cmd_suite_run(args: argparse.Namespace) -> int:
     from mgrq.config import parse_assignments
     from mgrq.records import check_writable
@@ -187,17 +209,11 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
               "(embedded MNIST digits)", file=sys.stderr)
     opts = _executor_options(args, suite)
     if opts.device not in (None, "auto"):
-        import torch
-
-        from mgrq.errors import ConfigError
         from mgrq.evaluate import parse_device
 
         dev = parse_device(opts.device)  # a typo fails here, not in every cell (the GPU may be elsewhere)
         if dev.type == "cuda" and opts.kind in ("local", "debug"):  # the cells run on this machine
-            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if n == 0 or (dev.index is not None and dev.index >= n):
-                raise ConfigError(f"--device {opts.device}: the {opts.kind} executor runs the cells on this machine, "
-                                  f"which has {n} CUDA device(s); expected cpu or auto, or --executor slurm")
+            _check_local_cuda(opts, dev)
     label = check_label(args.label if args.label is not None else default_label())
     if args.dry_run:
         root, cells = driver.plan(suite, out, label, opts.device, args.only)
@@ -252,7 +268,7 @@ def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | N
     print(f"== {summary.suite} [{summary.label}] ==")
     print(f"cells:    {summary.total} total: {summary.done} done now, {summary.skipped} skipped "
           f"(done before), {len(summary.failed)} failed"
-          + (f", {len(summary.not_run)} not run (rerun the suite)" if summary.not_run else "")
+          + (f", {len(summary.not_run)} not run or interrupted (rerun the suite)" if summary.not_run else "")
           + f"; wall time {summary.seconds:.0f}s")
     if summary.warned:
         print(f"warnings: {len(summary.warned)} cell(s) done with warnings in their record "

@@ -42,7 +42,7 @@ class Summary:
     skipped: int = 0  # done before this run started
     done: int = 0  # finished during this run
     failed: list[str] = field(default_factory=list)
-    not_run: list[str] = field(default_factory=list)  # no record of an end (a job lost before them)
+    not_run: list[str] = field(default_factory=list)  # no record of an end (a job lost before them), or interrupted
     warned: list[str] = field(default_factory=list)  # done in this run, with warnings in the record
     dirs: dict[str, Path] = field(default_factory=dict)  # run id -> its cell folder (this grid's hash)
     seconds: float = 0.0
@@ -54,8 +54,9 @@ class Summary:
 
     def line(self) -> str:
         return (f"suite {self.suite} [{self.label}]: {self.total} cells: {self.done} done, "
-                f"{self.skipped} skipped (done before), {len(self.failed)} failed "
-                f"in {self.seconds:.0f}s ({self.executor})")
+                f"{self.skipped} skipped (done before), {len(self.failed)} failed"
+                + (f", {len(self.not_run)} not run or interrupted" if self.not_run else "")
+                + f" in {self.seconds:.0f}s ({self.executor})")
 
 
 def plan(suite: Suite, out: Path, label: str, device: str = "auto",
@@ -372,6 +373,8 @@ def _progress_line(i: int, n: int, c: Cell, rec: dict[str, Any], clock: str = ""
         return (f"[{i}/{n}] done   {c.run_id}: top-1 {m.get('top1', float('nan')):6.2f} "
                 f"(FP {m.get('fp_top1', float('nan')):.2f}) in {t.get('total_s', 0):.1f}s{at}")
     err = rec.get("error", {})
+    if shown_status("failed", rec) == "interrupted":
+        return f"[{i}/{n}] INTERRUPTED {c.run_id}: stopped before the end; the next run of the suite redoes it{at}"
     return f"[{i}/{n}] FAILED {c.run_id}: {err.get('type')}: {first_line(str(err.get('message', '')))}{at}"
 
 
@@ -611,20 +614,29 @@ def run_suite(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions,
     root, cells = plan(suite, out, label, opts.device, only)
     fresh = not root.exists()
     try:
-        return _run_label(suite, out, label, opts, only, poll_s, t0, root, cells)
-    except ex.SubmitError as e:
-        # nothing ran: a label this run created is removed, so that it does not become the
-        # suite's newest label (the default of report and status) with no cell in it
-        if fresh and not any(root.glob("*/record.json")):
-            shutil.rmtree(root, ignore_errors=True)
+        return _run_label(suite, out, label, opts, only, poll_s, t0, root, cells, fresh)
+    except _LabelRemoved as e:
+        # the lock is released: its file, then the folders if nothing else is in them (a driver
+        # that took the lock meanwhile has written its suite.json there, so they stay)
+        (root / ".driver.lock").unlink(missing_ok=True)
+        for d in (root, root.parent):  # the label's folder, then the suite's if this was its only label
             with contextlib.suppress(OSError):
-                root.parent.rmdir()  # the suite's folder, when this was its only label
-            raise ex.SubmitError(f"{e}; no cell was submitted, and the new label {label} was removed") from None
-        raise
+                d.rmdir()
+        if root.exists():
+            raise e.error from None
+        raise ex.SubmitError(f"{e.error}; no cell was submitted, and the new label {label} was removed") from None
+
+
+class _LabelRemoved(Exception):
+    """A submission was refused before any job started, and the label it had created was emptied."""
+
+    def __init__(self, error: ex.SubmitError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, only: str | None,
-               poll_s: float, t0: float, root: Path, cells: list[Cell]) -> Summary:
+               poll_s: float, t0: float, root: Path, cells: list[Cell], fresh: bool) -> Summary:
     with label_lock(root):
         snapshot = states(cells)
         check_drift(snapshot, label)
@@ -640,11 +652,22 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
         if commits := other_commits([rec for _, st, rec in snapshot if st == "done"]):
             print(commits, flush=True)
         if todo:
-            submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s,
-                            {c.run_id: _stamp(rec or None) for c, st, rec in snapshot if st != "done"})
+            try:
+                submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s,
+                                {c.run_id: _stamp(rec or None) for c, st, rec in snapshot if st != "done"})
+            except ex.SubmitError as e:
+                # nothing ran: a label this run created is emptied (under the lock) and removed, so
+                # that it does not become the suite's newest label (report's default) with no cell
+                if fresh and not any(root.glob("*/record.json")):
+                    for p in root.iterdir():
+                        if p.name != ".driver.lock":
+                            shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    raise _LabelRemoved(e) from None
+                raise
         for c in todo:
             summary.dirs[c.run_id] = c.dir
             st, rec = c.state()
+            st = shown_status(st, rec)
             if st == "done":
                 summary.done += 1
                 if rec.get("warnings"):
