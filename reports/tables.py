@@ -435,7 +435,7 @@ def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float) -> pd.Data
 def compare_markdown(cmp: pd.DataFrame, label_a: str, label_b: str, threshold: float) -> str:
     flagged = int((cmp["flag"].isin(ALERT_FLAGS)).sum())
     lines = [f"**Top-1 change from {label_a} (A) to {label_b} (B); flagged: |Δ| > {threshold:g} "
-             f"points, a new failure or a cell without a record in B ({flagged} cell(s))**", "",
+             f"points, a new failure or a cell without a result in B ({flagged} cell(s))**", "",
              "| Model | Method | W/A | Seed | A | B | Δ | Flag |", "|:--|:--|:-:|:-:|--:|--:|--:|:--|"]
     for r in cmp.itertuples():
         a = "fail" if r.status_a == "failed" else ("–" if pd.isna(r.top1_a) else f"{r.top1_a:.2f}")
@@ -450,7 +450,7 @@ def compare_markdown(cmp: pd.DataFrame, label_a: str, label_b: str, threshold: f
 def compare_latex(cmp: pd.DataFrame, suite: str, label_a: str, label_b: str, threshold: float) -> str:
     lines = [r"\begin{table}[t]", r"\centering",
              rf"\caption{{Top-1 change, suite {tex(suite)}: {tex(label_a)} (A) to {tex(label_b)} (B); "
-             rf"flagged when $|\Delta| > {threshold:g}$, a new failure or a cell without a record in B.}}",
+             rf"flagged when $|\Delta| > {threshold:g}$, a new failure or a cell without a result in B.}}",
              rf"\label{{tab:{suite}-compare}}",
              r"\begin{tabular}{lllcrrrl}", r"\toprule",
              r"Model & Method & W/A & Seed & A & B & $\Delta$ & Flag \\", r"\midrule"]
