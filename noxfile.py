@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def _python(session: nox.Session) -> str:
         if not py.exists():
             session.error(f"MGRQ_VENV={VENV}: no Python at {py}; expected a virtual environment "
                           f"with this project installed ({install}), or unset MGRQ_VENV to use .venv/")
-        check = subprocess.run([str(py), "-c", _CHECK], capture_output=True, text=True, cwd=ROOT)
+        check = subprocess.run([str(py), "-c", _CHECK, *_requirements()], capture_output=True, text=True, cwd=ROOT)
         if check.returncode != 0:
             why = (check.stderr.strip().splitlines() or [f"exit status {check.returncode}"])[-1]
             session.error(f"MGRQ_VENV={VENV}: its Python does not run ({why}); expected a working virtual "
@@ -60,12 +61,28 @@ def _python(session: nox.Session) -> str:
     return str(py)
 
 
-# the imports the sessions need; prints the missing ones (run by MGRQ_VENV's python)
+def _requirements() -> list[str]:
+    """The distributions pyproject.toml asks for (dependencies and every extra; versions left
+    out). None where this Python has no ``tomllib`` (< 3.11): the check is then skipped."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        return []
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    return sorted({re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0] for r in reqs} - {"mgrq"})
+
+
+# run by MGRQ_VENV's python with the distribution names as arguments: prints the missing ones
 _CHECK = """
-import importlib.util
-need = ["torch", "torchvision", "timm", "numpy", "pandas", "tqdm", "mlxtend", "yaml", "submitit", "mlflow",
-        "matplotlib", "scipy", "pytest", "hypothesis", "skimage", "ruff", "mypy"]
-print(" ".join(m for m in need if importlib.util.find_spec(m) is None))
+import importlib.metadata as md, sys
+def missing(name):
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        return True
+    return False
+print(" ".join(n for n in sys.argv[1:] if missing(n)))
 """
 
 

@@ -133,10 +133,11 @@ def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
     return pdf
 
 
-# every file a report may write into its folder
+# every file a report may write into its folder: tables, figures, pdflatex's files, the CSV
+PDF_FILES = tuple(f"tables.{ext}" for ext in ("tex", "pdf", "aux", "log"))
 OUTPUTS = tuple(f"{stem}.{ext}" for stem in ("main", "ablation", "paired", "cost", "notes") for ext in ("tex", "md")) + tuple(
-    f"{stem}.{ext}" for stem in ("acc_vs_bits", "ablation", "acc_vs_time") for ext in ("pdf", "png")) + tuple(
-    f"tables.{ext}" for ext in ("tex", "pdf", "aux", "log")) + ("results.csv",)
+    f"{stem}.{ext}" for stem in ("acc_vs_bits", "ablation", "acc_vs_time") for ext in ("pdf", "png")) + PDF_FILES + (
+    "results.csv",)
 MANIFEST = ".mgrq-report.json"  # the files the last report wrote into its folder
 
 
@@ -156,7 +157,7 @@ def _replace_outputs(dest: Path, earlier: set[str], written: list[Path], compile
     """Remove the earlier report's files this one did not write, and list this one's."""
     now = {p.name for p in written if p.parent == dest}
     if compiled:  # pdflatex's files, also when it failed
-        now |= {f for f in ("tables.tex", "tables.pdf", "tables.aux", "tables.log") if (dest / f).exists()}
+        now |= {f for f in PDF_FILES if (dest / f).exists()}
     for name in earlier - now:
         (dest / name).unlink(missing_ok=True)
     records.write_record(dest / MANIFEST, {"files": sorted(now)})

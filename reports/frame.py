@@ -120,8 +120,8 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
     rows, times = [], []
     for run in search(uri, suite, labels):
         p, m, t = run["params"], run["metrics"], run["tags"]
-        err = t.get("error")
         times.append(run.get("start_time") or 0)
+        err = t.get("error")
         rows.append({
             "suite": t.get("suite"), "label": t.get("label"), "run_id": t.get("run_id"),
             "hash": t.get("content_hash"), "model": p.get("model"), "method": p.get("method"),

@@ -233,10 +233,7 @@ def find_suite(name_or_path: str) -> Path:
     """A suite file from a path (``suites/demo.yaml``) or a name (``demo``; a folder of that name
     in the working directory does not hide the suite)."""
     p = Path(name_or_path).expanduser()
-    known: dict[str, Path] = {}
-    for d in suite_dirs():
-        for f in sorted(d.glob("*.yaml")):
-            known.setdefault(f.stem, f)
+    known = {f.stem: f for f in list_suites()}
     if p.is_dir() and name_or_path not in known:
         raise ConfigError(f"suite file {p}: is a folder; expected a suite YAML file or a suite name "
                           f"({', '.join(known) or 'none found'})")
