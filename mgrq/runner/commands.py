@@ -311,7 +311,7 @@ def cmd_suite_list(args: argparse.Namespace) -> int:
 
 def cmd_suite_status(args: argparse.Namespace) -> int:
     from mgrq.records import read_record, warnings_note
-    from mgrq.runner.layout import Cell, grid_cells, resolve_label, shown_status
+    from mgrq.runner.layout import Cell, grid_cells, resolve_label
 
     out, args.suite = _out(args), _suite_name(args.suite)
     label = resolve_label(out, args.suite, args.label)
@@ -327,8 +327,7 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
               "cell folder(s) found (cells never started are not known)")
     for rid, h, folder in cells:
         cell = Cell(rid, h, root / folder, {})
-        st, rec = cell.state()
-        st = shown_status(st, rec)
+        st, rec = cell.shown_state()
         counts[st] = counts.get(st, 0) + 1
         m = rec.get("metrics") or {}
         top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""

@@ -153,8 +153,7 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     done: list[dict[str, Any]] = []
     print(f"suite {suite.name} ({suite.path}) label {label} -> {root}")
     for c in cells:
-        st, rec = c.state()
-        st = shown_status(st, rec)
+        st, rec = c.shown_state()
         counts[st] += 1
         extra = ""
         if st == "done":
@@ -666,8 +665,7 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
                 raise
         for c in todo:
             summary.dirs[c.run_id] = c.dir
-            st, rec = c.state()
-            st = shown_status(st, rec)
+            st, rec = c.shown_state()
             if st == "done":
                 summary.done += 1
                 if rec.get("warnings"):

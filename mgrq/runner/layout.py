@@ -91,6 +91,11 @@ class Cell:
         """The status part of :meth:`state`."""
         return self.state()[0]
 
+    def shown_state(self) -> tuple[str, dict[str, Any]]:
+        """:meth:`state` with the status a listing shows (:func:`shown_status`)."""
+        st, rec = self.state()
+        return shown_status(st, rec), rec
+
 
 def shown_status(status: str, rec: dict[str, Any]) -> str:
     """The status a listing shows: ``interrupted`` for a failed record whose cell was stopped
