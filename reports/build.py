@@ -239,6 +239,11 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         notes.append(f"the finished cells ran from {len(shas)} source trees (each record's git_sha): "
                      + ", ".join(f"{records.short_sha(s)} ({n} cell{'s' * (n != 1)})" for s, n in shas.items())
                      + "; a table from one version needs one label run at one commit")
+    mixed = F.mixed_settings(df)
+    if mixed:  # e.g. a rerun of some cells with --eval-limit, or of an edited suite, in the same label
+        notes.append("the finished cells put side by side ran with different settings (a rerun of some cells "
+                     "with other options or an edited suite file keeps the older cells' results): "
+                     + "; ".join(mixed) + "; rerun those cells with one setting, or use a new --label")
     pub = None
     if published:
         pub = F.published_frame(None if published is True else published)
@@ -246,10 +251,9 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     _make_dest(dest, what)
     earlier = _earlier_outputs(dest, own_folder)
     rep = Report(dest=dest, frame=df, notes=notes)
-    n_eval = df.loc[df["status"] == "done", "n_eval"].dropna()
-    main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"),
-                        float(n_eval.iloc[0]) if len(n_eval) and n_eval.nunique() == 1 else None,
-                        info.get("bits"))
+    evals = df.loc[df["status"] == "done", "n_eval"].dropna()
+    n_eval = float(evals.iloc[0]) if len(evals) and evals.nunique() == 1 else None
+    main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"), n_eval, info.get("bits"))
     fragments = ["main.tex"]
     (dest / "main.tex").write_text(main.latex())
     (dest / "main.md").write_text(main.markdown())
@@ -257,12 +261,12 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     rep.main_markdown = main.markdown()
     ablation = [a for a in info.get("ablation") or [] if a in names]
     if ablation:
-        abl = T.ablation_table(agg, models, ablation, suite, label, info.get("bits"))
+        abl = T.ablation_table(agg, models, ablation, suite, label, info.get("bits"), n_eval)
         (dest / "ablation.tex").write_text(abl.latex())
         (dest / "ablation.md").write_text(abl.markdown())
         rep.tables += [dest / "ablation.tex", dest / "ablation.md"]
         fragments.append("ablation.tex")
-    pt = T.paired_table(df, reference, models, names, suite, label, info.get("bits")) if reference else None
+    pt = T.paired_table(df, reference, models, names, suite, label, info.get("bits"), n_eval) if reference else None
     if pt is not None and not pt.groups:
         rep.notes.append(f"paired table skipped: no finished cell pairs with {reference} by seed")
     elif pt is not None:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from mgrq.errors import ConfigError
 from mgrq.spec import parse_bits
+from mgrq.tracking import flatten
 
 COLUMNS = [
     "suite", "label", "run_id", "hash", "model", "method", "name", "bits", "w_bits", "a_bits",
@@ -85,6 +86,7 @@ def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) 
             row = row_from_record(rec)
             row["label"] = row["label"] or d.name
             row["suite"] = row["suite"] or suite
+            row["settings"] = settings(flatten(rec, "")[0])
             rows.append(row)
             times.append(str(rec.get("finished") or rec.get("started") or ""))
     df = _one_per_cell(rows, times)
@@ -108,9 +110,46 @@ def _one_per_cell(rows: list[dict[str, Any]], times: list[Any]) -> pd.DataFrame:
     for i in sorted(range(len(rows)), key=lambda i: times[i]):
         newest[(rows[i]["label"], rows[i]["run_id"])] = i
     keep = set(newest.values())
-    df = pd.DataFrame([r for i, r in enumerate(rows) if i in keep and not _interrupted(r)], columns=COLUMNS)
+    kept = [r for i, r in enumerate(rows) if i in keep and not _interrupted(r)]
+    df = pd.DataFrame(kept, columns=COLUMNS)
     df.attrs["superseded"] = [f"{r['label']}/{r['run_id']}-{r['hash']}" for i, r in enumerate(rows) if i not in keep]
+    df.attrs["settings"] = {(r["label"], r["run_id"]): r.get("settings") or {} for r in kept}
     return df
+
+
+TABLE_SETTINGS = ("image_bits", "eval_split", "eval_limit", "bits_overrides")
+
+
+def settings(params: dict[str, str]) -> dict[str, str]:
+    """The settings a table's cells should share, from a record's flat MLflow params
+    (:func:`mgrq.tracking.flatten`): the evaluation and layer policy (``TABLE_SETTINGS``, the same
+    in every cell) and the calibration size and resolved method config (``calib``,
+    ``config.*``: the same in every cell of one method row)."""
+    return {k: v for k, v in params.items() if k in TABLE_SETTINGS or k == "calib" or k.startswith("config.")}
+
+
+def mixed_settings(df: pd.DataFrame) -> list[str]:
+    """What differs between the finished cells of ``df`` that one table puts side by side: a
+    table-wide setting (e.g. ``eval_limit`` after a rerun with ``--eval-limit``) across all of
+    them, a row's calibration size or method config across that row's cells. One line per
+    setting, each value with its cell count."""
+    by_cell = df.attrs.get("settings") or {}
+    done = df[df["status"] == "done"]
+    groups: list[tuple[str, pd.DataFrame, tuple[str, ...] | None]] = [("all rows", done, TABLE_SETTINGS)]
+    groups += [(f"row {name}", g, None) for name, g in done.groupby("name", sort=True)]
+    out = []
+    for where, g, keys in groups:
+        cells = [by_cell.get((lab, rid), {}) for lab, rid in zip(g["label"], g["run_id"])]
+        names = sorted({k for c in cells for k in c if (k in keys if keys else k not in TABLE_SETTINGS)})
+        for k in names:
+            counts: dict[str, int] = {}
+            for c in cells:
+                v = c.get(k, "(unset)")
+                counts[v] = counts.get(v, 0) + 1
+            if len(counts) > 1:
+                vals = ", ".join(f"{v} ({n} cell{'s' * (n != 1)})" for v, n in sorted(counts.items(), key=lambda t: -t[1]))
+                out.append(f"{where}: {k} = {vals}")
+    return out
 
 
 def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.DataFrame:
@@ -133,12 +172,13 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
             "device": _device_type(t.get("device_used")),
             "calib": int(p["calib"]) if str(p.get("calib", "")).isdigit() else None,
             "error": err, "warnings": int(m.get("warnings", 0)), "git_sha": _sha_tag(t.get("git_sha")),
-            "source": "run", "citation": None,
+            "source": "run", "citation": None, "settings": settings(p),
         })
     df = _one_per_cell(rows, times)
     superseded = df.attrs["superseded"]
+    kept = df.attrs["settings"]
     df = df.sort_values(["label", "run_id"]).reset_index(drop=True)
-    df.attrs["superseded"] = superseded
+    df.attrs["superseded"], df.attrs["settings"] = superseded, kept
     return df
 
 

@@ -273,14 +273,18 @@ def main_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
     seeds = _seed_note(runs)
     cap = caption or (
         f"Top-1 accuracy (%) of quantized ViTs, suite {suite} ({label})"
-        + (f", evaluated on {int(n_eval)} images" if n_eval else "")
-        + ". Best per column in bold." + (f" {seeds}" if seeds else "")
+        + _evaluated(n_eval) + ". Best per column in bold." + (f" {seeds}" if seeds else "")
     )
     return Table("Main table", cap, f"tab:{suite}-main", models, groups, notes=notes)
 
 
+def _evaluated(n_eval: float | None) -> str:
+    """The caption's ", evaluated on N images" (smoke runs, ``--eval-limit``), or nothing."""
+    return f", evaluated on {int(n_eval)} images" if n_eval else ""
+
+
 def ablation_table(agg: pd.DataFrame, models: list[str], rows_in: list[str], suite: str,
-                   label: str, bits_pref: list[str] | None = None) -> Table:
+                   label: str, bits_pref: list[str] | None = None, n_eval: float | None = None) -> Table:
     """Variants (``rows_in``, in order) x models, one block per bit-width, with the average."""
     runs = agg[agg["source"] == "run"]
     groups = []
@@ -289,7 +293,7 @@ def ablation_table(agg: pd.DataFrame, models: list[str], rows_in: list[str], sui
         _bold_best(rows, models)
         groups.append((bits, rows))
     seeds = _seed_note(runs)
-    cap = (f"Ablation: top-1 accuracy (%) per variant, suite {suite} ({label}). "
+    cap = (f"Ablation: top-1 accuracy (%) per variant, suite {suite} ({label}){_evaluated(n_eval)}. "
            "Best per column in bold." + (f" {seeds}" if seeds else ""))
     return Table("Ablation table", cap, f"tab:{suite}-ablation", models, groups, avg=True)
 
@@ -361,7 +365,7 @@ def paired_frame(df: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 
 def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: list[str], suite: str,
-                 label: str, bits_pref: list[str] | None = None) -> Table:
+                 label: str, bits_pref: list[str] | None = None, n_eval: float | None = None) -> Table:
     """The paired differences of :func:`paired_frame` as a table: the other methods (``names``
     order) as rows, models as columns, one block per bit-width."""
     pf = paired_frame(df, reference)
@@ -382,11 +386,13 @@ def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: lis
         if rows:
             groups.append((bits, rows))
     ref = method_name(reference)
-    cap = (f"Paired by seed, suite {suite} ({label}): top-1 of {ref} minus each method (points), mean over "
+    cap = (f"Paired by seed, suite {suite} ({label}){_evaluated(n_eval)}: top-1 of {ref} minus each method "
+           f"(points), mean over "
            f"the seeds where both finished ± half-width of the 95% Student-t interval; (k/n): seeds "
            f"where {ref} is at least level. Bold: interval above 0 ({ref} ahead); italic: below 0 "
            f"({ref} behind); plain: the interval contains 0 (within seed noise). "
-           "No correction for multiple comparisons.")
+           "No correction for multiple comparisons."
+           + (" An entry over one seed has no interval." if (pf["n"] < 2).any() else ""))
     return Table("Paired table", cap, f"tab:{suite}-paired", models, groups)
 
 

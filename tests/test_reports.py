@@ -24,10 +24,11 @@ MODELS = ["deit_tiny_patch16_224", "tiny_vit"]
 
 def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, seed: int,
         top1: float | None, fp: float = 80.0, variant: str | None = None, qs: float = 2.0,
-        eval_limit: int | None = None, finished: str | None = None, warnings: list[str] | None = None) -> None:
+        eval_limit: int | None = None, finished: str | None = None, warnings: list[str] | None = None,
+        config: dict | None = None) -> None:
     w, a = int(bits[1]), int(bits[3])
     spec = RunSpec(model=model, method=method, w_bits=w, a_bits=a, seed=seed, variant=variant,
-                   eval_limit=eval_limit)
+                   eval_limit=eval_limit, method_config=tuple((config or {}).items()))
     rec = {"schema": 1, "id": spec.run_id, "hash": spec.content_hash, "spec": spec.to_dict(),
            "suite": {"name": suite, "label": label}, "started": records.now(),
            "finished": finished or records.now()}
@@ -117,6 +118,9 @@ def test_markdown_csv_and_figures(tmp_path):
     assert not any("†" in r for r in rows)
     abl = (rep.dest / "ablation.md").read_text()
     assert "| pct-mm | 4/4 | 60.50 ± 0.71 | 60.50 ± 0.71 | 60.50 |" in abl
+    # every cell was evaluated on 50 images: each table that can go into a paper says so
+    assert "suite rep (A), evaluated on 50 images." in abl and "evaluated on 50 images" in md[0]
+    assert "suite rep (A), evaluated on 50 images." in (rep.dest / "ablation.tex").read_text()
     cost = (rep.dest / "cost.md").read_text()  # time and memory beside accuracy, same rows
     assert "| RepQ-ViT | 4/4 | 5.0 s, 100 MB | 5.0 s, 100 MB |" in cost
     assert "| Percentile | 6/6 | 2.0 s, 100 MB | 2.0 s, 100 MB |" in cost
@@ -181,6 +185,10 @@ def test_paired_differences_intervals_and_verdicts():
     assert "| behind | 4/4 | *−1.07 ± 0.29 (0/3)* |" in md
     assert "| tie | 4/4 | −0.17 ± 2.59 (1/3) |" in md
     assert "| ref |" not in md
+    assert "over one seed" not in md and "evaluated on" not in md
+    md1 = paired_table(df[df["seed"] == 0], "ref", ["tiny_vit"], ["ref", "ahead"], "s", "L", n_eval=200.0).markdown()
+    assert "| ahead | 4/4 | +2.00 (1/1) |" in md1  # one seed: no interval, and the caption says why
+    assert "An entry over one seed has no interval." in md1 and "suite s (L), evaluated on 200 images:" in md1
 
 
 def test_paired_option_of_the_cli(tmp_path, capsys):
@@ -284,7 +292,23 @@ def test_rerun_cell_under_another_hash_counts_once(tmp_path):
                       & (rep.frame["bits"] == "W4A4")]
     assert sorted(cells["top1"]) == [70.0, 90.0]  # seed 0, and the newer seed-1 record only
     assert "| Percentile | 4/4 | 71.00 ± 1.41 | **80.00** ± 14.14 |" in rep.main_markdown
-    assert len(rep.notes) == 1 and "1 record(s) left out" in rep.notes[0] and "tiny_vit.percentile.w4a4.s1" in rep.notes[0]
+    assert len(rep.notes) == 2 and "1 record(s) left out" in rep.notes[0] and "tiny_vit.percentile.w4a4.s1" in rep.notes[0]
+    # the kept record was evaluated on 20 images, the others on all: the table mixes them, and says so
+    assert "ran with different settings" in rep.notes[1]
+    assert "all rows: eval_limit = None (13 cells), 20 (1 cell)" in rep.notes[1]
+
+
+def test_report_notes_a_row_whose_cells_ran_with_other_method_settings(tmp_path):
+    """A cell rerun from an edited suite file (another method config) in the same label: the row
+    averages two configs, and the note names the row, the field and the cell counts."""
+    out = tmp_path / "runs"
+    make_runs(out)
+    assert build_report(out, "rep", "A", pdf="no", figures=False).notes == []
+    put(out, "rep", "A", "tiny_vit", "percentile", "W4A4", 1, 71.0, config={"weight_init": "lp"},
+        finished="2999-01-01T00:00:00")
+    notes = build_report(out, "rep", "A", pdf="no", figures=False).notes
+    assert notes[1].split(": ", 1)[1].startswith("row percentile: config.weight_init = (unset) (5 cells), lp (1 cell);")
+    assert "pct-mm" not in notes[1] and "all rows" not in notes[1]
 
 
 def test_paired_setting_of_the_suite_file(tmp_path, capsys):

@@ -80,6 +80,8 @@ def test_unreachable_uri_records_land_then_mirror_later(tmp_path, monkeypatch, c
     a = records_frame(out, "trk", ["T"]).drop(columns=["error", "citation"])
     b = mlflow_frame(default_uri(out), "trk", ["T"]).drop(columns=["error", "citation"])
     assert a.to_dict("records") == b.to_dict("records")
+    sa, sb = records_frame(out, "trk", ["T"]).attrs["settings"], mlflow_frame(default_uri(out), "trk", ["T"]).attrs["settings"]
+    assert sa == sb and sa[("T", rec["id"])]["config.act_init"] == "minmax"  # what the mixed-settings note compares
     # a label run but never mirrored: the error says so, and how to mirror it
     import shutil
 
