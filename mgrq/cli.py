@@ -155,9 +155,13 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, plus one check: an option the command does not know is named first, with the
+    """argparse, with errors on one line, plus one check: an option the command does not know is named first, with the
     nearest known option (argparse would first report the required options a typo left out:
     ``--modle x`` gave "the following arguments are required: --model"). Subcommands inherit it."""
+
+    def error(self, message: str) -> Any:
+        """One line, as every other user error (argparse prints the whole usage block first)."""
+        self.exit(2, f"error: {self.prog}: {message}; see '{self.prog} --help'\n")
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         if args is not None and self._subparsers is None:  # a command's own tokens, options and values
@@ -180,8 +184,7 @@ class Parser(argparse.ArgumentParser):
                 continue
             hits = [k for k in actions if k.startswith(name)]
             if not hits:
-                self.error(f"unrecognized option {name}{did_you_mean(name, actions)}; "
-                           f"'{self.prog} --help' lists the options")
+                self.error(f"unrecognized option {name}{did_you_mean(name, actions)}")
             action = actions.get(name) or (actions[hits[0]] if len(hits) == 1 else None)
             takes_value = action is not None and not eq and action.nargs != 0
 

@@ -428,8 +428,19 @@ def test_a_misspelt_option_is_named_before_missing_required_ones(argv, named, hi
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"error: unrecognized option {named} (did you mean '{hint}'?)" in last and "--help' lists" in last
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no usage block
+    prog = "mgrq " + " ".join(argv[:2] if argv[0] == "suite" else argv[:1])
+    assert err[0] == f"error: {prog}: unrecognized option {named} (did you mean '{hint}'?); see '{prog} --help'"
+    # argparse's own errors (a value of the wrong type, a missing argument) are one line too
+    for bad, what in ((["quantize", "--model", "tiny_vit", "--method", "percentile", "--w-bits", "abc",
+                        "--a-bits", "4"], "argument --w-bits: invalid int value: 'abc'"),
+                      (["suite", "run", "demo", "--executor", "lokal"], "argument --executor: invalid choice: 'lokal'"),
+                      (["quantize", "--model", "tiny_vit"], "the following arguments are required: --method")):
+        with pytest.raises(SystemExit) as e:
+            main(bad)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and what in err[0] and err[0].startswith("error: mgrq "), err
     # an abbreviation argparse accepts is left alone
     with pytest.raises(SystemExit) as e:
         main(["quantize", "--mod", "tiny_vit", "--help"])

@@ -87,6 +87,7 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "suite dbg [L1]" in text and "1 done, 1 failed" in text
     assert f"top-1 {ok['metrics']['top1']:.2f}" in text and "warning" not in text
+    assert f"job {ok['executor']['job_id']}" in text  # the job id, named as such
     # a done record holding a warning (simulated): status and the dry run say so on its line
     path = cells["tiny_vit.percentile.w4a4.s0"] / "record.json"
     path.write_text(json.dumps({**json.loads(before), "warnings": ["percentile: unit blocks.0 rose 3x"]}))
@@ -482,10 +483,15 @@ def test_the_failure_summary_points_at_the_cell_folder_that_failed(tmp_path, cap
     bad = write_suite(tmp_path / "v2" / "twice.yaml",
                       methods=[{"name": "percentile", "variant": "pct-x", "calib": 100000}])
     capsys.readouterr()
+    note = ("note: label L was run before with another grid; 1 of its cells are not in this one "
+            "(e.g. tiny_vit.pct-x.w4a4.s0)")
+    assert main(["suite", "run", str(bad), *argv, "--dry-run"]) == 0  # the preview says so too
+    assert note in capsys.readouterr().out
+    assert main(["suite", "run", str(ok), *argv, "--dry-run"]) == 0  # the grid it ran: nothing to say
+    assert "another grid" not in capsys.readouterr().out
     assert main(["suite", "run", str(bad), *argv]) == 1
     text = capsys.readouterr().out
-    assert ("note: label L was run before with another grid; 1 of its cells are not in this one "
-            "(e.g. tiny_vit.pct-x.w4a4.s0)") in text
+    assert note in text
     folders = sorted((out / "twice" / "L").glob("tiny_vit.pct-x.w4a4.s0-*"))
     failed = [d for d in folders if rec(d)["status"] == "failed"]
     assert len(folders) == 2 and len(failed) == 1

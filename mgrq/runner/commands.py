@@ -2,7 +2,7 @@
 
 Exit status of ``mgrq suite run``: 0 all cells done; 1 some cells failed (the summary lists
 them); 2 bad input (one line, nothing submitted); 3 the cells are fine but MLflow mirroring
-failed (redo it later with ``mgrq mirror``).
+failed (redo it later with ``mgrq mirror``); 130 interrupted (Ctrl-C; a rerun resumes).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = ssub.add_parser("run", help="run (or resume) a suite", description=(
         "Expand a suite into cells, skip the cells already done, run the rest with an executor, "
         "mirror the records into MLflow and write the report. Exit status: 0 all done, 1 some "
-        "cells failed, 2 bad input, 3 MLflow mirroring failed (records are safe)."))
+        "cells failed, 2 bad input, 3 MLflow mirroring failed (records are safe), 130 interrupted "
+        "(Ctrl-C; rerun the label to resume)."))
     r.add_argument("suite", help="suite name (see `mgrq suite list`) or path to a suite YAML file")
     _add_out(r)
     r.add_argument("--label", default=None, help="run label (default: YYYYMMDD-<git sha>); same label = resume")
@@ -218,6 +219,11 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         root, cells = driver.plan(suite, out, label, opts.device, args.only)
         driver.print_grid(suite, label, root, cells)
+        from mgrq import records
+
+        grid = driver.plan(suite, out, label, opts.device)[1] if args.only else cells
+        if note := driver.other_grid_note(label, records.read_record(root / "suite.json") or {}, grid):
+            print(note)
         print(f"executor: {opts.describe()}")
         return 0
     summary = driver.run_suite(suite, out, label, opts, only=args.only)
@@ -331,7 +337,8 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
         counts[st] = counts.get(st, 0) + 1
         m = rec.get("metrics") or {}
         top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""
-        job = (rec.get("executor") or {}).get("job_id") or ""
+        jid = (rec.get("executor") or {}).get("job_id")
+        job = f"job {jid}" if jid else ""
         print(f"  {st:11s} {rid:55s} {top1:14s} {job}  {warnings_note(rec)}".rstrip())
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no cells")
     return 0

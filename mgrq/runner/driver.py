@@ -203,18 +203,26 @@ def label_lock(root: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def other_grid_note(label: str, prev: dict[str, Any], cells: list[Cell]) -> str | None:
+    """The note for a label whose ``suite.json`` (``prev``) lists cells that are not in the grid
+    ``cells`` (the suite file or the options changed under the same label), or None."""
+    now = {c.hash for c in cells}
+    left = [c["id"] for c in grid_cells(prev) if c.get("hash") not in now]
+    if not left:
+        return None
+    return (f"note: label {label} was run before with another grid; {len(left)} of its cells are not in this "
+            f"one (e.g. {', '.join(left[:3])}): their folders stay, but `suite status` lists this grid once it "
+            "runs (a new --label keeps the two apart)")
+
+
 def write_suite_json(suite: Suite, label: str, root: Path, cells: list[Cell], opts: ex.ExecutorOptions,
                      ran: int | None = None, only: str | None = None) -> None:
     """``suite.json``: the suite as run, with every cell of its grid (also when this invocation
     ran the ``--only`` subset of ``ran`` cells: status and reports see the cells not run yet)."""
     path = root / "suite.json"
     prev = records.read_record(path) or {}
-    now = {c.hash for c in cells}
-    left = [c["id"] for c in grid_cells(prev) if c.get("hash") not in now]
-    if left:  # the suite file changed under the same label: say what status and reports stop listing
-        print(f"note: label {label} was run before with another grid; {len(left)} of its cells are not in this "
-              f"one (e.g. {', '.join(left[:3])}): their folders stay, but `suite status` lists this grid now "
-              "(a new --label keeps the two apart)", flush=True)
+    if note := other_grid_note(label, prev, cells):
+        print(note, flush=True)
     invocations = list(prev.get("invocations", []))
     invocations.append({"time": records.now(), "executor": opts.describe(),
                         "cells": len(cells) if ran is None else ran, "only": only,

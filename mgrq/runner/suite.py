@@ -207,7 +207,7 @@ def select(specs: list[RunSpec], only: str | None, suite: str) -> list[RunSpec]:
     pat = compile_regex(only, "--only", "a regex searched in the cell ids, e.g. '^tiny_vit\\.'")
     out = [s for s in specs if pat.search(s.run_id)]
     if not out:
-        raise ConfigError(f"--only {only!r}: matches none of the {len(specs)} cells of {suite}")
+        raise ConfigError(f"--only '{only}': matches none of the {len(specs)} cells of {suite}")
     return out
 
 
