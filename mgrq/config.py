@@ -86,25 +86,27 @@ def _check_finite(cls_name: str, name: str, value: Any) -> None:
         raise ConfigError(f"{cls_name}.{name}={value!r}: expected a finite number")
 
 
-def build_config(cls: type, overrides: Mapping[str, Any] | None = None) -> Any:
+def build_config(cls: type, overrides: Mapping[str, Any] | None = None, owner: str | None = None) -> Any:
     """``cls(**defaults | overrides)``; strings are parsed to the field's type. Unknown fields
-    raise :class:`ConfigError` listing the fields of ``cls``; the dataclass validates values."""
+    raise :class:`ConfigError` listing the fields of ``cls``; the dataclass validates values.
+    Errors name ``owner`` (e.g. the method, ``qdrop.iters=...``), by default the class."""
     overrides = dict(overrides or {})
+    who = owner or cls.__name__
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in overrides if k not in fields)  # a YAML key may be a number
     if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(k + did_you_mean(k, fields) for k in unknown)}; "
+        raise ConfigError(f"{who}: unknown field(s) {', '.join(k + did_you_mean(k, fields) for k in unknown)}; "
                           f"expected one of {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(cls.__name__, fields[k], v, hints) for k, v in overrides.items()}
+    kwargs = {k: _coerce(who, fields[k], v, hints) for k, v in overrides.items()}
     for k, v in kwargs.items():
-        _check_finite(cls.__name__, k, v)
+        _check_finite(who, k, v)
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{cls.__name__}: {e}") from None
+        raise ConfigError(f"{who}: {e}") from None
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

@@ -176,7 +176,7 @@ def test_method_config_override(tmp_path, capsys):
     (["--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4", "--set", "softmax_quantizer=uniform",
       "--set", "init=repq_vit"], "only used with init='percentile'"),
     (["--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4", "--set", "iters=0"],
-     "error: QDropConfig: iters=0: expected iters >= 1$"),  # the field that is wrong, and only it
+     "error: qdrop: iters=0: expected iters >= 1$"),  # the field that is wrong, and only it
 ])
 def test_bad_inputs_one_line_errors(capsys, argv, match):
     import re

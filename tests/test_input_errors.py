@@ -133,7 +133,7 @@ def test_layer_policy_override_must_match_a_point(tmp_path, capsys, no_work):
 def test_method_config_type_errors_name_the_type(capsys):
     assert main(["quantize", "--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4",
                  "--set", "iters=abc"]) == 2
-    assert error_line(capsys).endswith("QDropConfig.iters='abc': expected an integer")
+    assert error_line(capsys).endswith("qdrop.iters='abc': expected an integer")
 
 
 def test_suite_grid_duplicates_and_scalar_methods(tmp_path):
@@ -239,16 +239,16 @@ def test_typed_suite_values_are_checked_and_numbers_must_be_finite(tmp_path):
     for value, shown in ((10.5, "iters=10.5 (float): expected an integer"),
                          (True, "iters=True (bool): expected an integer")):
         bad = write_suite(tmp_path / "t.yaml", methods=[{"name": "qdrop", "config": {"iters": value}}])
-        with pytest.raises(ConfigError, match=re.escape(f"field 'methods[0].config': QDropConfig.{shown}")):
+        with pytest.raises(ConfigError, match=re.escape(f"field 'methods[0].config': qdrop.{shown}")):
             load_suite(bad)
     ok = write_suite(tmp_path / "ok.yaml", methods=[{"name": "qdrop", "config": {"iters": 10, "lr_step": 1}}])
     assert dict(load_suite(ok).methods[0].config) == {"iters": 10, "lr_step": 1}
     inf = write_suite(tmp_path / "inf.yaml", methods=[{"name": "qdrop", "config": {"lr_step": float("inf")}}])
-    with pytest.raises(ConfigError, match=r"QDropConfig.lr_step=inf: expected a finite number"):
+    with pytest.raises(ConfigError, match=r"qdrop.lr_step=inf: expected a finite number"):
         load_suite(inf)
     from mgrq.methods import get_method
 
-    with pytest.raises(ConfigError, match=r"QDropConfig.lr_round=nan: expected a finite number"):
+    with pytest.raises(ConfigError, match=r"qdrop.lr_round=nan: expected a finite number"):
         get_method("qdrop").make_config({"lr_round": "nan"})  # --set lr_round=nan
 
 
@@ -344,7 +344,7 @@ def test_cli_checkpoint_is_named_as_the_flag(tmp_path, capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--set", "iters=5", "--set", "iters=6"], "--set 'iters=6': iters given twice (also --set iters=5); expected each once"),
-    (["--set", "act_innit=minmax"], "PercentileConfig: unknown field(s) act_innit (did you mean 'act_init'?); expected "
+    (["--set", "act_innit=minmax"], "percentile: unknown field(s) act_innit (did you mean 'act_init'?); expected "
                                     "one of"),
     (["--bits-override", "head"], "--bits-override 'head': expected REGEX=BITS"),
     (["--bits-override", "head=8", "--bits-override", "head=fp"], "--bits-override 'head=fp': head given twice"),

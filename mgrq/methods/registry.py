@@ -53,7 +53,7 @@ class Method:
     def make_config(self, overrides: dict[str, Any] | None = None) -> Any:
         from mgrq.config import build_config
 
-        return build_config(self.config_cls, overrides)
+        return build_config(self.config_cls, overrides, self.name)
 
 
 _REGISTRY: dict[str, Method] = {}
