@@ -155,9 +155,10 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with errors on one line, plus one check: an option the command does not know is named first, with the
-    nearest known option (argparse would first report the required options a typo left out:
-    ``--modle x`` gave "the following arguments are required: --model"). Subcommands inherit it."""
+    """argparse, with errors on one line, plus one check: an option the command does not know is
+    named first, with the nearest known option (argparse would first report the required options
+    a typo left out: ``--modle x`` gave "the following arguments are required: --model").
+    Subcommands inherit it."""
 
     def error(self, message: str) -> Any:
         """One line, as every other user error (argparse prints the whole usage block first)."""
