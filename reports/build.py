@@ -240,6 +240,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                      + ", ".join(f"{records.short_sha(s)} ({n} cell{'s' * (n != 1)})" for s, n in shas.items())
                      + "; a table from one version needs one label run at one commit")
     mixed = F.mixed_settings(df)
+    df.attrs.pop("settings", None)  # pandas copies attrs into every frame derived from df
     if mixed:  # e.g. a rerun of some cells with --eval-limit, or of an edited suite, in the same label
         notes.append("the finished cells put side by side ran with different settings (a rerun of some cells "
                      "with other options or an edited suite file keeps the older cells' results): "

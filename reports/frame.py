@@ -86,7 +86,7 @@ def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) 
             row = row_from_record(rec)
             row["label"] = row["label"] or d.name
             row["suite"] = row["suite"] or suite
-            row["settings"] = settings(flatten(rec, "")[0])
+            row["settings"] = record_settings(rec)
             rows.append(row)
             times.append(str(rec.get("finished") or rec.get("started") or ""))
     df = _one_per_cell(rows, times)
@@ -117,31 +117,46 @@ def _one_per_cell(rows: list[dict[str, Any]], times: list[Any]) -> pd.DataFrame:
     return df
 
 
-TABLE_SETTINGS = ("image_bits", "eval_split", "eval_limit", "bits_overrides")
+TABLE_SETTINGS = ("eval_split", "eval_limit")
+ROW_SETTINGS = ("image_bits", "bits_overrides", "calib")  # a suite may set these per method entry
 
 
 def settings(params: dict[str, str]) -> dict[str, str]:
     """The settings a table's cells should share, from a record's flat MLflow params
-    (:func:`mgrq.tracking.flatten`): the evaluation and layer policy (``TABLE_SETTINGS``, the same
-    in every cell) and the calibration size and resolved method config (``calib``,
+    (:func:`mgrq.tracking.flatten`): the evaluation (``TABLE_SETTINGS``, the same in every cell);
+    the image bits, layer policy, calibration size and method config (``ROW_SETTINGS``,
     ``config.*``: the same in every cell of one method row)."""
-    return {k: v for k, v in params.items() if k in TABLE_SETTINGS or k == "calib" or k.startswith("config.")}
+    return {k: v for k, v in params.items() if k in TABLE_SETTINGS + ROW_SETTINGS or k.startswith("config.")}
+
+
+def record_settings(rec: dict[str, Any]) -> dict[str, str]:
+    """:func:`settings` of a run record; none for a record whose method part is malformed (the
+    record is still reported, it is only left out of this comparison)."""
+    try:
+        return settings(flatten(rec, "")[0])
+    except (AttributeError, TypeError, ValueError):
+        return {}
 
 
 def mixed_settings(df: pd.DataFrame) -> list[str]:
     """What differs between the finished cells of ``df`` that one table puts side by side: a
     table-wide setting (e.g. ``eval_limit`` after a rerun with ``--eval-limit``) across all of
-    them, a row's calibration size or method config across that row's cells. One line per
-    setting, each value with its cell count."""
+    them, a row setting (e.g. ``config.iters`` after a rerun from an edited suite file) across
+    that row's cells. A config field that some cells' records lack (added to the method since
+    they ran) is not compared, as ``suite run``'s drift check does not; a layer policy or image
+    bits that only some cells have is. One line per setting, each value with its cell count."""
     by_cell = df.attrs.get("settings") or {}
     done = df[df["status"] == "done"]
-    groups: list[tuple[str, pd.DataFrame, tuple[str, ...] | None]] = [("all rows", done, TABLE_SETTINGS)]
-    groups += [(f"row {name}", g, None) for name, g in done.groupby("name", sort=True)]
+    groups: list[tuple[str, pd.DataFrame, bool]] = [("all rows", done, True)]
+    groups += [(f"row {name}", g, False) for name, g in done.groupby("name", sort=True)]
     out = []
-    for where, g, keys in groups:
+    for where, g, table in groups:
         cells = [by_cell.get((lab, rid), {}) for lab, rid in zip(g["label"], g["run_id"])]
-        names = sorted({k for c in cells for k in c if (k in keys if keys else k not in TABLE_SETTINGS)})
+        cells = [c for c in cells if c]  # records whose settings could not be read
+        names = sorted({k for c in cells for k in c if (k in TABLE_SETTINGS) == table})
         for k in names:
+            if k.startswith("config.") and not all(k in c for c in cells):
+                continue
             counts: dict[str, int] = {}
             for c in cells:
                 v = c.get(k, "(unset)")

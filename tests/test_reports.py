@@ -25,13 +25,17 @@ MODELS = ["deit_tiny_patch16_224", "tiny_vit"]
 def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, seed: int,
         top1: float | None, fp: float = 80.0, variant: str | None = None, qs: float = 2.0,
         eval_limit: int | None = None, finished: str | None = None, warnings: list[str] | None = None,
-        config: dict | None = None) -> None:
+        config: dict | None = None, image_bits: int = 8) -> None:
+    from mgrq.config import config_dict
+    from mgrq.methods import get_method
+
     w, a = int(bits[1]), int(bits[3])
     spec = RunSpec(model=model, method=method, w_bits=w, a_bits=a, seed=seed, variant=variant,
-                   eval_limit=eval_limit, method_config=tuple((config or {}).items()))
+                   eval_limit=eval_limit, method_config=tuple((config or {}).items()), image_bits=image_bits)
     rec = {"schema": 1, "id": spec.run_id, "hash": spec.content_hash, "spec": spec.to_dict(),
            "suite": {"name": suite, "label": label}, "started": records.now(),
-           "finished": finished or records.now()}
+           "finished": finished or records.now(),
+           "method": {"name": method, "config": config_dict(get_method(method).make_config(config))}}
     if top1 is None:
         rec.update(status="failed", error={"type": "RuntimeError", "message": "boom", "traceback": ""})
     else:
@@ -307,8 +311,35 @@ def test_report_notes_a_row_whose_cells_ran_with_other_method_settings(tmp_path)
     put(out, "rep", "A", "tiny_vit", "percentile", "W4A4", 1, 71.0, config={"weight_init": "lp"},
         finished="2999-01-01T00:00:00")
     notes = build_report(out, "rep", "A", pdf="no", figures=False).notes
-    assert notes[1].split(": ", 1)[1].startswith("row percentile: config.weight_init = (unset) (5 cells), lp (1 cell);")
+    assert notes[1].split(": ", 1)[1].startswith("row percentile: config.weight_init = percentile (5 cells), lp (1 cell);")
     assert "pct-mm" not in notes[1] and "all rows" not in notes[1]
+
+
+def test_settings_that_may_differ_raise_no_note(tmp_path):
+    """No note where settings differ by design or cannot be compared: a variant with its own
+    image bits (a suite sets them per method entry), a config field that older records lack
+    (added to the method since), a record whose method part is malformed (still reported)."""
+    import shutil
+
+    out = tmp_path / "runs"
+    make_runs(out)
+    for d in (out / "rep" / "A").glob("*.pct-mm.*"):
+        shutil.rmtree(d)
+    for model in MODELS:  # every cell of the variant at 6-bit images: uniform within its row
+        for seed in (0, 1):
+            put(out, "rep", "A", model, "percentile", "W4A4", seed, 60.0 + seed, variant="pct-mm", image_bits=6)
+    recs = sorted((out / "rep" / "A").glob("tiny_vit.repq_vit.w4a4.*/record.json"))
+    old = json.loads(recs[0].read_text())
+    old["method"]["config"].popitem()  # a record from before the method had its last field
+    recs[0].write_text(json.dumps(old))
+    rec = json.loads(recs[1].read_text())
+    recs[1].write_text(json.dumps({**rec, "method": "repq_vit"}))  # malformed method part
+    rep = build_report(out, "rep", "A", pdf="no", figures=False)
+    assert rep.notes == [] and len(rep.frame) == 15 and "settings" not in rep.frame.attrs
+    put(out, "rep", "A", "tiny_vit", "percentile", "W4A4", 0, 60.5, variant="pct-mm", image_bits=8,
+        finished="2999-01-01T00:00:00")
+    (note,) = [n for n in build_report(out, "rep", "A", pdf="no", figures=False).notes if "settings" in n]
+    assert "row pct-mm: image_bits = 6 (3 cells), 8 (1 cell)" in note and "all rows" not in note
 
 
 def test_paired_setting_of_the_suite_file(tmp_path, capsys):
