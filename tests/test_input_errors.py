@@ -268,6 +268,9 @@ def test_every_user_regex_gets_the_same_kind_of_message(tmp_path, capsys, no_wor
     assert main(["suite", "run", str(ok), "--out", str(tmp_path / "runs"), "--only", "tiny[", "--dry-run"]) == 2
     assert re.match(r"error: --only 'tiny\[': not a valid regular expression \(.*\); expected a regex searched "
                     r"in the cell ids", error_line(capsys))
+    # a pattern that matches nothing is quoted as typed (its repr doubled the backslash)
+    assert main(["suite", "run", str(ok), "--out", str(tmp_path / "runs"), "--only", r"tiny_vitt\.", "--dry-run"]) == 2
+    assert error_line(capsys).startswith(r"error: --only 'tiny_vitt\.': matches none of the ")
 
 
 def test_imagenet_data_root_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
