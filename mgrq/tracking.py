@@ -118,8 +118,8 @@ def _num(x: Any) -> float | None:
     return float(x)
 
 
-def flatten(rec: dict[str, Any], key: str) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
-    """``(params, metrics, tags)`` of a record (flat, MLflow-ready)."""
+def flat_params(rec: dict[str, Any]) -> dict[str, str]:
+    """The MLflow params of a record: the spec and the method config, flat, as strings."""
     spec = rec.get("spec", {})
     params: dict[str, str] = {}
     for k in ("model", "method", "w_bits", "a_bits", "seed", "image_bits", "eval_split",
@@ -133,8 +133,12 @@ def flatten(rec: dict[str, Any], key: str) -> tuple[dict[str, str], dict[str, fl
     cfg = (rec.get("method") or {}).get("config") or spec.get("method_config") or {}
     for k, v in cfg.items():
         params[f"config.{k}"] = json.dumps(v) if isinstance(v, list | dict) else str(v)
-    params = {k: v[:6000] for k, v in params.items()}
+    return {k: v[:6000] for k, v in params.items()}
 
+
+def flatten(rec: dict[str, Any], key: str) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+    """``(params, metrics, tags)`` of a record (flat, MLflow-ready)."""
+    params = flat_params(rec)
     metrics: dict[str, float] = {}
     for name, (sect, name_in_sect) in METRICS.items():
         v = _num((rec.get(sect) or {}).get(name_in_sect))

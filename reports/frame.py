@@ -18,7 +18,7 @@ import pandas as pd
 
 from mgrq.errors import ConfigError
 from mgrq.spec import parse_bits
-from mgrq.tracking import flatten
+from mgrq.tracking import flat_params
 
 COLUMNS = [
     "suite", "label", "run_id", "hash", "model", "method", "name", "bits", "w_bits", "a_bits",
@@ -123,7 +123,7 @@ ROW_SETTINGS = ("image_bits", "bits_overrides", "calib")  # a suite may set thes
 
 def settings(params: dict[str, str]) -> dict[str, str]:
     """The settings a table's cells should share, from a record's flat MLflow params
-    (:func:`mgrq.tracking.flatten`): the evaluation (``TABLE_SETTINGS``, the same in every cell);
+    (:func:`mgrq.tracking.flat_params`): the evaluation (``TABLE_SETTINGS``, the same in every cell);
     the image bits, layer policy, calibration size and method config (``ROW_SETTINGS``,
     ``config.*``: the same in every cell of one method row)."""
     return {k: v for k, v in params.items() if k in TABLE_SETTINGS + ROW_SETTINGS or k.startswith("config.")}
@@ -133,7 +133,7 @@ def record_settings(rec: dict[str, Any]) -> dict[str, str]:
     """:func:`settings` of a run record; none for a record whose method part is malformed (the
     record is still reported, it is only left out of this comparison)."""
     try:
-        return settings(flatten(rec, "")[0])
+        return settings(flat_params(rec))
     except (AttributeError, TypeError, ValueError):
         return {}
 

@@ -387,8 +387,7 @@ def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: lis
             groups.append((bits, rows))
     ref = method_name(reference)
     cap = (f"Paired by seed, suite {suite} ({label}){_evaluated(n_eval)}: top-1 of {ref} minus each method "
-           f"(points), mean over "
-           f"the seeds where both finished ± half-width of the 95% Student-t interval; (k/n): seeds "
+           f"(points), mean over the seeds where both finished ± half-width of the 95% Student-t interval; (k/n): seeds "
            f"where {ref} is at least level. Bold: interval above 0 ({ref} ahead); italic: below 0 "
            f"({ref} behind); plain: the interval contains 0 (within seed noise). "
            "No correction for multiple comparisons."
