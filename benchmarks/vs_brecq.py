@@ -38,6 +38,16 @@ precision ``medium``; fp32 accumulation on CPUs with AMX or AVX-512 BF16). BRECQ
 ``medium`` run with timm's fused attention off: torch's CPU attention kernel is several times
 slower under that setting. ``compile`` rows include no compilation time (about 14 s per unit,
 paid once). Accuracy is not compared here; the suites do that.
+
+The **floor** row (rounding stage only) times the matrix products of one rounding iteration and
+nothing else: the 17 products both sides run at that block's shapes (4 Linear forwards with bias,
+their 4 weight gradients, 3 input gradients, as the cached input needs none; the two attention
+matmuls and their 4 gradients), with the operand layouts autograd uses, back to back. No code with
+the same numerics can take less per iteration, so ``BRECQ / floor`` is the most any
+reimplementation can gain over BRECQ in that stage at that precision. BRECQ's fused attention runs
+the same attention products inside one kernel. The floor is a little optimistic: it writes into
+buffers made once (no allocation, no page faults), and its operands stay in cache between
+products, where a real step runs other kernels between them.
 """
 
 from __future__ import annotations
@@ -125,6 +135,42 @@ class Clock:
         if not d:
             raise RuntimeError("too few iterations timed: use --iters 5 or more")
         return statistics.median(d)
+
+
+class Floor:
+    """The matrix products of one rounding-stage iteration of ``blk`` (a timm ViT ``Block``) at
+    ``batch`` images of ``tokens`` tokens, and nothing else (see the module docstring)."""
+
+    def __init__(self, blk: torch.nn.Module, batch: int, tokens: int):
+        attn, mlp = blk.attn, blk.mlp
+        d, heads, hidden = attn.qkv.in_features, attn.num_heads, mlp.fc1.out_features
+        n, bh, hd = batch * tokens, batch * heads, d // heads
+        r = torch.randn
+        x, a, h, g = r(n, d), r(n, d), r(n, d), r(n, hidden)  # inputs of qkv, proj, fc1, fc2
+        q, k, v, p = r(bh, tokens, hd), r(bh, tokens, hd), r(bh, tokens, hd), r(bh, tokens, tokens)
+        dqkv, dd, dm = r(n, 3 * d), r(n, d), r(n, hidden)  # output gradients
+        dv, dp = r(bh, tokens, hd), r(bh, tokens, tokens)
+        self.products: list[tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]] = []
+        for lin, inp, dout in ((attn.qkv, x, dqkv), (attn.proj, a, dd), (mlp.fc1, h, dm), (mlp.fc2, g, dd)):
+            w, b = lin.weight.detach(), lin.bias.detach()
+            self.products.append((torch.addmm, (b, inp, w.t())))  # forward, as F.linear
+            self.products.append((torch.mm, (dout.t(), inp)))  # weight gradient
+            if lin is not attn.qkv:  # the unit's cached input needs no gradient
+                self.products.append((torch.mm, (dout, w)))  # input gradient
+        self.products += [
+            (torch.bmm, (q, k.transpose(1, 2))), (torch.bmm, (p, v)),  # attention forward
+            (torch.bmm, (dv, v.transpose(1, 2))), (torch.bmm, (p.transpose(1, 2), dv)),  # d(p @ v)
+            (torch.bmm, (dp, k)), (torch.bmm, (q.transpose(1, 2), dp)),  # d(q @ k^T)
+        ]
+
+    def run(self, iters: int, clock: Clock) -> float:
+        with torch.no_grad():
+            outs = [f(*args) for f, args in self.products]  # written in place: no allocation is timed
+            for _ in range(iters):
+                for (f, args), out in zip(self.products, outs):
+                    f(*args, out=out)
+                clock.tick()
+        return clock.per_iter()
 
 
 class BrecqSide:
@@ -260,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     fp = zoo.create_model("tiny_vit")
     images = torch.randn(256, 1, 32, 32)
     theirs, ours = BrecqSide(brecq, fp, images, args.iters), OurSide(fp, images, args.iters)
+    from mgrq.recon import ReconConfig
+
+    floor = Floor(fp.blocks[0], ReconConfig().batch, fp.patch_embed.num_patches + fp.num_prefix_tokens)
 
     rows: list[tuple[str, str, str, str]] = []  # (stage, side, mode, precision)
     for stage in stages:
@@ -267,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         for prec in precisions:
             rows.append((stage, "BRECQ", "-", prec))
             rows += [(stage, "ours", m, prec) for m in modes]
+            if stage == "rounding":
+                rows.append((stage, "floor", "-", prec))
     times: dict[tuple[str, str, str, str], list[float]] = {r: [] for r in rows}
     saved = torch.get_float32_matmul_precision()
     commit = checkout_commit(args.brecq)
@@ -284,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             torch.set_float32_matmul_precision(prec)
             try:
+                if side == "floor":
+                    times[row].append(floor.run(args.iters, Clock(args.clock)))
+                    continue
                 times[row].append(theirs.run(theirs.model(fused_attn=prec != "medium"), stage, Clock(args.clock)))
             finally:
                 torch.set_float32_matmul_precision(saved)
@@ -300,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = med.get((stage, "BRECQ", "-", "highest"))
         vs32 = f"{fp32 / med[row]:.2f}x" if fp32 is not None else "-"
         print(f"| {stage} | {side} | {mode} | {PRECISION_TAG[prec]} | {1e3 * med[row]:.1f} | {same:.2f}x | {vs32} |")
+    if any(side == "floor" for _, side, _, _ in rows):
+        print("\nfloor: the stage's matrix products alone, back to back; BRECQ / floor is the most that any code with "
+              "the same numerics can gain over BRECQ in that stage.")
     return 0
 
 

@@ -71,3 +71,39 @@ def test_vs_brecq_rejects_bad_options_before_any_work(argv, message, tmp_path, c
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "block_recon.py" not in err
+
+
+def test_vs_brecq_floor_runs_the_products_of_a_real_rounding_step(monkeypatch):
+    """The floor row times exactly the matrix products the engine's rounding step runs (same
+    operators, shapes and count), so BRECQ / floor bounds what equal numerics can gain."""
+    import collections
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import mgrq.recon.trainer as trainer
+    from mgrq import zoo
+    from mgrq.recon import ReconConfig
+
+    torch.manual_seed(0)
+    fp = zoo.create_model("tiny_vit")
+    ours = vs_brecq.OurSide(fp, torch.randn(64, 1, 32, 32), iters=6)
+    prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+    update, done = trainer.UnitTrainer.update, []
+
+    def counted(tr, total):  # profile iterations 3 to 5: each one's forward, backward and update
+        update(tr, total)
+        done.append(1)
+        if len(done) == 2:
+            prof.start()
+        elif len(done) == 5:
+            prof.stop()
+
+    monkeypatch.setattr(trainer.UnitTrainer, "update", counted)
+    ours.run("rounding", "none", "highest", vs_brecq.Clock("wall"))
+    step = collections.Counter((e.name, tuple(tuple(s) for s in e.input_shapes if s)) for e in prof.events()
+                               if e.name in ("aten::mm", "aten::addmm", "aten::bmm"))
+    floor = vs_brecq.Floor(fp.blocks[0], ReconConfig().batch, 65)
+    want = collections.Counter((f"aten::{f.__name__}", tuple(tuple(a.shape) for a in args)) for f, args in floor.products)
+    assert sum(want.values()) == 17
+    assert step == collections.Counter({k: 3 * n for k, n in want.items()})
