@@ -166,3 +166,14 @@ def test_class_folders_are_checked_up_front(tmp_path):
         f.write_bytes(jpeg)
     with pytest.raises(DataError, match=r"only in train/: extra0, n00000001; only in val/: typo, zz\)"):
         data.imagenet_bundle(root, timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3), 3)
+
+
+def test_an_imagenet_model_has_no_tune_split(tmp_path):
+    """The tune split is carved from the tiny zoo's training digits; a timm model asked for it is
+    refused rather than evaluated on val/ under a record that says 'tune'."""
+    from mgrq.errors import ConfigError
+    from mgrq.zoo import data_bundle_for
+
+    with pytest.raises(ConfigError, match=r"eval_split='tune': model deit_tiny_patch16_224 .* expected 'heldout'"):
+        data_bundle_for("deit_tiny_patch16_224", torch.nn.Identity(), tmp_path, "tune")
+    assert data_bundle_for("tiny_vit", torch.nn.Identity(), None, "tune").data_config["eval_split"] == "tune"
