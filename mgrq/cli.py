@@ -55,11 +55,17 @@ def _spec_from_args(args: argparse.Namespace):
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from mgrq import records
-    from mgrq.data import check_imagenet_root
+    from mgrq.data import check_class_images, check_imagenet_root
     from mgrq.errors import ConfigError
     from mgrq.methods import get_method
     from mgrq.run import execute, failed_record
-    from mgrq.zoo import check_checkpoint, check_overrides, get_entry, num_classes
+    from mgrq.zoo import (
+        check_checkpoint,
+        check_overrides,
+        check_pretrained_cached,
+        get_entry,
+        num_classes,
+    )
 
     spec = _spec_from_args(args)
     if get_entry(spec.model).tiny:  # fail fast, before loading anything
@@ -71,6 +77,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         check_imagenet_root(spec.data_root, spec.model)
         n = check_checkpoint(spec.model, spec.checkpoint) if spec.checkpoint else num_classes(spec.model)
         check_imagenet_root(spec.data_root, spec.model, num_classes=n)
+        check_class_images(spec.data_root)
+        if not spec.checkpoint:  # offline, the hub weights must be cached
+            check_pretrained_cached(spec.model)
     get_method(spec.method).make_config(dict(spec.method_config))  # a bad --set fails here too
     check_overrides(spec.bits_overrides, [spec.model], "--bits-override")
     if args.record:

@@ -137,7 +137,11 @@ def class_folders(split_dir: Path, where: str = "") -> list[str]:
         raise DataError(f"{where}{split_dir}: folder not found; expected layout {IMAGENET_LAYOUT}")
     classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
     if not classes:
-        raise DataError(f"{where}{split_dir}: no class folders; expected layout {IMAGENET_LAYOUT}")
+        with os.scandir(split_dir) as it:
+            flat = any(_is_image(e) for e in it)
+        hint = (" (it holds the images directly, as the official validation archive unpacks: sort them into "
+                "one folder per class first)") if flat else ""
+        raise DataError(f"{where}{split_dir}: no class folders{hint}; expected layout {IMAGENET_LAYOUT}")
     return classes
 
 
@@ -172,18 +176,30 @@ def scan_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[str, int]]
     classes = class_folders(split_dir)
     samples: list[tuple[str, int]] = []
     for ci, cls in enumerate(classes):
-        files = sorted(
-            e.name
-            for e in os.scandir(split_dir / cls)
-            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        files = sorted(e.name for e in os.scandir(split_dir / cls) if _is_image(e))
         if not files:
-            raise DataError(
-                f"{split_dir / cls}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                f"expected layout {IMAGENET_LAYOUT}"
-            )
+            raise _no_images(split_dir / cls)
         samples.extend((f"{cls}/{f}", ci) for f in files)
     return classes, samples
+
+
+def _is_image(e: os.DirEntry[str]) -> bool:
+    return e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _no_images(folder: Path, where: str = "") -> DataError:
+    return DataError(f"{where}{folder}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                     f"expected layout {IMAGENET_LAYOUT}")
+
+
+def check_class_images(root: str | os.PathLike, where: str = "") -> None:
+    """Every class folder of ``root``'s ``train/`` and ``val/`` holds an image file (each folder is
+    read up to its first image, none is opened): an empty one would fail every job on this root."""
+    for sub in ("train", "val"):
+        for cls in class_folders(Path(root) / sub, where):
+            with os.scandir(Path(root) / sub / cls) as it:
+                if not any(_is_image(e) for e in it):
+                    raise _no_images(Path(root) / sub / cls, where)
 
 
 class UnreadableImageError(DataError):

@@ -213,15 +213,57 @@ def create_model(
         return model.eval()
     try:
         model = timm.create_model(str(entry.timm_name), pretrained=pretrained)
-    except Exception as e:
+    except Exception as e:  # the remedy first: a progress line or a summary may cut the message
         raise CheckpointError(
-            f"model {name}: could not load the timm pretrained weights "
-            f"({type(e).__name__}: {first_line(e)}); "
-            "pass --checkpoint PATH to a local weights file or populate the HF hub cache"
+            f"model {name}: could not load the timm pretrained weights; pass --checkpoint PATH to a local "
+            f"weights file or fill the HF hub cache ({type(e).__name__}: {first_line(e, 160)})"
         ) from None
     if pretrained:
         check_finite(model.state_dict(), f"model {name}: the timm pretrained weights")
     return model.eval()
+
+
+def cached_pretrained(name: str) -> str | None:
+    """Where timm model ``name``'s pretrained weights lie in the HF hub cache (or timm's old URL
+    cache), None when they are not there. Reads no network."""
+    import timm
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(str(get_entry(name).timm_name))
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        repo, _, rev = str(cfg.hf_hub_id).partition("@")
+        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for f in files:
+            hit = try_to_load_from_cache(repo, f, cache_dir=constants.HF_HUB_CACHE, revision=rev or None)
+            if isinstance(hit, str):
+                return hit
+    if cfg.url:
+        old = Path(torch.hub.get_dir()) / "checkpoints" / Path(str(cfg.url)).name
+        if old.is_file():
+            return str(old)
+    return None
+
+
+def check_pretrained_cached(name: str, where: str = "") -> None:
+    """With the hub offline (``HF_HUB_OFFLINE=1``, as the nox sessions and most cluster nodes
+    run), fail before any work when timm model ``name``'s pretrained weights are not cached:
+    each job would fail on them. Online, timm downloads them when a job builds the model."""
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE or get_entry(name).tiny or cached_pretrained(name) is not None:
+        return
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(str(get_entry(name).timm_name))
+    hub_id = cfg.hf_hub_id if cfg is not None else None
+    raise CheckpointError(
+        f"{where}model {name}: its timm pretrained weights ({hub_id}) are not in the HF hub cache "
+        f"{constants.HF_HUB_CACHE}, and HF_HUB_OFFLINE=1 forbids downloading them; expected --checkpoint "
+        f"{name}=PATH, or the cache filled first where the hub is reachable: "
+        f"HF_HUB_OFFLINE=0 python -c \"import timm; timm.create_model('{get_entry(name).timm_name}', pretrained=True)\""
+    )
 
 
 def _timm_for(entry: Any, sd: dict[str, torch.Tensor]) -> nn.Module:

@@ -177,3 +177,36 @@ def test_an_imagenet_model_has_no_tune_split(tmp_path):
     with pytest.raises(ConfigError, match=r"eval_split='tune': model deit_tiny_patch16_224 .* expected 'heldout'"):
         data_bundle_for("deit_tiny_patch16_224", torch.nn.Identity(), tmp_path, "tune")
     assert data_bundle_for("tiny_vit", torch.nn.Identity(), None, "tune").data_config["eval_split"] == "tune"
+
+
+def test_empty_class_folders_and_a_flat_val_folder_are_named_up_front(tmp_path, capsys):
+    """Every class folder must hold an image, checked before any work by `quantize` and by a
+    suite's dry run (each folder read up to its first image); a val/ that holds the images
+    themselves (the official archive's layout) gets a hint."""
+    from mgrq.cli import main
+
+    root = make_image_folder(tmp_path / "two", n_classes=2, per_class=1)
+    data.check_class_images(root)
+    (root / "val" / "n00000001" / "img0.JPEG").rename(root / "val" / "n00000001" / "notes.txt")
+    with pytest.raises(DataError, match=r"^w: .*two/val/n00000001: class folder has no images \(.*\.jpeg.*\); "
+                                        r"expected layout"):
+        data.check_class_images(root, "w: ")
+    ckpt = tmp_path / "deit.pth"
+    torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=2).state_dict(), ckpt)
+    args = ["--data-root", str(root), "--checkpoint"]
+    assert main(["quantize", "--model", "deit_tiny_patch16_224", "--method", "percentile", "--w-bits", "4",
+                 "--a-bits", "4", *args, str(ckpt)]) == 2
+    assert "n00000001: class folder has no images" in capsys.readouterr().err
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ndescription: d\nmodels: [deit_tiny_patch16_224]\nbits: [W4A4]\nmethods: [percentile]\n")
+    assert main(["suite", "run", str(suite), "--dry-run", *args, f"deit_tiny_patch16_224={ckpt}"]) == 2
+    assert f"error: {suite}: " in (err := capsys.readouterr().err) and "n00000001: class folder has no images" in err
+
+    flat = make_image_folder(tmp_path / "flat", n_classes=2, per_class=1)
+    for d in (flat / "val").iterdir():
+        for f in d.iterdir():
+            f.rename(flat / "val" / f"{d.name}_{f.name}")
+        d.rmdir()
+    with pytest.raises(DataError, match=r"flat/val: no class folders \(it holds the images directly, as the "
+                                        r"official validation archive unpacks: sort them into one folder per class"):
+        data.check_imagenet_root(flat, "deit_tiny_patch16_224")

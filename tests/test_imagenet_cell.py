@@ -142,3 +142,50 @@ def test_deit_small_on_real_imagenet_matches_the_published_fp_row(tmp_path):
     assert m["n_eval"] == 50000
     assert abs(m["fp_top1"] - 79.85) < 0.3, m
     assert m["fp_top1"] - m["top1"] < 1.0, m
+
+
+def test_hub_weights_are_checked_offline_before_any_work_and_load_from_the_cache(tmp_path, monkeypatch, capsys):
+    """Offline, a timm model without --checkpoint needs its pretrained weights in the HF hub cache:
+    missing, `quantize` and a suite (dry run included) stop before any work, naming the model, the
+    hub id and how to fill the cache; cached (a real safetensors file laid out as the hub cache
+    holds it), timm loads them from there."""
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from mgrq import zoo
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    root = tmp_path / "inet"
+    for split in ("train", "val"):  # 1000 class folders fit the model's head; no image is opened before the check
+        for i in range(1000):
+            (root / split / f"n{i:08d}").mkdir(parents=True)
+            (root / split / f"n{i:08d}" / "a.JPEG").touch()
+    name, hub_id = "deit_tiny_patch16_224", "timm/deit_tiny_patch16_224.fb_in1k"
+    assert main(["quantize", "--model", name, "--method", "percentile", "--w-bits", "4", "--a-bits", "4",
+                 "--data-root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"model {name}: its timm pretrained weights ({hub_id}) are not in the HF hub cache" in err
+    assert f"expected --checkpoint {name}=PATH" in err and "pretrained=True" in err
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"name: s\ndescription: d\nmodels: [{name}]\nbits: [W4A4]\nmethods: [percentile]\n")
+    assert main(["suite", "run", str(suite), "--data-root", str(root), "--dry-run"]) == 2
+    assert f"{suite}: model {name}: its timm pretrained weights ({hub_id})" in capsys.readouterr().err
+
+    repo = tmp_path / "hub" / f"models--{hub_id.replace('/', '--')}"
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    torch.manual_seed(0)
+    sd = timm.create_model(name, pretrained=False).state_dict()
+    save_file(sd, str(snap / "model.safetensors"))
+    assert zoo.cached_pretrained(name) == str(snap / "model.safetensors")
+    zoo.check_pretrained_cached(name)  # no error now
+    assert main(["suite", "run", str(suite), "--data-root", str(root), "--dry-run"]) == 0
+    model = zoo.create_model(name)
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # online, a job may download: not checked
+    (snap / "model.safetensors").unlink()
+    zoo.check_pretrained_cached(name)

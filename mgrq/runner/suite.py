@@ -155,7 +155,7 @@ class Suite:
         for m, p in ck.items():
             if not Path(p).is_file():
                 raise DataError(f"{src[m]}: weights file {p} not found")
-        from mgrq.zoo import check_checkpoint, num_classes
+        from mgrq.zoo import check_checkpoint, check_pretrained_cached, num_classes
 
         classes: dict[str, int] = {}  # of the models with a checkpoint: its own head
         if ck:
@@ -169,7 +169,7 @@ class Suite:
         if root is not None:
             root = str(Path(root).expanduser().resolve())
         if self.needs_data_root:
-            from mgrq.data import IMAGENET_LAYOUT, check_imagenet_root
+            from mgrq.data import IMAGENET_LAYOUT, check_class_images, check_imagenet_root
 
             first = next(m for m in self.models if not _is_tiny(m))
             if root is None:
@@ -181,6 +181,10 @@ class Suite:
             run = {s.model for s in select(self.specs(), only, self.name)}
             for m in (m for m in self.models if not _is_tiny(m) and m in run):  # class folders against each head
                 check_imagenet_root(root, m, f"{where}: ", classes[m] if m in classes else num_classes(m))
+                if m not in ck:  # the hub weights, offline: else every job of the model fails on them
+                    check_pretrained_cached(m, f"{where}: ")
+            if any(not _is_tiny(m) for m in run):
+                check_class_images(root, f"{where}: ")
         from mgrq.zoo import check_overrides
 
         for what, bo in [("bits_overrides", self.bits_overrides)] + [
