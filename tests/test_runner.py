@@ -483,8 +483,8 @@ def test_the_failure_summary_points_at_the_cell_folder_that_failed(tmp_path, cap
     bad = write_suite(tmp_path / "v2" / "twice.yaml",
                       methods=[{"name": "percentile", "variant": "pct-x", "calib": 100000}])
     capsys.readouterr()
-    note = ("note: label L was run before with another grid; 1 of its cells are not in this one "
-            "(e.g. tiny_vit.pct-x.w4a4.s0)")
+    note = ("note: label L was run before with another grid; 1 of its cells are in this grid with other settings "
+            "(calib: 8 -> 100000), so they run again in folders of their own: the old folders stay")
     assert main(["suite", "run", str(bad), *argv, "--dry-run"]) == 0  # the preview says so too
     assert note in capsys.readouterr().out
     assert main(["suite", "run", str(ok), *argv, "--dry-run"]) == 0  # the grid it ran: nothing to say
@@ -623,3 +623,28 @@ def test_a_refused_submission_removes_only_a_label_it_created(tmp_path, capsys, 
         "error: sbatch refused the job array (sbatch: error: invalid partition)")
     now = sorted(p.relative_to(out) for p in (out / "ref" / "OLD").rglob("*") if p.is_file())
     assert set(old_files) <= set(now)
+
+
+def test_the_other_grid_note_tells_changed_settings_from_cells_left_out(tmp_path):
+    """A label's earlier cells whose run ids are in the new grid under another hash (a moved data
+    root, another checkpoint path) are named as such, with what changed; cells no longer in the
+    grid are named apart; a cell that never ran has no spec to compare."""
+    from mgrq.runner.driver import other_grid_note
+
+    root = tmp_path / "L"
+
+    def cell(run_id, h, **spec):
+        return Cell(run_id, h, root / f"{run_id}-{h}", {"model": "m", "data_root": "/new", "device": "cuda", **spec})
+
+    old_a, old_b = cell("a", "1", data_root="/old", device="cpu"), cell("b", "2", data_root="/old")
+    for c in (old_a,):  # b never ran
+        c.dir.mkdir(parents=True)
+        records.write_record(c.record_path, {"status": "done", "spec": c.spec})
+    prev = {"cells": [{"id": c.run_id, "hash": c.hash, "dir": c.dir.name} for c in (old_a, old_b)]
+            + [{"id": "gone", "hash": "3", "dir": "gone-3"}]}
+    note = other_grid_note("L", prev, [cell("a", "9"), cell("b", "8")])
+    assert note == ("note: label L was run before with another grid; 2 of its cells are in this grid with other "
+                    "settings (data_root: /old -> /new), so they run again in folders of their own; 1 of its cells "
+                    "are not in this one (e.g. gone): the old folders stay, but `suite status` lists this grid once "
+                    "it runs (a new --label keeps the two apart)")
+    assert other_grid_note("L", prev, [cell("a", "1"), cell("b", "2"), cell("gone", "3")]) is None

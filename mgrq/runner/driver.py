@@ -205,14 +205,35 @@ def label_lock(root: Path):
 
 def other_grid_note(label: str, prev: dict[str, Any], cells: list[Cell]) -> str | None:
     """The note for a label whose ``suite.json`` (``prev``) lists cells that are not in the grid
-    ``cells`` (the suite file or the options changed under the same label), or None."""
+    ``cells`` (the suite file or the options changed under the same label), or None. A listed
+    cell whose run id is in the grid under another hash is named as such, with the settings that
+    changed (from its record's spec, when it ran): it runs again in a folder of its own."""
     now = {c.hash for c in cells}
-    left = [c["id"] for c in grid_cells(prev) if c.get("hash") not in now]
+    by_id = {c.run_id: c for c in cells}
+    left = [c for c in grid_cells(prev) if c.get("hash") not in now]
     if not left:
         return None
-    return (f"note: label {label} was run before with another grid; {len(left)} of its cells are not in this "
-            f"one (e.g. {', '.join(left[:3])}): their folders stay, but `suite status` lists this grid once it "
-            "runs (a new --label keeps the two apart)")
+    moved = [c for c in left if c["id"] in by_id]
+    gone = [c["id"] for c in left if c["id"] not in by_id]
+    changes: dict[str, None] = {}  # "field: old -> new", in order, once each
+    for c in moved:
+        new = by_id[c["id"]]
+        rec = records.read_record(new.dir.parent / str(c.get("dir")) / "record.json") if c.get("dir") else None
+        old = rec.get("spec") if isinstance(rec, dict) else None
+        if not isinstance(old, dict):  # the cell never ran: no spec to compare
+            continue
+        for k in sorted((set(old) | set(new.spec)) - {"device"}):
+            if old.get(k) != new.spec.get(k):
+                changes[f"{k}: {old.get(k)} -> {new.spec.get(k)}"] = None
+    parts = []
+    if moved:
+        what = f" ({'; '.join(list(changes)[:3])}{'; ...' if len(changes) > 3 else ''})" if changes else ""
+        parts.append(f"{len(moved)} of its cells are in this grid with other settings{what}, so they run again "
+                     "in folders of their own")
+    if gone:
+        parts.append(f"{len(gone)} of its cells are not in this one (e.g. {', '.join(gone[:3])})")
+    return (f"note: label {label} was run before with another grid; {'; '.join(parts)}: the old folders stay, but "
+            "`suite status` lists this grid once it runs (a new --label keeps the two apart)")
 
 
 def write_suite_json(suite: Suite, label: str, root: Path, cells: list[Cell], opts: ex.ExecutorOptions,
