@@ -58,6 +58,8 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
     model = zoo.create_model(spec.model, spec.checkpoint)
     bundle = zoo.data_bundle_for(spec.model, model, spec.data_root, spec.eval_split)
     val = _subset(bundle.val, spec.eval_limit)
+    n_calib = spec.calib or method.default_calib
+    calib = sample_calibration(bundle, n_calib, spec.seed)  # before the FP evaluation: a bad size fails fast
     t_load = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -70,8 +72,6 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
             fp_cache[fp_key] = fp
     t_fp = time.perf_counter() - t
 
-    n_calib = spec.calib or method.default_calib
-    calib = sample_calibration(bundle, n_calib, spec.seed)
     qmodel = quantize_model(model, policy).to(device)
     del model
     ctx = RunContext(device=device, seed=spec.seed, progress=progress, workdir=workdir)

@@ -461,3 +461,15 @@ def test_option_values_that_look_like_options_are_values(capsys, no_work):
         main(["suite", "run", "demo", "--slurm-param", "--gres=gpu:1"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "argument --slurm-param: expected one argument" in last and "unrecognized" not in last
+
+
+def test_a_calibration_size_beyond_the_training_split_fails_before_the_fp_evaluation(monkeypatch, capsys):
+    """The draw comes before the FP pass over the evaluation images (minutes on ImageNet)."""
+    import mgrq.evaluate
+
+    def boom(*a, **k):
+        raise AssertionError("the FP evaluation ran before the calibration size was checked")
+
+    monkeypatch.setattr(mgrq.evaluate, "evaluate", boom)
+    assert main(QUANT + ["--calib", "5000"]) == 2
+    assert "calib=5000: expected 1..4000 (size of the training split)" in error_line(capsys)
