@@ -210,3 +210,30 @@ def test_empty_class_folders_and_a_flat_val_folder_are_named_up_front(tmp_path, 
     with pytest.raises(DataError, match=r"flat/val: no class folders \(it holds the images directly, as the "
                                         r"official validation archive unpacks: sort them into one folder per class"):
         data.check_imagenet_root(flat, "deit_tiny_patch16_224")
+
+
+def test_image_files_are_decoded_by_loader_processes_with_the_same_result(tmp_path, monkeypatch):
+    """Evaluation of an image folder uses loader processes ($MGRQ_DATA_WORKERS, else the CPUs this
+    process may use less one, at most 8, at most one per batch); images held in memory use none.
+    The result does not depend on them."""
+    from torch.utils.data import Subset
+
+    from mgrq.errors import ConfigError
+    from mgrq.evaluate import data_workers
+
+    root = make_image_folder(tmp_path / "imnet", per_class=4)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
+    val = data.imagenet_bundle(root, model, 3).val
+    monkeypatch.delenv("MGRQ_DATA_WORKERS", raising=False)
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    assert data_workers(val, 4) == max(0, min(8, cpus - 1, 3))  # 12 images: 3 batches of 4
+    assert data_workers(Subset(data.mnist_bundle().val, range(100)), 4) == 0
+    monkeypatch.setenv("MGRQ_DATA_WORKERS", "2")
+    assert data_workers(val, 4) == 2 and data_workers(val, 12) == 1
+    got = evaluate(model, val, batch_size=4, device="cpu", progress=False)
+    assert got == evaluate(model, val, batch_size=4, device="cpu", workers=0, progress=False)
+    monkeypatch.setenv("MGRQ_DATA_WORKERS", "many")
+    with pytest.raises(ConfigError, match=r"MGRQ_DATA_WORKERS='many': expected a non-negative integer"):
+        data_workers(val, 4)

@@ -67,9 +67,13 @@ def executor_info(kind: str, threads: int) -> dict[str, Any]:
 
 
 def set_thread_budget(threads: int) -> None:
-    """Give this process ``threads`` CPU threads (before torch starts its pools)."""
+    """Give this process ``threads`` CPU threads (before torch starts its pools), and its image
+    decoding as many loader processes less one, unless ``$MGRQ_DATA_WORKERS`` says otherwise."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    from mgrq.evaluate import WORKERS_ENV
+
+    os.environ.setdefault(WORKERS_ENV, str(max(0, min(8, threads - 1))))
     import torch
 
     torch.set_num_threads(threads)
@@ -213,8 +217,8 @@ class CellJob(Checkpointable):
             return [run_cell(c, self.suite, self.kind, self.threads, fp_cache) for c in self.cells
                     if self.claims is None or claim(self.claims, c.run_id, self.owner)]
         finally:
-            if self.kind == "debug":  # in-process: give the caller its threads back
-                torch.set_num_threads(before)
+            if self.kind == "debug":  # in-process: give the caller its threads back (submitit restores
+                torch.set_num_threads(before)  # the environment)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         done = sum(c.status() == "done" for c in self.cells)
