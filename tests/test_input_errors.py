@@ -368,13 +368,13 @@ def test_executor_flags_of_another_executor_are_refused(tmp_path, capsys):
     run = ["suite", "run", str(ok), "--out", str(tmp_path), "--dry-run"]
     assert main([*run, "--partition", "gpu", "--mem-gb", "8"]) == 2
     assert error_line(capsys) == ("error: --partition, --mem-gb: not used by the local executor; expected "
-                                  "--executor slurm, or them left out")
+                                  "--executor slurm, or no --partition or --mem-gb")
     assert main([*run, "--executor", "slurm", "--parallelism", "2"]) == 2
     assert error_line(capsys) == ("error: --parallelism: not used by the slurm executor; expected "
-                                  "--array-parallelism for slurm, or it left out")
+                                  "--array-parallelism, or no --parallelism")
     assert main([*run, "--executor", "debug", "--parallelism", "2", "--gpus", "1"]) == 2
     assert error_line(capsys) == ("error: --parallelism, --gpus: not used by the debug executor; expected "
-                                  "--executor local or slurm, or them left out")
+                                  "--executor local or slurm, or no --parallelism or --gpus")
     assert main([*run, "--executor", "slurm", "--partition", "gpu"]) == 0
     assert main([*run, "--gpus", "0", "--timeout-min", "30"]) == 0  # the local executor reads both
 

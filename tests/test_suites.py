@@ -252,7 +252,12 @@ def test_site_profile_precedence_and_sbatch_parameters(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("content,match", [
-    ("slurm:\n  partion: gpu\n", r"slurm.partion: unknown option"),
+    ("slurm:\n  partion: gpu\n", r"slurm.partion: unknown option 'partion'. Did you mean 'partition'.*\? Known "
+                                  r"options: account, additional, array_parallelism"),
+    # an option of another executor would be silently ignored
+    ("slurm:\n  parallelism: 4\n", r"slurm.parallelism: not used by the slurm executor; expected one of "
+                                    r"account, additional, array_parallelism, cells_per_job"),
+    ("debug:\n  partition: gpu\n", r"debug.partition: not used by the debug executor"),
     ("cloud:\n  x: 1\n", r"section 'cloud': expected one of local, debug, slurm"),
     ("slurm: [1, 2]\n", r"section slurm: expected a mapping"),
     ("slurm:\n  partition: a\n  partition: b\n", r"^site profile .*site.yaml: line 3: key 'partition' appears twice"),

@@ -163,9 +163,9 @@ def _executor_options(args: argparse.Namespace, suite: Any):
     unused = [flag for dest, flag in FLAG_NAMES.items() if dest in ex.UNUSED[kind] and flags.get(dest) is not None]
     if unused:
         hint = {"local": "--executor slurm", "debug": "--executor local or slurm",
-                "slurm": "--array-parallelism for slurm"}[kind]
-        raise ConfigError(f"{', '.join(unused)}: not used by the {kind} executor; expected {hint}, or "
-                          f"{'them' if len(unused) > 1 else 'it'} left out")
+                "slurm": "--array-parallelism"}[kind]
+        raise ConfigError(f"{', '.join(unused)}: not used by the {kind} executor; expected {hint}, or no "
+                          f"{' or '.join(unused)}")
     flags["pdb"] = args.pdb or None
     return ex.resolve_options(kind, dict(suite.executor), profile, flags,
                               f"{profile_path}: " if profile_path else "", f"{suite.path}: ")

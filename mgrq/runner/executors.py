@@ -39,7 +39,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mgrq.errors import ConfigError, MGRQError
+from mgrq.errors import ConfigError, MGRQError, unknown
 
 KINDS = ("local", "debug", "slurm")
 
@@ -151,9 +151,13 @@ def load_profile(path: str | os.PathLike | None = None) -> tuple[dict[str, dict[
             raise ConfigError(f"site profile {p}: section {kind!r}: expected one of {', '.join(KINDS)}")
         if not isinstance(section, dict):
             raise ConfigError(f"site profile {p}: section {kind}: expected a mapping of options")
+        used = sorted(n for n in OPTION_NAMES if n not in UNUSED[kind])
         for k in section:
+            if k in OPTION_NAMES and k not in used:  # silently ignored, it would look like a setting
+                raise ConfigError(f"site profile {p}: {kind}.{k}: not used by the {kind} executor; expected one of "
+                                  f"{', '.join(used)}")
             if k not in OPTION_NAMES:
-                raise ConfigError(f"site profile {p}: {kind}.{k}: unknown option; expected one of {', '.join(OPTION_NAMES)}")
+                raise ConfigError(f"site profile {p}: {kind}.{k}: {unknown('option', str(k), used)}")
         out[kind] = dict(section)
     return out, str(p)
 
