@@ -200,7 +200,7 @@ def test_empty_class_folders_and_a_flat_val_folder_are_named_up_front(tmp_path, 
     suite = tmp_path / "s.yaml"
     suite.write_text("name: s\ndescription: d\nmodels: [deit_tiny_patch16_224]\nbits: [W4A4]\nmethods: [percentile]\n")
     assert main(["suite", "run", str(suite), "--dry-run", *args, f"deit_tiny_patch16_224={ckpt}"]) == 2
-    assert f"error: {suite}: " in (err := capsys.readouterr().err) and "n00000001: class folder has no images" in err
+    assert "error: --data-root: " in (err := capsys.readouterr().err) and "n00000001: class folder has no images" in err
 
     flat = make_image_folder(tmp_path / "flat", n_classes=2, per_class=1)
     for d in (flat / "val").iterdir():

@@ -198,8 +198,13 @@ def test_imagenet_suite_needs_a_data_root(tmp_path):
     with pytest.raises(ConfigError, match=r"imagenet-w4a4.yaml: data.root: model vit_small_patch16_224 "
                                           r"needs an ImageNet-layout folder; pass --data-root"):
         s.with_options()
-    with pytest.raises(DataError, match=r"imagenet-w4a4.yaml: data root .*nowhere: folder not found; expected layout ROOT/train/<class>"):
+    with pytest.raises(DataError, match=r"^--data-root: data root .*nowhere: folder not found; expected layout "
+                                        r"ROOT/train/<class>"):  # the flag gave it, not the file
         s.with_options(data_root=str(tmp_path / "nowhere"))
+    import dataclasses
+
+    with pytest.raises(DataError, match=r"^.*imagenet-w4a4.yaml: data.root: data root .*nowhere: folder not found"):
+        dataclasses.replace(s, data_root=str(tmp_path / "nowhere")).with_options()
     (tmp_path / "inet" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match=r"inet/val not found"):
         s.with_options(data_root=str(tmp_path / "inet"))

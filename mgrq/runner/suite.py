@@ -179,12 +179,13 @@ class Suite:
                     "too, the data root is part of every cell's hash"
                 )
             run = {s.model for s in select(self.specs(), only, self.name)}
+            at = "--data-root: " if data_root is not None else f"{where}: data.root: "  # who gave the root
             for m in (m for m in self.models if not _is_tiny(m) and m in run):  # class folders against each head
-                check_imagenet_root(root, m, f"{where}: ", classes[m] if m in classes else num_classes(m))
+                check_imagenet_root(root, m, at, classes[m] if m in classes else num_classes(m))
                 if m not in ck:  # the hub weights, offline: else every job of the model fails on them
                     check_pretrained_cached(m, f"{where}: ")
             if any(not _is_tiny(m) for m in run):
-                check_class_images(root, f"{where}: ")
+                check_class_images(root, at)
         from mgrq.zoo import check_overrides
 
         for what, bo in [("bits_overrides", self.bits_overrides)] + [
