@@ -252,6 +252,7 @@ def test_stopping_the_driver_stops_its_local_jobs_and_records_the_cell(tmp_path,
         stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
     assert "interrupted: local jobs cancelled; rerun the suite to resume" in stderr
+    assert "interrupted\n" not in stderr.replace("interrupted: ", "")  # one line says it, not two
     assert "Traceback" not in stdout + stderr, stdout + stderr
     r = rec(cell)
     assert r["status"] == "failed" and r["error"]["type"] == "Interrupted", r.get("error")

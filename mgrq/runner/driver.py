@@ -473,7 +473,8 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
     try:
         with _stop_signals_interrupt():
             _wait(cells, running, suite_meta, kind, queue, poll_s, before)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        e.reported = True  # type: ignore[attr-defined]  # main() adds no second "interrupted" line
         if kind == "local":
             for job, _ in running:
                 _stop_local_job(job)
