@@ -171,7 +171,23 @@ def check_finite(sd: dict[str, torch.Tensor], what: str) -> None:
             raise CheckpointError(f"{what}: tensor {key} holds {bad} NaN/Inf value(s); expected finite weights")
 
 
-def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str, assign: bool = False) -> None:
+def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str, assign: bool = False,
+               name: str = "the model") -> None:
+    """Load ``sd`` strictly; :class:`CheckpointError` naming what does not fit: tensors of other
+    shapes (the first with both shapes: the sign of another model size), then missing and
+    unexpected keys, each with a count and an example."""
+    own = model.state_dict()
+    shapes = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} tensor(s) of another shape (first: {k} {list(sd[k].shape)} in the file, "
+                     f"{list(own[k].shape)} in the model)")
+    parts += [f"{len(ks)} {what} (e.g. {ks[0]})" for ks, what in ((missing, "missing"), (extra, "unexpected")) if ks]
+    if parts:
+        raise CheckpointError(f"checkpoint {path}: does not fit {name}: {'; '.join(parts)}; expected the weights "
+                              f"of {name}")
     try:
         model.load_state_dict(sd, strict=True, assign=assign)
     except RuntimeError as e:
@@ -201,7 +217,7 @@ def create_model(
                 raise CheckpointError(
                     f"checkpoint {path}: not found; train it with `mgrq zoo train {name}`"
                 )
-            _load_into(model, load_state_dict_file(path), path)
+            _load_into(model, load_state_dict_file(path), path, name=f"model {name}")
         return model.eval()
 
     import timm
@@ -209,7 +225,7 @@ def create_model(
     if checkpoint is not None:
         sd = load_state_dict_file(checkpoint)
         model = _timm_for(entry, sd)
-        _load_into(model, sd, checkpoint)
+        _load_into(model, sd, checkpoint, name=f"model {name}")
         return model.eval()
     try:
         model = timm.create_model(str(entry.timm_name), pretrained=pretrained)
@@ -299,7 +315,7 @@ def check_checkpoint(name: str, path: str | Path) -> int:
     entry = get_entry(name)
     with torch.device("meta"):
         model = entry.build() if entry.build is not None else _timm_for(entry, sd)
-    _load_into(model, sd, path, assign=True)  # keys and shapes are checked all the same
+    _load_into(model, sd, path, assign=True, name=f"model {name}")  # keys and shapes are checked all the same
     return int(getattr(model, "num_classes", 0))
 
 

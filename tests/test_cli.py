@@ -230,7 +230,8 @@ def test_checkpoint_of_wrong_model(tmp_path, capsys):
     torch.save(zoo.ZOO["tiny_swin"].build().state_dict(), wrong)
     code, _, err = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile",
                            "--w-bits", "4", "--a-bits", "4", "--checkpoint", str(wrong), "--quiet")
-    assert code == 2 and f"checkpoint {wrong}: does not fit the model" in err
+    assert code == 2 and f"checkpoint {wrong}: does not fit model tiny_vit: " in err
+    assert "52 missing (e.g. cls_token); 88 unexpected (e.g. patch_embed.norm.weight)" in err
 
 
 def test_console_script_exit_status():

@@ -107,7 +107,7 @@ def test_checkpoint_messages(tmp_path, capsys):
     torch.save({"w": torch.zeros(2)}, wrong)
     assert main(QUANT + ["--checkpoint", str(wrong)]) == 2
     line = error_line(capsys)
-    assert "does not fit the model" in line and "\t" not in line
+    assert "does not fit model tiny_vit: " in line and "1 unexpected (e.g. w)" in line and "\t" not in line
 
 
 def test_layer_policy_override_must_match_a_point(tmp_path, capsys, no_work):
@@ -327,8 +327,10 @@ def test_suite_checkpoints_are_fit_checked_before_submitting(tmp_path):
 
     other = str(zoo.tiny_weights_path("tiny_deit"))
     s = write_suite(tmp_path / "ck.yaml", checkpoints={"tiny_vit": other})
-    with pytest.raises(CheckpointError, match=re.escape(f"ck.yaml: checkpoints.tiny_vit: checkpoint {other}: "
-                                                        "does not fit the model (")):
+    with pytest.raises(CheckpointError, match=re.escape(  # the first shape that differs tells the model apart
+            f"ck.yaml: checkpoints.tiny_vit: checkpoint {other}: does not fit model tiny_vit: 1 tensor(s) of another "
+            "shape (first: pos_embed [1, 66, 96] in the file, [1, 65, 96] in the model); 3 unexpected (e.g. "
+            "dist_token); expected the weights of model tiny_vit")):
         load_suite(s).with_options()
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
