@@ -58,12 +58,13 @@ WORKERS_ENV = "MGRQ_DATA_WORKERS"
 
 
 def data_workers(dataset: Dataset, batch_size: int) -> int:
-    """Loader processes for ``dataset``: none for images held in memory (the tiny zoo: nothing
-    to decode); for image files (ImageNet: ~4 ms of JPEG decoding and resizing per image, about
-    3 minutes per pass over the 50,000 validation images in one process) ``$MGRQ_DATA_WORKERS``
-    when set (a suite job sets it to its thread budget less one, at most 8, unless the caller
-    did), else one per CPU this process may use less one, at most 8; never more than there are
-    batches."""
+    """Loader processes for ``dataset`` evaluated on a GPU (on a CPU the model's own threads use
+    the cores, so :func:`evaluate` decodes in its process there): none for images held in memory
+    (the tiny zoo: nothing to decode); for image files (ImageNet: ~4 ms of JPEG decoding and
+    resizing per image, about 3 minutes per pass over the 50,000 validation images in one
+    process) ``$MGRQ_DATA_WORKERS`` when set (a suite job sets it to its thread budget less one,
+    at most 8, unless the caller did), else one per CPU this process may use less one, at most 8;
+    never more than there are batches."""
     import math
     import os
 
@@ -86,10 +87,20 @@ def data_workers(dataset: Dataset, batch_size: int) -> int:
     return max(0, min(n, math.ceil(len(dataset) / batch_size)))  # type: ignore[arg-type]  # map-style
 
 
+def _worker_init(_: int) -> None:
+    """A loader process ignores SIGTERM: SLURM signals the whole job on a requeue or cancel, and a
+    worker killed first would fail the cell (torch reports its death) before the job's own
+    handler stops it as unfinished; the worker ends with its parent."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def loader(dataset: Dataset, batch_size: int, workers: int | None = None, pin: bool = False) -> DataLoader:
     """Batches of ``dataset`` in order; ``workers=None``: :func:`data_workers`."""
     n = data_workers(dataset, batch_size) if workers is None else workers
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=n, pin_memory=pin and n > 0)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=n, pin_memory=pin and n > 0,
+                      worker_init_fn=_worker_init if n > 0 else None)
 
 
 @torch.no_grad()
@@ -105,7 +116,8 @@ def evaluate(
     """Top-1 and top-5 accuracy in percent on ``dataset`` (items: ``(image [C,H,W], label)``).
 
     Evaluation is deterministic: no shuffling, the model in eval mode, no randomness; the
-    loader processes (``workers``, default :func:`data_workers`) change the speed, not the result.
+    loader processes (``workers``, default :func:`data_workers` on a GPU, none on a CPU) change
+    the speed, not the result.
     """
     from tqdm import tqdm
 
@@ -113,7 +125,8 @@ def evaluate(
     model.to(dev)
     correct1 = correct5 = seen = 0
     with eval_mode(model):
-        batches = loader(dataset, batch_size, workers, pin=dev.type == "cuda")
+        cuda = dev.type == "cuda"
+        batches = loader(dataset, batch_size, workers if workers is not None or cuda else 0, pin=cuda)
         for images, labels in tqdm(batches, desc=desc, disable=not progress, leave=False):
             images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
             logits = model(images)

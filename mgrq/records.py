@@ -5,7 +5,7 @@ Schema (``schema: 1``)::
 
     id, hash, status ("running" | "done" | "failed"), spec {...},
     metrics {fp_top1, fp_top5, top1, top5, n_eval},            # percent
-    timings {total_s, fp_eval_s, quantize_s, eval_s, load_s},
+    timings {total_s, fp_eval_s, quantize_s, eval_s, load_s (model, data and the calibration draw)},
     peak_mem_mb, peak_mem_kind ("cuda_allocated" | "cpu_rss_sampled" | "cpu_maxrss"), device,
     calibration {n, seed, ids_hash}, data {source, config}, weights {file, sha256} (None: hub weights),
     method {name, config {...}, info {...}}, versions {...}, git_sha, host,
@@ -107,7 +107,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         with open(path) as f:
             rec = json.load(f)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: bad JSON, and bytes that are not UTF-8
         return None
     return rec if isinstance(rec, dict) else None
 

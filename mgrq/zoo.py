@@ -173,28 +173,24 @@ def check_finite(sd: dict[str, torch.Tensor], what: str) -> None:
 
 def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str, assign: bool = False,
                name: str = "the model") -> None:
-    """Load ``sd`` strictly; :class:`CheckpointError` naming what does not fit: tensors of other
-    shapes (the first with both shapes: the sign of another model size), then missing and
-    unexpected keys, each with a count and an example."""
-    own = model.state_dict()
-    shapes = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
-    missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
-    parts = []
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} tensor(s) of another shape (first: {k} {list(sd[k].shape)} in the file, "
-                     f"{list(own[k].shape)} in the model)")
-    parts += [f"{len(ks)} {what} (e.g. {ks[0]})" for ks, what in ((missing, "missing"), (extra, "unexpected")) if ks]
-    if parts:
-        raise CheckpointError(f"checkpoint {path}: does not fit {name}: {'; '.join(parts)}; expected the weights "
-                              f"of {name}")
+    """Load ``sd`` strictly (torch decides what fits); :class:`CheckpointError` naming what does
+    not: tensors of other shapes (the first with both shapes: the sign of another model size),
+    then missing and unexpected keys, each with a count and an example."""
     try:
         model.load_state_dict(sd, strict=True, assign=assign)
     except RuntimeError as e:
-        first = " ".join(str(e).split())  # one line: torch's message has newlines and tabs
-        raise CheckpointError(
-            f"checkpoint {path}: does not fit the model ({first[:300]})"
-        ) from None
+        own = model.state_dict()
+        shapes = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+        missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} tensor(s) of another shape (first: {k} {list(sd[k].shape)} in the file, "
+                         f"{list(own[k].shape)} in the model)")
+        parts += [f"{len(ks)} {what} (e.g. {ks[0]})" for ks, what in ((missing, "missing"), (extra, "unexpected"))
+                  if ks]
+        why = "; ".join(parts) or " ".join(str(e).split())[:300]  # torch's own words: one line
+        raise CheckpointError(f"checkpoint {path}: does not fit {name}: {why}; expected the weights of {name}") from None
 
 
 def create_model(
@@ -240,32 +236,39 @@ def create_model(
 
 
 def cached_pretrained(name: str) -> str | None:
-    """Where timm model ``name``'s pretrained weights lie in the HF hub cache (or timm's old URL
-    cache), None when they are not there. Reads no network."""
+    """Where timm model ``name``'s pretrained weights lie in the cache timm will read them from,
+    None when they are not there. Reads no network. timm's order: the HF hub when the model has a
+    hub id (its ``hf_hub_filename`` or ``pytorch_model.bin``, each ``.bin`` tried first as
+    ``.safetensors``), unless ``TIMM_USE_OLD_CACHE`` is set and the URL's file is in torch's hub
+    cache; the URL cache when there is no hub id."""
+    import os
+
     import timm
     from huggingface_hub import constants, try_to_load_from_cache
 
     cfg = timm.models.get_pretrained_cfg(str(get_entry(name).timm_name))
     if cfg is None:
         return None
-    if cfg.hf_hub_id:
-        repo, _, rev = str(cfg.hf_hub_id).partition("@")
-        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-        for f in files:
-            hit = try_to_load_from_cache(repo, f, cache_dir=constants.HF_HUB_CACHE, revision=rev or None)
-            if isinstance(hit, str):
-                return hit
-    if cfg.url:
-        old = Path(torch.hub.get_dir()) / "checkpoints" / Path(str(cfg.url)).name
-        if old.is_file():
-            return str(old)
+    old = Path(torch.hub.get_dir()) / "checkpoints" / Path(str(cfg.url)).name if cfg.url else None
+    if old is not None and old.is_file() and (not cfg.hf_hub_id or int(os.environ.get("TIMM_USE_OLD_CACHE", 0)) > 0):
+        return str(old)
+    if not cfg.hf_hub_id:
+        return None
+    repo, _, rev = str(cfg.hf_hub_id).partition("@")
+    want = str(cfg.hf_hub_filename or "pytorch_model.bin")
+    safe = "model.safetensors" if want == "pytorch_model.bin" else want[:-4] + ".safetensors" if want.endswith(".bin") else None
+    for f in (safe, want):
+        hit = try_to_load_from_cache(repo, f, cache_dir=constants.HF_HUB_CACHE, revision=rev or None) if f else None
+        if isinstance(hit, str):
+            return hit
     return None
 
 
-def check_pretrained_cached(name: str, where: str = "") -> None:
+def check_pretrained_cached(name: str, where: str = "", flag: str = "--checkpoint PATH") -> None:
     """With the hub offline (``HF_HUB_OFFLINE=1``, as the nox sessions and most cluster nodes
     run), fail before any work when timm model ``name``'s pretrained weights are not cached:
-    each job would fail on them. Online, timm downloads them when a job builds the model."""
+    each job would fail on them. ``flag``: how the caller passes local weights instead. Online,
+    timm downloads them when a job builds the model."""
     from huggingface_hub import constants
 
     if not constants.HF_HUB_OFFLINE or get_entry(name).tiny or cached_pretrained(name) is not None:
@@ -276,8 +279,8 @@ def check_pretrained_cached(name: str, where: str = "") -> None:
     hub_id = cfg.hf_hub_id if cfg is not None else None
     raise CheckpointError(
         f"{where}model {name}: its timm pretrained weights ({hub_id}) are not in the HF hub cache "
-        f"{constants.HF_HUB_CACHE}, and HF_HUB_OFFLINE=1 forbids downloading them; expected --checkpoint "
-        f"{name}=PATH, or the cache filled first where the hub is reachable: "
+        f"{constants.HF_HUB_CACHE}, and HF_HUB_OFFLINE=1 forbids downloading them; expected {flag}, "
+        "or the cache filled first where the hub is reachable: "
         f"HF_HUB_OFFLINE=0 python -c \"import timm; timm.create_model('{get_entry(name).timm_name}', pretrained=True)\""
     )
 

@@ -212,28 +212,54 @@ def test_empty_class_folders_and_a_flat_val_folder_are_named_up_front(tmp_path, 
         data.check_imagenet_root(flat, "deit_tiny_patch16_224")
 
 
-def test_image_files_are_decoded_by_loader_processes_with_the_same_result(tmp_path, monkeypatch):
-    """Evaluation of an image folder uses loader processes ($MGRQ_DATA_WORKERS, else the CPUs this
-    process may use less one, at most 8, at most one per batch); images held in memory use none.
-    The result does not depend on them."""
+def test_image_files_are_decoded_by_loader_processes_with_the_same_batches(tmp_path, monkeypatch):
+    """Image files evaluated on a GPU are decoded by loader processes ($MGRQ_DATA_WORKERS, else
+    the CPUs this process may use less one, at most 8, at most one per batch); images held in
+    memory use none, and so does evaluation on a CPU (the model's threads use the cores). The
+    batches do not depend on them."""
+    import os
+
     from torch.utils.data import Subset
 
+    import mgrq.evaluate as ev
     from mgrq.errors import ConfigError
-    from mgrq.evaluate import data_workers
 
     root = make_image_folder(tmp_path / "imnet", per_class=4)
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
     val = data.imagenet_bundle(root, model, 3).val
     monkeypatch.delenv("MGRQ_DATA_WORKERS", raising=False)
-    import os
-
     cpus = len(os.sched_getaffinity(0))
-    assert data_workers(val, 4) == max(0, min(8, cpus - 1, 3))  # 12 images: 3 batches of 4
-    assert data_workers(Subset(data.mnist_bundle().val, range(100)), 4) == 0
+    assert ev.data_workers(val, 4) == max(0, min(8, cpus - 1, 3))  # 12 images: 3 batches of 4
+    assert ev.data_workers(Subset(data.mnist_bundle().val, range(100)), 4) == 0
     monkeypatch.setenv("MGRQ_DATA_WORKERS", "2")
-    assert data_workers(val, 4) == 2 and data_workers(val, 12) == 1
-    got = evaluate(model, val, batch_size=4, device="cpu", progress=False)
-    assert got == evaluate(model, val, batch_size=4, device="cpu", workers=0, progress=False)
+    assert ev.data_workers(val, 4) == 2 and ev.data_workers(val, 12) == 1
+    serial, parallel = (list(ev.loader(val, 4, workers=n)) for n in (0, 2))
+    assert len(serial) == 3 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                                    for a, b in zip(serial, parallel, strict=True))
+    used = []
+    real = ev.loader
+    monkeypatch.setattr(ev, "loader", lambda d, b, w=None, pin=False: used.append(w) or real(d, b, w, pin))
+    evaluate(model, val, batch_size=4, device="cpu", progress=False)
+    assert used == [0]  # on a CPU, whatever $MGRQ_DATA_WORKERS says
     monkeypatch.setenv("MGRQ_DATA_WORKERS", "many")
     with pytest.raises(ConfigError, match=r"MGRQ_DATA_WORKERS='many': expected a non-negative integer"):
-        data_workers(val, 4)
+        ev.data_workers(val, 4)
+
+
+class _SigtermDisposition(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        import signal
+
+        return torch.tensor(float(signal.getsignal(signal.SIGTERM) == signal.SIG_IGN)), i
+
+
+def test_loader_processes_ignore_sigterm_and_leave_it_to_the_job():
+    """SLURM signals the whole job on a requeue or cancel: a worker must not die first and fail
+    the cell before the job's handler stops it as unfinished."""
+    from mgrq.evaluate import loader
+
+    (ignored, _), = list(loader(_SigtermDisposition(), 2, workers=1))
+    assert ignored.tolist() == [1.0, 1.0]

@@ -167,11 +167,23 @@ def test_hub_weights_are_checked_offline_before_any_work_and_load_from_the_cache
                  "--data-root", str(root)]) == 2
     err = capsys.readouterr().err
     assert f"model {name}: its timm pretrained weights ({hub_id}) are not in the HF hub cache" in err
-    assert f"expected --checkpoint {name}=PATH" in err and "pretrained=True" in err
+    assert "expected --checkpoint PATH, or the cache filled first" in err and "pretrained=True" in err
     suite = tmp_path / "s.yaml"
     suite.write_text(f"name: s\ndescription: d\nmodels: [{name}]\nbits: [W4A4]\nmethods: [percentile]\n")
     assert main(["suite", "run", str(suite), "--data-root", str(root), "--dry-run"]) == 2
-    assert f"{suite}: model {name}: its timm pretrained weights ({hub_id})" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{suite}: model {name}: its timm pretrained weights ({hub_id})" in err
+    assert f"expected --checkpoint {name}=PATH (or checkpoints.{name} in the file)" in err
+
+    # timm reads torch's old URL cache only under TIMM_USE_OLD_CACHE when the model has a hub id
+    old = tmp_path / "torch-hub" / "checkpoints" / "deit_tiny_patch16_224-a1311bcf.pth"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    assert zoo.cached_pretrained(name) is None
+    monkeypatch.setenv("TIMM_USE_OLD_CACHE", "1")
+    assert zoo.cached_pretrained(name) == str(old)
+    monkeypatch.delenv("TIMM_USE_OLD_CACHE")
 
     repo = tmp_path / "hub" / f"models--{hub_id.replace('/', '--')}"
     snap = repo / "snapshots" / ("0" * 40)

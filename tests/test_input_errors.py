@@ -475,3 +475,19 @@ def test_a_calibration_size_beyond_the_training_split_fails_before_the_fp_evalua
     monkeypatch.setattr(mgrq.evaluate, "evaluate", boom)
     assert main(QUANT + ["--calib", "5000"]) == 2
     assert "calib=5000: expected 1..4000 (size of the training split)" in error_line(capsys)
+
+
+def test_a_checkpoint_torch_accepts_is_not_refused():
+    """The wording of a misfit comes after torch's strict load fails, not instead of it: a
+    BatchNorm state without num_batches_tracked (torch accepts it) loads."""
+    from mgrq.zoo import _load_into
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    sd = {k: v for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
+    _load_into(m, sd, "bn.pth")
+
+
+def test_a_record_that_is_not_utf8_reads_as_unusable(tmp_path):
+    bad = tmp_path / "record.json"
+    bad.write_bytes(b'{"status": "\xff"}')
+    assert records.read_record(bad) is None

@@ -651,19 +651,20 @@ def test_the_other_grid_note_tells_changed_settings_from_cells_left_out(tmp_path
     assert other_grid_note("L", prev, [cell("a", "1"), cell("b", "2"), cell("gone", "3")]) is None
 
 
-def test_a_job_gives_its_image_decoding_its_thread_budget_less_one(monkeypatch):
+def test_a_job_gives_its_image_decoding_its_thread_budget_less_one():
     import torch
 
     from mgrq.runner.jobs import set_thread_budget
 
-    before = torch.get_num_threads()
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MGRQ_DATA_WORKERS"):
-        monkeypatch.delenv(var, raising=False)
+    before, env = torch.get_num_threads(), dict(os.environ)  # set_thread_budget writes os.environ
     try:
+        os.environ.pop("MGRQ_DATA_WORKERS", None)
         set_thread_budget(4)
         assert os.environ["MGRQ_DATA_WORKERS"] == "3"
-        monkeypatch.setenv("MGRQ_DATA_WORKERS", "0")  # the caller's setting wins
+        os.environ["MGRQ_DATA_WORKERS"] = "0"  # the caller's setting wins
         set_thread_budget(16)
         assert os.environ["MGRQ_DATA_WORKERS"] == "0" and os.environ["OMP_NUM_THREADS"] == "16"
     finally:
         torch.set_num_threads(before)
+        os.environ.clear()
+        os.environ.update(env)

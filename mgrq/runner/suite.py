@@ -183,7 +183,7 @@ class Suite:
             for m in (m for m in self.models if not _is_tiny(m) and m in run):  # class folders against each head
                 check_imagenet_root(root, m, at, classes[m] if m in classes else num_classes(m))
                 if m not in ck:  # the hub weights, offline: else every job of the model fails on them
-                    check_pretrained_cached(m, f"{where}: ")
+                    check_pretrained_cached(m, f"{where}: ", f"--checkpoint {m}=PATH (or checkpoints.{m} in the file)")
             if any(not _is_tiny(m) for m in run):
                 check_class_images(root, at)
         from mgrq.zoo import check_overrides
@@ -539,7 +539,8 @@ class _Parser:
                 raise ConfigError(f"{self.path}: {e}") from None
             big = [m for m in models if not _is_tiny(m)]
             if eval_split == "tune" and big:
+                has = "has no tune split (it is" if len(big) == 1 else "have no tune split (they are"
                 raise self.err("data.eval_split", f"'tune' is carved from the tiny zoo's training digits; "
-                                                  f"{', '.join(big)} has no tune split (it is evaluated on val/); "
+                                                  f"{', '.join(big)} {has} evaluated on val/); "
                                                   "expected 'heldout', or tiny-zoo models only")
         return suite
