@@ -32,6 +32,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="local weights file (state_dict) instead of the zoo/timm weights")
     p.add_argument("--data-root", default=None, help="ImageNet-layout folder (train/<class>/..., val/<class>/...) for timm models")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images only (smoke runs)")
+    p.add_argument("--eval-split", choices=("heldout", "tune"), default="heldout",
+                   help="heldout (default): the final numbers, on the tiny zoo's 1,000 held-out digits or ImageNet's "
+                        "val/; tune: for choosing hyper-parameters, on 500 digits or 10 train/ images per class "
+                        "carved from the training images, which calibration then does not draw from")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="override a method config field (repeatable), e.g. --set act_init=minmax")
     p.add_argument("--bits-override", action="append", metavar="REGEX=BITS",
@@ -49,7 +53,7 @@ def _spec_from_args(args: argparse.Namespace):
         model=args.model, method=args.method, w_bits=args.w_bits, a_bits=args.a_bits,
         seed=args.seed, calib=args.calib, method_config=tuple(parse_assignments(args.overrides).items()),
         image_bits=args.image_bits, bits_overrides=tuple(overrides), checkpoint=args.checkpoint,
-        data_root=args.data_root, eval_limit=args.eval_limit, device=args.device,
+        data_root=args.data_root, eval_split=args.eval_split, eval_limit=args.eval_limit, device=args.device,
     )
 
 

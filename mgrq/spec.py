@@ -58,7 +58,7 @@ class RunSpec:
     bits_overrides: tuple[tuple[str, Any], ...] = ()  # layer policy (regex, bits | "fp")
     checkpoint: str | None = None
     data_root: str | None = None
-    eval_split: str = "heldout"  # tiny zoo: "heldout" (final numbers) or "tune" (sweeps)
+    eval_split: str = "heldout"  # "heldout" (final numbers: held-out digits, ImageNet val/) or "tune" (sweeps)
     eval_limit: int | None = None  # evaluate on the first N images only (smoke runs)
     device: str = "auto"
 

@@ -360,12 +360,9 @@ def data_bundle_for(name: str, model: nn.Module, data_root: str | Path | None, e
     entry = get_entry(name)
     if entry.tiny:
         return data.mnist_bundle(eval_split)
-    if eval_split != "heldout":
-        raise ConfigError(f"eval_split={eval_split!r}: model {name} is evaluated on its data root's val/ and has "
-                          "no tune split (that split is the tiny zoo's); expected 'heldout'")
     n = int(getattr(model, "num_classes", 1000))
     root = data.check_imagenet_root(data_root, name, num_classes=n)  # class folders before the images
-    return data.imagenet_bundle(root, model, n)
+    return data.imagenet_bundle(root, model, n, eval_split)
 
 
 # --------------------------------------------------------------------------------------------

@@ -168,15 +168,33 @@ def test_class_folders_are_checked_up_front(tmp_path):
         data.imagenet_bundle(root, timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3), 3)
 
 
-def test_an_imagenet_model_has_no_tune_split(tmp_path):
-    """The tune split is carved from the tiny zoo's training digits; a timm model asked for it is
-    refused rather than evaluated on val/ under a record that says 'tune'."""
-    from mgrq.errors import ConfigError
+def test_an_imagenet_tune_split_is_carved_from_train_and_kept_from_calibration(tmp_path):
+    """eval_split='tune' on an ImageNet folder evaluates on 10 train/ images per class (fixed seed,
+    the same split for the same folder), never on val/, and calibration draws from the other
+    train/ images only; a class with too few images to leave any for calibration is named."""
     from mgrq.zoo import data_bundle_for
 
-    with pytest.raises(ConfigError, match=r"eval_split='tune': model deit_tiny_patch16_224 .* expected 'heldout'"):
-        data_bundle_for("deit_tiny_patch16_224", torch.nn.Identity(), tmp_path, "tune")
-    assert data_bundle_for("tiny_vit", torch.nn.Identity(), None, "tune").data_config["eval_split"] == "tune"
+    root = make_image_folder(tmp_path / "imnet", n_classes=3, per_class=13)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
+    b = data_bundle_for("deit_tiny_patch16_224", model, root, "tune")
+    tune = [b.val.dataset.samples[i] for i in b.val.indices]
+    assert len(tune) == 30 and sorted(lab for _, lab in tune) == [0] * 10 + [1] * 10 + [2] * 10
+    assert set(b.train_ids).isdisjoint(rel for rel, _ in tune) and len(b.train_ids) == 9
+    assert b.val.dataset.root == root / "train" and b.data_config["eval_split"] == "tune"
+    assert "eval=tune: 10 train/ images per class" in b.source
+    again = data_bundle_for("deit_tiny_patch16_224", model, root, "tune")
+    assert again.val.indices == b.val.indices
+    cal = data.sample_calibration(b, 9, 0)
+    assert set(cal.ids) == set(b.train_ids)
+    assert torch.equal(b.val[0][0], b.val.dataset[b.val.indices[0]][0])
+    held = data_bundle_for("deit_tiny_patch16_224", model, root, "heldout")
+    assert "eval_split" not in held.data_config and len(held.train_ids) == 39 and len(held.val) == 39
+    (sorted((root / "train" / "n00000001").iterdir())[0]).unlink()
+    for f in sorted((root / "train" / "n00000001").iterdir())[10:]:
+        f.unlink()
+    with pytest.raises(DataError, match=r"train/n00000001: 10 images; the tune split takes 10 per class from "
+                                        r"train/ and calibration needs the rest: expected more than 10"):
+        data_bundle_for("deit_tiny_patch16_224", model, root, "tune")
 
 
 def test_empty_class_folders_and_a_flat_val_folder_are_named_up_front(tmp_path, capsys):

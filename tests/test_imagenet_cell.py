@@ -122,6 +122,15 @@ def test_one_imagenet_w4a4_cell_end_to_end(tmp_path, imagenet_folder, capsys):
                  "--a-bits", "4", "--data-root", str(imagenet_folder)]) == 2
     assert "3 class folders, but model deit_small_patch16_224 has 1000 outputs" in capsys.readouterr().err
 
+    # the tune split: 10 train/ images per class, never val/; calibration from the other train/ images
+    tuned = tmp_path / "tune.json"
+    assert main(["quantize", "--model", "deit_tiny_patch16_224", "--method", "percentile", "--w-bits", "4",
+                 "--a-bits", "4", "--data-root", str(imagenet_folder), "--checkpoint", str(ckpt), "--calib", "3",
+                 "--eval-split", "tune", "--record", str(tuned), "--quiet"]) == 0
+    t = json.loads(tuned.read_text())
+    assert t["spec"]["eval_split"] == "tune" and t["metrics"]["n_eval"] == 30.0
+    assert "eval=tune: 10 train/ images per class" in t["data"]["source"] and t["data"]["config"]["eval_split"] == "tune"
+
 
 @pytest.mark.imagenet
 def test_deit_small_on_real_imagenet_matches_the_published_fp_row(tmp_path):

@@ -105,9 +105,6 @@ BAD = [
      "expected a mapping of config fields"),
     ({"calibration": {"n": 0}}, "calibration.n", "integer >= 1"),
     ({"data": {"eval_split": "test"}}, "data.eval_split", "'heldout' or 'tune'"),
-    # the tune split is the tiny zoo's: an ImageNet model would be "tuned" on val/ (its record saying tune)
-    ({"models": ["tiny_vit", "deit_tiny_patch16_224"], "data": {"eval_split": "tune"}}, "data.eval_split",
-     "deit_tiny_patch16_224 has no tune split (it is evaluated on val/); expected 'heldout', or tiny-zoo models only"),
     ({"overrides": {"brecq": {"calib": 4}}}, "overrides.brecq", "unknown method 'brecq' of this suite"),
     ({"executor": {"gpus": 1}}, "executor.gpus", "unknown field"),
     ({"description": ""}, "description", "non-empty string"),
