@@ -108,6 +108,8 @@ def test_slurm_job_array_records_and_mlflow(slurm_run):
     assert sorted(e["slurm_array_task_id"] for e in ex) == ["0", "0", "1", "1"]
     assert all(e["slurm_job_id"] and e["slurm_partition"] for e in ex)
     assert all(x["torch_threads"] == 1 and 80 < x["metrics"]["top1"] <= 100 for x in recs.values())
+    tasks = json.loads((r["root"] / "jobs" / "slurm-tasks.json").read_text())["tasks"]  # for a later driver
+    assert sorted(tasks) == [f"{array_id}_0", f"{array_id}_1"] and sorted(sum(tasks.values(), [])) == sorted(recs)
     script = (r["root"] / "jobs" / f"{array_id}_submission.sh").read_text()
     assert "#SBATCH --array=0-1%2" in script and "#SBATCH --cpus-per-task=1" in script
 
@@ -168,3 +170,40 @@ def test_a_refused_submission_leaves_no_new_label(tmp_path):
     line = p.stderr.strip().splitlines()[-1]  # after sbatch's own lines
     assert line.startswith("error: sbatch refused the job array (") and "the new label R was removed" in line
     assert not (out / "refused").exists()
+
+
+def test_a_rerun_refuses_cells_that_live_jobs_of_an_earlier_driver_hold(tmp_path):
+    """A driver killed while its SLURM jobs run leaves them running: a rerun of the label must not
+    submit their cells again (both copies would run and write the same records). The label's
+    jobs/slurm-tasks.json says which task holds which cell; squeue says which still live."""
+    require_slurm()
+    from mgrq import records
+    from mgrq.runner.suite import load_suite
+
+    suite = write_suite(tmp_path / "live.yaml", eval_limit=50)
+    cell = load_suite(suite).specs()[0].run_id
+    sleeper = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 300"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout.strip().split(";")[0]
+    try:
+        jobs = tmp_path / "runs" / "live" / "L" / "jobs"  # as the killed driver left the label
+        jobs.mkdir(parents=True)
+        records.write_record(jobs / "slurm-tasks.json", {"tasks": {sleeper: [cell]}})
+        argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(tmp_path / "runs"),
+                "--label", "L", "--executor", "slurm", "--no-report", "--no-mirror"]
+        p = subprocess.run(argv, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert p.stderr.strip() == (f"error: SLURM job(s) {sleeper} of an earlier `suite run` of this label still hold "
+                                    f"1 of its unfinished cells (e.g. {cell}), queued or running; expected none: wait "
+                                    f"for them (squeue -j {sleeper}) or cancel them (scancel {sleeper}), then run the "
+                                    "suite again")
+        dry = subprocess.run([*argv, "--dry-run"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                             timeout=120)
+        assert dry.returncode == 0 and f"note: the run would stop here: SLURM job(s) {sleeper}" in dry.stdout
+    finally:
+        subprocess.run(["scancel", sleeper], timeout=60)
+    deadline = time.time() + 60
+    while _squeue_state(sleeper) != "GONE" and time.time() < deadline:
+        time.sleep(1)
+    # once the job is gone the same rerun goes ahead (a dry run shows it without a note)
+    dry = subprocess.run([*argv, "--dry-run"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and "would stop here" not in dry.stdout

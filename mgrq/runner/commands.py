@@ -195,6 +195,7 @@ def _check_local_cuda(opts: Any, dev: Any) -> None:
 
 def cmd_suite_run(args: argparse.Namespace) -> int:
     from mgrq.config import parse_assignments
+    from mgrq.errors import ConfigError
     from mgrq.records import check_writable
     from mgrq.runner import driver
     from mgrq.runner.layout import check_label, default_label
@@ -224,6 +225,10 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         grid = driver.plan(suite, out, label, opts.device)[1] if args.only else cells
         if note := driver.other_grid_note(label, records.read_record(root / "suite.json") or {}, grid):
             print(note)
+        try:  # what the run would refuse
+            driver.check_no_live_slurm_tasks(root / "jobs", [c for c in cells if c.status() != "done"])
+        except ConfigError as e:
+            print(f"note: the run would stop here: {e}")
         print(f"executor: {opts.describe()}")
         return 0
     summary = driver.run_suite(suite, out, label, opts, only=args.only)

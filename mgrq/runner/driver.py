@@ -381,6 +381,49 @@ def check_no_live_jobs(cells: list[State]) -> None:
                           "the suite again")
 
 
+SLURM_TASKS = "slurm-tasks.json"  # in a label's jobs/ folder: every SLURM task submitted and its cells
+
+
+def remember_slurm_tasks(jobs_dir: Path, tasks: dict[str, list[str]]) -> None:
+    """Add ``{task id: run ids}`` of a submission to the label's list, for the next driver's
+    :func:`check_no_live_slurm_tasks` (this driver may be killed while they run)."""
+    path = jobs_dir / SLURM_TASKS
+    known = (records.read_record(path) or {}).get("tasks")
+    records.write_record(path, {"tasks": {**(known if isinstance(known, dict) else {}), **tasks}})
+
+
+def check_no_live_slurm_tasks(jobs_dir: Path, cells: list[Cell]) -> None:
+    """Refuse to submit ``cells`` when SLURM tasks an earlier driver of this label submitted for
+    some of them are still queued or running (that driver was killed; its jobs run on): both would
+    run the cells and write their records. Without ``squeue`` here, nothing can be asked."""
+    known = (records.read_record(jobs_dir / SLURM_TASKS) or {}).get("tasks")
+    want = {c.run_id for c in cells}
+    tasks = {str(t): set(ids) & want for t, ids in (known.items() if isinstance(known, dict) else [])
+             if isinstance(ids, list)}
+    tasks = {t: ids for t, ids in tasks.items() if ids}
+    if not tasks:
+        return
+    arrays = sorted({t.split("_")[0] for t in tasks})
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(arrays)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return
+    if out.returncode != 0:
+        if "Invalid job id" not in out.stderr:
+            print(f"note: squeue could not say whether the label's earlier SLURM jobs ({' '.join(arrays)}) still run "
+                  f"({first_line(out.stderr.strip() or 'no message', 120)}); submitting anyway", file=sys.stderr)
+        return
+    live = sorted(set(out.stdout.split()) & set(tasks))
+    if live:
+        held = sorted(set().union(*(tasks[t] for t in live)))
+        ids = " ".join(sorted({t.split("_")[0] for t in live}))
+        raise ConfigError(f"SLURM job(s) {' '.join(live)} of an earlier `suite run` of this label still hold "
+                          f"{len(held)} of its unfinished cells (e.g. {held[0]}), queued or running; expected none: "
+                          f"wait for them (squeue -j {ids.replace(' ', ',')}) or cancel them (scancel {ids}), then "
+                          "run the suite again")
+
+
 def _duration(s: float) -> str:
     s = max(0, round(s))
     return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
@@ -465,6 +508,7 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             raise ex.SubmitError(f"sbatch refused the job array ({why.strip()}); check the "
                                  "partition/account/qos options and SLURM_CONF") from None
         jobs = [(j, functools.partial(list, g)) for j, g in zip(pending, groups)]
+        remember_slurm_tasks(jobs_dir, {j.job_id: [c.run_id for c in g] for j, g in zip(pending, groups)})
         print(f"slurm: job array {jobs[0][0].job_id.split('_')[0]} with {len(jobs)} task(s), "
               f"at most {opts.array_parallelism} at once, {threads} CPU thread(s) each", flush=True)
 
@@ -670,6 +714,7 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
         snapshot = states(cells)
         check_drift(snapshot, label)
         check_no_live_jobs([s for s in snapshot if s[1] != "done"])
+        check_no_live_slurm_tasks(root / "jobs", [c for c, st, _ in snapshot if st != "done"])
         todo = [c for c, st, _ in snapshot if st != "done"]
         summary = Summary(suite.name, label, root, len(cells), skipped=len(cells) - len(todo),
                           executor=opts.kind)
