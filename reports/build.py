@@ -21,6 +21,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,22 @@ def _label(out: Path, suite: str, label: str | None, source: str, uri: str | Non
                              + (["--tracking-uri", u] if uri else []))
             raise UnknownNameError(f"{e} (its run folder {out.resolve() / suite / label} exists: `{cmd}` puts it "
                                    "there)") from None
-    return resolve_label(out, suite, label)
+    if label not in (None, "latest", "previous"):
+        return resolve_label(out, suite, label)
+    from mgrq.runner.layout import labels as run_labels
+
+    every = run_labels(out, suite)  # an aborted night holds no cell record: latest/previous skip it
+    held = [lab for lab in every if any((out.resolve() / suite / lab).glob("*/record.json"))]
+    try:
+        picked = resolve_label(out, suite, label, known=held or every)
+    except ConfigError as e:
+        if empty := [lab for lab in every if lab not in held]:
+            raise ConfigError(f"{e}; label(s) {', '.join(empty)} hold no cell record, so do not count") from None
+        raise
+    if skipped := [lab for lab in every[every.index(picked) + 1:] if lab not in held]:
+        print(f"note: {label or 'latest'} = {picked}: newer label(s) {', '.join(skipped)} hold no cell record yet "
+              "and are skipped", file=sys.stderr)
+    return picked
 
 
 def _order(found: list[str], preferred: list[str]) -> list[str]:

@@ -233,6 +233,16 @@ def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
     assert (out / "rep" / "B" / "report" / "compare-A-vs-B.tex").is_file()
     assert main(["report", "rep", "--out", str(out), "--compare", "A", "B"]) == 0  # not strict
     capsys.readouterr()
+    # a newer night that was aborted before any cell wrote a record does not block the comparison
+    (out / "rep" / "C").mkdir()
+    records.write_record(out / "rep" / "C" / "suite.json", {"suite": "rep", "label": "C",
+                                                           "created": "2026-01-03T00:00:00"})
+    (out / "rep" / "B" / "report" / "compare-A-vs-B.md").unlink()
+    assert main(["report", "rep", "--out", str(out), "--compare", "previous", "latest", "--threshold", "1.0"]) == 0
+    got = capsys.readouterr()
+    assert (out / "rep" / "B" / "report" / "compare-A-vs-B.md").is_file()  # A and B, not B and C
+    assert "note: latest = B: newer label(s) C hold no cell record yet and are skipped" in got.err
+    assert main(["report", "rep", "--out", str(out), "--compare", "B", "C"]) == 2  # named, it is an error
 
 
 def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
