@@ -159,6 +159,16 @@ def report(session: nox.Session) -> None:
     session.run(py, "-m", "mgrq", "report", *args, env=ENV, external=True)
 
 
+@nox.session(venv_backend="none")
+def suite(session: nox.Session) -> None:
+    """Run any suite, shipped or a file of your own: `nox -s suite -- SUITE_OR_FILE [options]`
+    (the options of `mgrq suite run`)."""
+    if not session.posargs:
+        session.error("expected a suite name or file: nox -s suite -- SUITE_OR_FILE [options]")
+    py = _python(session)
+    session.run(py, "-m", "mgrq", "suite", "run", *session.posargs, env=ENV, external=True)
+
+
 def _suite_session(path: Path) -> None:
     def run_suite(session: nox.Session) -> None:
         py = _python(session)

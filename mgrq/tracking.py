@@ -81,8 +81,21 @@ def _local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+def check_store_kind(uri: str) -> None:
+    """A file store (``file:``, or a plain path) is refused by MLflow 3 unless
+    ``MLFLOW_ALLOW_FILE_STORE`` is true: say so before any work, with what to use instead."""
+    if uri.startswith("sqlite:") or (not uri.startswith("file:") and "://" in uri):
+        return
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1"):
+        return
+    raise MirrorError(f"MLflow tracking URI {uri}: a file store, which MLflow 3 refuses (maintenance mode); expected "
+                      "sqlite:///PATH.db or http(s)://SERVER, or MLFLOW_ALLOW_FILE_STORE=true to use it anyway")
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast (one line) when a tracking server does not answer."""
+    """Fail fast (one line) when a tracking server does not answer, or the store is a file store
+    MLflow refuses (:func:`check_store_kind`)."""
+    check_store_kind(uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         return

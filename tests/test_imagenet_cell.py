@@ -73,7 +73,7 @@ def test_one_imagenet_w4a4_cell_end_to_end(tmp_path, imagenet_folder, capsys):
                  "--threads", "1", "--no-mirror", "--no-pdf"])
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "1 cells: 1 done, 0 skipped (done before), 0 failed" in text
+    assert "1 cell: 1 done, 0 skipped (done before), 0 failed" in text
     (path,) = (out / "imagenet-w4a4" / "cell").glob("deit_tiny_patch16_224.percentile.w4a4.s0-*/record.json")
     rec = json.loads(path.read_text())
     assert rec["status"] == "done"

@@ -316,7 +316,8 @@ def test_report_from_a_missing_sqlite_store_creates_nothing(tmp_path, capsys):
 def test_no_run_hint_names_a_suite_file_only_when_one_exists(tmp_path, capsys):
     assert main(["report", "nosuch", "--out", str(tmp_path)]) == 2
     line = error_line(capsys)
-    assert "no suite file is named nosuch: `mgrq suite list`" in line and "mgrq suite run" not in line
+    assert "run its file with `mgrq suite run FILE`, or see `mgrq suite list`" in line
+    assert "mgrq suite run nosuch" not in line
     assert main(["report", "demo", "--out", str(tmp_path)]) == 2
     assert "(run `mgrq suite run demo`;" in error_line(capsys)
 

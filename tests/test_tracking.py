@@ -177,3 +177,24 @@ def test_flatten_keeps_a_done_records_warnings():
     assert metrics["warnings"] == 2.0 and tags["warnings"] == "\n".join(rec["warnings"])
     _params, metrics, tags = flatten({**rec, "warnings": []}, "k")
     assert metrics["warnings"] == 0.0 and "warnings" not in tags
+
+
+def test_a_file_store_is_named_before_any_work_with_what_to_use(tmp_path, monkeypatch, capsys):
+    """MLflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE is true: `suite run` says so
+    before running a cell (not as a mirroring failure after them), and `mirror` in one line."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    suite = write_suite(tmp_path / "fs.yaml")
+    store = f"file://{tmp_path}/mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    run = ["suite", "run", str(suite), "--out", str(tmp_path / "runs"), "--executor", "debug", "--no-report"]
+    assert main(run) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: MLflow tracking URI {store}: a file store, which MLflow 3 refuses (maintenance mode); "
+                   "expected sqlite:///PATH.db or http(s)://SERVER, or MLFLOW_ALLOW_FILE_STORE=true to use it anyway "
+                   "(or --no-mirror)")
+    assert not (tmp_path / "runs" / "fs").exists()  # nothing ran
+    (tmp_path / "x" / "L").mkdir(parents=True)
+    with pytest.raises(MirrorError, match="a file store, which MLflow 3 refuses"):
+        mirror(tmp_path, "x", "L", uri=str(tmp_path / "plain-path-store"))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the user's choice: used as asked
+    assert main([*run, "--dry-run"]) == 0

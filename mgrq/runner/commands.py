@@ -195,7 +195,7 @@ def _check_local_cuda(opts: Any, dev: Any) -> None:
 
 def cmd_suite_run(args: argparse.Namespace) -> int:
     from mgrq.config import parse_assignments
-    from mgrq.errors import ConfigError
+    from mgrq.errors import ConfigError, MGRQError
     from mgrq.records import check_writable
     from mgrq.runner import driver
     from mgrq.runner.layout import check_label, default_label
@@ -217,6 +217,13 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         if dev.type == "cuda" and opts.kind in ("local", "debug"):  # the cells run on this machine
             _check_local_cuda(opts, dev)
     label = check_label(args.label if args.label is not None else default_label())
+    if not args.no_mirror:  # a store MLflow will refuse: say so now, not after the cells ran
+        from mgrq.tracking import check_store_kind, default_uri
+
+        try:
+            check_store_kind(default_uri(out))
+        except MGRQError as e:
+            raise ConfigError(f"{e} (or --no-mirror)") from None
     if args.dry_run:
         root, cells = driver.plan(suite, out, label, opts.device, args.only)
         driver.print_grid(suite, label, root, cells)

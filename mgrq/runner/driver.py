@@ -53,7 +53,7 @@ class Summary:
         return 1 if self.failed or self.not_run else 0
 
     def line(self) -> str:
-        return (f"suite {self.suite} [{self.label}]: {self.total} cells: {self.done} done, "
+        return (f"suite {self.suite} [{self.label}]: {_cells(self.total)}: {self.done} done, "
                 f"{self.skipped} skipped (done before), {len(self.failed)} failed"
                 + (f", {len(self.not_run)} not run or interrupted" if self.not_run else "")
                 + f" in {self.seconds:.0f}s ({self.executor})")
@@ -170,7 +170,7 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
                 counts["drift"] += 1
                 extra += f"  ran with other weights: {w[0]} sha256 {w[1][:12]} -> {w[2][:12]}"
         print(f"  {st:11s} {c.run_id:55s} {c.hash}  {extra}")
-    print(f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, "
+    print(f"{_cells(len(cells))}: {counts['done']} done, {counts['failed']} failed, "
           f"{counts['running'] + counts['interrupted']} running/interrupted, {counts['pending']} not started"
           + (f", {counts['corrupt']} with an unreadable record" if counts["corrupt"] else "")
           + f" -> {len(cells) - counts['done']} to run")
@@ -422,6 +422,10 @@ def check_no_live_slurm_tasks(jobs_dir: Path, cells: list[Cell]) -> None:
                           f"{len(held)} of its unfinished cells (e.g. {held[0]}), queued or running; expected none: "
                           f"wait for them (squeue -j {ids.replace(' ', ',')}) or cancel them (scancel {ids}), then "
                           "run the suite again")
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
 
 
 def _duration(s: float) -> str:
@@ -721,7 +725,7 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
         grid = plan(suite, out, label, opts.device)[1] if only else cells
         write_suite_json(suite, label, root, grid, opts, ran=len(cells), only=only)
         suite_meta = {"name": suite.name, "label": label, "file": str(suite.path)}
-        print(f"suite {suite.name} [{label}]: {len(cells)} cells, {summary.skipped} done before, "
+        print(f"suite {suite.name} [{label}]: {_cells(len(cells))}, {summary.skipped} done before, "
               f"{len(todo)} to run -> {root}", flush=True)
         if commits := other_commits([rec for _, st, rec in snapshot if st == "done"]):
             print(commits, flush=True)

@@ -179,7 +179,8 @@ def resolve_label(out: Path, suite: str, label: str | None,
             if suite in {p.stem for p in list_suites()}:
                 hint = f"run `mgrq suite run {suite}`"
             else:
-                hint = "run the suite's file again" if all_labels else f"no suite file is named {suite}: `mgrq suite list`"
+                hint = ("run the suite's file again" if all_labels else
+                        "run its file with `mgrq suite run FILE`, or see `mgrq suite list` for the shipped suites")
             if not all_labels and known is None and not (Path(out).resolve() / suite).is_dir():
                 have = suites_with_runs(out)
                 hint += f"; suites with runs under {Path(out).resolve()}: {', '.join(have) or 'none'}"
