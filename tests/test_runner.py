@@ -668,3 +668,15 @@ def test_a_job_gives_its_image_decoding_its_thread_budget_less_one():
         torch.set_num_threads(before)
         os.environ.clear()
         os.environ.update(env)
+
+
+def test_why_slurm_ended_a_job_is_read_from_its_log():
+    """Without accounting a lost SLURM job's state is UNKNOWN; its log's last lines still say."""
+    from mgrq.runner.driver import _log_end
+
+    assert _log_end("x\nslurmstepd: error: *** JOB 31 ON vm CANCELLED AT 2026-11-27T17:00:01 ***\n") == (
+        "CANCELLED AT 2026-11-27T17:00:01")
+    assert _log_end("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-11-27T01:00:00 DUE TO TIME LIMIT ***") == (
+        "CANCELLED AT 2026-11-27T01:00:00 DUE TO TIME LIMIT")
+    assert _log_end("slurmstepd: error: Detected 1 oom_kill event in StepId=9.batch.") == "out of memory (oom-kill)"
+    assert _log_end("Traceback ...\nValueError: x") is None and _log_end(None) is None

@@ -337,6 +337,8 @@ def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str
                 state += f", killed by {signal.Signals(-code).name}"
         elif isinstance(code, int) and code > 0:
             state += f", exit status {code}"
+        if said := _log_end(tail):  # where accounting is off, SLURM's state is UNKNOWN: its log still says why
+            state += f"; its log: {said}"
         spec = RunSpec.from_dict(c.spec)
         failed = {
             "schema": records.SCHEMA, "id": spec.run_id, "hash": spec.content_hash,
@@ -424,6 +426,18 @@ def check_no_live_slurm_tasks(jobs_dir: Path, cells: list[Cell]) -> None:
                           "run the suite again")
 
 
+def _log_end(tail: str | None) -> str | None:
+    """Why SLURM ended a job, from its log (``*** JOB 31 ON node CANCELLED AT ... ***``, with
+    ``DUE TO TIME LIMIT`` or ``DUE TO PREEMPTION``; an oom-kill event), or None."""
+    import re
+
+    text = tail or ""
+    m = re.search(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ (CANCELLED AT \S+(?: DUE TO [A-Z ]+?)?) \*\*\*", text)
+    if m:
+        return m.group(1)
+    return "out of memory (oom-kill)" if "oom_kill event" in text or "oom-kill" in text else None
+
+
 def _cells(n: int) -> str:
     return f"{n} cell" if n == 1 else f"{n} cells"
 
@@ -508,9 +522,10 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
                 pending = [executor.submit(CellJob(g, suite_meta, kind, threads)) for g in groups]
         except (FailedJobError, OSError) as e:
             lines = [ln for ln in str(e).splitlines() if ln.strip()]
-            why = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else repr(e))
+            why = next((ln for ln in lines if "fatal" in ln.lower()),  # no configuration: the cause, not its DNS echo
+                       next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else repr(e)))
             raise ex.SubmitError(f"sbatch refused the job array ({why.strip()}); check the "
-                                 "partition/account/qos options and SLURM_CONF") from None
+                                 "partition/account/qos/constraint/gpus_per_node options and SLURM_CONF") from None
         jobs = [(j, functools.partial(list, g)) for j, g in zip(pending, groups)]
         remember_slurm_tasks(jobs_dir, {j.job_id: [c.run_id for c in g] for j, g in zip(pending, groups)})
         print(f"slurm: job array {jobs[0][0].job_id.split('_')[0]} with {len(jobs)} task(s), "

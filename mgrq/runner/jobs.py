@@ -152,8 +152,8 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     (its checkpointing runs on USR2, before), and where the cluster's process tracking does not
     follow up with SIGKILL the cell would run on and finish after its job was requeued. Stop at
     once instead: the cell's record stays ``running`` and the restarted job redoes it."""
-    print("[job] SIGTERM (requeue, preemption or cancel): stopping; the unfinished cell runs "
-          "again when the job restarts", file=sys.__stderr__, flush=True)
+    print("[job] SIGTERM (requeue, preemption or cancel): stopping; the unfinished cell runs again when "
+          "the job restarts (requeue, preemption) or the suite runs again (cancel)", file=sys.__stderr__, flush=True)
     os._exit(128 + signum)
 
 
