@@ -113,7 +113,7 @@ def _label(out: Path, suite: str, label: str | None, source: str, uri: str | Non
     every = run_labels(out, suite)  # an aborted night holds no cell record: latest/previous skip it
     held = [lab for lab in every if any((out.resolve() / suite / lab).glob("*/record.json"))]
     try:
-        picked = resolve_label(out, suite, label, known=held or every)
+        picked = resolve_label(out, suite, label, known=held if held != every else None)
     except ConfigError as e:
         if empty := [lab for lab in every if lab not in held]:
             raise ConfigError(f"{e}; label(s) {', '.join(empty)} hold no cell record, so do not count") from None
