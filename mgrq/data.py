@@ -310,6 +310,21 @@ def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes
     )
 
 
+def _too_few_for_tune(folder: Path, n: int, where: str = "") -> DataError:
+    return DataError(f"{where}{folder}: {n} images; the tune split takes {IMAGENET_TUNE_PER_CLASS} per class from "
+                     f"train/ and calibration needs the rest: expected more than {IMAGENET_TUNE_PER_CLASS}")
+
+
+def check_tune_split(root: str | os.PathLike, where: str = "") -> None:
+    """Before any work: every class folder of ``root/train`` has more images than the tune split
+    takes (each folder's entries are counted, no image is opened)."""
+    for cls in class_folders(Path(root) / "train", where):
+        with os.scandir(Path(root) / "train" / cls) as it:
+            n = sum(1 for e in it if _is_image(e))
+        if n <= IMAGENET_TUNE_PER_CLASS:
+            raise _too_few_for_tune(Path(root) / "train" / cls, n, where)
+
+
 def imagenet_tune_indices(train: ImageFolderSplit) -> list[int]:
     """The tune split's indices into ``train``: :data:`IMAGENET_TUNE_PER_CLASS` per class, drawn
     with one generator (seed :data:`IMAGENET_TUNE_SEED`) over the classes in order. A class that
@@ -322,9 +337,7 @@ def imagenet_tune_indices(train: ImageFolderSplit) -> list[int]:
     for label in sorted(by_class):
         idx = by_class[label]
         if len(idx) <= IMAGENET_TUNE_PER_CLASS:
-            raise DataError(f"{train.root / train.classes[label]}: {len(idx)} images; the tune split takes "
-                            f"{IMAGENET_TUNE_PER_CLASS} per class from train/ and calibration needs the rest: "
-                            f"expected more than {IMAGENET_TUNE_PER_CLASS}")
+            raise _too_few_for_tune(train.root / train.classes[label], len(idx))
         out += sorted(idx[j] for j in torch.randperm(len(idx), generator=g)[:IMAGENET_TUNE_PER_CLASS].tolist())
     return out
 

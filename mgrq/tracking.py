@@ -86,6 +86,8 @@ def check_store_kind(uri: str) -> None:
     ``MLFLOW_ALLOW_FILE_STORE`` is true: say so before any work, with what to use instead."""
     if uri.startswith("sqlite:") or (not uri.startswith("file:") and "://" in uri):
         return
+    if uri in ("databricks", "databricks-uc", "uc"):  # MLflow's names of a workspace's own store
+        return
     if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1"):
         return
     raise MirrorError(f"MLflow tracking URI {uri}: a file store, which MLflow 3 refuses (maintenance mode); expected "

@@ -106,22 +106,23 @@ def _label(out: Path, suite: str, label: str | None, source: str, uri: str | Non
                              + (["--tracking-uri", u] if uri else []))
             raise UnknownNameError(f"{e} (its run folder {out.resolve() / suite / label} exists: `{cmd}` puts it "
                                    "there)") from None
-    if label not in (None, "latest", "previous"):
+    if label != "previous":
         return resolve_label(out, suite, label)
     from mgrq.runner.layout import labels as run_labels
 
-    every = run_labels(out, suite)  # an aborted night holds no cell record: latest/previous skip it
-    held = [lab for lab in every if any((out.resolve() / suite / lab).glob("*/record.json"))]
-    try:
-        picked = resolve_label(out, suite, label, known=held if held != every else None)
-    except ConfigError as e:
-        if empty := [lab for lab in every if lab not in held]:
-            raise ConfigError(f"{e}; label(s) {', '.join(empty)} hold no cell record, so do not count") from None
-        raise
-    if skipped := [lab for lab in every[every.index(picked) + 1:] if lab not in held]:
-        print(f"note: {label or 'latest'} = {picked}: newer label(s) {', '.join(skipped)} hold no cell record yet "
-              "and are skipped", file=sys.stderr)
-    return picked
+    # `latest` stays the newest label, records or not (a night that ran nothing is an error for
+    # --compare, so --strict alerts on it); `previous` is the newest older label holding a cell
+    # record, so one aborted night does not block the next night's comparison
+    every = run_labels(out, suite)
+    latest = resolve_label(out, suite, "latest")
+    older = [lab for lab in every[:every.index(latest)] if any((out.resolve() / suite / lab).glob("*/record.json"))]
+    if not older:
+        return resolve_label(out, suite, "previous")  # its error: fewer than two runs
+    skipped = every[every.index(older[-1]) + 1:every.index(latest)]
+    if skipped:
+        print(f"note: previous = {older[-1]}: label(s) {', '.join(skipped)} between it and {latest} hold no cell "
+              "record and are skipped", file=sys.stderr)
+    return older[-1]
 
 
 def _order(found: list[str], preferred: list[str]) -> list[str]:
@@ -256,13 +257,14 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                      + ", ".join(f"{records.short_sha(s)} ({n} cell{'s' * (n != 1)})" for s, n in shas.items())
                      + "; a table from one version needs one label run at one commit")
     mixed = F.mixed_settings(df)
+    tune = any(v.get("eval_split") == "tune" for v in (df.attrs.get("settings") or {}).values())
     df.attrs.pop("settings", None)  # pandas copies attrs into every frame derived from df
     if mixed:  # e.g. a rerun of some cells with --eval-limit, or of an edited suite, in the same label
         notes.append("the finished cells put side by side ran with different settings (a rerun of some cells "
                      "with other options or an edited suite file keeps the older cells' results): "
                      + "; ".join(mixed) + "; rerun those cells with one setting, or use a new --label")
     pub = None
-    if published:
+    if published and not tune:  # published numbers are on val/; a tune split is drawn from training images
         pub = F.published_frame(None if published is True else published)
     agg = F.aggregate(df)
     _make_dest(dest, what)
@@ -270,7 +272,8 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     rep = Report(dest=dest, frame=df, notes=notes)
     evals = df.loc[df["status"] == "done", "n_eval"].dropna()
     n_eval = float(evals.iloc[0]) if len(evals) and evals.nunique() == 1 else None
-    main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"), n_eval, info.get("bits"))
+    main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"), n_eval, info.get("bits"),
+                        tune=tune)
     fragments = ["main.tex"]
     (dest / "main.tex").write_text(main.latex())
     (dest / "main.md").write_text(main.markdown())

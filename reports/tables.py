@@ -242,8 +242,10 @@ def _seed_note(agg: pd.DataFrame) -> str | None:
 
 def main_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: str, label: str,
                published: pd.DataFrame | None = None, caption: str | None = None,
-               n_eval: float | None = None, bits_pref: list[str] | None = None) -> Table:
-    """Models as columns, methods (``names``, in order) as rows grouped by bit-width, FP first."""
+               n_eval: float | None = None, bits_pref: list[str] | None = None, tune: bool = False) -> Table:
+    """Models as columns, methods (``names``, in order) as rows grouped by bit-width, FP first.
+    ``tune``: the cells ran on the tune split, which the caption says (the build leaves out the
+    published rows then: they are on the held-out images)."""
     runs = agg[agg["source"] == "run"]
     groups: list[tuple[str, list[Row]]] = [("FP", [_fp_row(runs, models)])]
     notes = []
@@ -275,6 +277,9 @@ def main_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
         f"Top-1 accuracy (%) of quantized ViTs, suite {suite} ({label})"
         + _evaluated(n_eval) + ". Best per column in bold." + (f" {seeds}" if seeds else "")
     )
+    if tune:  # also under a suite's own caption: these numbers are not the held-out ones
+        cap += (" Evaluated on the tune split, carved from the training images (those an ImageNet model was "
+                "trained on), for choosing settings; not comparable with held-out or published numbers.")
     return Table("Main table", cap, f"tab:{suite}-main", models, groups, notes=notes)
 
 

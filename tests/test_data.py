@@ -186,15 +186,22 @@ def test_an_imagenet_tune_split_is_carved_from_train_and_kept_from_calibration(t
     assert again.val.indices == b.val.indices
     cal = data.sample_calibration(b, 9, 0)
     assert set(cal.ids) == set(b.train_ids)
-    assert torch.equal(b.val[0][0], b.val.dataset[b.val.indices[0]][0])
     held = data_bundle_for("deit_tiny_patch16_224", model, root, "heldout")
     assert "eval_split" not in held.data_config and len(held.train_ids) == 39 and len(held.val) == 39
     (sorted((root / "train" / "n00000001").iterdir())[0]).unlink()
     for f in sorted((root / "train" / "n00000001").iterdir())[10:]:
         f.unlink()
-    with pytest.raises(DataError, match=r"train/n00000001: 10 images; the tune split takes 10 per class from "
-                                        r"train/ and calibration needs the rest: expected more than 10"):
+    few = r"train/n00000001: 10 images; the tune split takes 10 per class from train/ and calibration needs the rest"
+    with pytest.raises(DataError, match=few + ": expected more than 10"):
         data_bundle_for("deit_tiny_patch16_224", model, root, "tune")
+    with pytest.raises(DataError, match="^w: .*" + few):  # the same, before any work (quantize, suite run)
+        data.check_tune_split(root, "w: ")
+    from mgrq.cli import main
+
+    ckpt = tmp_path / "deit.pth"
+    torch.save(model.state_dict(), ckpt)
+    assert main(["quantize", "--model", "deit_tiny_patch16_224", "--method", "percentile", "--w-bits", "4",
+                 "--a-bits", "4", "--data-root", str(root), "--checkpoint", str(ckpt), "--eval-split", "tune"]) == 2
 
 
 def test_empty_class_folders_and_a_flat_val_folder_are_named_up_front(tmp_path, capsys):

@@ -25,13 +25,14 @@ MODELS = ["deit_tiny_patch16_224", "tiny_vit"]
 def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, seed: int,
         top1: float | None, fp: float = 80.0, variant: str | None = None, qs: float = 2.0,
         eval_limit: int | None = None, finished: str | None = None, warnings: list[str] | None = None,
-        config: dict | None = None, image_bits: int = 8) -> None:
+        config: dict | None = None, image_bits: int = 8, eval_split: str = "heldout") -> None:
     from mgrq.config import config_dict
     from mgrq.methods import get_method
 
     w, a = int(bits[1]), int(bits[3])
     spec = RunSpec(model=model, method=method, w_bits=w, a_bits=a, seed=seed, variant=variant,
-                   eval_limit=eval_limit, method_config=tuple((config or {}).items()), image_bits=image_bits)
+                   eval_limit=eval_limit, method_config=tuple((config or {}).items()), image_bits=image_bits,
+                   eval_split=eval_split)
     rec = {"schema": 1, "id": spec.run_id, "hash": spec.content_hash, "spec": spec.to_dict(),
            "suite": {"name": suite, "label": label}, "started": records.now(),
            "finished": finished or records.now(),
@@ -233,16 +234,19 @@ def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
     assert (out / "rep" / "B" / "report" / "compare-A-vs-B.tex").is_file()
     assert main(["report", "rep", "--out", str(out), "--compare", "A", "B"]) == 0  # not strict
     capsys.readouterr()
-    # a newer night that was aborted before any cell wrote a record does not block the comparison
+    # a night aborted before any cell wrote a record: as `latest` it is an error (so --strict alerts),
+    # and the next night's `previous` skips it
     (out / "rep" / "C").mkdir()
     records.write_record(out / "rep" / "C" / "suite.json", {"suite": "rep", "label": "C",
                                                            "created": "2026-01-03T00:00:00"})
-    (out / "rep" / "B" / "report" / "compare-A-vs-B.md").unlink()
-    assert main(["report", "rep", "--out", str(out), "--compare", "previous", "latest", "--threshold", "1.0"]) == 0
-    got = capsys.readouterr()
-    assert (out / "rep" / "B" / "report" / "compare-A-vs-B.md").is_file()  # A and B, not B and C
-    assert "note: latest = B: newer label(s) C hold no cell record yet and are skipped" in got.err
-    assert main(["report", "rep", "--out", str(out), "--compare", "B", "C"]) == 2  # named, it is an error
+    compare = ["report", "rep", "--out", str(out), "--compare", "previous", "latest", "--threshold", "1.0"]
+    assert main([*compare, "--strict"]) == 2
+    assert "label C of suite rep has no cell records" in capsys.readouterr().err
+    make_runs(out, "D", created="2026-01-04T00:00:00")
+    assert main(compare) == 0
+    assert (out / "rep" / "D" / "report" / "compare-B-vs-D.md").is_file()  # B and D, not C
+    assert ("note: previous = B: label(s) C between it and D hold no cell record and are skipped"
+            in capsys.readouterr().err)
 
 
 def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
@@ -582,3 +586,20 @@ def test_acc_vs_time_labels_a_tick_at_both_ends(tmp_path, monkeypatch):
     plots.accuracy_vs_time(agg, tmp_path)
     assert seen == [(1.0, 1000.0)]
     assert plots._tick_125(0.9, down=True) == 0.5 and plots._tick_125(2.5, down=False) == 5.0
+
+
+def test_a_tune_split_table_says_so_and_leaves_out_the_published_rows(tmp_path):
+    """Tune-split numbers come from training images: next to published held-out numbers they
+    would mislead, so those rows go, and the caption says what the numbers are."""
+    out = tmp_path / "runs"
+    records.write_record(out / "rep" / "T" / "suite.json", {"models": MODELS, "methods": ["percentile"],
+                                                           "bits": ["W4A4"]})
+    for model in MODELS:
+        put(out, "rep", "T", model, "percentile", "W4A4", 0, 70.0, eval_split="tune")
+    md = build_report(out, "rep", "T", pdf="no", figures=False).main_markdown
+    assert "Evaluated on the tune split, carved from the training images" in md and "†" not in md
+    put(out, "rep", "H", "deit_tiny_patch16_224", "percentile", "W4A4", 0, 70.0)
+    records.write_record(out / "rep" / "H" / "suite.json", {"models": MODELS, "methods": ["percentile"],
+                                                           "bits": ["W4A4"]})
+    md = build_report(out, "rep", "H", pdf="no", figures=False).main_markdown
+    assert "tune split" not in md and "| RepQ-ViT † | 4/4 | 57.43 |" in md

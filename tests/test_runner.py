@@ -680,3 +680,37 @@ def test_why_slurm_ended_a_job_is_read_from_its_log():
         "CANCELLED AT 2026-11-27T01:00:00 DUE TO TIME LIMIT")
     assert _log_end("slurmstepd: error: Detected 1 oom_kill event in StepId=9.batch.") == "out of memory (oom-kill)"
     assert _log_end("Traceback ...\nValueError: x") is None and _log_end(None) is None
+
+
+def test_the_live_slurm_task_guard_reads_squeue(tmp_path, monkeypatch, capsys):
+    """Array task ids as squeue -r lists them; only this user's jobs named after the suite; tasks
+    SLURM no longer lists are dropped from the file; a squeue that cannot answer lets the run go
+    on with a note (a fake squeue on PATH stands in for the cluster)."""
+    from mgrq.runner.driver import SLURM_TASKS, check_no_live_slurm_tasks
+
+    jobs, bin_ = tmp_path / "jobs", tmp_path / "bin"
+    jobs.mkdir()
+    bin_.mkdir()
+    squeue = bin_ / "squeue"
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+
+    def fake(script):
+        squeue.write_text("#!/bin/sh\necho \"$@\" > " + str(tmp_path / "argv") + "\n" + script)
+        squeue.chmod(0o755)
+
+    def cell(i):
+        return Cell(f"c{i}", "h", tmp_path / f"c{i}", {})
+
+    records.write_record(jobs / SLURM_TASKS, {"tasks": {"77_0": ["c0", "c1"], "77_1": ["c2"], "60": ["c3"]}})
+    fake("echo 77_1\n")
+    with pytest.raises(ConfigError, match=r"^SLURM job\(s\) 77_1 of an earlier `suite run` of this label still hold 1 "
+                                          r"of its unfinished cells \(e.g. c2\).*scancel 77\)"):
+        check_no_live_slurm_tasks(jobs, [cell(i) for i in range(4)], "s")
+    argv = (tmp_path / "argv").read_text().split()
+    assert argv[argv.index("-n") + 1] == "mgrq-s" and "-u" in argv and argv[argv.index("-j") + 1] == "60,77"
+    assert json.loads((jobs / SLURM_TASKS).read_text()) == {"tasks": {"77_1": ["c2"]}}  # the rest have ended
+    check_no_live_slurm_tasks(jobs, [cell(0), cell(1)], "s")  # cells no live task holds: go on
+    fake("echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n")
+    check_no_live_slurm_tasks(jobs, [cell(2)], "s")
+    assert "squeue could not say whether the label's earlier SLURM jobs (77) still run" in capsys.readouterr().err
+    assert json.loads((jobs / SLURM_TASKS).read_text()) == {"tasks": {"77_1": ["c2"]}}  # nothing dropped then

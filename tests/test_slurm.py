@@ -182,7 +182,7 @@ def test_a_rerun_refuses_cells_that_live_jobs_of_an_earlier_driver_hold(tmp_path
 
     suite = write_suite(tmp_path / "live.yaml", eval_limit=50)
     cell = load_suite(suite).specs()[0].run_id
-    sleeper = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 300"],
+    sleeper = subprocess.run(["sbatch", "--parsable", "-J", "mgrq-live", "-o", "/dev/null", "--wrap", "sleep 300"],
                              capture_output=True, text=True, timeout=60, check=True).stdout.strip().split(";")[0]
     try:
         jobs = tmp_path / "runs" / "live" / "L" / "jobs"  # as the killed driver left the label

@@ -223,6 +223,17 @@ def test_cli_bad_suite_fails_before_submitting(tmp_path, capsys):
     assert code == 2 and "device 'cdua': expected auto, cpu, cuda or cuda:N" in err and not out.exists()
 
 
+def test_a_site_profile_sets_the_cells_device_unless_the_flag_does(tmp_path, capsys):
+    prof = tmp_path / "site.yaml"
+    prof.write_text("slurm:\n  device: cuda\n")
+    run = ["suite", "run", str(write_suite(tmp_path / "ok.yaml")), "--out", str(tmp_path / "runs"), "--dry-run",
+           "--executor", "slurm", "--profile", str(prof)]
+    assert main(run) == 0
+    assert "'device': 'cuda'" in capsys.readouterr().out
+    assert main([*run, "--device", "cpu"]) == 0
+    assert "'device': 'cpu'" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------------------------
 # Executor options and site profiles
 # --------------------------------------------------------------------------------------------

@@ -198,3 +198,16 @@ def test_a_file_store_is_named_before_any_work_with_what_to_use(tmp_path, monkey
         mirror(tmp_path, "x", "L", uri=str(tmp_path / "plain-path-store"))
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the user's choice: used as asked
     assert main([*run, "--dry-run"]) == 0
+
+
+def test_the_store_check_refuses_file_stores_only(monkeypatch):
+    from mgrq.tracking import check_store_kind
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+
+    for ok in ("sqlite:///x.db", "http://h:5000", "https://h", "databricks", "databricks-uc", "uc",
+               "databricks://profile", "postgresql://u@h/db", "mysql+pymysql://u@h/db"):
+        check_store_kind(ok)
+    for bad in ("file:///tmp/mlruns", "mlruns", "/tmp/m"):
+        with pytest.raises(MirrorError, match="a file store"):
+            check_store_kind(bad)

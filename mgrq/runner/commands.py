@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--calib", type=int, default=None,
                    help="calibration images for every method (smoke runs; default: the suite's; "
                         "changes the cells' hashes)")
-    r.add_argument("--device", default="auto", help="device for the cells: auto (default), cpu, cuda")
+    r.add_argument("--device", default=None,
+                   help="device for the cells: auto (default: CUDA when the job sees a GPU), cpu, cuda; a site "
+                        "profile's device: sets it too")
     g = r.add_argument_group("executor (suite executor: defaults < site profile < these flags)")
     g.add_argument("--executor", choices=("local", "debug", "slurm"), default=None,
                    help="local (default), debug (in-process) or slurm (job array)")
@@ -233,7 +235,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         if note := driver.other_grid_note(label, records.read_record(root / "suite.json") or {}, grid):
             print(note)
         try:  # what the run would refuse
-            driver.check_no_live_slurm_tasks(root / "jobs", [c for c in cells if c.status() != "done"])
+            driver.check_no_live_slurm_tasks(root / "jobs", [c for c in cells if c.status() != "done"], suite.name)
         except ConfigError as e:
             print(f"note: the run would stop here: {e}")
         print(f"executor: {opts.describe()}")

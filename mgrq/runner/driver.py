@@ -394,11 +394,16 @@ def remember_slurm_tasks(jobs_dir: Path, tasks: dict[str, list[str]]) -> None:
     records.write_record(path, {"tasks": {**(known if isinstance(known, dict) else {}), **tasks}})
 
 
-def check_no_live_slurm_tasks(jobs_dir: Path, cells: list[Cell]) -> None:
+def check_no_live_slurm_tasks(jobs_dir: Path, cells: list[Cell], suite: str) -> None:
     """Refuse to submit ``cells`` when SLURM tasks an earlier driver of this label submitted for
     some of them are still queued or running (that driver was killed; its jobs run on): both would
-    run the cells and write their records. Without ``squeue`` here, nothing can be asked."""
-    known = (records.read_record(jobs_dir / SLURM_TASKS) or {}).get("tasks")
+    run the cells and write their records. Only this user's jobs named ``mgrq-<suite>`` count (a
+    job id SLURM reused is not ours); the tasks SLURM no longer lists are dropped from the file.
+    Without ``squeue`` here, nothing can be asked."""
+    import getpass
+
+    path = jobs_dir / SLURM_TASKS
+    known = (records.read_record(path) or {}).get("tasks")
     want = {c.run_id for c in cells}
     tasks = {str(t): set(ids) & want for t, ids in (known.items() if isinstance(known, dict) else [])
              if isinstance(ids, list)}
@@ -407,16 +412,18 @@ def check_no_live_slurm_tasks(jobs_dir: Path, cells: list[Cell]) -> None:
         return
     arrays = sorted({t.split("_")[0] for t in tasks})
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(arrays)],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser(), "-n", f"mgrq-{suite}",
+                              "-j", ",".join(arrays)], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return
-    if out.returncode != 0:
-        if "Invalid job id" not in out.stderr:
-            print(f"note: squeue could not say whether the label's earlier SLURM jobs ({' '.join(arrays)}) still run "
-                  f"({first_line(out.stderr.strip() or 'no message', 120)}); submitting anyway", file=sys.stderr)
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        print(f"note: squeue could not say whether the label's earlier SLURM jobs ({' '.join(arrays)}) still run "
+              f"({first_line(out.stderr.strip() or 'no message', 120)}); submitting anyway", file=sys.stderr)
         return
-    live = sorted(set(out.stdout.split()) & set(tasks))
+    listed = set(out.stdout.split()) if out.returncode == 0 else set()
+    if isinstance(known, dict):  # keep only what SLURM still lists
+        records.write_record(path, {"tasks": {t: ids for t, ids in known.items() if str(t) in listed}})
+    live = sorted(listed & set(tasks))
     if live:
         held = sorted(set().union(*(tasks[t] for t in live)))
         ids = " ".join(sorted({t.split("_")[0] for t in live}))
@@ -733,7 +740,7 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
         snapshot = states(cells)
         check_drift(snapshot, label)
         check_no_live_jobs([s for s in snapshot if s[1] != "done"])
-        check_no_live_slurm_tasks(root / "jobs", [c for c, st, _ in snapshot if st != "done"])
+        check_no_live_slurm_tasks(root / "jobs", [c for c, st, _ in snapshot if st != "done"], suite.name)
         todo = [c for c, st, _ in snapshot if st != "done"]
         summary = Summary(suite.name, label, root, len(cells), skipped=len(cells) - len(todo),
                           executor=opts.kind)

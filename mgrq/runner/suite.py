@@ -169,7 +169,12 @@ class Suite:
         if root is not None:
             root = str(Path(root).expanduser().resolve())
         if self.needs_data_root:
-            from mgrq.data import IMAGENET_LAYOUT, check_class_images, check_imagenet_root
+            from mgrq.data import (
+                IMAGENET_LAYOUT,
+                check_class_images,
+                check_imagenet_root,
+                check_tune_split,
+            )
 
             first = next(m for m in self.models if not _is_tiny(m))
             if root is None:
@@ -186,6 +191,8 @@ class Suite:
                     check_pretrained_cached(m, f"{where}: ", f"--checkpoint {m}=PATH (or checkpoints.{m} in the file)")
             if any(not _is_tiny(m) for m in run):
                 check_class_images(root, at)
+                if self.eval_split == "tune":
+                    check_tune_split(root, at)
         from mgrq.zoo import check_overrides
 
         for what, bo in [("bits_overrides", self.bits_overrides)] + [
