@@ -207,3 +207,25 @@ def test_a_rerun_refuses_cells_that_live_jobs_of_an_earlier_driver_hold(tmp_path
     # once the job is gone the same rerun goes ahead (a dry run shows it without a note)
     dry = subprocess.run([*argv, "--dry-run"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "would stop here" not in dry.stdout
+
+
+def test_a_dry_run_asks_the_scheduler_about_the_slurm_options(tmp_path):
+    """`--dry-run --executor slurm` runs `sbatch --test-only` with the array's options: a partition
+    or GPU request the cluster refuses shows up when a nightly run is set up, not at 01:30."""
+    require_slurm()
+    suite = write_suite(tmp_path / "t.yaml", bits=["W4A4", "W8A8"])
+    argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(tmp_path / "runs"), "--dry-run",
+            "--executor", "slurm", "--cells-per-job", "1"]
+
+    def run(*extra):
+        return subprocess.run([*argv, *extra], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                              timeout=120)
+
+    ok = run()
+    assert ok.returncode == 0 and "slurm: sbatch --test-only takes a 2-task array with these options (" in ok.stdout
+    bad = run("--partition", "no_such_partition")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith(
+        "error: sbatch --test-only refuses these options (sbatch: error: invalid partition specified: no_such_partition)")
+    queued = subprocess.run(["squeue", "-h", "-n", "mgrq-t"], capture_output=True, text=True, timeout=30).stdout
+    assert not (tmp_path / "runs").exists() and queued.strip() == ""  # nothing submitted

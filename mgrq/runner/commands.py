@@ -239,6 +239,19 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         except ConfigError as e:
             print(f"note: the run would stop here: {e}")
         print(f"executor: {opts.describe()}")
+        pending = [c for c in cells if c.status() != "done"]
+        if opts.kind == "slurm" and pending:  # the scheduler's view of the options, now rather than at 01:30
+            import math
+
+            from mgrq.runner import executors as ex
+
+            tasks = math.ceil(len(pending) / opts.cells_per_job)
+            try:
+                said = ex.test_submission(opts, f"mgrq-{suite.name}", tasks)
+            except FileNotFoundError:
+                print("note: no sbatch here: the scheduler did not check the SLURM options")
+            else:
+                print(f"slurm: sbatch --test-only takes a {tasks}-task array with these options ({said})")
         return 0
     summary = driver.run_suite(suite, out, label, opts, only=args.only)
     print(summary.line(), flush=True)

@@ -280,6 +280,40 @@ def slurm_executor(folder: Path, opts: ExecutorOptions, job_name: str):
     import submitit
 
     ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=opts.max_num_timeout)
+    try:
+        ex.update_parameters(**slurm_params(opts, job_name))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"slurm executor options: {e}".replace("\n", " ")) from None
+    return ex
+
+
+def test_submission(opts: ExecutorOptions, job_name: str, tasks: int) -> str:
+    """Ask ``sbatch --test-only`` whether the scheduler would take a job array of ``tasks`` tasks
+    with these options (partition, account, QoS, constraint, GPUs, CPUs, memory, time, the
+    additional ones); nothing is submitted. The scheduler's answer when it would;
+    :class:`SubmitError` with its reason when not; :class:`FileNotFoundError` without sbatch."""
+    import subprocess
+
+    params = slurm_params(opts, job_name)
+    params.pop("setup", None)
+    extra = params.pop("additional_parameters", {})
+    p = params.pop("array_parallelism")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**params, **extra}.items() if v is not True]
+    flags += [f"--{k.replace('_', '-')}" for k, v in extra.items() if v is True]
+    cmd = ["sbatch", "--test-only", f"--array=0-{max(tasks, 1) - 1}%{p}", *flags, "--wrap", "true"]
+    with clean_job_env():
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    said = [ln.strip() for ln in (out.stderr + out.stdout).splitlines() if ln.strip()]
+    if out.returncode != 0:
+        why = next((ln for ln in said if "fatal" in ln.lower()),
+                   next((ln for ln in said if "error" in ln.lower()), said[-1] if said else f"exit {out.returncode}"))
+        raise SubmitError(f"sbatch --test-only refuses these options ({why}); check the partition/account/qos/"
+                          "constraint/gpus_per_node options and SLURM_CONF")
+    return said[-1] if said else "accepted"
+
+
+def slurm_params(opts: ExecutorOptions, job_name: str) -> dict[str, Any]:
+    """The submitit ``SlurmExecutor`` parameters of ``opts``."""
     params: dict[str, Any] = {
         "job_name": job_name,
         "time": opts.timeout_min,
@@ -299,11 +333,7 @@ def slurm_executor(folder: Path, opts: ExecutorOptions, job_name: str):
         params["setup"] = list(opts.setup)
     if opts.additional:
         params["additional_parameters"] = dict(opts.additional)
-    try:
-        ex.update_parameters(**params)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"slurm executor options: {e}".replace("\n", " ")) from None
-    return ex
+    return params
 
 
 @contextlib.contextmanager
