@@ -59,7 +59,7 @@ def _spec_from_args(args: argparse.Namespace):
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from mgrq import records
-    from mgrq.data import check_class_images, check_imagenet_root, check_tune_split
+    from mgrq.data import check_class_images, check_imagenet_root
     from mgrq.errors import ConfigError
     from mgrq.methods import get_method
     from mgrq.run import execute, failed_record
@@ -81,9 +81,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         check_imagenet_root(spec.data_root, spec.model)
         n = check_checkpoint(spec.model, spec.checkpoint) if spec.checkpoint else num_classes(spec.model)
         check_imagenet_root(spec.data_root, spec.model, num_classes=n)
-        check_class_images(spec.data_root)
-        if spec.eval_split == "tune":
-            check_tune_split(spec.data_root)
+        check_class_images(spec.data_root, tune=spec.eval_split == "tune")
         if not spec.checkpoint:  # offline, the hub weights must be cached
             check_pretrained_cached(spec.model)
     get_method(spec.method).make_config(dict(spec.method_config))  # a bad --set fails here too

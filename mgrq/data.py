@@ -194,14 +194,22 @@ def _no_images(folder: Path, where: str = "") -> DataError:
                      f"expected layout {IMAGENET_LAYOUT}")
 
 
-def check_class_images(root: str | os.PathLike, where: str = "") -> None:
-    """Every class folder of ``root``'s ``train/`` and ``val/`` holds an image file (each folder is
-    read up to its first image, none is opened): an empty one would fail every job on this root."""
+def check_class_images(root: str | os.PathLike, where: str = "", tune: bool = False) -> None:
+    """Every class folder of ``root``'s ``train/`` and ``val/`` holds an image file: an empty one
+    would fail every job on this root. ``tune``: each ``train/`` folder also holds more than the
+    tune split takes (:data:`IMAGENET_TUNE_PER_CLASS`). Each folder is read only as far as that
+    needs; no image is opened."""
+    import itertools
+
     for sub in ("train", "val"):
+        need = IMAGENET_TUNE_PER_CLASS + 1 if tune and sub == "train" else 1
         for cls in class_folders(Path(root) / sub, where):
             with os.scandir(Path(root) / sub / cls) as it:
-                if not any(_is_image(e) for e in it):
-                    raise _no_images(Path(root) / sub / cls, where)
+                n = sum(1 for _ in itertools.islice((e for e in it if _is_image(e)), need))
+            if n == 0:
+                raise _no_images(Path(root) / sub / cls, where)
+            if n < need:
+                raise _too_few_for_tune(Path(root) / sub / cls, n, where)
 
 
 class UnreadableImageError(DataError):
@@ -313,16 +321,6 @@ def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes
 def _too_few_for_tune(folder: Path, n: int, where: str = "") -> DataError:
     return DataError(f"{where}{folder}: {n} images; the tune split takes {IMAGENET_TUNE_PER_CLASS} per class from "
                      f"train/ and calibration needs the rest: expected more than {IMAGENET_TUNE_PER_CLASS}")
-
-
-def check_tune_split(root: str | os.PathLike, where: str = "") -> None:
-    """Before any work: every class folder of ``root/train`` has more images than the tune split
-    takes (each folder's entries are counted, no image is opened)."""
-    for cls in class_folders(Path(root) / "train", where):
-        with os.scandir(Path(root) / "train" / cls) as it:
-            n = sum(1 for e in it if _is_image(e))
-        if n <= IMAGENET_TUNE_PER_CLASS:
-            raise _too_few_for_tune(Path(root) / "train" / cls, n, where)
 
 
 def imagenet_tune_indices(train: ImageFolderSplit) -> list[int]:

@@ -57,6 +57,11 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 WORKERS_ENV = "MGRQ_DATA_WORKERS"
 
 
+def default_workers(cpus: int) -> int:
+    """Loader processes beside the evaluating one, for ``cpus`` CPUs: one per CPU less one, at most 8."""
+    return max(0, min(8, cpus - 1))
+
+
 def data_workers(dataset: Dataset, batch_size: int) -> int:
     """Loader processes for ``dataset`` evaluated on a GPU (on a CPU the model's own threads use
     the cores, so :func:`evaluate` decodes in its process there): none for images held in memory
@@ -83,7 +88,7 @@ def data_workers(dataset: Dataset, batch_size: int) -> int:
             raise ConfigError(f"{WORKERS_ENV}={env!r}: expected a non-negative integer (0: decode in this process)")
         n = int(env)
     else:
-        n = min(8, len(os.sched_getaffinity(0)) - 1) if hasattr(os, "sched_getaffinity") else 0
+        n = default_workers(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 0
     return max(0, min(n, math.ceil(len(dataset) / batch_size)))  # type: ignore[arg-type]  # map-style
 
 

@@ -84,10 +84,8 @@ def _local_store(uri: str) -> bool:
 def check_store_kind(uri: str) -> None:
     """A file store (``file:``, or a plain path) is refused by MLflow 3 unless
     ``MLFLOW_ALLOW_FILE_STORE`` is true: say so before any work, with what to use instead."""
-    if uri.startswith("sqlite:") or (not uri.startswith("file:") and "://" in uri):
-        return
-    if uri in ("databricks", "databricks-uc", "uc"):  # MLflow's names of a workspace's own store
-        return
+    if not _local_store(uri) or uri.startswith("sqlite:") or uri in ("databricks", "databricks-uc", "uc"):
+        return  # a server, a database, or MLflow's names of a Databricks workspace's own store
     if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1"):
         return
     raise MirrorError(f"MLflow tracking URI {uri}: a file store, which MLflow 3 refuses (maintenance mode); expected "

@@ -234,12 +234,12 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         grid = driver.plan(suite, out, label, opts.device)[1] if args.only else cells
         if note := driver.other_grid_note(label, records.read_record(root / "suite.json") or {}, grid):
             print(note)
+        pending = [c for c in cells if c.status() != "done"]
         try:  # what the run would refuse
-            driver.check_no_live_slurm_tasks(root / "jobs", [c for c in cells if c.status() != "done"], suite.name)
+            driver.check_no_live_slurm_tasks(root / "jobs", pending, suite.name)
         except ConfigError as e:
             print(f"note: the run would stop here: {e}")
         print(f"executor: {opts.describe()}")
-        pending = [c for c in cells if c.status() != "done"]
         if opts.kind == "slurm" and pending:  # the scheduler's view of the options, now rather than at 01:30
             import math
 

@@ -265,6 +265,20 @@ def write_suite_json(suite: Suite, label: str, root: Path, cells: list[Cell], op
 # --------------------------------------------------------------------------------------------
 
 
+def squeue_tasks(arrays: list[str], *filters: str, timeout_s: float = 60) -> tuple[set[str] | None, str]:
+    """The task ids (``123_4``, or a plain job id) of jobs ``arrays`` that SLURM still lists (queued,
+    running, completing), each task apart (``squeue -r``), with extra ``filters`` (``-u USER``...).
+    ``(None, why)`` when squeue cannot answer: ``why`` is its message, empty without squeue."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", *filters, "-j", ",".join(arrays)],
+                             capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        return None, ""
+    if out.returncode != 0:  # "Invalid job id": every one of them has left the queue
+        return (set(), "") if "Invalid job id" in out.stderr else (None, out.stderr.strip() or "no message")
+    return set(out.stdout.split()), ""
+
+
 class SlurmQueue:
     """Which submitted SLURM jobs are still queued or running (``squeue``), so the driver also
     works on clusters without accounting (where sacct, and submitit's job state, say UNKNOWN)."""
@@ -278,15 +292,10 @@ class SlurmQueue:
         if time.time() - self.last < self.every_s:
             return
         self.last = time.time()
-        arrays = sorted({j.split("_")[0] for j in job_ids})
-        try:
-            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(arrays)],
-                                 capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
+        live, _ = squeue_tasks(sorted({j.split("_")[0] for j in job_ids}))
+        if live is None:
             return  # keep the previous view
-        if out.returncode != 0 and "Invalid job id" not in out.stderr:
-            return
-        self.live = set(out.stdout.split())
+        self.live = live
         now = time.time()
         for j in job_ids:
             if j in self.live:
@@ -411,16 +420,12 @@ def check_no_live_slurm_tasks(jobs_dir: Path, cells: list[Cell], suite: str) -> 
     if not tasks:
         return
     arrays = sorted({t.split("_")[0] for t in tasks})
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser(), "-n", f"mgrq-{suite}",
-                              "-j", ",".join(arrays)], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
+    listed, why = squeue_tasks(arrays, "-u", getpass.getuser(), "-n", f"mgrq-{suite}", timeout_s=30)
+    if listed is None:
+        if why:
+            print(f"note: squeue could not say whether the label's earlier SLURM jobs ({' '.join(arrays)}) still "
+                  f"run ({first_line(why, 120)}); submitting anyway", file=sys.stderr)
         return
-    if out.returncode != 0 and "Invalid job id" not in out.stderr:
-        print(f"note: squeue could not say whether the label's earlier SLURM jobs ({' '.join(arrays)}) still run "
-              f"({first_line(out.stderr.strip() or 'no message', 120)}); submitting anyway", file=sys.stderr)
-        return
-    listed = set(out.stdout.split()) if out.returncode == 0 else set()
     if isinstance(known, dict):  # keep only what SLURM still lists
         records.write_record(path, {"tasks": {t: ids for t, ids in known.items() if str(t) in listed}})
     live = sorted(listed & set(tasks))
@@ -528,11 +533,7 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             with ex.clean_job_env(), executor.batch():
                 pending = [executor.submit(CellJob(g, suite_meta, kind, threads)) for g in groups]
         except (FailedJobError, OSError) as e:
-            lines = [ln for ln in str(e).splitlines() if ln.strip()]
-            why = next((ln for ln in lines if "fatal" in ln.lower()),  # no configuration: the cause, not its DNS echo
-                       next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else repr(e)))
-            raise ex.SubmitError(f"sbatch refused the job array ({why.strip()}); check the "
-                                 "partition/account/qos/constraint/gpus_per_node options and SLURM_CONF") from None
+            raise ex.sbatch_refusal("sbatch refused the job array", str(e) or repr(e)) from None
         jobs = [(j, functools.partial(list, g)) for j, g in zip(pending, groups)]
         remember_slurm_tasks(jobs_dir, {j.job_id: [c.run_id for c in g] for j, g in zip(pending, groups)})
         print(f"slurm: job array {jobs[0][0].job_id.split('_')[0]} with {len(jobs)} task(s), "

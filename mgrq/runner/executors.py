@@ -305,11 +305,18 @@ def test_submission(opts: ExecutorOptions, job_name: str, tasks: int) -> str:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     said = [ln.strip() for ln in (out.stderr + out.stdout).splitlines() if ln.strip()]
     if out.returncode != 0:
-        why = next((ln for ln in said if "fatal" in ln.lower()),
-                   next((ln for ln in said if "error" in ln.lower()), said[-1] if said else f"exit {out.returncode}"))
-        raise SubmitError(f"sbatch --test-only refuses these options ({why}); check the partition/account/qos/"
-                          "constraint/gpus_per_node options and SLURM_CONF")
+        raise sbatch_refusal("sbatch --test-only refuses these options", "\n".join(said) or f"exit {out.returncode}")
     return said[-1] if said else "accepted"
+
+
+def sbatch_refusal(what: str, text: str) -> SubmitError:
+    """``what`` with sbatch's reason from its output ``text``: the ``fatal`` line (no
+    configuration: the cause, not its DNS echo), else the first error line, else the last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    why = next((ln for ln in lines if "fatal" in ln.lower()),
+               next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "no message"))
+    return SubmitError(f"{what} ({why}); check the partition/account/qos/constraint/gpus_per_node options and "
+                       "SLURM_CONF")
 
 
 def slurm_params(opts: ExecutorOptions, job_name: str) -> dict[str, Any]:

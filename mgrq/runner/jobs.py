@@ -71,9 +71,9 @@ def set_thread_budget(threads: int) -> None:
     decoding as many loader processes less one, unless ``$MGRQ_DATA_WORKERS`` says otherwise."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    from mgrq.evaluate import WORKERS_ENV
+    from mgrq.evaluate import WORKERS_ENV, default_workers
 
-    os.environ.setdefault(WORKERS_ENV, str(max(0, min(8, threads - 1))))
+    os.environ.setdefault(WORKERS_ENV, str(default_workers(threads)))
     import torch
 
     torch.set_num_threads(threads)

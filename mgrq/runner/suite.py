@@ -169,12 +169,7 @@ class Suite:
         if root is not None:
             root = str(Path(root).expanduser().resolve())
         if self.needs_data_root:
-            from mgrq.data import (
-                IMAGENET_LAYOUT,
-                check_class_images,
-                check_imagenet_root,
-                check_tune_split,
-            )
+            from mgrq.data import IMAGENET_LAYOUT, check_class_images, check_imagenet_root
 
             first = next(m for m in self.models if not _is_tiny(m))
             if root is None:
@@ -190,9 +185,7 @@ class Suite:
                 if m not in ck:  # the hub weights, offline: else every job of the model fails on them
                     check_pretrained_cached(m, f"{where}: ", f"--checkpoint {m}=PATH (or checkpoints.{m} in the file)")
             if any(not _is_tiny(m) for m in run):
-                check_class_images(root, at)
-                if self.eval_split == "tune":
-                    check_tune_split(root, at)
+                check_class_images(root, at, tune=self.eval_split == "tune")
         from mgrq.zoo import check_overrides
 
         for what, bo in [("bits_overrides", self.bits_overrides)] + [
