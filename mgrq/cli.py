@@ -67,6 +67,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         check_checkpoint,
         check_overrides,
         check_pretrained_cached,
+        check_units,
         get_entry,
         num_classes,
     )
@@ -86,6 +87,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             check_pretrained_cached(spec.model)
     get_method(spec.method).make_config(dict(spec.method_config))  # a bad --set fails here too
     check_overrides(spec.bits_overrides, [spec.model], "--bits-override")
+    check_units(dict(spec.method_config).get("units"), [spec.model], "--set")
     if args.record:
         records.check_writable(args.record, "--record")
     started = records.now()

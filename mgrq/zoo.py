@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mgrq.errors import CheckpointError, ConfigError, first_line, unknown
+from mgrq.errors import CheckpointError, ConfigError, compile_regex, first_line, unknown
 
 WEIGHTS_DIR = Path(__file__).parent / "zoo_weights"
 
@@ -323,14 +323,20 @@ def check_checkpoint(name: str, path: str | Path) -> int:
 
 
 @functools.cache
-def _point_names(name: str) -> tuple[str, ...]:
-    """The quantization point names of zoo model ``name`` (built once per process on the meta
-    device: a suite checks the same models for its own and each method's overrides)."""
+def _layout(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The quantization point names and the reconstruction unit names of zoo model ``name``
+    (built once per process on the meta device: a suite checks the same models for its own and
+    each method's overrides and unit patterns)."""
     from mgrq.surgery import LayerPolicy, point_names, quantize_model
 
     with torch.device("meta"):
         model = create_model(name, pretrained=False)
-    return tuple(point_names(quantize_model(model, LayerPolicy(8, 8))))
+    qmodel = quantize_model(model, LayerPolicy(8, 8))
+    return tuple(point_names(qmodel)), tuple(u.name for u in qmodel.units())
+
+
+def _point_names(name: str) -> tuple[str, ...]:
+    return _layout(name)[0]
 
 
 def check_overrides(overrides: tuple[tuple[str, Any], ...] | list, models: list[str], where: str) -> None:
@@ -351,6 +357,21 @@ def check_overrides(overrides: tuple[tuple[str, Any], ...] | list, models: list[
             f"{where}: layer policy pattern {bad[0]!r} matches no quantization point of "
             f"{', '.join(dict.fromkeys(models))}; expected a regex (re.search) for point names such as {examples}"
         )
+
+
+def check_units(units: Any, models: list[str], where: str) -> None:
+    """Fail before any work when a reconstruction method's ``units`` regex matches none of the
+    units of one of ``models`` (:class:`ConfigError` naming ``where``, the model and its units):
+    the engine refuses such a run (each of that model's cells would fail after calibration).
+    Unlike a layer-policy pattern it must match in every model, as the engine checks per model."""
+    if not units:
+        return
+    pattern = compile_regex(str(units), f"{where} units", "a regex searched in unit names")
+    for name in dict.fromkeys(models):
+        names = _layout(name)[1]
+        if not any(pattern.search(u) for u in names):
+            raise ConfigError(f"{where}: units={units!r} matches none of the units of {name}; expected a regex "
+                              f"(re.search) for unit names such as {', '.join(names)}")
 
 
 def data_bundle_for(name: str, model: nn.Module, data_root: str | Path | None, eval_split: str = "heldout"):

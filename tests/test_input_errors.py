@@ -130,6 +130,25 @@ def test_layer_policy_override_must_match_a_point(tmp_path, capsys, no_work):
         load_suite(typo).with_options()
 
 
+def test_unit_pattern_must_match_a_unit_of_every_model(tmp_path, capsys, no_work):
+    """The engine refuses a ``units`` regex that matches none of a model's units; that is
+    checked before any work, not after each cell's calibration."""
+    assert main(["quantize", "--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4",
+                 "--set", "units=block\\.0"]) == 2  # the unit is 'blocks.0'
+    assert error_line(capsys) == ("error: --set: units='block\\\\.0' matches none of the units of tiny_vit; expected a "
+                                  "regex (re.search) for unit names such as patch_embed, blocks.0, blocks.1, blocks.2, "
+                                  "blocks.3, head")
+    # in a suite it must match in every model: Swin's 'downsample' units are not in a ViT
+    swin_only = write_suite(tmp_path / "u.yaml", models=["tiny_swin", "tiny_vit"],
+                            methods=[{"name": "brecq", "config": {"units": "downsample"}}])
+    with pytest.raises(ConfigError, match=r"u.yaml: method brecq: units='downsample' matches none of the units of "
+                                          r"tiny_vit; expected .* patch_embed, blocks\.0"):
+        load_suite(swin_only).with_options()
+    both = write_suite(tmp_path / "ok.yaml", models=["tiny_swin", "tiny_vit"],
+                       methods=[{"name": "brecq", "config": {"units": "blocks\\.0$|head"}}])
+    assert load_suite(both).with_options().methods[0].config == (("units", "blocks\\.0$|head"),)
+
+
 def test_method_config_type_errors_name_the_type(capsys):
     assert main(["quantize", "--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4",
                  "--set", "iters=abc"]) == 2

@@ -484,8 +484,8 @@ def test_the_failure_summary_points_at_the_cell_folder_that_failed(tmp_path, cap
     bad = write_suite(tmp_path / "v2" / "twice.yaml",
                       methods=[{"name": "percentile", "variant": "pct-x", "calib": 100000}])
     capsys.readouterr()
-    note = ("note: label L was run before with another grid; 1 of its cells are in this grid with other settings "
-            "(calib: 8 -> 100000), so they run again in folders of their own: the old folders stay")
+    note = ("note: label L was run before with another grid; 1 of its cells is in this grid with other settings "
+            "(calib: 8 -> 100000), so it runs again in a folder of its own: the old folders stay")
     assert main(["suite", "run", str(bad), *argv, "--dry-run"]) == 0  # the preview says so too
     assert note in capsys.readouterr().out
     assert main(["suite", "run", str(ok), *argv, "--dry-run"]) == 0  # the grid it ran: nothing to say
@@ -646,7 +646,7 @@ def test_the_other_grid_note_tells_changed_settings_from_cells_left_out(tmp_path
     note = other_grid_note("L", prev, [cell("a", "9"), cell("b", "8")])
     assert note == ("note: label L was run before with another grid; 2 of its cells are in this grid with other "
                     "settings (data_root: /old -> /new), so they run again in folders of their own; 1 of its cells "
-                    "are not in this one (e.g. gone): the old folders stay, but `suite status` lists this grid once "
+                    "is not in this one (e.g. gone): the old folders stay, but `suite status` lists this grid once "
                     "it runs (a new --label keeps the two apart)")
     assert other_grid_note("L", prev, [cell("a", "1"), cell("b", "2"), cell("gone", "3")]) is None
 

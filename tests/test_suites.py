@@ -232,6 +232,11 @@ def test_a_site_profile_sets_the_cells_device_unless_the_flag_does(tmp_path, cap
     assert "'device': 'cuda'" in capsys.readouterr().out
     assert main([*run, "--device", "cpu"]) == 0
     assert "'device': 'cpu'" in capsys.readouterr().out
+    # a bad value in the profile is blamed on the profile's file and section
+    prof.write_text("slurm:\n  mem_gb: lots\n")
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert f"error: site profile {prof}, section slurm: executor option mem_gb='lots': expected a positive" in err
 
 
 # --------------------------------------------------------------------------------------------

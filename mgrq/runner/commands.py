@@ -170,7 +170,8 @@ def _executor_options(args: argparse.Namespace, suite: Any):
                           f"{' or '.join(unused)}")
     flags["pdb"] = args.pdb or None
     return ex.resolve_options(kind, dict(suite.executor), profile, flags,
-                              f"{profile_path}: " if profile_path else "", f"{suite.path}: ")
+                              f"site profile {profile_path}, section {kind}: " if profile_path else "",
+                              f"{suite.path}: ")
 
 
 def _check_local_cuda(opts: Any, dev: Any) -> None:

@@ -228,10 +228,11 @@ def other_grid_note(label: str, prev: dict[str, Any], cells: list[Cell]) -> str 
     parts = []
     if moved:
         what = f" ({'; '.join(list(changes)[:3])}{'; ...' if len(changes) > 3 else ''})" if changes else ""
-        parts.append(f"{len(moved)} of its cells are in this grid with other settings{what}, so they run again "
-                     "in folders of their own")
+        one = len(moved) == 1
+        parts.append(f"{len(moved)} of its cells {'is' if one else 'are'} in this grid with other settings{what}, so "
+                     f"{'it runs' if one else 'they run'} again in {'a folder' if one else 'folders'} of {'its' if one else 'their'} own")
     if gone:
-        parts.append(f"{len(gone)} of its cells are not in this one (e.g. {', '.join(gone[:3])})")
+        parts.append(f"{len(gone)} of its cells {'is' if len(gone) == 1 else 'are'} not in this one (e.g. {', '.join(gone[:3])})")
     return (f"note: label {label} was run before with another grid; {'; '.join(parts)}: the old folders stay, but "
             "`suite status` lists this grid once it runs (a new --label keeps the two apart)")
 

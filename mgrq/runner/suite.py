@@ -186,11 +186,13 @@ class Suite:
                     check_pretrained_cached(m, f"{where}: ", f"--checkpoint {m}=PATH (or checkpoints.{m} in the file)")
             if any(not _is_tiny(m) for m in run):
                 check_class_images(root, at, tune=self.eval_split == "tune")
-        from mgrq.zoo import check_overrides
+        from mgrq.zoo import check_overrides, check_units
 
         for what, bo in [("bits_overrides", self.bits_overrides)] + [
                 (m.bits_overrides_at, m.bits_overrides) for m in self.methods if m.bits_overrides]:
             check_overrides(bo, list(self.models), f"{where}: {what}")
+        for entry in self.methods:  # a reconstruction method's unit pattern, against each model it runs on
+            check_units(dict(entry.config).get("units"), list(self.models), f"{where}: method {entry.name}")
         for flag, v in (("--eval-limit", eval_limit), ("--calib", calib)):
             if v is not None and v < 1:
                 raise ConfigError(f"{flag} {v}: expected a positive integer")
