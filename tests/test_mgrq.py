@@ -3,6 +3,7 @@ EBGS gradients through the tail, IBLS statistics, the fusion, NaN handling."""
 
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -77,6 +78,22 @@ def test_variants_and_switches():
     for variant, field in (("mgrq_obwr_global", "w_global"), ("mgrq_obwr_local", "w_local")):
         with pytest.raises(ConfigError, match=f"{field}=0: method {variant} runs that term"):
             _cfg(variant, **{field: 0})
+    # a switched-off part's own settings are refused, not silently ignored (the record and the
+    # cell's hash would claim them); their defaults pass, and so do they where the part is on
+    for variant, over, msg in (
+            ("mgrq_obwr", {"local_metric": "moments"}, "local_metric='moments': only used with w_local > 0; w_local=0 "
+             "here (method mgrq_obwr fixes it; method mgrq sets it), so the run would ignore it"),
+            ("mgrq_obwr_local", {"global_tau": 2.0, "global_every": 4}, "global_tau=2.0, global_every=4: only used "
+             "with w_global > 0"),
+            ("mgrq", {"w_local": 0, "local_metric": "mse"}, "local_metric='mse': only used with w_local > 0; w_local=0 "
+             "here, so"),
+            ("mgrq", {"input_mode": "quant", "act_drop": 0.3}, "act_drop=0.3: only used with input_mode='qdrop'"),
+            ("mgrq", {"fisher_damping": 2.0}, "fisher_damping=2.0: only used with block_loss='fisher'")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            _cfg(variant, **over)
+    assert _cfg("mgrq_obwr", local_metric="kl", global_tau=1.0).w_local == 0  # the defaults, given
+    assert _cfg("mgrq_obwr_global", global_every=4).global_every == 4
+    assert _cfg("mgrq", block_loss="fisher", fisher_damping=2.0).fisher_damping == 2.0
     for bad, field in (({"local_metric": "l1"}, "local_metric"), ({"w_local": -1}, "w_local"),
                        ({"global_batch": 64}, "global_batch"), ({"global_every": 0}, "global_every"),
                        ({"global_tau": 0}, "global_tau"), ({"fusion": "max"}, "fusion"), ({"init": "x"}, "init"),

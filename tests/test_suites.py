@@ -122,6 +122,9 @@ BAD = [
      "expected one of percentile, lp, minmax"),
     ({"methods": [{"name": "percentile", "variant": "pv"}], "overrides": {"pv": {"calib": 0}}},
      "overrides.pv.calib", "expected an integer >= 1"),
+    # a variant named after another method: its rows and runs would read as that method
+    ({"methods": [{"name": "percentile", "variant": "base_ptq"}]}, "methods[0].variant",
+     "'base_ptq' is the name of another method; expected a name of its own for this percentile variant"),
 ]
 
 

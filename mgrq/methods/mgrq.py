@@ -107,7 +107,7 @@ from mgrq.methods.mgrq_terms import LOCAL_METRICS, GlobalKL, LocalAlignment
 from mgrq.methods.registry import RunContext, register_method
 from mgrq.recon import LossTerm, ReconConfig, Reconstructor, Stage
 from mgrq.recon.config import engine_kwargs
-from mgrq.recon.init import check_start_fields, initial_quantizers
+from mgrq.recon.init import check_start_fields, initial_quantizers, refuse_idle
 from mgrq.surgery import QuantModel
 from mgrq.surgery.wrap import Unit
 
@@ -185,6 +185,12 @@ class MGRQConfig:
             if getattr(self, f) == 0:
                 raise ValueError(f"{f}=0: method {self.METHOD} runs that term (expected {f} > 0); without "
                                  "it the run is another variant, use that one instead")
+        # a switched-off part's own settings are refused, not ignored
+        for w, names in (("w_global", ("global_tau", "global_every", "global_batch")), ("w_local", ("local_metric",))):
+            off = f"{w}=0 here" + (f" (method {self.METHOD} fixes it; method mgrq sets it)" if w in self.FIXED else "")
+            refuse_idle(self, names, getattr(self, w) > 0, f"{w} > 0", off)
+        refuse_idle(self, ("input_prob", "act_drop"), self.input_mode == "qdrop", "input_mode='qdrop'",
+                    f"input_mode={self.input_mode!r} here")
         self.stage()
         self.engine()
 

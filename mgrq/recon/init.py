@@ -26,8 +26,8 @@ def check_start_fields(cfg: Any) -> None:
     """The fields every reconstruction method's config shares (``init``, ``init_calib``,
     ``weight_init``, ``act_init``, ``softmax_quantizer``, ``iters``), ``ValueError`` naming the
     field. ``weight_init``, ``act_init`` and ``softmax_quantizer`` only apply to
-    ``init=percentile``: they are refused with another init instead of ignored (the record would
-    claim them)."""
+    ``init=percentile``, ``fisher_damping`` to ``block_loss=fisher``: they are refused otherwise
+    instead of ignored (the record would claim them)."""
     from mgrq.methods.percentile import INITS as PERCENTILE_SEARCHES
     from mgrq.methods.percentile import check_softmax_quantizer
 
@@ -41,12 +41,24 @@ def check_start_fields(cfg: Any) -> None:
         raise ValueError(f"iters={cfg.iters}: expected iters >= 1")
     if cfg.init_calib < 0:
         raise ValueError(f"init_calib={cfg.init_calib}: expected init_calib >= 0")
-    if cfg.init == "percentile":
+    refuse_idle(cfg, tuple(PERCENTILE_ONLY), cfg.init == "percentile", "init='percentile'",
+                f"init={cfg.init!r} sets its own quantizers")
+    refuse_idle(cfg, ("fisher_damping",), cfg.block_loss == "fisher", "block_loss='fisher'",
+                f"block_loss={cfg.block_loss!r} here")
+
+
+def refuse_idle(cfg: Any, names: tuple[str, ...], used: bool, needs: str, why: str) -> None:
+    """``ValueError`` when fields that only act under ``needs`` (``used`` is false: they would be
+    ignored) differ from their defaults: the record and the cell's hash would claim a setting the
+    run never applied, and a sweep over it would show "no effect"."""
+    if used:
         return
-    changed = [f"{k}={getattr(cfg, k)!r}" for k, default in PERCENTILE_ONLY.items() if getattr(cfg, k) != default]
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    changed = [f"{k}={getattr(cfg, k)!r}" for k in names if getattr(cfg, k) != defaults[k]]
     if changed:
-        raise ValueError(f"{', '.join(changed)}: only used with init='percentile'; init={cfg.init!r} sets "
-                         "its own quantizers (set init=percentile, or leave these at their defaults)")
+        raise ValueError(f"{', '.join(changed)}: only used with {needs}; {why}, so the run would ignore "
+                         f"{'it' if len(changed) == 1 else 'them'} (leave {'it' if len(changed) == 1 else 'them'} "
+                         "at the default)")
 
 
 def calibration_head(calib: Calibration, n: int) -> Calibration:

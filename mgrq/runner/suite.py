@@ -419,6 +419,12 @@ class _Parser:
         variant = v.get("variant")
         if variant is not None and (not isinstance(variant, str) or not NAME_RE.match(variant)):
             raise self.err(f"{fld}.variant", f"expected a name of letters, digits, '.', '_', '-', got {variant!r}")
+        if variant is not None and variant != name and self.check_names:
+            from mgrq.methods import all_methods
+
+            if variant in {m.name for m in all_methods()}:  # its cells, tables and MLflow runs would read as that method
+                raise self.err(f"{fld}.variant", f"{variant!r} is the name of another method; expected a name of "
+                               f"its own for this {name} variant (e.g. {name}-{variant})")
         # Per-method overrides (by method name, then by variant name) under the entry's own; a
         # bad value is named where it was written.
         layers = [(f"overrides.{k}", self.keys(overrides[k], f"overrides.{k}", OVERRIDE_FIELDS))
