@@ -11,6 +11,7 @@ Every user error prints one line (``error: ...``) and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -62,6 +63,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from mgrq.data import check_class_images, check_imagenet_root
     from mgrq.errors import ConfigError
     from mgrq.methods import get_method
+    from mgrq.methods.registry import check_init_calib
     from mgrq.run import execute, failed_record
     from mgrq.zoo import (
         check_checkpoint,
@@ -85,7 +87,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         check_class_images(spec.data_root, tune=spec.eval_split == "tune")
         if not spec.checkpoint:  # offline, the hub weights must be cached
             check_pretrained_cached(spec.model)
-    get_method(spec.method).make_config(dict(spec.method_config))  # a bad --set fails here too
+    cfg = get_method(spec.method).make_config(dict(spec.method_config))  # a bad --set fails here too
+    # the record keeps each --set value as the field's type (iters 20, not '20'), as a suite cell does
+    spec = dataclasses.replace(spec, method_config=tuple(sorted((k, getattr(cfg, k)) for k, _ in spec.method_config)))
+    check_init_calib(spec, "--set ")
     check_overrides(spec.bits_overrides, [spec.model], "--bits-override")
     check_units(dict(spec.method_config).get("units"), [spec.model], "--set")
     if args.record:

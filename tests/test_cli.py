@@ -157,6 +157,19 @@ def test_quantize_tiny_vit_w8a8_and_w4a4_records(tmp_path, capsys):
     assert r4["hash"] != r["hash"]
 
 
+def test_set_values_are_recorded_as_the_fields_types(tmp_path, capsys):
+    """``--set`` values are kept as the config fields' types (True, not the string 'true'), as in
+    a suite cell, so the record says what ran and one spelling of a value hashes like another."""
+    recs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for rec, flag in zip(recs, ("true", "True"), strict=True):
+        code, _, _ = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "repq_vit", "--w-bits", "4",
+                             "--a-bits", "4", "--eval-limit", "50", "--set", f"reparameterize={flag}", "--record",
+                             str(rec), "--quiet")
+        assert code == 0
+    a, b = (json.loads(r.read_text()) for r in recs)
+    assert a["spec"]["method_config"] == {"reparameterize": True} and a["hash"] == b["hash"]
+
+
 def test_method_config_override(tmp_path, capsys):
     code, _, err = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile",
                            "--w-bits", "4", "--a-bits", "4", "--set", "no_such_field=1", "--quiet")

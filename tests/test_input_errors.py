@@ -149,6 +149,24 @@ def test_unit_pattern_must_match_a_unit_of_every_model(tmp_path, capsys, no_work
     assert load_suite(both).with_options().methods[0].config == (("units", "blocks\\.0$|head"),)
 
 
+def test_init_calib_beyond_the_calibration_images_is_refused(tmp_path, capsys, no_work):
+    """An explicit init_calib larger than the run's calibration set used to be cut to the set
+    silently, while the record kept the larger number."""
+    assert main(["quantize", "--model", "tiny_vit", "--method", "mgrq", "--w-bits", "4", "--a-bits", "4",
+                 "--calib", "64", "--set", "init_calib=500"]) == 2
+    assert error_line(capsys) == ("error: --set init_calib=500: more than the 64 calibration images of the run "
+                                  "(calib); expected at most 64 (the first N of them), or 0 for all")
+    s = write_suite(tmp_path / "s.yaml", methods=[{"name": "qdrop", "calib": 128, "config": {"init_calib": 128}}])
+    assert load_suite(s).with_options().methods[0].calib == 128  # equal is fine
+    with pytest.raises(ConfigError, match=r"s.yaml: method qdrop: \(with --calib\) init_calib=128: more than the 16 "):
+        load_suite(s).with_options(calib=16)
+    s = write_suite(tmp_path / "d.yaml", methods=[{"name": "qdrop", "config": {"init_calib": 2000}}],
+                    calibration={"n": None})
+    with pytest.raises(ConfigError, match=r"init_calib=2000: more than the 1024 calibration images of the run "
+                                          r"\(qdrop's default calib\)"):
+        load_suite(s).with_options()
+
+
 def test_method_config_type_errors_name_the_type(capsys):
     assert main(["quantize", "--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4",
                  "--set", "iters=abc"]) == 2

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mgrq.errors import unknown
+from mgrq.errors import ConfigError, unknown
 
 # Modules that register built-in methods when imported (add new methods here).
 BUILTIN_MODULES: tuple[str, ...] = (
@@ -54,6 +54,19 @@ class Method:
         from mgrq.config import build_config
 
         return build_config(self.config_cls, overrides, self.name)
+
+
+def check_init_calib(spec: Any, where: str) -> None:
+    """A reconstruction method's ``init_calib`` given beyond the run's calibration images is an
+    error before any work (:class:`ConfigError` naming ``where``), not a silent "all of them": the
+    record would claim more images than the initial quantizers saw. Its default is not checked
+    (the first N of however many there are)."""
+    n = dict(spec.method_config).get("init_calib")
+    calib = spec.calib if spec.calib is not None else get_method(spec.method).default_calib
+    if isinstance(n, int) and n > calib:
+        src = "calib" if spec.calib is not None else f"{spec.method}'s default calib"
+        raise ConfigError(f"{where}init_calib={n}: more than the {calib} calibration images of the run ({src}); "
+                          f"expected at most {calib} (the first N of them), or 0 for all")
 
 
 _REGISTRY: dict[str, Method] = {}

@@ -199,11 +199,16 @@ class Suite:
         methods = self.methods
         if calib is not None:  # a smoke-run override for every method
             methods = tuple(replace(m, calib=calib) for m in self.methods)
-        return replace(
+        out = replace(
             self, data_root=root, checkpoints=tuple(sorted(ck.items())), methods=methods,
             calib=calib if calib is not None else self.calib,
             eval_limit=eval_limit if eval_limit is not None else self.eval_limit,
         )
+        from mgrq.methods.registry import check_init_calib
+
+        for s in {spec.name: spec for spec in out.specs()}.values():  # one cell per method entry
+            check_init_calib(s, f"{where}: method {s.name}: " + ("(with --calib) " if calib is not None else ""))
+        return out
 
 
 def select(specs: list[RunSpec], only: str | None, suite: str) -> list[RunSpec]:
