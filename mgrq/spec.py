@@ -42,6 +42,9 @@ def _freeze(d: dict[str, Any] | tuple | None) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(out))
 
 
+SPLIT_NAMES = {"heldout": "held-out", "tune": "tune"}  # eval_split -> how messages and captions say it
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that determines one run (one cell of a suite grid)."""

@@ -30,6 +30,7 @@ import pandas as pd
 
 from mgrq import records
 from mgrq.errors import ConfigError, MGRQError, UnknownNameError
+from mgrq.spec import SPLIT_NAMES
 from reports import frame as F
 from reports import tables as T
 
@@ -257,12 +258,22 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                      + ", ".join(f"{records.short_sha(s)} ({n} cell{'s' * (n != 1)})" for s, n in shas.items())
                      + "; a table from one version needs one label run at one commit")
     mixed = F.mixed_settings(df)
-    tune = any(v.get("eval_split") == "tune" for v in (df.attrs.get("settings") or {}).values())
+    splits = F.splits(df)
+    if len(splits) > 1:  # one table would average tune and held-out numbers under one caption
+        raise ReportError(f"suite {suite} [{label}]: its finished cells were evaluated on two splits ("
+                          + ", ".join(f"{n} {SPLIT_NAMES.get(k, k)}, e.g. {ids[0]}" for k, (n, ids) in splits.items())
+                          + "); expected one split per label: move one split's cell folders into a label of their own")
+    tune = "tune" in splits
+    ablation = [a for a in info.get("ablation") or [] if a in names]
+    differ = F.row_differences(df, ablation)
     df.attrs.pop("settings", None)  # pandas copies attrs into every frame derived from df
     if mixed:  # e.g. a rerun of some cells with --eval-limit, or of an edited suite, in the same label
         notes.append("the finished cells put side by side ran with different settings (a rerun of some cells "
                      "with other options or an edited suite file keeps the older cells' results): "
                      + "; ".join(mixed) + "; rerun those cells with one setting, or use a new --label")
+    if differ:
+        notes.append("the ablation table's rows differ in more than the parts each switches off: "
+                     + "; ".join(differ) + "; check that these are the differences the ablation is about")
     pub = None
     if published and not tune:  # published numbers are on val/; a tune split is drawn from training images
         pub = F.published_frame(None if published is True else published)
@@ -279,14 +290,13 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     (dest / "main.md").write_text(main.markdown())
     rep.tables += [dest / "main.tex", dest / "main.md"]
     rep.main_markdown = main.markdown()
-    ablation = [a for a in info.get("ablation") or [] if a in names]
     if ablation:
-        abl = T.ablation_table(agg, models, ablation, suite, label, info.get("bits"), n_eval)
+        abl = T.ablation_table(agg, models, ablation, suite, label, info.get("bits"), n_eval, tune=tune)
         (dest / "ablation.tex").write_text(abl.latex())
         (dest / "ablation.md").write_text(abl.markdown())
         rep.tables += [dest / "ablation.tex", dest / "ablation.md"]
         fragments.append("ablation.tex")
-    pt = T.paired_table(df, reference, models, names, suite, label, info.get("bits"), n_eval) if reference else None
+    pt = T.paired_table(df, reference, models, names, suite, label, info.get("bits"), n_eval, tune=tune) if reference else None
     if pt is not None and not pt.groups:
         rep.notes.append(f"paired table skipped: no finished cell pairs with {reference} by seed")
     elif pt is not None:
@@ -348,12 +358,19 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
         if not (df["label"] == lab).any():
             raise ReportError(f"--compare: label {lab} of suite {suite} has no cell records (no cell finished or "
                               f"failed); expected two runs with records (`mgrq suite status {suite} --label {lab}`)")
-    cmp = T.compare_frame(df[df["label"] == a], df[df["label"] == b], threshold)
+    fa, fb = df[df["label"] == a], df[df["label"] == b]
+    sa, sb = F.splits(fa), F.splits(fb)
+    if sa and sb and set(sa) != set(sb):  # a delta between tune and held-out numbers measures nothing
+        said = [f"{lab} on {' and '.join(SPLIT_NAMES.get(k, k) for k in sp)}" for lab, sp in ((a, sa), (b, sb))]
+        raise ReportError(f"--compare {label_a} {label_b}: the finished cells of {said[0]}, of {said[1]}; "
+                          "expected two labels evaluated on one split")
+    changes = F.settings_changes(fa, fb)
+    cmp = T.compare_frame(fa, fb, threshold)
     dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)
     _make_dest(dest, what)
     stem = f"compare-{a}-vs-{b}"
-    md = T.compare_markdown(cmp, a, b, threshold)
+    md = T.compare_markdown(cmp, a, b, threshold, changes)
     (dest / f"{stem}.md").write_text(md)
-    (dest / f"{stem}.tex").write_text(T.compare_latex(cmp, suite, a, b, threshold))
+    (dest / f"{stem}.tex").write_text(T.compare_latex(cmp, suite, a, b, threshold, changes))
     cmp.to_csv(dest / f"{stem}.csv", index=False)
     return cmp, [dest / f"{stem}.{e}" for e in ("md", "tex", "csv")], md

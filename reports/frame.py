@@ -84,7 +84,7 @@ def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) 
             if rec.get("status") not in ("done", "failed"):
                 continue
             row = row_from_record(rec)
-            row["label"] = row["label"] or d.name
+            row["label"] = d.name  # the folder, not the record's own label: a label folder copied or renamed
             row["suite"] = row["suite"] or suite
             row["settings"] = record_settings(rec)
             rows.append(row)
@@ -136,6 +136,87 @@ def record_settings(rec: dict[str, Any]) -> dict[str, str]:
         return settings(flat_params(rec))
     except (AttributeError, TypeError, ValueError):
         return {}
+
+
+def splits(df: pd.DataFrame) -> dict[str, tuple[int, list[str]]]:
+    """The evaluation splits of ``df``'s finished cells: ``{split: (cells, their ids)}``
+    (``heldout`` where a record does not say: it ran before the tune split existed)."""
+    by_cell = df.attrs.get("settings") or {}
+    done = df[df["status"] == "done"]
+    out: dict[str, list[str]] = {}
+    for lab, rid in zip(done["label"], done["run_id"], strict=True):
+        split = str((by_cell.get((lab, rid)) or {}).get("eval_split", "heldout"))
+        out.setdefault("heldout" if split == "None" else split, []).append(str(rid))
+    return {k: (len(v), v) for k, v in sorted(out.items())}
+
+
+def settings_changes(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """What differs between the finished cells of two labels' frames, per method row present in
+    both (``NAME: KEY A -> B``, each side's values joined by ``/`` when its cells disagree), so
+    that a comparison says which settings its deltas include. Keys as :func:`settings`
+    (evaluation, image bits, layer policy, calibration size, method config); a config field
+    that only one side's records have (added to the method since) is not compared."""
+    def values(df: pd.DataFrame) -> dict[str, dict[str, set[str]]]:
+        by_cell = df.attrs.get("settings") or {}
+        done = df[df["status"] == "done"]
+        out: dict[str, dict[str, set[str]]] = {}
+        for lab, rid, name in zip(done["label"], done["run_id"], done["name"], strict=True):
+            for k, v in (by_cell.get((lab, rid)) or {}).items():
+                out.setdefault(str(name), {}).setdefault(k, set()).add(str(v))
+        return out
+
+    va, vb = values(a), values(b)
+    out = []
+    for name in sorted(set(va) & set(vb)):
+        for k in sorted(set(va[name]) | set(vb[name])):
+            if k.startswith("config.") and not (k in va[name] and k in vb[name]):
+                continue
+            was, now = va[name].get(k, {"(unset)"}), vb[name].get(k, {"(unset)"})
+            if was != now:
+                out.append(f"{name}: {k} {'/'.join(sorted(was))} -> {'/'.join(sorted(now))}")
+    return out
+
+
+def _inert(method: str, cell: dict[str, str]) -> set[str]:
+    """The settings keys that do not act in a cell of ``method`` (its config's ``inert()``:
+    MGRQ's pinned and switched-off parts); none where the method has no such notion or its
+    record's config no longer builds."""
+    from mgrq.methods import get_method
+
+    try:
+        cfg = get_method(method).make_config({k[7:]: v for k, v in cell.items() if k.startswith("config.")})
+    except Exception:  # an unknown method or field (a record from older code): compare everything
+        return set()
+    return {f"config.{k}" for k in getattr(cfg, "inert", set)()}
+
+
+def row_differences(df: pd.DataFrame, rows: list[str]) -> list[str]:
+    """The settings in which the finished cells of the rows ``rows`` (an ablation table's) that
+    are registered methods (not a suite's own variants, whose settings differ by design) differ
+    from row to row, besides what each row switches off (:func:`_inert`) and besides the fields
+    only some rows' methods have: ``KEY = V (row, row), V2 (row)``. A row whose own cells differ
+    is :func:`mixed_settings`' note. An ablation of MGRQ's terms should differ in its terms only;
+    e.g. ``w_global`` set for ``mgrq`` alone (its variants are other methods, which a suite's
+    ``overrides.mgrq`` does not reach) shows here."""
+    by_cell = df.attrs.get("settings") or {}
+    done = df[(df["status"] == "done") & df["name"].isin(rows) & (df["name"] == df["method"])]
+    per_key: dict[str, dict[str, set[str]]] = {}
+    for lab, rid, name, method in zip(done["label"], done["run_id"], done["name"], done["method"], strict=True):
+        cell = by_cell.get((lab, rid)) or {}
+        inert = _inert(str(method), cell)
+        for k, v in cell.items():
+            if k not in TABLE_SETTINGS and k not in inert:
+                per_key.setdefault(k, {}).setdefault(str(name), set()).add(v)
+    present = [r for r in rows if r in set(done["name"])]
+    out = []
+    for k, by_row in sorted(per_key.items()):
+        shown = {r: next(iter(by_row[r])) for r in present if r in by_row}
+        if len(set(shown.values())) > 1 and all(len(by_row[r]) == 1 for r in shown):
+            groups: dict[str, list[str]] = {}
+            for r, v in shown.items():
+                groups.setdefault(v, []).append(r)
+            out.append(f"{k} = " + ", ".join(f"{v} ({', '.join(rs)})" for v, rs in groups.items()))
+    return out
 
 
 def mixed_settings(df: pd.DataFrame) -> list[str]:

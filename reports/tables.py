@@ -277,10 +277,14 @@ def main_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
         f"Top-1 accuracy (%) of quantized ViTs, suite {suite} ({label})"
         + _evaluated(n_eval) + ". Best per column in bold." + (f" {seeds}" if seeds else "")
     )
-    if tune:  # also under a suite's own caption: these numbers are not the held-out ones
-        cap += (" Evaluated on the tune split, carved from the training images (those an ImageNet model was "
-                "trained on), for choosing settings; not comparable with held-out or published numbers.")
-    return Table("Main table", cap, f"tab:{suite}-main", models, groups, notes=notes)
+    return Table("Main table", cap + _tune_note(tune), f"tab:{suite}-main", models, groups, notes=notes)
+
+
+def _tune_note(tune: bool) -> str:
+    """The caption's sentence for cells on the tune split (also under a suite's own caption, and
+    in every table of accuracies: each may be input into a paper on its own)."""
+    return (" Evaluated on the tune split, carved from the training images (which the model was trained on), "
+            "for choosing settings; not comparable with held-out or published numbers.") if tune else ""
 
 
 def _evaluated(n_eval: float | None) -> str:
@@ -289,7 +293,8 @@ def _evaluated(n_eval: float | None) -> str:
 
 
 def ablation_table(agg: pd.DataFrame, models: list[str], rows_in: list[str], suite: str,
-                   label: str, bits_pref: list[str] | None = None, n_eval: float | None = None) -> Table:
+                   label: str, bits_pref: list[str] | None = None, n_eval: float | None = None,
+                   tune: bool = False) -> Table:
     """Variants (``rows_in``, in order) x models, one block per bit-width, with the average."""
     runs = agg[agg["source"] == "run"]
     groups = []
@@ -299,7 +304,7 @@ def ablation_table(agg: pd.DataFrame, models: list[str], rows_in: list[str], sui
         groups.append((bits, rows))
     seeds = _seed_note(runs)
     cap = (f"Ablation: top-1 accuracy (%) per variant, suite {suite} ({label}){_evaluated(n_eval)}. "
-           "Best per column in bold." + (f" {seeds}" if seeds else ""))
+           "Best per column in bold." + (f" {seeds}" if seeds else "") + _tune_note(tune))
     return Table("Ablation table", cap, f"tab:{suite}-ablation", models, groups, avg=True)
 
 
@@ -370,7 +375,8 @@ def paired_frame(df: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 
 def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: list[str], suite: str,
-                 label: str, bits_pref: list[str] | None = None, n_eval: float | None = None) -> Table:
+                 label: str, bits_pref: list[str] | None = None, n_eval: float | None = None,
+                 tune: bool = False) -> Table:
     """The paired differences of :func:`paired_frame` as a table: the other methods (``names``
     order) as rows, models as columns, one block per bit-width."""
     pf = paired_frame(df, reference)
@@ -396,7 +402,7 @@ def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: lis
            f"where {ref} is at least level. Bold: interval above 0 ({ref} ahead); italic: below 0 "
            f"({ref} behind); plain: the interval contains 0 (within seed noise). "
            "No correction for multiple comparisons."
-           + (" An entry over one seed has no interval." if (pf["n"] < 2).any() else ""))
+           + (" An entry over one seed has no interval." if (pf["n"] < 2).any() else "") + _tune_note(tune))
     return Table("Paired table", cap, f"tab:{suite}-paired", models, groups)
 
 
@@ -442,7 +448,16 @@ def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float) -> pd.Data
     return m.sort_values(["_o", "model", "name", "bits", "seed"]).drop(columns="_o").reset_index(drop=True)
 
 
-def compare_markdown(cmp: pd.DataFrame, label_a: str, label_b: str, threshold: float) -> str:
+def _changes_note(changes: list[str], label_a: str, label_b: str) -> str:
+    """The sentence under a comparison naming the settings that differ between its labels."""
+    if not changes:
+        return ""
+    return (f"Settings that differ from {label_a} to {label_b} (their effect is in the deltas): "
+            + "; ".join(changes) + ".")
+
+
+def compare_markdown(cmp: pd.DataFrame, label_a: str, label_b: str, threshold: float,
+                     changes: list[str] | None = None) -> str:
     flagged = int((cmp["flag"].isin(ALERT_FLAGS)).sum())
     lines = [f"**Top-1 change from {label_a} (A) to {label_b} (B); flagged: |Δ| > {threshold:g} "
              f"points, a new failure or a cell without a result in B ({flagged} cell(s))**", "",
@@ -454,13 +469,18 @@ def compare_markdown(cmp: pd.DataFrame, label_a: str, label_b: str, threshold: f
         fl = f"**{r.flag}**" if r.flag in ALERT_FLAGS else r.flag
         lines.append(f"| {model_name(r.model)} | {method_name(r.name)} | {wa(r.bits)} | {r.seed} "
                      f"| {a} | {b} | {d} | {fl} |")
+    if note := _changes_note(changes or [], label_a, label_b):
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
-def compare_latex(cmp: pd.DataFrame, suite: str, label_a: str, label_b: str, threshold: float) -> str:
+def compare_latex(cmp: pd.DataFrame, suite: str, label_a: str, label_b: str, threshold: float,
+                  changes: list[str] | None = None) -> str:
+    note = _changes_note(changes or [], label_a, label_b)
     lines = [r"\begin{table}[t]", r"\centering",
              rf"\caption{{Top-1 change, suite {tex(suite)}: {tex(label_a)} (A) to {tex(label_b)} (B); "
-             rf"flagged when $|\Delta| > {threshold:g}$, a new failure or a cell without a result in B.}}",
+             rf"flagged when $|\Delta| > {threshold:g}$, a new failure or a cell without a result in B."
+             + (f" {tex(note)}" if note else "") + "}",
              rf"\label{{tab:{suite}-compare}}",
              r"\begin{tabular}{lllcrrrl}", r"\toprule",
              r"Model & Method & W/A & Seed & A & B & $\Delta$ & Flag \\", r"\midrule"]

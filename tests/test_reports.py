@@ -603,3 +603,102 @@ def test_a_tune_split_table_says_so_and_leaves_out_the_published_rows(tmp_path):
                                                            "bits": ["W4A4"]})
     md = build_report(out, "rep", "H", pdf="no", figures=False).main_markdown
     assert "tune split" not in md and "| RepQ-ViT † | 4/4 | 57.43 |" in md
+
+
+def test_every_accuracy_table_of_tune_cells_says_so(tmp_path):
+    """The ablation and paired tables are input into a paper on their own: each says the tune split."""
+    out = tmp_path / "runs"
+    records.write_record(out / "rep" / "T" / "suite.json", {"models": MODELS, "methods": ["percentile", "pct-mm"],
+                                                           "bits": ["W4A4"], "ablation": ["percentile", "pct-mm"]})
+    for model in MODELS:
+        for seed in (0, 1):
+            put(out, "rep", "T", model, "percentile", "W4A4", seed, 70.0 + seed, eval_split="tune")
+            put(out, "rep", "T", model, "percentile", "W4A4", seed, 60.0, variant="pct-mm", eval_split="tune")
+    rep = build_report(out, "rep", "T", pdf="no", figures=False, paired="percentile")
+    for name in ("main", "ablation", "paired"):
+        for ext in ("md", "tex"):
+            assert "Evaluated on the tune split" in (rep.dest / f"{name}.{ext}").read_text(), (name, ext)
+    assert "tune split" not in (rep.dest / "cost.md").read_text()  # times, not accuracies
+
+
+def test_a_label_holding_both_splits_is_refused(tmp_path, capsys):
+    """Tune and held-out cells in one label (run from two suite files under one --label) would be
+    averaged into one row under one caption: the report refuses, and so does the run."""
+    out = tmp_path / "runs"
+    make_runs(out)
+    put(out, "rep", "A", "tiny_vit", "percentile", "W4A4", 2, 99.0, eval_split="tune")
+    with pytest.raises(ReportError, match=r"suite rep \[A\]: its finished cells were evaluated on two splits \(14 "
+                                          r"held-out, e\.g\. .*, 1 tune, e\.g\. tiny_vit\.percentile\.w4a4\.s2\); "
+                                          r"expected one split per label"):
+        build_report(out, "rep", "A", pdf="no", figures=False)
+    from harness_helpers import write_suite
+
+    from mgrq.errors import ConfigError
+    from mgrq.runner import driver
+    from mgrq.runner import executors as ex
+    from mgrq.runner.suite import load_suite
+
+    suite = load_suite(write_suite(tmp_path / "rep.yaml", data={"eval_split": "tune"}))
+    with pytest.raises(ConfigError, match=r"label A: 14 finished cell\(s\) were evaluated on the held-out split "
+                                          r"\(e\.g\. .*\), this grid on the tune split; expected one split per label"):
+        driver.run_suite(suite, out, "A", ex.ExecutorOptions(kind="debug"))
+    assert main(["suite", "run", str(tmp_path / "rep.yaml"), "--out", str(out), "--label", "A", "--dry-run"]) == 0
+    assert "note: the run would stop here: label A: 14 finished cell(s) were evaluated" in capsys.readouterr().out
+
+
+def test_compare_refuses_two_splits_and_names_changed_settings(tmp_path, capsys):
+    out = tmp_path / "runs"
+    make_runs(out, "A", created="2026-01-01T00:00:00")
+    records.write_record(out / "rep" / "B" / "suite.json", {"created": "2026-01-02T00:00:00"})
+    for model in MODELS:
+        put(out, "rep", "B", model, "percentile", "W4A4", 0, 70.0, config={"weight_init": "lp"})
+        put(out, "rep", "B", model, "repq_vit", "W4A4", 0, 75.5)
+    assert main(["report", "rep", "--out", str(out), "--compare", "A", "B"]) == 0
+    text = capsys.readouterr().out
+    assert ("Settings that differ from A to B (their effect is in the deltas): percentile: config.weight_init "
+            "percentile -> lp.") in text
+    assert r"config.weight\_init percentile -> lp" in (out / "rep" / "B" / "report" / "compare-A-vs-B.tex").read_text()
+    records.write_record(out / "rep" / "C" / "suite.json", {"created": "2026-01-03T00:00:00"})
+    put(out, "rep", "C", "tiny_vit", "percentile", "W4A4", 0, 70.0, eval_split="tune")
+    assert main(["report", "rep", "--out", str(out), "--compare", "A", "C"]) == 2
+    assert ("--compare A C: the finished cells of A on held-out, of C on tune; expected two labels evaluated on "
+            "one split") in capsys.readouterr().err
+
+
+def test_a_copied_label_folder_reports_under_its_own_name(tmp_path):
+    """The records of a copied (or renamed) label folder still carry the old label: the folder
+    decides, so a cell rerun there replaces its copy instead of counting twice."""
+    import shutil
+
+    out = tmp_path / "runs"
+    make_runs(out)
+    shutil.copytree(out / "rep" / "A", out / "rep" / "M")
+    put(out, "rep", "M", "tiny_vit", "percentile", "W4A4", 1, 90.0, eval_limit=20, finished="2999-01-01T00:00:00")
+    rep = build_report(out, "rep", "M", pdf="no", figures=False)
+    cells = rep.frame[(rep.frame["model"] == "tiny_vit") & (rep.frame["name"] == "percentile")
+                      & (rep.frame["bits"] == "W4A4")]
+    assert sorted(cells["top1"]) == [70.0, 90.0] and set(rep.frame["label"]) == {"M"}
+
+
+def test_ablation_rows_that_differ_beyond_their_switched_off_parts_get_a_note(tmp_path):
+    """An MGRQ term ablation should differ in its terms only. ``w_global`` set for ``mgrq`` alone
+    (``overrides.mgrq`` does not reach the variants, which are other methods) is named; what a
+    variant pins or switches off (``mgrq_obwr``'s zero weights, their settings) is not."""
+    out = tmp_path / "runs"
+    rows = ["mgrq_obwr", "mgrq_obwr_global", "mgrq"]
+    records.write_record(out / "abl" / "L" / "suite.json", {"models": ["tiny_vit"], "methods": rows,
+                                                           "bits": ["W4A4"], "ablation": rows})
+    for seed in (0, 1):
+        put(out, "abl", "L", "tiny_vit", "mgrq_obwr", "W4A4", seed, 90.0)
+        put(out, "abl", "L", "tiny_vit", "mgrq_obwr_global", "W4A4", seed, 90.5)
+        put(out, "abl", "L", "tiny_vit", "mgrq", "W4A4", seed, 91.0, config={"w_global": 0.1, "local_metric": "mse"})
+    notes = build_report(out, "abl", "L", pdf="no", figures=False).notes
+    assert notes == ["the ablation table's rows differ in more than the parts each switches off: config.w_global = "
+                     "0.03 (mgrq_obwr_global), 0.1 (mgrq); check that these are the differences the ablation is about"]
+    records.write_record(out / "abl" / "M" / "suite.json", {"models": ["tiny_vit"], "methods": rows,
+                                                           "bits": ["W4A4"], "ablation": rows})
+    for seed in (0, 1):  # the same weight everywhere it acts: no note (local_metric acts in mgrq only)
+        put(out, "abl", "M", "tiny_vit", "mgrq_obwr", "W4A4", seed, 90.0)
+        put(out, "abl", "M", "tiny_vit", "mgrq_obwr_global", "W4A4", seed, 90.5, config={"w_global": 0.1})
+        put(out, "abl", "M", "tiny_vit", "mgrq", "W4A4", seed, 91.0, config={"w_global": 0.1, "local_metric": "mse"})
+    assert build_report(out, "abl", "M", pdf="no", figures=False).notes == []

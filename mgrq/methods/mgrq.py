@@ -112,6 +112,7 @@ from mgrq.surgery import QuantModel
 from mgrq.surgery.wrap import Unit
 
 PAPER_CALIB = 1024
+TERM_SETTINGS = {"w_global": ("global_tau", "global_every", "global_batch"), "w_local": ("local_metric",)}  # EBGS, IBLS
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class MGRQConfig:
                 raise ValueError(f"{f}=0: method {self.METHOD} runs that term (expected {f} > 0); without "
                                  "it the run is another variant, use that one instead")
         # a switched-off part's own settings are refused, not ignored
-        for w, names in (("w_global", ("global_tau", "global_every", "global_batch")), ("w_local", ("local_metric",))):
+        for w, names in TERM_SETTINGS.items():
             off = f"{w}=0 here" + (f" (method {self.METHOD} fixes it; method mgrq sets it)" if w in self.FIXED else "")
             refuse_idle(self, names, getattr(self, w) > 0, f"{w} > 0", off)
         refuse_idle(self, ("input_prob", "act_drop"), self.input_mode == "qdrop", "input_mode='qdrop'",
@@ -206,6 +207,16 @@ class MGRQConfig:
         if self.input_mode != "qdrop":
             kw["act_drop"] = 0.0
         return ReconConfig(**kw)
+
+    def inert(self) -> set[str]:
+        """The fields that do not act in this config: those the variant pins (its switched-off
+        parts) and a switched-off term's weight and settings. A report compares the rows of an
+        ablation table on the other fields only."""
+        out = set(self.FIXED)
+        for w, names in TERM_SETTINGS.items():
+            if getattr(self, w) == 0:
+                out |= {w, *names}
+        return out
 
     def parts(self) -> dict[str, Any]:
         """Which of MGRQ's parts this config runs (for the run record)."""

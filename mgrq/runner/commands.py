@@ -237,6 +237,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
             print(note)
         pending = [c for c in cells if c.status() != "done"]
         try:  # what the run would refuse
+            driver.check_one_split(root, label, suite.eval_split)
             driver.check_no_live_slurm_tasks(root / "jobs", pending, suite.name)
         except ConfigError as e:
             print(f"note: the run would stop here: {e}")

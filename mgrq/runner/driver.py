@@ -27,8 +27,17 @@ from typing import Any
 from mgrq import records
 from mgrq.errors import ConfigError, first_line
 from mgrq.runner import executors as ex
-from mgrq.runner.layout import Cell, append_event, cell_for, grid_cells, label_dir, shown_status
+from mgrq.runner.layout import (
+    Cell,
+    append_event,
+    cell_for,
+    grid_cells,
+    label_dir,
+    records_under,
+    shown_status,
+)
 from mgrq.runner.suite import Suite, select
+from mgrq.spec import SPLIT_NAMES
 
 TERMINAL = ("done", "failed")
 
@@ -201,6 +210,21 @@ def label_lock(root: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_one_split(root: Path, label: str, eval_split: str) -> None:
+    """Refuse to run a grid evaluated on ``eval_split`` into a label whose folder already holds
+    finished records on the other split (a suite file or option changed under the same
+    ``--label``): one report would average tune and held-out numbers into one table under one
+    caption. ``ConfigError`` naming a cell; nothing is run or changed."""
+    other = [rec for _, rec in records_under(root) if rec.get("status") == "done"
+             and (rec.get("spec") or {}).get("eval_split", "heldout") != eval_split]
+    if other:
+        was = (other[0].get("spec") or {}).get("eval_split", "heldout")
+        raise ConfigError(
+            f"label {label}: {len(other)} finished cell(s) were evaluated on the {SPLIT_NAMES.get(was, was)} split (e.g. "
+            f"{other[0].get('id')}), this grid on the {SPLIT_NAMES.get(eval_split, eval_split)} split; expected one split "
+            "per label (its tables average the label's cells): run under a new --label")
 
 
 def other_grid_note(label: str, prev: dict[str, Any], cells: list[Cell]) -> str | None:
@@ -741,6 +765,7 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
     with label_lock(root):
         snapshot = states(cells)
         check_drift(snapshot, label)
+        check_one_split(root, label, suite.eval_split)
         check_no_live_jobs([s for s in snapshot if s[1] != "done"])
         check_no_live_slurm_tasks(root / "jobs", [c for c, st, _ in snapshot if st != "done"], suite.name)
         todo = [c for c, st, _ in snapshot if st != "done"]
