@@ -264,30 +264,34 @@ def test_stopping_the_driver_stops_its_local_jobs_and_records_the_cell(tmp_path,
 def test_a_cell_still_run_by_a_live_local_job_is_not_started_twice(tmp_path, capsys):
     from mgrq.runner.driver import check_no_live_jobs, states
 
-    suite = write_suite(tmp_path / "live.yaml")
+    suite = write_suite(tmp_path / "live.yaml", seeds=[0, 1])
     out = tmp_path / "runs"
     argv = ["suite", "run", str(suite), "--out", str(out), "--label", "L", "--executor", "debug",
             "--no-report", "--no-mirror"]
     assert main(argv) == 0
-    (cell_dir,) = cell_dirs(out / "live" / "L").values()
-    cell = Cell(cell_dir.name.rsplit("-", 1)[0], "", cell_dir, {})
-    # a job of an earlier driver (a process whose command line names submitit) still runs the cell
-    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
+    dirs = sorted(cell_dirs(out / "live" / "L").values())
+    cells = [Cell(d.name.rsplit("-", 1)[0], "", d, {}) for d in dirs]
+    # jobs of an earlier driver (processes whose command line names submitit) still run the cells
+    jobs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"]) for _ in dirs]
     try:
-        r = rec(cell_dir)
-        records.write_record(cell_dir / "record.json", {**r, "status": "running", "executor": {
-            "name": "local", "host": records.host(), "pid": job.pid}})
-        with pytest.raises(ConfigError, match=rf"cell {cell.run_id} is still being run by local job process "
-                                              rf"{job.pid} on this host"):
-            check_no_live_jobs(states([cell]))
-        assert main(argv) == 2
-        assert f"kill {job.pid}" in capsys.readouterr().err
+        for d, job in zip(dirs, jobs, strict=True):
+            records.write_record(d / "record.json", {**rec(d), "status": "running", "executor": {
+                "name": "local", "host": records.host(), "pid": job.pid}})
+        with pytest.raises(ConfigError, match=rf"^1 cell still being run by local job process on this host, from an "
+                                              rf"earlier `suite run` that was stopped: {cells[0].run_id} \(pid "
+                                              rf"{jobs[0].pid}, started .*\); .* \(kill {jobs[0].pid}\)"):
+            check_no_live_jobs(states(cells[:1]))
+        assert main(argv) == 2  # one line naming both cells and both processes
+        err = capsys.readouterr().err
+        assert err.startswith("error: 2 cells still being run by local job processes") and err.count("\n") == 1
+        assert all(c.run_id in err for c in cells) and f"(kill {jobs[0].pid} {jobs[1].pid})" in err
     finally:
-        job.kill()
-        job.wait()
-    check_no_live_jobs(states([cell]))  # the process is gone: the cell may run again
+        for job in jobs:
+            job.kill()
+            job.wait()
+    check_no_live_jobs(states(cells))  # the processes are gone: the cells may run again
     assert main(argv) == 0
-    assert rec(cell_dir)["status"] == "done"
+    assert all(rec(d)["status"] == "done" for d in dirs)
 
 
 def test_a_checkpoint_replaced_under_the_same_path_is_not_resumed(tmp_path, capsys):

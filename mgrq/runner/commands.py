@@ -35,7 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Expand a suite into cells, skip the cells already done, run the rest with an executor, "
         "mirror the records into MLflow and write the report. Exit status: 0 all done, 1 some "
         "cells failed, 2 bad input, 3 MLflow mirroring failed (records are safe), 130 interrupted "
-        "(Ctrl-C; rerun the label to resume)."))
+        "(Ctrl-C; rerun the label to resume)."), epilog=(
+        "A method's config fields (`mgrq methods NAME` lists them) are set in the suite file, on its "
+        "entry, `methods: [{name: qdrop, config: {iters: 100}}]`, for every entry of a method, "
+        "`overrides: {qdrop: {config: {iters: 100}}}`, or on a named variant, `{name: mgrq, variant: "
+        "g0.1, config: {w_global: 0.1}}`. MGRQ's ablation variants (mgrq_obwr, ...) are methods of "
+        "their own: `overrides.mgrq` does not reach them. File format: docs/harness.md."))
     r.add_argument("suite", help="suite name (see `mgrq suite list`) or path to a suite YAML file")
     _add_out(r)
     r.add_argument("--label", default=None, help="run label (default: YYYYMMDD-<git sha>); same label = resume")

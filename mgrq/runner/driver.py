@@ -393,7 +393,8 @@ def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str
 def check_no_live_jobs(cells: list[State]) -> None:
     """Refuse to start when a cell is still being run by a local job of an earlier driver that
     was killed (its record says ``running`` with this host and a live process id): both would run
-    the cell and write its record."""
+    the cell and write its record. One ``ConfigError`` names every such cell and process."""
+    live: list[tuple[str, int, Any]] = []
     for c, st, rec in cells:
         info = rec.get("executor") or {}
         pid = info.get("pid")
@@ -411,10 +412,16 @@ def check_no_live_jobs(cells: list[State]) -> None:
         with contextlib.suppress(OSError):
             if b"submitit" not in cmdline.read_bytes():
                 continue  # the id now belongs to an unrelated process
-        raise ConfigError(f"cell {c.run_id} is still being run by local job process {pid} on this host "
-                          f"(started {rec.get('started')}, from an earlier `suite run` that was stopped); "
-                          f"expected no live job: wait for it to end or stop it (kill {pid}), then run "
-                          "the suite again")
+        live.append((c.run_id, pid, rec.get("started")))
+    if live:
+        one = len(live) == 1
+        cells_said = ", ".join(f"{rid} (pid {pid}, started {at})" for rid, pid, at in live[:4])
+        more = f" and {len(live) - 4} more" if len(live) > 4 else ""
+        pids = " ".join(dict.fromkeys(str(pid) for _, pid, _ in live))
+        raise ConfigError(f"{len(live)} cell{'' if one else 's'} still being run by local job process{'' if one else 'es'} "
+                          f"on this host, from an earlier `suite run` that was stopped: {cells_said}{more}; "
+                          f"expected no live job: wait for {'it' if one else 'them'} to end or stop "
+                          f"{'it' if one else 'them'} (kill {pids}), then run the suite again")
 
 
 SLURM_TASKS = "slurm-tasks.json"  # in a label's jobs/ folder: every SLURM task submitted and its cells
