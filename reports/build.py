@@ -159,26 +159,46 @@ OUTPUTS = tuple(f"{stem}.{ext}" for stem in ("main", "ablation", "paired", "cost
 MANIFEST = ".mgrq-report.json"  # the files the last report wrote into its folder
 
 
+def _listed_files(dest: Path) -> list[str] | None:
+    """The files the manifest of ``dest`` lists (None: no readable manifest)."""
+    listed = (records.read_record(dest / MANIFEST) or {}).get("files")
+    return [f for f in listed if isinstance(f, str)] if isinstance(listed, list) else None
+
+
+def _check_dest_free(dest: Path, names: tuple[str, ...] | list[str], what: str) -> None:
+    """Before any work: a ``--dest`` folder of the user's must not hold a file of a name the
+    report writes that no report wrote (its manifest does not list it): that file would be
+    overwritten or removed. ``ConfigError`` naming the files."""
+    listed = set(_listed_files(dest) or [])
+    clash = [n for n in names if (dest / n).exists() and n not in listed]
+    if clash:
+        raise ConfigError(f"{what} {dest}: holds {', '.join(clash[:4])}{', ...' if len(clash) > 4 else ''}, which no "
+                          f"report wrote ({MANIFEST} does not list {'it' if len(clash) == 1 else 'them'}); expected "
+                          "a new or empty folder, or one a report wrote: choose another --dest, or move those files")
+
+
 def _earlier_outputs(dest: Path, own_folder: bool) -> set[str]:
     """The files an earlier report left in ``dest``, which this one removes when it does not
     write them again (a PDF under --no-pdf, a table or figure it skips): those its manifest
     lists; without one, in a label's own report folder, every name a report writes; in a
-    ``--dest`` folder of the user's, only the notes (files there that no report wrote are the
-    user's)."""
-    listed = (records.read_record(dest / MANIFEST) or {}).get("files")
-    if isinstance(listed, list):
+    ``--dest`` folder of the user's, none (:func:`_check_dest_free` refused to write there if it
+    held any)."""
+    listed = _listed_files(dest)
+    if listed is not None:
         return {f for f in listed if f in OUTPUTS}
-    return set(OUTPUTS) if own_folder else {"notes.md", "notes.tex"}
+    return set(OUTPUTS) if own_folder else set()
 
 
 def _replace_outputs(dest: Path, earlier: set[str], written: list[Path], compiled: bool) -> None:
-    """Remove the earlier report's files this one did not write, and list this one's."""
+    """Remove the earlier report's files this one did not write, and list this one's (and the
+    comparisons an earlier ``--compare`` listed)."""
     now = {p.name for p in written if p.parent == dest}
     if compiled:  # pdflatex's files, also when it failed
         now |= {f for f in PDF_FILES if (dest / f).exists()}
     for name in earlier - now:
         (dest / name).unlink(missing_ok=True)
-    records.write_record(dest / MANIFEST, {"files": sorted(now)})
+    compared = {f for f in _listed_files(dest) or [] if f.startswith("compare-") and (dest / f).exists()}
+    records.write_record(dest / MANIFEST, {"files": sorted(now | compared)})
 
 
 def _listed(items: list[str]) -> str:
@@ -209,6 +229,8 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     what = "--dest" if dest else "report folder"
     dest = records.check_writable(dest, what, folder=True) if dest else None
     own_folder = dest is None
+    if dest is not None:
+        _check_dest_free(dest, OUTPUTS, what)
     label = _label(out, suite, label, source, uri)
     dest = dest or records.check_writable(out.resolve() / suite / label / "report", what, folder=True)
     df = load_frame(out, suite, [label], source, uri)
@@ -344,8 +366,8 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
                   dest: str | Path | None = None) -> tuple[pd.DataFrame, list[Path], str]:
     """Delta table between two labels of a suite; flags cells that moved by more than
     ``threshold`` points of top-1 or newly failed. Returns (frame, files, markdown)."""
-    if threshold < 0:
-        raise ConfigError(f"--threshold {threshold}: expected >= 0 (points of top-1)")
+    if not 0 <= threshold < float("inf"):  # NaN too: no delta would be flagged
+        raise ConfigError(f"--threshold {threshold}: expected a finite number >= 0 (points of top-1)")
     out = Path(out)
     what = "--dest" if dest else "report folder"
     dest = records.check_writable(dest, what, folder=True) if dest else None
@@ -358,6 +380,10 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
         if not (df["label"] == lab).any():
             raise ReportError(f"--compare: label {lab} of suite {suite} has no cell records (no cell finished or "
                               f"failed); expected two runs with records (`mgrq suite status {suite} --label {lab}`)")
+    stem = f"compare-{a}-vs-{b}"
+    files = [f"{stem}.{e}" for e in ("md", "tex", "csv")]
+    if dest is not None:
+        _check_dest_free(dest, files, what)
     fa, fb = df[df["label"] == a], df[df["label"] == b]
     sa, sb = F.splits(fa), F.splits(fb)
     if sa and sb and set(sa) != set(sb):  # a delta between tune and held-out numbers measures nothing
@@ -368,9 +394,9 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     cmp = T.compare_frame(fa, fb, threshold)
     dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)
     _make_dest(dest, what)
-    stem = f"compare-{a}-vs-{b}"
     md = T.compare_markdown(cmp, a, b, threshold, changes)
     (dest / f"{stem}.md").write_text(md)
     (dest / f"{stem}.tex").write_text(T.compare_latex(cmp, suite, a, b, threshold, changes))
     cmp.to_csv(dest / f"{stem}.csv", index=False)
-    return cmp, [dest / f"{stem}.{e}" for e in ("md", "tex", "csv")], md
+    records.write_record(dest / MANIFEST, {"files": sorted({*(_listed_files(dest) or []), *files})})
+    return cmp, [dest / f for f in files], md

@@ -552,18 +552,39 @@ def test_a_report_leaves_no_file_of_an_older_one(tmp_path):
     assert {"tables.pdf", "acc_vs_bits.png", "ablation.pdf", "paired.md"}.isdisjoint(left)
     assert {"main.md", "cost.md", "results.csv", "mine.txt"} <= left
     assert {p.name for p in rep.tables} <= set(OUTPUTS)
-    # a folder of the user's (--dest): only what a report wrote there, by its manifest, is removed
+    # a folder of the user's (--dest) holding files of a report's names that no report wrote (a
+    # paper's main.tex, notes.md): refused before anything is written or removed
     paper = tmp_path / "paper"
     paper.mkdir()
-    for name in ("ablation.tex", "tables.pdf", "acc_vs_time.png"):
+    for name in ("main.tex", "notes.md", "mine.txt"):
         (paper / name).write_text("the user's")
+    from mgrq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--dest .*paper: holds main\.tex, notes\.md, which no report wrote "
+                                          r"\(\.mgrq-report\.json does not list them\); expected a new or empty folder"):
+        build_report(out, "rep", "A", pdf="no", figures=True, paired="none", dest=paper)
+    assert sorted(p.name for p in paper.iterdir()) == ["main.tex", "mine.txt", "notes.md"]
+    assert all((paper / n).read_text() == "the user's" for n in ("main.tex", "mine.txt", "notes.md"))
+    # other names are the user's and stay; what a report wrote there (its manifest) is replaced
+    (paper / "main.tex").unlink()
+    (paper / "notes.md").unlink()
     rep = build_report(out, "rep", "A", pdf="no", figures=True, paired="none", dest=paper)
     drawn = {p.name for p in rep.figures}
-    assert "acc_vs_bits.png" in drawn and (paper / "tables.pdf").read_text() == "the user's"
+    assert "acc_vs_bits.png" in drawn
     rep = build_report(out, "rep", "A", pdf="no", figures=False, paired="none", dest=paper)
     left = {p.name for p in paper.iterdir()}
-    assert drawn.isdisjoint(left) and (paper / "tables.pdf").read_text() == "the user's"
+    assert drawn.isdisjoint(left) and (paper / "mine.txt").read_text() == "the user's"
     assert (paper / "ablation.tex").exists()  # written by both reports (the suite's ablation rows)
+    # a comparison into that folder is listed too: the next report keeps it
+    make_runs(out, "B", created="2999-01-01T00:00:00")
+    assert main(["report", "rep", "--out", str(out), "--compare", "A", "B", "--dest", str(paper)]) == 0
+    build_report(out, "rep", "A", pdf="no", figures=False, paired="none", dest=paper)
+    assert (paper / "compare-A-vs-B.md").exists()
+    assert main(["report", "rep", "--out", str(out), "--compare", "A", "B", "--dest", str(paper)]) == 0  # rewritten
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "compare-A-vs-B.csv").write_text("the user's")
+    assert main(["report", "rep", "--out", str(out), "--compare", "A", "B", "--dest", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "compare-A-vs-B.csv").read_text() == "the user's"
 
 
 def test_acc_vs_time_labels_a_tick_at_both_ends(tmp_path, monkeypatch):
@@ -644,6 +665,15 @@ def test_a_label_holding_both_splits_is_refused(tmp_path, capsys):
         driver.run_suite(suite, out, "A", ex.ExecutorOptions(kind="debug"))
     assert main(["suite", "run", str(tmp_path / "rep.yaml"), "--out", str(out), "--label", "A", "--dry-run"]) == 0
     assert "note: the run would stop here: label A: 14 finished cell(s) were evaluated" in capsys.readouterr().out
+
+
+def test_compare_threshold_must_be_a_finite_number(tmp_path, capsys):
+    out = tmp_path / "runs"
+    make_runs(out, "A", created="2026-01-01T00:00:00")
+    make_runs(out, "B", shift=-44.0, created="2026-01-02T00:00:00")
+    for bad in ("nan", "inf", "-1"):
+        assert main(["report", "rep", "--out", str(out), "--compare", "A", "B", "--threshold", bad, "--strict"]) == 2
+        assert "expected a finite number >= 0 (points of top-1)" in capsys.readouterr().err
 
 
 def test_compare_refuses_two_splits_and_names_changed_settings(tmp_path, capsys):

@@ -138,6 +138,22 @@ def test_malformed_suite_names_file_field_and_expectation(tmp_path, fields, wher
     assert "\n" not in msg
 
 
+def test_a_suite_or_profile_that_is_not_utf8_is_one_error_line(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"name: t\ndescription: caf\xe9\nmodels: [tiny_vit]\nbits: [W4A4]\nmethods: [percentile]\n")
+    assert main(["suite", "run", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {bad}: not UTF-8 text (byte 0xe9 at position 24); expected a UTF-8 YAML file\n"
+    ok = write_suite(tmp_path / "ok.yaml")
+    assert main(["suite", "run", str(ok), "--dry-run", "--executor", "slurm", "--profile", str(bad)]) == 2
+    assert f"error: site profile {bad}: not UTF-8 text" in capsys.readouterr().err
+    (tmp_path / "suites").mkdir()  # `suite list` (./suites first) shows it as not runnable
+    (tmp_path / "suites" / "latin1.yaml").write_bytes(bad.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert main(["suite", "list"]) == 0
+    assert "latin1                    - cells  NOT RUNNABLE: " in capsys.readouterr().out
+
+
 def test_config_from_overrides_and_entry_is_checked_together(tmp_path):
     """Each layer may be invalid alone (alpha < beta): only the merged config is required to be
     valid; when it is not and no layer fails alone, the methods entry is named."""

@@ -299,7 +299,12 @@ def read_yaml(path: Path, where: str = "") -> Any:
     given twice raises ``ConfigError`` naming ``where`` (default: the path) and the line."""
     where = where or str(path)
     try:
-        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); "
+                          "expected a UTF-8 YAML file") from None
+    except OSError as e:  # unreadable (permissions), or a folder
+        raise ConfigError(f"{where}: cannot be read ({e.strerror or e}); expected a readable YAML file") from None
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
