@@ -61,8 +61,11 @@ class MirrorResult:
 
 def _quiet() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
+    for name in ("alembic", "mlflow.tracking._tracking_service.client"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # its retries of a database it cannot open repeat one warning for minutes; the error that
+    # ends them is reported (MirrorError) all the same
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)
 
 
 def default_uri(out: str | os.PathLike) -> str:
@@ -81,15 +84,42 @@ def _local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
+DATABRICKS_NAMES = ("databricks", "databricks-uc", "uc")  # MLflow's names of a Databricks workspace's own store
+
+
 def check_store_kind(uri: str) -> None:
-    """A file store (``file:``, or a plain path) is refused by MLflow 3 unless
-    ``MLFLOW_ALLOW_FILE_STORE`` is true: say so before any work, with what to use instead."""
-    if not _local_store(uri) or uri.startswith("sqlite:") or uri in ("databricks", "databricks-uc", "uc"):
-        return  # a server, a database, or MLflow's names of a Databricks workspace's own store
+    """Before any work, what MLflow would refuse only after the cells ran (one line each, with what
+    to use instead): a scheme it does not know (``htp://``); a file store (``file:``, or a plain
+    path), which MLflow 3 refuses unless ``MLFLOW_ALLOW_FILE_STORE`` is true; a sqlite database
+    that cannot be created or written where the URI puts it."""
+    expected = "expected sqlite:///PATH.db or http(s)://SERVER"
+    if uri in DATABRICKS_NAMES:
+        return
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()  # mysql+pymysql://: a driver
+        if scheme not in STORE_SCHEMES:
+            raise MirrorError(f"MLflow tracking URI {uri}: unknown scheme {scheme!r}; {expected} (or a database "
+                              f"URI: postgresql://, mysql://, mssql://)")
+    if uri.startswith("sqlite:///"):
+        from mgrq.errors import ConfigError
+        from mgrq.records import check_writable
+
+        db = Path(uri[len("sqlite:///"):])
+        try:
+            check_writable(db, f"MLflow tracking URI {uri}: database")
+            if db.exists() and not os.access(db, os.W_OK):
+                raise ConfigError(f"MLflow tracking URI {uri}: database {str(db)!r} is read-only; expected a "
+                                  "database file MLflow can write")
+        except ConfigError as e:
+            raise MirrorError(str(e)) from None
+        return
+    if not _local_store(uri) or uri.startswith("sqlite:"):
+        return  # a server or a database
     if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1"):
         return
-    raise MirrorError(f"MLflow tracking URI {uri}: a file store, which MLflow 3 refuses (maintenance mode); expected "
-                      "sqlite:///PATH.db or http(s)://SERVER, or MLFLOW_ALLOW_FILE_STORE=true to use it anyway")
+    raise MirrorError(f"MLflow tracking URI {uri}: a file store, which MLflow 3 refuses (maintenance mode); "
+                      f"{expected}, or MLFLOW_ALLOW_FILE_STORE=true to use it anyway")
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:

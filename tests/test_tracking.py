@@ -112,11 +112,16 @@ def test_unreachable_uri_mirror_error_is_one_line(tmp_path):
 
 
 def test_report_from_an_unsupported_tracking_uri_is_one_line(tmp_path, capsys):
-    """mlflow raises its own exception for a scheme it does not know; the report says which URI
-    and what was expected, on one line, exit 2."""
+    """A scheme MLflow does not know: the report says which URI and what was expected, on one
+    line, exit 2 (before MLflow is asked); a store MLflow cannot read is named likewise."""
     assert main(["report", "demo", "--out", str(tmp_path), "--from", "mlflow", "--tracking-uri", "bogus://x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: MLflow (bogus://x): cannot be read (")
+    assert len(err) == 1 and err[0].startswith("error: MLflow tracking URI bogus://x: unknown scheme 'bogus'; expected")
+    notdb = tmp_path / "not-a-db.db"
+    notdb.write_text("plain text, not sqlite")
+    assert main(["report", "demo", "--out", str(tmp_path), "--from", "mlflow", "--tracking-uri", f"sqlite:///{notdb}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: MLflow (sqlite:///{notdb}): cannot be read (")
     assert err[0].endswith("expected the tracking URI the runs were mirrored into")
 
 
@@ -211,3 +216,22 @@ def test_the_store_check_refuses_file_stores_only(monkeypatch):
     for bad in ("file:///tmp/mlruns", "mlruns", "/tmp/m"):
         with pytest.raises(MirrorError, match="a file store"):
             check_store_kind(bad)
+
+
+def test_a_store_mlflow_cannot_use_is_named_before_any_work(tmp_path, monkeypatch, capsys):
+    """A misspelt scheme, or a sqlite database where nothing can be written, used to surface only
+    after every cell had run (MLflow's model-registry message, or minutes of retry warnings)."""
+    from mgrq.tracking import check_store_kind
+
+    with pytest.raises(MirrorError, match=r"^MLflow tracking URI htp://h:5000: unknown scheme 'htp'; expected "
+                                          r"sqlite:///PATH\.db or http\(s\)://SERVER"):
+        check_store_kind("htp://h:5000")
+    with pytest.raises(MirrorError, match=r"^MLflow tracking URI sqlite:////proc/x\.db: database '/proc/x\.db': "
+                                          r"cannot create a file in '/proc'"):
+        check_store_kind("sqlite:////proc/x.db")
+    check_store_kind(f"sqlite:///{tmp_path}/new/folder/m.db")  # a folder still to be created is fine
+    assert not (tmp_path / "new").exists()  # the check leaves nothing behind
+    suite = write_suite(tmp_path / "st.yaml")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/x.db")
+    assert main(["suite", "run", str(suite), "--out", str(tmp_path / "runs"), "--executor", "debug"]) == 2
+    assert "(or --no-mirror)" in capsys.readouterr().err and not (tmp_path / "runs" / "st").exists()
