@@ -88,11 +88,12 @@ STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "dat
 DATABRICKS_NAMES = ("databricks", "databricks-uc", "uc")  # MLflow's names of a Databricks workspace's own store
 
 
-def check_store_kind(uri: str) -> None:
+def check_store_kind(uri: str, probe: bool = True) -> None:
     """Before any work, what MLflow would refuse only after the cells ran (one line each, with what
     to use instead): a scheme it does not know (``htp://``); a file store (``file:``, or a plain
     path), which MLflow 3 refuses unless ``MLFLOW_ALLOW_FILE_STORE`` is true; a sqlite database
-    that cannot be created or written where the URI puts it."""
+    that cannot be created or written where the URI puts it (``probe``: a ``--dry-run`` does
+    not look at the file system)."""
     expected = "expected sqlite:///PATH.db or http(s)://SERVER"
     if uri in DATABRICKS_NAMES:
         return
@@ -102,6 +103,8 @@ def check_store_kind(uri: str) -> None:
             raise MirrorError(f"MLflow tracking URI {uri}: unknown scheme {scheme!r}; {expected} (or a database "
                               f"URI: postgresql://, mysql://, mssql://)")
     if uri.startswith("sqlite:///"):
+        if not probe:
+            return
         from mgrq.errors import ConfigError
         from mgrq.records import check_writable
 

@@ -167,6 +167,19 @@ def test_init_calib_beyond_the_calibration_images_is_refused(tmp_path, capsys, n
         load_suite(s).with_options()
 
 
+def test_a_suite_calibration_beyond_the_tiny_training_split_fails_at_setup(tmp_path, capsys):
+    """Each cell used to fail on it after the FP evaluation; now the suite stops before any work."""
+    big = write_suite(tmp_path / "big.yaml", calibration={"n": 99999})
+    assert main(["suite", "run", str(big), "--dry-run"]) == 2
+    assert error_line(capsys) == (f"error: {big}: method percentile: calib=99999: more than the 4000 training digits "
+                                  "calibration draws from (tiny zoo); expected at most 4000")
+    ok = write_suite(tmp_path / "tune.yaml", data={"eval_split": "tune"})
+    with pytest.raises(ConfigError, match=r"method percentile: \(with --calib\) calib=3501: more than the 3500 "
+                                          r"training digits outside the tune split"):
+        load_suite(ok).with_options(calib=3501)
+    assert load_suite(ok).with_options(calib=3500).calib == 3500
+
+
 def test_method_config_type_errors_name_the_type(capsys):
     assert main(["quantize", "--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4",
                  "--set", "iters=abc"]) == 2
@@ -262,7 +275,9 @@ def test_executor_option_shapes():
 def test_dry_run_writes_nothing_so_any_out_will_do(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["suite", "run", "demo", "--out", str(tmp_path / "file" / "runs"), "--dry-run"]) == 0
-    assert "48 cells: 0 done" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "48 cells: 0 done" in out  # ... and it says what the run would refuse
+    assert f"note: the run would stop here: --out '{tmp_path / 'file' / 'runs'}': '{tmp_path / 'file'}' is a file" in out
 
 
 def test_method_config_type_names():

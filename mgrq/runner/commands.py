@@ -229,7 +229,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         from mgrq.tracking import check_store_kind, default_uri
 
         try:
-            check_store_kind(default_uri(out))
+            check_store_kind(default_uri(out), probe=not args.dry_run)
         except MGRQError as e:
             raise ConfigError(f"{e} (or --no-mirror)") from None
     if args.dry_run:
@@ -242,6 +242,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
             print(note)
         pending = [c for c in cells if c.status() != "done"]
         try:  # what the run would refuse
+            check_writable(out, "--out", folder=True)
             driver.check_one_split(root, label, suite.eval_split)
             driver.check_no_live_slurm_tasks(root / "jobs", pending, suite.name)
         except ConfigError as e:

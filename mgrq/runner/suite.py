@@ -204,10 +204,19 @@ class Suite:
             calib=calib if calib is not None else self.calib,
             eval_limit=eval_limit if eval_limit is not None else self.eval_limit,
         )
+        from mgrq.data import mnist_split_indices
+        from mgrq.methods import get_method
         from mgrq.methods.registry import check_init_calib
 
-        for s in {spec.name: spec for spec in out.specs()}.values():  # one cell per method entry
-            check_init_calib(s, f"{where}: method {s.name}: " + ("(with --calib) " if calib is not None else ""))
+        pool = len(mnist_split_indices()["train" if self.eval_split == "heldout" else "fit"])
+        for spec in {(sp.name, _is_tiny(sp.model)): sp for sp in out.specs()}.values():  # per method entry
+            at = f"{where}: method {spec.name}: " + ("(with --calib) " if calib is not None else "")
+            check_init_calib(spec, at)
+            n = spec.calib if spec.calib is not None else get_method(spec.method).default_calib
+            if _is_tiny(spec.model) and n > pool:  # (an ImageNet train/ folder's size is checked by the cell)
+                split = "training digits" if self.eval_split == "heldout" else "training digits outside the tune split"
+                raise ConfigError(f"{at}calib={n}: more than the {pool} {split} calibration draws from "
+                                  f"(tiny zoo); expected at most {pool}")
         return out
 
 
