@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -132,6 +133,9 @@ def weights_digest(path: Path) -> str | None:
     return _DIGESTS[key]
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes some libraries put in their messages
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weights file (a ``state_dict``, or a dict holding one under ``state_dict``/
     ``model``) with one clear error for a missing or corrupt file."""
@@ -148,15 +152,31 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt file
+        msg = str(e)
+        if cls := re.search(r"Unsupported global: GLOBAL (\S+)", msg):  # it unpickles, but holds Python objects
+            raise CheckpointError(
+                f"checkpoint {path}: holds Python objects besides tensors (e.g. {cls.group(1)}: a whole pickled "
+                "model, or a training checkpoint with its arguments), which are not unpickled (they could run "
+                "code); expected a state_dict of tensors: save model.state_dict() with torch.save"
+            ) from None
+        # torch's weights-only unpickler puts what it met after a long preamble
+        why = next((ln.strip() for ln in msg.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()), "") \
+            if "WeightsUnpickler error:" in msg else ""
         raise CheckpointError(
             f"checkpoint {path}: not a readable torch/safetensors weights file "
-            f"({type(e).__name__}: {first_line(e, 120, 'empty file')})"
+            f"({type(e).__name__}: {why or ANSI.sub('', first_line(e, 120, 'empty file'))})"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"checkpoint {path}: expected a state_dict of tensors")
+        if isinstance(obj, dict):
+            other = [f"{k} ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+            found = f"; it holds {', '.join(other[:4])}{', ...' if len(other) > 4 else ''}"
+        else:
+            found = f"; it holds a {type(obj).__name__}"
+        raise CheckpointError(f"checkpoint {path}: expected a state_dict of tensors, or a dict holding one under "
+                              f"'state_dict' or 'model'{found}")
     check_finite(obj, f"checkpoint {path}")
     return obj
 

@@ -110,6 +110,29 @@ def test_checkpoint_messages(tmp_path, capsys):
     assert "does not fit model tiny_vit: " in line and "1 unexpected (e.g. w)" in line and "\t" not in line
 
 
+def test_checkpoints_that_are_not_state_dicts_say_what_they_hold(tmp_path, capsys):
+    from mgrq import zoo
+
+    whole = tmp_path / "model.pth"
+    torch.save(zoo.create_model("tiny_vit"), whole)  # a whole pickled model
+    assert main(QUANT + ["--checkpoint", str(whole)]) == 2
+    line = error_line(capsys)
+    assert line == (f"error: checkpoint {whole}: holds Python objects besides tensors (e.g. "
+                    "timm.models.vision_transformer.VisionTransformer: a whole pickled model, or a training checkpoint "
+                    "with its arguments), which are not unpickled (they could run code); expected a state_dict of "
+                    "tensors: save model.state_dict() with torch.save") and "\x1b" not in line
+    text = tmp_path / "text.pth"
+    text.write_text("not a checkpoint at all")
+    assert main(QUANT + ["--checkpoint", str(text)]) == 2
+    assert error_line(capsys).endswith(f"checkpoint {text}: not a readable torch/safetensors weights file "
+                                       "(UnpicklingError: Unsupported operand 110)")
+    ema = tmp_path / "ema.pth"
+    torch.save({"model_ema": {"w": torch.zeros(2)}, "epoch": 3}, ema)  # a wrapper key we do not read
+    assert main(QUANT + ["--checkpoint", str(ema)]) == 2
+    assert error_line(capsys) == (f"error: checkpoint {ema}: expected a state_dict of tensors, or a dict holding one "
+                                  "under 'state_dict' or 'model'; it holds model_ema (dict), epoch (int)")
+
+
 def test_layer_policy_override_must_match_a_point(tmp_path, capsys, no_work):
     assert main(QUANT + ["--bits-override", "reduction=fp"]) == 2  # Swin's patch merging: not in a ViT
     line = error_line(capsys)
