@@ -89,7 +89,7 @@ def test_method_fields_choices_are_what_validation_accepts():
     """Shown choices = what each config's validation accepts: every choice builds a config, and
     the error for any other value lists exactly the choices."""
     from mgrq.errors import ConfigError
-    from mgrq.methods.fields import describe
+    from mgrq.methods.fields import CHOICES, describe
 
     checked = 0
     for m in all_methods():
@@ -100,6 +100,12 @@ def test_method_fields_choices_are_what_validation_accepts():
             fixed = getattr(m.config_cls, "FIXED", {})
             if d.name in fixed:  # an MGRQ variant's switched-off part: one value only
                 assert d.choices == (fixed[d.name],) == (d.default,)
+                continue
+            if d.name in getattr(m.make_config(), "inert", set)():  # that part's settings: the default only
+                assert d.choices == (d.default,)
+                with pytest.raises(ConfigError, match=f"{d.name}=.*: only used with "):
+                    other = next(c for c in CHOICES[d.name] if c != d.default) if d.name in CHOICES else d.default + 1
+                    m.make_config({d.name: other})
                 continue
             # weight_init etc. need init=percentile; init=repq_vit needs brecq's act_reinit=false
             ctx = {k: v for k, v in {"init": "percentile", "act_reinit": False}.items() if k in names and k != d.name}

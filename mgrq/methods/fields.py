@@ -82,7 +82,7 @@ GLOSSARY: dict[str, str] = {
     "warmup": "fraction of the iterations before the rounding regularizer turns on",
     "beta_start": "regularizer exponent beta at the end of the warm-up (then linear to beta_end)",
     "beta_end": "regularizer exponent beta at the last iteration",
-    "input_mode": "unit input: quantized, FP, or QDrop's mix (input_prob, act_drop: qdrop only)",
+    "input_mode": "unit input: quantized, FP, or mixed (qdrop: input_prob, act_drop)",
     "input_prob": "QDrop: probability that a unit input element comes from the quantized model",
     "act_drop": "QDrop: probability that an activation element in the unit skips its quantizer",
     "block_loss": "unit output error: squared, or Fisher-weighted (head unit: logit KL)",
@@ -94,11 +94,11 @@ GLOSSARY: dict[str, str] = {
     # MGRQ's terms
     "w_block": "weight of the block term (unit output error); 0 switches it off",
     "w_global": "EBGS weight: logit KL via the frozen FP tail; 0 = off",
-    "global_tau": "softmax temperature of the EBGS KL (the loss is scaled by tau^2; w_global > 0 only)",
-    "global_every": "evaluate EBGS on every n-th iteration only (its weight is not rescaled; w_global > 0 only)",
-    "global_batch": "images of each batch sent through the FP tail for EBGS (the first N; 0 = all; w_global > 0 only)",
+    "global_tau": "EBGS KL softmax temperature (the loss is scaled by tau^2)",
+    "global_every": "EBGS on every n-th iteration only (its weight is not rescaled)",
+    "global_batch": "EBGS: first N images of each batch through the FP tail (0 = all)",
     "w_local": "IBLS weight: per-layer output alignment in block/merge units; 0 = off",
-    "local_metric": "IBLS: per-channel mean/std, per-token KL over channels, or MSE (w_local > 0 only)",
+    "local_metric": "IBLS metric: per-channel mean/std, per-token KL, or MSE",
     # operational (the engine's)
     "units": "regex: reconstruct only the units whose name it matches (re.search); '' = all",
     "cache": "where unit inputs/targets are cached (auto: by free memory)",
@@ -143,6 +143,9 @@ def choices(method: Method, field: str) -> tuple[Any, ...] | None:
     fixed = getattr(method.config_cls, "FIXED", {})  # an MGRQ variant's switched-off parts
     if field in fixed:
         return (fixed[field],)
+    cfg = method.make_config()
+    if field in getattr(cfg, "inert", set)():  # the settings of a part the variant switches off: the default only
+        return (getattr(cfg, field),)
     return CHOICES.get(field)
 
 
