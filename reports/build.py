@@ -201,6 +201,28 @@ def _replace_outputs(dest: Path, earlier: set[str], written: list[Path], compile
     records.write_record(dest / MANIFEST, {"files": sorted(now | compared)})
 
 
+def _unfinished_states(out: Path, suite: str, label: str, info: dict[str, Any], ids: list[str], df: pd.DataFrame,
+                       source: str) -> dict[str, list[str]]:
+    """The grid cells ``ids`` without a finished result, by what they are (as ``suite status``
+    shows them): failed, interrupted, running, not started; from MLflow: failed, or no run."""
+    from mgrq.runner.layout import Cell, grid_cells
+
+    out_states: dict[str, list[str]] = {}
+    if source == "records":
+        root = Path(out).resolve() / suite / label
+        dirs = {c["id"]: c.get("dir") for c in grid_cells(info)}
+        for cid in ids:
+            d = dirs.get(cid)
+            st = Cell(cid, "", root / d, {}).shown_state()[0] if isinstance(d, str) else "pending"
+            out_states.setdefault("not started" if st == "pending" else st, []).append(cid)
+    else:
+        failed = set(df.loc[df["status"] == "failed", "run_id"])
+        for cid in ids:
+            out_states.setdefault("failed" if cid in failed else "without a mirrored run", []).append(cid)
+    order = ("failed", "interrupted", "running", "not started")
+    return dict(sorted(out_states.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
 def _listed(items: list[str]) -> str:
     """The first three of ``items`` for a note, then ``...``."""
     return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
@@ -267,8 +289,19 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     finished = set(df.loc[df["status"] == "done", "run_id"])
     missing = [c for c in grid if c not in finished]
     if missing:
-        notes.append(f"{len(missing)} of the {len(grid)} cells of the grid have no finished result (not run yet, "
-                     f"running, interrupted, or failed): {_listed(missing)}; `mgrq suite status {suite} --label {label}`")
+        states = _unfinished_states(out, suite, label, info, missing, df, source)
+        notes.append(f"{len(missing)} of the {len(grid)} cells of the grid have no finished result: "
+                     + "; ".join(f"{len(ids)} {st} ({_listed(ids)})" for st, ids in states.items())
+                     + f"; `mgrq suite status {suite} --label {label}` lists them")
+        gone_rows = [n for n in dict.fromkeys(info.get("methods") or []) if n not in names]
+        gone_cols = [m for m in dict.fromkeys(info.get("models") or []) if m not in models]
+        if gone_rows or gone_cols:
+            notes.append("the tables have " + " and ".join(
+                f"no {what} for {', '.join(v)}" for what, v in (("row", gone_rows), ("column", gone_cols)) if v)
+                + ": none of their cells has a result yet")
+    elif source == "records" and records.read_record(out.resolve() / suite / label / "suite.json") is None:
+        notes.append(f"the label's suite.json is missing or unreadable, so the tables cannot say which cells of "
+                     f"the grid have no result (`mgrq suite status {suite} --label {label}`)")
     warned = list(df.loc[(df["status"] == "done") & (df["warnings"] > 0), "run_id"])
     if warned:
         notes.append(f"{len(warned)} finished cell(s) ran with a warning: a unit's output error rose during "
@@ -299,7 +332,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     pub = None
     if published and not tune:  # published numbers are on val/; a tune split is drawn from training images
         pub = F.published_frame(None if published is True else published)
-    agg = F.aggregate(df)
+    agg = F.aggregate(df, F.grid_seeds(grid))
     _make_dest(dest, what)
     earlier = _earlier_outputs(dest, own_folder)
     rep = Report(dest=dest, frame=df, notes=notes)

@@ -11,6 +11,7 @@ the cell ran from, ``+dirty.<hash>`` when its code was modified), source ("run" 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Any
 
@@ -367,13 +368,27 @@ def published_frame(path: str | Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+def grid_seeds(ids: list[str]) -> dict[tuple[str, str, str], int]:
+    """How many seeds the grid has per (model, name, bits), from its cell ids
+    (``MODEL.NAME.wWaA.sSEED``; a variant name may hold dots, a zoo model name does not)."""
+    out: dict[tuple[str, str, str], int] = {}
+    for cid in ids:
+        parts = cid.split(".")
+        if len(parts) < 4 or not re.fullmatch(r"w\d+a\d+", parts[-2]) or not re.fullmatch(r"s\d+", parts[-1]):
+            continue
+        key = (parts[0], ".".join(parts[1:-2]), parts[-2].upper())
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def aggregate(df: pd.DataFrame, expected: dict[tuple[str, str, str], int] | None = None) -> pd.DataFrame:
     """Per (model, name, bits): mean/std/count of top-1 over the done seeds, failed count,
+    ``missing`` (seeds of the grid, ``expected``, with no record: not run, running, interrupted),
     mean FP top-1, mean quantization time and peak memory."""
     keys = ["model", "name", "bits", "w_bits", "a_bits", "source"]
     if df.empty:
-        return pd.DataFrame(columns=[*keys, "mean", "std", "n", "failed", "fp", "quantize_s", "peak_mem_mb",
-                                     "device"])
+        return pd.DataFrame(columns=[*keys, "mean", "std", "n", "failed", "missing", "fp", "quantize_s",
+                                     "peak_mem_mb", "device"])
     done = df[df["status"] == "done"]
     g = done.groupby(keys, dropna=False)
     agg = g.agg(mean=("top1", "mean"), std=("top1", "std"), n=("top1", "count"),
@@ -385,4 +400,6 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     agg = agg.merge(failed, on=keys, how="outer")
     agg["failed"] = agg["failed"].fillna(0).astype(int)
     agg["n"] = agg["n"].fillna(0).astype(int)
+    want = [(expected or {}).get((m, n, b), 0) for m, n, b in zip(agg["model"], agg["name"], agg["bits"], strict=True)]
+    agg["missing"] = [max(w - n - f, 0) for w, n, f in zip(want, agg["n"], agg["failed"], strict=True)]
     return agg

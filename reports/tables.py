@@ -75,6 +75,7 @@ class Value:
     std: float = math.nan
     n: int = 0
     failed: int = 0
+    missing: int = 0  # seeds of the grid without a record (not run, running, interrupted)
     bold: bool = False
     text: str | None = None  # shown as is (cost and paired cells), instead of the formatted mean
     italic: bool = False
@@ -89,7 +90,7 @@ class Value:
         s = rf"\textbf{{{s}}}" if self.bold else s
         if self.n > 1 and not math.isnan(self.std):
             s += rf"{{\scriptsize$\pm${self.std:.2f}}}"
-        return s + (r"$^\ast$" if self.failed else "")
+        return s + (r"$^\ast$" if self.failed or self.missing else "")
 
     def markdown(self) -> str:
         if self.text is not None:
@@ -100,7 +101,7 @@ class Value:
         s = f"**{s}**" if self.bold else s
         if self.n > 1 and not math.isnan(self.std):
             s += f" ± {self.std:.2f}"
-        return s + ("\\*" if self.failed else "")
+        return s + ("\\*" if self.failed or self.missing else "")
 
 
 @dataclass
@@ -207,8 +208,17 @@ def _values(agg: pd.DataFrame, name: str, bits: str, models: list[str]) -> dict[
         r0 = r.iloc[0]
         out[m] = Value(mean=float(r0["mean"]) if r0["n"] else math.nan,
                        std=float(r0["std"]) if r0["n"] > 1 else math.nan,
-                       n=int(r0["n"]), failed=int(r0["failed"]))
+                       n=int(r0["n"]), failed=int(r0["failed"]), missing=int(r0.get("missing", 0) or 0))
     return out
+
+
+PARTIAL_NOTE = "* some seeds failed or have no result yet; mean over the seeds that finished."
+
+
+def _partial(runs: pd.DataFrame) -> bool:
+    """Some cell shows a mean over fewer seeds than the grid has (failed or without a record)."""
+    short = runs["failed"] + runs.get("missing", 0)
+    return bool(((short > 0) & (runs["n"] > 0)).any())
 
 
 def _bold_best(rows: list[Row], models: list[str]) -> None:
@@ -270,8 +280,8 @@ def main_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
     if pub is not None:
         cites = sorted(set(pub["citation"]))
         notes.append("† published numbers (not run here): " + "; ".join(cites) + ".")
-    if ((runs["failed"] > 0) & (runs["n"] > 0)).any():
-        notes.append("* some seeds failed; mean over the seeds that finished.")
+    if _partial(runs):
+        notes.append(PARTIAL_NOTE)
     seeds = _seed_note(runs)
     cap = caption or (
         f"Top-1 accuracy (%) of quantized ViTs, suite {suite} ({label})"
@@ -305,7 +315,9 @@ def ablation_table(agg: pd.DataFrame, models: list[str], rows_in: list[str], sui
     seeds = _seed_note(runs)
     cap = (f"Ablation: top-1 accuracy (%) per variant, suite {suite} ({label}){_evaluated(n_eval)}. "
            "Best per column in bold." + (f" {seeds}" if seeds else "") + _tune_note(tune))
-    return Table("Ablation table", cap, f"tab:{suite}-ablation", models, groups, avg=True)
+    partial = _partial(runs[runs["name"].isin(rows_in)])
+    return Table("Ablation table", cap, f"tab:{suite}-ablation", models, groups, avg=True,
+                 notes=[PARTIAL_NOTE] if partial else [])
 
 
 def cost_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: str, label: str,

@@ -8,6 +8,7 @@ The inputs are run records written in the runner's layout under ``tmp_path``.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -245,3 +246,34 @@ def test_dest_that_is_a_folder_or_new_works(tmp_path):
     for d in (tmp_path / "old", tmp_path / "new" / "deeper"):
         rep = build_report(out, "s", "L", pdf="no", dest=d, figures=False)
         assert rep.dest == d and (d / "main.md").is_file()
+
+
+def test_cells_without_a_result_are_marked_and_named_by_state(tmp_path):
+    """A mean over fewer seeds than the grid has is marked like one with a failed seed; the note
+    says what the unfinished cells are (as `suite status` does); a method or model with no result
+    at all, which the tables cannot show, is named."""
+    out = tmp_path / "runs"
+    root = out / "s" / "L"
+    put(out, "s", "L", "tiny_vit", "percentile", 0, 70.0)
+    put(out, "s", "L", "tiny_vit", "percentile", 1, 72.0)
+    put(out, "s", "L", "tiny_vit", "repq_vit", 0, 75.0)  # seed 1: never started
+    put(out, "s", "L", "tiny_vit", "qdrop", 0, None)  # qdrop: one running, one interrupted
+    put(out, "s", "L", "tiny_vit", "qdrop", 1, None)
+    specs = [RunSpec(model="tiny_vit", method=m, w_bits=4, a_bits=4, seed=s)
+             for m in ("percentile", "repq_vit", "qdrop") for s in (0, 1)]
+    cells = [{"id": sp.run_id, "hash": sp.content_hash, "dir": f"{sp.run_id}-{sp.content_hash}"} for sp in specs]
+    records.write_record(root / "suite.json", {"created": "2026-01-01T00:00:00", "models": ["tiny_vit"],
+                                               "methods": ["percentile", "repq_vit", "qdrop"], "bits": ["W4A4"],
+                                               "cells": cells})
+    running, stopped = (root / cells[i]["dir"] / "record.json" for i in (4, 5))
+    records.write_record(running, {**json.loads(running.read_text()), "status": "running"})
+    records.write_record(stopped, {**json.loads(stopped.read_text()),
+                                   "error": {"type": "Interrupted", "message": "stopped", "traceback": ""}})
+    rep = build_report(out, "s", "L", pdf="no", published=False, figures=False)
+    md = rep.main_markdown
+    assert "| RepQ-ViT | 4/4 | **75.00**\\* |" in md and "| Percentile | 4/4 | 71.00 ± 1.41 |" in md
+    assert "\n* some seeds failed or have no result yet; mean over the seeds that finished." in md
+    assert rep.notes[0] == ("3 of the 6 cells of the grid have no finished result: 1 interrupted "
+                            "(tiny_vit.qdrop.w4a4.s1); 1 running (tiny_vit.qdrop.w4a4.s0); 1 not started "
+                            "(tiny_vit.repq_vit.w4a4.s1); `mgrq suite status s --label L` lists them")
+    assert rep.notes[1] == "the tables have no row for qdrop: none of their cells has a result yet"
