@@ -71,7 +71,7 @@ def compile_regex(pattern: str, what: str, expected: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as e:
-        raise ConfigError(f"{what} {pattern!r}: not a valid regular expression ({e}); expected {expected}") from None
+        raise ConfigError(f"{what} '{pattern}': not a valid regular expression ({e}); expected {expected}") from None
 
 
 def first_line(e: BaseException | str, limit: int = 160, empty: str = "") -> str:

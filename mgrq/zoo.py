@@ -374,7 +374,7 @@ def check_overrides(overrides: tuple[tuple[str, Any], ...] | list, models: list[
     if bad:
         examples = ", ".join(dict.fromkeys([names[0], names[len(names) // 2], names[-1]]))
         raise ConfigError(
-            f"{where}: layer policy pattern {bad[0]!r} matches no quantization point of "
+            f"{where}: layer policy pattern '{bad[0]}' matches no quantization point of "
             f"{', '.join(dict.fromkeys(models))}; expected a regex (re.search) for point names such as {examples}"
         )
 
@@ -390,7 +390,7 @@ def check_units(units: Any, models: list[str], where: str) -> None:
     for name in dict.fromkeys(models):
         names = _layout(name)[1]
         if not any(pattern.search(u) for u in names):
-            raise ConfigError(f"{where}: units={units!r} matches none of the units of {name}; expected a regex "
+            raise ConfigError(f"{where}: units='{units}' matches none of the units of {name}; expected a regex "
                               f"(re.search) for unit names such as {', '.join(names)}")
 
 

@@ -189,7 +189,7 @@ def test_method_config_override(tmp_path, capsys):
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "1", "--a-bits", "4"], r"w_bits=1: expected an integer bit-width in 2\.\.16"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "17"], r"a_bits=17: expected an integer bit-width in 2\.\.16"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "4", "--bits-override", r"^head\.=99"],
-     r"override '\^head\\\\\.'=99: expected an integer bit-width in 2\.\.16 or 'fp'"),
+     r"override '\^head\\\.'=99: expected an integer bit-width in 2\.\.16 or 'fp'"),
     (["--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "4", "--device", "bogus"],
      "device 'bogus': expected auto, cpu, cuda or cuda:N"),
     (["--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4", "--set", "softmax_quantizer=uniform",

@@ -158,7 +158,7 @@ def test_unit_pattern_must_match_a_unit_of_every_model(tmp_path, capsys, no_work
     checked before any work, not after each cell's calibration."""
     assert main(["quantize", "--model", "tiny_vit", "--method", "qdrop", "--w-bits", "4", "--a-bits", "4",
                  "--set", "units=block\\.0"]) == 2  # the unit is 'blocks.0'
-    assert error_line(capsys) == ("error: --set: units='block\\\\.0' matches none of the units of tiny_vit; expected a "
+    assert error_line(capsys) == ("error: --set: units='block\\.0' matches none of the units of tiny_vit; expected a "
                                   "regex (re.search) for unit names such as patch_embed, blocks.0, blocks.1, blocks.2, "
                                   "blocks.3, head")
     # in a suite it must match in every model: Swin's 'downsample' units are not in a ViT

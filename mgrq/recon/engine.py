@@ -195,7 +195,7 @@ class Reconstructor:
         self.units = qmodel.units()
         self.select = compile_regex(units, "units", "a regex searched in unit names") if units else None
         if self.select is not None and not any(self.select.search(u.name) for u in self.units):
-            raise ConfigError(f"units={units!r} matches none of the model's units: {', '.join(u.name for u in self.units)}")
+            raise ConfigError(f"units='{units}' matches none of the model's units: {', '.join(u.name for u in self.units)}")
         self._fp_logits: torch.Tensor | None = None
         # units whose output error rose (see _check_regression); a method passes its run's list
         self.warnings: list[str] = warnings if warnings is not None else []

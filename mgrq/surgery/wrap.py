@@ -52,7 +52,7 @@ class LayerPolicy:
             compile_regex(pattern, "layer policy override", "a regex searched in layer names")
             if bits != FP:
                 try:
-                    check_bits(bits, f"layer policy override {pattern!r}")  # type: ignore[arg-type]
+                    check_bits(bits, f"layer policy override '{pattern}'")  # type: ignore[arg-type]
                 except ConfigError as e:
                     raise ConfigError(f"{e} or 'fp' (keep full precision)") from None
 
