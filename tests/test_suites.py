@@ -239,7 +239,8 @@ def test_cli_bad_suite_fails_before_submitting(tmp_path, capsys):
     assert code == 2 and "--data-root" in err and not out.exists()
     code = main(["suite", "run", str(write_suite(tmp_path / "ok.yaml")), "--out", str(out), "--device", "cdua"])
     err = capsys.readouterr().err
-    assert code == 2 and "device 'cdua': expected auto, cpu, cuda or cuda:N" in err and not out.exists()
+    assert code == 2 and "command line: executor option device='cdua': expected auto, cpu, cuda or cuda:N" in err
+    assert not out.exists()
 
 
 def test_a_site_profile_sets_the_cells_device_unless_the_flag_does(tmp_path, capsys):
@@ -256,6 +257,10 @@ def test_a_site_profile_sets_the_cells_device_unless_the_flag_does(tmp_path, cap
     assert main(run) == 2
     err = capsys.readouterr().err
     assert f"error: site profile {prof}, section slurm: executor option mem_gb='lots': expected a positive" in err
+    prof.write_text("local:\n  device: tpu\n")  # checked with the other options, so the profile is named
+    assert main([*run[:-4], "--profile", str(prof)]) == 2
+    assert (f"error: site profile {prof}, section local: executor option device='tpu': expected auto, cpu, cuda or "
+            "cuda:N") in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------

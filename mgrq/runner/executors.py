@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -95,6 +96,8 @@ class ExecutorOptions:
             )
         if self.mem_gb is not None and (isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, int | float) or self.mem_gb <= 0):
             raise ConfigError(f"executor option mem_gb={self.mem_gb!r}: expected a positive number")
+        if self.device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ConfigError(f"executor option device={self.device!r}: expected auto, cpu, cuda or cuda:N")
         for f in ("partition", "account", "qos", "constraint"):
             v = getattr(self, f)
             if v is not None and (not isinstance(v, str) or not v.strip()):
