@@ -19,6 +19,12 @@ from mgrq.runner.driver import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# A method entry whose cell fails while it runs, past every up-front check of a suite: its
+# reconstruction diverges at the first iteration (ReconstructionError: a NaN loss), in seconds.
+DIVERGES: dict[str, Any] = {"name": "qdrop", "variant": "q-nan", "calib": 8,
+                            "config": {"iters": 2, "lr_round": 1e38, "check_every": 1, "init_calib": 8}}
+DIVERGED = "the loss became nan"  # in its error message
+
 
 def write_suite(path: Path, **fields: Any) -> Path:
     """A small tiny-zoo suite file; ``fields`` override or add suite fields."""

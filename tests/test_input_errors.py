@@ -252,8 +252,7 @@ def test_malformed_records_are_named_not_crashed_on(tmp_path, capsys):
     assert bad == [(rec_path, "a done record without a 'metrics' object")]
     note, grid = build_report(out, "mal", "L", pdf="no", figures=False).notes
     assert note.startswith("1 record file(s) left out, unreadable or malformed") and rec_path.parent.name in note
-    assert grid.startswith(f"1 of the 2 cells of the grid have no finished result (not run yet, running, interrupted, or "
-                           f"failed): {good['id']}")
+    assert grid.startswith(f"1 of the 2 cells of the grid have no finished result: 1 corrupt ({good['id']})")
     capsys.readouterr()
     assert main(["suite", "run", str(path), "--out", str(out), "--label", "L", "--dry-run"]) == 0
     assert "1 with an unreadable record -> 1 to run" in capsys.readouterr().out

@@ -278,7 +278,9 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
             print(f"warning: {e}", file=sys.stderr, flush=True)
             mirror_line = f"NOT mirrored: {e}"
             code = code or EXIT_MIRROR
-    rep = None
+    rep, no_report = None, None
+    if not args.no_report and (summary.done + summary.skipped) == 0:
+        no_report = "none written: no cell of the label has finished"
     if not args.no_report and (summary.done + summary.skipped) > 0:
         from reports.build import build_report
 
@@ -286,7 +288,8 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
             rep = build_report(out, suite.name, label, pdf="no" if args.no_pdf else "auto")
         except Exception as e:  # the cells are done; a report problem must not hide that
             print(f"warning: report not written: {type(e).__name__}: {e}", file=sys.stderr)
-    _final_summary(summary, rep, mirror_line, mirror_uri)
+            no_report = f"not written ({type(e).__name__}; see the warning above)"
+    _final_summary(summary, rep, mirror_line, mirror_uri, no_report)
     return code
 
 
@@ -300,7 +303,8 @@ def _print_failures(summary: Any) -> None:
               f"  (log: {folder}/cell.log)")
 
 
-def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | None) -> None:
+def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | None,
+                   no_report: str | None = None) -> None:
     from mgrq.tracking import ui_command
 
     print()
@@ -316,6 +320,8 @@ def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | N
               f"(a reconstructed unit's output error rose): {', '.join(summary.warned[:3])}"
               + (", ..." if len(summary.warned) > 3 else ""))
     print(f"records:  {summary.root}/<cell>/record.json")
+    if no_report:
+        print(f"report:   {no_report}")
     if rep is not None:
         def names(paths: list) -> str:
             return " ".join(p.name for p in paths)
