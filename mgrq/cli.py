@@ -88,7 +88,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         if not spec.checkpoint:  # offline, the hub weights must be cached
             check_pretrained_cached(spec.model)
     cfg = get_method(spec.method).make_config(dict(spec.method_config))  # a bad --set fails here too
-    # the record keeps each --set value as the field's type (iters 20, not '20'), as a suite cell does
+    # the record keeps each --set value as the field's type (iters 20, not '20'; a float field's 1 as 1.0)
     spec = dataclasses.replace(spec, method_config=tuple(sorted((k, getattr(cfg, k)) for k, _ in spec.method_config)))
     check_init_calib(spec, "--set ")
     check_overrides(spec.bits_overrides, [spec.model], "--bits-override")

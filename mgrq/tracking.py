@@ -84,8 +84,21 @@ def _local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
-STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
 DATABRICKS_NAMES = ("databricks", "databricks-uc", "uc")  # MLflow's names of a Databricks workspace's own store
+
+
+def _scheme_known(uri: str) -> bool:
+    """Whether MLflow has a tracking store for ``uri``'s scheme (its own registry, plugins
+    included); True when that cannot be asked (its private registry moved in another version)."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    except (ImportError, AttributeError):
+        return True
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except Exception as e:  # mlflow's UnsupportedModelRegistryStoreURIException
+        return "Unsupported" not in type(e).__name__
+    return True
 
 
 def check_store_kind(uri: str, probe: bool = True) -> None:
@@ -97,11 +110,10 @@ def check_store_kind(uri: str, probe: bool = True) -> None:
     expected = "expected sqlite:///PATH.db or http(s)://SERVER"
     if uri in DATABRICKS_NAMES:
         return
-    if "://" in uri:
-        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()  # mysql+pymysql://: a driver
-        if scheme not in STORE_SCHEMES:
-            raise MirrorError(f"MLflow tracking URI {uri}: unknown scheme {scheme!r}; {expected} (or a database "
-                              f"URI: postgresql://, mysql://, mssql://)")
+    if "://" in uri and not _scheme_known(uri):
+        scheme = uri.split("://", 1)[0]
+        raise MirrorError(f"MLflow tracking URI {uri}: unknown scheme {scheme!r} (MLflow has no store for it); "
+                          f"{expected} (or a database URI: postgresql://, mysql://, mssql://)")
     if uri.startswith("sqlite:///"):
         if not probe:
             return
@@ -125,12 +137,14 @@ def check_store_kind(uri: str, probe: bool = True) -> None:
                       f"{expected}, or MLFLOW_ALLOW_FILE_STORE=true to use it anyway")
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast (one line) when a tracking server does not answer, or the store is a file store
-    MLflow refuses (:func:`check_store_kind`)."""
-    check_store_kind(uri)
+def check_reachable(uri: str, timeout_s: float = 5.0, write: bool = True) -> None:
+    """Fail fast (one line) when a tracking server does not answer, or the store is one MLflow
+    refuses (:func:`check_store_kind`). ``write=False`` (reading runs for a report): a sqlite
+    database is not probed for writing, and its folder not created."""
+    check_store_kind(uri, probe=write)
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        if write:
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         return
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
@@ -341,7 +355,7 @@ def search(uri: str, suite: str, labels: list[str] | None = None) -> list[dict[s
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise MirrorError(f"MLflow ({uri}): no such sqlite store; expected the store the runs were mirrored into "
                           "(`mgrq mirror` writes <out>/mlflow.db by default)")
-    check_reachable(uri)
+    check_reachable(uri, write=False)
     try:
         client = _client(uri)
         exp = client.get_experiment_by_name(suite)

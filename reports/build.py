@@ -218,7 +218,8 @@ def _unfinished_states(out: Path, suite: str, label: str, info: dict[str, Any], 
     else:
         failed = set(df.loc[df["status"] == "failed", "run_id"])
         for cid in ids:
-            out_states.setdefault("failed" if cid in failed else "without a mirrored run", []).append(cid)
+            out_states.setdefault("failed" if cid in failed else "with no result in MLflow (interrupted, running "
+                                  "or not started)", []).append(cid)
     order = ("failed", "interrupted", "running", "not started")
     return dict(sorted(out_states.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 

@@ -179,16 +179,19 @@ def settings_changes(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
 
 
 def _inert(method: str, cell: dict[str, str]) -> set[str]:
-    """The settings keys that do not act in a cell of ``method`` (its config's ``inert()``:
-    MGRQ's pinned and switched-off parts); none where the method has no such notion or its
-    record's config no longer builds."""
+    """The settings keys that do not act in a cell of ``method`` (its config class's
+    ``inert_of``: MGRQ's pinned and switched-off parts, read from the record's values as they
+    ran, not validated again); none where the method has no such notion or is unknown."""
+    from mgrq.errors import UnknownNameError
     from mgrq.methods import get_method
 
     try:
-        cfg = get_method(method).make_config({k[7:]: v for k, v in cell.items() if k.startswith("config.")})
-    except Exception:  # an unknown method or field (a record from older code): compare everything
+        inert_of = getattr(get_method(method).config_cls, "inert_of", None)
+    except UnknownNameError:
         return set()
-    return {f"config.{k}" for k in getattr(cfg, "inert", set)()}
+    if inert_of is None:
+        return set()
+    return {f"config.{k}" for k in inert_of({k[7:]: v for k, v in cell.items() if k.startswith("config.")})}
 
 
 def row_differences(df: pd.DataFrame, rows: list[str]) -> list[str]:
@@ -209,6 +212,10 @@ def row_differences(df: pd.DataFrame, rows: list[str]) -> list[str]:
             if k not in TABLE_SETTINGS and k not in inert:
                 per_key.setdefault(k, {}).setdefault(str(name), set()).add(v)
     present = [r for r in rows if r in set(done["name"])]
+    for k, by_row in per_key.items():  # a layer policy or image bits one row lacks: as mixed_settings
+        if not k.startswith("config."):
+            for r in present:
+                by_row.setdefault(r, {"(unset)"})
     out = []
     for k, by_row in sorted(per_key.items()):
         shown = {r: next(iter(by_row[r])) for r in present if r in by_row}

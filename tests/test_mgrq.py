@@ -92,6 +92,10 @@ def test_variants_and_switches():
         with pytest.raises(ConfigError, match=re.escape(msg)):
             _cfg(variant, **over)
     assert _cfg("mgrq_obwr", local_metric="kl", global_tau=1.0).w_local == 0  # the defaults, given
+    for variant in ("mgrq_obwr", "mgrq_obwr_local"):  # a batch below EBGS's default global_batch, EBGS off
+        assert _cfg(variant, batch=4).batch == 4
+    with pytest.raises(ConfigError, match=r"global_batch=8: expected 0 \(the whole batch\) \.\. batch=4"):
+        _cfg("mgrq", batch=4)  # EBGS on: its batch must fit
     assert _cfg("mgrq_obwr_global", global_every=4).global_every == 4
     assert _cfg("mgrq", block_loss="fisher", fisher_damping=2.0).fisher_damping == 2.0
     for bad, field in (({"local_metric": "l1"}, "local_metric"), ({"w_local": -1}, "w_local"),

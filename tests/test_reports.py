@@ -732,3 +732,28 @@ def test_ablation_rows_that_differ_beyond_their_switched_off_parts_get_a_note(tm
         put(out, "abl", "M", "tiny_vit", "mgrq_obwr_global", "W4A4", seed, 90.5, config={"w_global": 0.1})
         put(out, "abl", "M", "tiny_vit", "mgrq", "W4A4", seed, 91.0, config={"w_global": 0.1, "local_metric": "mse"})
     assert build_report(out, "abl", "M", pdf="no", figures=False).notes == []
+
+
+def test_ablation_rows_of_older_records_are_compared_as_they_ran(tmp_path):
+    """Records of older code hold fields since removed and values today's checks refuse (the old
+    defaults global_batch=0, local_metric=moments in every row): what a row switched off is still
+    read from its values, so no false difference is named. A layer policy one row lacks is named."""
+    import json
+
+    out = tmp_path / "runs"
+    rows = ["mgrq_obwr", "mgrq"]
+    records.write_record(out / "abl" / "O" / "suite.json", {"models": ["tiny_vit"], "methods": rows,
+                                                           "bits": ["W4A4"], "ablation": rows})
+    for seed in (0, 1):
+        put(out, "abl", "O", "tiny_vit", "mgrq_obwr", "W4A4", seed, 90.0)
+        put(out, "abl", "O", "tiny_vit", "mgrq", "W4A4", seed, 91.0)
+    for path in (out / "abl" / "O").glob("*/record.json"):
+        rec = json.loads(path.read_text())
+        rec["method"]["config"].update(tf32=True, global_batch=0, local_metric="moments")
+        path.write_text(json.dumps(rec))
+    assert build_report(out, "abl", "O", pdf="no", figures=False).notes == []
+    put(out, "abl", "O", "tiny_vit", "mgrq", "W4A4", 0, 91.0, image_bits=6, finished="2999-01-01T00:00:00")
+    put(out, "abl", "O", "tiny_vit", "mgrq", "W4A4", 1, 91.0, image_bits=6, finished="2999-01-01T00:00:00")
+    notes = build_report(out, "abl", "O", pdf="no", figures=False).notes
+    assert any("rows differ in more than the parts each switches off: image_bits = 8 (mgrq_obwr), 6 (mgrq)" in n
+               for n in notes), notes

@@ -116,7 +116,7 @@ def test_report_from_an_unsupported_tracking_uri_is_one_line(tmp_path, capsys):
     line, exit 2 (before MLflow is asked); a store MLflow cannot read is named likewise."""
     assert main(["report", "demo", "--out", str(tmp_path), "--from", "mlflow", "--tracking-uri", "bogus://x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: MLflow tracking URI bogus://x: unknown scheme 'bogus'; expected")
+    assert len(err) == 1 and err[0].startswith("error: MLflow tracking URI bogus://x: unknown scheme 'bogus' (MLflow")
     notdb = tmp_path / "not-a-db.db"
     notdb.write_text("plain text, not sqlite")
     assert main(["report", "demo", "--out", str(tmp_path), "--from", "mlflow", "--tracking-uri", f"sqlite:///{notdb}"]) == 2
@@ -211,7 +211,7 @@ def test_the_store_check_refuses_file_stores_only(monkeypatch):
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
 
     for ok in ("sqlite:///x.db", "http://h:5000", "https://h", "databricks", "databricks-uc", "uc",
-               "databricks://profile", "postgresql://u@h/db", "mysql+pymysql://u@h/db"):
+               "databricks://profile", "databricks-uc://p", "uc://x", "postgresql://u@h/db", "mysql+pymysql://u@h/db"):
         check_store_kind(ok)
     for bad in ("file:///tmp/mlruns", "mlruns", "/tmp/m"):
         with pytest.raises(MirrorError, match="a file store"):
@@ -223,14 +223,22 @@ def test_a_store_mlflow_cannot_use_is_named_before_any_work(tmp_path, monkeypatc
     after every cell had run (MLflow's model-registry message, or minutes of retry warnings)."""
     from mgrq.tracking import check_store_kind
 
-    with pytest.raises(MirrorError, match=r"^MLflow tracking URI htp://h:5000: unknown scheme 'htp'; expected "
-                                          r"sqlite:///PATH\.db or http\(s\)://SERVER"):
+    with pytest.raises(MirrorError, match=r"^MLflow tracking URI htp://h:5000: unknown scheme 'htp' \(MLflow has no "
+                                          r"store for it\); expected sqlite:///PATH\.db or http\(s\)://SERVER"):
         check_store_kind("htp://h:5000")
     with pytest.raises(MirrorError, match=r"^MLflow tracking URI sqlite:////proc/x\.db: database '/proc/x\.db': "
                                           r"cannot create a file in '/proc'"):
         check_store_kind("sqlite:////proc/x.db")
     check_store_kind(f"sqlite:///{tmp_path}/new/folder/m.db")  # a folder still to be created is fine
     assert not (tmp_path / "new").exists()  # the check leaves nothing behind
+    # reading (a report --from mlflow) probes nothing: a store MLflow can read but not write is fine
+    from mgrq.tracking import check_reachable
+
+    monkeypatch.setattr("mgrq.records.os.access", lambda *a, **k: False)  # every folder read-only
+    check_reachable("sqlite:////proc/x.db", write=False)
+    with pytest.raises(MirrorError, match="is not writable"):
+        check_reachable(f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.undo()
     suite = write_suite(tmp_path / "st.yaml")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/x.db")
     assert main(["suite", "run", str(suite), "--out", str(tmp_path / "runs"), "--executor", "debug"]) == 2

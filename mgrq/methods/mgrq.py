@@ -176,7 +176,7 @@ class MGRQConfig:
             raise ValueError(f"global_tau={self.global_tau}: expected > 0")
         if self.global_every < 1:
             raise ValueError(f"global_every={self.global_every}: expected >= 1")
-        if not 0 <= self.global_batch <= self.batch:
+        if self.global_batch < 0 or (self.w_global > 0 and self.global_batch > self.batch):  # fits, when EBGS runs
             raise ValueError(f"global_batch={self.global_batch}: expected 0 (the whole batch) .. batch={self.batch}")
         for f, v in self.FIXED.items():
             if getattr(self, f) != v:
@@ -212,9 +212,20 @@ class MGRQConfig:
         """The fields that do not act in this config: those the variant pins (its switched-off
         parts) and a switched-off term's weight and settings. A report compares the rows of an
         ablation table on the other fields only."""
-        out = set(self.FIXED)
+        return self.inert_of({w: getattr(self, w) for w in TERM_SETTINGS})
+
+    @classmethod
+    def inert_of(cls, values: dict[str, Any]) -> set[str]:
+        """:meth:`inert` from a record's raw config values (strings, or fields of older code),
+        without building (validating) a config: a record written before a check existed is read
+        as it ran. A weight absent or unreadable counts as its default."""
+        out = set(cls.FIXED)
         for w, names in TERM_SETTINGS.items():
-            if getattr(self, w) == 0:
+            try:
+                weight = float(values.get(w, getattr(cls, w)))
+            except (TypeError, ValueError):
+                weight = float(getattr(cls, w))
+            if weight == 0:
                 out |= {w, *names}
         return out
 
