@@ -173,8 +173,9 @@ def _check_dest_free(dest: Path, names: tuple[str, ...] | list[str], what: str) 
     clash = [n for n in names if (dest / n).exists() and n not in listed]
     if clash:
         raise ConfigError(f"{what} {dest}: holds {', '.join(clash[:4])}{', ...' if len(clash) > 4 else ''}, which no "
-                          f"report wrote ({MANIFEST} does not list {'it' if len(clash) == 1 else 'them'}); expected "
-                          "a new or empty folder, or one a report wrote: choose another --dest, or move those files")
+                          f"report listed as its own ({MANIFEST}): files of yours, or of an older report that wrote "
+                          "no list; expected a new or empty folder, or one a report wrote: choose another --dest, "
+                          "or move those files")
 
 
 def _earlier_outputs(dest: Path, own_folder: bool) -> set[str]:

@@ -560,8 +560,8 @@ def test_a_report_leaves_no_file_of_an_older_one(tmp_path):
         (paper / name).write_text("the user's")
     from mgrq.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"--dest .*paper: holds main\.tex, notes\.md, which no report wrote "
-                                          r"\(\.mgrq-report\.json does not list them\); expected a new or empty folder"):
+    with pytest.raises(ConfigError, match=r"--dest .*paper: holds main\.tex, notes\.md, which no report listed as "
+                                          r"its own \(\.mgrq-report\.json\): files of yours, .*; expected a new or empty"):
         build_report(out, "rep", "A", pdf="no", figures=True, paired="none", dest=paper)
     assert sorted(p.name for p in paper.iterdir()) == ["main.tex", "mine.txt", "notes.md"]
     assert all((paper / n).read_text() == "the user's" for n in ("main.tex", "mine.txt", "notes.md"))
