@@ -175,7 +175,7 @@ class Table:
                 lead = [name] + ([wa(r.bits)] if self.show_wa else [])
                 lines.append("| " + " | ".join(lead + cells) + " |")
         if self.notes:
-            lines += [""] + [f"{n}  " for n in self.notes]
+            lines += [""] + [("\\" + n if n.startswith("*") else n) + "  " for n in self.notes]  # a mark, not a bullet
         return "\n".join(lines) + "\n"
 
 

@@ -272,7 +272,7 @@ def test_cells_without_a_result_are_marked_and_named_by_state(tmp_path):
     rep = build_report(out, "s", "L", pdf="no", published=False, figures=False)
     md = rep.main_markdown
     assert "| RepQ-ViT | 4/4 | **75.00**\\* |" in md and "| Percentile | 4/4 | 71.00 ± 1.41 |" in md
-    assert "\n* some seeds failed or have no result yet; mean over the seeds that finished." in md
+    assert "\n\\* some seeds failed or have no result yet; mean over the seeds that finished." in md
     assert rep.notes[0] == ("3 of the 6 cells of the grid have no finished result: 1 interrupted "
                             "(tiny_vit.qdrop.w4a4.s1); 1 running (tiny_vit.qdrop.w4a4.s0); 1 not started "
                             "(tiny_vit.repq_vit.w4a4.s1); `mgrq suite status s --label L` lists them")
