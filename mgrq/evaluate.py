@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,17 +97,67 @@ def data_workers(dataset: Dataset, batch_size: int) -> int:
 def _worker_init(_: int) -> None:
     """A loader process ignores SIGTERM: SLURM signals the whole job on a requeue or cancel, and a
     worker killed first would fail the cell (torch reports its death) before the job's own
-    handler stops it as unfinished; the worker ends with its parent."""
+    handler stops it as unfinished. It ends when its loader is shut down (:func:`batches` does,
+    also on an error), or with its parent; :func:`_kill_leftover_workers` covers the rest."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _kill_leftover_workers() -> None:
+    """At exit, SIGKILL the loader processes still alive (a loader iterator abandoned without being
+    shut down). multiprocessing's own exit handler would SIGTERM them, which they ignore, and then
+    wait for them forever: the process would hang instead of exiting."""
+    import multiprocessing
+    import signal
+    import threading
+
+    left = [p for p in multiprocessing.active_children() if is_loader_process(p.pid)]
+    if not left:
+        return
+    if threading.current_thread() is threading.main_thread():  # torch's SIGCHLD handler would raise on their deaths
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for p in left:
+        p.kill()
+
+
+def is_loader_process(pid: int | None) -> bool:
+    """Whether ``pid`` is a torch loader process (it names itself ``pt_data_worker``; Linux)."""
+    try:
+        return open(f"/proc/{pid}/comm").read().strip() == "pt_data_worker"
+    except OSError:
+        return False
+
+
 def loader(dataset: Dataset, batch_size: int, workers: int | None = None, pin: bool = False) -> DataLoader:
-    """Batches of ``dataset`` in order; ``workers=None``: :func:`data_workers`."""
+    """Batches of ``dataset`` in order; ``workers=None``: :func:`data_workers`. Iterate it with
+    :func:`batches`, which shuts its loader processes down however the loop ends."""
     n = data_workers(dataset, batch_size) if workers is None else workers
+    if n > 0:
+        _register_exit_kill()
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=n, pin_memory=pin and n > 0,
                       worker_init_fn=_worker_init if n > 0 else None)
+
+
+@functools.cache
+def _register_exit_kill() -> None:
+    import atexit
+
+    atexit.register(_kill_leftover_workers)  # runs before multiprocessing's handler (registered earlier)
+
+
+@contextlib.contextmanager
+def batches(data: DataLoader) -> Iterator[Iterator[Any]]:
+    """An iterator over ``data`` whose loader processes are shut down (sent their stop signal and
+    joined) when the block ends, by an exception or an interrupt too: an iterator left to the
+    garbage collector keeps its processes while a traceback holds it."""
+    it = iter(data)
+    try:
+        yield it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)  # torch's multi-process iterator
+        if shutdown is not None:
+            shutdown()
 
 
 @torch.no_grad()
@@ -131,14 +183,15 @@ def evaluate(
     correct1 = correct5 = seen = 0
     with eval_mode(model):
         cuda = dev.type == "cuda"
-        batches = loader(dataset, batch_size, workers if workers is not None or cuda else 0, pin=cuda)
-        for images, labels in tqdm(batches, desc=desc, disable=not progress, leave=False):
-            images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-            logits = model(images)
-            k = min(5, logits.shape[-1])
-            top = logits.topk(k, dim=-1).indices
-            hit = top == labels[:, None]
-            correct1 += int(hit[:, 0].sum())
-            correct5 += int(hit.any(dim=-1).sum())
-            seen += labels.numel()
+        data = loader(dataset, batch_size, workers if workers is not None or cuda else 0, pin=cuda)
+        with batches(data) as it:
+            for images, labels in tqdm(it, total=len(data), desc=desc, disable=not progress, leave=False):
+                images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+                logits = model(images)
+                k = min(5, logits.shape[-1])
+                top = logits.topk(k, dim=-1).indices
+                hit = top == labels[:, None]
+                correct1 += int(hit[:, 0].sum())
+                correct5 += int(hit.any(dim=-1).sum())
+                seen += labels.numel()
     return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "n": float(seen)}

@@ -136,8 +136,39 @@ def test_corrupt_image_is_named_in_this_process_and_from_loader_workers(tmp_path
                 r"expected a readable image file$")
     with pytest.raises(DataError, match=expected):
         b.val[0]
-    with pytest.raises(DataError, match=expected):  # a worker's exception comes back wrapped in a traceback
+    with pytest.raises(DataError, match=expected) as raised:  # a worker's exception comes back wrapped
         evaluate(model, b.val, batch_size=4, device="cpu", workers=1, progress=False)
+    # its loader process is gone although the traceback (held here) still references the loop: it
+    # ignores SIGTERM, so one left behind would make the process hang at exit
+    assert raised.traceback and _loader_processes() == []
+
+
+def _loader_processes() -> list:
+    import multiprocessing
+
+    from mgrq.evaluate import is_loader_process
+
+    return [p for p in multiprocessing.active_children() if is_loader_process(p.pid)]
+
+
+def test_loader_processes_left_behind_are_killed_at_exit():
+    """A loader iterator abandoned without being shut down keeps its processes, which ignore
+    SIGTERM: multiprocessing's exit handler would wait for them forever. Ours kills them first."""
+    from mgrq.evaluate import _kill_leftover_workers, loader
+
+    import signal
+
+    before = signal.getsignal(signal.SIGCHLD)
+    it = iter(loader(_SigtermDisposition(), 1, workers=1))
+    next(it)
+    (proc,) = _loader_processes()
+    try:
+        _kill_leftover_workers()
+        proc.join(timeout=10)
+        assert not proc.is_alive() and _loader_processes() == []
+        del it
+    finally:
+        signal.signal(signal.SIGCHLD, before)  # torch installs its handler once per process
 
 
 def test_class_folders_are_checked_up_front(tmp_path):
@@ -203,6 +234,36 @@ def test_an_imagenet_tune_split_is_carved_from_train_and_kept_from_calibration(t
     torch.save(model.state_dict(), ckpt)
     assert main(["quantize", "--model", "deit_tiny_patch16_224", "--method", "percentile", "--w-bits", "4",
                  "--a-bits", "4", "--data-root", str(root), "--checkpoint", str(ckpt), "--eval-split", "tune"]) == 2
+
+
+def test_a_calibration_size_beyond_train_is_named_up_front(tmp_path, capsys):
+    """A calibration draw larger than train/ (less the tune split) used to fail every job on its
+    draw, after the model and the FP evaluation; it is found before any work, reading only as
+    many class folders as the count needs."""
+    from harness_helpers import write_suite
+
+    from mgrq.cli import main
+
+    root = make_image_folder(tmp_path / "two", n_classes=2, per_class=12)
+    data.check_class_images(root, "w: ", calib=(24, "x"))
+    with pytest.raises(DataError, match=r"^w: .*two/train: 24 images calibration can draw from; x draws calib=25: "
+                                        r"expected at most 24$"):
+        data.check_class_images(root, "w: ", calib=(25, "x"))
+    data.check_class_images(root, "w: ", tune=True, calib=(4, "x"))
+    with pytest.raises(DataError, match=r"train: 4 images calibration can draw from, beside the 10 per class of the tune "
+                                        r"split; x draws calib=5"):
+        data.check_class_images(root, "w: ", tune=True, calib=(5, "x"))
+    ckpt = tmp_path / "deit.pth"
+    torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=2).state_dict(), ckpt)
+    assert main(["quantize", "--model", "deit_tiny_patch16_224", "--method", "percentile", "--w-bits", "4",
+                 "--a-bits", "4", "--data-root", str(root), "--checkpoint", str(ckpt)]) == 2  # its default: 32
+    assert "24 images calibration can draw from; method percentile (its default) draws calib=32" in capsys.readouterr().err
+    suite = write_suite(tmp_path / "inet.yaml", models=["deit_tiny_patch16_224"], calibration={"n": 16},
+                        data={"root": str(root)}, checkpoints={"deit_tiny_patch16_224": str(ckpt)})
+    assert main(["suite", "run", str(suite), "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
+    capsys.readouterr()
+    assert main(["suite", "run", str(suite), "--out", str(tmp_path / "runs"), "--dry-run", "--calib", "100"]) == 2
+    assert "24 images calibration can draw from; --calib draws calib=100" in capsys.readouterr().err
 
 
 def test_empty_class_folders_and_a_flat_val_folder_are_named_up_front(tmp_path, capsys):
