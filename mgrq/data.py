@@ -194,11 +194,14 @@ def _no_images(folder: Path, where: str = "") -> DataError:
                      f"expected layout {IMAGENET_LAYOUT}")
 
 
-def check_class_images(root: str | os.PathLike, where: str = "", tune: bool = False) -> None:
+def check_class_images(root: str | os.PathLike, where: str = "", tune: bool = False,
+                       calib: tuple[int, str] | None = None) -> None:
     """Every class folder of ``root``'s ``train/`` and ``val/`` holds an image file: an empty one
     would fail every job on this root. ``tune``: each ``train/`` folder also holds more than the
-    tune split takes (:data:`IMAGENET_TUNE_PER_CLASS`). Each folder is read only as far as that
-    needs; no image is opened."""
+    tune split takes (:data:`IMAGENET_TUNE_PER_CLASS`). ``calib``: ``(n, who)``, ``train/`` holds
+    at least ``n`` images calibration can draw from (beside the tune split), else every job of
+    ``who`` fails on its draw. Each folder is read only as far as that needs (for ``n`` up to a
+    few thousand, a few class folders); no image is opened."""
     import itertools
 
     for sub in ("train", "val"):
@@ -210,6 +213,18 @@ def check_class_images(root: str | os.PathLike, where: str = "", tune: bool = Fa
                 raise _no_images(Path(root) / sub / cls, where)
             if n < need:
                 raise _too_few_for_tune(Path(root) / sub / cls, n, where)
+    if calib is None:
+        return
+    want, who = calib
+    have = 0
+    for cls in class_folders(Path(root) / "train", where):
+        with os.scandir(Path(root) / "train" / cls) as it:
+            have += sum(1 for e in it if _is_image(e)) - (IMAGENET_TUNE_PER_CLASS if tune else 0)
+        if have >= want:
+            return
+    beside = f", beside the {IMAGENET_TUNE_PER_CLASS} per class of the tune split" if tune else ""
+    raise DataError(f"{where}{Path(root) / 'train'}: {have} images calibration can draw from{beside}; {who} draws "
+                    f"calib={want}: expected at most {have}")
 
 
 class UnreadableImageError(DataError):

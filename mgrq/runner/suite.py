@@ -185,7 +185,13 @@ class Suite:
                 if m not in ck:  # the hub weights, offline: else every job of the model fails on them
                     check_pretrained_cached(m, f"{where}: ", f"--checkpoint {m}=PATH (or checkpoints.{m} in the file)")
             if any(not _is_tiny(m) for m in run):
-                check_class_images(root, at, tune=self.eval_split == "tune")
+                from mgrq.methods import get_method
+
+                sizes = [(s.calib if s.calib is not None else get_method(s.method).default_calib, f"method {s.name}")
+                         for s in select(self.specs(), only, self.name) if not _is_tiny(s.model)]
+                if calib is not None:  # --calib: every method's, for this run
+                    sizes = [(calib, "--calib")]
+                check_class_images(root, at, tune=self.eval_split == "tune", calib=max(sizes))
         from mgrq.zoo import check_overrides, check_units
 
         for what, bo in [("bits_overrides", self.bits_overrides)] + [
