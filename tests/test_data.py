@@ -154,9 +154,9 @@ def _loader_processes() -> list:
 def test_loader_processes_left_behind_are_killed_at_exit():
     """A loader iterator abandoned without being shut down keeps its processes, which ignore
     SIGTERM: multiprocessing's exit handler would wait for them forever. Ours kills them first."""
-    from mgrq.evaluate import _kill_leftover_workers, loader
-
     import signal
+
+    from mgrq.evaluate import _kill_leftover_workers, loader
 
     before = signal.getsignal(signal.SIGCHLD)
     it = iter(loader(_SigtermDisposition(), 1, workers=1))

@@ -117,7 +117,10 @@ def test_one_imagenet_w4a4_cell_end_to_end(tmp_path, imagenet_folder, capsys):
             "--checkpoint", f"deit_tiny_patch16_224={ckpt}"]
     assert main(argv) == 2
     assert "train: 3 class folders, but model vit_small_patch16_224 has 1000 outputs" in capsys.readouterr().err
-    assert main([*argv, "--only", "^deit_tiny_patch16_224[.]"]) == 0
+    # the reconstruction methods draw 1,024 images at paper scale: 33 train/ images do not hold them
+    assert main([*argv, "--only", "^deit_tiny_patch16_224[.]"]) == 2
+    assert "train: 33 images calibration can draw from; method qdrop draws calib=1024" in capsys.readouterr().err
+    assert main([*argv, "--only", "^deit_tiny_patch16_224[.]", "--calib", "8"]) == 0
     assert main(["quantize", "--model", "deit_small_patch16_224", "--method", "percentile", "--w-bits", "4",
                  "--a-bits", "4", "--data-root", str(imagenet_folder)]) == 2
     assert "3 class folders, but model deit_small_patch16_224 has 1000 outputs" in capsys.readouterr().err
