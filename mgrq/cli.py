@@ -63,7 +63,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from mgrq.data import check_class_images, check_imagenet_root
     from mgrq.errors import ConfigError
     from mgrq.methods import get_method
-    from mgrq.methods.registry import check_init_calib
+    from mgrq.methods.registry import check_init_calib, run_calib
     from mgrq.run import execute, failed_record
     from mgrq.zoo import (
         check_checkpoint,
@@ -84,9 +84,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         check_imagenet_root(spec.data_root, spec.model)
         n = check_checkpoint(spec.model, spec.checkpoint) if spec.checkpoint else num_classes(spec.model)
         check_imagenet_root(spec.data_root, spec.model, num_classes=n)
-        n = spec.calib if spec.calib is not None else get_method(spec.method).default_calib
-        check_class_images(spec.data_root, tune=spec.eval_split == "tune",
-                           calib=(n, "--calib" if spec.calib is not None else f"method {spec.method} (its default)"))
+        check_class_images(spec.data_root, tune=spec.eval_split == "tune", calib=(
+            run_calib(spec), "--calib" if spec.calib is not None else f"method {spec.method} (its default)"))
         if not spec.checkpoint:  # offline, the hub weights must be cached
             check_pretrained_cached(spec.model)
     cfg = get_method(spec.method).make_config(dict(spec.method_config))  # a bad --set fails here too

@@ -200,28 +200,28 @@ def check_class_images(root: str | os.PathLike, where: str = "", tune: bool = Fa
     would fail every job on this root. ``tune``: each ``train/`` folder also holds more than the
     tune split takes (:data:`IMAGENET_TUNE_PER_CLASS`). ``calib``: ``(n, who)``, ``train/`` holds
     at least ``n`` images calibration can draw from (beside the tune split), else every job of
-    ``who`` fails on its draw. Each folder is read only as far as that needs (for ``n`` up to a
-    few thousand, a few class folders); no image is opened."""
+    ``who`` fails on its draw. Each folder is read only as far as that needs (in full for the
+    first ``train/`` folders, until they hold ``n``: a few, for ``n`` up to a few thousand); no
+    image is opened."""
     import itertools
 
+    want, who = calib if calib is not None else (0, "")
+    have = 0  # train/ images calibration can draw from, in the folders counted in full
     for sub in ("train", "val"):
         need = IMAGENET_TUNE_PER_CLASS + 1 if tune and sub == "train" else 1
         for cls in class_folders(Path(root) / sub, where):
+            count = sub == "train" and have < want
             with os.scandir(Path(root) / sub / cls) as it:
-                n = sum(1 for _ in itertools.islice((e for e in it if _is_image(e)), need))
+                images = (e for e in it if _is_image(e))
+                n = sum(1 for _ in (images if count else itertools.islice(images, need)))
             if n == 0:
                 raise _no_images(Path(root) / sub / cls, where)
             if n < need:
                 raise _too_few_for_tune(Path(root) / sub / cls, n, where)
-    if calib is None:
+            if count:
+                have += n - (IMAGENET_TUNE_PER_CLASS if tune else 0)
+    if have >= want:
         return
-    want, who = calib
-    have = 0
-    for cls in class_folders(Path(root) / "train", where):
-        with os.scandir(Path(root) / "train" / cls) as it:
-            have += sum(1 for e in it if _is_image(e)) - (IMAGENET_TUNE_PER_CLASS if tune else 0)
-        if have >= want:
-            return
     beside = f", beside the {IMAGENET_TUNE_PER_CLASS} per class of the tune split" if tune else ""
     raise DataError(f"{where}{Path(root) / 'train'}: {have} images calibration can draw from{beside}; {who} draws "
                     f"calib={want}: expected at most {have}")

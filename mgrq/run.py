@@ -39,6 +39,7 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
     from mgrq.data import sample_calibration
     from mgrq.evaluate import evaluate, pick_device
     from mgrq.methods import RunContext, get_method
+    from mgrq.methods.registry import run_calib
     from mgrq.surgery import LayerPolicy, quantize_model
 
     started = records.now()
@@ -58,7 +59,7 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
     model = zoo.create_model(spec.model, spec.checkpoint)
     bundle = zoo.data_bundle_for(spec.model, model, spec.data_root, spec.eval_split)
     val = _subset(bundle.val, spec.eval_limit)
-    n_calib = spec.calib or method.default_calib
+    n_calib = run_calib(spec)
     calib = sample_calibration(bundle, n_calib, spec.seed)  # before the FP evaluation: a bad size fails fast
     t_load = time.perf_counter() - t0
 

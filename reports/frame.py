@@ -139,15 +139,22 @@ def record_settings(rec: dict[str, Any]) -> dict[str, str]:
         return {}
 
 
+def _finished(df: pd.DataFrame) -> list[tuple[str, str, str, dict[str, str]]]:
+    """``(run id, row name, method, settings)`` of each finished cell of ``df`` (its settings as
+    :func:`record_settings` read them; none where they could not be read)."""
+    by_cell = df.attrs.get("settings") or {}
+    done = df[df["status"] == "done"]
+    return [(str(rid), str(name), str(method), by_cell.get((lab, rid)) or {})
+            for lab, rid, name, method in zip(done["label"], done["run_id"], done["name"], done["method"], strict=True)]
+
+
 def splits(df: pd.DataFrame) -> dict[str, tuple[int, list[str]]]:
     """The evaluation splits of ``df``'s finished cells: ``{split: (cells, their ids)}``
     (``heldout`` where a record does not say: it ran before the tune split existed)."""
-    by_cell = df.attrs.get("settings") or {}
-    done = df[df["status"] == "done"]
     out: dict[str, list[str]] = {}
-    for lab, rid in zip(done["label"], done["run_id"], strict=True):
-        split = str((by_cell.get((lab, rid)) or {}).get("eval_split", "heldout"))
-        out.setdefault("heldout" if split == "None" else split, []).append(str(rid))
+    for rid, _, _, cell in _finished(df):
+        split = str(cell.get("eval_split", "heldout"))
+        out.setdefault("heldout" if split == "None" else split, []).append(rid)
     return {k: (len(v), v) for k, v in sorted(out.items())}
 
 
@@ -158,12 +165,10 @@ def settings_changes(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
     (evaluation, image bits, layer policy, calibration size, method config); a config field
     that only one side's records have (added to the method since) is not compared."""
     def values(df: pd.DataFrame) -> dict[str, dict[str, set[str]]]:
-        by_cell = df.attrs.get("settings") or {}
-        done = df[df["status"] == "done"]
         out: dict[str, dict[str, set[str]]] = {}
-        for lab, rid, name in zip(done["label"], done["run_id"], done["name"], strict=True):
-            for k, v in (by_cell.get((lab, rid)) or {}).items():
-                out.setdefault(str(name), {}).setdefault(k, set()).add(str(v))
+        for _, name, _, cell in _finished(df):
+            for k, v in cell.items():
+                out.setdefault(name, {}).setdefault(k, set()).add(str(v))
         return out
 
     va, vb = values(a), values(b)
@@ -202,16 +207,14 @@ def row_differences(df: pd.DataFrame, rows: list[str]) -> list[str]:
     is :func:`mixed_settings`' note. An ablation of MGRQ's terms should differ in its terms only;
     e.g. ``w_global`` set for ``mgrq`` alone (its variants are other methods, which a suite's
     ``overrides.mgrq`` does not reach) shows here."""
-    by_cell = df.attrs.get("settings") or {}
-    done = df[(df["status"] == "done") & df["name"].isin(rows) & (df["name"] == df["method"])]
+    cells = [(name, method, cell) for _, name, method, cell in _finished(df) if name in rows and name == method]
     per_key: dict[str, dict[str, set[str]]] = {}
-    for lab, rid, name, method in zip(done["label"], done["run_id"], done["name"], done["method"], strict=True):
-        cell = by_cell.get((lab, rid)) or {}
-        inert = _inert(str(method), cell)
+    for name, method, cell in cells:
+        inert = _inert(method, cell)
         for k, v in cell.items():
             if k not in TABLE_SETTINGS and k not in inert:
-                per_key.setdefault(k, {}).setdefault(str(name), set()).add(v)
-    present = [r for r in rows if r in set(done["name"])]
+                per_key.setdefault(k, {}).setdefault(name, set()).add(v)
+    present = [r for r in rows if r in {name for name, _, _ in cells}]
     for k, by_row in per_key.items():  # a layer policy or image bits one row lacks: as mixed_settings
         if not k.startswith("config."):
             for r in present:

@@ -143,9 +143,9 @@ def choices(method: Method, field: str) -> tuple[Any, ...] | None:
     fixed = getattr(method.config_cls, "FIXED", {})  # an MGRQ variant's switched-off parts
     if field in fixed:
         return (fixed[field],)
-    cfg = method.make_config()
-    if field in getattr(cfg, "inert", set)():  # the settings of a part the variant switches off: the default only
-        return (getattr(cfg, field),)
+    inert_of = getattr(method.config_cls, "inert_of", None)  # with its defaults, as they are for every run
+    if inert_of is not None and field in inert_of({}):  # settings of a part the variant switches off: the default
+        return (getattr(method.config_cls, field),)
     return CHOICES.get(field)
 
 

@@ -56,13 +56,18 @@ class Method:
         return build_config(self.config_cls, overrides, self.name)
 
 
+def run_calib(spec: Any) -> int:
+    """The calibration images a run draws: its ``calib``, else its method's default."""
+    return spec.calib if spec.calib is not None else get_method(spec.method).default_calib
+
+
 def check_init_calib(spec: Any, where: str) -> None:
     """A reconstruction method's ``init_calib`` given beyond the run's calibration images is an
     error before any work (:class:`ConfigError` naming ``where``), not a silent "all of them": the
     record would claim more images than the initial quantizers saw. Its default is not checked
     (the first N of however many there are)."""
     n = dict(spec.method_config).get("init_calib")
-    calib = spec.calib if spec.calib is not None else get_method(spec.method).default_calib
+    calib = run_calib(spec)
     if isinstance(n, int) and n > calib:
         src = "calib" if spec.calib is not None else f"{spec.method}'s default calib"
         raise ConfigError(f"{where}init_calib={n}: more than the {calib} calibration images of the run ({src}); "

@@ -281,7 +281,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     rep, no_report = None, None
     if not args.no_report and (summary.done + summary.skipped) == 0:
         no_report = "none written: no cell of the label has finished"
-    if not args.no_report and (summary.done + summary.skipped) > 0:
+    elif not args.no_report:
         from reports.build import build_report
 
         try:

@@ -178,19 +178,18 @@ class Suite:
                     f"pass --data-root PATH or set data.root ({IMAGENET_LAYOUT}); --dry-run needs it "
                     "too, the data root is part of every cell's hash"
                 )
-            run = {s.model for s in select(self.specs(), only, self.name)}
+            chosen = [s for s in select(self.specs(), only, self.name) if not _is_tiny(s.model)]  # cells to run
+            run = {s.model for s in chosen}
             at = "--data-root: " if data_root is not None else f"{where}: data.root: "  # who gave the root
             for m in (m for m in self.models if not _is_tiny(m) and m in run):  # class folders against each head
                 check_imagenet_root(root, m, at, classes[m] if m in classes else num_classes(m))
                 if m not in ck:  # the hub weights, offline: else every job of the model fails on them
                     check_pretrained_cached(m, f"{where}: ", f"--checkpoint {m}=PATH (or checkpoints.{m} in the file)")
-            if any(not _is_tiny(m) for m in run):
-                from mgrq.methods import get_method
+            if chosen:
+                from mgrq.methods.registry import run_calib
 
-                sizes = [(s.calib if s.calib is not None else get_method(s.method).default_calib, f"method {s.name}")
-                         for s in select(self.specs(), only, self.name) if not _is_tiny(s.model)]
-                if calib is not None:  # --calib: every method's, for this run
-                    sizes = [(calib, "--calib")]
+                sizes = [(calib, "--calib")] if calib is not None else [  # --calib: every method's, for this run
+                    (run_calib(s), f"method {s.name}") for s in chosen]
                 check_class_images(root, at, tune=self.eval_split == "tune", calib=max(sizes))
         from mgrq.zoo import check_overrides, check_units
 
@@ -211,15 +210,14 @@ class Suite:
             eval_limit=eval_limit if eval_limit is not None else self.eval_limit,
         )
         from mgrq.data import mnist_split_indices
-        from mgrq.methods import get_method
-        from mgrq.methods.registry import check_init_calib
+        from mgrq.methods.registry import check_init_calib, run_calib
 
         pool = len(mnist_split_indices()["train" if self.eval_split == "heldout" else "fit"])
         for spec in {(sp.name, _is_tiny(sp.model)): sp for sp in out.specs()}.values():  # per method entry
             at = f"{where}: method {spec.name}: " + ("(with --calib) " if calib is not None else "")
             check_init_calib(spec, at)
-            n = spec.calib if spec.calib is not None else get_method(spec.method).default_calib
-            if _is_tiny(spec.model) and n > pool:  # (an ImageNet train/ folder's size is checked by the cell)
+            n = run_calib(spec)
+            if _is_tiny(spec.model) and n > pool:  # (an ImageNet train/ folder: check_class_images above)
                 split = "training digits" if self.eval_split == "heldout" else "training digits outside the tune split"
                 raise ConfigError(f"{at}calib={n}: more than the {pool} {split} calibration draws from "
                                   f"(tiny zoo); expected at most {pool}")
