@@ -17,7 +17,8 @@ Both run on the shared engine (:mod:`mgrq.recon`), after initial quantizers from
 Pass 1 learns AdaRound rounding with activation quantization off (20,000 iterations per unit,
 Adam lr 1e-3, rounding weight 0.01, beta 20 -> 2 after a 0.2 warm-up, batch 32 from 1,024
 cached images, unit inputs from the already weight-quantized model, output MSE; Fisher-diagonal
-weighting behind ``block_loss=fisher``, ``(|g| + 1)^2`` as coded). Pass 2 switches activation
+weighting behind ``block_loss=fisher``, ``(|g| + fisher_damping)^2``, damping 1 as coded; a
+``fisher_damping`` without ``block_loss=fisher`` is refused, not ignored). Pass 2 switches activation
 quantization on with the hard-rounded weights and learns the activation steps (5,000
 iterations per unit, Adam lr 4e-4 with cosine decay, ``|y_hat - y|^2.4`` error, MSE as coded).
 

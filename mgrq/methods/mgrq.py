@@ -59,7 +59,10 @@ refuses a config that turns it back on): ``mgrq`` (everything), ``mgrq_obwr`` (`
 ``w_local=0``), ``mgrq_obwr_global`` (``w_local=0``), ``mgrq_obwr_local`` (``w_global=0``),
 ``mgrq_sum_fusion`` (``fusion=sum``). ``mgrq_obwr`` is the engine's QDrop reconstruction from
 the RepQ-ViT init: bit for bit the result of ``qdrop`` with ``init=repq_vit``,
-``init_calib=32`` and ``fusion=normalized`` (tested).
+``init_calib=32`` and ``fusion=normalized`` (tested). A switched-off term's own settings
+(``global_tau``, ``global_every``, ``global_batch`` with ``w_global=0``; ``local_metric`` with
+``w_local=0``) are refused at other values than their defaults, not ignored: the record and the
+cell's hash would claim them (``inert()`` names them; reports compare ablation rows without them).
 
 **Defaults**, chosen on the ``tune`` split (500 digits carved from the 4,000 training images;
 the held-out digits were never evaluated; calibration draws from the other 3,500. The tiny FP
