@@ -9,7 +9,8 @@ figures, and a compiled PDF of the tables when ``pdflatex`` is installed.
 Output (default ``<out>/<suite>/<label>/report/``): ``main.tex``, ``main.md``, ``ablation.tex``,
 ``ablation.md`` (suites with an ablation), ``paired.tex``, ``paired.md`` (with a reference
 method: ``--paired METHOD`` or the suite's ``report.paired``), ``cost.tex``, ``cost.md``
-(quantization time and peak memory), ``tables.tex`` + ``tables.pdf``, ``results.csv``,
+(quantization time and peak memory), ``setup.tex``, ``setup.md`` (each row's calibration size and
+the settings in which it differs from its method's defaults), ``tables.tex`` + ``tables.pdf``, ``results.csv``,
 ``acc_vs_bits.{pdf,png}``, ``ablation.{pdf,png}``, ``acc_vs_time.{pdf,png}``, ``notes.md`` +
 ``notes.tex`` (when there is something to note; the last page of ``tables.pdf``); for a comparison,
 ``compare-<A>-vs-<B>.{md,tex,csv}``. A cell recorded twice in one label (rerun under another
@@ -153,7 +154,7 @@ def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
 
 # every file a report may write into its folder: tables, figures, pdflatex's files, the CSV
 PDF_FILES = tuple(f"tables.{ext}" for ext in ("tex", "pdf", "aux", "log"))
-OUTPUTS = tuple(f"{stem}.{ext}" for stem in ("main", "ablation", "paired", "cost", "notes") for ext in ("tex", "md")) + tuple(
+OUTPUTS = tuple(f"{stem}.{ext}" for stem in ("main", "ablation", "paired", "cost", "setup", "notes") for ext in ("tex", "md")) + tuple(
     f"{stem}.{ext}" for stem in ("acc_vs_bits", "ablation", "acc_vs_time") for ext in ("pdf", "png")) + PDF_FILES + (
     "results.csv",)
 MANIFEST = ".mgrq-report.json"  # the files the last report wrote into its folder
@@ -267,6 +268,13 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     models = _order(list(df["model"]), info.get("models") or [])
     names = _order(list(df["name"]), info.get("methods") or [])
     notes: list[str] = []
+    full: list[tuple[str, list[str]]] = []  # the lists that a note names only the first of, for notes.md
+
+    def listed(items: list[str], what: str) -> str:
+        if len(items) > 3:
+            full.append((what, items))
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more, listed in notes.md" if len(items) > 3 else "")
+
     if paired not in (None, "none") and paired not in names:
         what = (f"a method of suite {suite} with no finished cell in label {label}"
                 if paired in (info.get("methods") or []) else f"not a method of suite {suite} [{label}]")
@@ -280,11 +288,11 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     unreadable = df.attrs.get("unreadable") or []
     if unreadable:
         notes.append(f"{len(unreadable)} record file(s) left out, unreadable or malformed (rerun the suite to "
-                     f"redo those cells): {_listed(unreadable)}")
+                     f"redo those cells): {listed(unreadable, 'record files left out, unreadable or malformed')}")
     superseded = df.attrs.get("superseded") or []
     if superseded:
         notes.append(f"{len(superseded)} record(s) left out: the label holds a newer record of the same cell "
-                     f"(a rerun with other options): {_listed(superseded)}")
+                     f"(a rerun with other options): {listed(superseded, 'records left out, superseded by a newer record')}")
     from mgrq.runner.layout import grid_cells
 
     grid = [c["id"] for c in grid_cells(info)]
@@ -293,7 +301,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if missing:
         states = _unfinished_states(out, suite, label, info, missing, df, source)
         notes.append(f"{len(missing)} of the {len(grid)} cells of the grid have no finished result: "
-                     + "; ".join(f"{len(ids)} {st} ({_listed(ids)})" for st, ids in states.items())
+                     + "; ".join(f"{len(ids)} {st} ({listed(ids, f'cells {st}')})" for st, ids in states.items())
                      + f"; `mgrq suite status {suite} --label {label}` lists them")
         gone_rows = [n for n in dict.fromkeys(info.get("methods") or []) if n not in names]
         gone_cols = [m for m in dict.fromkeys(info.get("models") or []) if m not in models]
@@ -308,7 +316,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if warned:
         notes.append(f"{len(warned)} finished cell(s) ran with a warning: a unit's output error rose during "
                      f"reconstruction (the record's warnings name it; a learning rate may be too high): "
-                     f"{_listed(warned)}")
+                     f"{listed(warned, 'finished cells that ran with a warning')}")
     shas = df.loc[df["status"] == "done", "git_sha"].fillna("unknown").value_counts()
     if len(shas) > 1:  # one table from several versions of the code: say which, and how many cells each
         notes.append(f"the finished cells ran from {len(shas)} source trees (each record's git_sha): "
@@ -323,6 +331,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     tune = "tune" in splits
     ablation = [a for a in info.get("ablation") or [] if a in names]
     differ = F.row_differences(df, ablation)
+    setups = F.row_setups(df, names)
     df.attrs.pop("settings", None)  # pandas copies attrs into every frame derived from df
     if mixed:  # e.g. a rerun of some cells with --eval-limit, or of an edited suite, in the same label
         notes.append("the finished cells put side by side ran with different settings (a rerun of some cells "
@@ -367,6 +376,10 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     (dest / "cost.md").write_text(cost.markdown())
     rep.tables += [dest / "cost.tex", dest / "cost.md"]
     fragments.append("cost.tex")
+    (dest / "setup.tex").write_text(T.setup_latex(setups, suite, label))
+    (dest / "setup.md").write_text(T.setup_markdown(setups, suite, label))
+    rep.tables += [dest / "setup.tex", dest / "setup.md"]
+    fragments.append("setup.tex")
     df.to_csv(dest / "results.csv", index=False)
     rep.tables.append(dest / "results.csv")
     if figures:
@@ -379,7 +392,9 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     # what the tables leave out, kept beside them and at the end of tables.pdf (none: no files)
     notes_md, notes_tex = dest / "notes.md", dest / "notes.tex"
     if rep.notes:
-        notes_md.write_text(f"# Notes on {suite} [{label}]\n\n" + "".join(f"- {n}\n" for n in rep.notes))
+        notes_md.write_text(f"# Notes on {suite} [{label}]\n\n" + "".join(f"- {n}\n" for n in rep.notes)
+                            + "".join(f"\n## {len(items)} {what}\n\n" + "".join(f"- {i}\n" for i in items)
+                                      for what, items in full))
         notes_tex.write_text(T.notes_latex(rep.notes, suite, label))
         rep.tables += [notes_md, notes_tex]
         fragments.append("notes.tex")

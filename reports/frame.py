@@ -11,6 +11,7 @@ the cell ran from, ``+dirty.<hash>`` when its code was modified), source ("run" 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,52 @@ def row_differences(df: pd.DataFrame, rows: list[str]) -> list[str]:
             for r, v in shown.items():
                 groups.setdefault(v, []).append(r)
             out.append(f"{k} = " + ", ".join(f"{v} ({', '.join(rs)})" for v, rs in groups.items()))
+    return out
+
+
+def _defaults(method: str) -> dict[str, str]:
+    """The settings keys of a cell of ``method`` at their defaults, as :func:`settings` spells
+    them (the run spec's image bits and layer policy, the method's config fields); only the spec's
+    where the method is not registered (a record from another version of the code)."""
+    from dataclasses import MISSING, fields
+
+    from mgrq.errors import UnknownNameError
+    from mgrq.methods import get_method
+    from mgrq.spec import RunSpec
+
+    spec = {f.name: f.default for f in fields(RunSpec)}
+    out = {"image_bits": str(spec["image_bits"])}
+    try:
+        cls = get_method(method).config_cls
+    except UnknownNameError:
+        return out
+    for f in fields(cls):
+        if f.default is not MISSING:
+            v = f.default
+            out[f"config.{f.name}"] = json.dumps(v) if isinstance(v, list | dict) else str(v)
+    return out
+
+
+def row_setups(df: pd.DataFrame, names: list[str]) -> list[tuple[str, str, str, list[str]]]:
+    """What each table row ran with, from its finished cells' records: ``(row name, method,
+    calibration images, settings)``, where the settings are those that differ from the method's
+    defaults (``mgrq methods METHOD``; a suite's overrides and a variant's own settings) and a
+    layer policy, as ``key=value``; values that differ between a row's cells are joined by
+    ``/`` (the report's notes say which cells). Rows without a finished cell are not listed."""
+    rows: dict[str, tuple[str, dict[str, set[str]]]] = {}
+    for _, name, method, cell in _finished(df):
+        got = rows.setdefault(name, (method, {}))[1]
+        for k, v in cell.items():
+            if k not in TABLE_SETTINGS:
+                got.setdefault(k, set()).add(str(v))
+    out = []
+    for name in [n for n in names if n in rows]:
+        method, got = rows[name]
+        calib = "/".join(sorted(got.pop("calib", {"?"}), key=lambda v: (len(v), v)))
+        base = _defaults(method)
+        shown = [f"{k.removeprefix('config.').replace('bits_overrides', 'layers')}={'/'.join(sorted(vs))}"
+                 for k, vs in sorted(got.items()) if vs != {base.get(k)}]
+        out.append((name, method, calib, shown))
     return out
 
 

@@ -277,3 +277,22 @@ def test_cells_without_a_result_are_marked_and_named_by_state(tmp_path):
                             "(tiny_vit.qdrop.w4a4.s1); 1 running (tiny_vit.qdrop.w4a4.s0); 1 not started "
                             "(tiny_vit.repq_vit.w4a4.s1); `mgrq suite status s --label L` lists them")
     assert rep.notes[1] == "the tables have no row for qdrop: none of their cells has a result yet"
+
+
+def test_notes_md_lists_in_full_what_a_note_names_the_first_three_of(tmp_path):
+    """A note names three cells, then how many more; ``notes.md`` lists every one of them, by
+    state, so nothing has to be looked up elsewhere."""
+    out = tmp_path / "runs"
+    root = out / "s" / "L"
+    put(out, "s", "L", "tiny_vit", "percentile", 0, 70.0)
+    specs = [RunSpec(model="tiny_vit", method="percentile", w_bits=4, a_bits=4, seed=s) for s in range(6)]
+    cells = [{"id": sp.run_id, "hash": sp.content_hash, "dir": f"{sp.run_id}-{sp.content_hash}"} for sp in specs]
+    records.write_record(root / "suite.json", {"created": "2026-01-01T00:00:00", "models": ["tiny_vit"],
+                                               "methods": ["percentile"], "bits": ["W4A4"], "cells": cells})
+    rep = build_report(out, "s", "L", pdf="no", published=False, figures=False)
+    ids = [c["id"] for c in cells[1:]]
+    assert rep.notes[0] == (f"5 of the 6 cells of the grid have no finished result: 5 not started ({', '.join(ids[:3])} "
+                            "and 2 more, listed in notes.md); `mgrq suite status s --label L` lists them")
+    md = (rep.dest / "notes.md").read_text()
+    assert md.endswith("\n## 5 cells not started\n\n" + "".join(f"- {i}\n" for i in ids)), md
+    assert "listed in notes.md" not in (rep.dest / "main.md").read_text()

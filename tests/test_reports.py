@@ -757,3 +757,37 @@ def test_ablation_rows_of_older_records_are_compared_as_they_ran(tmp_path):
     notes = build_report(out, "abl", "O", pdf="no", figures=False).notes
     assert any("rows differ in more than the parts each switches off: image_bits = 8 (mgrq_obwr), 6 (mgrq)" in n
                for n in notes), notes
+
+
+def test_setup_table_gives_each_rows_calibration_and_settings_off_their_defaults(tmp_path):
+    """Each row's budget and settings, read from its records: what differs from the method's
+    registered defaults (a suite's overrides, a variant's own settings, an image bit-width),
+    values that differ between a row's cells joined by ``/``; a row at its defaults shows a
+    dash. It compiles into the report's PDF."""
+    out = tmp_path / "runs"
+    rows = ["percentile", "pct8", "mgrq_obwr", "mgrq"]
+    records.write_record(out / "st" / "L" / "suite.json", {"models": ["tiny_vit"], "methods": rows,
+                                                          "bits": ["W4A4"]})
+    for seed in (0, 1):
+        put(out, "st", "L", "tiny_vit", "percentile", "W4A4", seed, 90.0)
+        put(out, "st", "L", "tiny_vit", "percentile", "W4A4", seed, 90.0, variant="pct8",
+            config={"act_init": "minmax"}, image_bits=6)
+        put(out, "st", "L", "tiny_vit", "mgrq_obwr", "W4A4", seed, 91.0, config={"iters": 100})
+        put(out, "st", "L", "tiny_vit", "mgrq", "W4A4", seed, 92.0, config={"iters": 100 + 50 * seed, "w_local": 0.0})
+    rep = build_report(out, "st", "L", pdf="auto", published=False, figures=False)
+    md = (rep.dest / "setup.md").read_text().splitlines()
+    assert md[2:] == [
+        "| Method | Runs as | Calib. | Settings |", "|:--|:--|--:|:--|",
+        "| Percentile | `percentile` | 32 | – |",
+        "| pct8 | `percentile` | 32 | `act_init=minmax`, `image_bits=6` |",
+        "| MGRQ: OBWR only | `mgrq_obwr` | 32 | `iters=100` |",
+        "| MGRQ | `mgrq` | 32 | `iters=100/150`, `w_local=0.0` |",
+    ]
+    tex = (rep.dest / "setup.tex").read_text()
+    assert r"MGRQ & \texttt{mgrq} & 32 & \texttt{iters=100/150}, \allowbreak \texttt{w\_local=0.0} \\" in tex
+    assert r"\label{tab:st-setup}" in tex
+    if rep.pdf is not None:  # pdflatex installed: the setup table is a page of the compiled tables
+        text = subprocess.run(["pdftotext", "-layout", str(rep.pdf), "-"], capture_output=True,
+                              text=True, check=True).stdout
+        text = " ".join(text.replace("_", " ").split())  # pdftotext reads a typewriter \_ as a space
+        assert "pct8 percentile 32 act init=minmax, image bits=6" in text, text
