@@ -138,6 +138,28 @@ def test_malformed_suite_names_file_field_and_expectation(tmp_path, fields, wher
     assert "\n" not in msg
 
 
+def test_a_suite_file_with_several_problems_names_them_all_in_one_error(tmp_path, capsys):
+    """Every field is checked before the error, so one run names every problem (a line each);
+    a field checked against another that is wrong (``report.ablation`` against ``methods``) waits
+    until that one is right, so it is not named falsely."""
+    path = write_suite(tmp_path / "bad.yaml", bits=["W4A4", "W4X4"], seeds=[0, 0], colour="red", size=3,
+                       methods=["percentile", "percentil"], report={"ablation": ["percentile", "nosuch"]},
+                       data={"eval_split": "test"})
+    with pytest.raises(ConfigError) as e:
+        load_suite(path)
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"{path}: 6 problems:", lines
+    assert [ln.split("'")[1] for ln in lines[1:]] == ["colour", "size", "bits[1]", "methods[1].name", "seeds",
+                                                      "data.eval_split"], lines
+    assert all(ln.startswith("  field '") for ln in lines[1:]), lines
+    assert "unknown method 'percentil'. Did you mean 'percentile'" in lines[4]
+    assert main(["suite", "run", str(path), "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: 6 problems:\n  field 'colour': unknown field")
+    path = write_suite(tmp_path / "bad.yaml", report={"ablation": ["percentile", "nosuch"]})  # now it is checked
+    with pytest.raises(ConfigError, match=r"field 'report.ablation\[1\]': unknown method 'nosuch'"):
+        load_suite(path)
+
+
 def test_a_suite_or_profile_that_is_not_utf8_is_one_error_line(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "latin1.yaml"
     bad.write_bytes(b"name: t\ndescription: caf\xe9\nmodels: [tiny_vit]\nbits: [W4A4]\nmethods: [percentile]\n")

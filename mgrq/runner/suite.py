@@ -20,14 +20,16 @@ settings, data location, per-method overrides and executor defaults::
     executor: {timeout_min: 240, cpus_per_task: 8, gpus_per_node: 1}
     report: {ablation: [percentile, percentile-minmax]}
 
-A malformed file raises :class:`~mgrq.errors.ConfigError` (or ``UnknownNameError``) with one line
-naming the file, the field and what was expected, before anything is submitted.
+A malformed file raises :class:`~mgrq.errors.ConfigError` (or ``UnknownNameError``) naming the
+file, the field and what was expected, before anything is submitted: one line, or with several
+problems a line for each.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -466,102 +468,175 @@ class _Parser:
             bits_overrides_at=at.get("bits_overrides", "bits_overrides"),
         )
 
+    @contextmanager
+    def part(self) -> Iterator[None]:
+        """Check one part of the file: its error is kept, and the next part is checked."""
+        try:
+            yield
+        except MGRQError as e:
+            self.problems.append(e)
+
+    def failed(self) -> MGRQError:
+        """The file's one error as it was raised, or all of them in one error, a line each."""
+        if len(self.problems) == 1:
+            return self.problems[0]
+        lead = f"{self.path}: "
+        lines = [str(e).removeprefix(lead) for e in self.problems]
+        return ConfigError(f"{self.path}: {len(lines)} problems:\n" + "\n".join(f"  {ln}" for ln in lines))
+
     def suite(self, d: dict[str, Any]) -> Suite:
-        d = self.keys(d, "", TOP_FIELDS)
+        """The suite of the file's fields ``d``. Every field is checked before an error is raised,
+        so that it names every problem found; a field that depends on another one that is wrong
+        (``report.ablation`` on ``methods``) is checked once the other one is right."""
+        self.problems: list[MGRQError] = []
+        for k in [k for k in d if k not in TOP_FIELDS]:
+            with self.part():
+                raise self.err(str(k), f"unknown field{did_you_mean(k, TOP_FIELDS)}; expected one of "
+                               f"{', '.join(TOP_FIELDS)}")
+        d = {k: v for k, v in d.items() if k in TOP_FIELDS}
         name = d.get("name", self.path.stem)
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise self.err("name", f"expected a name of letters, digits, '.', '_', '-', got {name!r}")
-        if not isinstance(d.get("description"), str) or not d["description"].strip():
-            raise self.err("description", "expected a non-empty string (one line, shown by `mgrq suite list`)")
+        with self.part():
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise self.err("name", f"expected a name of letters, digits, '.', '_', '-', got {name!r}")
+        with self.part():
+            if not isinstance(d.get("description"), str) or not d["description"].strip():
+                raise self.err("description", "expected a non-empty string (one line, shown by `mgrq suite list`)")
         if "command" not in d or d["command"] is None:  # documentation: how the suite is meant to be run
             d = {**d, "command": f"mgrq suite run {self.path}"}
-        elif not isinstance(d["command"], str) or not d["command"].strip():
-            raise self.err("command", "expected a non-empty string, or the field left out")
-        models = self.str_list(d, "models")
+        with self.part():
+            if not isinstance(d["command"], str) or not d["command"].strip():
+                raise self.err("command", "expected a non-empty string, or the field left out")
+        n0 = len(self.problems)
+        models: list[str] = []
+        with self.part():
+            models = self.str_list(d, "models")
         for i, m in enumerate(models):
-            self.name_check("model", m, f"models[{i}]")
-            if m in models[:i]:
-                raise self.err(f"models[{i}]", f"{m!r} listed twice; expected each model once")
-        bits_in = d.get("bits")
-        if isinstance(bits_in, str):
-            bits_in = [bits_in]
-        if not isinstance(bits_in, list) or not bits_in:
-            raise self.err("bits", f"expected a non-empty list of WxAy strings, got {bits_in!r}")
+            with self.part():
+                self.name_check("model", m, f"models[{i}]")
+                if m in models[:i]:
+                    raise self.err(f"models[{i}]", f"{m!r} listed twice; expected each model once")
+        models_ok = len(self.problems) == n0
         bits: list[tuple[int, int]] = []
-        for i, b in enumerate(bits_in):
-            try:
-                wa = parse_bits(str(b))
-            except ConfigError as e:
-                raise self.err(f"bits[{i}]", str(e)) from None
-            if wa in bits:
-                raise self.err(f"bits[{i}]", f"{b!r} is bits[{bits.index(wa)}] again; expected each bit-width once")
-            bits.append(wa)
+        with self.part():
+            bits_in = d.get("bits")
+            if isinstance(bits_in, str):
+                bits_in = [bits_in]
+            if not isinstance(bits_in, list) or not bits_in:
+                raise self.err("bits", f"expected a non-empty list of WxAy strings, got {bits_in!r}")
+            for i, b in enumerate(bits_in):
+                with self.part():
+                    try:
+                        wa = parse_bits(str(b))
+                    except ConfigError as e:
+                        raise self.err(f"bits[{i}]", str(e)) from None
+                    if wa in bits:
+                        raise self.err(f"bits[{i}]", f"{b!r} is bits[{bits.index(wa)}] again; expected each "
+                                       "bit-width once")
+                    bits.append(wa)
         overrides = d.get("overrides") or {}
-        if not isinstance(overrides, dict):
-            raise self.err("overrides", f"expected a mapping METHOD: {{{', '.join(OVERRIDE_FIELDS)}}}")
-        methods_in = d.get("methods")
-        if isinstance(methods_in, str):
-            methods_in = [methods_in]
-        if not isinstance(methods_in, list) or not methods_in:
-            raise self.err("methods", f"expected a non-empty list of method names or mappings, got {methods_in!r}")
-        methods = tuple(self.method(i, m, overrides) for i, m in enumerate(methods_in))
+        with self.part():
+            if not isinstance(overrides, dict):
+                overrides = {}
+                raise self.err("overrides", f"expected a mapping METHOD: {{{', '.join(OVERRIDE_FIELDS)}}}")
+        n0 = len(self.problems)
+        methods: list[MethodEntry] = []
+        with self.part():
+            methods_in = d.get("methods")
+            if isinstance(methods_in, str):
+                methods_in = [methods_in]
+            if not isinstance(methods_in, list) or not methods_in:
+                raise self.err("methods", f"expected a non-empty list of method names or mappings, got {methods_in!r}")
+            for i, m in enumerate(methods_in):
+                with self.part():
+                    methods.append(self.method(i, m, overrides))
         names = [m.name for m in methods]
-        dup = next((n for n in names if names.count(n) > 1), None)
-        if dup:
-            raise self.err("methods", f"{dup!r} listed twice; give one of them a distinct 'variant' name")
-        for k in overrides:
-            self.member("method", k, {*names, *(m.method for m in methods)}, f"overrides.{k}")
+        with self.part():
+            dup = next((n for n in names if names.count(n) > 1), None)
+            if dup:
+                raise self.err("methods", f"{dup!r} listed twice; give one of them a distinct 'variant' name")
+        methods_ok = len(self.problems) == n0  # the fields naming methods are checked against a full list
+        if methods_ok:
+            for k in overrides:
+                with self.part():
+                    self.member("method", k, {*names, *(m.method for m in methods)}, f"overrides.{k}")
         seeds = d.get("seeds", [0])
         if isinstance(seeds, int):
             seeds = [seeds]
-        if (not isinstance(seeds, list) or not seeds
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-                or len(set(seeds)) != len(seeds)):
-            raise self.err("seeds", f"expected a list of distinct non-negative integers, got {seeds!r}")
-        calib = self.keys(d.get("calibration") or {}, "calibration", ("n",))
-        data = self.keys(d.get("data") or {}, "data", ("root", "eval_split"))
+        with self.part():
+            if (not isinstance(seeds, list) or not seeds
+                    or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+                    or len(set(seeds)) != len(seeds)):
+                raise self.err("seeds", f"expected a list of distinct non-negative integers, got {seeds!r}")
+        calib = None
+        with self.part():
+            calib = self.opt_int(self.keys(d.get("calibration") or {}, "calibration", ("n",)).get("n"),
+                                 "calibration.n")
+        data: dict[str, Any] = {}
+        with self.part():
+            data = self.keys(d.get("data") or {}, "data", ("root", "eval_split"))
         root = data.get("root")
-        if root is not None and not isinstance(root, str):
-            raise self.err("data.root", f"expected a folder path or null, got {root!r}")
+        with self.part():
+            if root is not None and not isinstance(root, str):
+                raise self.err("data.root", f"expected a folder path or null, got {root!r}")
         eval_split = data.get("eval_split", "heldout")
-        if eval_split not in ("heldout", "tune"):
-            raise self.err("data.eval_split", f"expected 'heldout' or 'tune', got {eval_split!r}")
+        with self.part():
+            if eval_split not in ("heldout", "tune"):
+                raise self.err("data.eval_split", f"expected 'heldout' or 'tune', got {eval_split!r}")
         ck = d.get("checkpoints") or {}
-        if not isinstance(ck, dict) or not all(isinstance(v, str) for v in ck.values()):
-            raise self.err("checkpoints", "expected a mapping MODEL: PATH of weights files")
-        for m in ck:
-            self.member("model", m, models, f"checkpoints.{m}")
-        if root is not None and not Path(root).is_absolute():
-            root = str((self.path.parent / root).resolve())
-        ck = {m: p if Path(p).expanduser().is_absolute() else str((self.path.parent / p).resolve())
-              for m, p in ck.items()}
-        ex = self.keys(d.get("executor") or {}, "executor", EXECUTOR_FIELDS)
-        rep = self.keys(d.get("report") or {}, "report", REPORT_FIELDS)
+        with self.part():
+            if not isinstance(ck, dict) or not all(isinstance(v, str) for v in ck.values()):
+                ck = {}
+                raise self.err("checkpoints", "expected a mapping MODEL: PATH of weights files")
+        if models_ok:
+            for m in ck:
+                with self.part():
+                    self.member("model", m, models, f"checkpoints.{m}")
+        ex: dict[str, Any] = {}
+        with self.part():
+            ex = self.keys(d.get("executor") or {}, "executor", EXECUTOR_FIELDS)
+        rep: dict[str, Any] = {}
+        with self.part():
+            rep = self.keys(d.get("report") or {}, "report", REPORT_FIELDS)
         ablation = rep.get("ablation", False)
         if ablation is True or ablation == "all":
             ablation = names
         elif ablation in (False, None):
             ablation = []
-        if not isinstance(ablation, list):
-            raise self.err("report.ablation", f"expected true, 'all' or a list of names from {', '.join(names)}")
-        for i, a in enumerate(ablation):
-            self.member("method", a, names, f"report.ablation[{i}]")
+        with self.part():
+            if not isinstance(ablation, list):
+                raise self.err("report.ablation", f"expected true, 'all' or a list of names from {', '.join(names)}")
+            for i, a in enumerate(ablation if methods_ok else []):
+                with self.part():
+                    self.member("method", a, names, f"report.ablation[{i}]")
         caption = rep.get("caption")
-        if caption is not None and not isinstance(caption, str):
-            raise self.err("report.caption", "expected a string")
+        with self.part():
+            if caption is not None and not isinstance(caption, str):
+                raise self.err("report.caption", "expected a string")
         paired = rep.get("paired")
-        if paired is not None:
-            self.member("method", paired, names, "report.paired")
+        with self.part():
+            if paired is not None and methods_ok:
+                self.member("method", paired, names, "report.paired")
+        eval_limit, image_bits = None, 8
+        bits_overrides: tuple[tuple[str, Any], ...] = ()
+        with self.part():
+            eval_limit = self.opt_int(d.get("eval_limit"), "eval_limit")
+        with self.part():
+            image_bits = self.opt_int(d.get("image_bits", 8), "image_bits", 2, 16) or 8
+        with self.part():
+            bits_overrides = self.bits_overrides(d.get("bits_overrides"), "bits_overrides")
+        if self.problems:
+            raise self.failed()
+        if root is not None and not Path(root).is_absolute():
+            root = str((self.path.parent / root).resolve())
+        ck = {m: p if Path(p).expanduser().is_absolute() else str((self.path.parent / p).resolve())
+              for m, p in ck.items()}
         suite = Suite(
             name=name, path=self.path, description=d["description"].strip(),
-            command=d["command"].strip(), models=tuple(models), bits=tuple(bits), methods=methods,
-            seeds=tuple(seeds), calib=self.opt_int(calib.get("n"), "calibration.n"),
-            data_root=root, eval_split=eval_split, checkpoints=tuple(sorted(ck.items())),
-            eval_limit=self.opt_int(d.get("eval_limit"), "eval_limit"),
-            image_bits=self.opt_int(d.get("image_bits", 8), "image_bits", 2, 16) or 8,
-            bits_overrides=self.bits_overrides(d.get("bits_overrides"), "bits_overrides"),
-            executor=tuple(sorted(ex.items())), ablation=tuple(ablation), caption=caption,
-            paired=paired, raw=d,
+            command=d["command"].strip(), models=tuple(models), bits=tuple(bits), methods=tuple(methods),
+            seeds=tuple(seeds), calib=calib, data_root=root, eval_split=eval_split,
+            checkpoints=tuple(sorted(ck.items())), eval_limit=eval_limit, image_bits=image_bits,
+            bits_overrides=bits_overrides, executor=tuple(sorted(ex.items())), ablation=tuple(ablation),
+            caption=caption, paired=paired, raw=d,
         )
         if self.check_names:
             try:
