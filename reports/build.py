@@ -231,6 +231,11 @@ def _listed(items: list[str]) -> str:
     return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
 
 
+def _check_float(float_env: str) -> None:
+    if float_env not in T.FLOATS:
+        raise ConfigError(f"--float {float_env}: expected one of {', '.join(T.FLOATS)}")
+
+
 def _make_dest(dest: Path, what: str) -> None:
     """Create the report folder (checked with ``records.check_writable`` before any work)."""
     try:
@@ -243,13 +248,15 @@ def _make_dest(dest: Path, what: str) -> None:
 def build_report(out: str | Path, suite: str, label: str | None = None, source: str = "records",
                  dest: str | Path | None = None, published: bool | str | Path = True,
                  pdf: str = "auto", uri: str | None = None, figures: bool = True,
-                 paired: str | None = None) -> Report:
+                 paired: str | None = None, float_env: str = "table") -> Report:
     """Tables and figures of one label of a suite. ``pdf``: ``auto`` (compile when pdflatex is
-    installed), ``yes`` (must compile) or ``no``. ``paired``: the reference method of the paired
+    installed), ``yes`` (must compile) or ``no``. ``float_env``: ``table`` or ``table*`` (for
+    a two-column paper), the float of every ``.tex`` table. ``paired``: the reference method of the paired
     table (default: the suite's ``report.paired``; ``"none"``: no paired table). An explicit
     ``paired`` that is not a method of the label fails before anything is written; the suite's
     setting is skipped with a note instead (a partial run, or an old label). A ``dest`` that
     cannot be a folder, or a bad published CSV, also fails before anything is written."""
+    _check_float(float_env)
     out = Path(out)
     what = "--dest" if dest else "report folder"
     dest = records.check_writable(dest, what, folder=True) if dest else None
@@ -348,9 +355,14 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     earlier = _earlier_outputs(dest, own_folder)
     rep = Report(dest=dest, frame=df, notes=notes)
     evals = df.loc[df["status"] == "done", "n_eval"].dropna()
-    n_eval = float(evals.iloc[0]) if len(evals) and evals.nunique() == 1 else None
+    n_eval: float | tuple[float, float] | None = None
+    if evals.nunique() == 1:
+        n_eval = float(evals.iloc[0])
+    elif len(evals):  # e.g. a rerun of some cells with --eval-limit: the caption gives the range
+        n_eval = (float(evals.min()), float(evals.max()))
     main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"), n_eval, info.get("bits"),
                         tune=tune)
+    main.float_env = float_env
     fragments = ["main.tex"]
     (dest / "main.tex").write_text(main.latex())
     (dest / "main.md").write_text(main.markdown())
@@ -358,6 +370,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     rep.main_markdown = main.markdown()
     if ablation:
         abl = T.ablation_table(agg, models, ablation, suite, label, info.get("bits"), n_eval, tune=tune)
+        abl.float_env = float_env
         (dest / "ablation.tex").write_text(abl.latex())
         (dest / "ablation.md").write_text(abl.markdown())
         rep.tables += [dest / "ablation.tex", dest / "ablation.md"]
@@ -366,17 +379,19 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if pt is not None and not pt.groups:
         rep.notes.append(f"paired table skipped: no finished cell pairs with {reference} by seed")
     elif pt is not None:
+        pt.float_env = float_env
         (dest / "paired.tex").write_text(pt.latex())
         (dest / "paired.md").write_text(pt.markdown())
         rep.tables += [dest / "paired.tex", dest / "paired.md"]
         rep.paired_markdown = pt.markdown()
         fragments.append("paired.tex")
     cost = T.cost_table(agg, models, names, suite, label, info.get("bits"))
+    cost.float_env = float_env
     (dest / "cost.tex").write_text(cost.latex())
     (dest / "cost.md").write_text(cost.markdown())
     rep.tables += [dest / "cost.tex", dest / "cost.md"]
     fragments.append("cost.tex")
-    (dest / "setup.tex").write_text(T.setup_latex(setups, suite, label))
+    (dest / "setup.tex").write_text(T.setup_latex(setups, suite, label, float_env))
     (dest / "setup.md").write_text(T.setup_markdown(setups, suite, label))
     rep.tables += [dest / "setup.tex", dest / "setup.md"]
     fragments.append("setup.tex")
@@ -413,9 +428,10 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
 
 def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, threshold: float = 1.0,
                   source: str = "records", uri: str | None = None,
-                  dest: str | Path | None = None) -> tuple[pd.DataFrame, list[Path], str]:
+                  dest: str | Path | None = None, float_env: str = "table") -> tuple[pd.DataFrame, list[Path], str]:
     """Delta table between two labels of a suite; flags cells that moved by more than
     ``threshold`` points of top-1 or newly failed. Returns (frame, files, markdown)."""
+    _check_float(float_env)
     if not 0 <= threshold < float("inf"):  # NaN too: no delta would be flagged
         raise ConfigError(f"--threshold {threshold}: expected a finite number >= 0 (points of top-1)")
     out = Path(out)
@@ -441,12 +457,13 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
         raise ReportError(f"--compare {label_a} {label_b}: the finished cells of {said[0]}, of {said[1]}; "
                           "expected two labels evaluated on one split")
     changes = F.settings_changes(fa, fb)
-    cmp = T.compare_frame(fa, fb, threshold)
+    info = suite_info(out, suite, b)
+    cmp = T.compare_frame(fa, fb, threshold, info.get("models"), info.get("methods"))
     dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)
     _make_dest(dest, what)
     md = T.compare_markdown(cmp, a, b, threshold, changes)
     (dest / f"{stem}.md").write_text(md)
-    (dest / f"{stem}.tex").write_text(T.compare_latex(cmp, suite, a, b, threshold, changes))
+    (dest / f"{stem}.tex").write_text(T.compare_latex(cmp, suite, a, b, threshold, changes, float_env))
     cmp.to_csv(dest / f"{stem}.csv", index=False)
     records.write_record(dest / MANIFEST, {"files": sorted({*(_listed_files(dest) or []), *files})})
     return cmp, [dest / f for f in files], md

@@ -16,6 +16,7 @@ from harness_helpers import require_latex
 
 from mgrq import records
 from mgrq.cli import main
+from mgrq.errors import ConfigError
 from mgrq.spec import RunSpec
 from reports.build import ReportError, build_report
 
@@ -25,7 +26,7 @@ MODELS = ["deit_tiny_patch16_224", "tiny_vit"]
 def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, seed: int,
         top1: float | None, fp: float = 80.0, variant: str | None = None, qs: float = 2.0,
         eval_limit: int | None = None, finished: str | None = None, warnings: list[str] | None = None,
-        config: dict | None = None, image_bits: int = 8, eval_split: str = "heldout") -> None:
+        config: dict | None = None, image_bits: int = 8, eval_split: str = "heldout", n_eval: int = 50) -> None:
     from mgrq.config import config_dict
     from mgrq.methods import get_method
 
@@ -40,7 +41,7 @@ def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, s
     if top1 is None:
         rec.update(status="failed", error={"type": "RuntimeError", "message": "boom", "traceback": ""})
     else:
-        rec.update(status="done", metrics={"top1": top1, "top5": 99.0, "fp_top1": fp, "fp_top5": 99.5, "n_eval": 50.0},
+        rec.update(status="done", metrics={"top1": top1, "top5": 99.0, "fp_top1": fp, "fp_top5": 99.5, "n_eval": float(n_eval)},
                    timings={"quantize_s": qs, "total_s": qs + 1}, peak_mem_mb=100.0,
                    calibration={"n": 32, "seed": seed, "ids_hash": "x"}, warnings=warnings or [])
     records.write_record(out / suite / label / f"{spec.run_id}-{spec.content_hash}" / "record.json", rec)
@@ -228,9 +229,12 @@ def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "Model" not in ln]
     assert rows[0] == "| DeiT-T | RepQ-ViT | 4/4 | 1 | 75.50 | fail | – | **newly failed** |"
     moved = [r for r in rows if "**moved**" in r]
-    assert len(moved) == 2 and all("| 70.00 | 67.50 | -2.50 |" in r for r in moved)
+    assert len(moved) == 2 and all("| 70.00 | 67.50 | −2.50 |" in r for r in moved)
     assert "| tiny ViT | RepQ-ViT | 4/4 | 1 | 75.50 | 75.90 | +0.40 |  |" in rows
     assert "| tiny ViT | RepQ-ViT | 6/6 | 0 | fail | fail | – | still failing |" in rows
+    plain = [r.split(" | ")[:2] for r in rows if r.endswith("|  |")]  # unflagged: in the suite's order
+    assert plain == [["| DeiT-T", m] for m in ("Percentile", "Percentile", "RepQ-ViT", "pct-mm", "pct-mm")] + [
+        ["| tiny ViT", m] for m in ("Percentile", "Percentile", "RepQ-ViT", "RepQ-ViT", "pct-mm", "pct-mm")], plain
     assert (out / "rep" / "B" / "report" / "compare-A-vs-B.tex").is_file()
     assert main(["report", "rep", "--out", str(out), "--compare", "A", "B"]) == 0  # not strict
     capsys.readouterr()
@@ -791,3 +795,64 @@ def test_setup_table_gives_each_rows_calibration_and_settings_off_their_defaults
                               text=True, check=True).stdout
         text = " ".join(text.replace("_", " ").split())  # pdftotext reads a typewriter \_ as a space
         assert "pct8 percentile 32 act init=minmax, image bits=6" in text, text
+
+
+def _compile(doc: Path, preamble: str, body: str) -> str:
+    """pdflatex a document of ``body`` in ``doc``; returns its log."""
+    (doc / "t.tex").write_text(f"\\documentclass{preamble}\n\\usepackage{{booktabs,graphicx}}\n"
+                               f"\\begin{{document}}\n{body}\\end{{document}}\n")
+    r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=doc,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
+    return (doc / "t.log").read_text(errors="replace")
+
+
+def test_tables_fit_a_two_column_paper(tmp_path):
+    """Each table is scaled down to the column where it is wider, and only there (a table that
+    fits keeps its size); ``--float table*`` makes them span both columns. Two tables of one
+    report \\input into one paper compile together (one shared box)."""
+    require_latex()
+    out = tmp_path / "runs"
+    make_runs(out)
+    rep = build_report(out, "rep", "A", pdf="no", figures=False, paired="repq_vit")
+    doc = tmp_path / "doc"
+    doc.mkdir()
+    names = ("main", "ablation", "paired", "cost", "setup")
+    for f in names:
+        (doc / f"{f}.tex").write_text((rep.dest / f"{f}.tex").read_text())
+    inputs = "".join(f"\\input{{{f}.tex}}\n" for f in names)
+    log = _compile(doc, "[twocolumn]{article}", inputs)
+    assert "Overfull \\hbox" not in log, log[-3000:]
+    assert r"\resizebox" in (rep.dest / "paired.tex").read_text()
+    # the test's paired table is 1.3 columns wide: without the box it overflows a column
+    (doc / "bare.tex").write_text((doc / "paired.tex").read_text().replace("\\resizebox{\\linewidth}{!}", ""))
+    assert "Overfull \\hbox" in _compile(doc, "[twocolumn]{article}", "\\input{bare.tex}\n")
+    build_report(out, "rep", "A", pdf="no", figures=False, paired="repq_vit", float_env="table*")
+    for f in names:
+        text = (rep.dest / f"{f}.tex").read_text()
+        assert "\\begin{table*}[t]" in text and text.rstrip().endswith("\\end{table*}"), f
+    with pytest.raises(ConfigError, match=r"--float figure: expected one of table, table\*"):
+        build_report(out, "rep", "A", pdf="no", figures=False, float_env="figure")
+
+
+def test_captions_say_the_seeds_the_std_and_a_suites_own_lead(tmp_path):
+    """A caption says the std is the sample std, says when a table is one seed per cell, and
+    keeps those sentences (and the image count, a range where cells differ) under a suite's own
+    ``report.caption``, which replaces only the lead. The ablation's Avg. column gets its best in
+    bold, as the others."""
+    out = tmp_path / "runs"
+    make_runs(out)
+    rep = build_report(out, "rep", "A", pdf="no", figures=False, published=False)
+    md = (rep.dest / "main.md").read_text()
+    assert "Mean ± std over the seeds that finished: 1 to 2 per cell (sample std, n−1)." in md
+    abl = (rep.dest / "ablation.md").read_text()
+    assert "| Percentile | 4/4 | **71.00** ± 1.41 | **71.00** ± 1.41 | **71.00** |" in abl
+    assert "| pct-mm | 4/4 | 60.50 ± 0.71 | 60.50 ± 0.71 | 60.50 |" in abl
+    assert r"\textbf{71.00} \\" in (rep.dest / "ablation.tex").read_text()
+    records.write_record(out / "one" / "L" / "suite.json", {"models": ["tiny_vit"], "methods": ["percentile"],
+                                                           "bits": ["W4A4"], "caption": "Top-1 of our methods."})
+    put(out, "one", "L", "tiny_vit", "percentile", "W4A4", 0, 70.0)
+    put(out, "one", "L", "tiny_vit", "percentile", "W4A4", 0, 70.0, variant="p2", eval_limit=20, n_eval=20)
+    md = (build_report(out, "one", "L", pdf="no", figures=False).dest / "main.md").read_text()
+    assert md.startswith("**Top-1 of our methods, evaluated on 20 to 50 images per cell (see the notes). "
+                         "Best per column in bold. One seed per cell.**"), md

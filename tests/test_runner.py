@@ -341,7 +341,7 @@ def test_only_runs_keep_the_whole_grid_in_status_and_report(tmp_path, capsys):
     assert main([*base, "--only", r"w8a8"]) == 0  # a second subset: the first one's cell stays listed
     text = capsys.readouterr().out
     assert "1 of the 4 cells of the grid have no finished result" in text and "tiny_vit.percentile.w4a4.s1" in text
-    assert "Mean ± std over the seeds that finished: 1 to 2 per cell." in text
+    assert "Mean ± std over the seeds that finished: 1 to 2 per cell (sample std, n−1)." in text
     assert main(["suite", "status", "part", "--out", str(out)]) == 0
     assert "3 done, 1 pending" in capsys.readouterr().out
 

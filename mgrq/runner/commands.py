@@ -121,6 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--paired", metavar="METHOD", default=None,
                     help="also write the paired table: METHOD minus each other method, paired by seed, "
                          "with 95%% intervals (default: the suite's report.paired; 'none': no paired table)")
+    rp.add_argument("--float", dest="float_env", choices=("table", "table*"), default="table",
+                    help="the float of every .tex table: table (default; a table wider than the column is "
+                         "scaled down to it) or table* (spans both columns of a two-column paper)")
     rp.add_argument("--compare", nargs=2, metavar=("LABEL_A", "LABEL_B"), default=None,
                     help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed)")
     rp.add_argument("--threshold", type=float, default=None,
@@ -437,7 +440,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.compare:
         threshold = 1.0 if args.threshold is None else args.threshold
         cmp, files, md = build_compare(out, args.suite, args.compare[0], args.compare[1],
-                                       threshold, args.source, args.tracking_uri, args.dest)
+                                       threshold, args.source, args.tracking_uri, args.dest, args.float_env)
         print(md)
         print("written: " + ", ".join(str(f) for f in files))
         from reports.tables import ALERT_FLAGS
@@ -446,7 +449,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1 if (args.strict and flagged) else 0
     published: Any = False if args.no_published else (args.published_csv or True)
     rep = build_report(out, args.suite, args.label, args.source, args.dest, published,
-                       "no" if args.no_pdf else "auto", args.tracking_uri, not args.no_figures, args.paired)
+                       "no" if args.no_pdf else "auto", args.tracking_uri, not args.no_figures, args.paired,
+                       args.float_env)
     print(rep.main_markdown)
     if rep.paired_markdown:
         print(rep.paired_markdown)
