@@ -159,20 +159,31 @@ def git_sha() -> str | None:
 
 def tree_sha(src: Path) -> str | None:
     """The git commit of the checkout at ``src``; ``+dirty.<8 hex>`` when its code
-    (:data:`CODE_PATHS`) differs from the commit, the hex digits a hash of that difference, so two
-    different modified trees of one commit do not read the same. ``None`` outside a checkout."""
+    (:data:`CODE_PATHS`) differs from the commit, tracked files changed or new files that git
+    does not ignore (a method module or suite file not yet added), the hex digits a hash of that
+    difference, so two different modified trees of one commit do not read the same. ``None``
+    outside a checkout."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return None
         diff = subprocess.run(["git", "diff", "HEAD", "--", *CODE_PATHS], cwd=src, capture_output=True, timeout=30)
-        if diff.returncode != 0:
+        new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "-z", "--", *CODE_PATHS],
+                             cwd=src, capture_output=True, timeout=30)
+        if diff.returncode != 0 or new.returncode != 0:
             return None
     except (OSError, subprocess.SubprocessError):
         return None
-    if not diff.stdout:
+    if not diff.stdout and not new.stdout:
         return sha.stdout.strip()
-    return f"{sha.stdout.strip()}+dirty.{hashlib.sha256(diff.stdout).hexdigest()[:8]}"
+    h = hashlib.sha256(diff.stdout)
+    for name in sorted(n for n in new.stdout.split(b"\0") if n):
+        try:
+            content = (src / os.fsdecode(name)).read_bytes()
+        except OSError:  # removed since it was listed, or unreadable: its name still counts
+            content = b""
+        h.update(b"\0" + name + b"\0" + hashlib.sha256(content).digest())
+    return f"{sha.stdout.strip()}+dirty.{h.hexdigest()[:8]}"
 
 
 def short_sha(sha: Any) -> str:

@@ -423,7 +423,8 @@ def test_each_local_job_runs_on_its_own_gpu(tmp_path, capsys, monkeypatch):
 
 def test_tree_sha_marks_code_changes_only(tmp_path):
     """A change to the code (not to docs or a results.csv) marks the tree dirty, with a hash of
-    the change: two different changes on one commit do not read the same."""
+    the change: two different changes on one commit do not read the same. A new file under the
+    code's folders that git does not ignore is a change too."""
     def git(*a):
         subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
 
@@ -444,6 +445,13 @@ def test_tree_sha_marks_code_changes_only(tmp_path):
     two = records.tree_sha(tmp_path)
     assert one.startswith(f"{head}+dirty.") and two.startswith(f"{head}+dirty.") and one != two
     assert records.short_sha(one) == f"{head[:12]}+dirty.{one[-8:]}" and records.short_sha(None) == "unknown"
+    git("checkout", "-q", "--", "mgrq/x.py")
+    (tmp_path / "mgrq" / "new.py").write_text("b = 1\n")  # a new module not yet added: the code differs too
+    three = records.tree_sha(tmp_path)
+    (tmp_path / "mgrq" / "new.py").write_text("b = 2\n")
+    assert three.startswith(f"{head}+dirty.") and records.tree_sha(tmp_path) not in (three, one, two)
+    (tmp_path / ".gitignore").write_text("mgrq/new.py\n")  # an ignored file (a build output) does not count
+    assert records.tree_sha(tmp_path) == head
     assert records.tree_sha(tmp_path / "docs" / "nope") is None
 
 

@@ -229,3 +229,39 @@ def test_a_dry_run_asks_the_scheduler_about_the_slurm_options(tmp_path):
         "error: sbatch --test-only refuses these options (sbatch: error: invalid partition specified: no_such_partition)")
     queued = subprocess.run(["squeue", "-h", "-n", "mgrq-t"], capture_output=True, text=True, timeout=30).stdout
     assert not (tmp_path / "runs").exists() and queued.strip() == ""  # nothing submitted
+
+
+def test_a_cancelled_job_leaves_its_cell_interrupted_not_failed(tmp_path):
+    """`scancel` of a running job (what the driver suggests for live jobs) stops its cell: no
+    result and no failure of the method, so it is shown `interrupted` (a report leaves it out,
+    not "fail") and the next run of the suite redoes it."""
+    require_slurm()
+    slow = {"name": "qdrop", "calib": 8, "config": {"iters": 100000, "batch": 4}}  # minutes: cancelled long before
+    suite = write_suite(tmp_path / "cxl.yaml", methods=[slow], eval_limit=50)
+    out = tmp_path / "runs"
+    argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(out), "--label", "C",
+            "--executor", "slurm", "--threads", "1", "--no-report", "--no-mirror"]
+    root = out / "cxl" / "C"
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        t0 = time.time()
+        while not any(e["event"] == "start" for d in root.glob("*-*") for e in read_events(d)):
+            if proc.poll() is not None or time.time() - t0 > 240:
+                pytest.fail("the cell did not start: " + "".join(proc.communicate()))
+            time.sleep(0.5)
+        job = next(e["job_id"] for d in root.glob("*-*") for e in read_events(d) if e["event"] == "start")
+        subprocess.run(["scancel", job], check=True, timeout=30)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["scancel", "--name", "mgrq-cxl"], capture_output=True, timeout=30)
+    assert proc.returncode == 1, stdout + stderr
+    assert "INTERRUPTED tiny_vit.q" in stdout, stdout
+    rec = json.loads(next(root.glob("*-*/record.json")).read_text())
+    assert rec["status"] == "failed" and rec["error"]["type"] == "Interrupted", rec["error"]
+    assert f"job {job} (slurm, state " in rec["error"]["message"] and "was cancelled" in rec["error"]["message"]
+    status = subprocess.run([sys.executable, "-m", "mgrq", "suite", "status", str(suite), "--out", str(out),
+                             "--label", "C"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert "interrupted" in status.stdout and "failed" not in status.stdout.split("cells")[-1], status.stdout

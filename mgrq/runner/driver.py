@@ -351,7 +351,8 @@ def _tail(path: Path, n: int = 15) -> str:
 
 def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str,
               before: dict[str, Any] | None = None) -> int:
-    """Cells of a finished job that have no terminal record become ``failed`` (JobLost); with
+    """Cells of a finished job that have no terminal record become ``failed`` (JobLost, or
+    Interrupted where the job was cancelled: SLURM's ``CANCELLED``, not by a time limit); with
     ``before`` (:func:`_stamp` of each record at submission), so do cells still holding the
     terminal record of an earlier run (the job ended before it started them)."""
     from mgrq.spec import RunSpec
@@ -374,11 +375,16 @@ def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str
         if said := _log_end(tail):  # where accounting is off, SLURM's state is UNKNOWN: its log still says why
             state += f"; its log: {said}"
         spec = RunSpec.from_dict(c.spec)
+        # scancel (not a time limit or a preemption): someone stopped the cell, which has no
+        # result and is no failure of the method; listings show it interrupted, reports leave it out
+        cancelled = "CANCELLED" in state and "DUE TO" not in state
         failed = {
             "schema": records.SCHEMA, "id": spec.run_id, "hash": spec.content_hash,
             "status": "failed", "spec": spec.to_dict(),
-            "error": {"type": "JobLost", "user_error": False,
-                      "message": f"job {job.job_id} ({kind}, state {state}) ended before this cell finished",
+            "error": {"type": "Interrupted" if cancelled else "JobLost", "user_error": False,
+                      "message": f"job {job.job_id} ({kind}, state {state}) "
+                                 + ("was cancelled before this cell finished; the next run of the suite redoes it"
+                                    if cancelled else "ended before this cell finished"),
                       "traceback": tail},
             "executor": {**((rec or {}).get("executor") or {}), "name": kind, "job_id": job.job_id},
             "suite": suite_meta, "versions": records.versions(), "git_sha": records.git_sha(),
