@@ -1,15 +1,30 @@
 """Figures (matplotlib, Agg backend; imported only by the report code): accuracy vs bit-width
-per model, ablation bars, accuracy vs quantization time. Each is written as PDF and PNG."""
+per model, ablation dot plot, accuracy vs quantization time. Each is written as PDF and PNG,
+sized for a paper's full text width (7 in) with 8-9 pt text, fonts embedded as TrueType."""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 import pandas as pd
 
 from reports.tables import _bits_order, device_name, method_name, model_name
+
+WIDTH = 7.0  # inches: a paper's text width, so that \includegraphics[width=\textwidth] keeps 8-9 pt
+# Type 3 fonts (matplotlib's default in PDF/PS) are refused by IEEE and ACM; 42 embeds TrueType
+_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8,
+       "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8, "legend.title_fontsize": 8}
+# Okabe-Ito, ordered so that the last of 8 methods (the grid's own, MGRQ) gets the vivid vermillion
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#000000", "#D55E00"]
+MARKERS = "os^DvPX*<>"  # 10, not 8: a method past the 8th colour gets another marker than its colour-mate
+LINES = ["-", "-.", ":"]  # not "--": that is Full Prec.'s
+STD_NOTE = "error bars: ±1 sample std over seeds"
+
+P = ParamSpec("P")
 
 
 def _plt():
@@ -21,28 +36,53 @@ def _plt():
     return plt
 
 
+def _styled(draw: Callable[P, list[Path]]) -> Callable[P, list[Path]]:
+    """``draw`` under the paper settings, for its figure only (not the process's rcParams)."""
+
+    @functools.wraps(draw)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> list[Path]:
+        with _plt().rc_context(_RC):
+            return draw(*args, **kwargs)
+
+    return wrapped
+
+
 def _save(fig, dest: Path, stem: str) -> list[Path]:
     out = []
     for ext in ("pdf", "png"):
         p = dest / f"{stem}.{ext}"
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        fig.savefig(p, dpi=150)  # no bbox_inches="tight": the figure keeps its designed width
         out.append(p)
     _plt().close(fig)
     return out
 
 
 def _colours(n: int) -> list:
-    """``n`` distinct colours: matplotlib's 10-colour cycle, or tab20 for 11 to 20 methods (the
-    ablation suite has 11: with the 10-colour cycle the 11th, MGRQ, took the 1st's colour)."""
-    plt = _plt()
-    if n <= 10:
-        return [f"C{i}" for i in range(n)]
-    cmap = plt.get_cmap("tab20")
-    return [cmap(i % 20) for i in range(n)]
+    """``n`` distinct colours, none grey (grey is Full Prec.'s): Okabe-Ito (colour-blind safe) up
+    to 8; beyond that no palette is, and tab20 without its greys, then Okabe-Ito, keep up to 26
+    apart (the ablation suite has 11: with a 10-colour cycle the 11th, MGRQ, took the 1st's)."""
+    if n <= len(OKABE_ITO):
+        return OKABE_ITO[:n]
+    cmap = _plt().get_cmap("tab20")
+    tab = [cmap(i) for i in range(20) if i not in (14, 15)] + OKABE_ITO
+    return [tab[i % len(tab)] for i in range(n)]
+
+
+def _style(i: int, n: int) -> dict[str, Any]:
+    """Colour, marker and line style of the ``i``-th of ``n`` methods: the marker and, past the
+    8th method, the line style tell methods apart where colour cannot (colour-blind readers, print)."""
+    return {"color": _colours(n)[i], "marker": MARKERS[i % len(MARKERS)], "ls": LINES[i // 8 % len(LINES)]}
+
+
+def _yerr(s: pd.DataFrame) -> pd.Series | None:
+    """The std of the rows with more than one seed (NaN elsewhere: no bar, no cap), or None when
+    no row has one, so that neither the plot nor the legend shows an error bar."""
+    several = s["n"] > 1
+    return s["std"].where(several) if several.any() else None
 
 
 def _grid(n: int) -> tuple[int, int]:
-    cols = min(4, n)
+    cols = min(3, n)
     return math.ceil(n / cols), cols
 
 
@@ -59,22 +99,34 @@ def _legend_entries(axes, order: list[str] | None = None) -> tuple[list, list[st
     return [seen[lab] for lab in labels], labels
 
 
+def _legend_below(fig, axes, order: list[str] | None, note: bool) -> None:
+    """The figure's legend under the panels (none when nothing was drawn), titled with what the
+    error bars are when any are drawn."""
+    handles, labels = _legend_entries(axes, order)
+    if labels:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(5, len(labels)), frameon=False,
+                   title=STD_NOTE if note else None)
+
+
+@_styled
 def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], dest: Path) -> list[Path]:
-    """One panel per model: top-1 (mean over seeds, error bars = std) vs bit-width, one line
-    per method; the FP accuracy as a dashed line."""
+    """One panel per model: top-1 (mean over seeds, error bars = std where there are several)
+    vs bit-width, one line per method; the FP accuracy as a grey dashed line."""
     plt = _plt()
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)]
     bits = _bits_order(list(runs["bits"]))
     rows, cols = _grid(len(models))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    colours = _colours(len(names))
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, 2.2 * rows + 0.6), squeeze=False, layout="constrained")
+    bars = False
     for ax, m in zip(axes.flat, models):
         sub = runs[runs["model"] == m]
-        for i, n in enumerate(names):  # a method keeps its colour in every panel, drawn or not
+        for i, n in enumerate(names):  # a method keeps its style in every panel, drawn or not
             s = sub[sub["name"] == n].set_index("bits").reindex(bits)
             if s["mean"].notna().any():
-                ax.errorbar(range(len(bits)), s["mean"], yerr=s["std"].fillna(0), marker="o",
-                            capsize=2, label=method_name(n), color=colours[i])
+                yerr = _yerr(s)
+                bars |= yerr is not None
+                ax.errorbar(range(len(bits)), s["mean"], yerr=yerr, capsize=2, ms=5, lw=1.2,
+                            label=method_name(n), **_style(i, len(names)))
         fp = sub["fp"].dropna()
         if len(fp):
             ax.axhline(float(fp.mean()), color="gray", ls="--", lw=1, label="Full Prec.")
@@ -85,43 +137,44 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(models):]:
         ax.set_visible(False)
-    handles, labels = _legend_entries(axes.flat, [method_name(n) for n in names])
-    if labels:  # none when no cell of any model finished
-        fig.tight_layout()  # then the legend below the panels (bbox_inches="tight" makes room)
-        fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), frameon=False,
-                   bbox_to_anchor=(0.5, 0.0))
-    else:
-        fig.tight_layout()
+    _legend_below(fig, axes.flat, [method_name(n) for n in names], bars)
     return _save(fig, dest, "acc_vs_bits")
 
 
+@_styled
 def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest: Path,
                   bits_pref: list[str] | None = None) -> list[Path]:
-    """Grouped bars: one group per model, one bar per variant; one panel per bit-width."""
+    """A dot plot (a point per variant, side by side per model; one panel per bit-width, all on one
+    y range): points need no zero baseline, so unlike bars on a cut axis their lengths do not
+    exaggerate the differences. Error bars = std over seeds, where there are several."""
     plt = _plt()
-    runs = agg[(agg["source"] == "run") & agg["name"].isin(rows_in) & (agg["n"] > 0)]
+    runs = agg[(agg["source"] == "run") & agg["name"].isin(rows_in) & (agg["n"] > 0) & agg["model"].isin(models)]
     bits = _bits_order(list(runs["bits"]), bits_pref)
-    panel_w = max(4.0, 0.45 * len(models) * len(rows_in) + 1.5)
-    fig, axes = plt.subplots(1, max(1, len(bits)), figsize=(panel_w * max(1, len(bits)), 3.4), squeeze=False)
-    width = 0.8 / max(1, len(rows_in))
+    fig, axes = plt.subplots(1, max(1, len(bits)), figsize=(WIDTH, 2.6), squeeze=False, sharey=True,
+                             layout="constrained")
+    step = 0.6 / max(1, len(rows_in))
+    bars = False
     for ax, b in zip(axes.flat, bits):
-        sub = runs[(runs["bits"] == b) & runs["model"].isin(models)]
+        sub = runs[runs["bits"] == b]
         for i, n in enumerate(rows_in):
             s = sub[sub["name"] == n].set_index("model").reindex(models)
-            xs = [j + (i - (len(rows_in) - 1) / 2) * width for j in range(len(models))]
-            ax.bar(xs, s["mean"].fillna(0), width, yerr=s["std"].fillna(0), capsize=2, label=method_name(n))
+            if s["mean"].notna().any():
+                yerr = _yerr(s)
+                bars |= yerr is not None
+                xs = [j + (i - (len(rows_in) - 1) / 2) * step for j in range(len(models))]
+                ax.errorbar(xs, s["mean"], yerr=yerr, capsize=2, ms=5, label=method_name(n),
+                            **(_style(i, len(rows_in)) | {"ls": "none"}))
         ax.set_xticks(range(len(models)), [model_name(m) for m in models])
+        ax.set_xlim(-0.5, len(models) - 0.5)
         ax.set_title(b.replace("A", "/A"))
-        ax.set_ylabel("top-1 (%)")
-        if len(sub):  # 10 points below the lowest bar; the top over the highest error bar, not past 100
-            top = float((sub["mean"] + sub["std"].fillna(0)).max())
-            ax.set_ylim(max(0.0, float(sub["mean"].min()) - 10), min(100.0, top + 2.0))
         ax.grid(axis="y", alpha=0.3)
-    handles, labels = _legend_entries(axes.flat)
-    fig.tight_layout()
-    if labels:  # no bars when no cell of these rows finished; below the panels, off the bars
-        fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), frameon=False,
-                   bbox_to_anchor=(0.5, 0.0))
+    axes[0, 0].set_ylabel("top-1 (%)")
+    if len(runs):  # the drawn points and error bars with a margin, within 0-100
+        std = runs["std"].where(runs["n"] > 1).fillna(0)
+        lo, hi = float((runs["mean"] - std).min()), float((runs["mean"] + std).max())
+        pad = max(0.5, 0.1 * (hi - lo))
+        axes[0, 0].set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
+    _legend_below(fig, axes.flat, [method_name(n) for n in rows_in], bars)
     return _save(fig, dest, "ablation")
 
 
@@ -132,19 +185,23 @@ def _tick_125(x: float, down: bool) -> float:
     return max(v for v in ticks if v <= x) if down else min(v for v in ticks if v >= x)
 
 
+@_styled
 def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = None) -> list[Path]:
     """Top-1 vs quantization wall time (log scale): colour = method, marker = bit-width. When
     the cells ran on different devices, GPU points are hollow (times of different devices are
     not comparable). The legend, right of the plot so that it hides no point, has one entry per
     method (in ``order``, the grid's; when every drawn method is in it, each has the colour it
-    has in the accuracy vs bit-width figure), per bit-width and, when they are mixed, per device."""
+    has in the accuracy vs bit-width figure), per bit-width and, when they are mixed, per device.
+    The three kinds of key cannot be taken for one another: a method's is a bar of its colour,
+    a bit-width's a hollow black marker of its shape, a device's a black circle (a shape no
+    bit-width has), filled or hollow."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     plt = _plt()
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)].dropna(subset=["quantize_s", "mean"])
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    markers = "osD^vP*X"
+    fig, ax = plt.subplots(figsize=(WIDTH, 3.0), layout="constrained")
+    markers = "s^Dv<>PX"
     bits = _bits_order(list(runs["bits"])) if len(runs) else []
     every = list(dict.fromkeys([*(order or []), *runs["name"]]))
     colour = dict(zip(every, _colours(len(every))))  # the palette accuracy_vs_bits uses for ``order``
@@ -170,14 +227,15 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
     ax.set_ylabel("top-1 (%)")
     ax.grid(alpha=0.3)
     if names:
-        def key(label: str, marker: str = "o", colour: Any = "gray", fill: bool = True) -> Line2D:
-            return Line2D([], [], ls="", marker=marker, markeredgecolor=colour,
-                          markerfacecolor=colour if fill else "none", label=label)
+        def key(label: str, marker: str, fill: bool = True) -> Line2D:
+            return Line2D([], [], ls="", marker=marker, color="black", markerfacecolor=None if fill else "none",
+                          label=label)
 
-        handles = [key(method_name(n), colour=colour[n]) for n in names]
-        handles += [key(b.replace("A", "/A"), markers[j % len(markers)]) for j, b in enumerate(bits)]
+        handles = [Line2D([], [], color=colour[n], lw=5, label=method_name(n))
+                   for n in names]
+        # a bit-width's key is hollow: filled, it would look like a point of the black method
+        handles += [key(b.replace("A", "/A"), markers[j % len(markers)], fill=False) for j, b in enumerate(bits)]
         if len(devices) > 1:
-            handles += [key(device_name(d), fill=not hollow[d]) for d in devices]
-        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    fig.tight_layout()
+            handles += [key(device_name(d), "o", fill=not hollow[d]) for d in devices]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return _save(fig, dest, "acc_vs_time")

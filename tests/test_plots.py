@@ -1,0 +1,118 @@
+"""Figures ready for a paper: TrueType fonts, a text-width size with readable text, keys that
+cannot be confused, colour-blind-safe styles, an honest ablation plot, error bars explained."""
+
+from __future__ import annotations
+
+import re
+
+import matplotlib
+import pandas as pd
+import pytest
+from matplotlib.colors import to_hex
+from matplotlib.text import Text
+
+import reports.plots as plots
+
+MODELS = ["tiny_vit", "tiny_deit"]
+METHODS = ["percentile", "base_ptq", "ptq4vit", "repq_vit", "brecq", "qdrop", "mgrq_obwr", "mgrq"]
+
+
+def frame(seeds: int = 1, names: list[str] = METHODS) -> pd.DataFrame:
+    """An aggregate frame: every method on every model at W4A4 and W3A3, ``seeds`` seeds each."""
+    rows = [{"source": "run", "model": m, "name": n, "bits": b, "n": seeds, "mean": 80.0 + i + k - 5 * j,
+             "std": 0.5 if seeds > 1 else float("nan"), "fp": 97.0, "quantize_s": 2.0 + i, "device": "cpu"}
+            for k, m in enumerate(MODELS) for i, n in enumerate(names) for j, b in enumerate(["W4A4", "W3A3"])]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def figs(monkeypatch) -> dict:
+    """Each figure, by stem, as it is saved."""
+    seen: dict = {}
+    real_save = plots._save
+
+    def spy(fig, dest, stem):
+        seen[stem] = fig
+        return real_save(fig, dest, stem)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    return seen
+
+
+def draw_all(agg: pd.DataFrame, dest, names: list[str] = METHODS) -> list:
+    return [*plots.accuracy_vs_bits(agg, MODELS, names, dest),
+            *plots.ablation_bars(agg, MODELS, ["mgrq_obwr", "mgrq"], dest),
+            *plots.accuracy_vs_time(agg, dest, names)]
+
+
+def test_pdfs_embed_truetype_fonts_at_text_width_without_touching_rcparams(tmp_path, figs):
+    before = matplotlib.rcParams["pdf.fonttype"], matplotlib.rcParams["font.size"]
+    paths = draw_all(frame(), tmp_path)
+    for p in paths:
+        if p.suffix == ".pdf":
+            pdf = p.read_bytes()
+            assert b"/Type3" not in pdf and b"/FontFile2" in pdf, p.name  # TrueType embedded
+            box = re.search(rb"/MediaBox \[\s*0 0 ([\d.]+) ([\d.]+)", pdf)
+            assert box and float(box.group(1)) == 7 * 72, p.name  # the full text width
+    assert (matplotlib.rcParams["pdf.fonttype"], matplotlib.rcParams["font.size"]) == before
+    for stem, fig in figs.items():  # at \textwidth, no text is under 7 pt or over 9 pt
+        sizes = {t.get_fontsize() for t in fig.findobj(Text) if t.get_text() and t.get_visible()}
+        assert sizes and min(sizes) >= 7 and max(sizes) <= 9, (stem, sizes)
+
+
+def test_acc_vs_bits_tells_methods_apart_without_colour(tmp_path, figs):
+    """Each method has a marker of its own and an Okabe-Ito colour (none grey: Full Prec. is the
+    grey dashed line); one seed: no error bar, no error-bar glyph in the legend, no note."""
+    plots.accuracy_vs_bits(frame(), MODELS, METHODS, tmp_path)
+    fig = figs["acc_vs_bits"]
+    lines = [c.lines[0] for c in fig.axes[0].containers]
+    assert len({ln.get_marker() for ln in lines}) == len(METHODS)
+    assert {to_hex(ln.get_color()).upper() for ln in lines} == set(plots.OKABE_ITO)
+    (fp,) = fig.axes[0].get_lines()[-1:]
+    assert fp.get_label() == "Full Prec." and fp.get_linestyle() == "--" and fp.get_marker() == "None"
+    assert all(not c.has_yerr for ax in fig.axes for c in ax.containers)
+    (legend,) = fig.legends
+    assert legend.get_title().get_text() == ""
+
+
+def test_error_bars_are_drawn_and_named_only_with_several_seeds(tmp_path, figs):
+    draw_all(frame(seeds=3), tmp_path)
+    for stem in ("acc_vs_bits", "ablation"):
+        fig = figs[stem]
+        assert all(c.has_yerr for ax in fig.axes for c in ax.containers), stem
+        assert fig.legends[0].get_title().get_text() == "error bars: ±1 sample std over seeds", stem
+    draw_all(frame(seeds=1), tmp_path)
+    for stem in ("acc_vs_bits", "ablation"):
+        assert not any(c.has_yerr for ax in figs[stem].axes for c in ax.containers), stem
+
+
+def test_ablation_is_a_dot_plot_on_one_y_range(tmp_path, figs):
+    """No bars (whose lengths a cut axis exaggerates): points, the panels sharing their y range."""
+    plots.ablation_bars(frame(), MODELS, ["mgrq_obwr", "mgrq"], tmp_path)
+    fig = figs["ablation"]
+    assert not any(ax.patches for ax in fig.axes)
+    assert len(fig.axes) == 2 and fig.axes[0].get_ylim() == fig.axes[1].get_ylim()
+    # from W3A3's lowest point (81) to W4A4's highest (88), a tenth of that range to spare
+    assert fig.axes[0].get_ylim() == pytest.approx((80.3, 88.7))
+
+
+def test_acc_vs_time_method_and_bit_width_keys_cannot_be_confused(tmp_path, figs):
+    """A method's key is a bar of its colour (no marker); a bit-width's a hollow black marker."""
+    plots.accuracy_vs_time(frame(), tmp_path, METHODS)
+    legend = figs["acc_vs_time"].axes[0].get_legend()
+    keys = {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles)}
+    methods = [keys[n] for n in ("Percentile", "MGRQ")]
+    assert all(h.get_marker() in ("None", "", None) for h in methods)
+    assert to_hex(keys["MGRQ"].get_color()) not in {to_hex("gray"), to_hex("C7")}
+    for b in ("W4/A4", "W3/A3"):
+        assert keys[b].get_markerfacecolor() == "none" and to_hex(keys[b].get_markeredgecolor()) == "#000000"
+    assert keys["W4/A4"].get_marker() != keys["W3/A3"].get_marker()
+
+
+def test_more_methods_than_the_palette_still_get_distinct_styles(tmp_path, figs):
+    names = [f"m{i}" for i in range(12)]
+    plots.accuracy_vs_bits(frame(names=names), MODELS, names, tmp_path)
+    lines = [c.lines[0] for c in figs["acc_vs_bits"].axes[0].containers]
+    styles = {(to_hex(ln.get_color()), ln.get_marker(), ln.get_linestyle()) for ln in lines}
+    assert len(styles) == 12 and len({to_hex(ln.get_color()) for ln in lines}) == 12
+    assert not {to_hex(ln.get_color()) for ln in lines} & {to_hex("#7f7f7f"), to_hex("#c7c7c7")}  # no grey
