@@ -361,7 +361,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     elif len(evals):  # e.g. a rerun of some cells with --eval-limit: the caption gives the range
         n_eval = (float(evals.min()), float(evals.max()))
     main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"), n_eval, info.get("bits"),
-                        tune=tune)
+                        tune=tune, calib={name: calib for name, _, calib, _ in setups})
     main.float_env = float_env
     fragments = ["main.tex"]
     (dest / "main.tex").write_text(main.latex())

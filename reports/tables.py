@@ -270,8 +270,11 @@ def _seed_note(agg: pd.DataFrame) -> str | None:
 
 def main_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: str, label: str,
                published: pd.DataFrame | None = None, caption: str | None = None,
-               n_eval: float | tuple[float, float] | None = None, bits_pref: list[str] | None = None, tune: bool = False) -> Table:
+               n_eval: float | tuple[float, float] | None = None, bits_pref: list[str] | None = None, tune: bool = False,
+               calib: dict[str, str] | None = None) -> Table:
     """Models as columns, methods (``names``, in order) as rows grouped by bit-width, FP first.
+    ``calib``: each row's calibration images; where rows differ, the caption says which has how
+    many (a method that sees more images is compared with one that sees fewer).
     ``tune``: the cells ran on the tune split, which the caption says (the build leaves out the
     published rows then: they are on the held-out images)."""
     runs = agg[agg["source"] == "run"]
@@ -303,6 +306,12 @@ def main_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
     seeds = _seed_note(runs)
     lead = caption.strip().rstrip(".") if caption else f"Top-1 accuracy (%) of quantized ViTs, suite {suite} ({label})"
     cap = lead + _evaluated(n_eval) + ". Best per column in bold." + (f" {seeds}" if seeds else "")
+    if calib and len(set(calib.values())) > 1:
+        by_n: dict[str, list[str]] = {}
+        for n in names:
+            if n in calib:
+                by_n.setdefault(calib[n], []).append(method_name(n))
+        cap += " Calibration images: " + "; ".join(f"{k} ({', '.join(v)})" for k, v in by_n.items()) + "."
     return Table("Main table", cap + _tune_note(tune), f"tab:{suite}-main", models, groups, notes=notes)
 
 

@@ -26,7 +26,8 @@ MODELS = ["deit_tiny_patch16_224", "tiny_vit"]
 def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, seed: int,
         top1: float | None, fp: float = 80.0, variant: str | None = None, qs: float = 2.0,
         eval_limit: int | None = None, finished: str | None = None, warnings: list[str] | None = None,
-        config: dict | None = None, image_bits: int = 8, eval_split: str = "heldout", n_eval: int = 50) -> None:
+        config: dict | None = None, image_bits: int = 8, eval_split: str = "heldout", n_eval: int = 50,
+        calib: int = 32) -> None:
     from mgrq.config import config_dict
     from mgrq.methods import get_method
 
@@ -43,7 +44,7 @@ def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, s
     else:
         rec.update(status="done", metrics={"top1": top1, "top5": 99.0, "fp_top1": fp, "fp_top5": 99.5, "n_eval": float(n_eval)},
                    timings={"quantize_s": qs, "total_s": qs + 1}, peak_mem_mb=100.0,
-                   calibration={"n": 32, "seed": seed, "ids_hash": "x"}, warnings=warnings or [])
+                   calibration={"n": calib, "seed": seed, "ids_hash": "x"}, warnings=warnings or [])
     records.write_record(out / suite / label / f"{spec.run_id}-{spec.content_hash}" / "record.json", rec)
 
 
@@ -839,8 +840,9 @@ def test_tables_fit_a_two_column_paper(tmp_path):
 def test_captions_say_the_seeds_the_std_and_a_suites_own_lead(tmp_path):
     """A caption says the std is the sample std, says when a table is one seed per cell, and
     keeps those sentences (and the image count, a range where cells differ) under a suite's own
-    ``report.caption``, which replaces only the lead. The ablation's Avg. column gets its best in
-    bold, as the others."""
+    ``report.caption``, which replaces only the lead; where rows calibrate on different numbers of
+    images, it says which on how many. The ablation's Avg. column gets its best in bold, as the
+    others."""
     out = tmp_path / "runs"
     make_runs(out)
     rep = build_report(out, "rep", "A", pdf="no", figures=False, published=False)
@@ -857,3 +859,6 @@ def test_captions_say_the_seeds_the_std_and_a_suites_own_lead(tmp_path):
     md = (build_report(out, "one", "L", pdf="no", figures=False).dest / "main.md").read_text()
     assert md.startswith("**Top-1 of our methods, evaluated on 20 to 50 images per cell (see the notes). "
                          "Best per column in bold. One seed per cell.**"), md
+    put(out, "one", "L", "tiny_vit", "qdrop", "W4A4", 0, 71.0, calib=256)  # rows on other budgets: said
+    md = (build_report(out, "one", "L", pdf="no", figures=False).dest / "main.md").read_text()
+    assert "One seed per cell. Calibration images: 32 (Percentile, p2); 256 (QDrop).**" in md, md
