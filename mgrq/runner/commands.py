@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--profile", default=None,
                    help="site profile YAML/TOML with slurm/local options (default $MGRQ_SITE_PROFILE)")
     g.add_argument("--parallelism", type=int, default=None, help="local: jobs side by side (default min(4, cores))")
-    g.add_argument("--threads", type=int, default=None, help="torch threads per job (default: local, cores / jobs; slurm, --cpus, else 1)")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per job (default: local, cores / jobs; slurm, --cpus, else 1; debug, all cores)")
     g.add_argument("--timeout-min", type=int, default=None,
                    help="time limit per job, minutes (default: the suite's executor.timeout_min, else 720)")
     g.add_argument("--partition", default=None, help="slurm partition")
