@@ -146,6 +146,7 @@ def problem(rec: Any) -> str | None:
 # What can change a run's result: a change elsewhere (docs, a regenerated results.csv) leaves
 # the records' git_sha clean.
 CODE_PATHS = ("mgrq", "baselines", "reports", "suites", "pyproject.toml")
+CODE_SUFFIXES = (".py", ".yaml", ".yml", ".toml")  # a new, untracked file counts as code when it ends so
 
 
 @functools.lru_cache(maxsize=1)
@@ -159,9 +160,10 @@ def git_sha() -> str | None:
 
 def tree_sha(src: Path) -> str | None:
     """The git commit of the checkout at ``src``; ``+dirty.<8 hex>`` when its code
-    (:data:`CODE_PATHS`) differs from the commit, tracked files changed or new files that git
-    does not ignore (a method module or suite file not yet added), the hex digits a hash of that
-    difference, so two different modified trees of one commit do not read the same. ``None``
+    (:data:`CODE_PATHS`) differs from the commit, tracked files changed or new code files
+    (:data:`CODE_SUFFIXES`) that git does not ignore (a method module or suite file not yet added;
+    not an editor's swap file, nor data or weights put beside a suite), the hex digits a hash of
+    that difference, so two different modified trees of one commit do not read the same. ``None``
     outside a checkout."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
@@ -174,12 +176,14 @@ def tree_sha(src: Path) -> str | None:
             return None
     except (OSError, subprocess.SubprocessError):
         return None
-    if not diff.stdout and not new.stdout:
+    added = sorted(n for n in new.stdout.split(b"\0") if os.fsdecode(n).endswith(CODE_SUFFIXES))
+    if not diff.stdout and not added:
         return sha.stdout.strip()
     h = hashlib.sha256(diff.stdout)
-    for name in sorted(n for n in new.stdout.split(b"\0") if n):
-        try:
-            content = (src / os.fsdecode(name)).read_bytes()
+    for name in added:
+        path = src / os.fsdecode(name)
+        try:  # a link counts by where it points, not by what it reaches
+            content = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
         except OSError:  # removed since it was listed, or unreadable: its name still counts
             content = b""
         h.update(b"\0" + name + b"\0" + hashlib.sha256(content).digest())

@@ -360,6 +360,10 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         n_eval = float(evals.iloc[0])
     elif len(evals):  # e.g. a rerun of some cells with --eval-limit: the caption gives the range
         n_eval = (float(evals.min()), float(evals.max()))
+        sizes = evals.astype(int).value_counts().sort_index()
+        rep.notes.append("the finished cells were evaluated on different numbers of images: "
+                         + ", ".join(f"{k} ({n} cell{'s' * (n != 1)})" for k, n in sizes.items())
+                         + "; a mean over them mixes evaluations (`results.csv` has each cell's n_eval)")
     main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"), n_eval, info.get("bits"),
                         tune=tune, calib={name: calib for name, _, calib, _ in setups})
     main.float_env = float_env
@@ -402,12 +406,13 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
 
         rep.figures += plots.accuracy_vs_bits(agg, models, names, dest)
         if ablation:
-            rep.figures += plots.ablation_bars(agg, models, ablation, dest, info.get("bits"))
+            rep.figures += plots.ablation_bars(agg, models, ablation, dest, info.get("bits"), names)
         rep.figures += plots.accuracy_vs_time(agg, dest, names)
     # what the tables leave out, kept beside them and at the end of tables.pdf (none: no files)
     notes_md, notes_tex = dest / "notes.md", dest / "notes.tex"
     if rep.notes:
-        notes_md.write_text(f"# Notes on {suite} [{label}]\n\n" + "".join(f"- {n}\n" for n in rep.notes)
+        in_md = [n.replace(", listed in notes.md", ", listed below") for n in rep.notes]
+        notes_md.write_text(f"# Notes on {suite} [{label}]\n\n" + "".join(f"- {n}\n" for n in in_md)
                             + "".join(f"\n## {len(items)} {what}\n\n" + "".join(f"- {i}\n" for i in items)
                                       for what, items in full))
         notes_tex.write_text(T.notes_latex(rep.notes, suite, label))
@@ -458,7 +463,7 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
                           "expected two labels evaluated on one split")
     changes = F.settings_changes(fa, fb)
     info = suite_info(out, suite, b)
-    cmp = T.compare_frame(fa, fb, threshold, info.get("models"), info.get("methods"))
+    cmp = T.compare_frame(fa, fb, threshold, info.get("models"), info.get("methods"), info.get("bits"))
     dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)
     _make_dest(dest, what)
     md = T.compare_markdown(cmp, a, b, threshold, changes)

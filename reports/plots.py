@@ -143,16 +143,19 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
 
 @_styled
 def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest: Path,
-                  bits_pref: list[str] | None = None) -> list[Path]:
+                  bits_pref: list[str] | None = None, order: list[str] | None = None) -> list[Path]:
     """A dot plot (a point per variant, side by side per model; one panel per bit-width, all on one
     y range): points need no zero baseline, so unlike bars on a cut axis their lengths do not
-    exaggerate the differences. Error bars = std over seeds, where there are several."""
+    exaggerate the differences. Error bars = std over seeds, where there are several. With
+    ``order`` (all the report's rows, as :func:`accuracy_vs_bits` gets them), a variant has the
+    colour and marker it has there."""
     plt = _plt()
     runs = agg[(agg["source"] == "run") & agg["name"].isin(rows_in) & (agg["n"] > 0) & agg["model"].isin(models)]
     bits = _bits_order(list(runs["bits"]), bits_pref)
     fig, axes = plt.subplots(1, max(1, len(bits)), figsize=(WIDTH, 2.6), squeeze=False, sharey=True,
                              layout="constrained")
     step = 0.6 / max(1, len(rows_in))
+    every = list(dict.fromkeys([*(order or []), *rows_in]))
     bars = False
     for ax, b in zip(axes.flat, bits):
         sub = runs[runs["bits"] == b]
@@ -163,17 +166,17 @@ def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest
                 bars |= yerr is not None
                 xs = [j + (i - (len(rows_in) - 1) / 2) * step for j in range(len(models))]
                 ax.errorbar(xs, s["mean"], yerr=yerr, capsize=2, ms=5, label=method_name(n),
-                            **(_style(i, len(rows_in)) | {"ls": "none"}))
+                            **(_style(every.index(n), len(every)) | {"ls": "none"}))
         ax.set_xticks(range(len(models)), [model_name(m) for m in models])
         ax.set_xlim(-0.5, len(models) - 0.5)
         ax.set_title(b.replace("A", "/A"))
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("top-1 (%)")
-    if len(runs):  # the drawn points and error bars with a margin, within 0-100
+    if len(runs):  # the drawn points and error bars with a margin (a point at 100 is not cut in half)
         std = runs["std"].where(runs["n"] > 1).fillna(0)
         lo, hi = float((runs["mean"] - std).min()), float((runs["mean"] + std).max())
         pad = max(0.5, 0.1 * (hi - lo))
-        axes[0, 0].set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
+        axes[0, 0].set_ylim(max(0.0, lo - pad), hi + pad)
     _legend_below(fig, axes.flat, [method_name(n) for n in rows_in], bars)
     return _save(fig, dest, "ablation")
 
@@ -237,5 +240,7 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
         handles += [key(b.replace("A", "/A"), markers[j % len(markers)], fill=False) for j, b in enumerate(bits)]
         if len(devices) > 1:
             handles += [key(device_name(d), "o", fill=not hollow[d]) for d in devices]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        # a column holds ~12 keys at this height: more would run off the figure, cut
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                  ncol=math.ceil(len(handles) / 12))
     return _save(fig, dest, "acc_vs_time")

@@ -389,10 +389,11 @@ def setup_latex(setups: list[tuple[str, str, str, list[str]]], suite: str, label
         rf"\begin{{{float_env}}}[t]", r"\centering", r"\small",
         rf"\caption{{{tex(SETUP_CAPTION.format(suite=suite, label=label))}}}", rf"\label{{tab:{suite}-setup}}",
     ]
-    tab = [r"\begin{tabular}{@{}llrp{0.45\linewidth}@{}}", r"\toprule",
+    tab = [r"\begin{tabular}{@{}llrl@{}}", r"\toprule",
            r"Method & Runs as & Calib. & Settings \\", r"\midrule"]
     for name, method, calib, shown in setups:
         sets = r", \allowbreak ".join(rf"\texttt{{{tex(s)}}}" for s in shown) or "--"
+        sets = rf"\parbox[t]{{0.45\linewidth}}{{\raggedright {sets}}}"
         tab.append(rf"{tex(method_name(name))} & \texttt{{{tex(method)}}} & {tex(calib)} & {sets} \\")
     lines += [*fit_tabular([*tab, r"\bottomrule", r"\end{tabular}"]), rf"\end{{{float_env}}}"]
     return "\n".join(lines) + "\n"
@@ -489,12 +490,13 @@ ALERT_FLAGS = ("moved", "newly failed", "new, failed", "missing")  # missing: B 
 
 
 def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float, models: list[str] | None = None,
-                  names: list[str] | None = None) -> pd.DataFrame:
+                  names: list[str] | None = None, bits: list[str] | None = None) -> pd.DataFrame:
     """One row per cell (model, name, bits, seed) of either label: top-1 in A and B, the delta
     and a flag: ``moved`` (|delta| > threshold), ``newly failed`` (done in A, failed in B),
     ``still failing``, ``fixed``, ``new`` (only in B, done), ``new, failed`` (only in B,
-    failed), ``missing`` (only in A) or empty. Sorted by flag, then in the order of ``models``
-    and ``names`` (the suite's; others after them, by name), bit-width and seed."""
+    failed), ``missing`` (only in A) or empty. Sorted by flag, then in the order of ``models``,
+    ``names`` and ``bits`` (the suite's; others after them, as :func:`_bits_order` puts them), and
+    seed."""
     key = ["model", "name", "bits", "seed"]
     cols = [*key, "status", "top1"]
     m = a[cols].merge(b[cols], on=key, how="outer", suffixes=("_a", "_b"))
@@ -520,10 +522,11 @@ def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float, models: li
     order = {"newly failed": 0, "moved": 1, "still failing": 2, "missing": 3, "new, failed": 4,
              "fixed": 5, "new": 6, "": 7}
     m["_o"] = m["flag"].map(order)
-    for col, first in (("model", models or []), ("name", names or [])):
+    bits_all = _bits_order(list(m["bits"]), bits) if len(m) else []
+    for col, first in (("model", models or []), ("name", names or []), ("bits", bits_all)):
         m[f"_{col}"] = [(first.index(v), "") if v in first else (len(first), str(v)) for v in m[col]]
-    keys = ["_o", "_model", "_name", "bits", "seed"]
-    return m.sort_values(keys).drop(columns=["_o", "_model", "_name"]).reset_index(drop=True)
+    keys = ["_o", "_model", "_name", "_bits", "seed"]
+    return m.sort_values(keys).drop(columns=["_o", "_model", "_name", "_bits"]).reset_index(drop=True)
 
 
 def _changes_note(changes: list[str], label_a: str, label_b: str) -> str:

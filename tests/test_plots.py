@@ -116,3 +116,24 @@ def test_more_methods_than_the_palette_still_get_distinct_styles(tmp_path, figs)
     styles = {(to_hex(ln.get_color()), ln.get_marker(), ln.get_linestyle()) for ln in lines}
     assert len(styles) == 12 and len({to_hex(ln.get_color()) for ln in lines}) == 12
     assert not {to_hex(ln.get_color()) for ln in lines} & {to_hex("#7f7f7f"), to_hex("#c7c7c7")}  # no grey
+
+
+def test_a_long_legend_stays_on_the_figure_and_a_variant_keeps_its_style(tmp_path, figs):
+    """acc_vs_time's legend, right of the plot, takes a second column before it runs off the
+    figure (16 methods + 2 bit-widths); the ablation's variants have the colour and marker they
+    have in acc_vs_bits; a point at 100% is drawn whole."""
+    names = [f"m{i}" for i in range(16)]
+    plots.accuracy_vs_time(frame(names=names), tmp_path, names)
+    fig = figs["acc_vs_time"]
+    fig.canvas.draw()
+    box, page = fig.axes[0].get_legend().get_window_extent(), fig.bbox
+    assert box.y0 >= page.y0 and box.x1 <= page.x1 and box.y1 <= page.y1, (box, page)
+    agg = frame().assign(mean=lambda d: d["mean"].where(d["name"] != "mgrq", 100.0))
+    plots.accuracy_vs_bits(agg, MODELS, METHODS, tmp_path)
+    plots.ablation_bars(agg, MODELS, ["mgrq_obwr", "mgrq"], tmp_path, order=METHODS)
+    style = {c.get_label(): (to_hex(c.lines[0].get_color()), c.lines[0].get_marker())
+             for c in figs["acc_vs_bits"].axes[0].containers}
+    dots = {c.get_label(): (to_hex(c.lines[0].get_color()), c.lines[0].get_marker())
+            for c in figs["ablation"].axes[0].containers}
+    assert dots == {k: style[k] for k in ("MGRQ: OBWR only", "MGRQ")}, (dots, style)
+    assert figs["ablation"].axes[0].get_ylim()[1] > 100.0

@@ -295,4 +295,5 @@ def test_notes_md_lists_in_full_what_a_note_names_the_first_three_of(tmp_path):
                             "and 2 more, listed in notes.md); `mgrq suite status s --label L` lists them")
     md = (rep.dest / "notes.md").read_text()
     assert md.endswith("\n## 5 cells not started\n\n" + "".join(f"- {i}\n" for i in ids)), md
+    assert "and 2 more, listed below); `mgrq suite status" in md
     assert "listed in notes.md" not in (rep.dest / "main.md").read_text()

@@ -233,6 +233,13 @@ def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
     assert len(moved) == 2 and all("| 70.00 | 67.50 | −2.50 |" in r for r in moved)
     assert "| tiny ViT | RepQ-ViT | 4/4 | 1 | 75.50 | 75.90 | +0.40 |  |" in rows
     assert "| tiny ViT | RepQ-ViT | 6/6 | 0 | fail | fail | – | still failing |" in rows
+    from reports.frame import records_frame
+    from reports.tables import compare_frame
+
+    df = records_frame(out, "rep", ["A", "B"])
+    cmp = compare_frame(df[df["label"] == "A"], df[df["label"] == "B"], 1.0, bits=["W6A6", "W4A4"])
+    pct = cmp[(cmp["flag"] == "") & (cmp["name"] == "percentile") & (cmp["model"] == "tiny_vit")]
+    assert list(pct["bits"]) == ["W6A6", "W4A4"]  # the suite's order of bit-widths, not the alphabet's
     plain = [r.split(" | ")[:2] for r in rows if r.endswith("|  |")]  # unflagged: in the suite's order
     assert plain == [["| DeiT-T", m] for m in ("Percentile", "Percentile", "RepQ-ViT", "pct-mm", "pct-mm")] + [
         ["| tiny ViT", m] for m in ("Percentile", "Percentile", "RepQ-ViT", "RepQ-ViT", "pct-mm", "pct-mm")], plain
@@ -790,7 +797,8 @@ def test_setup_table_gives_each_rows_calibration_and_settings_off_their_defaults
         "| MGRQ | `mgrq` | 32 | `iters=100/150`, `w_local=0.0` |",
     ]
     tex = (rep.dest / "setup.tex").read_text()
-    assert r"MGRQ & \texttt{mgrq} & 32 & \texttt{iters=100/150}, \allowbreak \texttt{w\_local=0.0} \\" in tex
+    assert (r"MGRQ & \texttt{mgrq} & 32 & \parbox[t]{0.45\linewidth}{\raggedright \texttt{iters=100/150}, "
+            r"\allowbreak \texttt{w\_local=0.0}} \\") in tex
     assert r"\label{tab:st-setup}" in tex
     if rep.pdf is not None:  # pdflatex installed: the setup table is a page of the compiled tables
         text = subprocess.run(["pdftotext", "-layout", str(rep.pdf), "-"], capture_output=True,
@@ -856,9 +864,12 @@ def test_captions_say_the_seeds_the_std_and_a_suites_own_lead(tmp_path):
                                                            "bits": ["W4A4"], "caption": "Top-1 of our methods."})
     put(out, "one", "L", "tiny_vit", "percentile", "W4A4", 0, 70.0)
     put(out, "one", "L", "tiny_vit", "percentile", "W4A4", 0, 70.0, variant="p2", eval_limit=20, n_eval=20)
-    md = (build_report(out, "one", "L", pdf="no", figures=False).dest / "main.md").read_text()
+    rep = build_report(out, "one", "L", pdf="no", figures=False)
+    md = (rep.dest / "main.md").read_text()
     assert md.startswith("**Top-1 of our methods, evaluated on 20 to 50 images per cell (see the notes). "
                          "Best per column in bold. One seed per cell.**"), md
+    assert ("the finished cells were evaluated on different numbers of images: 20 (1 cell), 50 (1 cell); a mean "
+            "over them mixes evaluations (`results.csv` has each cell's n_eval)") in rep.notes
     put(out, "one", "L", "tiny_vit", "qdrop", "W4A4", 0, 71.0, calib=256)  # rows on other budgets: said
     md = (build_report(out, "one", "L", pdf="no", figures=False).dest / "main.md").read_text()
     assert "One seed per cell. Calibration images: 32 (Percentile, p2); 256 (QDrop).**" in md, md

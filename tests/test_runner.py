@@ -452,6 +452,9 @@ def test_tree_sha_marks_code_changes_only(tmp_path):
     assert three.startswith(f"{head}+dirty.") and records.tree_sha(tmp_path) not in (three, one, two)
     (tmp_path / ".gitignore").write_text("mgrq/new.py\n")  # an ignored file (a build output) does not count
     assert records.tree_sha(tmp_path) == head
+    (tmp_path / "mgrq" / ".x.py.swp").write_bytes(b"\0swap")  # nor an editor's swap file, nor data
+    (tmp_path / "mgrq" / "images.tar").write_bytes(b"\0" * 1000)
+    assert records.tree_sha(tmp_path) == head
     assert records.tree_sha(tmp_path / "docs" / "nope") is None
 
 
@@ -692,6 +695,23 @@ def test_why_slurm_ended_a_job_is_read_from_its_log():
         "CANCELLED AT 2026-11-27T01:00:00 DUE TO TIME LIMIT")
     assert _log_end("slurmstepd: error: Detected 1 oom_kill event in StepId=9.batch.") == "out of memory (oom-kill)"
     assert _log_end("Traceback ...\nValueError: x") is None and _log_end(None) is None
+    requeued = ("*** JOB 9 ON vm CANCELLED AT 2026-11-27T01:00:00 DUE TO JOB REQUEUE ***\n[cell] ...\n"
+                "*** JOB 9 ON vm CANCELLED AT 2026-11-27T02:00:00 ***\n")
+    assert _log_end(requeued) == "CANCELLED AT 2026-11-27T02:00:00"  # the last end, not the first
+
+
+def test_a_cancelled_job_is_told_from_one_that_timed_out_or_died():
+    """scancel leaves a job's cells interrupted; a time limit, a preemption, an out-of-memory kill
+    or a lost node leaves them failed (JobLost). SLURM's state decides; without accounting
+    (UNKNOWN), the log's last end."""
+    from mgrq.runner.driver import _cancelled
+
+    assert _cancelled("CANCELLED", None) and _cancelled("CANCELLED by 0", None)
+    assert not any(_cancelled(s, None) for s in ("TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY", "FAILED",
+                                                 "FINISHED", "INTERRUPTED", "UNKNOWN"))
+    assert _cancelled("UNKNOWN", "CANCELLED AT 2026-11-27T02:00:00")
+    assert not _cancelled("UNKNOWN", "CANCELLED AT 2026-11-27T01:00:00 DUE TO TIME LIMIT")
+    assert not _cancelled("UNKNOWN", "out of memory (oom-kill)")
 
 
 def test_the_live_slurm_task_guard_reads_squeue(tmp_path, monkeypatch, capsys):

@@ -155,6 +155,13 @@ def test_a_suite_file_with_several_problems_names_them_all_in_one_error(tmp_path
     assert "unknown method 'percentil'. Did you mean 'percentile'" in lines[4]
     assert main(["suite", "run", str(path), "--dry-run"]) == 2
     assert capsys.readouterr().err.startswith(f"error: {path}: 6 problems:\n  field 'colour': unknown field")
+    # an overrides block that a method and its variant share is checked for each: one problem, one line
+    path = write_suite(tmp_path / "bad.yaml", methods=["percentile", {"name": "percentile", "variant": "pv"}],
+                       overrides={"percentile": {"calibb": 4}})
+    with pytest.raises(ConfigError) as e:
+        load_suite(path)
+    assert str(e.value) == (f"{path}: field 'overrides.percentile.calibb': unknown field (did you mean 'calib'?); "
+                            "expected one of calib, config, image_bits, bits_overrides")
     path = write_suite(tmp_path / "bad.yaml", report={"ablation": ["percentile", "nosuch"]})  # now it is checked
     with pytest.raises(ConfigError, match=r"field 'report.ablation\[1\]': unknown method 'nosuch'"):
         load_suite(path)

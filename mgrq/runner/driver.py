@@ -366,18 +366,17 @@ def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str
         state = "unknown"
         with contextlib.suppress(Exception):
             state = job.state
+        said = _log_end(tail)
+        cancelled = _cancelled(str(state), said)
         code = getattr(getattr(job, "_process", None), "returncode", None)  # a local job's process
         if isinstance(code, int) and code < 0:
             with contextlib.suppress(ValueError):
                 state += f", killed by {signal.Signals(-code).name}"
         elif isinstance(code, int) and code > 0:
             state += f", exit status {code}"
-        if said := _log_end(tail):  # where accounting is off, SLURM's state is UNKNOWN: its log still says why
+        if said:  # where accounting is off, SLURM's state is UNKNOWN: its log still says why
             state += f"; its log: {said}"
         spec = RunSpec.from_dict(c.spec)
-        # scancel (not a time limit or a preemption): someone stopped the cell, which has no
-        # result and is no failure of the method; listings show it interrupted, reports leave it out
-        cancelled = "CANCELLED" in state and "DUE TO" not in state
         failed = {
             "schema": records.SCHEMA, "id": spec.run_id, "hash": spec.content_hash,
             "status": "failed", "spec": spec.to_dict(),
@@ -476,15 +475,25 @@ def check_no_live_slurm_tasks(jobs_dir: Path, cells: list[Cell], suite: str) -> 
                           "run the suite again")
 
 
+def _cancelled(state: str, said: str | None) -> bool:
+    """Whether a job that ended was cancelled (``scancel``; not by a time limit, a preemption or
+    a requeue): its cells then have no result and no failure of the method. SLURM's state says
+    so (``CANCELLED``, ``CANCELLED by 0``); where accounting is off (``UNKNOWN``), the last end
+    its log names (:func:`_log_end`) does."""
+    if state.upper() == "UNKNOWN":
+        return bool(said) and str(said).startswith("CANCELLED AT") and "DUE TO" not in str(said)
+    return state.startswith("CANCELLED")
+
+
 def _log_end(tail: str | None) -> str | None:
     """Why SLURM ended a job, from its log (``*** JOB 31 ON node CANCELLED AT ... ***``, with
     ``DUE TO TIME LIMIT`` or ``DUE TO PREEMPTION``; an oom-kill event), or None."""
     import re
 
     text = tail or ""
-    m = re.search(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ (CANCELLED AT \S+(?: DUE TO [A-Z ]+?)?) \*\*\*", text)
-    if m:
-        return m.group(1)
+    found = re.findall(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ (CANCELLED AT \S+(?: DUE TO [A-Z ]+?)?) \*\*\*", text)
+    if found:  # the last: a requeued job's log holds the earlier ends too
+        return found[-1]
     return "out of memory (oom-kill)" if "oom_kill event" in text or "oom-kill" in text else None
 
 

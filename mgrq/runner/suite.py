@@ -477,11 +477,12 @@ class _Parser:
             self.problems.append(e)
 
     def failed(self) -> MGRQError:
-        """The file's one error as it was raised, or all of them in one error, a line each."""
-        if len(self.problems) == 1:
-            return self.problems[0]
+        """The file's one error as it was raised, or all of them in one error, a line each (an
+        ``overrides`` block that a method and its variant share is checked for each: once here)."""
         lead = f"{self.path}: "
-        lines = [str(e).removeprefix(lead) for e in self.problems]
+        lines = list(dict.fromkeys(str(e).removeprefix(lead) for e in self.problems))
+        if len(lines) == 1:
+            return self.problems[0]
         return ConfigError(f"{self.path}: {len(lines)} problems:\n" + "\n".join(f"  {ln}" for ln in lines))
 
     def suite(self, d: dict[str, Any]) -> Suite:
