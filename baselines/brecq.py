@@ -70,6 +70,7 @@ from mgrq.data import Calibration
 from mgrq.methods.registry import RunContext, register_method
 from mgrq.recon import ReconConfig, Reconstructor, Stage
 from mgrq.recon.config import engine_kwargs
+from mgrq.recon.engine import TermFactory
 from mgrq.recon.init import check_start_fields, initial_quantizers
 from mgrq.surgery import QuantModel
 
@@ -182,8 +183,10 @@ def reinit_activations(qmodel: QuantModel, calib: Calibration, cfg: _ReconMethod
 
 
 def reconstruct(name: str, qmodel: QuantModel, calib: Calibration, cfg: _ReconMethodConfig, ctx: RunContext,
-                stages: list[tuple[Stage, ReconConfig]]) -> dict[str, Any]:
-    """Initial quantizers, then each (stage, engine config) in turn. Returns the method info."""
+                stages: list[tuple[Stage, ReconConfig]], extra_terms: TermFactory | None = None) -> dict[str, Any]:
+    """Initial quantizers, then each (stage, engine config) in turn. Returns the method info.
+    ``extra_terms``: loss terms added to the block loss (docs/engine.md), for a method of one's
+    own built on brecq's or qdrop's stages (docs/methods.md)."""
     qmodel.to(ctx.device)
     init = initial_quantizers(qmodel, calib, cfg.init, cfg.init_calib, ctx, cfg.weight_init, cfg.act_init,
                               cfg.softmax_quantizer)
@@ -192,7 +195,8 @@ def reconstruct(name: str, qmodel: QuantModel, calib: Calibration, cfg: _ReconMe
         if i > 0 and isinstance(cfg, BrecqConfig) and cfg.act_reinit and stage.acts:
             init["act_reinit_points"] = reinit_activations(qmodel, calib, cfg, ctx)
         engine = Reconstructor(qmodel, calib.images, ecfg, device=ctx.device, seed=ctx.seed,
-                               progress=ctx.progress, units=cfg.units, desc=name, warnings=ctx.warnings)
+                               progress=ctx.progress, extra_terms=extra_terms, units=cfg.units, desc=name,
+                               warnings=ctx.warnings)
         recon.append(engine.run([stage], first=i))
     return {"init": init, "calib_images": len(calib.ids), "recon": recon}
 

@@ -86,6 +86,30 @@ def _check_finite(cls_name: str, name: str, value: Any) -> None:
         raise ConfigError(f"{cls_name}.{name}={value!r}: expected a finite number")
 
 
+def check_defaults(cls: type, owner: str) -> None:
+    """Each field default of the config dataclass ``cls`` is of its annotated type, exactly (a
+    ``"0.001"`` for a float, a ``1`` for a bool or for a float would be recorded as written, and
+    would not compare equal to the same setting given in a suite): ``TypeError`` naming ``owner``
+    and the field otherwise. Called when a method registers, so a method author sees it at once."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.default is dataclasses.MISSING:
+            continue
+        typ = hints.get(f.name, f.type)
+        allowed = typing.get_args(typ) if typing.get_origin(typ) in (typing.Union, types.UnionType) else (typ,)
+
+        def fits(t: Any, value: Any = f.default) -> bool:
+            if value is None:
+                return t is type(None)
+            if t is tuple or typing.get_origin(t) is tuple:
+                return type(value) is tuple
+            return type(value) is t  # exactly: a bool is no int here, an int no float
+
+        if not any(fits(t) for t in allowed):
+            raise TypeError(f"{owner}: config field {f.name} = {f.default!r} ({type(f.default).__name__}) as default; "
+                            f"expected {_type_name(typ)}, as its annotation says")
+
+
 def build_config(cls: type, overrides: Mapping[str, Any] | None = None, owner: str | None = None) -> Any:
     """``cls(**defaults | overrides)``; strings are parsed to the field's type. Unknown fields
     raise :class:`ConfigError` listing the fields of ``cls``; the dataclass validates values.

@@ -35,6 +35,10 @@ class UnknownNameError(MGRQError, KeyError):
         return str(self.args[0])
 
 
+class EvaluationError(MGRQError, RuntimeError):
+    """A model gave NaN or Inf outputs during evaluation: its accuracy would be meaningless."""
+
+
 class ReconstructionError(MGRQError, RuntimeError):
     """A reconstruction diverged (NaN/Inf loss): names the unit and the iteration."""
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mgrq.errors import ConfigError
+from mgrq.errors import ConfigError, EvaluationError
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -174,13 +174,15 @@ def evaluate(
 
     Evaluation is deterministic: no shuffling, the model in eval mode, no randomness; the
     loader processes (``workers``, default :func:`data_workers` on a GPU, none on a CPU) change
-    the speed, not the result.
+    the speed, not the result. An image whose logits hold a NaN or Inf (a quantizer with a NaN
+    step, a broken weight) raises :class:`~mgrq.errors.EvaluationError` at the end: argmax over
+    NaN picks a class anyway, and the accuracy would read as a (poor) result.
     """
     from tqdm import tqdm
 
     dev = pick_device(device)
     model.to(dev)
-    correct1 = correct5 = seen = 0
+    correct1 = correct5 = seen = broken = 0
     with eval_mode(model):
         cuda = dev.type == "cuda"
         data = loader(dataset, batch_size, workers if workers is not None or cuda else 0, pin=cuda)
@@ -193,5 +195,9 @@ def evaluate(
                 hit = top == labels[:, None]
                 correct1 += int(hit[:, 0].sum())
                 correct5 += int(hit.any(dim=-1).sum())
+                broken += int((~torch.isfinite(logits)).any(dim=-1).sum())
                 seen += labels.numel()
+    if broken:
+        raise EvaluationError(f"{desc}: the model's outputs are NaN or Inf for {broken} of {seen} images; expected "
+                              "finite logits (a quantizer with a NaN or zero step, or a weight broken by the method?)")
     return {"top1": 100.0 * correct1 / max(seen, 1), "top5": 100.0 * correct5 / max(seen, 1), "n": float(seen)}

@@ -39,7 +39,7 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
     from mgrq.data import sample_calibration
     from mgrq.evaluate import evaluate, pick_device
     from mgrq.methods import RunContext, get_method
-    from mgrq.methods.registry import run_calib
+    from mgrq.methods.registry import module_sha256, run_calib
     from mgrq.surgery import LayerPolicy, quantize_model
 
     started = records.now()
@@ -113,7 +113,8 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
         "weights": weights,  # the FP weights' file and SHA-256 (None: timm's hub weights)
         "policy": {"w_bits": policy.w_bits, "a_bits": policy.a_bits, "image_bits": policy.image_bits,
                    "overrides": [list(o) for o in policy.overrides]},
-        "method": {"name": spec.method, "config": config_dict(cfg), "info": info},
+        "method": {"name": spec.method, "config": config_dict(cfg), "info": info, "module": method.module,
+                   "module_sha256": module_sha256(method.module)},
         "warnings": list(ctx.warnings),  # what the method noticed but did not stop for
         "versions": records.versions(),
         "git_sha": records.git_sha(),

@@ -350,3 +350,18 @@ def test_loader_processes_ignore_sigterm_and_leave_it_to_the_job():
 
     (ignored, _), = list(loader(_SigtermDisposition(), 2, workers=1))
     assert ignored.tolist() == [1.0, 1.0]
+
+
+def test_a_model_with_nan_outputs_fails_its_evaluation_instead_of_scoring():
+    """argmax over NaN logits picks a class anyway, so a method that broke its model would be
+    recorded as a poor but real accuracy: evaluation raises instead, naming how many images."""
+    from mgrq.errors import EvaluationError
+    from mgrq.zoo import create_model
+
+    model = create_model("tiny_vit")
+    subset = torch.utils.data.Subset(data.mnist_bundle().val, range(40))
+    assert 0 <= evaluate(model, subset, progress=False)["top1"] <= 100
+    with torch.no_grad():
+        model.head.bias[3] = float("nan")  # every image's logit of class 3
+    with pytest.raises(EvaluationError, match=r"eval: the model's outputs are NaN or Inf for 40 of 40 images"):
+        evaluate(model, subset, progress=False)

@@ -7,7 +7,8 @@ config validation imports, never a copy (``tests/test_cli.py`` checks them again
 config accepts). An MGRQ variant's ``FIXED`` fields allow one value only: the one it fixes.
 
 A new config field needs a line here: the tests fail for a field without a meaning and for a
-line no registered method uses.
+line no registered method uses. A method of one's own outside this package (``$MGRQ_METHODS``)
+gives its fields' meanings in their metadata instead: ``field(default=..., metadata={"help": ...})``.
 """
 
 from __future__ import annotations
@@ -155,5 +156,5 @@ def describe(method: Method | str) -> list[FieldDoc]:
     out = []
     for f in dataclasses.fields(m.config_cls):
         default = f.default if f.default is not dataclasses.MISSING else "(required)"
-        out.append(FieldDoc(f.name, default, meaning(m.name, f.name), choices(m, f.name)))
+        out.append(FieldDoc(f.name, default, f.metadata.get("help") or meaning(m.name, f.name), choices(m, f.name)))
     return out

@@ -3,17 +3,26 @@
 A method is a name, a frozen config dataclass, a default calibration size and a function
 ``quantize(qmodel, calib, cfg, ctx) -> info`` that sets and calibrates the quantizers of a
 :class:`~mgrq.surgery.QuantModel` in place and returns a JSON-friendly dict for the run record.
-Built-in modules are imported on first use of the registry, so ``import mgrq`` stays light.
+Built-in modules are imported on first use of the registry, so ``import mgrq`` stays light,
+then the modules named in ``$MGRQ_METHODS`` (comma-separated; methods of your own, outside this
+package: they must be importable where the jobs run, and the record's ``git_sha`` does not cover
+them, its ``method.module_sha256`` does). docs/methods.md says how to add a method.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from mgrq.errors import ConfigError, unknown
+from mgrq.errors import ConfigError, first_line, unknown
+
+PLUGINS_ENV = "MGRQ_METHODS"  # more modules to import, comma-separated: methods outside this package
 
 # Modules that register built-in methods when imported (add new methods here).
 BUILTIN_MODULES: tuple[str, ...] = (
@@ -84,20 +93,64 @@ def register_method(
     """Decorator: ``@register_method("percentile", PercentileConfig, "...")`` on a quantize fn."""
 
     def deco(fn: QuantizeFn) -> QuantizeFn:
+        from mgrq.config import check_defaults
+
         if name in _REGISTRY and _REGISTRY[name].quantize is not fn:
-            raise ValueError(f"method {name!r} registered twice")
+            raise ValueError(f"method {name!r} registered twice: by {_REGISTRY[name].module} and by {fn.__module__}; "
+                             "expected one name per method")
+        check_defaults(config_cls, f"method {name} ({fn.__module__})")
         _REGISTRY[name] = Method(name, description, config_cls, fn, default_calib, fn.__module__)
         return fn
 
     return deco
 
 
+def plugin_modules() -> list[str]:
+    """The modules named in ``$MGRQ_METHODS``."""
+    return [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+
+
 def _load_builtins() -> None:
+    """Import the built-in method modules, then ``$MGRQ_METHODS``'s. A module that cannot be
+    imported (or whose methods do not register: a bad config default) is one :class:`ConfigError`
+    naming it; ``python -c 'import MODULE'`` shows its traceback."""
     global _loaded
-    if not _loaded:
-        for mod in BUILTIN_MODULES:
+    if _loaded:
+        return
+    plugins = plugin_modules()
+    for mod in (*BUILTIN_MODULES, *plugins):
+        try:
             importlib.import_module(mod)
-        _loaded = True
+        except Exception as e:  # ImportError, or any error the module's own code raised
+            where = f"${PLUGINS_ENV} module" if mod in plugins and mod not in BUILTIN_MODULES else "method module"
+            raise ConfigError(f"{where} {mod}: cannot be imported ({type(e).__name__}: {first_line(e)}); expected a "
+                              f"module that registers its methods (`python -c 'import {mod}'` shows the traceback)"
+                              ) from e
+    _loaded = True
+
+
+def check_jobs_can_load(methods: list[str], where: str) -> None:
+    """Every method of ``methods`` is registered by a module its job processes import too (a
+    built-in one, one of ``$MGRQ_METHODS`` or a submodule of one): a method registered by a
+    script's own import would run here and be unknown in every job. ``ConfigError`` naming
+    ``where`` otherwise."""
+    loaded = (*BUILTIN_MODULES, *plugin_modules())
+    for name in dict.fromkeys(methods):
+        mod = get_method(name).module
+        if not any(mod == m or mod.startswith(m + ".") for m in loaded):
+            raise ConfigError(f"{where}method {name}: registered by module {mod}, which the job processes do not "
+                              f"import; expected it in ${PLUGINS_ENV} (e.g. {PLUGINS_ENV}={mod}, the module "
+                              "importable where the jobs run), or --executor debug (in this process)")
+
+
+def module_sha256(module: str) -> str | None:
+    """SHA-256 of a method module's source file (the record keeps it: a method of your own,
+    outside this repository, is not covered by the record's ``git_sha``); None without a file."""
+    path = getattr(sys.modules.get(module), "__file__", None)
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        return None
 
 
 def get_method(name: str) -> Method:

@@ -221,6 +221,10 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         print(f"note: {given} is not used: every model of suite {suite.name} is from the tiny zoo "
               "(embedded MNIST digits)", file=sys.stderr)
     opts = _executor_options(args, suite)
+    if opts.kind != "debug":  # jobs are other processes: they must find every method of the grid
+        from mgrq.methods.registry import check_jobs_can_load
+
+        check_jobs_can_load([m.method for m in suite.methods], f"{suite.path}: ")
     if opts.device not in (None, "auto"):
         from mgrq.evaluate import parse_device
 
