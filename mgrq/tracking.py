@@ -28,6 +28,7 @@ from mgrq.errors import MGRQError, first_line
 
 KEY_TAG = "mgrq.key"
 DIGEST_TAG = "mgrq.digest"
+ORIGIN_TAG = "mgrq.records"  # the runs folder the run was mirrored from
 METRICS = {
     "top1": ("metrics", "top1"), "top5": ("metrics", "top5"),
     "fp_top1": ("metrics", "fp_top1"), "fp_top5": ("metrics", "fp_top5"),
@@ -49,11 +50,23 @@ class MirrorResult:
     replaced: int = 0
     unchanged: int = 0
     skipped_running: int = 0
+    duplicates: int = 0  # extra runs of one cell (two mirrors at once), deleted
     unreadable: list[str] = field(default_factory=list)  # record files left out, with what is wrong
+    foreign: list[str] = field(default_factory=list)  # runs of another machine's records under the same key
 
     def counts(self) -> str:
-        bad = f"; {len(self.unreadable)} unreadable record(s) left out: {self.unreadable[0]}" if self.unreadable else ""
-        return f"{self.created} run(s) created, {self.replaced} replaced, {self.unchanged} unchanged{bad}"
+        line = f"{self.created} run(s) created, {self.replaced} replaced, {self.unchanged} unchanged"
+        if self.skipped_running:
+            line += f", {self.skipped_running} running (not mirrored yet)"
+        if self.duplicates:
+            line += f", {self.duplicates} duplicate run(s) of a cell deleted"
+        if self.unreadable:
+            line += f"; {len(self.unreadable)} unreadable record(s) left out: {self.unreadable[0]}"
+        if self.foreign:
+            line += (f"; {len(self.foreign)} run(s) mirrored from another runs folder under the same suite and label "
+                     f"left alone ({self.foreign[0]}): another machine's, or this folder moved; use another --label "
+                     "to keep both, or delete those runs in MLflow")
+        return line
 
     def line(self) -> str:
         return f"MLflow ({self.uri}): {self.counts()}"
@@ -61,6 +74,7 @@ class MirrorResult:
 
 def _quiet() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # two lines per run otherwise
     for name in ("alembic", "mlflow.tracking._tracking_service.client"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # its retries of a database it cannot open repeat one warning for minutes; the error that
@@ -252,20 +266,30 @@ def _experiment_id(client: Any, name: str, uri: str, out: Path) -> str:
     return client.create_experiment(name, artifact_location=loc)
 
 
-def existing_runs(client: Any, exp_id: str) -> dict[str, Any]:
-    """Active runs of an experiment by their ``mgrq.key`` tag."""
-    found: dict[str, Any] = {}
+def existing_runs(client: Any, exp_id: str) -> dict[str, list[Any]]:
+    """Active runs of an experiment by their ``mgrq.key`` tag, newest first (two mirrors run at
+    once may have logged a cell twice)."""
+    found: dict[str, list[Any]] = {}
     token = None
     while True:
         page = client.search_runs([exp_id], max_results=1000, page_token=token)
         for run in page:
             key = run.data.tags.get(KEY_TAG)
             if key:
-                found[key] = run
+                found.setdefault(key, []).append(run)
         token = page.token
         if not token:
             break
+    for runs in found.values():
+        runs.sort(key=lambda r: -(r.info.start_time or 0))
     return found
+
+
+def _origin(path: Path) -> str:
+    """The runs folder a record lives in (``<out>/<suite>/<label>/<cell>/record.json``): two
+    machines mirroring one suite and label into one store must not replace each other's runs.
+    Not a host: a SLURM cell's record holds its compute node, another on each rerun."""
+    return str(path.resolve().parents[3])
 
 
 def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None = None,
@@ -278,9 +302,10 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
 
     out = Path(out)
     uri = uri or default_uri(out)
+    uri_flag = "" if uri == "sqlite:///" + str(out.resolve() / "mlflow.db") else f" --tracking-uri {uri}"
     redo = (f"the run records are safe under {out.resolve()}; mirror them later with "
             f"`mgrq mirror --out {out}" + (f" --suite {suite}" if suite else "")
-            + (f" --label {label}" if label else "") + "`")
+            + (f" --label {label}" if label else "") + uri_flag + "`")
     try:
         check_reachable(uri)
     except MirrorError as e:
@@ -305,16 +330,25 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
                     result.skipped_running += 1
                     continue
                 key = f"{s}/{path.parent.parent.name}/{path.parent.name}"
-                old = have.get(key)
-                if old is not None and old.data.tags.get(DIGEST_TAG) == record_digest(rec):
+                olds = have.get(key, [])
+                origin = _origin(path)
+                theirs = [o for o in olds if o.data.tags.get(ORIGIN_TAG, origin) != origin]
+                if theirs:  # another machine's (or folder's) records under this suite and label
+                    result.foreign.append(f"{key} from {theirs[0].data.tags[ORIGIN_TAG]}")
+                    continue
+                same = [o for o in olds if o.data.tags.get(DIGEST_TAG) == record_digest(rec)][:1]
+                for o in olds:
+                    if o not in same:
+                        client.delete_run(o.info.run_id)
+                result.duplicates += max(0, len(olds) - 1)
+                if same:
                     result.unchanged += 1
                     continue
-                if old is not None:
-                    client.delete_run(old.info.run_id)
+                if olds:
                     result.replaced += 1
                 else:
                     result.created += 1
-                _log_run(client, exp_id, key, path, rec)
+                _log_run(client, exp_id, key, path, rec, origin)
     except MirrorError:
         raise
     except Exception as e:
@@ -323,12 +357,18 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
     return result
 
 
-def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any]) -> str:
+def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any], origin: str) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
     params, metrics, tags = flatten(rec, key)
     digest = tags.pop(DIGEST_TAG)  # set last: an interrupted mirror is redone next time
-    label = tags.get("label")
+    # the label is the record's folder (as in the reports): a cell folder copied beside its label
+    # keeps the record's own label inside, and must not count in that label's tables
+    tags["label"] = label = path.parent.parent.name
+    tags[ORIGIN_TAG] = origin
+    sha = str(rec.get("git_sha") or "")
+    if sha and sha != "None":
+        tags["mlflow.source.git.commit"] = sha.split("+")[0]  # MLflow's own column; git_sha keeps +dirty
     run = client.create_run(exp_id, start_time=_ms(rec.get("started")),
                             run_name=f"{label}/{rec.get('id')}", tags={KEY_TAG: key})
     rid = run.info.run_id
@@ -343,7 +383,8 @@ def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any]
     for extra in ("cell.log", "events.jsonl"):
         if (path.parent / extra).is_file():
             client.log_artifact(rid, str(path.parent / extra))
-    client.set_terminated(rid, "FINISHED" if rec.get("status") == "done" else "FAILED",
+    stopped = (rec.get("error") or {}).get("type") == "Interrupted"  # no failure of the method: KILLED
+    client.set_terminated(rid, "FINISHED" if rec.get("status") == "done" else "KILLED" if stopped else "FAILED",
                           end_time=_ms(rec.get("finished")))
     client.set_tag(rid, DIGEST_TAG, digest)
     return rid
@@ -359,7 +400,8 @@ def search(uri: str, suite: str, labels: list[str] | None = None) -> list[dict[s
     try:
         client = _client(uri)
         exp = client.get_experiment_by_name(suite)
-        runs = existing_runs(client, exp.experiment_id).values() if exp is not None else []
+        # one run per cell: the newest of any two that mirrors run at once left (the next mirror deletes the other)
+        runs = [rs[0] for rs in existing_runs(client, exp.experiment_id).values()] if exp is not None else []
     except Exception as e:  # an unsupported scheme, a store that is not MLflow's, ...
         msg = first_line(e, 300) or type(e).__name__
         raise MirrorError(f"MLflow ({uri}): cannot be read ({type(e).__name__}: {msg}); expected the tracking "

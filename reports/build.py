@@ -219,9 +219,11 @@ def _unfinished_states(out: Path, suite: str, label: str, info: dict[str, Any], 
             out_states.setdefault("not started" if st == "pending" else st, []).append(cid)
     else:
         failed = set(df.loc[df["status"] == "failed", "run_id"])
+        stopped = {rid for lab, rid in df.attrs.get("interrupted") or [] if lab == label}
         for cid in ids:
-            out_states.setdefault("failed" if cid in failed else "with no result in MLflow (interrupted, running "
-                                  "or not started)", []).append(cid)
+            st = "failed" if cid in failed else "interrupted" if cid in stopped else "with no result in MLflow " \
+                "(running or not started)"
+            out_states.setdefault(st, []).append(cid)
     order = ("failed", "interrupted", "running", "not started")
     return dict(sorted(out_states.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 

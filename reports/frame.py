@@ -114,6 +114,7 @@ def _one_per_cell(rows: list[dict[str, Any]], times: list[Any]) -> pd.DataFrame:
     keep = set(newest.values())
     kept = [r for i, r in enumerate(rows) if i in keep and not _interrupted(r)]
     df = pd.DataFrame(kept, columns=COLUMNS)
+    df.attrs["interrupted"] = [(r["label"], r["run_id"]) for i, r in enumerate(rows) if i in keep and _interrupted(r)]
     df.attrs["superseded"] = [f"{r['label']}/{r['run_id']}-{r['hash']}" for i, r in enumerate(rows) if i not in keep]
     df.attrs["settings"] = {(r["label"], r["run_id"]): r.get("settings") or {} for r in kept}
     return df
@@ -329,10 +330,9 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
             "source": "run", "citation": None, "settings": settings(p),
         })
     df = _one_per_cell(rows, times)
-    superseded = df.attrs["superseded"]
-    kept = df.attrs["settings"]
+    attrs = dict(df.attrs)
     df = df.sort_values(["label", "run_id"]).reset_index(drop=True)
-    df.attrs["superseded"], df.attrs["settings"] = superseded, kept
+    df.attrs.update(attrs)
     return df
 
 

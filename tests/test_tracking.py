@@ -243,3 +243,71 @@ def test_a_store_mlflow_cannot_use_is_named_before_any_work(tmp_path, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/x.db")
     assert main(["suite", "run", str(suite), "--out", str(tmp_path / "runs"), "--executor", "debug"]) == 2
     assert "(or --no-mirror)" in capsys.readouterr().err and not (tmp_path / "runs" / "st").exists()
+
+
+def test_mirror_keeps_one_run_per_cell_and_names_what_it_left(tmp_path, capsys):
+    """A cell logged twice (two mirrors at once) is one run again after the next mirror, and a
+    report reads one meanwhile; a run mirrored from another runs folder under the same suite and
+    label (another machine's) is left alone and counted, not replaced; a cell folder copied
+    beside its label is mirrored under its own folder's label; an interrupted cell's run is
+    KILLED, and a report from MLflow names it interrupted; a running one is counted."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from mgrq import records
+    from mgrq.tracking import ORIGIN_TAG, _log_run, _origin, search
+
+    suite = write_suite(tmp_path / "dup.yaml", eval_limit=50, seeds=[0, 1, 2])
+    out = tmp_path / "runs"
+    assert main(["suite", "run", str(suite), "--out", str(out), "--label", "L", "--executor", "debug",
+                 "--threads", "1", "--no-report"]) == 0
+    uri = default_uri(out)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("dup").experiment_id
+    paths = sorted((out / "dup" / "L").glob("*/record.json"))
+    recs = [json.loads(p.read_text()) for p in paths]
+    key = f"dup/L/{paths[0].parent.name}"
+    _log_run(client, exp, key, paths[0], recs[0], _origin(paths[0]))  # as a second mirror at once would
+    assert len(search(uri, "dup", ["L"])) == 3  # one run per cell read
+    res = mirror(out, "dup", "L")
+    assert (res.duplicates, res.unchanged, res.created) == (1, 3, 0), res.counts()
+    assert len(client.search_runs([exp])) == 3
+    # another machine's records under the same suite and label: left alone, not replaced
+    other = next(r for r in client.search_runs([exp]) if r.data.tags["mgrq.key"].endswith(paths[1].parent.name))
+    client.set_tag(other.info.run_id, ORIGIN_TAG, "/elsewhere/runs")
+    records.write_record(paths[1], {**recs[1], "metrics": {**recs[1]["metrics"], "top1": 1.0}})
+    res = mirror(out, "dup", "L")
+    assert res.replaced == 0 and len(res.foreign) == 1 and "/elsewhere/runs" in res.counts(), res.counts()
+    assert client.get_run(other.info.run_id).data.metrics["top1"] == recs[1]["metrics"]["top1"]
+    # a cell folder copied beside the label: its own label in MLflow, not L's
+    shutil.copytree(paths[2].parent, out / "dup" / "L-first" / paths[2].parent.name)
+    records.write_record(paths[2], {**recs[2], "status": "failed", "metrics": None,
+                                    "error": {"type": "Interrupted", "message": "stopped", "traceback": ""}})
+    records.write_record(paths[0], {**recs[0], "status": "running"})
+    res = mirror(out, "dup")
+    assert res.skipped_running == 1 and "1 running (not mirrored yet)" in res.counts(), res.counts()
+    copied = [r for r in client.search_runs([exp]) if r.data.tags["mgrq.key"].startswith("dup/L-first/")]
+    assert [r.data.tags["label"] for r in copied] == ["L-first"]
+    stopped = next(r for r in client.search_runs([exp]) if r.data.tags["mgrq.key"] == f"dup/L/{paths[2].parent.name}")
+    assert stopped.info.status == "KILLED" and stopped.data.tags["mlflow.source.git.commit"] == \
+        str(recs[2]["git_sha"]).split("+")[0]
+    capsys.readouterr()
+    assert main(["report", "dup", "--out", str(out), "--from", "mlflow", "--label", "L", "--no-pdf",
+                 "--no-figures"]) == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:")]
+    assert any(f"1 interrupted ({recs[2]['id']})" in n for n in notes), notes
+
+
+def test_mirror_exit_status_and_its_redo_hint_name_the_store(tmp_path, capsys):
+    """An unreachable store is exit 3 (not bad input), and the command it gives to mirror later
+    names that store: run as printed from a shell without $MLFLOW_TRACKING_URI, it would
+    otherwise mirror into the default sqlite file and report success."""
+    from mgrq import records
+
+    records.write_record(tmp_path / "x" / "L" / "suite.json", {"created": "x"})
+    dead = f"http://127.0.0.1:{_free_port()}"
+    assert main(["mirror", "--out", str(tmp_path), "--tracking-uri", dead]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert f"`mgrq mirror --out {tmp_path} --tracking-uri {dead}`" in err, err

@@ -97,7 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--label", default=None, help="label (default: the newest)")
     st.set_defaults(func=cmd_suite_status)
 
-    m = sub.add_parser("mirror", help="mirror finished run records into MLflow (idempotent)")
+    m = sub.add_parser("mirror", help="mirror finished run records into MLflow (idempotent)",
+                       description="Mirror the finished run records under --out into MLflow. Exit status: 0, "
+                                   "3 when the store cannot be reached or written (the records are untouched), "
+                                   "2 on bad input.")
     _add_out(m)
     m.add_argument("--suite", default=None, help="only this suite (default: all under --out)")
     m.add_argument("--label", default=None, help="only this label")
@@ -346,7 +349,8 @@ def _final_summary(summary: Any, rep: Any, mirror_line: str | None, uri: str | N
     if mirror_line:
         print(f"MLflow:   {mirror_line}")
         if uri and not mirror_line.startswith("NOT"):
-            print(f"          open the UI: {ui_command(uri)}  (then http://127.0.0.1:5000)")
+            then = "  (then http://127.0.0.1:5000)" if not uri.startswith("http") else ""
+            print(f"          open the UI: {ui_command(uri)}{then}")
 
 
 def cmd_suite_list(args: argparse.Namespace) -> int:
@@ -410,7 +414,13 @@ def cmd_mirror(args: argparse.Namespace) -> int:
         if args.label not in known:
             raise unknown("label", args.label, known, f"of {'suite ' + args.suite if args.suite else 'any suite'} "
                           f"under --out {out}")
-    res = mirror(out, args.suite, args.label, args.tracking_uri)
+    from mgrq.tracking import MirrorError
+
+    try:
+        res = mirror(out, args.suite, args.label, args.tracking_uri)
+    except MirrorError as e:  # the store, not the input: as `suite run`'s mirror failure
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     print(res.line())
     return 0
 
