@@ -162,6 +162,15 @@ def test_a_suite_file_with_several_problems_names_them_all_in_one_error(tmp_path
         load_suite(path)
     assert str(e.value) == (f"{path}: field 'overrides.percentile.calibb': unknown field (did you mean 'calib'?); "
                             "expected one of calib, config, image_bits, bits_overrides")
+    # an overrides block with a bad field is named, and the entries it applies to are still checked;
+    # an overrides key naming no method is checked against the names as written
+    path = write_suite(tmp_path / "bad.yaml", methods=["percentile", {"name": "qdrop", "config": {"iterz": 3}}],
+                       overrides={"qdrop": {"calbi": 4}, "percentile": {"config": {"weight_int": "lp"}},
+                                  "qdorp": {"calib": 3}})
+    with pytest.raises(ConfigError) as e:
+        load_suite(path)
+    assert [ln.split("'")[1] for ln in str(e.value).splitlines()[1:]] == [
+        "overrides.qdrop.calbi", "overrides.percentile.config", "methods[1].config", "overrides.qdorp"], str(e.value)
     path = write_suite(tmp_path / "bad.yaml", report={"ablation": ["percentile", "nosuch"]})  # now it is checked
     with pytest.raises(ConfigError, match=r"field 'report.ablation\[1\]': unknown method 'nosuch'"):
         load_suite(path)

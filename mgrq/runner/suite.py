@@ -328,6 +328,22 @@ def read_yaml(path: Path, where: str = "") -> Any:
         raise ConfigError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
 
 
+def _names_written(methods_in: Any) -> set[str] | None:
+    """The method and variant names a ``methods`` list names, each entry as written (valid or
+    not); None when the list itself is not one to read names from."""
+    if isinstance(methods_in, str):
+        methods_in = [methods_in]
+    if not isinstance(methods_in, list):
+        return None
+    out: set[str] = set()
+    for v in methods_in:
+        if isinstance(v, str):
+            out.add(v)
+        elif isinstance(v, dict):
+            out |= {x for x in (v.get("name"), v.get("variant")) if isinstance(x, str)}
+    return out
+
+
 def load_suite(name_or_path: str | Path, check_names: bool = True) -> Suite:
     """Read and validate a suite file. ``check_names=False`` skips the model/method registry
     checks (used to list suites whose methods are not registered yet)."""
@@ -336,6 +352,10 @@ def load_suite(name_or_path: str | Path, check_names: bool = True) -> Suite:
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of suite fields ({', '.join(TOP_FIELDS)})")
     return _Parser(path, check_names).suite(doc)
+
+
+class _Noted(MGRQError):
+    """A part failed and its problems are already kept (:meth:`_Parser.part`)."""
 
 
 class _Parser:
@@ -419,16 +439,20 @@ class _Parser:
                 raise self.err(fld, str(e)) from None
 
     def config(self, method: str, layers: list[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
-        """The config fields of ``layers`` (where, mapping or None; later ones win), checked. An
-        error names the first layer that fails on its own, else the last (only together they fail)."""
+        """The config fields of ``layers`` (where, mapping or None; later ones win), checked. The
+        errors name each layer that fails on its own, else the last (only together they fail)."""
         for where, c in layers:
             self.mapping(c, where)
         cfg = {k: x for _, c in layers for k, x in (c or {}).items()}
         try:
             self.check_config(method, cfg, layers[-1][0])
         except ConfigError:
+            n = len(self.problems)
             for where, c in layers:
-                self.check_config(method, c or {}, where)
+                with self.part():
+                    self.check_config(method, c or {}, where)
+            if len(self.problems) > n:
+                raise _Noted() from None
             raise
         return tuple(sorted((str(k), tuple(x) if isinstance(x, list) else x) for k, x in cfg.items()))
 
@@ -473,6 +497,8 @@ class _Parser:
         """Check one part of the file: its error is kept, and the next part is checked."""
         try:
             yield
+        except _Noted:
+            pass
         except MGRQError as e:
             self.problems.append(e)
 
@@ -539,6 +565,10 @@ class _Parser:
             if not isinstance(overrides, dict):
                 overrides = {}
                 raise self.err("overrides", f"expected a mapping METHOD: {{{', '.join(OVERRIDE_FIELDS)}}}")
+        good: dict[str, Any] = {}  # the blocks whose fields are known: the entries they apply to use them
+        for k, o in overrides.items():
+            with self.part():
+                good[k] = self.keys(o, f"overrides.{k}", OVERRIDE_FIELDS) if o is not None else None
         n0 = len(self.problems)
         methods: list[MethodEntry] = []
         with self.part():
@@ -549,17 +579,18 @@ class _Parser:
                 raise self.err("methods", f"expected a non-empty list of method names or mappings, got {methods_in!r}")
             for i, m in enumerate(methods_in):
                 with self.part():
-                    methods.append(self.method(i, m, overrides))
+                    methods.append(self.method(i, m, good))
         names = [m.name for m in methods]
         with self.part():
             dup = next((n for n in names if names.count(n) > 1), None)
             if dup:
                 raise self.err("methods", f"{dup!r} listed twice; give one of them a distinct 'variant' name")
         methods_ok = len(self.problems) == n0  # the fields naming methods are checked against a full list
-        if methods_ok:
+        written = _names_written(d.get("methods"))  # as written, also in entries that failed
+        if written is not None:
             for k in overrides:
                 with self.part():
-                    self.member("method", k, {*names, *(m.method for m in methods)}, f"overrides.{k}")
+                    self.member("method", k, written, f"overrides.{k}")
         seeds = d.get("seeds", [0])
         if isinstance(seeds, int):
             seeds = [seeds]
