@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 from harness_helpers import cli_env, mgrq, write_suite
 
+from mgrq.cli import main
 from mgrq.errors import ConfigError
 from mgrq.methods import registry
 
@@ -37,16 +38,17 @@ def my_quantize(qmodel, calib, cfg, ctx):
 '''
 
 
-def test_a_method_of_your_own_runs_in_the_suites_jobs_from_mgrq_methods(tmp_path):
+def test_a_method_of_your_own_runs_in_the_suites_jobs_from_mgrq_methods(tmp_path, plugins, capsys):
+    """The driver (here, in this process) and its local job (another process, which inherits the
+    environment) both import the module named in $MGRQ_METHODS."""
     (tmp_path / "myplugin.py").write_text(PLUGIN)
-    env = cli_env(PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]), MGRQ_METHODS="myplugin")
-    listed = mgrq("methods", env=env)
-    assert listed.returncode == 0 and "my_pct" in listed.stdout, listed.stderr
+    plugins(tmp_path, "myplugin")
+    assert main(["methods"]) == 0 and "my_pct" in capsys.readouterr().out
     suite = write_suite(tmp_path / "mine.yaml", methods=["my_pct"], eval_limit=50)
     out = tmp_path / "runs"
-    r = mgrq("suite", "run", str(suite), "--out", str(out), "--label", "P", "--parallelism", "1", "--threads", "1",
-             "--no-report", "--no-mirror", env=env)
-    assert r.returncode == 0, r.stdout + r.stderr  # the local job imported the plugin too
+    code = main(["suite", "run", str(suite), "--out", str(out), "--label", "P", "--parallelism", "1", "--threads", "1",
+                 "--no-report", "--no-mirror"])
+    assert code == 0, capsys.readouterr()  # the local job imported the plugin too
     rec = json.loads(next((out / "mine" / "P").glob("*/record.json")).read_text())
     assert rec["status"] == "done" and rec["method"]["info"]["note"] == "mine"
     assert rec["method"]["module"] == "myplugin"
@@ -61,6 +63,27 @@ def test_a_module_that_does_not_import_is_one_line(tmp_path):
     assert r.stderr.startswith("error: $MGRQ_METHODS module broken: cannot be imported (ImportError: cannot import "
                                "name 'NoSuchQuantizer'"), r.stderr
     assert "`python -c 'import broken'` shows the traceback" in r.stderr
+
+
+@pytest.fixture
+def plugins(monkeypatch):
+    """``plugins(folder, "mod1,mod2")``: the modules of ``folder`` named in $MGRQ_METHODS for this
+    process and the jobs it starts (PYTHONPATH), the registry loaded again with them; all restored
+    after the test."""
+    registry.all_methods()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def use(folder, modules: str) -> None:
+        monkeypatch.syspath_prepend(str(folder))
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), *sys.path]))
+        monkeypatch.setenv(registry.PLUGINS_ENV, modules)
+        monkeypatch.setattr(registry, "_loaded", False)
+        for m in modules.split(","):
+            monkeypatch.delitem(sys.modules, m, raising=False)
+
+    yield use
+    for m in ("myplugin", "minmax_ptq", "qdrop_l1"):
+        sys.modules.pop(m, None)
 
 
 @pytest.fixture
@@ -111,7 +134,7 @@ def test_a_method_the_jobs_cannot_load_is_refused_before_submission(registry_cop
     registry.check_jobs_can_load(["percentile", "scripted"], "s.yaml: ")  # named there: the jobs import it
 
 
-def test_the_examples_of_docs_methods_md_run_as_written(tmp_path):
+def test_the_examples_of_docs_methods_md_run_as_written(tmp_path, plugins, capsys):
     """docs/methods.md's two methods, copied from the page into modules named in $MGRQ_METHODS:
     listed with their fields' help, quantized and recorded (the reconstruction one with its L1
     term in each unit's losses)."""
@@ -122,15 +145,15 @@ def test_the_examples_of_docs_methods_md_run_as_written(tmp_path):
     assert [name for name, _ in blocks] == ["minmax_ptq", "qdrop_l1"]
     for name, code in blocks:
         (tmp_path / f"{name}.py").write_text(code)
-    env = cli_env(PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]), MGRQ_METHODS="minmax_ptq,qdrop_l1")
-    shown = mgrq("methods", "minmax_ptq", env=env)
-    assert shown.returncode == 0 and "one range per output channel of a weight" in shown.stdout, shown.stderr
+    plugins(tmp_path, "minmax_ptq,qdrop_l1")
+    assert main(["methods", "minmax_ptq"]) == 0
+    assert "one range per output channel of a weight" in capsys.readouterr().out
     runs = {"minmax_ptq": [], "qdrop_l1": ["--calib", "8", "--set", "iters=2", "--set", "init_calib=8"]}
     for method, extra in runs.items():
         rec_path = tmp_path / f"{method}.json"
-        r = mgrq("quantize", "--model", "tiny_vit", "--method", method, "--w-bits", "4", "--a-bits", "4",
-                 "--eval-limit", "50", "--record", str(rec_path), "--quiet", *extra, env=env)
-        assert r.returncode == 0, r.stdout + r.stderr
+        code = main(["quantize", "--model", "tiny_vit", "--method", method, "--w-bits", "4", "--a-bits", "4",
+                     "--eval-limit", "50", "--record", str(rec_path), "--quiet", *extra])
+        assert code == 0, capsys.readouterr()
         rec = json.loads(rec_path.read_text())
         assert rec["status"] == "done" and rec["method"]["module"] == method and 0 <= rec["metrics"]["top1"] <= 100
     units = json.loads((tmp_path / "qdrop_l1.json").read_text())["method"]["info"]["recon"][0]["stages"][0]["units"]
