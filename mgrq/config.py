@@ -106,8 +106,9 @@ def check_defaults(cls: type, owner: str) -> None:
             return type(value) is t  # exactly: a bool is no int here, an int no float
 
         if not any(fits(t) for t in allowed):
+            hint = f" (write {f.default!r}.0)" if type(f.default) is int and float in allowed else ""
             raise TypeError(f"{owner}: config field {f.name} = {f.default!r} ({type(f.default).__name__}) as default; "
-                            f"expected {_type_name(typ)}, as its annotation says")
+                            f"expected {_type_name(typ)}, as its annotation says{hint}")
 
 
 def build_config(cls: type, overrides: Mapping[str, Any] | None = None, owner: str | None = None) -> Any:

@@ -18,6 +18,8 @@ import hashlib
 import json
 import logging
 import os
+import secrets
+import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -285,11 +287,32 @@ def existing_runs(client: Any, exp_id: str) -> dict[str, list[Any]]:
     return found
 
 
-def _origin(path: Path) -> str:
-    """The runs folder a record lives in (``<out>/<suite>/<label>/<cell>/record.json``): two
-    machines mirroring one suite and label into one store must not replace each other's runs.
-    Not a host: a SLURM cell's record holds its compute node, another on each rerun."""
-    return str(path.resolve().parents[3])
+ORIGIN_FILE = ".mgrq-id"  # under --out: the runs folder's id, made by its first mirror
+
+
+def runs_folder_id(out: Path) -> str:
+    """The id of a runs folder (``<out>/.mgrq-id``, made once): two machines mirroring one suite
+    and label into one store must not replace each other's runs. An id in the folder, not its
+    path (a moved folder is the same records) nor a host (a SLURM cell's record holds its compute
+    node, another on each rerun)."""
+    path = out.resolve() / ORIGIN_FILE
+    try:
+        return path.read_text().strip()
+    except OSError:
+        pass
+    new = f"{socket.gethostname()}:{out.resolve()}:{secrets.token_hex(4)}"  # readable where it came from
+    tmp = path.with_name(f"{ORIGIN_FILE}.{os.getpid()}")
+    try:
+        tmp.write_text(new + "\n")
+        try:
+            os.link(tmp, path)  # two mirrors at once: the first one's id wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.read_text().strip()
+    except OSError:  # a runs folder this process cannot write (mirrored from elsewhere): its path
+        return str(out.resolve())
 
 
 def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None = None,
@@ -325,23 +348,26 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
                 continue
             exp_id = _experiment_id(client, s, uri, out)
             have = existing_runs(client, exp_id)
+            origin = runs_folder_id(out)
             for path, rec in recs:
                 if rec.get("status") not in ("done", "failed"):
                     result.skipped_running += 1
                     continue
                 key = f"{s}/{path.parent.parent.name}/{path.parent.name}"
                 olds = have.get(key, [])
-                origin = _origin(path)
+                same = [o for o in olds if o.data.tags.get(DIGEST_TAG) == record_digest(rec)][:1]
                 theirs = [o for o in olds if o.data.tags.get(ORIGIN_TAG, origin) != origin]
-                if theirs:  # another machine's (or folder's) records under this suite and label
+                if theirs and not same:  # another machine's records under this suite and label
                     result.foreign.append(f"{key} from {theirs[0].data.tags[ORIGIN_TAG]}")
                     continue
-                same = [o for o in olds if o.data.tags.get(DIGEST_TAG) == record_digest(rec)][:1]
                 for o in olds:
                     if o not in same:
                         client.delete_run(o.info.run_id)
                 result.duplicates += max(0, len(olds) - 1)
-                if same:
+                if same:  # unchanged; a run of an older mirror gets the tags it lacks
+                    for tag, value in ((ORIGIN_TAG, origin), ("label", path.parent.parent.name)):
+                        if same[0].data.tags.get(tag) is None or (tag == "label" and same[0].data.tags[tag] != value):
+                            client.set_tag(same[0].info.run_id, tag, value)
                     result.unchanged += 1
                     continue
                 if olds:

@@ -72,6 +72,7 @@ def plugins(monkeypatch):
     after the test."""
     registry.all_methods()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_LOADED_BY", dict(registry._LOADED_BY))
 
     def use(folder, modules: str) -> None:
         monkeypatch.syspath_prepend(str(folder))
@@ -82,7 +83,7 @@ def plugins(monkeypatch):
             monkeypatch.delitem(sys.modules, m, raising=False)
 
     yield use
-    for m in ("myplugin", "minmax_ptq", "qdrop_l1"):
+    for m in ("myplugin", "minmax_ptq", "qdrop_l1", "helper_methods", "lab_methods", "half"):
         sys.modules.pop(m, None)
 
 
@@ -91,6 +92,22 @@ def registry_copy(monkeypatch):
     """The registry as loaded, restored after the test."""
     registry.all_methods()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_a_method_registered_by_a_module_a_plugin_imports_is_loadable(tmp_path, plugins, capsys):
+    """$MGRQ_METHODS names one module, which imports the one that registers: the jobs import it
+    too, so the run is not refused. A module that fails half-way leaves nothing registered: the
+    next lookup names the same failure, not a "registered twice" of its own making."""
+    (tmp_path / "helper_methods.py").write_text(PLUGIN.replace('"my_pct"', '"helper_pct"'))
+    (tmp_path / "lab_methods.py").write_text("import helper_methods  # noqa: F401\n")
+    plugins(tmp_path, "lab_methods")
+    registry.check_jobs_can_load(["helper_pct"], "s.yaml: ")
+    (tmp_path / "half.py").write_text(PLUGIN.replace('"my_pct"', '"half_pct"') + "import no_such_module_here\n")
+    plugins(tmp_path, "half")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=r"\$MGRQ_METHODS module half: cannot be imported \(ModuleNotFoundError"):
+            registry.get_method("percentile")
+    assert "half_pct" not in registry._REGISTRY
 
 
 def test_a_config_default_of_the_wrong_type_is_refused_at_registration(registry_copy):

@@ -171,6 +171,15 @@ def test_a_suite_file_with_several_problems_names_them_all_in_one_error(tmp_path
         load_suite(path)
     assert [ln.split("'")[1] for ln in str(e.value).splitlines()[1:]] == [
         "overrides.qdrop.calbi", "overrides.percentile.config", "methods[1].config", "overrides.qdorp"], str(e.value)
+    # one misspelt method is one problem: its override (of the right name) is not a second one; a
+    # block's known fields still apply beside its unknown one (no false complaint follows from it)
+    for fields, where in (({"methods": ["percentil"], "overrides": {"percentile": {"calib": 4}}}, "methods[0].name"),
+                          ({"methods": [{"name": "brecq", "config": {"init": "repq_vit"}}],
+                            "overrides": {"brecq": {"calbi": 4, "config": {"act_reinit": False}}}}, "overrides.brecq.calbi")):
+        path = write_suite(tmp_path / "bad.yaml", **fields)
+        with pytest.raises((ConfigError, UnknownNameError)) as e:
+            load_suite(path)
+        assert "\n" not in str(e.value) and f"field '{where}'" in str(e.value), str(e.value)
     path = write_suite(tmp_path / "bad.yaml", report={"ablation": ["percentile", "nosuch"]})  # now it is checked
     with pytest.raises(ConfigError, match=r"field 'report.ablation\[1\]': unknown method 'nosuch'"):
         load_suite(path)

@@ -256,7 +256,7 @@ def test_mirror_keeps_one_run_per_cell_and_names_what_it_left(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     from mgrq import records
-    from mgrq.tracking import ORIGIN_TAG, _log_run, _origin, search
+    from mgrq.tracking import ORIGIN_TAG, _log_run, runs_folder_id, search
 
     suite = write_suite(tmp_path / "dup.yaml", eval_limit=50, seeds=[0, 1, 2])
     out = tmp_path / "runs"
@@ -268,18 +268,37 @@ def test_mirror_keeps_one_run_per_cell_and_names_what_it_left(tmp_path, capsys):
     paths = sorted((out / "dup" / "L").glob("*/record.json"))
     recs = [json.loads(p.read_text()) for p in paths]
     key = f"dup/L/{paths[0].parent.name}"
-    _log_run(client, exp, key, paths[0], recs[0], _origin(paths[0]))  # as a second mirror at once would
+    _log_run(client, exp, key, paths[0], recs[0], runs_folder_id(out))  # as a second mirror at once would
     assert len(search(uri, "dup", ["L"])) == 3  # one run per cell read
     res = mirror(out, "dup", "L")
     assert (res.duplicates, res.unchanged, res.created) == (1, 3, 0), res.counts()
     assert len(client.search_runs([exp])) == 3
     # another machine's records under the same suite and label: left alone, not replaced
     other = next(r for r in client.search_runs([exp]) if r.data.tags["mgrq.key"].endswith(paths[1].parent.name))
-    client.set_tag(other.info.run_id, ORIGIN_TAG, "/elsewhere/runs")
+    client.set_tag(other.info.run_id, ORIGIN_TAG, "elsewhere:/runs:1234abcd")
+    assert mirror(out, "dup", "L").unchanged == 3  # the same record there: nothing to do either way
     records.write_record(paths[1], {**recs[1], "metrics": {**recs[1]["metrics"], "top1": 1.0}})
     res = mirror(out, "dup", "L")
-    assert res.replaced == 0 and len(res.foreign) == 1 and "/elsewhere/runs" in res.counts(), res.counts()
+    assert res.replaced == 0 and len(res.foreign) == 1 and "elsewhere:/runs:1234abcd" in res.counts(), res.counts()
     assert client.get_run(other.info.run_id).data.metrics["top1"] == recs[1]["metrics"]["top1"]
+    records.write_record(paths[1], recs[1])
+    client.set_tag(other.info.run_id, ORIGIN_TAG, runs_folder_id(out))
+    # a runs folder moved (its database with it) is the same records: its runs are still its own
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    out, uri = moved, default_uri(moved)
+    client = MlflowClient(tracking_uri=uri)
+    paths = sorted((out / "dup" / "L").glob("*/record.json"))
+    records.write_record(paths[1], {**recs[1], "metrics": {**recs[1]["metrics"], "top1": 2.0}})
+    res = mirror(out, "dup", "L")
+    assert (res.replaced, res.foreign) == (1, []), res.counts()
+    # a run of an older mirror (no folder tag, the record's own label) gets the tags it lacks
+    run = next(r for r in client.search_runs([exp]) if r.data.tags["mgrq.key"].endswith(paths[0].parent.name))
+    client.delete_tag(run.info.run_id, ORIGIN_TAG)
+    client.set_tag(run.info.run_id, "label", "the-record's-own")
+    assert mirror(out, "dup", "L").unchanged == 3
+    tags = client.get_run(run.info.run_id).data.tags
+    assert (tags["label"], tags[ORIGIN_TAG]) == ("L", runs_folder_id(out))
     # a cell folder copied beside the label: its own label in MLflow, not L's
     shutil.copytree(paths[2].parent, out / "dup" / "L-first" / paths[2].parent.name)
     records.write_record(paths[2], {**recs[2], "status": "failed", "metrics": None,

@@ -84,6 +84,7 @@ def check_init_calib(spec: Any, where: str) -> None:
 
 
 _REGISTRY: dict[str, Method] = {}
+_LOADED_BY: dict[str, str] = {}  # method -> the built-in or $MGRQ_METHODS module whose import registered it
 _loaded = False
 
 
@@ -119,9 +120,14 @@ def _load_builtins() -> None:
         return
     plugins = plugin_modules()
     for mod in (*BUILTIN_MODULES, *plugins):
+        before = dict(_REGISTRY)
         try:
             importlib.import_module(mod)
+            _LOADED_BY.update({name: mod for name in _REGISTRY if name not in before})
         except Exception as e:  # ImportError, or any error the module's own code raised
+            _REGISTRY.clear()  # what it registered before failing would read as "registered twice" next time
+            _REGISTRY.update(before)
+            sys.modules.pop(mod, None)
             where = f"${PLUGINS_ENV} module" if mod in plugins and mod not in BUILTIN_MODULES else "method module"
             raise ConfigError(f"{where} {mod}: cannot be imported ({type(e).__name__}: {first_line(e)}); expected a "
                               f"module that registers its methods (`python -c 'import {mod}'` shows the traceback)"
@@ -131,13 +137,13 @@ def _load_builtins() -> None:
 
 def check_jobs_can_load(methods: list[str], where: str) -> None:
     """Every method of ``methods`` is registered by a module its job processes import too (a
-    built-in one, one of ``$MGRQ_METHODS`` or a submodule of one): a method registered by a
-    script's own import would run here and be unknown in every job. ``ConfigError`` naming
-    ``where`` otherwise."""
+    built-in one, one of ``$MGRQ_METHODS``, a submodule of one, or a module whose import
+    registered it when the registry loaded them): a method registered by a script's own import
+    would run here and be unknown in every job. ``ConfigError`` naming ``where`` otherwise."""
     loaded = (*BUILTIN_MODULES, *plugin_modules())
     for name in dict.fromkeys(methods):
         mod = get_method(name).module
-        if not any(mod == m or mod.startswith(m + ".") for m in loaded):
+        if name not in _LOADED_BY and not any(mod == m or mod.startswith(m + ".") for m in loaded):
             raise ConfigError(f"{where}method {name}: registered by module {mod}, which the job processes do not "
                               f"import; expected it in ${PLUGINS_ENV} (e.g. {PLUGINS_ENV}={mod}, the module "
                               "importable where the jobs run), or --executor debug (in this process)")

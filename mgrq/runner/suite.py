@@ -565,10 +565,13 @@ class _Parser:
             if not isinstance(overrides, dict):
                 overrides = {}
                 raise self.err("overrides", f"expected a mapping METHOD: {{{', '.join(OVERRIDE_FIELDS)}}}")
-        good: dict[str, Any] = {}  # the blocks whose fields are known: the entries they apply to use them
+        good: dict[str, Any] = {}  # each block's known fields (an unknown one is named): the entries use them
         for k, o in overrides.items():
-            with self.part():
-                good[k] = self.keys(o, f"overrides.{k}", OVERRIDE_FIELDS) if o is not None else None
+            if isinstance(o, dict):
+                good[k] = {f: x for f, x in o.items() if f in OVERRIDE_FIELDS}
+            if o is not None:
+                with self.part():
+                    self.keys(o, f"overrides.{k}", OVERRIDE_FIELDS)
         n0 = len(self.problems)
         methods: list[MethodEntry] = []
         with self.part():
@@ -588,9 +591,15 @@ class _Parser:
         methods_ok = len(self.problems) == n0  # the fields naming methods are checked against a full list
         written = _names_written(d.get("methods"))  # as written, also in entries that failed
         if written is not None:
+            registered: set[str] = set()
+            if not methods_ok and self.check_names:  # a misspelt entry's override is not the mistake
+                from mgrq.methods import all_methods
+
+                registered = {m.name for m in all_methods()}
             for k in overrides:
-                with self.part():
-                    self.member("method", k, written, f"overrides.{k}")
+                if k not in registered:
+                    with self.part():
+                        self.member("method", k, written, f"overrides.{k}")
         seeds = d.get("seeds", [0])
         if isinstance(seeds, int):
             seeds = [seeds]
