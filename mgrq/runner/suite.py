@@ -361,6 +361,7 @@ class _Noted(MGRQError):
 class _Parser:
     def __init__(self, path: Path, check_names: bool):
         self.path, self.check_names = path, check_names
+        self.problems: list[MGRQError] = []  # what :meth:`part` kept, for :meth:`failed`
 
     def err(self, fld: str, msg: str) -> ConfigError:
         return ConfigError(f"{self.path}: field '{fld}': {msg}")
@@ -515,7 +516,7 @@ class _Parser:
         """The suite of the file's fields ``d``. Every field is checked before an error is raised,
         so that it names every problem found; a field that depends on another one that is wrong
         (``report.ablation`` on ``methods``) is checked once the other one is right."""
-        self.problems: list[MGRQError] = []
+        self.problems = []
         for k in [k for k in d if k not in TOP_FIELDS]:
             with self.part():
                 raise self.err(str(k), f"unknown field{did_you_mean(k, TOP_FIELDS)}; expected one of "
