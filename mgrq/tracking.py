@@ -8,7 +8,10 @@
   (no server needed). ``MLFLOW_TRACKING_URI`` (e.g. a team server) wins when set.
 - Idempotent: every MLflow run carries the tag ``mgrq.key`` (suite/label/cell folder) and
   ``mgrq.digest`` (hash of the record). Mirroring again creates nothing for unchanged records;
-  a record that changed (a failed cell that later succeeded) replaces its run.
+  a record that changed (a failed cell that later succeeded) replaces its run; a cell logged
+  twice (two mirrors at once) is one run again. ``mgrq.records`` is the id of the runs folder
+  (``<out>/.mgrq-id``): another folder's run under the same key is left alone, not replaced.
+  The ``label`` tag is the record's folder, as in the reports.
 - Only the driver (or ``mgrq mirror``) writes to MLflow; compute nodes never need to reach it.
 """
 

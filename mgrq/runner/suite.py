@@ -385,13 +385,21 @@ class _Parser:
         if v is not None and not isinstance(v, dict):
             raise self.err(fld, f"expected a mapping of config fields (field: value), got {v!r}")
 
-    def str_list(self, d: dict, fld: str, required: bool = True) -> list[str]:
+    def nonempty_list(self, d: dict, fld: str, expected: str) -> list[Any]:
+        """``d[fld]`` as a list (one string given alone is a list of it), not empty: else an error
+        saying it expected a non-empty list of ``expected``."""
         v = d.get(fld)
-        if v is None and not required:
-            return []
         if isinstance(v, str):
             v = [v]
-        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+        if not isinstance(v, list) or not v:
+            raise self.err(fld, f"expected a non-empty list of {expected}, got {v!r}")
+        return v
+
+    def str_list(self, d: dict, fld: str, required: bool = True) -> list[str]:
+        if d.get(fld) is None and not required:
+            return []
+        v = self.nonempty_list(d, fld, "names")
+        if not all(isinstance(x, str) and x for x in v):
             raise self.err(fld, f"expected a non-empty list of names, got {v!r}")
         return v
 
@@ -546,12 +554,7 @@ class _Parser:
         models_ok = len(self.problems) == n0
         bits: list[tuple[int, int]] = []
         with self.part():
-            bits_in = d.get("bits")
-            if isinstance(bits_in, str):
-                bits_in = [bits_in]
-            if not isinstance(bits_in, list) or not bits_in:
-                raise self.err("bits", f"expected a non-empty list of WxAy strings, got {bits_in!r}")
-            for i, b in enumerate(bits_in):
+            for i, b in enumerate(self.nonempty_list(d, "bits", "WxAy strings")):
                 with self.part():
                     try:
                         wa = parse_bits(str(b))
@@ -576,12 +579,7 @@ class _Parser:
         n0 = len(self.problems)
         methods: list[MethodEntry] = []
         with self.part():
-            methods_in = d.get("methods")
-            if isinstance(methods_in, str):
-                methods_in = [methods_in]
-            if not isinstance(methods_in, list) or not methods_in:
-                raise self.err("methods", f"expected a non-empty list of method names or mappings, got {methods_in!r}")
-            for i, m in enumerate(methods_in):
+            for i, m in enumerate(self.nonempty_list(d, "methods", "method names or mappings")):
                 with self.part():
                     methods.append(self.method(i, m, good))
         names = [m.name for m in methods]
