@@ -197,6 +197,12 @@ def _num(x: Any) -> float | None:
     return float(x)
 
 
+def param_str(v: Any) -> str:
+    """A config value as an MLflow param (and a report's settings) spell it: lists and mappings
+    as JSON, anything else as ``str``."""
+    return json.dumps(v) if isinstance(v, list | dict) else str(v)
+
+
 def flat_params(rec: dict[str, Any]) -> dict[str, str]:
     """The MLflow params of a record: the spec and the method config, flat, as strings."""
     spec = rec.get("spec", {})
@@ -211,7 +217,7 @@ def flat_params(rec: dict[str, Any]) -> dict[str, str]:
         params["bits_overrides"] = json.dumps(spec["bits_overrides"])
     cfg = (rec.get("method") or {}).get("config") or spec.get("method_config") or {}
     for k, v in cfg.items():
-        params[f"config.{k}"] = json.dumps(v) if isinstance(v, list | dict) else str(v)
+        params[f"config.{k}"] = param_str(v)
     return {k: v[:6000] for k, v in params.items()}
 
 

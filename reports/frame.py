@@ -11,7 +11,6 @@ the cell ran from, ``+dirty.<hash>`` when its code was modified), source ("run" 
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pandas as pd
 
 from mgrq.errors import ConfigError
 from mgrq.spec import parse_bits
-from mgrq.tracking import flat_params
+from mgrq.tracking import flat_params, param_str
 
 COLUMNS = [
     "suite", "label", "run_id", "hash", "model", "method", "name", "bits", "w_bits", "a_bits",
@@ -251,7 +250,7 @@ def _defaults(method: str) -> dict[str, str]:
     for f in fields(cls):
         if f.default is not MISSING:
             v = f.default
-            out[f"config.{f.name}"] = json.dumps(v) if isinstance(v, list | dict) else str(v)
+            out[f"config.{f.name}"] = param_str(v)
     return out
 
 
