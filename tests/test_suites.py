@@ -213,6 +213,24 @@ def test_config_from_overrides_and_entry_is_checked_together(tmp_path):
         load_suite(bad)
 
 
+def test_a_number_yaml_reads_as_a_string_is_the_cell_of_that_number(tmp_path):
+    """YAML 1.1 reads `1e-3` as the string '1e-3'. The cell is the one of `0.001` (same value in
+    the spec, same hash, same folder); numbers stay as written, so earlier cells keep their hash."""
+    def spec(name: str, text: str):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\ndescription: d\ncommand: c\nmodels: [tiny_vit]\nbits: [W4A4]\nmethods:\n  - name: qdrop\n    config:\n{text}")
+        (s,) = load_suite(path).specs()
+        return s
+
+    a = spec("a", "      lr_round: 1e-3\n      iters: '20'\n")
+    b = spec("b", "      lr_round: 0.001\n      iters: 20\n")
+    assert yaml.safe_load("x: 1e-3")["x"] == "1e-3"  # the trap itself
+    assert dict(a.method_config) == {"lr_round": 0.001, "iters": 20}
+    assert a.content_hash == b.content_hash
+    one = spec("c", "      round_weight: 1\n").method_config  # a float field's int stays an int
+    assert one == (("round_weight", 1),) and type(one[0][1]) is int
+
+
 @pytest.mark.parametrize("text,line,key", [
     ("models: [tiny_vit]\nbits: [W4A4]\nmethods: [percentile]\nmodels: [tiny_deit]\n", 4, "models"),
     ("models: [tiny_vit]\nbits: [W4A4]\nmethods:\n  - name: percentile\n    config:\n      act_init: lp\n"

@@ -438,14 +438,16 @@ class _Parser:
             out.append((str(k), b))
         return tuple(out)
 
-    def check_config(self, method: str, cfg: dict[str, Any], fld: str) -> None:
-        if self.check_names:
-            from mgrq.methods import get_method
+    def check_config(self, method: str, cfg: dict[str, Any], fld: str) -> Any:
+        """The config ``method`` builds from ``cfg`` (None when names are not checked)."""
+        if not self.check_names:
+            return None
+        from mgrq.methods import get_method
 
-            try:
-                get_method(method).make_config(cfg)
-            except MGRQError as e:
-                raise self.err(fld, str(e)) from None
+        try:
+            return get_method(method).make_config(cfg)
+        except MGRQError as e:
+            raise self.err(fld, str(e)) from None
 
     def config(self, method: str, layers: list[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
         """The config fields of ``layers`` (where, mapping or None; later ones win), checked. The
@@ -454,7 +456,7 @@ class _Parser:
             self.mapping(c, where)
         cfg = {k: x for _, c in layers for k, x in (c or {}).items()}
         try:
-            self.check_config(method, cfg, layers[-1][0])
+            built = self.check_config(method, cfg, layers[-1][0])
         except ConfigError:
             n = len(self.problems)
             for where, c in layers:
@@ -463,6 +465,13 @@ class _Parser:
             if len(self.problems) > n:
                 raise _Noted() from None
             raise
+        # A string for a field of another type (YAML reads `1e-3` as the string '1e-3') is kept
+        # as the value it was parsed to, so the cell's hash is that of `0.001` written as a number.
+        # Numbers stay as written (a float field's `1` is hashed as 1): cells of earlier runs keep
+        # their folders.
+        if built is not None:
+            cfg = {k: getattr(built, k) if isinstance(x, str) and not isinstance(getattr(built, k), str) else x
+                   for k, x in cfg.items()}
         return tuple(sorted((str(k), tuple(x) if isinstance(x, list) else x) for k, x in cfg.items()))
 
     def method(self, i: int, v: Any, overrides: dict[str, Any]) -> MethodEntry:
