@@ -10,6 +10,10 @@ Schema (``schema: 1``)::
     calibration {n, seed, ids_hash}, data {source, config}, weights {file, sha256} (None: hub weights),
     method {name, config {...}, info {...}}, versions {...}, git_sha, host,
     started, finished, executor {...}, error {type, message, traceback} (failed runs)
+
+Records and event lines are strict JSON (:func:`jsonable`): a NaN or infinite number, which JSON
+cannot hold, is written as ``null``; a NumPy or 0-d torch number as the number; other objects as
+their ``str``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import secrets
@@ -33,6 +38,32 @@ STATUSES = ("running", "done", "failed")
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` as strict JSON data: dicts (keys as strings), lists, finite numbers, strings, bools,
+    None. NaN and infinities become None; a NumPy scalar or 0-d tensor its number (``.item()``);
+    a tuple a list; anything else its ``str``."""
+    if x is None or isinstance(x, bool | int | str):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    item = getattr(x, "item", None)
+    if callable(item) and getattr(x, "ndim", None) == 0:
+        try:
+            return jsonable(item())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    return str(x)
+
+
+def dumps(x: Any, **kw: Any) -> str:
+    """``json.dumps`` of :func:`jsonable` ``(x)``: strict JSON, never ``NaN`` or ``Infinity``."""
+    return json.dumps(jsonable(x), allow_nan=False, **kw)
 
 
 def _create_temp(folder: Path, name: str) -> tuple[int, str]:
@@ -56,8 +87,7 @@ def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
     fd, tmp = _create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
+            f.write(dumps(record, indent=2) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -572,6 +572,29 @@ def test_records_are_written_with_the_umask_permissions(tmp_path):
     assert json.loads(p.read_text()) == {"status": "done"}
 
 
+def test_records_and_events_are_strict_json(tmp_path):
+    """JSON has no NaN: a diverged loss in a record or an event line is written as null (a strict
+    reader such as JavaScript's or jq's reads it), NumPy and 0-d torch numbers as numbers."""
+    import numpy as np
+    import torch
+
+    from mgrq.runner.layout import append_event
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+    info = {"out_mse": {"init": 0.5, "final": float("nan")}, "max": float("inf"), "neg": -float("inf"),
+            "np": np.float32(0.25), "t": torch.tensor(3), "shape": (2, 3), "path": tmp_path, 7: "key"}
+    p = records.write_record(tmp_path / "c" / "record.json", {"status": "done", "info": info})
+    assert strict(p.read_text())["info"] == {"out_mse": {"init": 0.5, "final": None}, "max": None, "neg": None,
+                                             "np": 0.25, "t": 3, "shape": [2, 3], "path": str(tmp_path),
+                                             "7": "key"}
+    cell = Cell("x", "h", tmp_path / "c", {})
+    append_event(cell, "lost", loss=float("nan"))
+    (line,) = (tmp_path / "c" / "events.jsonl").read_text().splitlines()
+    assert strict(line)["loss"] is None
+
+
 def test_an_interrupted_cell_is_listed_as_such_not_as_a_failure(tmp_path, capsys):
     """A cell stopped by Ctrl-C or a cancelled job has a failed record of type Interrupted: the
     dry run and `suite status` show it as interrupted, and a report leaves it out of the tables

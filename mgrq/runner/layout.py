@@ -124,7 +124,7 @@ def cell_for(label_root: Path, spec: Any) -> Cell:
 def append_event(cell: Cell, event: str, **info: Any) -> None:
     """Append one line to the cell's event log (O_APPEND: safe across requeues)."""
     cell.dir.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"event": event, "time": records.now(), **info}, default=str)
+    line = records.dumps({"event": event, "time": records.now(), **info})
     with open(cell.events_path, "a") as f:
         f.write(line + "\n")
 
