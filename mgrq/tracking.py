@@ -1,7 +1,9 @@
 """Mirroring run records into MLflow (imported lazily: ``import mgrq`` never loads mlflow).
 
 - One experiment per suite; one MLflow run per cell and label, named ``<label>/<run id>``.
-- Flat params (the spec and the method config), metrics (accuracy, timings, memory), tags
+- Flat params (the spec and the method config), metrics (accuracy, timings, memory; a
+  reconstruction's per-unit output error, time and changed rounding as step metrics, one step per
+  unit, :func:`unit_metrics`), tags
   (``label``, ``git_sha``, ``run_id``, ``content_hash``, ``status``, executor and SLURM job id)
   and the record and the cell log as artifacts.
 - Default store: ``sqlite:///<abs out>/mlflow.db`` with artifacts under ``<out>/mlartifacts``
@@ -260,6 +262,37 @@ def flatten(rec: dict[str, Any], key: str) -> tuple[dict[str, str], dict[str, fl
     return params, metrics, tags
 
 
+UNIT_FIELDS = {"out_mse_init": ("out_mse", "init"), "out_mse_final": ("out_mse", "final"),
+               "wall_s": ("wall_s",), "rounding_changed": ("rounding_changed",)}
+
+
+def unit_metrics(rec: dict[str, Any]) -> tuple[list[tuple[str, float, int]], dict[str, str]]:
+    """A reconstruction's per-unit figures as MLflow step metrics: ``unit.<stage>.<field>`` (the
+    fields of :data:`UNIT_FIELDS`) at step = the unit's place in its stage (0: the first unit), and
+    a tag ``unit.<stage>`` naming the units in that order. A stage name met again in a later pass
+    gets the pass number (``joint.1``). Nothing for a record without ``method.info.recon``."""
+    recon = ((rec.get("method") or {}).get("info") or {}).get("recon")
+    metrics: list[tuple[str, float, int]] = []
+    tags: dict[str, str] = {}
+    for i, rpass in enumerate(recon if isinstance(recon, list) else []):
+        for stage in (rpass.get("stages") if isinstance(rpass, dict) else None) or []:
+            units = stage.get("units") if isinstance(stage, dict) else None
+            if not isinstance(units, list):
+                continue
+            name = str(stage.get("stage"))
+            if f"unit.{name}" in tags:
+                name = f"{name}.{i}"
+            tags[f"unit.{name}"] = ",".join(str(u.get("unit")) for u in units if isinstance(u, dict))[:5000]
+            for step, u in enumerate(units):
+                for field_name, path in UNIT_FIELDS.items():
+                    v: Any = u
+                    for part in path:
+                        v = v.get(part) if isinstance(v, dict) else None
+                    if _num(v) is not None:
+                        metrics.append((f"unit.{name}.{field_name}", float(v), step))
+    return metrics, tags
+
+
 def _client(uri: str):
     _quiet()
     from mlflow.tracking import MlflowClient
@@ -396,6 +429,8 @@ def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any]
     from mlflow.entities import Metric, Param, RunTag
 
     params, metrics, tags = flatten(rec, key)
+    steps, unit_tags = unit_metrics(rec)
+    tags.update(unit_tags)
     digest = tags.pop(DIGEST_TAG)  # set last: an interrupted mirror is redone next time
     # the label is the record's folder (as in the reports): a cell folder copied beside its label
     # keeps the record's own label inside, and must not count in that label's tables
@@ -410,7 +445,7 @@ def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any]
     ts = _ms(rec.get("finished")) or _ms(rec.get("started")) or 0
     client.log_batch(
         rid,
-        metrics=[Metric(k, v, ts, 0) for k, v in metrics.items()],
+        metrics=[Metric(k, v, ts, 0) for k, v in metrics.items()] + [Metric(k, v, ts, i) for k, v, i in steps],
         params=[Param(k, v) for k, v in params.items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )

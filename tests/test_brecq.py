@@ -58,6 +58,32 @@ def test_qdrop_through_the_cli_records_per_unit_stats(tmp_path, capsys):
         assert u["peak_mem_kind"] == r["peak_mem_kind"] == "cpu_rss_sampled" and 0 < u["peak_mem_mb"] <= r["peak_mem_mb"]
         assert set(u["terms_first"]) == {"block"}
 
+    # MLflow's step metrics (one step per unit) and the tag naming the units, from this record
+    from mgrq.tracking import unit_metrics
+
+    metrics, tags = unit_metrics(r)
+    assert tags == {"unit.joint": ",".join(u["unit"] for u in units)}
+    assert [(i, v) for k, v, i in metrics if k == "unit.joint.out_mse_final"] == \
+        [(i, u["out_mse"]["final"]) for i, u in enumerate(units)]
+    assert {k for k, _, _ in metrics} == {f"unit.joint.{f}" for f in ("out_mse_init", "out_mse_final", "wall_s",
+                                                                      "rounding_changed")}
+
+
+def test_unit_metrics_name_a_stage_met_again_by_its_pass():
+    from mgrq.tracking import unit_metrics
+
+    def stage(name, *mse):
+        return {"stage": name, "units": [{"unit": f"u{i}", "out_mse": {"init": 1.0, "final": v}}
+                                         for i, v in enumerate(mse)]}
+
+    rec = {"method": {"info": {"recon": [{"stages": [stage("joint", 0.5, None)]},
+                                         {"stages": [stage("joint", 0.25), "junk"]}, "junk"]}}}
+    metrics, tags = unit_metrics(rec)
+    assert tags == {"unit.joint": "u0,u1", "unit.joint.1": "u0"}
+    assert ("unit.joint.out_mse_final", 0.5, 0) in metrics and ("unit.joint.1.out_mse_final", 0.25, 0) in metrics
+    assert not any(k == "unit.joint.out_mse_final" and i == 1 for k, _, i in metrics)  # a null is no point
+    assert unit_metrics({"method": {"info": {"recon": "not a list"}}}) == ([], {})
+
 
 def _calib(n, shape, seed=0):
     g = torch.Generator().manual_seed(seed)

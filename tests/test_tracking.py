@@ -289,9 +289,17 @@ def test_mirror_keeps_one_run_per_cell_and_names_what_it_left(tmp_path, capsys):
     out, uri = moved, default_uri(moved)
     client = MlflowClient(tracking_uri=uri)
     paths = sorted((out / "dup" / "L").glob("*/record.json"))
-    records.write_record(paths[1], {**recs[1], "metrics": {**recs[1]["metrics"], "top1": 2.0}})
+    units = [{"unit": u, "out_mse": {"init": 1.0, "final": f}, "wall_s": 2.0} for u, f in (("a", 0.5), ("b", 0.25))]
+    recon = [{"stages": [{"stage": "rounding", "units": units}]}, {"stages": [{"stage": "steps", "units": units}]}]
+    records.write_record(paths[1], {**recs[1], "metrics": {**recs[1]["metrics"], "top1": 2.0},
+                                    "method": {**recs[1]["method"], "info": {"recon": recon}}})
     res = mirror(out, "dup", "L")
     assert (res.replaced, res.foreign) == (1, []), res.counts()
+    # a reconstruction's per-unit figures: step metrics, one step per unit, and the units' names
+    run = next(r for r in client.search_runs([exp]) if r.data.tags["mgrq.key"].endswith(paths[1].parent.name))
+    assert (run.data.tags["unit.rounding"], run.data.tags["unit.steps"]) == ("a,b", "a,b")
+    hist = client.get_metric_history(run.info.run_id, "unit.steps.out_mse_final")
+    assert sorted((m.step, m.value) for m in hist) == [(0, 0.5), (1, 0.25)]
     # a run of an older mirror (no folder tag, the record's own label) gets the tags it lacks
     run = next(r for r in client.search_runs([exp]) if r.data.tags["mgrq.key"].endswith(paths[0].parent.name))
     client.delete_tag(run.info.run_id, ORIGIN_TAG)
