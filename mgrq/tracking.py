@@ -60,6 +60,9 @@ class MirrorResult:
     duplicates: int = 0  # extra runs of one cell (two mirrors at once), deleted
     unreadable: list[str] = field(default_factory=list)  # record files left out, with what is wrong
     foreign: list[str] = field(default_factory=list)  # runs of another machine's records under the same key
+    pruned: list[str] = field(default_factory=list)  # --prune: runs deleted, their records gone
+    prune_left: list[str] = field(default_factory=list)  # --prune: records gone, runs not this folder's
+    nothing_named: str | None = None  # --prune --suite S: neither a folder nor an experiment S
 
     def counts(self) -> str:
         line = f"{self.created} run(s) created, {self.replaced} replaced, {self.unchanged} unchanged"
@@ -69,6 +72,14 @@ class MirrorResult:
             line += f", {self.duplicates} duplicate run(s) of a cell deleted"
         if self.unreadable:
             line += f"; {len(self.unreadable)} unreadable record(s) left out: {self.unreadable[0]}"
+        if self.nothing_named:
+            line += f"; {self.nothing_named}"
+        if self.pruned:
+            line += f"; {len(self.pruned)} run(s) deleted, their records gone ({self.pruned[0]})"
+        if self.prune_left:
+            line += (f"; {len(self.prune_left)} run(s) whose records are not under this runs folder left alone "
+                     f"({self.prune_left[0]}): mirrored from another runs folder, or by a version without "
+                     "the mgrq.records tag")
         if self.foreign:
             line += (f"; {len(self.foreign)} run(s) mirrored from another runs folder under the same suite and label "
                      f"left alone ({self.foreign[0]}): another machine's, or this folder moved; use another --label "
@@ -358,11 +369,15 @@ def runs_folder_id(out: Path) -> str:
 
 
 def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None = None,
-           uri: str | None = None) -> MirrorResult:
+           uri: str | None = None, prune: bool = False) -> MirrorResult:
     """Mirror the finished records under ``out`` (one suite / one label, or all) into MLflow.
 
-    Raises :class:`MirrorError` (one line, with the command to redo it) when the store cannot be
-    reached or written. The records on disk are never modified."""
+    ``prune``: then delete (MLflow's delete: restorable until ``mlflow gc``) the runs, in the same
+    scope, that this runs folder mirrored and whose record is gone from it (a label or cell folder
+    deleted). Runs mirrored from another runs folder, or without the ``mgrq.records`` tag, are
+    left alone and counted. A ``suite`` without a folder under ``out`` is pruned from its
+    experiment. Raises :class:`MirrorError` (one line, with the command to redo it) when the store
+    cannot be reached or written. The records on disk are never modified."""
     from mgrq.runner.layout import records_under
 
     out = Path(out)
@@ -370,7 +385,7 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
     uri_flag = "" if uri == "sqlite:///" + str(out.resolve() / "mlflow.db") else f" --tracking-uri {uri}"
     redo = (f"the run records are safe under {out.resolve()}; mirror them later with "
             f"`mgrq mirror --out {out}" + (f" --suite {suite}" if suite else "")
-            + (f" --label {label}" if label else "") + uri_flag + "`")
+            + (f" --label {label}" if label else "") + uri_flag + " --prune" * prune + "`")
     try:
         check_reachable(uri)
     except MirrorError as e:
@@ -380,17 +395,27 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
                                           if p.is_dir() and not p.name.startswith(("mlartifacts", ".")))
     try:
         client = _client(uri)
+        origin = runs_folder_id(out) if suites else ""
         for s in suites:
             base = out.resolve() / s
-            lab_dirs = [base / label] if label else sorted(d for d in base.iterdir() if d.is_dir())
+            lab_dirs = [base / label] if label else sorted(d for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
             bad: list[tuple[Path, str]] = []
             recs = [(p, r) for d in lab_dirs if d.is_dir() for p, r in records_under(d, bad)]
             result.unreadable += [f"{p} ({why})" for p, why in bad]
             if not recs:
+                exp = client.get_experiment_by_name(s) if prune else None
+                if exp is not None and exp.lifecycle_stage == "active":
+                    _prune(client, existing_runs(client, exp.experiment_id), set(), s, label, origin, result)
+                elif prune and not base.is_dir():
+                    result.nothing_named = (f"no suite folder {s} under {out} and no MLflow experiment {s}: "
+                                            "nothing to prune; expected the name of a suite mirrored into this store")
                 continue
             exp_id = _experiment_id(client, s, uri, out)
             have = existing_runs(client, exp_id)
-            origin = runs_folder_id(out)
+            if prune:
+                present = {f"{s}/{p.parent.parent.name}/{p.parent.name}" for p, _ in recs}
+                present |= {f"{s}/{p.parent.parent.name}/{p.parent.name}" for p, _ in bad}
+                _prune(client, have, present, s, label, origin, result)
             for path, rec in recs:
                 if rec.get("status") not in ("done", "failed"):
                     result.skipped_running += 1
@@ -423,6 +448,21 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
         msg = first_line(e, 300) or type(e).__name__
         raise MirrorError(f"MLflow ({uri}): mirroring failed ({type(e).__name__}: {msg}); {redo}") from None
     return result
+
+
+def _prune(client: Any, have: dict[str, list[Any]], present: set[str], suite: str, label: str | None,
+           origin: str, result: MirrorResult) -> None:
+    """Delete the runs of ``have`` (keys ``suite/label/cell``) in the scope of ``label`` whose key
+    is not ``present`` and which this runs folder (``origin``) mirrored; count the others."""
+    for key, runs in sorted(have.items()):
+        if key in present or (label is not None and key.split("/")[1:2] != [label]):
+            continue
+        for run in runs:
+            if run.data.tags.get(ORIGIN_TAG) == origin:
+                client.delete_run(run.info.run_id)
+                result.pruned.append(key)
+            else:
+                result.prune_left.append(key)
 
 
 def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any], origin: str) -> str:

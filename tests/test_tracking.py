@@ -325,6 +325,25 @@ def test_mirror_keeps_one_run_per_cell_and_names_what_it_left(tmp_path, capsys):
     notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:")]
     assert any(f"1 interrupted ({recs[2]['id']})" in n for n in notes), notes
 
+    # --prune: the run of a deleted folder goes (MLflow's restorable delete), one mirrored from
+    # another runs folder stays; without --prune nothing goes; --label scopes it
+    shutil.rmtree(out / "dup" / "L-first")
+    client.set_tag(stopped.info.run_id, ORIGIN_TAG, "elsewhere:/runs:1")
+    shutil.rmtree(paths[2].parent)
+    assert mirror(out, "dup").pruned == []
+    assert main(["mirror", "--out", str(out), "--suite", "dup", "--label", "L", "--prune"]) == 0
+    line = capsys.readouterr().out
+    assert "0 run(s) deleted" not in line and "1 run(s) whose records are not under this runs folder left alone " \
+        f"(dup/L/{paths[2].parent.name})" in line, line
+    assert client.get_run(copied[0].info.run_id).info.lifecycle_stage == "active"  # another label: out of scope
+    assert main(["mirror", "--out", str(out), "--prune"]) == 0
+    assert f"1 run(s) deleted, their records gone (dup/L-first/{paths[2].parent.name})" in capsys.readouterr().out
+    assert client.get_run(copied[0].info.run_id).info.lifecycle_stage == "deleted"
+    assert client.get_run(stopped.info.run_id).info.lifecycle_stage == "active"
+    assert len(search(uri, "dup")) == 3  # L's three cells; L-first's run is gone from the reports
+    assert main(["mirror", "--out", str(out), "--suite", "dpu", "--prune"]) == 0
+    assert "no suite folder dpu under" in capsys.readouterr().out
+
 
 def test_mirror_exit_status_and_its_redo_hint_name_the_store(tmp_path, capsys):
     """An unreachable store is exit 3 (not bad input), and the command it gives to mirror later

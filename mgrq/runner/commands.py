@@ -105,6 +105,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--suite", default=None, help="only this suite (default: all under --out)")
     m.add_argument("--label", default=None, help="only this label")
     m.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite under --out")
+    m.add_argument("--prune", action="store_true",
+                   help="also delete the MLflow runs (in the --suite/--label scope) that this runs folder "
+                        "mirrored and whose record is gone (a label or cell folder deleted); MLflow keeps "
+                        "deleted runs restorable until `mlflow gc`. Runs mirrored from other runs folders "
+                        "are left alone. With --prune, --suite and --label may name folders already deleted")
     m.set_defaults(func=cmd_mirror)
 
     rp = sub.add_parser("report", help="LaTeX/Markdown tables and figures of a suite run",
@@ -407,9 +412,9 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"--out {out}: folder not found (nothing to mirror)")
     suites = suites_with_runs(out)
-    if args.suite is not None and args.suite not in suites:
+    if args.suite is not None and args.suite not in suites and not args.prune:
         raise unknown("suite", args.suite, suites, f"under --out {out} (suites with runs)")
-    if args.label is not None:
+    if args.label is not None and not args.prune:
         known = sorted({lab for s in ([args.suite] if args.suite else suites) for lab in labels(out, s)})
         if args.label not in known:
             raise unknown("label", args.label, known, f"of {'suite ' + args.suite if args.suite else 'any suite'} "
@@ -417,7 +422,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     from mgrq.tracking import MirrorError
 
     try:
-        res = mirror(out, args.suite, args.label, args.tracking_uri)
+        res = mirror(out, args.suite, args.label, args.tracking_uri, prune=args.prune)
     except MirrorError as e:  # the store, not the input: as `suite run`'s mirror failure
         print(f"error: {e}", file=sys.stderr)
         return 3
