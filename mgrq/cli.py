@@ -130,8 +130,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from mgrq.methods import all_methods, get_method
 
     if not getattr(args, "name", None):
-        for m in all_methods():
-            print(f"{m.name:18s} {m.description} (default calib {m.default_calib})")
+        methods = all_methods()
+        w = max([18] + [len(m.name) for m in methods])  # a plugin's long name keeps the column
+        for m in methods:
+            print(f"{m.name:{w}s} {m.description} (default calib {m.default_calib})")
         print("\n`mgrq methods NAME` lists a method's config fields, what each means and the values it accepts "
               "(set them with --set FIELD=VALUE)", file=sys.stderr)
         return 0
@@ -139,8 +141,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     m = get_method(args.name)
     print(f"{m.name}: {m.description} (default calib {m.default_calib})")
-    for name, default, meaning, choices in describe(m):
-        line = f"  {name:18s} = {default!r:12s} # {meaning or '(not described)'}"
+    docs = describe(m)
+    w = max([18] + [len(d.name) for d in docs])  # a long field name keeps the '=' column
+    for name, default, meaning, choices in docs:
+        line = f"  {name:{w}s} = {default!r:12s} # {meaning or '(not described)'}"
         if choices is not None:  # the allowed values; one only where this method fixes the field
             line += " [fixed here]" if len(choices) == 1 else f" [{'|'.join(map(str, choices))}]"
         print(line)

@@ -151,6 +151,22 @@ def test_a_method_the_jobs_cannot_load_is_refused_before_submission(registry_cop
     registry.check_jobs_can_load(["percentile", "scripted"], "s.yaml: ")  # named there: the jobs import it
 
 
+def test_long_method_and_field_names_keep_the_listings_columns(registry_copy, capsys):
+    @dataclass(frozen=True)
+    class Cfg:
+        a: int = 1
+        a_rather_long_field_name: float = 0.5
+
+    registry.register_method("a_rather_long_method_name", Cfg, "d", default_calib=8)(lambda *a: {})
+    assert main(["methods", "a_rather_long_method_name"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == 2 and lines[0].index(" = ") == lines[1].index(" = "), lines
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    described_at = {len(ln) - len(ln.split(" ", 1)[1].lstrip()) for ln in lines}
+    assert len(lines) > 10 and len(described_at) == 1, lines
+
+
 def test_the_examples_of_docs_methods_md_run_as_written(tmp_path, plugins, capsys):
     """docs/methods.md's two methods, copied from the page into modules named in $MGRQ_METHODS:
     listed with their fields' help, quantized and recorded (the reconstruction one with its L1
