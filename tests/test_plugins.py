@@ -53,6 +53,14 @@ def test_a_method_of_your_own_runs_in_the_suites_jobs_from_mgrq_methods(tmp_path
     assert rec["status"] == "done" and rec["method"]["info"]["note"] == "mine"
     assert rec["method"]["module"] == "myplugin"
     assert rec["method"]["module_sha256"] == hashlib.sha256((tmp_path / "myplugin.py").read_bytes()).hexdigest()
+    # the module edited since: a rerun (and a dry run) of the label says its done cell ran other code
+    (tmp_path / "myplugin.py").write_text(PLUGIN + "# edited\n")
+    capsys.readouterr()
+    for extra in (["--dry-run"], []):
+        assert main(["suite", "run", str(suite), "--out", str(out), "--label", "P", "--no-report", "--no-mirror",
+                     *extra]) == 0
+        assert "note: 1 of the 1 done cell(s) ran another version of their method module than the file there now: " \
+            "myplugin (1); they are kept, not rerun" in capsys.readouterr().out
 
 
 def test_a_module_that_does_not_import_is_one_line(tmp_path):

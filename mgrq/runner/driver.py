@@ -156,6 +156,29 @@ def other_commits(done: list[dict[str, Any]]) -> str | None:
             "with this code)")
 
 
+def other_method_code(done: list[dict[str, Any]]) -> str | None:
+    """A note when done records of a label ran a method module of one's own ($MGRQ_METHODS,
+    outside this repository, so not covered by ``git_sha``) whose file has changed since: its
+    ``module_sha256`` differs from the module file's now. ``None`` when none did."""
+    from mgrq.methods.registry import module_sha256
+
+    changed: Counter = Counter()
+    for r in done:
+        m = r.get("method") or {}
+        mod, sha = m.get("module"), m.get("module_sha256")
+        if not mod or not sha or str(mod).split(".")[0] in ("mgrq", "baselines"):
+            continue
+        now = module_sha256(str(mod))
+        if now is not None and now != sha:
+            changed[str(mod)] += 1
+    if not changed:
+        return None
+    mods = ", ".join(f"{m} ({n})" for m, n in changed.most_common())
+    return (f"note: {sum(changed.values())} of the {len(done)} done cell(s) ran another version of their method "
+            f"module than the file there now: {mods}; they are kept, not rerun (a new --label runs every cell "
+            "with this code)")
+
+
 def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Counter:
     """The dry-run view: one line per cell with its status, then the counts."""
     counts: Counter = Counter()
@@ -186,8 +209,9 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     if counts["drift"]:
         print(f"{counts['drift']} done cell(s) ran with other method defaults or weights than now: "
               "`suite run` refuses this label; use a new --label")
-    if commits := other_commits(done):
-        print(commits)
+    for msg in (other_commits(done), other_method_code(done)):
+        if msg:
+            print(msg)
     return counts
 
 
@@ -798,8 +822,10 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
         suite_meta = {"name": suite.name, "label": label, "file": str(suite.path)}
         print(f"suite {suite.name} [{label}]: {_cells(len(cells))}, {summary.skipped} done before, "
               f"{len(todo)} to run -> {root}", flush=True)
-        if commits := other_commits([rec for _, st, rec in snapshot if st == "done"]):
-            print(commits, flush=True)
+        done = [rec for _, st, rec in snapshot if st == "done"]
+        for msg in (other_commits(done), other_method_code(done)):
+            if msg:
+                print(msg, flush=True)
         if todo:
             try:
                 submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s,
