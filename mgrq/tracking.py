@@ -13,12 +13,14 @@
   a record that changed (a failed cell that later succeeded) replaces its run; a cell logged
   twice (two mirrors at once) is one run again. ``mgrq.records`` is the id of the runs folder
   (``<out>/.mgrq-id``): another folder's run under the same key is left alone, not replaced.
-  The ``label`` tag is the record's folder, as in the reports.
+  The ``label`` tag is the record's folder, as in the reports; ``label_created`` is when that
+  label was made (its ``suite.json``), which orders the labels as the run folders do.
 - Only the driver (or ``mgrq mirror``) writes to MLflow; compute nodes never need to reach it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,6 +38,7 @@ from mgrq.errors import MGRQError, first_line
 KEY_TAG = "mgrq.key"
 DIGEST_TAG = "mgrq.digest"
 ORIGIN_TAG = "mgrq.records"  # the runs folder the run was mirrored from
+LABEL_CREATED_TAG = "label_created"  # when the run's label was made (its suite.json): orders the labels
 METRICS = {
     "top1": ("metrics", "top1"), "top5": ("metrics", "top5"),
     "fp_top1": ("metrics", "fp_top1"), "fp_top5": ("metrics", "fp_top5"),
@@ -432,8 +435,10 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
                         client.delete_run(o.info.run_id)
                 result.duplicates += max(0, len(olds) - 1)
                 if same:  # unchanged; a run of an older mirror gets the tags it lacks
-                    for tag, value in ((ORIGIN_TAG, origin), ("label", path.parent.parent.name)):
-                        if same[0].data.tags.get(tag) is None or (tag == "label" and same[0].data.tags[tag] != value):
+                    for tag, value in ((ORIGIN_TAG, origin), ("label", path.parent.parent.name),
+                                       (LABEL_CREATED_TAG, label_created(path))):
+                        if value and (same[0].data.tags.get(tag) is None
+                                      or (tag == "label" and same[0].data.tags[tag] != value)):
                             client.set_tag(same[0].info.run_id, tag, value)
                     result.unchanged += 1
                     continue
@@ -465,6 +470,23 @@ def _prune(client: Any, have: dict[str, list[Any]], present: set[str], suite: st
                 result.prune_left.append(key)
 
 
+@functools.lru_cache(maxsize=64)
+def _suite_json_created(path: Path, mtime_ns: int) -> str | None:
+    from mgrq import records
+
+    created = (records.read_record(path) or {}).get("created")
+    return str(created) if created else None
+
+
+def label_created(record_path: Path) -> str | None:
+    """When the label of the cell record ``record_path`` was made: its ``suite.json``'s ``created``."""
+    path = record_path.parent.parent / "suite.json"
+    try:
+        return _suite_json_created(path, path.stat().st_mtime_ns)
+    except OSError:
+        return None
+
+
 def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any], origin: str) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
@@ -476,6 +498,8 @@ def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any]
     # keeps the record's own label inside, and must not count in that label's tables
     tags["label"] = label = path.parent.parent.name
     tags[ORIGIN_TAG] = origin
+    if created := label_created(path):
+        tags[LABEL_CREATED_TAG] = created
     sha = str(rec.get("git_sha") or "")
     if sha and sha != "None":
         tags["mlflow.source.git.commit"] = sha.split("+")[0]  # MLflow's own column; git_sha keeps +dirty
@@ -529,11 +553,17 @@ def search(uri: str, suite: str, labels: list[str] | None = None) -> list[dict[s
 
 
 def labels(uri: str, suite: str) -> list[str]:
-    """The labels mirrored for a suite, oldest first (by their earliest run start)."""
-    first: dict[str, int] = {}
+    """The labels mirrored for a suite, oldest first, as the run folders order them: by the time
+    the label was created (tag ``label_created``, from its ``suite.json``), else, for runs mirrored
+    before that tag, by the earliest run start. So a label resumed later (its first finished cell
+    a week after it was made) keeps its place."""
+    from datetime import datetime, timezone
+
+    first: dict[str, str] = {}
     for run in search(uri, suite):
         lab = run["tags"].get("label")
         if lab:
-            t = run["start_time"] or 0
+            t = run["tags"].get(LABEL_CREATED_TAG) or datetime.fromtimestamp(
+                (run["start_time"] or 0) / 1000, timezone.utc).isoformat(timespec="seconds")
             first[lab] = min(first.get(lab, t), t)
     return sorted(first, key=lambda k: (first[k], k))

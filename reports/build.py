@@ -100,7 +100,10 @@ def _label(out: Path, suite: str, label: str | None, source: str, uri: str | Non
 
         u = uri or default_uri(out)
         try:
-            return resolve_label(out, suite, label, known=labels(u, suite), where=f"MLflow {u}")
+            known = labels(u, suite)
+            if label in (None, "latest", "previous"):
+                _check_mlflow_has_newest(out, suite, known, u, uri)
+            return resolve_label(out, suite, label, known=known, where=f"MLflow {u}")
         except UnknownNameError as e:
             if label is None or not (out.resolve() / suite / label).is_dir():
                 raise
@@ -117,14 +120,33 @@ def _label(out: Path, suite: str, label: str | None, source: str, uri: str | Non
     # record, so one aborted night does not block the next night's comparison
     every = run_labels(out, suite)
     latest = resolve_label(out, suite, "latest")
-    older = [lab for lab in every[:every.index(latest)] if any((out.resolve() / suite / lab).glob("*/record.json"))]
-    if not older:
+    previous = next((lab for lab in reversed(every[:every.index(latest)])
+                     if len(F.records_frame(out, suite, [lab]))), None)  # a result, as the tables count one
+    if previous is None:
         return resolve_label(out, suite, "previous")  # its error: fewer than two runs
-    skipped = every[every.index(older[-1]) + 1:every.index(latest)]
+    skipped = every[every.index(previous) + 1:every.index(latest)]
     if skipped:
-        print(f"note: previous = {older[-1]}: label(s) {', '.join(skipped)} between it and {latest} hold no cell "
-              "record and are skipped", file=sys.stderr)
-    return older[-1]
+        print(f"note: previous = {previous}: label(s) {', '.join(skipped)} between it and {latest} hold no "
+              "finished cell (none, or only running or interrupted ones) and are skipped", file=sys.stderr)
+    return previous
+
+
+def _check_mlflow_has_newest(out: Path, suite: str, known: list[str], u: str, uri: str | None) -> None:
+    """``latest``/``previous`` from MLflow: the suite's newest label under ``out`` (when this
+    machine has its run folders) must be in MLflow too, else MLflow's newest is an older night,
+    compared in silence. :class:`ReportError` naming it and what to do."""
+    from mgrq.runner.layout import labels as run_labels
+
+    here = run_labels(out, suite)
+    if not here or here[-1] in known:
+        return
+    newest = here[-1]
+    cmd = shlex.join(["mgrq", "mirror", "--out", str(out), "--suite", suite, "--label", newest]
+                     + (["--tracking-uri", u] if uri else []))
+    raise ReportError(f"latest: label {newest}, the newest run of suite {suite} under {out.resolve() / suite}, has "
+                      f"no run in MLflow {u}, whose newest is {known[-1] if known else 'none'}: no cell of it "
+                      f"finished or failed, or it was not mirrored (`{cmd}`); expected it there, or name the "
+                      "labels instead of latest/previous")
 
 
 def _order(found: list[str], preferred: list[str]) -> list[str]:

@@ -246,19 +246,52 @@ def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
     assert (out / "rep" / "B" / "report" / "compare-A-vs-B.tex").is_file()
     assert main(["report", "rep", "--out", str(out), "--compare", "A", "B"]) == 0  # not strict
     capsys.readouterr()
-    # a night aborted before any cell wrote a record: as `latest` it is an error (so --strict alerts),
-    # and the next night's `previous` skips it
+    # a night aborted before any cell finished (its jobs cancelled: records left running, one
+    # interrupted): as `latest` it is an error (so --strict alerts), and the next night's
+    # `previous` skips it
     (out / "rep" / "C").mkdir()
     records.write_record(out / "rep" / "C" / "suite.json", {"suite": "rep", "label": "C",
                                                            "created": "2026-01-03T00:00:00"})
+    b_cells = sorted((out / "rep" / "B").glob("*/record.json"))
+    for src, status, error in ((b_cells[0], "running", None), (b_cells[1], "failed", {"type": "Interrupted",
+                                                                                      "message": "stopped"})):
+        rec = json.loads(src.read_text())
+        records.write_record(out / "rep" / "C" / src.parent.name / "record.json",
+                             {**rec, "status": status, "error": error, "metrics": None})
     compare = ["report", "rep", "--out", str(out), "--compare", "previous", "latest", "--threshold", "1.0"]
     assert main([*compare, "--strict"]) == 2
     assert "label C of suite rep has no cell records" in capsys.readouterr().err
     make_runs(out, "D", created="2026-01-04T00:00:00")
     assert main(compare) == 0
     assert (out / "rep" / "D" / "report" / "compare-B-vs-D.md").is_file()  # B and D, not C
-    assert ("note: previous = B: label(s) C between it and D hold no cell record and are skipped"
-            in capsys.readouterr().err)
+    assert ("note: previous = B: label(s) C between it and D hold no finished cell (none, or only running or "
+            "interrupted ones) and are skipped" in capsys.readouterr().err)
+
+
+def test_compare_from_mlflow_takes_the_run_folders_order_and_refuses_an_unmirrored_newest(tmp_path, capsys):
+    """MLflow orders a suite's labels by when each was made (its suite.json), as the run folders
+    do, so a label resumed after newer ones keeps its place; `latest`/`previous` from MLflow refuse
+    a newest label under --out that MLflow has no run of, instead of comparing an older pair."""
+    from mgrq.tracking import default_uri, labels, mirror
+
+    out = tmp_path / "runs"
+    make_runs(out, "Z-old", created="2025-12-31T00:00:00+00:00")
+    make_runs(out, "A", created="2026-01-01T00:00:00+00:00")
+    make_runs(out, "B", shift=-2.5, created="2026-01-02T00:00:00+00:00")
+    for p in (out / "rep" / "Z-old").glob("*/record.json"):  # its cells finished last (resumed after B)
+        records.write_record(p, {**json.loads(p.read_text()), "started": "2030-01-05T00:00:00+00:00"})
+    mirror(out, "rep")
+    assert labels(default_uri(out), "rep") == ["Z-old", "A", "B"]
+    compare = ["report", "rep", "--out", str(out), "--from", "mlflow", "--compare", "previous", "latest",
+               "--threshold", "1.0"]
+    assert main(compare) == 0
+    assert (out / "rep" / "B" / "report" / "compare-A-vs-B.md").is_file()
+    capsys.readouterr()
+    records.write_record(out / "rep" / "C" / "suite.json", {"created": "2026-01-03T00:00:00+00:00"})
+    assert main([*compare, "--strict"]) == 2  # a night that finished nothing
+    err = capsys.readouterr().err
+    assert "latest: label C, the newest run of suite rep under" in err and "has no run in MLflow" in err, err
+    assert "whose newest is B: no cell of it finished or failed, or it was not mirrored (`mgrq mirror" in err
 
 
 def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):

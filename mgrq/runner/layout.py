@@ -176,11 +176,14 @@ def resolve_label(out: Path, suite: str, label: str | None,
         if len(all_labels) < need:
             from mgrq.runner.suite import list_suites
 
-            if suite in {p.stem for p in list_suites()}:
+            shipped = suite in {p.stem for p in list_suites()}
+            if all_labels:  # one run: another is a new label
+                hint = (f"run {f'`mgrq suite run {suite}`' if shipped else 'the suite file'} again under a new "
+                        "--label (the default label is the day and commit: a rerun the same day resumes that run)")
+            elif shipped:
                 hint = f"run `mgrq suite run {suite}`"
             else:
-                hint = ("run the suite's file again" if all_labels else
-                        "run its file with `mgrq suite run FILE`, or see `mgrq suite list` for the shipped suites")
+                hint = "run its file with `mgrq suite run FILE`, or see `mgrq suite list` for the shipped suites"
             if not all_labels and known is None and not (Path(out).resolve() / suite).is_dir():
                 have = suites_with_runs(out)
                 hint += f"; suites with runs under {Path(out).resolve()}: {', '.join(have) or 'none'}"
