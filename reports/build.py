@@ -487,7 +487,8 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
                           "expected two labels evaluated on one split")
     changes = F.settings_changes(fa, fb)
     info = suite_info(out, suite, b)
-    cmp = T.compare_frame(fa, fb, threshold, info.get("models"), info.get("methods"), info.get("bits"))
+    stopped = {rid for lab, rid in df.attrs.get("interrupted", []) if lab == b}
+    cmp = T.compare_frame(fa, fb, threshold, info.get("models"), info.get("methods"), info.get("bits"), stopped)
     dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)
     _make_dest(dest, what)
     md = T.compare_markdown(cmp, a, b, threshold, changes)

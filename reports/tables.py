@@ -485,29 +485,34 @@ def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: lis
 # --------------------------------------------------------------------------------------------
 
 
-ALERT_FLAGS = ("moved", "newly failed", "new, failed", "missing")  # missing: B lost a cell A had
+ALERT_FLAGS = ("moved", "newly failed", "new, failed", "missing", "interrupted")  # the last two: B lost a cell A had
+ROUND_DELTA = 6  # decimals: 0.5 from image counts (250 of 50,000) may come out 0.5000000000000071
 """The flags that make ``mgrq report --compare ... --strict`` exit 1."""
 
 
 def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float, models: list[str] | None = None,
-                  names: list[str] | None = None, bits: list[str] | None = None) -> pd.DataFrame:
+                  names: list[str] | None = None, bits: list[str] | None = None,
+                  interrupted_b: set[str] | frozenset[str] = frozenset()) -> pd.DataFrame:
     """One row per cell (model, name, bits, seed) of either label: top-1 in A and B, the delta
-    and a flag: ``moved`` (|delta| > threshold), ``newly failed`` (done in A, failed in B),
-    ``still failing``, ``fixed``, ``new`` (only in B, done), ``new, failed`` (only in B,
-    failed), ``missing`` (only in A) or empty. Sorted by flag, then in the order of ``models``,
-    ``names`` and ``bits`` (the suite's; others after them, as :func:`_bits_order` puts them), and
-    seed."""
+    (rounded to ``ROUND_DELTA`` decimals, so a move of exactly the threshold is never flagged by a
+    float's last bit) and a flag: ``moved`` (|delta| > threshold), ``newly failed`` (done in A,
+    failed in B), ``still failing``, ``fixed``, ``new`` (only in B, done), ``new, failed`` (only in
+    B, failed), ``interrupted`` (only in A: B's record of it says stopped; run ids in
+    ``interrupted_b``), ``missing`` (only in A: no result in B, no record or one still running) or
+    empty. Sorted by flag, then in the order of ``models``, ``names`` and ``bits`` (the suite's;
+    others after them, as :func:`_bits_order` puts them), and seed."""
     key = ["model", "name", "bits", "seed"]
     cols = [*key, "status", "top1"]
     m = a[cols].merge(b[cols], on=key, how="outer", suffixes=("_a", "_b"))
-    m["delta"] = m["top1_b"] - m["top1_a"]
+    m["delta"] = (m["top1_b"] - m["top1_a"]).round(ROUND_DELTA)
 
     def flag(r: pd.Series) -> str:
         sa, sb = r["status_a"], r["status_b"]
         if pd.isna(sa):
             return "new" if sb == "done" else "new, failed"
         if pd.isna(sb):
-            return "missing"
+            run_id = f"{r['model']}.{r['name']}.{str(r['bits']).lower()}.s{int(r['seed'])}"  # RunSpec.run_id
+            return "interrupted" if run_id in interrupted_b else "missing"
         if sa == "done" and sb == "failed":
             return "newly failed"
         if sa == "failed" and sb == "done":
@@ -519,7 +524,7 @@ def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float, models: li
         return ""
 
     m["flag"] = m.apply(flag, axis=1) if len(m) else pd.Series(dtype=str)
-    order = {"newly failed": 0, "moved": 1, "still failing": 2, "missing": 3, "new, failed": 4,
+    order = {"newly failed": 0, "moved": 1, "still failing": 2, "missing": 3, "interrupted": 3, "new, failed": 4,
              "fixed": 5, "new": 6, "": 7}
     m["_o"] = m["flag"].map(order)
     bits_all = _bits_order(list(m["bits"]), bits) if len(m) else []

@@ -294,6 +294,22 @@ def test_compare_from_mlflow_takes_the_run_folders_order_and_refuses_an_unmirror
     assert "whose newest is B: no cell of it finished or failed, or it was not mirrored (`mgrq mirror" in err
 
 
+def test_a_move_of_exactly_the_threshold_is_not_flagged_whatever_the_floats_last_bit():
+    import pandas as pd
+
+    from reports.tables import compare_frame
+
+    def frame(*top1):
+        return pd.DataFrame([{"model": "m", "name": "x", "bits": "W4A4", "seed": i, "status": "done", "top1": t}
+                             for i, t in enumerate(top1)])
+
+    # 250 of 50,000 images either way: 31752 -> 32002 gives 0.5000000000000071 unrounded
+    a, b = frame(100 * 31752 / 50000, 100 * 40000 / 50000), frame(100 * 32002 / 50000, 100 * 40250 / 50000)
+    cmp = compare_frame(a, b, 0.5)
+    assert list(cmp["delta"]) == [0.5, 0.5] and list(cmp["flag"]) == ["", ""]
+    assert list(compare_frame(a, b, 0.49)["flag"]) == ["moved", "moved"]
+
+
 def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
     out = tmp_path / "runs"
     make_runs(out, "A", created="2026-01-01T00:00:00")
@@ -314,6 +330,12 @@ def test_strict_compare_alerts_on_cells_the_new_run_lost(tmp_path, capsys):
     next((out / "rep" / "B").glob("tiny_vit.repq_vit.w4a4.s1-*/record.json")).unlink()
     assert main(["report", "rep", "--out", str(out), "--compare", "A", "B", "--strict"]) == 1
     assert "| tiny ViT | RepQ-ViT | 4/4 | 1 | 75.50 | – | – | **missing** |" in capsys.readouterr().out
+    # a cell of B stopped (cancelled): flagged as such, not as a cell B has no record of
+    stopped = next((out / "rep" / "B").glob("tiny_vit.percentile.w6a6.s0-*/record.json"))
+    records.write_record(stopped, {**json.loads(stopped.read_text()), "status": "failed", "metrics": None,
+                                   "error": {"type": "Interrupted", "message": "stopped", "traceback": ""}})
+    assert main(["report", "rep", "--out", str(out), "--compare", "A", "B", "--strict"]) == 1
+    assert "| tiny ViT | Percentile | 6/6 | 0 | 78.25 | – | – | **interrupted** |" in capsys.readouterr().out
     records.write_record(out / "rep" / "C" / "suite.json", {"created": "2026-01-03T00:00:00"})
     assert main(["report", "rep", "--out", str(out), "--compare", "B", "C", "--strict"]) == 2
     err = capsys.readouterr().err
