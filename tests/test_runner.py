@@ -621,7 +621,23 @@ def test_an_interrupted_cell_is_listed_as_such_not_as_a_failure(tmp_path, capsys
     text = capsys.readouterr().out
     assert re.search(r"^  interrupted tiny_vit\.percentile\.w4a4\.s1 ", text, re.M) and "1 done, 1 interrupted" in text
     assert main(["suite", "run", str(suite), "--out", str(out), "--label", "I", "--dry-run"]) == 0
-    assert "2 cells: 1 done, 0 failed, 1 running/interrupted, 0 not started -> 1 to run" in capsys.readouterr().out
+    assert "2 cells: 1 done, 0 failed, 1 running/interrupted/stale, 0 not started -> 1 to run" in capsys.readouterr().out
+    # a record left `running` by a local job that is gone (killed with no driver watching) is
+    # stale; one whose job process lives is running
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
+    try:
+        for pid, shown in ((ended.pid, "stale"), (alive.pid, "running")):
+            records.write_record(stopped, {**r, "status": "running", "error": None,
+                                           "executor": {"name": "local", "host": records.host(), "pid": pid}})
+            assert main(["suite", "status", "intr", "--out", str(out), "--label", "I"]) == 0
+            text = capsys.readouterr().out
+            assert re.search(rf"^  {shown} +tiny_vit\.percentile\.w4a4\.s1\b", text, re.M), text
+            assert ("note: 1 cell(s) stale" in text) == (shown == "stale")
+    finally:
+        alive.kill()
+        records.write_record(stopped, r)  # interrupted again
     assert list(records_frame(out, "intr", ["I"])["run_id"]) == ["tiny_vit.percentile.w4a4.s0"]
     from mgrq.runner.driver import _progress_line
 

@@ -12,6 +12,7 @@ Then the records and the MLflow runs are checked.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -172,22 +173,31 @@ def test_a_refused_submission_leaves_no_new_label(tmp_path):
     assert not (out / "refused").exists()
 
 
-def test_a_rerun_refuses_cells_that_live_jobs_of_an_earlier_driver_hold(tmp_path):
+def test_a_rerun_refuses_cells_that_live_jobs_of_an_earlier_driver_hold(tmp_path, capsys):
     """A driver killed while its SLURM jobs run leaves them running: a rerun of the label must not
     submit their cells again (both copies would run and write the same records). The label's
     jobs/slurm-tasks.json says which task holds which cell; squeue says which still live."""
     require_slurm()
     from mgrq import records
+    from mgrq.cli import main
     from mgrq.runner.suite import load_suite
 
     suite = write_suite(tmp_path / "live.yaml", eval_limit=50)
-    cell = load_suite(suite).specs()[0].run_id
+    spec = load_suite(suite).specs()[0]
+    cell = spec.run_id
     sleeper = subprocess.run(["sbatch", "--parsable", "-J", "mgrq-live", "-o", "/dev/null", "--wrap", "sleep 300"],
                              capture_output=True, text=True, timeout=60, check=True).stdout.strip().split(";")[0]
+    status = ["suite", "status", "live", "--out", str(tmp_path / "runs"), "--label", "L"]
     try:
         jobs = tmp_path / "runs" / "live" / "L" / "jobs"  # as the killed driver left the label
         jobs.mkdir(parents=True)
         records.write_record(jobs / "slurm-tasks.json", {"tasks": {sleeper: [cell]}})
+        records.write_record(jobs.parent / "suite.json", {"created": records.now()})
+        records.write_record(jobs.parent / f"{cell}-{spec.content_hash}" / "record.json", {
+            "schema": 1, "id": cell, "hash": spec.content_hash, "status": "running", "spec": spec.to_dict(),
+            "executor": {"name": "slurm", "job_id": sleeper, "host": "node7"}})
+        assert main(status) == 0
+        assert re.search(rf"^  running +{re.escape(cell)} .*job {sleeper}$", capsys.readouterr().out, re.M)
         argv = [sys.executable, "-m", "mgrq", "suite", "run", str(suite), "--out", str(tmp_path / "runs"),
                 "--label", "L", "--executor", "slurm", "--no-report", "--no-mirror"]
         p = subprocess.run(argv, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
@@ -204,9 +214,17 @@ def test_a_rerun_refuses_cells_that_live_jobs_of_an_earlier_driver_hold(tmp_path
     deadline = time.time() + 60
     while _squeue_state(sleeper) != "GONE" and time.time() < deadline:
         time.sleep(1)
-    # once the job is gone the same rerun goes ahead (a dry run shows it without a note)
+    # once the job is gone the same rerun goes ahead (a dry run shows it without a note), and the
+    # cell whose record still says running is shown stale, with what to do
     dry = subprocess.run([*argv, "--dry-run"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "would stop here" not in dry.stdout
+    assert re.search(rf"^  stale +{re.escape(cell)} ", dry.stdout, re.M), dry.stdout
+    assert "1 cell: 0 done, 0 failed, 1 running/interrupted/stale, 0 not started -> 1 to run" in dry.stdout
+    assert main(status) == 0
+    text = capsys.readouterr().out
+    assert re.search(rf"^  stale +{re.escape(cell)} ", text, re.M) and "1 stale" in text, text
+    assert ("note: 1 cell(s) stale: the record says running, but its job is gone (killed or cancelled while no driver "
+            "watched); `mgrq suite run live --label L` runs it again") in text
 
 
 def test_a_dry_run_asks_the_scheduler_about_the_slurm_options(tmp_path):

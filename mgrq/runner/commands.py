@@ -1,7 +1,7 @@
 """Harness subcommands of ``mgrq``: ``suite run|list|status``, ``mirror``, ``report``.
 
-Exit status of ``mgrq suite run``: 0 all cells done; 1 some cells failed (the summary lists
-them); 2 bad input (one line, nothing submitted); 3 the cells are fine but MLflow mirroring
+Exit status of ``mgrq suite run``: 0 all cells done; 1 some cells failed or did not finish (the
+summary lists them); 2 bad input (one line, nothing submitted); 3 the cells are fine but MLflow mirroring
 failed (redo it later with ``mgrq mirror``); 130 interrupted (Ctrl-C; a rerun resumes).
 """
 
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = ssub.add_parser("run", help="run (or resume) a suite", description=(
         "Expand a suite into cells, skip the cells already done, run the rest with an executor, "
         "mirror the records into MLflow and write the report. Exit status: 0 all done, 1 some "
-        "cells failed, 2 bad input, 3 MLflow mirroring failed (records are safe), 130 interrupted "
+        "cells failed or did not finish (interrupted, cancelled), 2 bad input, 3 MLflow mirroring failed (records are safe), 130 interrupted "
         "(Ctrl-C; rerun the label to resume)."), epilog=(
         "A method's config fields (`mgrq methods NAME` lists them) are set in the suite file, on its "
         "entry, `methods: [{name: qdrop, config: {iters: 100}}]`, for every entry of a method, "
@@ -388,9 +388,10 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
                  if d.is_dir() and ((d / "record.json").exists() or (d / "cell.log").exists())]
         print(f"note: {root / 'suite.json'} is missing, unreadable or lists no cells; showing the {len(cells)} "
               "cell folder(s) found (cells never started are not known)")
-    for rid, h, folder in cells:
-        cell = Cell(rid, h, root / folder, {})
-        st, rec = cell.shown_state()
+    from mgrq.runner.driver import STALE_NOTE, mark_stale
+
+    shown = [Cell(rid, h, root / folder, {}).shown_state() for rid, h, folder in cells]
+    for (rid, _, _), (_, rec), st in zip(cells, shown, mark_stale(shown)):
         counts[st] = counts.get(st, 0) + 1
         m = rec.get("metrics") or {}
         top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""
@@ -398,6 +399,9 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
         job = f"job {jid}" if jid else ""
         print(f"  {st:11s} {rid:55s} {top1:14s} {job}  {warnings_note(rec)}".rstrip())
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no cells")
+    if counts.get("stale"):
+        print("note: " + STALE_NOTE.format(n=counts["stale"], suite=args.suite, label=label,
+                                          it="it" if counts["stale"] == 1 else "them"))
     return 0
 
 

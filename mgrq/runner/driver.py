@@ -184,8 +184,8 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     counts: Counter = Counter()
     done: list[dict[str, Any]] = []
     print(f"suite {suite.name} ({suite.path}) label {label} -> {root}")
-    for c in cells:
-        st, rec = c.shown_state()
+    shown = [c.shown_state() for c in cells]
+    for c, (_, rec), st in zip(cells, shown, mark_stale(shown)):
         counts[st] += 1
         extra = ""
         if st == "done":
@@ -203,7 +203,8 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
                 extra += f"  ran with other weights: {w[0]} sha256 {w[1][:12]} -> {w[2][:12]}"
         print(f"  {st:11s} {c.run_id:55s} {c.hash}  {extra}")
     print(f"{_cells(len(cells))}: {counts['done']} done, {counts['failed']} failed, "
-          f"{counts['running'] + counts['interrupted']} running/interrupted, {counts['pending']} not started"
+          f"{counts['running'] + counts['interrupted'] + counts['stale']} running/interrupted/stale, "
+          f"{counts['pending']} not started"
           + (f", {counts['corrupt']} with an unreadable record" if counts["corrupt"] else "")
           + f" -> {len(cells) - counts['done']} to run")
     if counts["drift"]:
@@ -419,28 +420,73 @@ def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str
     return lost
 
 
+def _process_alive(pid: Any, marker: bytes) -> bool:
+    """Whether process ``pid`` of this host lives and its command line holds ``marker`` (else the
+    id now belongs to an unrelated process)."""
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    with contextlib.suppress(OSError):
+        if marker not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return False
+    return True
+
+
+def jobs_gone(recs: list[dict[str, Any]]) -> list[bool | None]:
+    """For records that say ``running``: whether the job running each is gone (True: no such
+    process on this host, or SLURM no longer lists the task), still there (False), or cannot be
+    told (None: another host's local job, squeue not answering). A cell whose job is gone and no
+    driver watches stays ``running`` until the label is run again."""
+    gone: list[bool | None] = [None] * len(recs)
+    slurm: dict[int, str] = {}
+    for i, rec in enumerate(recs):
+        info = rec.get("executor") or {}
+        if info.get("name") == "slurm" and info.get("job_id"):
+            slurm[i] = str(info["job_id"])
+        elif info.get("name") in ("local", "debug") and info.get("host") == records.host():
+            # a local job is a submitit process; a debug cell runs in its driver (`mgrq suite run`)
+            gone[i] = not _process_alive(info.get("pid"), b"submitit" if info["name"] == "local" else b"mgrq")
+    if slurm:
+        listed, _ = squeue_tasks(sorted({j.split("_")[0] for j in slurm.values()}), timeout_s=30)
+        if listed is not None:
+            for i, j in slurm.items():
+                gone[i] = j not in listed
+    return gone
+
+
+STALE_NOTE = ("{n} cell(s) stale: the record says running, but its job is gone (killed or cancelled while no "
+              "driver watched); `mgrq suite run {suite} --label {label}` runs {it} again")
+
+
+def mark_stale(shown: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The shown statuses of ``(status, record)`` pairs, with ``stale`` for a running one whose
+    job is gone (:func:`jobs_gone`)."""
+    running = [i for i, (st, _) in enumerate(shown) if st == "running"]
+    gone = jobs_gone([shown[i][1] for i in running]) if running else []
+    out = [st for st, _ in shown]
+    for i, g in zip(running, gone):
+        if g:
+            out[i] = "stale"
+    return out
+
+
 def check_no_live_jobs(cells: list[State]) -> None:
     """Refuse to start when a cell is still being run by a local job of an earlier driver that
     was killed (its record says ``running`` with this host and a live process id): both would run
     the cell and write its record. One ``ConfigError`` names every such cell and process."""
-    live: list[tuple[str, int, Any]] = []
+    live: list[tuple[str, Any, Any]] = []
     for c, st, rec in cells:
         info = rec.get("executor") or {}
         pid = info.get("pid")
         if st != "running" or info.get("name") != "local" or info.get("host") != records.host():
             continue
-        if not isinstance(pid, int) or pid == os.getpid():
+        if pid == os.getpid() or not _process_alive(pid, b"submitit"):
             continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        except PermissionError:
-            pass  # alive, another user's
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        with contextlib.suppress(OSError):
-            if b"submitit" not in cmdline.read_bytes():
-                continue  # the id now belongs to an unrelated process
         live.append((c.run_id, pid, rec.get("started")))
     if live:
         one = len(live) == 1
