@@ -7,7 +7,7 @@ Schema (``schema: 1``)::
     metrics {fp_top1, fp_top5, top1, top5, n_eval},            # percent
     timings {total_s, fp_eval_s, quantize_s, eval_s, load_s (model, data and the calibration draw)},
     peak_mem_mb, peak_mem_kind ("cuda_allocated" | "cpu_rss_sampled" | "cpu_maxrss"), device,
-    calibration {n, seed, ids_hash}, data {source, config}, weights {file, sha256} (None: hub weights),
+    calibration {n, seed, ids_hash}, data {source, config}, weights {file, sha256, timm (name.tag, for timm's pretrained weights)},
     method {name, config {...}, info {...}}, versions {...}, git_sha, host,
     started, finished, executor {...}, error {type, message, traceback} (failed runs)
 

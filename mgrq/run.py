@@ -54,9 +54,11 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
         check_compile_device(cfg.compile, device)
     torch.manual_seed(spec.seed)
 
-    wfile = zoo.weights_file(spec.model, spec.checkpoint)
-    weights = {"file": str(wfile), "sha256": zoo.weights_digest(wfile)} if wfile is not None else None
     model = zoo.create_model(spec.model, spec.checkpoint)
+    wfile = zoo.weights_file(spec.model, spec.checkpoint)  # after: timm may have just downloaded its weights
+    weights: dict[str, Any] | None = {"file": str(wfile), "sha256": zoo.weights_digest(wfile)} if wfile else None
+    if spec.checkpoint is None and not zoo.get_entry(spec.model).tiny:  # timm's pretrained weights, by tag
+        weights = {**(weights or {"file": None, "sha256": None}), "timm": zoo.get_entry(spec.model).timm_name}
     bundle = zoo.data_bundle_for(spec.model, model, spec.data_root, spec.eval_split)
     val = _subset(bundle.val, spec.eval_limit)
     n_calib = run_calib(spec)
@@ -110,7 +112,7 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
         "torch_threads": torch.get_num_threads(),
         "calibration": {"n": n_calib, "seed": calib.seed, "ids_hash": calib.ids_hash},
         "data": {"source": bundle.source, "config": bundle.data_config},
-        "weights": weights,  # the FP weights' file and SHA-256 (None: timm's hub weights)
+        "weights": weights,  # the FP weights' file and SHA-256 (+ "timm": name.tag for timm's pretrained weights)
         "policy": {"w_bits": policy.w_bits, "a_bits": policy.a_bits, "image_bits": policy.image_bits,
                    "overrides": [list(o) for o in policy.overrides]},
         "method": {"name": spec.method, "config": config_dict(cfg), "info": info, "module": method.module,

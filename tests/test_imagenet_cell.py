@@ -156,6 +156,38 @@ def test_deit_small_on_real_imagenet_matches_the_published_fp_row(tmp_path):
     assert m["fp_top1"] - m["top1"] < 1.0, m
 
 
+# The file each timm model's plain name loaded in timm 0.4.12 (RepQ-ViT's version; its and
+# PTQ4ViT's published FP rows were measured on these), read from timm's v0.4.12 sources.
+TIMM_0_4_12 = {
+    "vit_small_patch16_224": "S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-"
+                             "lr_0.03-res_224.npz",
+    "vit_base_patch16_224": "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-"
+                            "lr_0.01-res_224.npz",
+    "deit_tiny_patch16_224": "deit_tiny_patch16_224-a1311bcf.pth",
+    "deit_small_patch16_224": "deit_small_patch16_224-cd65a155.pth",
+    "deit_base_patch16_224": "deit_base_patch16_224-b5f2ef4d.pth",
+    "swin_tiny_patch4_window7_224": "swin_tiny_patch4_window7_224.pth",
+    "swin_small_patch4_window7_224": "swin_small_patch4_window7_224.pth",
+    "swin_base_patch4_window7_224": "swin_base_patch4_window7_224_22kto1k.pth",
+}
+
+
+def test_each_timm_model_loads_the_weights_the_published_rows_were_measured_with():
+    """The zoo pins a pretrained tag per timm model: the one whose weights file is the file timm
+    0.4.12 loaded for the plain name. timm 1.x's own defaults differ for ViT-B (augreg2) and
+    Swin-S (22k fine-tuned), which would put another model beside the papers' rows."""
+    import timm
+
+    from mgrq import zoo
+
+    timm_models = {n: e for n, e in zoo.ZOO.items() if not e.tiny}
+    assert set(timm_models) == set(TIMM_0_4_12)
+    for name, entry in timm_models.items():
+        cfg = timm.models.get_pretrained_cfg(str(entry.timm_name))
+        assert str(cfg.url).rsplit("/", 1)[-1] == TIMM_0_4_12[name], (name, entry.timm_name, cfg.url)
+        assert str(entry.timm_name) in entry.description  # `mgrq models` shows the tag
+
+
 def test_hub_weights_are_checked_offline_before_any_work_and_load_from_the_cache(tmp_path, monkeypatch, capsys):
     """Offline, a timm model without --checkpoint needs its pretrained weights in the HF hub cache:
     missing, `quantize` and a suite (dry run included) stop before any work, naming the model, the
@@ -206,6 +238,7 @@ def test_hub_weights_are_checked_offline_before_any_work_and_load_from_the_cache
     sd = timm.create_model(name, pretrained=False).state_dict()
     save_file(sd, str(snap / "model.safetensors"))
     assert zoo.cached_pretrained(name) == str(snap / "model.safetensors")
+    assert zoo.weights_file(name, None) == snap / "model.safetensors"  # the record's weights.file (and its sha256)
     zoo.check_pretrained_cached(name)  # no error now
     assert main(["suite", "run", str(suite), "--data-root", str(root), "--dry-run"]) == 0
     model = zoo.create_model(name)
