@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from mgrq.errors import MGRQError, did_you_mean
@@ -30,8 +31,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", type=int, default=None, help="calibration images (default: the method's own, e.g. 32 for RepQ-ViT)")
     p.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and the method (default 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present; default)")
-    p.add_argument("--checkpoint", default=None, help="local weights file (state_dict) instead of the zoo/timm weights")
-    p.add_argument("--data-root", default=None, help="ImageNet-layout folder (train/<class>/..., val/<class>/...) for timm models")
+    p.add_argument("--checkpoint", default=None, type=_path_arg,
+                   help="local weights file (a state_dict in timm's key layout, as timm's own checkpoints and "
+                        "DeiT's releases; plain, under 'model'/'state_dict', or .safetensors) instead of the "
+                        "zoo/timm weights")
+    p.add_argument("--data-root", default=None, type=_path_arg, help="ImageNet-layout folder (train/<class>/..., val/<class>/...) for timm models")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images only (smoke runs)")
     p.add_argument("--eval-split", choices=("heldout", "tune"), default="heldout",
                    help="heldout (default): the final numbers, on the tiny zoo's 1,000 held-out digits or ImageNet's "
@@ -41,6 +45,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="override a method config field (repeatable), e.g. --set act_init=minmax")
     p.add_argument("--bits-override", action="append", metavar="REGEX=BITS",
                    help="layer policy: points whose name matches REGEX get BITS (or 'fp'), e.g. '^head\\.=8'")
+
+
+def _path_arg(s: str) -> str:
+    """A path option as an absolute path, ``~`` expanded (a quoted ``~`` or ``--opt=~/x`` is not
+    expanded by the shell): the record names the file wherever it is read from."""
+    return str(Path(s).expanduser().resolve()) if s else s
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -233,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                "(brecq: also --set act_iters=25). `mgrq methods NAME` lists a method's fields.\n"
                "The quantized model is evaluated and dropped; the run record keeps the result.")
     _add_run_options(p)
-    p.add_argument("--record", default=None, help="write the JSON run record to this path")
+    p.add_argument("--record", default=None, type=_path_arg, help="write the JSON run record to this path")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quantize)
 

@@ -205,6 +205,7 @@ def check_class_images(root: str | os.PathLike, where: str = "", tune: bool = Fa
     image is opened."""
     import itertools
 
+    root = Path(root).expanduser()  # as check_imagenet_root and imagenet_bundle read it
     want, who = calib if calib is not None else (0, "")
     have = 0  # train/ images calibration can draw from, in the folders counted in full
     for sub in ("train", "val"):

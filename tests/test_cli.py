@@ -140,6 +140,24 @@ def test_every_field_validated_against_a_fixed_set_shows_its_choices():
     assert missing == [], missing
 
 
+def test_path_options_with_a_tilde_the_shell_left_alone(tmp_path, monkeypatch, capsys):
+    """`--checkpoint=~/x.pth` (no shell expands a ~ after =) loads, and the record names the file
+    by its absolute path with its SHA-256; `--record=~/r.json` is written there, not to ./~/."""
+    import hashlib
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    ck = tmp_path / "home" / "x.pth"
+    shutil.copy(zoo.tiny_weights_path("tiny_vit"), ck)
+    assert main(["quantize", "--model", "tiny_vit", "--method", "percentile", "--w-bits", "8", "--a-bits", "8",
+                 "--calib", "8", "--eval-limit", "20", "--quiet", "--checkpoint=~/x.pth", "--record=~/r.json"]) == 0
+    rec = json.loads((tmp_path / "home" / "r.json").read_text())
+    assert not (tmp_path / "~").exists()
+    assert rec["weights"] == {"file": str(ck), "sha256": hashlib.sha256(ck.read_bytes()).hexdigest()}
+    assert rec["spec"]["checkpoint"] == str(ck)
+
+
 def test_quantize_tiny_vit_w8a8_and_w4a4_records(tmp_path, capsys):
     rec8 = tmp_path / "w8.json"
     code, out, _ = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile",
