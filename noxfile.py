@@ -120,6 +120,13 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(venv_backend="none")
+def venv(session: nox.Session) -> None:
+    """Make (or refresh) the shared environment and print its python, for scripts that run mgrq
+    themselves (nox turns every failing command into exit 1; docs/nightly.sbatch needs mgrq's own)."""
+    print(_python(session))
+
+
+@nox.session(venv_backend="none")
 def quickstart(session: nox.Session) -> None:
     """Quantize the tiny ViT with the basic method and print FP vs quantized top-1."""
     py = _python(session)

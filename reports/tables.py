@@ -364,7 +364,7 @@ def cost_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
                 continue
             vals = {}
             for r in sub.itertuples():
-                mem = "" if pd.isna(r.peak_mem_mb) else f", {r.peak_mem_mb:.0f} MB"
+                mem = "" if pd.isna(r.peak_mem_mb) else f", {r.peak_mem_mb:.0f} MiB"
                 dev = f" ({device_name(r.device)})" if mixed and isinstance(r.device, str) else ""
                 vals[r.model] = Value(n=1, text=f"{r.quantize_s:.1f} s{mem}{dev}")
             rows.append(Row(method_name(n), bits, vals))

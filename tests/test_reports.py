@@ -129,9 +129,9 @@ def test_markdown_csv_and_figures(tmp_path):
     assert "suite rep (A), evaluated on 50 images." in abl and "evaluated on 50 images" in md[0]
     assert "suite rep (A), evaluated on 50 images." in (rep.dest / "ablation.tex").read_text()
     cost = (rep.dest / "cost.md").read_text()  # time and memory beside accuracy, same rows
-    assert "| RepQ-ViT | 4/4 | 5.0 s, 100 MB | 5.0 s, 100 MB |" in cost
-    assert "| Percentile | 6/6 | 2.0 s, 100 MB | 2.0 s, 100 MB |" in cost
-    assert r"RepQ-ViT & 4/4 & 5.0 s, 100 MB" in (rep.dest / "cost.tex").read_text()
+    assert "| RepQ-ViT | 4/4 | 5.0 s, 100 MiB | 5.0 s, 100 MiB |" in cost
+    assert "| Percentile | 6/6 | 2.0 s, 100 MiB | 2.0 s, 100 MiB |" in cost
+    assert r"RepQ-ViT & 4/4 & 5.0 s, 100 MiB" in (rep.dest / "cost.tex").read_text()
     import pandas as pd
 
     csv = pd.read_csv(rep.dest / "results.csv")
@@ -463,10 +463,10 @@ def test_cost_table_marks_the_device_when_cells_ran_on_different_ones():
 
     mixed = aggregate(pd.DataFrame([row("qdrop", "cuda", 10.0), row("brecq", "cpu", 40.0)], columns=COLUMNS))
     md = cost_table(mixed, ["tiny_vit"], ["brecq", "qdrop"], "s", "L").markdown()
-    assert "40.0 s, 100 MB (CPU)" in md and "10.0 s, 100 MB (GPU)" in md and "different devices" in md
+    assert "40.0 s, 100 MiB (CPU)" in md and "10.0 s, 100 MiB (GPU)" in md and "different devices" in md
     one = aggregate(pd.DataFrame([row("qdrop", "cpu", 10.0), row("brecq", "cpu", 40.0)], columns=COLUMNS))
     md = cost_table(one, ["tiny_vit"], ["brecq", "qdrop"], "s", "L").markdown()
-    assert "40.0 s, 100 MB |" in md and "(CPU)" not in md and "different devices" not in md
+    assert "40.0 s, 100 MiB |" in md and "(CPU)" not in md and "different devices" not in md
 
 
 def test_acc_vs_time_marks_devices_when_mixed(tmp_path, monkeypatch):

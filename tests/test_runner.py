@@ -194,6 +194,8 @@ def test_sigkill_mid_cell_then_rerun_only_unfinished(tmp_path):
     cells = cell_dirs(root)
     r = {c: rec(cells[c]) for c in (c1, c2, c3)}
     assert r[c2]["status"] == "failed" and r[c2]["error"]["type"] == "JobLost", r[c2]["error"]
+    log = (cells[c2] / "cell.log").read_text()  # the reason is where a user looks first, too
+    assert "[driver " in log and f"] JobLost: job {r[c2]['executor']['job_id']} (local, state " in log, log
     assert {r[c]["status"] for c in (c1, c3)} == {"done"}
     assert {r[c]["torch_threads"] for c in (c1, c3)} == {1}
     jobs = {c: r[c]["executor"]["job_id"] for c in (c1, c2, c3)}

@@ -402,20 +402,25 @@ def mark_lost(cells: list[Cell], job: Any, suite_meta: dict[str, Any], kind: str
         if said:  # where accounting is off, SLURM's state is UNKNOWN: its log still says why
             state += f"; its log: {said}"
         spec = RunSpec.from_dict(c.spec)
+        why = "Interrupted" if cancelled else "JobLost"
+        message = (f"job {job.job_id} ({kind}, state {state}) "
+                   + ("was cancelled before this cell finished; the next run of the suite redoes it"
+                      if cancelled else "ended before this cell finished"))
         failed = {
             "schema": records.SCHEMA, "id": spec.run_id, "hash": spec.content_hash,
             "status": "failed", "spec": spec.to_dict(),
-            "error": {"type": "Interrupted" if cancelled else "JobLost", "user_error": False,
-                      "message": f"job {job.job_id} ({kind}, state {state}) "
-                                 + ("was cancelled before this cell finished; the next run of the suite redoes it"
-                                    if cancelled else "ended before this cell finished"),
-                      "traceback": tail},
+            "error": {"type": why, "user_error": False, "message": message, "traceback": tail},
             "executor": {**((rec or {}).get("executor") or {}), "name": kind, "job_id": job.job_id},
             "suite": suite_meta, "versions": records.versions(), "git_sha": records.git_sha(),
             "host": records.host(), "started": (rec or {}).get("started"), "finished": records.now(),
         }
         records.write_record(c.record_path, failed)
         append_event(c, "lost", job_id=job.job_id)
+        with contextlib.suppress(OSError):  # where a user looks first: the cell's own log
+            c.dir.mkdir(parents=True, exist_ok=True)
+            with open(c.log_path, "a") as f:
+                f.write(f"[driver {records.now()}] {why}: {message}\n"
+                        + (f"[driver] the job log's last lines:\n{tail.rstrip()}\n" if tail else ""))
         lost += 1
     return lost
 

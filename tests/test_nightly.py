@@ -1,0 +1,54 @@
+"""docs/nightly.sbatch, run as cron runs it (a plain script), on a tiny suite: its exit status
+and lines tell a first night, a quiet night, a flagged night and a night that did not run apart.
+The script runs `mgrq` itself (nox turns every failure into 1); `--executor debug` (appended by
+MGRQ_NIGHTLY_ARGS, so it wins over the script's slurm) keeps it off the cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from harness_helpers import ROOT, cli_env, write_suite
+
+pytestmark = pytest.mark.slow
+
+
+def _night(tmp_path, suite, label: str, *extra: str) -> subprocess.CompletedProcess:
+    env = cli_env(MGRQ_DATA_ROOT=str(tmp_path), MGRQ_SITE_PROFILE=str(tmp_path / "site.yaml"),
+                  MGRQ_RUNS=str(tmp_path / "runs"), MGRQ_NIGHTLY_SUITES=str(suite), MGRQ_NIGHTLY_PULL="0",
+                  MGRQ_VENV=sys.prefix, MGRQ_NIGHTLY_ARGS=f"--label {label} --executor debug --threads 1 "
+                                                          "--no-mirror --no-report " + " ".join(extra))
+    env.pop("SLURM_JOB_ID", None)
+    return subprocess.run(["bash", str(ROOT / "docs" / "nightly.sbatch")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_nightly_script_says_what_each_night_was(tmp_path):
+    if shutil.which("python3") is None or subprocess.run(["python3", "-m", "nox", "--version"],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("the script runs `python3 -m nox`: nox is not installed for python3")
+    (tmp_path / "site.yaml").write_text("slurm:\n  cpus_per_task: 1\n")
+    suite = write_suite(tmp_path / "nightly-tiny.yaml", eval_limit=50)
+    first = _night(tmp_path, suite, "20260101-n1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"nightly: {suite}: no comparison (exit 2: the first night, or the message above)" in first.stdout
+    quiet = _night(tmp_path, suite, "20260102-n2")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert f"nightly: {suite}: nothing flagged against the previous night" in quiet.stdout
+    assert (tmp_path / "runs" / "nightly-tiny" / "20260102-n2" / "report" /
+            "compare-20260101-n1-vs-20260102-n2.md").is_file()
+    # a night evaluated on fewer images: its top-1 moves, and the script's status says so
+    moved = _night(tmp_path, suite, "20260103-n3", "--eval-limit", "10")
+    assert moved.returncode == 1, moved.stdout + moved.stderr
+    assert f"nightly: {suite}: cells flagged against the previous night" in moved.stdout
+    # a suite that cannot run: no comparison of older nights printed as if it were tonight's
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(suite.read_text().replace("percentile", "percentil"))
+    env_suite = _night(tmp_path, bad, "20260104-n4")
+    assert env_suite.returncode == 2, env_suite.stdout + env_suite.stderr
+    assert f"nightly: {bad}: the suite did not run (exit 2: bad input" in env_suite.stdout
+    assert "compare-" not in env_suite.stdout and "Top-1 change" not in env_suite.stdout
+    assert os.listdir(tmp_path / "runs") == ["nightly-tiny"]
