@@ -137,7 +137,7 @@ def class_folders(split_dir: Path, where: str = "") -> list[str]:
     :class:`DataError` (prefixed by ``where``) when the folder is missing or has none."""
     if not split_dir.is_dir():
         raise DataError(f"{where}{split_dir}: folder not found; expected layout {IMAGENET_LAYOUT}")
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))  # not .ipynb_checkpoints
     if not classes:
         with os.scandir(split_dir) as it:
             flat = any(_is_image(e) for e in it)

@@ -182,6 +182,10 @@ def test_class_folders_are_checked_up_front(tmp_path):
                                         r"expected one folder per class"):
         data.check_imagenet_root(root, "deit_tiny_patch16_224", "s.yaml: ", num_classes=1000)
     assert data.check_imagenet_root(root, "deit_tiny_patch16_224", num_classes=2) == root
+    (root / "val" / ".ipynb_checkpoints").mkdir()  # a hidden folder (Jupyter's, an editor's) is no class
+    assert data.check_imagenet_root(root, "deit_tiny_patch16_224", num_classes=2) == root
+    assert data.class_folders(root / "val") == ["n00000000", "n00000001"]
+    (root / "val" / ".ipynb_checkpoints").rmdir()
     for c in range(5):
         (root / "train" / f"extra{c}").mkdir()
     (root / "val" / "n00000001").rename(root / "val" / "typo")

@@ -701,9 +701,12 @@ def test_the_other_grid_note_tells_changed_settings_from_cells_left_out(tmp_path
             + [{"id": "gone", "hash": "3", "dir": "gone-3"}]}
     note = other_grid_note("L", prev, [cell("a", "9"), cell("b", "8")])
     assert note == ("note: label L was run before with another grid; 2 of its cells are in this grid with other "
-                    "settings (data_root: /old -> /new), so they run again in folders of their own; 1 of its cells "
-                    "is not in this one (e.g. gone): the old folders stay, but `suite status` lists this grid once "
-                    "it runs (a new --label keeps the two apart)")
+                    "settings (data_root: /old -> /new); the 1 that ran runs again in a folder of its own; 1 of its "
+                    "cells is not in this one (e.g. gone): the old folders stay, but `suite status` lists this grid "
+                    "once it runs (a new --label keeps the two apart)")
+    assert "2 of its cells are in this grid with other settings, none of which ran; 1 of its cells" in \
+        other_grid_note("L", {"cells": prev["cells"][1:] + [{"id": "a", "hash": "7", "dir": "a-7"}]},
+                        [cell("a", "9"), cell("b", "8")])
     assert other_grid_note("L", prev, [cell("a", "1"), cell("b", "2"), cell("gone", "3")]) is None
 
 

@@ -265,12 +265,14 @@ def other_grid_note(label: str, prev: dict[str, Any], cells: list[Cell]) -> str 
     moved = [c for c in left if c["id"] in by_id]
     gone = [c["id"] for c in left if c["id"] not in by_id]
     changes: dict[str, None] = {}  # "field: old -> new", in order, once each
+    ran = 0  # of the moved cells: those with a record (the others were listed, never run)
     for c in moved:
         new = by_id[c["id"]]
         rec = records.read_record(new.dir.parent / str(c.get("dir")) / "record.json") if c.get("dir") else None
         old = rec.get("spec") if isinstance(rec, dict) else None
         if not isinstance(old, dict):  # the cell never ran: no spec to compare
             continue
+        ran += 1
         for k in sorted((set(old) | set(new.spec)) - {"device"}):
             if old.get(k) != new.spec.get(k):
                 changes[f"{k}: {old.get(k)} -> {new.spec.get(k)}"] = None
@@ -278,8 +280,15 @@ def other_grid_note(label: str, prev: dict[str, Any], cells: list[Cell]) -> str 
     if moved:
         what = f" ({'; '.join(list(changes)[:3])}{'; ...' if len(changes) > 3 else ''})" if changes else ""
         one = len(moved) == 1
-        parts.append(f"{len(moved)} of its cells {'is' if one else 'are'} in this grid with other settings{what}, so "
-                     f"{'it runs' if one else 'they run'} again in {'a folder' if one else 'folders'} of {'its' if one else 'their'} own")
+        head = f"{len(moved)} of its cells {'is' if one else 'are'} in this grid with other settings{what}"
+        if ran == len(moved):
+            parts.append(f"{head}, so {'it runs' if one else 'they run'} again in {'a folder' if one else 'folders'} "
+                         f"of {'its' if one else 'their'} own")
+        elif ran == 0:
+            parts.append(f"{head}, none of which ran")
+        else:
+            parts.append(f"{head}; the {ran} that ran {'runs' if ran == 1 else 'run'} again in "
+                         f"{'a folder' if ran == 1 else 'folders'} of {'its' if ran == 1 else 'their'} own")
     if gone:
         parts.append(f"{len(gone)} of its cells {'is' if len(gone) == 1 else 'are'} not in this one (e.g. {', '.join(gone[:3])})")
     return (f"note: label {label} was run before with another grid; {'; '.join(parts)}: the old folders stay, but "
