@@ -220,6 +220,23 @@ def tree_sha(src: Path) -> str | None:
     return f"{sha.stdout.strip()}+dirty.{h.hexdigest()[:8]}"
 
 
+def weights_label(rec: dict[str, Any]) -> str | None:
+    """The FP weights a record ran with, in a few words: ``timm NAME.TAG`` for timm's pretrained
+    weights, else the weights file's name, each with the first 12 hex digits of its SHA-256 when
+    known; None when the record does not say (records from before ``weights``)."""
+    w = rec.get("weights")
+    if not isinstance(w, dict):
+        return None
+    if w.get("timm"):
+        name = f"timm {w['timm']}"
+    elif w.get("file"):
+        name = Path(str(w["file"])).name
+    else:
+        return None
+    sha = str(w.get("sha256") or "")[:12]
+    return f"{name} (sha256 {sha})" if sha else name
+
+
 def short_sha(sha: Any) -> str:
     """A :func:`git_sha` value for messages: 12 hex digits, ``+dirty...`` kept, ``unknown`` for none."""
     head, plus, tail = str(sha or "unknown").partition("+")

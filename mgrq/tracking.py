@@ -265,6 +265,10 @@ def flatten(rec: dict[str, Any], key: str) -> tuple[dict[str, str], dict[str, fl
         "calibration_ids_hash": str((rec.get("calibration") or {}).get("ids_hash")),
         "device_used": str(rec.get("device")),  # the resolved device (spec.device may be "auto")
     }
+    from mgrq.records import weights_label
+
+    if wl := weights_label(rec):
+        tags["weights"] = wl
     if rec.get("status") == "failed":
         err = rec.get("error") or {}
         tags["error"] = f"{err.get('type')}: {err.get('message')}"[:5000]

@@ -149,6 +149,28 @@ def _check_mlflow_has_newest(out: Path, suite: str, known: list[str], u: str, ur
                       "labels instead of latest/previous")
 
 
+def _weights_notes(df: pd.DataFrame, pub: pd.DataFrame | None) -> list[str]:
+    """Notes on the FP weights of the finished cells (each record's ``weights``): a model whose
+    cells ran with different weights, and, beside published rows, a model that ran with weights
+    other than timm's pinned ones (the weights the published rows were measured with)."""
+    done = df[(df["status"] == "done") & df["weights"].notna()]
+    out = []
+    for model, ws in done.groupby("model", sort=False)["weights"]:
+        counts = ws.value_counts()
+        if len(counts) > 1:
+            out.append(f"model {model}'s finished cells ran with different weights: "
+                       + ", ".join(f"{w} ({n} cell{'s' * (n != 1)})" for w, n in counts.items())
+                       + "; a table from one model needs one weights file")
+    if pub is not None and len(pub):
+        own = {m: ws.iloc[0] for m, ws in done.groupby("model", sort=False)["weights"]
+               if m in set(pub["model"]) and not any(str(w).startswith("timm ") for w in ws)}
+        if own:
+            out.append("the published rows (marked) were measured with timm's pretrained weights; here "
+                       + ", ".join(f"{m} ran with {w}" for m, w in own.items())
+                       + ": compare the two only if that file holds the same weights")
+    return out
+
+
 def _order(found: list[str], preferred: list[str]) -> list[str]:
     return [x for x in preferred if x in found] + [x for x in dict.fromkeys(found) if x not in preferred]
 
@@ -374,6 +396,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     pub = None
     if published and not tune:  # published numbers are on val/; a tune split is drawn from training images
         pub = F.published_frame(None if published is True else published)
+    notes += _weights_notes(df, pub)
     agg = F.aggregate(df, F.grid_seeds(grid))
     _make_dest(dest, what)
     earlier = _earlier_outputs(dest, own_folder)

@@ -18,13 +18,14 @@ from typing import Any
 import pandas as pd
 
 from mgrq.errors import ConfigError
+from mgrq.records import weights_label
 from mgrq.spec import parse_bits
 from mgrq.tracking import flat_params, param_str
 
 COLUMNS = [
     "suite", "label", "run_id", "hash", "model", "method", "name", "bits", "w_bits", "a_bits",
     "seed", "status", "top1", "top5", "fp_top1", "fp_top5", "n_eval", "quantize_s", "total_s",
-    "peak_mem_mb", "device", "calib", "error", "warnings", "git_sha", "source", "citation",
+    "peak_mem_mb", "device", "calib", "error", "warnings", "git_sha", "weights", "source", "citation",
 ]
 PUBLISHED_CSV = Path(__file__).with_name("published.csv")
 
@@ -66,7 +67,7 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
         "calib": (rec.get("calibration") or {}).get("n", spec.get("calib")),
         "error": f"{err.get('type')}: {err.get('message')}" if err else None,
         "warnings": len(rec.get("warnings") or []), "git_sha": rec.get("git_sha"),
-        "source": "run", "citation": None,
+        "weights": weights_label(rec), "source": "run", "citation": None,
     }
 
 
@@ -326,7 +327,7 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
             "device": _device_type(t.get("device_used")),
             "calib": int(p["calib"]) if str(p.get("calib", "")).isdigit() else None,
             "error": err, "warnings": int(m.get("warnings", 0)), "git_sha": _sha_tag(t.get("git_sha")),
-            "source": "run", "citation": None, "settings": settings(p),
+            "weights": t.get("weights"), "source": "run", "citation": None, "settings": settings(p),
         })
     df = _one_per_cell(rows, times)
     attrs = dict(df.attrs)

@@ -310,6 +310,31 @@ def test_a_move_of_exactly_the_threshold_is_not_flagged_whatever_the_floats_last
     assert list(compare_frame(a, b, 0.49)["flag"]) == ["moved", "moved"]
 
 
+def test_the_notes_say_which_weights_ran_beside_published_rows_and_when_a_model_had_two(tmp_path):
+    """Each record keeps its FP weights: a model whose cells ran with two files is noted, and so
+    is a model beside published rows that ran with a checkpoint, not timm's pinned weights (the
+    published rows were measured with those). No note for timm weights or records without."""
+    out = tmp_path / "runs"
+    make_runs(out)
+    cells = sorted((out / "rep" / "A").glob("deit_tiny_patch16_224.*/record.json"))
+    for i, p in enumerate(cells):
+        sha = ("ab" if i else "cd") * 32
+        records.write_record(p, {**json.loads(p.read_text()), "weights": {"file": "/ck/deit_t.pth", "sha256": sha}})
+    notes = build_report(out, "rep", "A", pdf="no", figures=False).notes
+    assert any(n.startswith("model deit_tiny_patch16_224's finished cells ran with different weights: "
+                            f"deit_t.pth (sha256 {'ab' * 6}) ({len(cells) - 1} cells), deit_t.pth (sha256 {'cd' * 6}) (1 cell)") for n in notes), notes
+    pub = [n for n in notes if n.startswith("the published rows (marked) were measured with timm's")]
+    assert pub and "here deit_tiny_patch16_224 ran with deit_t.pth (sha256 " in pub[0]
+    assert not any("tiny_vit" in n for n in pub)  # no published rows for it
+    assert not any("published rows" in n for n in build_report(out, "rep", "A", pdf="no", figures=False,
+                                                               published=False).notes)
+    for p in cells:
+        records.write_record(p, {**json.loads(p.read_text()), "weights": {
+            "file": "/hub/model.safetensors", "sha256": "ef" * 32, "timm": "deit_tiny_patch16_224.fb_in1k"}})
+    notes = build_report(out, "rep", "A", pdf="no", figures=False).notes
+    assert not any("weights" in n for n in notes), notes
+
+
 def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
     out = tmp_path / "runs"
     make_runs(out, "A", created="2026-01-01T00:00:00")
