@@ -442,3 +442,20 @@ def test_command_is_optional_documentation(tmp_path):
     assert load_suite(path).command == f"mgrq suite run {path}"
     path.write_text(path.read_text() + "command: nox -s suite-mine\n")
     assert load_suite(path).command == "nox -s suite-mine"
+
+
+def test_submitits_sacct_warning_is_said_once(tmp_path, caplog):
+    """Without SLURM accounting, submitit warns on every state query; the driver reads the queue
+    itself, so the warning is said once per process (other submitit warnings pass)."""
+    import logging
+
+    ex.slurm_executor(tmp_path, ex.ExecutorOptions(kind="slurm"), "mgrq-x")
+    ex._SacctOnce.seen = False
+    log = logging.getLogger("submitit")
+    with caplog.at_level(logging.WARNING, logger="submitit"):
+        for n in (1, 2, 3):
+            log.warning(f"Call #{n} - Bypassing sacct error Command returned non-zero exit status 1., "
+                        "status may be inaccurate.")
+        log.warning("another submitit warning")
+    said = [r.getMessage() for r in caplog.records if r.name == "submitit"]
+    assert len(said) == 2 and said[0].startswith("Call #1 - Bypassing sacct error") and said[1] == "another submitit warning"

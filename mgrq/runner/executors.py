@@ -33,6 +33,7 @@ A site profile (YAML or TOML) has one section per executor::
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -278,9 +279,26 @@ def work_orders(items: list[Any], n: int) -> list[list[Any]]:
     return orders
 
 
+class _SacctOnce(logging.Filter):
+    """Lets submitit's "Bypassing sacct error ..." warning through once per process: on a cluster
+    without accounting every state query repeats it, and the driver reads the queue itself."""
+
+    seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        first, _SacctOnce.seen = not _SacctOnce.seen, True
+        return first
+
+
 def slurm_executor(folder: Path, opts: ExecutorOptions, job_name: str):
     """A submitit ``SlurmExecutor`` with the options of ``opts`` (no site value hard-coded)."""
     import submitit
+
+    log = logging.getLogger("submitit")
+    if not any(isinstance(f, _SacctOnce) for f in log.filters):
+        log.addFilter(_SacctOnce())
 
     ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=opts.max_num_timeout)
     try:
