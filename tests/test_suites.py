@@ -459,3 +459,25 @@ def test_submitits_sacct_warning_is_said_once(tmp_path, caplog):
         log.warning("another submitit warning")
     said = [r.getMessage() for r in caplog.records if r.name == "submitit"]
     assert len(said) == 2 and said[0].startswith("Call #1 - Bypassing sacct error") and said[1] == "another submitit warning"
+
+
+def test_a_full_budget_reconstruction_on_this_cpu_is_said_up_front(monkeypatch):
+    """An ImageNet suite's brecq/qdrop/mgrq cells (20,000 iterations per unit) run by the local or
+    debug executor on a machine without CUDA: a note says so before hours of CPU work start.
+    Not for SLURM jobs (their nodes have the GPUs), nor the calibration-only methods."""
+    import torch
+
+    from mgrq.runner.commands import _cpu_reconstruction_note
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    suite = load_suite("imagenet-w4a4")
+    note = _cpu_reconstruction_note(suite, ex.ExecutorOptions(kind="local", device="auto"), None)
+    assert note is not None and "reconstruct an ImageNet model with up to 20,000 iterations per unit" in note
+    assert "(no CUDA device here)" in note
+    only = r"\.(repq_vit|ptq4vit)\."
+    assert _cpu_reconstruction_note(suite, ex.ExecutorOptions(kind="local", device="auto"), only) is None
+    assert _cpu_reconstruction_note(suite, ex.ExecutorOptions(kind="slurm", device="auto"), None) is None
+    assert _cpu_reconstruction_note(load_suite("demo"), ex.ExecutorOptions(kind="local", device="cpu"), None) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _cpu_reconstruction_note(suite, ex.ExecutorOptions(kind="debug", device="auto"), None) is None
+    assert "(--device cpu)" in _cpu_reconstruction_note(suite, ex.ExecutorOptions(kind="debug", device="cpu"), None)

@@ -239,6 +239,8 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         dev = parse_device(opts.device)  # a typo fails here, not in every cell (the GPU may be elsewhere)
         if dev.type == "cuda" and opts.kind in ("local", "debug"):  # the cells run on this machine
             _check_local_cuda(opts, dev)
+    if note := _cpu_reconstruction_note(suite, opts, args.only):
+        print(note, file=sys.stderr)
     label = check_label(args.label if args.label is not None else default_label())
     if not args.no_mirror:  # a store MLflow will refuse: say so now, not after the cells ran
         from mgrq.tracking import check_store_kind, default_uri
@@ -403,6 +405,37 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
         print("note: " + STALE_NOTE.format(n=counts["stale"], suite=args.suite, label=label,
                                           it="it" if counts["stale"] == 1 else "them"))
     return 0
+
+
+PAPER_SCALE_ITERS = 1000  # a reconstruction of this many iterations per unit or more, on a CPU: hours per cell
+
+
+def _cpu_reconstruction_note(suite: Any, opts: Any, only: str | None) -> str | None:
+    """A note when cells that reconstruct an ImageNet model at full budget would run on this
+    machine's CPU (local or debug executor, no CUDA device here, or ``--device cpu``): hours to
+    days per cell, the user likely meant a GPU. None otherwise (tiny models, SLURM jobs, GPUs)."""
+    if opts.kind not in ("local", "debug"):
+        return None
+    if opts.device not in (None, "auto", "cpu"):
+        return None
+    import torch
+
+    if opts.device != "cpu" and torch.cuda.is_available():
+        return None
+    from mgrq import zoo
+    from mgrq.methods import get_method
+    from mgrq.runner.suite import select
+
+    heavy = [s for s in select(suite.specs(), only, suite.name) if not zoo.get_entry(s.model).tiny
+             and getattr(get_method(s.method).make_config(dict(s.method_config)), "iters", 0) >= PAPER_SCALE_ITERS]
+    if not heavy:
+        return None
+    iters = max(get_method(s.method).make_config(dict(s.method_config)).iters for s in heavy)
+    where = "--device cpu" if opts.device == "cpu" else "no CUDA device here"
+    return (f"note: {len(heavy)} cell(s) reconstruct an ImageNet model with up to {iters:,} iterations per unit on "
+            f"this machine's CPU ({where}), e.g. {heavy[0].run_id}: hours to days per cell; run them where a GPU "
+            "is (--executor slurm with gpus_per_node), or give them a smaller budget in a suite file of your own "
+            "(a method's config: iters)")
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
