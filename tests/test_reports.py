@@ -11,6 +11,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from harness_helpers import require_latex
 
@@ -344,6 +345,15 @@ def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
     put(out, "rep", "B", "tiny_vit", "repq_vit", "W4A4", 7, None)  # a seed A never ran, failed in B
     assert main(args) == 1
     assert "| tiny ViT | RepQ-ViT | 4/4 | 7 | – | fail | – | **new, failed** |" in capsys.readouterr().out
+    # the commits each side ran from, under the table and in the CSV (a delta traced to a commit range)
+    for lab, sha in (("A", "a" * 40), ("B", "b" * 40 + "+dirty.0123abcd")):
+        for p in (out / "rep" / lab).glob("*/record.json"):
+            records.write_record(p, {**json.loads(p.read_text()), "git_sha": sha})
+    assert main(args) == 1
+    assert f"A ran at {'a' * 12}; B ran at {'b' * 12}+dirty.0123abcd." in capsys.readouterr().out
+    csv = pd.read_csv(out / "rep" / "B" / "report" / "compare-A-vs-B.csv")
+    assert {"git_sha_a", "git_sha_b"} <= set(csv.columns) and set(csv["git_sha_a"].dropna()) == {"a" * 40}
+    assert f"A ran at {'a' * 12}; B ran at" in (out / "rep" / "B" / "report" / "compare-A-vs-B.tex").read_text()
 
 
 def test_strict_compare_alerts_on_cells_the_new_run_lost(tmp_path, capsys):
