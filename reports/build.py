@@ -19,13 +19,15 @@ hash) counts once, its newest record; the report's notes name the others.
 
 from __future__ import annotations
 
+import functools
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pandas as pd
 
@@ -60,8 +62,9 @@ def suite_info(out: Path, suite: str, label: str | None) -> dict[str, Any]:
     if label:
         meta = records.read_record(Path(out).resolve() / suite / label / "suite.json")
         if meta:
-            if "paired" not in meta:
-                meta["paired"] = _suite_file_info(meta.get("file") or suite).get("paired")
+            for key in ("paired", "names"):  # a label run before the setting existed: the suite file's
+                if key not in meta:
+                    meta[key] = _suite_file_info(meta.get("file") or suite).get(key)
             return meta
     return _suite_file_info(suite)
 
@@ -75,7 +78,8 @@ def _suite_file_info(suite: str | Path) -> dict[str, Any]:
         s = load_suite(suite, check_names=False)
         return {"models": list(s.models), "methods": [m.name for m in s.methods],
                 "bits": [f"W{w}A{a}" for w, a in s.bits],
-                "ablation": list(s.ablation), "caption": s.caption, "paired": s.paired}
+                "ablation": list(s.ablation), "caption": s.caption, "paired": s.paired,
+                "names": dict(s.row_names)}
     except Exception:  # a missing, renamed or broken file: no settings, not a failed report
         return {}
 
@@ -291,6 +295,21 @@ def _make_dest(dest: Path, what: str) -> None:
                           f"expected a folder the report can be written to") from None
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _row_names_scope(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` in a :func:`reports.tables.row_names` block: the suite's ``report.names`` it sets
+    (``use_row_names``) end with it."""
+    @functools.wraps(fn)
+    def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+        with T.row_names(None):
+            return fn(*args, **kwargs)
+    return inner
+
+
+@_row_names_scope
 def build_report(out: str | Path, suite: str, label: str | None = None, source: str = "records",
                  dest: str | Path | None = None, published: bool | str | Path = True,
                  pdf: str = "auto", uri: str | None = None, figures: bool = True,
@@ -318,6 +337,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                "redo those cells" if bad else "")
         raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source}){why}")
     info = suite_info(out, suite, label)
+    T.use_row_names(info.get("names"))
     models = _order(list(df["model"]), info.get("models") or [])
     names = _order(list(df["name"]), info.get("methods") or [])
     notes: list[str] = []
@@ -478,6 +498,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     return rep
 
 
+@_row_names_scope
 def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, threshold: float = 1.0,
                   source: str = "records", uri: str | None = None,
                   dest: str | Path | None = None, float_env: str = "table") -> tuple[pd.DataFrame, list[Path], str]:
@@ -510,6 +531,7 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
                           "expected two labels evaluated on one split")
     changes = F.settings_changes(fa, fb)
     info = suite_info(out, suite, b)
+    T.use_row_names(info.get("names"))
     stopped = {rid for lab, rid in df.attrs.get("interrupted", []) if lab == b}
     cmp = T.compare_frame(fa, fb, threshold, info.get("models"), info.get("methods"), info.get("bits"), stopped)
     dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)

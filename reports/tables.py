@@ -8,6 +8,8 @@ Markdown from the same rows.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass, field
 
@@ -34,8 +36,26 @@ def model_name(m: str) -> str:
     return MODEL_NAMES.get(m, m)
 
 
+_ROW_NAMES: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("row_names", default=None)
+
+
+@contextlib.contextmanager
+def row_names(names: dict[str, str] | None):
+    """Within the block, rows print as a suite's ``report.names`` says (before :data:`METHOD_NAMES`)."""
+    token = _ROW_NAMES.set(dict(names or {}))
+    try:
+        yield
+    finally:
+        _ROW_NAMES.reset(token)
+
+
+def use_row_names(names: dict[str, str] | None) -> None:
+    """Rows print as ``names`` says until the enclosing :func:`row_names` block ends."""
+    _ROW_NAMES.set(dict(names or {}))
+
+
 def method_name(m: str) -> str:
-    return METHOD_NAMES.get(m, m)
+    return (_ROW_NAMES.get() or {}).get(m) or METHOD_NAMES.get(m, m)
 
 
 def device_name(d: str) -> str:

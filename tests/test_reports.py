@@ -336,6 +336,42 @@ def test_the_notes_say_which_weights_ran_beside_published_rows_and_when_a_model_
     assert not any("weights" in n for n in notes), notes
 
 
+def test_a_suites_report_names_rename_rows_in_tables_figures_and_prints(tmp_path, capsys):
+    """report.names (a suite file's, kept in the label's suite.json) gives a row the name a paper
+    prints, e.g. a method of one's own or a variant; other rows keep theirs; the names end with
+    the report (a later report without them prints the defaults)."""
+    from reports.tables import method_name
+
+    out = tmp_path / "runs"
+    make_runs(out)
+    meta = json.loads((out / "rep" / "A" / "suite.json").read_text())
+    records.write_record(out / "rep" / "A" / "suite.json", {**meta, "names": {"pct-mm": "Percentile (min/max)",
+                                                                            "repq_vit": "RepQ-ViT [7]"}})
+    assert main(["report", "rep", "--out", str(out), "--no-pdf"]) == 0
+    printed = capsys.readouterr().out
+    md = (out / "rep" / "A" / "report" / "main.md").read_text()
+    for text in (printed, md):
+        assert "| Percentile (min/max) | 4/4 |" in text and "| RepQ-ViT [7] | 4/4 |" in text and "| Percentile |" in text
+    assert r"RepQ-ViT [7] & 4/4" in (out / "rep" / "A" / "report" / "main.tex").read_text()
+    assert method_name("pct-mm") == "pct-mm" and method_name("repq_vit") == "RepQ-ViT"  # scoped to the report
+
+
+def test_report_names_in_a_suite_file_are_checked(tmp_path):
+    from harness_helpers import write_suite
+
+    from mgrq.runner.suite import load_suite
+
+    ok = write_suite(tmp_path / "ok.yaml", methods=["percentile", {"name": "percentile", "variant": "pmm"}],
+                     report={"names": {"pmm": " Percentile (min/max) "}})
+    assert load_suite(ok).row_names == (("pmm", "Percentile (min/max)"),)
+    bad = write_suite(tmp_path / "bad.yaml", report={"names": {"qdrop": "QDrop", "percentile": ""}})
+    with pytest.raises(ConfigError) as e:
+        load_suite(bad)
+    assert "report.names.qdrop" in str(e.value) and "report.names.percentile': expected a non-empty string" in str(e.value)
+    with pytest.raises(ConfigError, match="report.names': expected a mapping"):
+        load_suite(write_suite(tmp_path / "bad2.yaml", report={"names": ["x"]}))
+
+
 def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
     out = tmp_path / "runs"
     make_runs(out, "A", created="2026-01-01T00:00:00")

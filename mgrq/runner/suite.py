@@ -59,7 +59,7 @@ EXECUTOR_FIELDS = (
     "parallelism", "threads", "timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb",
     "array_parallelism", "partition", "account", "qos", "constraint",
 )
-REPORT_FIELDS = ("ablation", "caption", "paired")
+REPORT_FIELDS = ("ablation", "caption", "paired", "names")
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,7 @@ class Suite:
     ablation: tuple[str, ...] = ()  # rows of the ablation table (empty: no ablation table)
     paired: str | None = None  # reference method of the paired table (None: no paired table)
     caption: str | None = None
+    row_names: tuple[tuple[str, str], ...] = ()  # report.names: a row (method or variant) -> its name in tables
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -665,6 +666,19 @@ class _Parser:
         with self.part():
             if paired is not None and methods_ok:
                 self.member("method", paired, names, "report.paired")
+        row_names: dict[str, str] = {}
+        with self.part():
+            given = rep.get("names")
+            if given is not None and not isinstance(given, dict):
+                raise self.err("report.names", "expected a mapping of row names to the names the tables print, "
+                                               "e.g. {mgrq: MGRQ (ours)}")
+            for k, v in (given or {}).items():
+                with self.part():
+                    if methods_ok:
+                        self.member("method", str(k), names, f"report.names.{k}")
+                    if not isinstance(v, str) or not v.strip():
+                        raise self.err(f"report.names.{k}", f"expected a non-empty string, got {v!r}")
+                    row_names[str(k)] = v.strip()
         eval_limit, image_bits = None, 8
         bits_overrides: tuple[tuple[str, Any], ...] = ()
         with self.part():
@@ -685,7 +699,7 @@ class _Parser:
             seeds=tuple(seeds), calib=calib, data_root=root, eval_split=eval_split,
             checkpoints=tuple(sorted(ck.items())), eval_limit=eval_limit, image_bits=image_bits,
             bits_overrides=bits_overrides, executor=tuple(sorted(ex.items())), ablation=tuple(ablation),
-            caption=caption, paired=paired, raw=d,
+            caption=caption, paired=paired, row_names=tuple(row_names.items()), raw=d,
         )
         if self.check_names:
             try:
