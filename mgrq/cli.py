@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from mgrq.errors import MGRQError, did_you_mean
@@ -50,7 +50,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _path_arg(s: str) -> str:
     """A path option as an absolute path, ``~`` expanded (a quoted ``~`` or ``--opt=~/x`` is not
     expanded by the shell): the record names the file wherever it is read from."""
-    return str(Path(s).expanduser().resolve()) if s else s
+    return os.path.abspath(os.path.expanduser(s)) if s else s
 
 
 def _spec_from_args(args: argparse.Namespace):

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mgrq.errors import MGRQError, first_line
+from mgrq.records import weights_label
 
 KEY_TAG = "mgrq.key"
 DIGEST_TAG = "mgrq.digest"
@@ -265,8 +266,6 @@ def flatten(rec: dict[str, Any], key: str) -> tuple[dict[str, str], dict[str, fl
         "calibration_ids_hash": str((rec.get("calibration") or {}).get("ids_hash")),
         "device_used": str(rec.get("device")),  # the resolved device (spec.device may be "auto")
     }
-    from mgrq.records import weights_label
-
     if wl := weights_label(rec):
         tags["weights"] = wl
     if rec.get("status") == "failed":
@@ -403,16 +402,21 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
     try:
         client = _client(uri)
         origin = runs_folder_id(out) if suites else ""
+        seen_label = label is None  # --prune --label L: a folder or a run of L somewhere
         for s in suites:
             base = out.resolve() / s
+            seen_label = seen_label or (base / str(label)).is_dir()
             lab_dirs = [base / label] if label else sorted(d for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
             bad: list[tuple[Path, str]] = []
             recs = [(p, r) for d in lab_dirs if d.is_dir() for p, r in records_under(d, bad)]
             result.unreadable += [f"{p} ({why})" for p, why in bad]
+            unreadable = {f"{s}/{p.parent.parent.name}/{p.parent.name}" for p, _ in bad}  # there, if unreadable
             if not recs:
                 exp = client.get_experiment_by_name(s) if prune else None
                 if exp is not None and exp.lifecycle_stage == "active":
-                    _prune(client, existing_runs(client, exp.experiment_id), set(), s, label, origin, result)
+                    runs_s = existing_runs(client, exp.experiment_id)
+                    _prune(client, runs_s, unreadable, s, label, origin, result)
+                    seen_label = seen_label or any(k.split("/")[1:2] == [label] for k in runs_s)
                 elif prune and not base.is_dir():
                     result.nothing_named = (f"no suite folder {s} under {out} and no MLflow experiment {s}: "
                                             "nothing to prune; expected the name of a suite mirrored into this store")
@@ -420,9 +424,9 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
             exp_id = _experiment_id(client, s, uri, out)
             have = existing_runs(client, exp_id)
             if prune:
-                present = {f"{s}/{p.parent.parent.name}/{p.parent.name}" for p, _ in recs}
-                present |= {f"{s}/{p.parent.parent.name}/{p.parent.name}" for p, _ in bad}
+                present = {f"{s}/{p.parent.parent.name}/{p.parent.name}" for p, _ in recs} | unreadable
                 _prune(client, have, present, s, label, origin, result)
+                seen_label = seen_label or any(k.split("/")[1:2] == [label] for k in have)
             for path, rec in recs:
                 if rec.get("status") not in ("done", "failed"):
                     result.skipped_running += 1
@@ -440,7 +444,7 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
                 result.duplicates += max(0, len(olds) - 1)
                 if same:  # unchanged; a run of an older mirror gets the tags it lacks
                     for tag, value in ((ORIGIN_TAG, origin), ("label", path.parent.parent.name),
-                                       (LABEL_CREATED_TAG, label_created(path))):
+                                       (LABEL_CREATED_TAG, label_created(path)), ("weights", weights_label(rec))):
                         if value and (same[0].data.tags.get(tag) is None
                                       or (tag == "label" and same[0].data.tags[tag] != value)):
                             client.set_tag(same[0].info.run_id, tag, value)
@@ -451,6 +455,9 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
                 else:
                     result.created += 1
                 _log_run(client, exp_id, key, path, rec, origin)
+        if prune and not seen_label and result.nothing_named is None:
+            result.nothing_named = (f"no label {label} under {out} and no MLflow run of it: nothing to prune; expected "
+                                    "a label as `mgrq suite status` or the runs' label tag name it")
     except MirrorError:
         raise
     except Exception as e:

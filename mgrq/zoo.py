@@ -122,12 +122,16 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 def weights_digest(path: Path) -> str | None:
     """SHA-256 of a weights file's bytes (None when it cannot be read); cached per process by
-    path, size and modification time."""
+    path, size and modification time. A file of the HF hub cache (a snapshot's link to
+    ``blobs/<sha256>``) is named by it: read from the name."""
     try:
         st = path.stat()
     except OSError:
         return None
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    real = path.resolve()
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name  # the HF hub cache names a (Git LFS) weights file by its SHA-256: no 0.3 GB read
+    key = (str(real), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
         import hashlib
 

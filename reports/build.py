@@ -107,6 +107,8 @@ def _label(out: Path, suite: str, label: str | None, source: str, uri: str | Non
             known = labels(u, suite)
             if label in (None, "latest", "previous"):
                 _check_mlflow_has_newest(out, suite, known, u, uri)
+            if label == "previous" and len(known) > 2:  # as from the run folders: skip a night with no result
+                return _previous_with_results(known, lambda lab: len(F.mlflow_frame(u, suite, [lab])) > 0)
             return resolve_label(out, suite, label, known=known, where=f"MLflow {u}")
         except UnknownNameError as e:
             if label is None or not (out.resolve() / suite / label).is_dir():
@@ -123,12 +125,18 @@ def _label(out: Path, suite: str, label: str | None, source: str, uri: str | Non
     # --compare, so --strict alerts on it); `previous` is the newest older label holding a cell
     # record, so one aborted night does not block the next night's comparison
     every = run_labels(out, suite)
-    latest = resolve_label(out, suite, "latest")
-    previous = next((lab for lab in reversed(every[:every.index(latest)])
-                     if len(F.records_frame(out, suite, [lab]))), None)  # a result, as the tables count one
-    if previous is None:
+    if len(every) < 2:
         return resolve_label(out, suite, "previous")  # its error: fewer than two runs
-    skipped = every[every.index(previous) + 1:every.index(latest)]
+    return _previous_with_results(every, lambda lab: len(F.records_frame(out, suite, [lab])) > 0)
+
+
+def _previous_with_results(every: list[str], has_results: Callable[[str], bool]) -> str:
+    """``previous`` among ``every`` (oldest first, two or more): the newest label before the last
+    where a cell finished or failed (a result, as the tables count one), with a note naming the
+    labels skipped; the one before the last when none has."""
+    latest = every[-1]
+    previous = next((lab for lab in reversed(every[:-1]) if has_results(lab)), every[-2])
+    skipped = every[every.index(previous) + 1:-1]
     if skipped:
         print(f"note: previous = {previous}: label(s) {', '.join(skipped)} between it and {latest} hold no "
               "finished cell (none, or only running or interrupted ones) and are skipped", file=sys.stderr)
@@ -140,9 +148,16 @@ def _check_mlflow_has_newest(out: Path, suite: str, known: list[str], u: str, ur
     machine has its run folders) must be in MLflow too, else MLflow's newest is an older night,
     compared in silence. :class:`ReportError` naming it and what to do."""
     from mgrq.runner.layout import labels as run_labels
+    from mgrq.tracking import ORIGIN_FILE, ORIGIN_TAG, search
 
     here = run_labels(out, suite)
     if not here or here[-1] in known:
+        return
+    try:  # only a store these run folders were mirrored into says anything about them
+        origin = (out.resolve() / ORIGIN_FILE).read_text().strip()
+    except OSError:
+        return
+    if not any(r["tags"].get(ORIGIN_TAG) == origin for r in search(u, suite)):
         return
     newest = here[-1]
     cmd = shlex.join(["mgrq", "mirror", "--out", str(out), "--suite", suite, "--label", newest]

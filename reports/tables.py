@@ -508,8 +508,8 @@ def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: lis
 
 
 ALERT_FLAGS = ("moved", "newly failed", "new, failed", "missing", "interrupted")  # the last two: B lost a cell A had
-ROUND_DELTA = 6  # decimals: 0.5 from image counts (250 of 50,000) may come out 0.5000000000000071
 """The flags that make ``mgrq report --compare ... --strict`` exit 1."""
+ROUND_DELTA = 6  # decimals: 0.5 from image counts (250 of 50,000) may come out 0.5000000000000071
 
 
 def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float, models: list[str] | None = None,

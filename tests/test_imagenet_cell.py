@@ -5,6 +5,7 @@ model's own timm preprocessing, the run record, and the report with the publishe
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -239,6 +240,14 @@ def test_hub_weights_are_checked_offline_before_any_work_and_load_from_the_cache
     save_file(sd, str(snap / "model.safetensors"))
     assert zoo.cached_pretrained(name) == str(snap / "model.safetensors")
     assert zoo.weights_file(name, None) == snap / "model.safetensors"  # the record's weights.file (and its sha256)
+    assert zoo.weights_digest(snap / "model.safetensors") == hashlib.sha256(
+        (snap / "model.safetensors").read_bytes()).hexdigest()
+    # as the hub lays it out: the snapshot's file links to blobs/<its sha256>, read from the name
+    blob = repo / "blobs" / hashlib.sha256((snap / "model.safetensors").read_bytes()).hexdigest()
+    blob.parent.mkdir()
+    (snap / "model.safetensors").rename(blob)
+    (snap / "model.safetensors").symlink_to(blob)
+    assert zoo.weights_digest(snap / "model.safetensors") == blob.name
     zoo.check_pretrained_cached(name)  # no error now
     assert main(["suite", "run", str(suite), "--data-root", str(root), "--dry-run"]) == 0
     model = zoo.create_model(name)

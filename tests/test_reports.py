@@ -293,6 +293,26 @@ def test_compare_from_mlflow_takes_the_run_folders_order_and_refuses_an_unmirror
     err = capsys.readouterr().err
     assert "latest: label C, the newest run of suite rep under" in err and "has no run in MLflow" in err, err
     assert "whose newest is B: no cell of it finished or failed, or it was not mirrored (`mgrq mirror" in err
+    idfile = out / ".mgrq-id"  # a store these run folders were not mirrored into (a team server): no check
+    real = idfile.read_text()
+    idfile.write_text("another-machine:/runs:1234\n")
+    assert main([*compare, "--strict"]) == 1  # A vs B, B's moved cells flagged
+    assert "has no run in MLflow" not in capsys.readouterr().err
+    idfile.write_text(real)
+    # a cancelled night (every cell interrupted: KILLED runs in MLflow) is skipped by previous, as
+    # from the run folders
+    import shutil
+
+    shutil.rmtree(out / "rep" / "C")
+    make_runs(out, "D", created="2026-01-04T00:00:00+00:00")
+    for p in (out / "rep" / "D").glob("*/record.json"):
+        records.write_record(p, {**json.loads(p.read_text()), "status": "failed", "metrics": None,
+                                 "error": {"type": "Interrupted", "message": "cancelled", "traceback": ""}})
+    make_runs(out, "E", created="2026-01-05T00:00:00+00:00")
+    mirror(out, "rep")
+    assert main(compare) == 0
+    assert (out / "rep" / "E" / "report" / "compare-B-vs-E.md").is_file()
+    assert "note: previous = B: label(s) D between it and E hold no finished cell" in capsys.readouterr().err
 
 
 def test_a_move_of_exactly_the_threshold_is_not_flagged_whatever_the_floats_last_bit():

@@ -327,6 +327,37 @@ def test_a_checkpoint_replaced_under_the_same_path_is_not_resumed(tmp_path, caps
     assert "ran with other weights" in capsys.readouterr().out
 
 
+def test_a_timm_cell_done_before_the_weights_were_pinned_is_not_resumed(tmp_path):
+    """A done cell of a timm model whose record has no weights.timm ran before the zoo pinned the
+    tag, with timm's default for the plain name; where that default is other weights than the
+    pinned ones (ViT-B: augreg2 in timm 1.x), resuming the label would mix two FP models."""
+    import timm
+
+    from mgrq import zoo
+    from mgrq.runner.driver import check_drift, pin_drift
+
+    def done(model, weights):
+        c = Cell(f"{model}.percentile.w4a4.s0", "h", tmp_path / model, {"model": model, "checkpoint": None})
+        return c, "done", {"status": "done", "spec": dict(c.spec), "weights": weights}
+
+    pinned = str(zoo.get_entry("vit_base_patch16_224").timm_name)
+    default = f"vit_base_patch16_224.{timm.models.get_pretrained_cfg('vit_base_patch16_224').tag}"
+    old = done("vit_base_patch16_224", None)
+    assert pin_drift(old[0], old[2]) == ((default, pinned) if default != pinned else None)
+    if default != pinned:
+        with pytest.raises(ConfigError, match=rf"label L: 1 done cell\(s\) ran before the zoo pinned their timm "
+                                              rf"weights, with timm's default {re.escape(default)}"):
+            check_drift([old], "L")
+    check_drift([done("vit_base_patch16_224", {"file": "/hub/m.safetensors", "sha256": None, "timm": pinned})], "L")
+    deit = done("deit_tiny_patch16_224", None)  # timm's default is the pinned tag: the same model
+    assert pin_drift(deit[0], deit[2]) is None
+    tiny = done("tiny_vit", None)
+    assert pin_drift(tiny[0], tiny[2]) is None
+    ck = done("vit_base_patch16_224", None)
+    ck[2]["spec"]["checkpoint"] = "/ck/vit_b.pth"
+    assert pin_drift(ck[0], ck[2]) is None
+
+
 def test_only_runs_keep_the_whole_grid_in_status_and_report(tmp_path, capsys):
     """``--only`` runs a subset; ``suite status`` still lists every cell of the grid (the others
     pending) and the report names the cells without a result and does not claim every cell has
@@ -637,6 +668,23 @@ def test_an_interrupted_cell_is_listed_as_such_not_as_a_failure(tmp_path, capsys
             text = capsys.readouterr().out
             assert re.search(rf"^  {shown} +tiny_vit\.percentile\.w4a4\.s1\b", text, re.M), text
             assert ("note: 1 cell(s) stale" in text) == (shown == "stale")
+        # a driver of the label still runs here (it waits for its jobs; a cell it resubmitted keeps its
+        # old record until the new job starts): nothing is stale; one started elsewhere cannot be asked
+        records.write_record(stopped, {**r, "status": "running", "error": None,
+                                       "executor": {"name": "local", "host": records.host(), "pid": ended.pid}})
+        lock = out / "intr" / "I" / ".driver.lock"
+        driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "mgrq"])
+        try:
+            lock.write_text(f"pid {driver.pid} on {records.host()} since now")
+            assert main(["suite", "status", "intr", "--out", str(out), "--label", "I"]) == 0
+            text = capsys.readouterr().out
+            assert re.search(r"^  running +tiny_vit\.percentile\.w4a4\.s1\b", text, re.M) and "stale" not in text
+        finally:
+            driver.kill()
+        lock.write_text("pid 1 on login-node-7 since now")
+        assert main(["suite", "status", "intr", "--out", str(out), "--label", "I"]) == 0
+        assert "(unless the driver started on login-node-7 still runs this label" in capsys.readouterr().out
+        lock.unlink()
     finally:
         alive.kill()
         records.write_record(stopped, r)  # interrupted again

@@ -220,6 +220,7 @@ def test_a_rerun_refuses_cells_that_live_jobs_of_an_earlier_driver_hold(tmp_path
     assert dry.returncode == 0 and "would stop here" not in dry.stdout
     assert re.search(rf"^  stale +{re.escape(cell)} ", dry.stdout, re.M), dry.stdout
     assert "1 cell: 0 done, 0 failed, 1 running/interrupted/stale, 0 not started -> 1 to run" in dry.stdout
+    assert "note: 1 cell(s) stale: the record says running" in dry.stdout
     assert main(status) == 0
     text = capsys.readouterr().out
     assert re.search(rf"^  stale +{re.escape(cell)} ", text, re.M) and "1 stale" in text, text

@@ -343,6 +343,15 @@ def test_mirror_keeps_one_run_per_cell_and_names_what_it_left(tmp_path, capsys):
     assert len(search(uri, "dup")) == 3  # L's three cells; L-first's run is gone from the reports
     assert main(["mirror", "--out", str(out), "--suite", "dpu", "--prune"]) == 0
     assert "no suite folder dpu under" in capsys.readouterr().out
+    assert main(["mirror", "--out", str(out), "--suite", "dup", "--label", "Lx", "--prune"]) == 0
+    assert "no label Lx under" in capsys.readouterr().out
+    # records that are there but unreadable are no records gone: their runs stay
+    for p in paths[:2]:
+        p.write_text("{")
+    assert main(["mirror", "--out", str(out), "--suite", "dup", "--label", "L", "--prune"]) == 0
+    said = capsys.readouterr().out
+    assert "2 unreadable record(s) left out" in said and "deleted" not in said, said
+    assert len(search(uri, "dup", ["L"])) == 3
 
 
 def test_mirror_exit_status_and_its_redo_hint_name_the_store(tmp_path, capsys):

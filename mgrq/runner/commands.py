@@ -390,10 +390,10 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
                  if d.is_dir() and ((d / "record.json").exists() or (d / "cell.log").exists())]
         print(f"note: {root / 'suite.json'} is missing, unreadable or lists no cells; showing the {len(cells)} "
               "cell folder(s) found (cells never started are not known)")
-    from mgrq.runner.driver import STALE_NOTE, mark_stale
+    from mgrq.runner.driver import mark_stale, stale_note
 
     shown = [Cell(rid, h, root / folder, {}).shown_state() for rid, h, folder in cells]
-    for (rid, _, _), (_, rec), st in zip(cells, shown, mark_stale(shown)):
+    for (rid, _, _), (_, rec), st in zip(cells, shown, mark_stale(shown, root)):
         counts[st] = counts.get(st, 0) + 1
         m = rec.get("metrics") or {}
         top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""
@@ -402,8 +402,7 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
         print(f"  {st:11s} {rid:55s} {top1:14s} {job}  {warnings_note(rec)}".rstrip())
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no cells")
     if counts.get("stale"):
-        print("note: " + STALE_NOTE.format(n=counts["stale"], suite=args.suite, label=label,
-                                          it="it" if counts["stale"] == 1 else "them"))
+        print(stale_note(counts["stale"], args.suite, label, root))
     return 0
 
 
@@ -426,14 +425,18 @@ def _cpu_reconstruction_note(suite: Any, opts: Any, only: str | None) -> str | N
     from mgrq.methods import get_method
     from mgrq.runner.suite import select
 
-    heavy = [s for s in select(suite.specs(), only, suite.name) if not zoo.get_entry(s.model).tiny
-             and getattr(get_method(s.method).make_config(dict(s.method_config)), "iters", 0) >= PAPER_SCALE_ITERS]
+    def iters(spec: Any) -> int:
+        n = getattr(get_method(spec.method).make_config(dict(spec.method_config)), "iters", 0)
+        return n if isinstance(n, int) and not isinstance(n, bool) else 0  # a method of one's own may differ
+
+    heavy = [(s, n) for s in select(suite.specs(), only, suite.name)
+             if not zoo.get_entry(s.model).tiny and (n := iters(s)) >= PAPER_SCALE_ITERS]
     if not heavy:
         return None
-    iters = max(get_method(s.method).make_config(dict(s.method_config)).iters for s in heavy)
+    most = max(n for _, n in heavy)
     where = "--device cpu" if opts.device == "cpu" else "no CUDA device here"
-    return (f"note: {len(heavy)} cell(s) reconstruct an ImageNet model with up to {iters:,} iterations per unit on "
-            f"this machine's CPU ({where}), e.g. {heavy[0].run_id}: hours to days per cell; run them where a GPU "
+    return (f"note: {len(heavy)} cell(s) reconstruct an ImageNet model with up to {most:,} iterations per unit on "
+            f"this machine's CPU ({where}), e.g. {heavy[0][0].run_id}: hours to days per cell; run them where a GPU "
             "is (--executor slurm with gpus_per_node), or give them a smaller budget in a suite file of your own "
             "(a method's config: iters)")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mgrq import records
-from mgrq.errors import ConfigError, first_line
+from mgrq.errors import ConfigError, MGRQError, first_line
 from mgrq.runner import executors as ex
 from mgrq.runner.layout import (
     Cell,
@@ -105,6 +105,32 @@ def weights_drift(cell: Cell, rec: dict[str, Any]) -> tuple[str, str, str] | Non
     return (w["file"], w["sha256"], now) if now is not None and now != w["sha256"] else None
 
 
+def pin_drift(cell: Cell, rec: dict[str, Any]) -> tuple[str, str] | None:
+    """``(timm's default tag, the pinned tag)`` when a done cell of a timm model without a
+    checkpoint ran before the zoo pinned its pretrained tag (no ``weights.timm`` in its record)
+    and timm's own default for the plain name is other weights than the pinned ones (ViT-B:
+    augreg2; Swin-S: 22k fine-tuned): that cell ran another FP model. None otherwise."""
+    got = rec.get("spec")
+    spec: dict[str, Any] = got if isinstance(got, dict) else cell.spec
+    w = rec.get("weights")
+    if spec.get("checkpoint") or (isinstance(w, dict) and w.get("timm")):
+        return None
+    from mgrq import zoo
+
+    try:
+        entry = zoo.get_entry(str(spec.get("model")))
+    except MGRQError:
+        return None
+    if entry.tiny:
+        return None
+    import timm
+
+    plain, _, pinned = str(entry.timm_name).partition(".")
+    cfg = timm.models.get_pretrained_cfg(plain)
+    default = f"{plain}.{cfg.tag}" if cfg is not None and getattr(cfg, "tag", None) else None
+    return (default, str(entry.timm_name)) if default is not None and default != entry.timm_name else None
+
+
 State = tuple[Cell, str, dict[str, Any]]  # a cell, its status and its record, from one read
 
 
@@ -126,6 +152,14 @@ def check_drift(cells: list[State], label: str) -> None:
             f"label {label}: {len(moved)} done cell(s) ran with other weights than {path} holds now "
             f"(e.g. {c.run_id}: sha256 {was[:12]} -> {now[:12]}); expected unchanged weights to resume a "
             f"label: run under a new --label (the records of {label} are kept as they are)")
+    unpinned = [(c, p) for c, rec in done if (p := pin_drift(c, rec))]
+    if unpinned:
+        c, (default, pinned) = unpinned[0]
+        raise ConfigError(
+            f"label {label}: {len(unpinned)} done cell(s) ran before the zoo pinned their timm weights, with "
+            f"timm's default {default} (e.g. {c.run_id}), not {pinned}, the weights the published rows were "
+            f"measured with and the cells run now; expected one model per label: run under a new --label (the "
+            f"records of {label} are kept as they are)")
     drifted = [(c, d) for c, rec in done if (d := config_drift(c, rec))]
     if not drifted:
         return
@@ -185,7 +219,7 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     done: list[dict[str, Any]] = []
     print(f"suite {suite.name} ({suite.path}) label {label} -> {root}")
     shown = [c.shown_state() for c in cells]
-    for c, (_, rec), st in zip(cells, shown, mark_stale(shown)):
+    for c, (_, rec), st in zip(cells, shown, mark_stale(shown, root)):
         counts[st] += 1
         extra = ""
         if st == "done":
@@ -201,6 +235,9 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
             if (w := weights_drift(c, rec)) is not None:
                 counts["drift"] += 1
                 extra += f"  ran with other weights: {w[0]} sha256 {w[1][:12]} -> {w[2][:12]}"
+            elif (p := pin_drift(c, rec)) is not None:
+                counts["drift"] += 1
+                extra += f"  ran with other weights: {p[0]} -> {p[1]}"
         print(f"  {st:11s} {c.run_id:55s} {c.hash}  {extra}")
     print(f"{_cells(len(cells))}: {counts['done']} done, {counts['failed']} failed, "
           f"{counts['running'] + counts['interrupted'] + counts['stale']} running/interrupted/stale, "
@@ -213,6 +250,8 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     for msg in (other_commits(done), other_method_code(done)):
         if msg:
             print(msg)
+    if counts["stale"]:
+        print(stale_note(counts["stale"], suite.name, label, root))
     return counts
 
 
@@ -474,13 +513,40 @@ def jobs_gone(recs: list[dict[str, Any]]) -> list[bool | None]:
     return gone
 
 
-STALE_NOTE = ("{n} cell(s) stale: the record says running, but its job is gone (killed or cancelled while no "
-              "driver watched); `mgrq suite run {suite} --label {label}` runs {it} again")
+def stale_note(n: int, suite: str, label: str, root: Path) -> str:
+    """The note under a listing with ``n`` stale cells (:func:`mark_stale`)."""
+    watching, host = label_driver(root)
+    where = (f" (unless the driver started on {host} still runs this label: it cannot be asked from here)"
+             if watching is None else "")
+    return (f"note: {n} cell(s) stale: the record says running, but its job is gone (killed or cancelled while no "
+            f"driver watched){where}; `mgrq suite run {suite} --label {label}` runs {'it' if n == 1 else 'them'} again")
 
 
-def mark_stale(shown: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """The shown statuses of ``(status, record)`` pairs, with ``stale`` for a running one whose
-    job is gone (:func:`jobs_gone`)."""
+def label_driver(root: Path) -> tuple[bool | None, str]:
+    """Whether a driver runs the label at ``root`` now, from its lock file (``pid N on HOST since
+    ...``, left behind when it ends): ``(True|False, host)`` on this host, ``(None, host)`` for a
+    driver started on another host (it cannot be asked from here), ``(False, "")`` without one."""
+    import re
+
+    try:
+        m = re.match(r"pid (\d+) on (\S+) since", (root / ".driver.lock").read_text())
+    except OSError:
+        m = None
+    if not m:
+        return False, ""
+    if m.group(2) != records.host():
+        return None, m.group(2)
+    pid = int(m.group(1))
+    return pid != os.getpid() and _process_alive(pid, b"mgrq"), m.group(2)
+
+
+def mark_stale(shown: list[tuple[str, dict[str, Any]]], root: Path) -> list[str]:
+    """The shown statuses of ``(status, record)`` pairs of the label at ``root``, with ``stale``
+    for a running one whose job is gone (:func:`jobs_gone`), unless a driver of the label still
+    runs here (it waits for its jobs, and a cell it resubmitted keeps its old record until the new
+    job starts)."""
+    if label_driver(root)[0]:
+        return [st for st, _ in shown]
     running = [i for i, (st, _) in enumerate(shown) if st == "running"]
     gone = jobs_gone([shown[i][1] for i in running]) if running else []
     out = [st for st, _ in shown]
