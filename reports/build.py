@@ -62,9 +62,13 @@ def suite_info(out: Path, suite: str, label: str | None) -> dict[str, Any]:
     if label:
         meta = records.read_record(Path(out).resolve() / suite / label / "suite.json")
         if meta:
-            for key in ("paired", "names"):  # a label run before the setting existed: the suite file's
-                if key not in meta:
-                    meta[key] = _suite_file_info(meta.get("file") or suite).get(key)
+            # a label run before a setting existed: the suite file's; report.names (presentation only)
+            # also when the label recorded none, so names can be set after the runs
+            missing = [k for k in ("paired", "names") if k not in meta or (k == "names" and not meta[k])]
+            if missing:
+                from_file = _suite_file_info(meta.get("file") or suite)
+                for key in missing:
+                    meta[key] = from_file.get(key)
             return meta
     return _suite_file_info(suite)
 

@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -49,9 +50,11 @@ def row_names(names: dict[str, str] | None):
         _ROW_NAMES.reset(token)
 
 
-def use_row_names(names: dict[str, str] | None) -> None:
-    """Rows print as ``names`` says until the enclosing :func:`row_names` block ends."""
-    _ROW_NAMES.set(dict(names or {}))
+def use_row_names(names: Any) -> None:
+    """Rows print as ``names`` (a mapping of row name to printed name; anything else is ignored,
+    e.g. a hand-edited ``suite.json``) says until the enclosing :func:`row_names` block ends."""
+    ok = isinstance(names, dict) and all(isinstance(v, str) and v for v in names.values())
+    _ROW_NAMES.set(dict(names) if ok else {})
 
 
 def method_name(m: str) -> str:
@@ -318,7 +321,7 @@ def main_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
             pb = pub[pub["bits"] == bits]
             for meth in dict.fromkeys(pb["method"]):
                 vals = {r.model: Value(mean=r.top1, n=1) for r in pb[pb["method"] == meth].itertuples()}
-                rows.append(Row(method_name(meth), bits, vals, published=True))
+                rows.append(Row(METHOD_NAMES.get(meth, meth), bits, vals, published=True))  # the paper's name, not report.names
         groups.append((bits, rows))
     if pub is not None:
         cites = sorted(set(pub["citation"]))
@@ -560,13 +563,17 @@ def _commits_note(cmp: pd.DataFrame) -> str:
     """The sentence naming the source tree(s) each side ran from (the cells' ``git_sha``), so a
     delta can be traced to the commits between them; empty without that column."""
     parts = []
+    if not any(c in cmp and cmp[c].notna().any() for c in ("git_sha_a", "git_sha_b")):
+        return ""  # records from before git_sha: nothing to say
     for side in ("a", "b"):
         col = f"git_sha_{side}"
-        shas = cmp[col].dropna().map(short_sha).value_counts() if col in cmp else pd.Series(dtype=int)
+        has = cmp[f"status_{side}"].notna() if f"status_{side}" in cmp else pd.Series(False, index=cmp.index)
+        shas = (cmp.loc[has, col].map(lambda v: short_sha(None if pd.isna(v) else v)).value_counts()
+                if col in cmp else pd.Series(dtype=int))  # a cell without a recorded sha: "unknown"
         if len(shas) == 1:
             parts.append(f"{side.upper()} ran at {shas.index[0]}")
         elif len(shas) > 1:
-            parts.append(f"{side.upper()} at " + ", ".join(f"{k} ({n} cells)" for k, n in shas.items()))
+            parts.append(f"{side.upper()} at " + ", ".join(f"{k} ({n} cell{'s' * (n != 1)})" for k, n in shas.items()))
     return ("; ".join(parts) + ".") if parts else ""
 
 

@@ -8,6 +8,7 @@ number in the tables can be checked exactly.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -373,7 +374,19 @@ def test_a_suites_report_names_rename_rows_in_tables_figures_and_prints(tmp_path
     for text in (printed, md):
         assert "| Percentile (min/max) | 4/4 |" in text and "| RepQ-ViT [7] | 4/4 |" in text and "| Percentile |" in text
     assert r"RepQ-ViT [7] & 4/4" in (out / "rep" / "A" / "report" / "main.tex").read_text()
+    assert "| RepQ-ViT † |" in md and "RepQ-ViT [7] †" not in md  # the paper's rows keep the paper's name
     assert method_name("pct-mm") == "pct-mm" and method_name("repq_vit") == "RepQ-ViT"  # scoped to the report
+    # a label that recorded no names takes the suite file's (set after the runs); malformed ones are ignored
+    suite_file = tmp_path / "rep.yaml"
+    suite_file.write_text("name: rep\ndescription: d\ncommand: c\nmodels: [tiny_vit]\nbits: [W4A4]\n"
+                          "methods: [percentile, {name: percentile, variant: pct-mm}]\n"
+                          "report: {names: {pct-mm: 'Percentile (min/max, from the file)'}}\n")
+    records.write_record(out / "rep" / "A" / "suite.json", {**meta, "names": {}, "file": str(suite_file)})
+    assert main(["report", "rep", "--out", str(out), "--no-pdf", "--no-figures"]) == 0
+    assert "| Percentile (min/max, from the file) | 4/4 |" in capsys.readouterr().out
+    records.write_record(out / "rep" / "A" / "suite.json", {**meta, "names": ["not", "a", "mapping"]})
+    assert main(["report", "rep", "--out", str(out), "--no-pdf", "--no-figures"]) == 0
+    assert "| pct-mm | 4/4 |" in capsys.readouterr().out
 
 
 def test_report_names_in_a_suite_file_are_checked(tmp_path):
@@ -387,9 +400,14 @@ def test_report_names_in_a_suite_file_are_checked(tmp_path):
     bad = write_suite(tmp_path / "bad.yaml", report={"names": {"qdrop": "QDrop", "percentile": ""}})
     with pytest.raises(ConfigError) as e:
         load_suite(bad)
-    assert "report.names.qdrop" in str(e.value) and "report.names.percentile': expected a non-empty string" in str(e.value)
+    assert "report.names.qdrop" in str(e.value) and "report.names.percentile': expected a non-empty one-line string" in str(e.value)
     with pytest.raises(ConfigError, match="report.names': expected a mapping"):
         load_suite(write_suite(tmp_path / "bad2.yaml", report={"names": ["x"]}))
+    with pytest.raises(ConfigError, match=r"rows percentile and pmm would both print as 'Percentile'"):
+        load_suite(write_suite(tmp_path / "dup.yaml", methods=["percentile", {"name": "percentile", "variant": "pmm"}],
+                               report={"names": {"pmm": "Percentile"}}))
+    with pytest.raises(ConfigError, match=r"report.names.percentile': expected a non-empty one-line string without '\|'"):
+        load_suite(write_suite(tmp_path / "bar.yaml", report={"names": {"percentile": "Pct | x"}}))
 
 
 def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
@@ -407,9 +425,15 @@ def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
             records.write_record(p, {**json.loads(p.read_text()), "git_sha": sha})
     assert main(args) == 1
     assert f"A ran at {'a' * 12}; B ran at {'b' * 12}+dirty.0123abcd." in capsys.readouterr().out
+    p = next((out / "rep" / "B").glob("*/record.json"))
+    rec_b = json.loads(p.read_text())
+    rec_b.pop("git_sha")
+    records.write_record(p, rec_b)
+    assert main(args) == 1  # a cell without a recorded sha is counted, not left out
+    assert re.search(rf"B at {'b' * 12}\+dirty\.0123abcd \(\d+ cells\), unknown \(1 cell\)\.", capsys.readouterr().out)
     csv = pd.read_csv(out / "rep" / "B" / "report" / "compare-A-vs-B.csv")
     assert {"git_sha_a", "git_sha_b"} <= set(csv.columns) and set(csv["git_sha_a"].dropna()) == {"a" * 40}
-    assert f"A ran at {'a' * 12}; B ran at" in (out / "rep" / "B" / "report" / "compare-A-vs-B.tex").read_text()
+    assert f"A ran at {'a' * 12}; B at {'b' * 12}" in (out / "rep" / "B" / "report" / "compare-A-vs-B.tex").read_text()
 
 
 def test_strict_compare_alerts_on_cells_the_new_run_lost(tmp_path, capsys):

@@ -523,21 +523,29 @@ def stale_note(n: int, suite: str, label: str, root: Path) -> str:
 
 
 def label_driver(root: Path) -> tuple[bool | None, str]:
-    """Whether a driver runs the label at ``root`` now, from its lock file (``pid N on HOST since
-    ...``, left behind when it ends): ``(True|False, host)`` on this host, ``(None, host)`` for a
-    driver started on another host (it cannot be asked from here), ``(False, "")`` without one."""
+    """Whether a driver runs the label at ``root`` now: it holds ``.driver.lock`` locked (flock)
+    for its whole life, so a non-blocking shared lock that fails says so (released at once).
+    ``(True, host)`` then; ``(False, host)`` when the lock is free and the file names this host;
+    ``(None, host)`` when it is free but names another host (a lock there may not be visible
+    here); ``(False, "")`` without a lock file. ``host`` is the one the file names."""
     import re
 
     try:
-        m = re.match(r"pid (\d+) on (\S+) since", (root / ".driver.lock").read_text())
+        f = open(root / ".driver.lock")  # noqa: SIM115 (closed by the with below; open's error is none)
     except OSError:
-        m = None
-    if not m:
         return False, ""
-    if m.group(2) != records.host():
-        return None, m.group(2)
-    pid = int(m.group(1))
-    return pid != os.getpid() and _process_alive(pid, b"mgrq"), m.group(2)
+    with f:
+        m = re.match(r"pid \d+ on (\S+) since", f.read())
+        host = m.group(1) if m else ""
+        elsewhere = None if host and host != records.host() else False
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, host
+        except OSError:  # a filesystem without flock: the file's word only
+            return elsewhere, host
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return elsewhere, host
 
 
 def mark_stale(shown: list[tuple[str, dict[str, Any]]], root: Path) -> list[str]:

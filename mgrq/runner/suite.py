@@ -676,9 +676,22 @@ class _Parser:
                 with self.part():
                     if methods_ok:
                         self.member("method", str(k), names, f"report.names.{k}")
-                    if not isinstance(v, str) or not v.strip():
-                        raise self.err(f"report.names.{k}", f"expected a non-empty string, got {v!r}")
+                    if not isinstance(v, str) or not v.strip() or any(c in v for c in "|\n\r"):
+                        raise self.err(f"report.names.{k}", f"expected a non-empty one-line string without '|' "
+                                                            f"(a Markdown table's separator), got {v!r}")
                     row_names[str(k)] = v.strip()
+        if row_names:  # two rows printed alike would read as one method
+            with self.part():
+                from reports.tables import METHOD_NAMES
+
+                printed: dict[str, list[str]] = {}
+                for n in names:
+                    printed.setdefault(row_names.get(n) or METHOD_NAMES.get(n, n), []).append(n)
+                same = {p: rows for p, rows in printed.items() if len(rows) > 1 and any(r in row_names for r in rows)}
+                if same:
+                    p, rows = next(iter(same.items()))
+                    raise self.err("report.names", f"rows {' and '.join(rows)} would both print as {p!r}; expected "
+                                                   "one printed name per row")
         eval_limit, image_bits = None, 8
         bits_overrides: tuple[tuple[str, Any], ...] = ()
         with self.part():
