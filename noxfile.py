@@ -3,7 +3,7 @@ copy, installed once and refreshed when ``pyproject.toml`` changes). Set ``MGRQ_
 another environment that already has ``pip install -e ".[dev]"``, as it is (nothing is installed
 into it; a missing package is an error).
 
-    nox -s tests            fast CPU tests (the README's test command; < 5 min on 2 cores)
+    nox -s tests            fast CPU tests (the README's test command; about 5 min on 2 cores)
     nox -s tests_slow       the long checks (marker ``slow``)
     nox -s tests_gpu        the CUDA checks (marker ``gpu``)
     nox -s lint             ruff + mypy
@@ -11,6 +11,8 @@ into it; a missing package is an error).
     nox -s demo             the offline demo suite on the tiny zoo, then its report
     nox -s report -- SUITE  tables and figures of a suite's newest label (default: demo)
     nox -s suite-NAME       run suites/NAME.yaml (``mgrq suite run`` options after ``--``)
+    nox -s suite -- FILE    run any suite file (``mgrq suite run`` options after it)
+    nox -s venv             make or refresh the environment and print its python
 """
 
 from __future__ import annotations

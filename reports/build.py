@@ -424,6 +424,11 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     ablation = [a for a in info.get("ablation") or [] if a in names]
     differ = F.row_differences(df, ablation)
     setups = F.row_setups(df, names)
+    unloaded = sorted({m for _, m, _, _ in setups} - F.registered_methods())
+    if unloaded:
+        notes.append(f"method(s) {', '.join(unloaded)} are not registered in this process, so the setup table "
+                     "cannot say which of their settings differ from the defaults (a method of your own: name its "
+                     "module in $MGRQ_METHODS, as for the run)")
     df.attrs.pop("settings", None)  # pandas copies attrs into every frame derived from df
     if mixed:  # e.g. a rerun of some cells with --eval-limit, or of an edited suite, in the same label
         notes.append("the finished cells put side by side ran with different settings (a rerun of some cells "

@@ -246,7 +246,7 @@ def _defaults(method: str) -> dict[str, str]:
     out = {"image_bits": str(spec["image_bits"])}
     try:
         cls = get_method(method).config_cls
-    except UnknownNameError:
+    except UnknownNameError:  # the config defaults are unknown here: row_setups says so
         return out
     for f in fields(cls):
         if f.default is not MISSING:
@@ -272,10 +272,21 @@ def row_setups(df: pd.DataFrame, names: list[str]) -> list[tuple[str, str, str, 
         method, got = rows[name]
         calib = "/".join(sorted(got.pop("calib", {"?"}), key=lambda v: (len(v), v)))
         base = _defaults(method)
+        known = method in registered_methods()
         shown = [f"{k.removeprefix('config.').replace('bits_overrides', 'layers')}={'/'.join(sorted(vs))}"
-                 for k, vs in sorted(got.items()) if vs != {base.get(k)}]
+                 for k, vs in sorted(got.items()) if vs != {base.get(k)} and (known or not k.startswith("config."))]
+        if not known:  # every config value would read as changed
+            shown.append(f"config unknown here ({method} is not registered: a method of your own needs its "
+                         "module in $MGRQ_METHODS)")
         out.append((name, method, calib, shown))
     return out
+
+
+def registered_methods() -> set[str]:
+    """The method names registered in this process (built-in and $MGRQ_METHODS)."""
+    from mgrq.methods import all_methods
+
+    return {m.name for m in all_methods()}
 
 
 def mixed_settings(df: pd.DataFrame) -> list[str]:

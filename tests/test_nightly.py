@@ -34,6 +34,7 @@ def test_the_nightly_script_says_what_each_night_was(tmp_path):
     first = _night(tmp_path, suite, "20260101-n1")
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"nightly: {suite}: no comparison: no earlier night with a finished cell (the first night)" in first.stdout
+    assert "error:" not in first.stdout + first.stderr  # the first night is no error
     # that night's jobs were cancelled after all: its cells interrupted, no result
     for p in (tmp_path / "runs" / "nightly-tiny" / "20260101-n1").glob("*/record.json"):
         records.write_record(p, {**json.loads(p.read_text()), "status": "failed", "metrics": None,

@@ -200,3 +200,15 @@ def test_the_examples_of_docs_methods_md_run_as_written(tmp_path, plugins, capsy
     units = json.loads((tmp_path / "qdrop_l1.json").read_text())["method"]["info"]["recon"][0]["stages"][0]["units"]
     blocks = [u for u in units if u["kind"] == "block"]
     assert blocks and all(set(u["terms_last"]) == {"block", "l1"} for u in blocks), blocks[0]
+
+
+def test_an_unknown_method_hints_at_mgrq_methods_when_none_is_named(monkeypatch):
+    from mgrq.errors import UnknownNameError
+
+    monkeypatch.delenv(registry.PLUGINS_ENV, raising=False)
+    with pytest.raises(UnknownNameError, match=r"Known methods: .* \(a method of your own: name its module in "
+                                               r"\$MGRQ_METHODS\)$"):
+        registry.get_method("minmax_ptq")
+    monkeypatch.setenv(registry.PLUGINS_ENV, "")  # set but empty: still none named
+    with pytest.raises(UnknownNameError, match=r"MGRQ_METHODS"):
+        registry.get_method("minmax_ptq")

@@ -410,6 +410,27 @@ def test_report_names_in_a_suite_file_are_checked(tmp_path):
         load_suite(write_suite(tmp_path / "bar.yaml", report={"names": {"percentile": "Pct | x"}}))
 
 
+def test_a_method_not_registered_here_is_named_not_listed_as_all_changed(tmp_path):
+    """A report made without a method of one's own loaded ($MGRQ_METHODS unset) cannot know its
+    config defaults: its setup row says so and a note says why, instead of listing every field
+    as changed."""
+    out = tmp_path / "runs"
+    make_runs(out)
+    src = next((out / "rep" / "A").glob("tiny_vit.percentile.w4a4.s0-*/record.json"))
+    rec = json.loads(src.read_text())
+    rec["spec"] = {**rec["spec"], "method": "my_pct", "variant": None}
+    rec["method"] = {**rec["method"], "name": "my_pct", "config": {"per_channel": True, "alpha": 0.5}}
+    rec["id"] = "tiny_vit.my_pct.w4a4.s0"
+    records.write_record(out / "rep" / "A" / "tiny_vit.my_pct.w4a4.s0-x" / "record.json", rec)
+    meta = json.loads((out / "rep" / "A" / "suite.json").read_text())
+    records.write_record(out / "rep" / "A" / "suite.json", {**meta, "methods": meta["methods"] + ["my_pct"]})
+    rep = build_report(out, "rep", "A", pdf="no", figures=False)
+    setup = (rep.dest / "setup.md").read_text()
+    row = next(ln for ln in setup.splitlines() if ln.startswith("| my_pct"))
+    assert "config unknown here (my_pct is not registered" in row and "alpha" not in row, row
+    assert any(n.startswith("method(s) my_pct are not registered in this process") for n in rep.notes), rep.notes
+
+
 def test_strict_compare_alerts_on_a_new_cell_that_failed(tmp_path, capsys):
     out = tmp_path / "runs"
     make_runs(out, "A", created="2026-01-01T00:00:00")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mgrq.errors import ConfigError, first_line, unknown
+from mgrq.errors import ConfigError, UnknownNameError, first_line, unknown
 
 PLUGINS_ENV = "MGRQ_METHODS"  # more modules to import, comma-separated: methods outside this package
 
@@ -162,7 +162,10 @@ def module_sha256(module: str) -> str | None:
 def get_method(name: str) -> Method:
     _load_builtins()
     if name not in _REGISTRY:
-        raise unknown("method", name, _REGISTRY)
+        e = unknown("method", name, _REGISTRY)
+        if not os.environ.get(PLUGINS_ENV):  # a method of one's own, named without its module
+            e = UnknownNameError(f"{e} (a method of your own: name its module in ${PLUGINS_ENV})")
+        raise e
     return _REGISTRY[name]
 
 

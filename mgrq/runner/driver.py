@@ -742,8 +742,11 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
             raise ex.sbatch_refusal("sbatch refused the job array", str(e) or repr(e)) from None
         jobs = [(j, functools.partial(list, g)) for j, g in zip(pending, groups)]
         remember_slurm_tasks(jobs_dir, {j.job_id: [c.run_id for c in g] for j, g in zip(pending, groups)})
-        print(f"slurm: job array {jobs[0][0].job_id.split('_')[0]} with {len(jobs)} task(s), "
-              f"at most {opts.array_parallelism} at once, {threads} CPU thread(s) each", flush=True)
+        if len(jobs) == 1:  # submitit submits one task as a plain job
+            print(f"slurm: job {jobs[0][0].job_id}, {threads} CPU thread(s)", flush=True)
+        else:
+            print(f"slurm: job array {jobs[0][0].job_id.split('_')[0]} with {len(jobs)} tasks, "
+                  f"at most {opts.array_parallelism} at once, {threads} CPU thread(s) each", flush=True)
 
     queue = SlurmQueue() if kind == "slurm" else None
     running = list(jobs)
