@@ -97,7 +97,7 @@ def slurm_run(tmp_path_factory):
 def test_slurm_job_array_records_and_mlflow(slurm_run):
     r = slurm_run
     assert r["rc"] == 0, r["stdout"] + r["stderr"]
-    assert "with 2 task(s), at most 2 at once" in r["stdout"]
+    assert "with 2 tasks, at most 2 at once" in r["stdout"]
     assert "4 cells: 4 done, 0 skipped (done before), 0 failed" in r["stdout"]
     cells = _cells(r["root"])
     recs = {n: json.loads((d / "record.json").read_text()) for n, d in cells.items()}
