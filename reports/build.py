@@ -347,6 +347,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     own_folder = dest is None
     if dest is not None:
         _check_dest_free(dest, OUTPUTS, what)
+    given = label
     label = _label(out, suite, label, source, uri)
     dest = dest or records.check_writable(out.resolve() / suite / label / "report", what, folder=True)
     df = load_frame(out, suite, [label], source, uri)
@@ -354,6 +355,14 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         bad = df.attrs.get("unreadable") or []
         why = (f": its {len(bad)} record file(s) are unreadable or malformed ({_listed(bad)}); rerun the suite to "
                "redo those cells" if bad else "")
+        if given in (None, "latest") and source == "records":  # the newest label: say which one has results
+            from mgrq.runner.layout import labels as run_labels
+
+            older = next((lab for lab in reversed(run_labels(out, suite)) if lab != label
+                          and len(F.records_frame(out, suite, [lab]))), None)
+            if older is not None:
+                why += (f"; the newest label with finished cells is {older} "
+                        f"(`mgrq report {suite} --label {older}`)")
         raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source}){why}")
     info = suite_info(out, suite, label)
     T.use_row_names(info.get("names"))

@@ -492,6 +492,15 @@ def test_report_bad_inputs(tmp_path):
 
     with pytest.raises(ConfigError, match="expected at least 1"):
         build_report(out, "nosuch", None, pdf="no")
+    # the newest label has no finished cell (a run stopped at once): the error names the one that has
+    full = tmp_path / "full"
+    make_runs(full, "A", created="2026-01-01T00:00:00")
+    records.write_record(full / "rep" / "B" / "suite.json", {"created": "2026-01-02T00:00:00"})
+    with pytest.raises(ReportError, match=r"rep \[B\]: no finished cells to report \(source: records\); the newest "
+                                          r"label with finished cells is A \(`mgrq report rep --label A`\)$"):
+        build_report(full, "rep", None, pdf="no")
+    with pytest.raises(ReportError, match=r"\(source: records\)$"):  # a label named: no other one suggested
+        build_report(full, "rep", "B", pdf="no")
     make_runs(out)
     with pytest.raises(UnknownNameError, match=r"unknown label 'Z' of suite rep\. .*Known labels: A"):
         build_report(out, "rep", "Z", pdf="no")
