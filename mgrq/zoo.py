@@ -297,6 +297,29 @@ def cached_pretrained(name: str) -> str | None:
     return None
 
 
+def check_all_pretrained_cached(names: list[str], where: str = "") -> None:
+    """:func:`check_pretrained_cached` for several timm models at once (a suite's): one error
+    naming every model whose weights are missing offline, with one command that fills the cache
+    for all of them; the single-model message when only one is missing."""
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        return
+    missing = [m for m in names if not get_entry(m).tiny and cached_pretrained(m) is None]
+    if len(missing) == 1:
+        m = missing[0]
+        check_pretrained_cached(m, where, f"--checkpoint {m}=PATH (or checkpoints.{m} in the file)")
+    elif missing:
+        tags = [str(get_entry(m).timm_name) for m in missing]
+        raise CheckpointError(
+            f"{where}models {', '.join(missing)}: their timm pretrained weights are not in the HF hub cache "
+            f"{constants.HF_HUB_CACHE}, and HF_HUB_OFFLINE=1 forbids downloading them; expected --checkpoint "
+            "MODEL=PATH for each (or checkpoints in the file), or the cache filled first where the hub is "
+            "reachable: HF_HUB_OFFLINE=0 python -c \"import timm; [timm.create_model(m, pretrained=True) for m in "
+            f"{tuple(tags)!r}]\""
+        )
+
+
 def check_pretrained_cached(name: str, where: str = "", flag: str = "--checkpoint PATH") -> None:
     """With the hub offline (``HF_HUB_OFFLINE=1``, as the nox sessions and most cluster nodes
     run), fail before any work when timm model ``name``'s pretrained weights are not cached:

@@ -219,6 +219,13 @@ def test_hub_weights_are_checked_offline_before_any_work_and_load_from_the_cache
     err = capsys.readouterr().err
     assert f"{suite}: model {name}: its timm pretrained weights ({hub_id})" in err
     assert f"expected --checkpoint {name}=PATH (or checkpoints.{name} in the file)" in err
+    two = tmp_path / "two.yaml"  # every model missing is named at once, with one command for all
+    two.write_text(f"name: two\ndescription: d\nmodels: [{name}, vit_small_patch16_224]\nbits: [W4A4]\n"
+                   "methods: [percentile]\n")
+    assert main(["suite", "run", str(two), "--data-root", str(root), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"models {name}, vit_small_patch16_224: their timm pretrained weights are not in the HF hub cache" in err
+    assert "('deit_tiny_patch16_224.fb_in1k', 'vit_small_patch16_224.augreg_in21k_ft_in1k')" in err
 
     # timm reads torch's old URL cache only under TIMM_USE_OLD_CACHE when the model has a hub id
     old = tmp_path / "torch-hub" / "checkpoints" / "deit_tiny_patch16_224-a1311bcf.pth"

@@ -158,7 +158,7 @@ class Suite:
         for m, p in ck.items():
             if not Path(p).is_file():
                 raise DataError(f"{src[m]}: weights file {p} not found")
-        from mgrq.zoo import check_checkpoint, check_pretrained_cached, num_classes
+        from mgrq.zoo import check_all_pretrained_cached, check_checkpoint, num_classes
 
         classes: dict[str, int] = {}  # of the models with a checkpoint: its own head
         if ck:
@@ -186,8 +186,9 @@ class Suite:
             at = "--data-root: " if data_root is not None else f"{where}: data.root: "  # who gave the root
             for m in (m for m in self.models if not _is_tiny(m) and m in run):  # class folders against each head
                 check_imagenet_root(root, m, at, classes[m] if m in classes else num_classes(m))
-                if m not in ck:  # the hub weights, offline: else every job of the model fails on them
-                    check_pretrained_cached(m, f"{where}: ", f"--checkpoint {m}=PATH (or checkpoints.{m} in the file)")
+            # the hub weights, offline: else every job of the model fails on them; all missing named at once
+            check_all_pretrained_cached([m for m in self.models if not _is_tiny(m) and m in run and m not in ck],
+                                        f"{where}: ")
             if chosen:
                 from mgrq.methods.registry import run_calib
 
