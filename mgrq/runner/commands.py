@@ -390,10 +390,11 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
                  if d.is_dir() and ((d / "record.json").exists() or (d / "cell.log").exists())]
         print(f"note: {root / 'suite.json'} is missing, unreadable or lists no cells; showing the {len(cells)} "
               "cell folder(s) found (cells never started are not known)")
-    from mgrq.runner.driver import mark_stale, stale_note
+    from mgrq.runner.driver import mark_stale
 
     shown = [Cell(rid, h, root / folder, {}).shown_state() for rid, h, folder in cells]
-    for (rid, _, _), (_, rec), st in zip(cells, shown, mark_stale(shown, root)):
+    statuses, stale = mark_stale(shown, root, args.suite, label)
+    for (rid, _, _), (_, rec), st in zip(cells, shown, statuses):
         counts[st] = counts.get(st, 0) + 1
         m = rec.get("metrics") or {}
         top1 = f"top-1 {m['top1']:.2f}" if "top1" in m else ""
@@ -401,8 +402,8 @@ def cmd_suite_status(args: argparse.Namespace) -> int:
         job = f"job {jid}" if jid else ""
         print(f"  {st:11s} {rid:55s} {top1:14s} {job}  {warnings_note(rec)}".rstrip())
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no cells")
-    if counts.get("stale"):
-        print(stale_note(counts["stale"], args.suite, label, root))
+    if stale:
+        print(stale)
     return 0
 
 

@@ -219,7 +219,8 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     done: list[dict[str, Any]] = []
     print(f"suite {suite.name} ({suite.path}) label {label} -> {root}")
     shown = [c.shown_state() for c in cells]
-    for c, (_, rec), st in zip(cells, shown, mark_stale(shown, root)):
+    statuses, stale = mark_stale(shown, root, suite.name, label)
+    for c, (_, rec), st in zip(cells, shown, statuses):
         counts[st] += 1
         extra = ""
         if st == "done":
@@ -250,8 +251,8 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     for msg in (other_commits(done), other_method_code(done)):
         if msg:
             print(msg)
-    if counts["stale"]:
-        print(stale_note(counts["stale"], suite.name, label, root))
+    if stale:
+        print(stale)
     return counts
 
 
@@ -513,15 +514,6 @@ def jobs_gone(recs: list[dict[str, Any]]) -> list[bool | None]:
     return gone
 
 
-def stale_note(n: int, suite: str, label: str, root: Path) -> str:
-    """The note under a listing with ``n`` stale cells (:func:`mark_stale`)."""
-    watching, host = label_driver(root)
-    where = (f" (unless the driver started on {host} still runs this label: it cannot be asked from here)"
-             if watching is None else "")
-    return (f"note: {n} cell(s) stale: the record says running, but its job is gone (killed or cancelled while no "
-            f"driver watched){where}; `mgrq suite run {suite} --label {label}` runs {'it' if n == 1 else 'them'} again")
-
-
 def label_driver(root: Path) -> tuple[bool | None, str]:
     """Whether a driver runs the label at ``root`` now: it holds ``.driver.lock`` locked (flock)
     for its whole life, so a non-blocking shared lock that fails says so (released at once).
@@ -548,20 +540,29 @@ def label_driver(root: Path) -> tuple[bool | None, str]:
     return elsewhere, host
 
 
-def mark_stale(shown: list[tuple[str, dict[str, Any]]], root: Path) -> list[str]:
+def mark_stale(shown: list[tuple[str, dict[str, Any]]], root: Path, suite: str,
+               label: str) -> tuple[list[str], str | None]:
     """The shown statuses of ``(status, record)`` pairs of the label at ``root``, with ``stale``
     for a running one whose job is gone (:func:`jobs_gone`), unless a driver of the label still
     runs here (it waits for its jobs, and a cell it resubmitted keeps its old record until the new
-    job starts)."""
-    if label_driver(root)[0]:
-        return [st for st, _ in shown]
-    running = [i for i, (st, _) in enumerate(shown) if st == "running"]
-    gone = jobs_gone([shown[i][1] for i in running]) if running else []
+    job starts); and the note to print under the listing when some are stale (else None). The
+    label's lock is probed once for both."""
+    watching, host = label_driver(root)
     out = [st for st, _ in shown]
-    for i, g in zip(running, gone):
-        if g:
+    if watching:
+        return out, None
+    running = [i for i, (st, _) in enumerate(shown) if st == "running"]
+    for i, gone in zip(running, jobs_gone([shown[i][1] for i in running]) if running else []):
+        if gone:
             out[i] = "stale"
-    return out
+    n = out.count("stale")
+    if not n:
+        return out, None
+    where = (f" (unless the driver started on {host} still runs this label: it cannot be asked from here)"
+             if watching is None else "")
+    return out, (f"note: {n} cell(s) stale: the record says running, but its job is gone (killed or cancelled while "
+                 f"no driver watched){where}; `mgrq suite run {suite} --label {label}` runs "
+                 f"{'it' if n == 1 else 'them'} again")
 
 
 def check_no_live_jobs(cells: list[State]) -> None:
