@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mgrq.errors import MGRQError, first_line
-from mgrq.records import weights_label
+from mgrq.records import read_record, weights_label
 
 KEY_TAG = "mgrq.key"
 DIGEST_TAG = "mgrq.digest"
@@ -410,13 +410,13 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
             bad: list[tuple[Path, str]] = []
             recs = [(p, r) for d in lab_dirs if d.is_dir() for p, r in records_under(d, bad)]
             result.unreadable += [f"{p} ({why})" for p, why in bad]
-            unreadable = {f"{s}/{p.parent.parent.name}/{p.parent.name}" for p, _ in bad}  # there, if unreadable
+            unreadable = {_key(s, p) for p, _ in bad}  # there, if unreadable
             if not recs:
                 exp = client.get_experiment_by_name(s) if prune else None
                 if exp is not None and exp.lifecycle_stage == "active":
                     runs_s = existing_runs(client, exp.experiment_id)
                     _prune(client, runs_s, unreadable, s, label, origin, result)
-                    seen_label = seen_label or any(k.split("/")[1:2] == [label] for k in runs_s)
+                    seen_label = seen_label or any(_in_label(k, label) for k in runs_s)
                 elif prune and not base.is_dir():
                     result.nothing_named = (f"no suite folder {s} under {out} and no MLflow experiment {s}: "
                                             "nothing to prune; expected the name of a suite mirrored into this store")
@@ -424,14 +424,14 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
             exp_id = _experiment_id(client, s, uri, out)
             have = existing_runs(client, exp_id)
             if prune:
-                present = {f"{s}/{p.parent.parent.name}/{p.parent.name}" for p, _ in recs} | unreadable
+                present = {_key(s, p) for p, _ in recs} | unreadable
                 _prune(client, have, present, s, label, origin, result)
-                seen_label = seen_label or any(k.split("/")[1:2] == [label] for k in have)
+                seen_label = seen_label or any(_in_label(k, label) for k in have)
             for path, rec in recs:
                 if rec.get("status") not in ("done", "failed"):
                     result.skipped_running += 1
                     continue
-                key = f"{s}/{path.parent.parent.name}/{path.parent.name}"
+                key = _key(s, path)
                 olds = have.get(key, [])
                 same = [o for o in olds if o.data.tags.get(DIGEST_TAG) == record_digest(rec)][:1]
                 theirs = [o for o in olds if o.data.tags.get(ORIGIN_TAG, origin) != origin]
@@ -443,10 +443,8 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
                         client.delete_run(o.info.run_id)
                 result.duplicates += max(0, len(olds) - 1)
                 if same:  # unchanged; a run of an older mirror gets the tags it lacks
-                    for tag, value in ((ORIGIN_TAG, origin), ("label", path.parent.parent.name),
-                                       (LABEL_CREATED_TAG, label_created(path)), ("weights", weights_label(rec))):
-                        if value and (same[0].data.tags.get(tag) is None
-                                      or (tag == "label" and same[0].data.tags[tag] != value)):
+                    for tag, value in _own_tags(path, rec, origin).items():
+                        if same[0].data.tags.get(tag) is None or (tag == "label" and same[0].data.tags[tag] != value):
                             client.set_tag(same[0].info.run_id, tag, value)
                     result.unchanged += 1
                     continue
@@ -466,12 +464,34 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
     return result
 
 
+def _key(suite: str, record_path: Path) -> str:
+    """A cell's ``mgrq.key`` tag: ``suite/label/cell folder`` of its record."""
+    return f"{suite}/{record_path.parent.parent.name}/{record_path.parent.name}"
+
+
+def _in_label(key: str, label: str | None) -> bool:
+    """Whether the run of ``key`` (:func:`_key`) is in label ``label``."""
+    return key.split("/")[1:2] == [label]
+
+
+def _own_tags(path: Path, rec: dict[str, Any], origin: str) -> dict[str, str]:
+    """The tags a run takes from where its record lies, not from the record's digest: its runs
+    folder, its label (the record's folder, as in the reports: a cell folder copied beside its
+    label keeps the record's own label inside, and must not count in that label's tables), when
+    that label was made, and the weights. A run of an older mirror gets those it lacks."""
+    tags = {ORIGIN_TAG: origin, "label": path.parent.parent.name}
+    for tag, value in ((LABEL_CREATED_TAG, label_created(path)), ("weights", weights_label(rec))):
+        if value:
+            tags[tag] = value
+    return tags
+
+
 def _prune(client: Any, have: dict[str, list[Any]], present: set[str], suite: str, label: str | None,
            origin: str, result: MirrorResult) -> None:
     """Delete the runs of ``have`` (keys ``suite/label/cell``) in the scope of ``label`` whose key
     is not ``present`` and which this runs folder (``origin``) mirrored; count the others."""
     for key, runs in sorted(have.items()):
-        if key in present or (label is not None and key.split("/")[1:2] != [label]):
+        if key in present or (label is not None and not _in_label(key, label)):
             continue
         for run in runs:
             if run.data.tags.get(ORIGIN_TAG) == origin:
@@ -483,9 +503,7 @@ def _prune(client: Any, have: dict[str, list[Any]], present: set[str], suite: st
 
 @functools.lru_cache(maxsize=64)
 def _suite_json_created(path: Path, mtime_ns: int) -> str | None:
-    from mgrq import records
-
-    created = (records.read_record(path) or {}).get("created")
+    created = (read_record(path) or {}).get("created")
     return str(created) if created else None
 
 
@@ -505,12 +523,8 @@ def _log_run(client: Any, exp_id: str, key: str, path: Path, rec: dict[str, Any]
     steps, unit_tags = unit_metrics(rec)
     tags.update(unit_tags)
     digest = tags.pop(DIGEST_TAG)  # set last: an interrupted mirror is redone next time
-    # the label is the record's folder (as in the reports): a cell folder copied beside its label
-    # keeps the record's own label inside, and must not count in that label's tables
-    tags["label"] = label = path.parent.parent.name
-    tags[ORIGIN_TAG] = origin
-    if created := label_created(path):
-        tags[LABEL_CREATED_TAG] = created
+    tags.update(_own_tags(path, rec, origin))
+    label = tags["label"]
     sha = str(rec.get("git_sha") or "")
     if sha and sha != "None":
         tags["mlflow.source.git.commit"] = sha.split("+")[0]  # MLflow's own column; git_sha keeps +dirty

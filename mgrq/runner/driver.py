@@ -213,6 +213,13 @@ def other_method_code(done: list[dict[str, Any]]) -> str | None:
             "with this code)")
 
 
+def source_notes(done: list[dict[str, Any]]) -> list[str]:
+    """The notes on what code the done records of a label ran: another commit
+    (:func:`other_commits`), another version of a method module of one's own
+    (:func:`other_method_code`)."""
+    return [n for n in (other_commits(done), other_method_code(done)) if n]
+
+
 def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Counter:
     """The dry-run view: one line per cell with its status, then the counts."""
     counts: Counter = Counter()
@@ -248,9 +255,8 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     if counts["drift"]:
         print(f"{counts['drift']} done cell(s) ran with other method defaults or weights than now: "
               "`suite run` refuses this label; use a new --label")
-    for msg in (other_commits(done), other_method_code(done)):
-        if msg:
-            print(msg)
+    for msg in source_notes(done):
+        print(msg)
     if stale:
         print(stale)
     return counts
@@ -961,10 +967,8 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
         suite_meta = {"name": suite.name, "label": label, "file": str(suite.path)}
         print(f"suite {suite.name} [{label}]: {_cells(len(cells))}, {summary.skipped} done before, "
               f"{len(todo)} to run -> {root}", flush=True)
-        done = [rec for _, st, rec in snapshot if st == "done"]
-        for msg in (other_commits(done), other_method_code(done)):
-            if msg:
-                print(msg, flush=True)
+        for msg in source_notes([rec for _, st, rec in snapshot if st == "done"]):
+            print(msg, flush=True)
         if todo:
             try:
                 submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s,
