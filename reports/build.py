@@ -126,8 +126,8 @@ def _label(out: Path, suite: str, label: str | None, source: str, uri: str | Non
     from mgrq.runner.layout import labels as run_labels
 
     # `latest` stays the newest label, records or not (a night that ran nothing is an error for
-    # --compare, so --strict alerts on it); `previous` is the newest older label holding a cell
-    # record, so one aborted night does not block the next night's comparison
+    # --compare, so --strict alerts on it); `previous` is the newest older label where a cell
+    # finished or failed, so one aborted or cancelled night does not block the next night's comparison
     every = run_labels(out, suite)
     if len(every) < 2:
         return resolve_label(out, suite, "previous")  # its error: fewer than two runs
@@ -323,7 +323,7 @@ def _row_names_scope(fn: Callable[P, R]) -> Callable[P, R]:
     (``use_row_names``) end with it."""
     @functools.wraps(fn)
     def inner(*args: P.args, **kwargs: P.kwargs) -> R:
-        with T.row_names(None):
+        with T.row_names():
             return fn(*args, **kwargs)
     return inner
 
@@ -565,7 +565,7 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     changes = F.settings_changes(fa, fb)
     info = suite_info(out, suite, b)
     T.use_row_names(info.get("names"))
-    stopped = {rid for lab, rid in df.attrs.get("interrupted", []) if lab == b}
+    stopped = {tuple(cell) for lab, *cell in df.attrs.get("interrupted_cells", []) if lab == b}
     cmp = T.compare_frame(fa, fb, threshold, info.get("models"), info.get("methods"), info.get("bits"), stopped)
     dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)
     _make_dest(dest, what)

@@ -107,14 +107,18 @@ def _one_per_cell(rows: list[dict[str, Any]], times: list[Any]) -> pd.DataFrame:
     several hashes (rerun with other options, e.g. ``--eval-limit``), the newest by ``times``
     wins, so no seed counts twice. The others are listed in ``df.attrs["superseded"]``. A cell
     whose newest record is interrupted (stopped before the end; the next run redoes it) has no
-    result: it is left out, also when an older record of the cell under another hash finished."""
+    result: it is left out, also when an older record of the cell under another hash finished;
+    ``df.attrs["interrupted"]`` names it by ``(label, run id)``, ``["interrupted_cells"]`` by
+    ``(label, model, name, bits, seed)``, the key the comparison joins on."""
     newest: dict[tuple[Any, Any], int] = {}
     for i in sorted(range(len(rows)), key=lambda i: times[i]):
         newest[(rows[i]["label"], rows[i]["run_id"])] = i
     keep = set(newest.values())
     kept = [r for i, r in enumerate(rows) if i in keep and not _interrupted(r)]
     df = pd.DataFrame(kept, columns=COLUMNS)
-    df.attrs["interrupted"] = [(r["label"], r["run_id"]) for i, r in enumerate(rows) if i in keep and _interrupted(r)]
+    stopped = [r for i, r in enumerate(rows) if i in keep and _interrupted(r)]
+    df.attrs["interrupted"] = [(r["label"], r["run_id"]) for r in stopped]
+    df.attrs["interrupted_cells"] = [(r["label"], r["model"], r["name"], r["bits"], r["seed"]) for r in stopped]
     df.attrs["superseded"] = [f"{r['label']}/{r['run_id']}-{r['hash']}" for i, r in enumerate(rows) if i not in keep]
     df.attrs["settings"] = {(r["label"], r["run_id"]): r.get("settings") or {} for r in kept}
     return df

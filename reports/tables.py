@@ -41,9 +41,10 @@ _ROW_NAMES: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextV
 
 
 @contextlib.contextmanager
-def row_names(names: dict[str, str] | None):
-    """Within the block, rows print as a suite's ``report.names`` says (before :data:`METHOD_NAMES`)."""
-    token = _ROW_NAMES.set(dict(names or {}))
+def row_names():
+    """A block in which :func:`use_row_names` sets how rows print (a suite's ``report.names``,
+    before :data:`METHOD_NAMES`); the names end with it."""
+    token = _ROW_NAMES.set({})
     try:
         yield
     finally:
@@ -517,13 +518,13 @@ ROUND_DELTA = 6  # decimals: 0.5 from image counts (250 of 50,000) may come out 
 
 def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float, models: list[str] | None = None,
                   names: list[str] | None = None, bits: list[str] | None = None,
-                  interrupted_b: set[str] | frozenset[str] = frozenset()) -> pd.DataFrame:
+                  interrupted_b: set[tuple[Any, ...]] | frozenset[tuple[Any, ...]] = frozenset()) -> pd.DataFrame:
     """One row per cell (model, name, bits, seed) of either label: top-1 in A and B, the delta
     (rounded to ``ROUND_DELTA`` decimals, so a move of exactly the threshold is never flagged by a
     float's last bit) and a flag: ``moved`` (|delta| > threshold), ``newly failed`` (done in A,
     failed in B), ``still failing``, ``fixed``, ``new`` (only in B, done), ``new, failed`` (only in
-    B, failed), ``interrupted`` (only in A: B's record of it says stopped; run ids in
-    ``interrupted_b``), ``missing`` (only in A: no result in B, no record or one still running) or
+    B, failed), ``interrupted`` (only in A: B's record of it says stopped; its ``(model, name,
+    bits, seed)`` in ``interrupted_b``), ``missing`` (only in A: no result in B, no record or one still running) or
     empty. Sorted by flag, then in the order of ``models``, ``names`` and ``bits`` (the suite's;
     others after them, as :func:`_bits_order` puts them), and seed."""
     key = ["model", "name", "bits", "seed"]
@@ -536,8 +537,7 @@ def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float, models: li
         if pd.isna(sa):
             return "new" if sb == "done" else "new, failed"
         if pd.isna(sb):
-            run_id = f"{r['model']}.{r['name']}.{str(r['bits']).lower()}.s{int(r['seed'])}"  # RunSpec.run_id
-            return "interrupted" if run_id in interrupted_b else "missing"
+            return "interrupted" if (r["model"], r["name"], r["bits"], int(r["seed"])) in interrupted_b else "missing"
         if sa == "done" and sb == "failed":
             return "newly failed"
         if sa == "failed" and sb == "done":
