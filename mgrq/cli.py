@@ -36,7 +36,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "DeiT's releases; plain, under 'model'/'state_dict', or .safetensors) instead of the "
                         "zoo/timm weights")
     p.add_argument("--data-root", default=None, type=_path_arg, help="ImageNet-layout folder (train/<class>/..., val/<class>/...) for timm models")
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N images only (smoke runs)")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on N images spread evenly over the eval set (every class of an ImageNet val/ once N >= 1000; smoke runs)")
     p.add_argument("--eval-split", choices=("heldout", "tune"), default="heldout",
                    help="heldout (default): the final numbers, on the tiny zoo's 1,000 held-out digits or ImageNet's "
                         "val/; tune: for choosing hyper-parameters, on 500 digits or 10 train/ images per class "

@@ -17,10 +17,19 @@ from mgrq.errors import MGRQError
 from mgrq.memory import PeakMemory
 
 
+def eval_subset(n: int, limit: int | None) -> list[int] | None:
+    """The images ``eval_limit`` keeps: ``limit`` of the ``n``, spread evenly over the eval set
+    (``i * n // limit``), ``None`` for all. An ImageNet ``val/`` is listed class by class, so the
+    first N would be the first N/50 classes only; spread, every class is in once ``limit`` is at
+    least the number of classes."""
+    if limit is None or limit >= n:
+        return None
+    return [i * n // limit for i in range(limit)]
+
+
 def _subset(ds: torch.utils.data.Dataset, limit: int | None) -> torch.utils.data.Dataset:
-    if limit is None or limit >= len(ds):  # type: ignore[arg-type]
-        return ds
-    return torch.utils.data.Subset(ds, range(limit))
+    keep = eval_subset(len(ds), limit)  # type: ignore[arg-type]
+    return ds if keep is None else torch.utils.data.Subset(ds, keep)
 
 
 def execute(spec: Any, progress: bool = True, workdir: str | None = None, fp_cache: dict | None = None) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class RunSpec:
     checkpoint: str | None = None
     data_root: str | None = None
     eval_split: str = "heldout"  # "heldout" (final numbers: held-out digits, ImageNet val/) or "tune" (sweeps)
-    eval_limit: int | None = None  # evaluate on the first N images only (smoke runs)
+    eval_limit: int | None = None  # evaluate on N images spread over the eval set (smoke runs)
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -117,5 +117,7 @@ class RunSpec:
         """Hash of the fields that can change the result (``device`` excluded)."""
         d = self.to_dict()
         d.pop("device")
+        if d["eval_limit"] is not None:  # N images spread over the set (mgrq.run.eval_subset), no
+            d["eval_subset"] = "spread"  # longer the first N: such cells of older labels run again
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

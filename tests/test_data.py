@@ -94,6 +94,30 @@ def test_imagenet_folder_with_real_photos_and_timm_preprocessing(tmp_path):
     assert m == {"top1": pytest.approx(100.0 / 3), "top5": 100.0, "n": 6.0}
 
 
+def test_an_eval_limit_spreads_over_the_classes_of_a_class_sorted_val_folder(tmp_path):
+    """val/ is listed class by class: `--eval-limit 3` of 3 classes x 2 images keeps one image of
+    each class, not the two of class 0 and one of class 1."""
+    from mgrq.run import _subset, eval_subset
+    from mgrq.spec import RunSpec
+
+    root = make_image_folder(tmp_path / "imnet")
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
+    val = data.imagenet_bundle(root, model, num_classes=3).val
+    assert [val.samples[i][1] for i in range(len(val))] == [0, 0, 1, 1, 2, 2]
+    sub = _subset(val, 3)
+    assert len(sub) == 3 and [sub[i][1] for i in range(3)] == [0, 1, 2]
+    assert _subset(val, 6) is val and _subset(val, None) is val
+    assert eval_subset(1000, 7) == [0, 142, 285, 428, 571, 714, 857]
+    assert eval_subset(50_000, 1000) == list(range(0, 50_000, 50))  # ImageNet val: one image per class
+    # a limited cell hashes apart from one of before the spread (which kept the first N)
+    spec = RunSpec(model="tiny_vit", method="percentile", w_bits=4, a_bits=4, eval_limit=10)
+    legacy = {**spec.to_dict()}
+    legacy.pop("device")
+    import hashlib
+    import json
+    assert spec.content_hash != hashlib.sha256(json.dumps(legacy, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 class _ConstantLogits(torch.nn.Module):
     def __init__(self, logits: torch.Tensor):
         super().__init__()

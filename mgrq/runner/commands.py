@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--checkpoint", action="append", metavar="MODEL=PATH",
                    help="local weights file for a model (repeatable; wins over the suite's checkpoints)")
     r.add_argument("--eval-limit", type=int, default=None,
-                   help="evaluate on the first N images (smoke runs; default: the suite's eval_limit, "
+                   help="evaluate on N images spread evenly over the eval set (smoke runs; default: the suite's eval_limit, "
                         "else every image; changes the cells' hashes)")
     r.add_argument("--calib", type=int, default=None,
                    help="calibration images for every method (smoke runs; default: the suite's; "
