@@ -170,6 +170,7 @@ def _mlflow_runs(out: Path, suite: str) -> dict[str, tuple[str, str, str]]:
     return {r.data.tags["mgrq.key"]: (r.info.run_id, r.info.status, r.data.tags["mgrq.digest"]) for r in runs}
 
 
+@pytest.mark.slow  # ~30 s: two drivers and three job processes; CI runs it (nox -s tests_slow)
 def test_sigkill_mid_cell_then_rerun_only_unfinished(tmp_path):
     """Two local jobs side by side (1 torch thread each) share the three cells (the first starts
     with cell 1, the second with cell 3; cell 2 goes to whichever is free first). The process

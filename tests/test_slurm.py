@@ -250,6 +250,7 @@ def test_a_dry_run_asks_the_scheduler_about_the_slurm_options(tmp_path):
     assert not (tmp_path / "runs").exists() and queued.strip() == ""  # nothing submitted
 
 
+@pytest.mark.slow  # ~20 s; CI runs it (nox -s tests_slow)
 def test_a_cancelled_job_leaves_its_cell_interrupted_not_failed(tmp_path):
     """`scancel` of a running job (what the driver suggests for live jobs) stops its cell: no
     result and no failure of the method, so it is shown `interrupted` (a report leaves it out,
