@@ -10,8 +10,10 @@
   (no server needed). ``MLFLOW_TRACKING_URI`` (e.g. a team server) wins when set.
 - Idempotent: every MLflow run carries the tag ``mgrq.key`` (suite/label/cell folder) and
   ``mgrq.digest`` (hash of the record). Mirroring again creates nothing for unchanged records;
-  a record that changed (a failed cell that later succeeded) replaces its run; a cell logged
-  twice (two mirrors at once) is one run again. ``mgrq.records`` is the id of the runs folder
+  a record that changed (a failed cell that later succeeded) replaces its run. Mirrors of one runs
+  folder take turns (``<out>/.mirror.lock``, flock): one could otherwise delete, as an older
+  copy, a run the other is still writing. A cell logged twice anyway (two runs folders holding
+  one id) is one run again at the next mirror. ``mgrq.records`` is the id of the runs folder
   (``<out>/.mgrq-id``): another folder's run under the same key is left alone, not replaced.
   The ``label`` tag is the record's folder, as in the reports; ``label_created`` is when that
   label was made (its ``suite.json``), which orders the labels as the run folders do.
@@ -20,6 +22,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -27,6 +31,8 @@ import logging
 import os
 import secrets
 import socket
+import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -374,6 +380,41 @@ def runs_folder_id(out: Path) -> str:
         return str(out.resolve())
 
 
+MIRROR_LOCK = ".mirror.lock"
+
+
+@contextlib.contextmanager
+def mirror_lock(out: Path):
+    """Hold ``<out>/.mirror.lock`` (flock) while mirroring ``out``: a driver finishing its label
+    and a ``mgrq mirror`` by hand take turns; the later one says whom it waits for. A runs folder
+    this process cannot write (mirrored from a read-only copy) is mirrored without it."""
+    path = out.resolve() / MIRROR_LOCK
+    try:
+        path.touch()
+    except OSError:
+        yield
+        return
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            print(f"mgrq: waiting for another mirror of {out} to finish ({f.read().strip() or 'pid unknown'})",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without flock
+            yield
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None = None,
            uri: str | None = None, prune: bool = False) -> MirrorResult:
     """Mirror the finished records under ``out`` (one suite / one label, or all) into MLflow.
@@ -384,8 +425,6 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
     left alone and counted. A ``suite`` without a folder under ``out`` is pruned from its
     experiment. Raises :class:`MirrorError` (one line, with the command to redo it) when the store
     cannot be reached or written. The records on disk are never modified."""
-    from mgrq.runner.layout import records_under
-
     out = Path(out)
     uri = uri or default_uri(out)
     uri_flag = "" if uri == "sqlite:///" + str(out.resolve() / "mlflow.db") else f" --tracking-uri {uri}"
@@ -396,6 +435,13 @@ def mirror(out: str | os.PathLike, suite: str | None = None, label: str | None =
         check_reachable(uri)
     except MirrorError as e:
         raise MirrorError(f"{e}; {redo}") from None
+    with mirror_lock(out):
+        return _mirror(out, suite, label, uri, prune, redo)
+
+
+def _mirror(out: Path, suite: str | None, label: str | None, uri: str, prune: bool, redo: str) -> MirrorResult:
+    from mgrq.runner.layout import records_under
+
     result = MirrorResult(uri)
     suites = [suite] if suite else sorted(p.name for p in out.resolve().iterdir()
                                           if p.is_dir() and not p.name.startswith(("mlartifacts", ".")))

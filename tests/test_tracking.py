@@ -366,3 +366,34 @@ def test_mirror_exit_status_and_its_redo_hint_name_the_store(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert f"`mgrq mirror --out {tmp_path} --tracking-uri {dead}`" in err, err
+
+
+def test_two_mirrors_of_one_runs_folder_take_turns(tmp_path, capsys):
+    """A mirror of a runs folder another mirror holds (a driver finishing its label while
+    `mgrq mirror` runs by hand) waits, says for whom, and mirrors once the other is done: one of
+    them could otherwise delete, as an older copy, a run the other is still writing."""
+    import fcntl
+    import threading
+
+    suite = write_suite(tmp_path / "turns.yaml", eval_limit=20)
+    out = tmp_path / "runs"
+    assert main(["suite", "run", str(suite), "--out", str(out), "--label", "L", "--executor", "debug",
+                 "--threads", "1", "--no-report", "--no-mirror"]) == 0
+    capsys.readouterr()
+    box: dict = {}
+    with open(out / ".mirror.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 12345 on elsewhere since then\n")
+        held.flush()
+        t = threading.Thread(target=lambda: box.update(res=mirror(out, "turns", "L")), daemon=True)
+        t.start()
+        err, deadline = "", time.time() + 120
+        while "waiting for another mirror" not in err and t.is_alive() and time.time() < deadline:
+            time.sleep(0.05)
+            err += capsys.readouterr().err
+        assert f"mgrq: waiting for another mirror of {out} to finish (pid 12345 on elsewhere since then)" in err
+        assert t.is_alive() and "res" not in box
+        fcntl.flock(held, fcntl.LOCK_UN)
+    t.join(120)
+    assert not t.is_alive() and box["res"].created == 1, box
+    assert (out / ".mirror.lock").read_text().startswith("pid ")  # the holder's word, for the next one
