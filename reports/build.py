@@ -507,7 +507,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         rep.figures += plots.accuracy_vs_bits(agg, models, names, dest)
         if ablation:
             rep.figures += plots.ablation_bars(agg, models, ablation, dest, info.get("bits"), names)
-        rep.figures += plots.accuracy_vs_time(agg, dest, names)
+        rep.figures += plots.accuracy_vs_time(agg, dest, names, models)
     # what the tables leave out, kept beside them and at the end of tables.pdf (none: no files)
     notes_md, notes_tex = dest / "notes.md", dest / "notes.tex"
     if rep.notes:

@@ -103,15 +103,22 @@ def _legend_below(fig, axes, order: list[str] | None, note: bool) -> None:
     """The figure's legend under the panels (none when nothing was drawn), titled with what the
     error bars are when any are drawn."""
     handles, labels = _legend_entries(axes, order)
-    if labels:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(5, len(labels)), frameon=False,
-                   title=STD_NOTE if note else None)
+    if not labels:
+        return
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(min(5, len(labels)), 0, -1):  # as many columns as fit the figure's width
+        legend = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False,
+                            title=STD_NOTE if note else None)
+        if ncol == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+            return
+        legend.remove()
 
 
 @_styled
 def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], dest: Path) -> list[Path]:
     """One panel per model: top-1 (mean over seeds, error bars = std where there are several)
-    vs bit-width, one line per method; the FP accuracy as a grey dashed line."""
+    vs bit-width, one line per method, each a little beside the others (methods with equal
+    accuracy would hide each other's markers); the FP accuracy as a grey dashed line."""
     plt = _plt()
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)]
     bits = _bits_order(list(runs["bits"]))
@@ -125,13 +132,16 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
             if s["mean"].notna().any():
                 yerr = _yerr(s)
                 bars |= yerr is not None
-                ax.errorbar(range(len(bits)), s["mean"], yerr=yerr, capsize=2, ms=5, lw=1.2,
+                dodge = (i - (len(names) - 1) / 2) * min(0.05, 0.4 / len(names))  # equal values stay apart
+                ax.errorbar([j + dodge for j in range(len(bits))], s["mean"], yerr=yerr, capsize=2, ms=5, lw=1.2,
                             label=method_name(n), **_style(i, len(names)))
         fp = sub["fp"].dropna()
         if len(fp):
             ax.axhline(float(fp.mean()), color="gray", ls="--", lw=1, label="Full Prec.")
         ax.set_title(model_name(m))
         ax.set_xticks(range(len(bits)), [b.replace("A", "/A") for b in bits])
+        if bits:
+            ax.set_xlim(-0.5, len(bits) - 0.5)
         ax.set_xlabel("bit-width (W/A)")
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
@@ -189,21 +199,27 @@ def _tick_125(x: float, down: bool) -> float:
 
 
 @_styled
-def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = None) -> list[Path]:
-    """Top-1 vs quantization wall time (log scale): colour = method, marker = bit-width. When
-    the cells ran on different devices, GPU points are hollow (times of different devices are
-    not comparable). The legend, right of the plot so that it hides no point, has one entry per
-    method (in ``order``, the grid's; when every drawn method is in it, each has the colour it
-    has in the accuracy vs bit-width figure), per bit-width and, when they are mixed, per device.
-    The three kinds of key cannot be taken for one another: a method's is a bar of its colour,
-    a bit-width's a hollow black marker of its shape, a device's a black circle (a shape no
+def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = None,
+                     models: list[str] | None = None) -> list[Path]:
+    """Top-1 vs quantization wall time (log scale), one panel per model (``models``, else those in
+    ``agg``; models differ in accuracy and time alike, so one panel would leave the reader to
+    guess which cluster is which): colour = method, marker = bit-width. When the cells ran on
+    different devices, GPU points are hollow (times of different devices are not comparable).
+    The legend, right of the top right panel so that it hides no point, has one entry per method
+    (in ``order``, the grid's; when every drawn method is in it, each has the colour it has in
+    the accuracy vs bit-width figure), per bit-width and, when they are mixed, per device. The
+    three kinds of key cannot be taken for one another: a method's is a bar of its colour, a
+    bit-width's a hollow black marker of its shape, a device's a black circle (a shape no
     bit-width has), filled or hollow."""
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     plt = _plt()
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)].dropna(subset=["quantize_s", "mean"])
-    fig, ax = plt.subplots(figsize=(WIDTH, 3.0), layout="constrained")
+    model = runs["model"] if "model" in runs else pd.Series("", index=runs.index)
+    panels = [m for m in (models or list(dict.fromkeys(model))) if (model == m).any()] or [""]
+    rows, cols = _grid(len(panels))
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, (3.0 if rows == 1 else 2.2 * rows + 0.6)), squeeze=False,
+                             layout="constrained")
     markers = "s^Dv<>PX"
     bits = _bits_order(list(runs["bits"])) if len(runs) else []
     every = list(dict.fromkeys([*(order or []), *runs["name"]]))
@@ -212,23 +228,23 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
     device = runs["device"].fillna("?") if "device" in runs else pd.Series("?", index=runs.index)
     devices = sorted(set(device))
     hollow = {d: len(devices) > 1 and "cuda" in d for d in devices}
-    for n in names:
-        for j, b in enumerate(bits):
-            for d in devices:
-                s = runs[(runs["name"] == n) & (runs["bits"] == b) & (device == d)]
-                if len(s):
-                    ax.scatter(s["quantize_s"].clip(lower=1e-3), s["mean"], marker=markers[j % len(markers)],
-                               facecolors="none" if hollow[d] else colour[n], edgecolors=colour[n])
-    ax.set_xscale("log")
-    if len(runs):  # from a 1-2-5 tick below the fastest point to one above the slowest: both ends labelled
-        t = runs["quantize_s"].clip(lower=1e-3)
-        ax.set_xlim(_tick_125(float(t.min()) / 1.15, down=True), _tick_125(float(t.max()) * 1.15, down=False))
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("quantization time per model (s, log scale)")
-    ax.set_ylabel("top-1 (%)")
-    ax.grid(alpha=0.3)
+    for ax, m in zip(axes.flat, panels):
+        here = runs[model == m] if m else runs
+        for n in names:
+            for j, b in enumerate(bits):
+                for d in devices:
+                    s = here[(here["name"] == n) & (here["bits"] == b) & (device[here.index] == d)]
+                    if len(s):
+                        ax.scatter(s["quantize_s"].clip(lower=1e-3), s["mean"], marker=markers[j % len(markers)],
+                                   facecolors="none" if hollow[d] else colour[n], edgecolors=colour[n])
+        _log_time_axis(ax, here["quantize_s"])
+        if m:
+            ax.set_title(model_name(m))
+        ax.set_xlabel("quantization time per model (s, log scale)")
+        ax.set_ylabel("top-1 (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     if names:
         def key(label: str, marker: str, fill: bool = True) -> Line2D:
             return Line2D([], [], ls="", marker=marker, color="black", markerfacecolor=None if fill else "none",
@@ -241,6 +257,20 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
         if len(devices) > 1:
             handles += [key(device_name(d), "o", fill=not hollow[d]) for d in devices]
         # a column holds ~12 keys at this height: more would run off the figure, cut
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
-                  ncol=math.ceil(len(handles) / 12))
+        axes[0, min(cols, len(panels)) - 1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                                                   frameon=False, ncol=math.ceil(len(handles) / (12 * rows)))
     return _save(fig, dest, "acc_vs_time")
+
+
+def _log_time_axis(ax, t: pd.Series) -> None:
+    """A log x axis from a 1-2-5 tick below the fastest point to one above the slowest, both ends
+    labelled."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    if len(t):
+        t = t.clip(lower=1e-3)
+        ax.set_xlim(_tick_125(float(t.min()) / 1.15, down=True), _tick_125(float(t.max()) * 1.15, down=False))
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())

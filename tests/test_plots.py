@@ -4,6 +4,7 @@ cannot be confused, colour-blind-safe styles, an honest ablation plot, error bar
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import matplotlib
 import pandas as pd
@@ -13,6 +14,7 @@ from matplotlib.text import Text
 
 import reports.plots as plots
 
+ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["tiny_vit", "tiny_deit"]
 METHODS = ["percentile", "base_ptq", "ptq4vit", "repq_vit", "brecq", "qdrop", "mgrq_obwr", "mgrq"]
 
@@ -99,7 +101,12 @@ def test_ablation_is_a_dot_plot_on_one_y_range(tmp_path, figs):
 def test_acc_vs_time_method_and_bit_width_keys_cannot_be_confused(tmp_path, figs):
     """A method's key is a bar of its colour (no marker); a bit-width's a hollow black marker."""
     plots.accuracy_vs_time(frame(), tmp_path, METHODS)
-    legend = figs["acc_vs_time"].axes[0].get_legend()
+    fig = figs["acc_vs_time"]
+    assert [ax.get_title() for ax in fig.axes] == ["tiny ViT", "tiny DeiT"]  # a panel per model
+    (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend()]  # right of the top right panel
+    assert fig.axes[1].get_legend() is legend
+    ys = [sorted(float(c.get_offsets()[0][1]) for c in ax.collections) for ax in fig.axes]
+    assert len(ys[0]) == 16 and ys[1] == [y + 1.0 for y in ys[0]]  # each panel its model's cells (frame: +1 per model)
     keys = {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles)}
     methods = [keys[n] for n in ("Percentile", "MGRQ")]
     assert all(h.get_marker() in ("None", "", None) for h in methods)
@@ -118,15 +125,41 @@ def test_more_methods_than_the_palette_still_get_distinct_styles(tmp_path, figs)
     assert not {to_hex(ln.get_color()) for ln in lines} & {to_hex("#7f7f7f"), to_hex("#c7c7c7")}  # no grey
 
 
+def test_the_legends_under_the_panels_fit_the_figures_width(tmp_path, figs):
+    """The ablation-mgrq suite's 11 rows (the MGRQ variants' names are long) in acc_vs_bits and
+    the ablation figure: every legend entry, Full Prec. included, lies on the figure (5 columns
+    of them ran off both sides)."""
+    import yaml
+
+    names = yaml.safe_load((ROOT / "suites" / "ablation-mgrq.yaml").read_text())["methods"]
+    agg = frame(names=names)
+    plots.accuracy_vs_bits(agg, MODELS, names, tmp_path)
+    plots.ablation_bars(agg, MODELS, names[6:], tmp_path, order=names)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for stem, n_entries in (("acc_vs_bits", len(names) + 1), ("ablation", len(names) - 6)):
+        fig = figs[stem]
+        FigureCanvasAgg(fig).draw()  # closed by _save: laid out again at the figure's own dpi
+        (legend,) = fig.legends
+        texts = {t.get_text() for t in legend.get_texts()}
+        assert len(texts) == n_entries and ("Full Prec." in texts) == (stem == "acc_vs_bits"), texts
+        page = fig.bbox
+        for t in legend.get_texts():
+            box = t.get_window_extent()
+            assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0, (stem, t.get_text(), box, page)
+
+
 def test_a_long_legend_stays_on_the_figure_and_a_variant_keeps_its_style(tmp_path, figs):
     """acc_vs_time's legend, right of the plot, takes a second column before it runs off the
     figure (16 methods + 2 bit-widths); the ablation's variants have the colour and marker they
     have in acc_vs_bits; a point at 100% is drawn whole."""
     names = [f"m{i}" for i in range(16)]
     plots.accuracy_vs_time(frame(names=names), tmp_path, names)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     fig = figs["acc_vs_time"]
-    fig.canvas.draw()
-    box, page = fig.axes[0].get_legend().get_window_extent(), fig.bbox
+    FigureCanvasAgg(fig).draw()  # closed by _save: laid out again at the figure's own dpi
+    box, page = fig.axes[-1].get_legend().get_window_extent(), fig.bbox
     assert box.y0 >= page.y0 and box.x1 <= page.x1 and box.y1 <= page.y1, (box, page)
     agg = frame().assign(mean=lambda d: d["mean"].where(d["name"] != "mgrq", 100.0))
     plots.accuracy_vs_bits(agg, MODELS, METHODS, tmp_path)

@@ -101,7 +101,7 @@ def test_a_method_keeps_its_colour_in_every_panel(tmp_path, monkeypatch):
             for ax in fig.axes:  # one errorbar container per drawn method
                 colours.append({c.get_label(): to_rgba(c.lines[0].get_color()) for c in ax.containers})
         if stem == "acc_vs_time":  # the legend's method keys
-            lg = fig.axes[0].get_legend()
+            (lg,) = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
             colours.append({t.get_text(): to_rgba(h.get_markeredgecolor()) for t, h in zip(lg.get_texts(), lg.legend_handles)})
         return save(fig, dest, stem)
 
