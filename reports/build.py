@@ -95,7 +95,7 @@ def load_frame(out: Path, suite: str, labels: list[str], source: str = "records"
     if source == "mlflow":
         from mgrq.tracking import default_uri
 
-        return F.mlflow_frame(uri or default_uri(out), suite, labels)
+        return F.mlflow_frame(uri or default_uri(out), suite, labels, F.label_grids(out, suite, labels))
     raise ConfigError(f"--from {source!r}: expected 'records' or 'mlflow'")
 
 
@@ -390,6 +390,11 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if unreadable:
         notes.append(f"{len(unreadable)} record file(s) left out, unreadable or malformed (rerun the suite to "
                      f"redo those cells): {listed(unreadable, 'record files left out, unreadable or malformed')}")
+    other = df.attrs.get("other_settings") or []
+    if other:
+        notes.append(f"{len(other)} record(s) left out: they ran with other settings than the label's grid has now "
+                     f"(the suite file or an option changed since; `mgrq suite status` shows those cells pending and "
+                     f"the next `mgrq suite run` redoes them): {listed(other, 'records left out, run with other settings')}")
     superseded = df.attrs.get("superseded") or []
     if superseded:
         notes.append(f"{len(superseded)} record(s) left out: the label holds a newer record of the same cell "

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from mgrq.errors import ConfigError
-from mgrq.records import weights_label
+from mgrq.records import read_record, weights_label
 from mgrq.spec import parse_bits
 from mgrq.tracking import flat_params, param_str
 
@@ -71,10 +71,21 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def label_grids(out: str | Path, suite: str, labels: list[str]) -> dict[tuple[str, str], str]:
+    """``(label, run id) -> hash`` of the cells each label's ``suite.json`` lists: the grid as the
+    label last ran it, with the settings `suite status` holds the records against (a label without
+    one lists nothing)."""
+    from mgrq.runner.layout import grid_cells
+
+    base = Path(out).resolve() / suite
+    return {(lab, c["id"]): str(c.get("hash")) for lab in labels
+            for c in grid_cells(read_record(base / lab / "suite.json") or {}) if c.get("hash")}
+
+
 def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) -> pd.DataFrame:
-    """Cells with a result of ``suite`` under ``out``: done or failed, not interrupted (see
-    :func:`_one_per_cell`); the record files that are unreadable or malformed are named in
-    ``df.attrs["unreadable"]``."""
+    """Cells with a result of ``suite`` under ``out``: done or failed, not interrupted, and run
+    with the settings of the label's grid (see :func:`_one_per_cell`); the record files that are
+    unreadable or malformed are named in ``df.attrs["unreadable"]``."""
     from mgrq.runner.layout import records_under
 
     base = Path(out).resolve() / suite
@@ -91,7 +102,7 @@ def records_frame(out: str | Path, suite: str, labels: list[str] | None = None) 
             row["settings"] = record_settings(rec)
             rows.append(row)
             times.append(str(rec.get("finished") or rec.get("started") or ""))
-    df = _one_per_cell(rows, times)
+    df = _one_per_cell(rows, times, label_grids(out, suite, [d.name for d in dirs]))
     df.attrs["unreadable"] = [f"{p.parent.parent.name}/{p.parent.name} ({why})" for p, why in bad]
     return df
 
@@ -102,16 +113,23 @@ def _interrupted(row: dict[str, Any]) -> bool:
     return row.get("status") == "failed" and str(row.get("error") or "").startswith("Interrupted:")
 
 
-def _one_per_cell(rows: list[dict[str, Any]], times: list[Any]) -> pd.DataFrame:
-    """The frame of ``rows`` with one row per (label, cell id): when a label holds a cell under
-    several hashes (rerun with other options, e.g. ``--eval-limit``), the newest by ``times``
+def _one_per_cell(rows: list[dict[str, Any]], times: list[Any],
+                  grid: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+    """The frame of ``rows`` with one row per (label, cell id). A row whose cell the label's grid
+    (``grid``, :func:`label_grids`) lists under another hash ran with other settings than the
+    grid has now (a suite file or option changed, and the cell has not run again): `suite status`
+    shows the cell pending, so it has no result here either; such rows are listed in
+    ``df.attrs["other_settings"]``. When a label holds a cell under
+    several hashes otherwise (rerun with other options, e.g. ``--eval-limit``), the newest by ``times``
     wins, so no seed counts twice. The others are listed in ``df.attrs["superseded"]``. A cell
     whose newest record is interrupted (stopped before the end; the next run redoes it) has no
     result: it is left out, also when an older record of the cell under another hash finished;
     ``df.attrs["interrupted"]`` names it by ``(label, run id)``, ``["interrupted_cells"]`` by
     ``(label, model, name, bits, seed)``, the key the comparison joins on."""
+    grid = grid or {}
+    other = {i for i, r in enumerate(rows) if r["hash"] and grid.get((r["label"], r["run_id"]), r["hash"]) != r["hash"]}
     newest: dict[tuple[Any, Any], int] = {}
-    for i in sorted(range(len(rows)), key=lambda i: times[i]):
+    for i in sorted(set(range(len(rows))) - other, key=lambda i: times[i]):
         newest[(rows[i]["label"], rows[i]["run_id"])] = i
     keep = set(newest.values())
     kept = [r for i, r in enumerate(rows) if i in keep and not _interrupted(r)]
@@ -119,7 +137,9 @@ def _one_per_cell(rows: list[dict[str, Any]], times: list[Any]) -> pd.DataFrame:
     stopped = [r for i, r in enumerate(rows) if i in keep and _interrupted(r)]
     df.attrs["interrupted"] = [(r["label"], r["run_id"]) for r in stopped]
     df.attrs["interrupted_cells"] = [(r["label"], r["model"], r["name"], r["bits"], r["seed"]) for r in stopped]
-    df.attrs["superseded"] = [f"{r['label']}/{r['run_id']}-{r['hash']}" for i, r in enumerate(rows) if i not in keep]
+    df.attrs["superseded"] = [f"{r['label']}/{r['run_id']}-{r['hash']}" for i, r in enumerate(rows)
+                              if i not in keep and i not in other]
+    df.attrs["other_settings"] = [f"{r['label']}/{r['run_id']}-{r['hash']}" for i, r in enumerate(rows) if i in other]
     df.attrs["settings"] = {(r["label"], r["run_id"]): r.get("settings") or {} for r in kept}
     return df
 
@@ -322,8 +342,10 @@ def mixed_settings(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.DataFrame:
-    """The same frame from the runs mirrored into MLflow (params, metrics and tags)."""
+def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None,
+                 grid: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+    """The same frame from the runs mirrored into MLflow (params, metrics and tags); ``grid`` as
+    :func:`records_frame` reads it from the run folders (where these are at hand)."""
     from mgrq.tracking import search
 
     rows, times = [], []
@@ -344,7 +366,7 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None) -> pd.Da
             "error": err, "warnings": int(m.get("warnings", 0)), "git_sha": _sha_tag(t.get("git_sha")),
             "weights": t.get("weights"), "source": "run", "citation": None, "settings": settings(p),
         })
-    df = _one_per_cell(rows, times)
+    df = _one_per_cell(rows, times, grid)
     attrs = dict(df.attrs)
     df = df.sort_values(["label", "run_id"]).reset_index(drop=True)
     df.attrs.update(attrs)

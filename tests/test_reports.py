@@ -1073,3 +1073,34 @@ def test_captions_say_the_seeds_the_std_and_a_suites_own_lead(tmp_path):
     put(out, "one", "L", "tiny_vit", "qdrop", "W4A4", 0, 71.0, calib=256)  # rows on other budgets: said
     md = (build_report(out, "one", "L", pdf="no", figures=False).dest / "main.md").read_text()
     assert "One seed per cell. Calibration images: 32 (Percentile, p2); 256 (QDrop).**" in md, md
+
+
+def test_a_record_run_with_other_settings_than_the_labels_grid_has_no_result(tmp_path, capsys):
+    """A method's override changed and only another method was run again (`--only`): `suite
+    status` shows the changed method's cell pending, and the report leaves its old record out with
+    a note, instead of filling the cell with the old settings' number. Back to the old settings,
+    the old record is the cell's result again (no rerun needed)."""
+    from harness_helpers import write_suite
+
+    out = tmp_path / "runs"
+    kw = {"methods": ["percentile", "base_ptq"], "eval_limit": 50}
+    suite = write_suite(tmp_path / "grid.yaml", **kw)
+    run = ["suite", "run", str(suite), "--out", str(out), "--label", "L", "--executor", "debug", "--threads", "1",
+           "--no-mirror", "--no-pdf", "--no-report"]
+    assert main(run) == 0
+    write_suite(suite, **kw, overrides={"base_ptq": {"calib": 4}})
+    assert main([*run, "--only", r"\.percentile\."]) == 0
+    capsys.readouterr()
+    assert main(["suite", "status", str(suite), "--out", str(out), "--label", "L"]) == 0
+    status = capsys.readouterr().out
+    assert re.search(r"pending\s+tiny_vit\.base_ptq\.w4a4\.s0", status), status
+    rep = build_report(out, "grid", "L", pdf="no", published=False, figures=False)
+    assert "Base PTQ" not in rep.main_markdown and "Percentile" in rep.main_markdown
+    (note,) = [n for n in rep.notes if "other settings" in n]
+    assert note.startswith("1 record(s) left out: they ran with other settings than the label's grid has now") \
+        and "L/tiny_vit.base_ptq.w4a4.s0-" in note, rep.notes
+    assert any("1 of the 2 cells of the grid have no finished result" in n for n in rep.notes), rep.notes
+    write_suite(suite, **kw)  # the settings the record ran with: it is the cell's result again
+    assert main(run) == 0 and "2 skipped (done before)" in capsys.readouterr().out
+    rep = build_report(out, "grid", "L", pdf="no", published=False, figures=False)
+    assert "Base PTQ" in rep.main_markdown and not [n for n in rep.notes if "other settings" in n], rep.notes
