@@ -55,10 +55,25 @@ class Report:
     frame: pd.DataFrame | None = None
 
 
-def suite_info(out: Path, suite: str, label: str | None) -> dict[str, Any]:
+REPORT_KEYS = ("ablation", "caption", "paired", "names")  # a suite file's report block: presentation only
+
+
+def suite_info(out: Path, suite: str, label: str | None, suite_file: str | Path | None = None) -> dict[str, Any]:
     """Model/method order and report settings: from the label's ``suite.json``, else the suite
     file (names not checked), else empty. A label run before ``report.paired`` existed takes
-    that setting from the suite file."""
+    that setting from the suite file. A ``suite_file`` given (``mgrq report FILE.yaml``) gives the
+    report block (:data:`REPORT_KEYS`), so an edited block is used without running the suite again;
+    ``info["from_file"]`` then names the settings that differ from the label's."""
+    if suite_file is not None:
+        info = suite_info(out, suite, label)
+        mine = _suite_file_info(suite_file)
+        if not mine:  # unreadable: _suite_name() read it a moment ago; keep the label's
+            return info
+        changed = [k for k in REPORT_KEYS if (mine.get(k) or None) != (info.get(k) or None)]
+        info.update({k: mine.get(k) for k in REPORT_KEYS})
+        info["from_file"] = changed if label and records.read_record(
+            Path(out).resolve() / suite / label / "suite.json") else []
+        return info
     if label:
         meta = records.read_record(Path(out).resolve() / suite / label / "suite.json")
         if meta:
@@ -332,13 +347,16 @@ def _row_names_scope(fn: Callable[P, R]) -> Callable[P, R]:
 def build_report(out: str | Path, suite: str, label: str | None = None, source: str = "records",
                  dest: str | Path | None = None, published: bool | str | Path = True,
                  pdf: str = "auto", uri: str | None = None, figures: bool = True,
-                 paired: str | None = None, float_env: str = "table") -> Report:
+                 paired: str | None = None, float_env: str = "table",
+                 suite_file: str | Path | None = None) -> Report:
     """Tables and figures of one label of a suite. ``pdf``: ``auto`` (compile when pdflatex is
     installed), ``yes`` (must compile) or ``no``. ``float_env``: ``table`` or ``table*`` (for
     a two-column paper), the float of every ``.tex`` table. ``paired``: the reference method of the paired
     table (default: the suite's ``report.paired``; ``"none"``: no paired table). An explicit
     ``paired`` that is not a method of the label fails before anything is written; the suite's
-    setting is skipped with a note instead (a partial run, or an old label). A ``dest`` that
+    setting is skipped with a note instead (a partial run, or an old label). ``suite_file``: the
+    file whose ``report:`` block (ablation, caption, paired, names) wins over the label's, with a
+    note naming what differs (see :func:`suite_info`). A ``dest`` that
     cannot be a folder, or a bad published CSV, also fails before anything is written."""
     _check_float(float_env)
     out = Path(out)
@@ -364,11 +382,14 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                 why += (f"; the newest label with finished cells is {older} "
                         f"(`mgrq report {suite} --label {older}`)")
         raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source}){why}")
-    info = suite_info(out, suite, label)
+    info = suite_info(out, suite, label, suite_file)
     T.use_row_names(info.get("names"))
     models = _order(list(df["model"]), info.get("models") or [])
     names = _order(list(df["name"]), info.get("methods") or [])
     notes: list[str] = []
+    if info.get("from_file"):
+        notes.append(f"report.{', report.'.join(info['from_file'])} from {suite_file}, not as label {label} ran "
+                     f"with it (its suite.json); `mgrq report {suite} --label {label}` reports with the label's")
     full: list[tuple[str, list[str]]] = []  # the lists that a note names only the first of, for notes.md
 
     def listed(items: list[str], what: str) -> str:

@@ -1104,3 +1104,27 @@ def test_a_record_run_with_other_settings_than_the_labels_grid_has_no_result(tmp
     assert main(run) == 0 and "2 skipped (done before)" in capsys.readouterr().out
     rep = build_report(out, "grid", "L", pdf="no", published=False, figures=False)
     assert "Base PTQ" in rep.main_markdown and not [n for n in rep.notes if "other settings" in n], rep.notes
+
+
+def test_a_suite_file_given_to_report_gives_its_report_block(tmp_path, capsys):
+    """`mgrq report FILE.yaml` after editing the file's report: block (names, ablation, paired)
+    uses the edited block, with a note; `mgrq report NAME` keeps the label's."""
+    from harness_helpers import write_suite
+
+    out = tmp_path / "runs"
+    kw = {"methods": ["percentile", "base_ptq"], "eval_limit": 20}
+    suite = write_suite(tmp_path / "rb.yaml", **kw, report={"names": {"base_ptq": "Basic"}})
+    assert main(["suite", "run", str(suite), "--out", str(out), "--label", "L", "--executor", "debug",
+                 "--threads", "1", "--no-mirror", "--no-report"]) == 0
+    write_suite(suite, **kw, report={"names": {"base_ptq": "Plain PTQ"}, "paired": "percentile"})
+    capsys.readouterr()
+    assert main(["report", str(suite), "--out", str(out), "--label", "L", "--no-pdf", "--no-figures",
+                 "--no-published"]) == 0
+    text = capsys.readouterr().out
+    assert "| Plain PTQ | 4/4 |" in text and "top-1 of Percentile minus each method" in text, text
+    assert f"note: report.paired, report.names from {suite}, not as label L ran with it" in text, text
+    assert main(["report", "rb", "--out", str(out), "--label", "L", "--no-pdf", "--no-figures",
+                 "--no-published"]) == 0
+    text = capsys.readouterr().out
+    assert "| Basic | 4/4 |" in text and "Plain PTQ" not in text and "Paired" not in text, text
+    assert "not as label L ran with it" not in text

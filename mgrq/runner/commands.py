@@ -115,7 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("report", help="LaTeX/Markdown tables and figures of a suite run",
                         description="Tables and figures of one label of a suite, or with --compare "
                                     "the delta table between two labels (nightly runs).")
-    rp.add_argument("suite", help="suite name or suite YAML file")
+    rp.add_argument("suite", help="suite name or suite YAML file (a file's report: block, e.g. edited names, "
+                                  "wins over the one the label ran with; a name reports with the label's)")
     _add_out(rp)
     rp.add_argument("--label", default=None, help="label (default: the newest; 'previous' = the one before)")
     rp.add_argument("--from", dest="source", choices=("records", "mlflow"), default="records",
@@ -495,7 +496,9 @@ def _check_report_flags(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.build import build_compare, build_report
 
+    given = args.suite
     out, args.suite = _out(args), _suite_name(args.suite)
+    suite_file = given if given != args.suite or Path(given).suffix in (".yaml", ".yml") else None
     _check_report_flags(args)
     if args.compare:
         threshold = 1.0 if args.threshold is None else args.threshold
@@ -510,7 +513,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     published: Any = False if args.no_published else (args.published_csv or True)
     rep = build_report(out, args.suite, args.label, args.source, args.dest, published,
                        "no" if args.no_pdf else "auto", args.tracking_uri, not args.no_figures, args.paired,
-                       args.float_env)
+                       args.float_env, suite_file)
     print(rep.main_markdown)
     if rep.paired_markdown:
         print(rep.paired_markdown)
