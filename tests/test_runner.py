@@ -521,6 +521,14 @@ def test_progress_clock():
     assert _clock(10, 10, 5) == "5s elapsed"
 
 
+def test_a_changed_method_config_is_named_field_by_field():
+    from mgrq.runner.driver import spec_changes
+
+    old = {"method": "mgrq", "device": "cpu", "method_config": {"iters": 30, "local_metric": "moments", "w_global": 0.03}}
+    new = {"method": "mgrq", "device": "cuda", "method_config": {"iters": 40, "local_metric": "moments"}}
+    assert spec_changes(old, new) == ["method_config.iters: 30 -> 40", "method_config.w_global: 0.03 -> (unset)"]
+
+
 def test_the_failure_summary_points_at_the_cell_folder_that_failed(tmp_path, capsys):
     """A label may hold an older folder of the same run id (the cell ran before with other
     options: another hash); the closing summary names the folder of the cell that just failed."""
@@ -533,8 +541,8 @@ def test_the_failure_summary_points_at_the_cell_folder_that_failed(tmp_path, cap
     bad = write_suite(tmp_path / "v2" / "twice.yaml", methods=[DIVERGES])  # the same cell id, other settings
     capsys.readouterr()
     note = ("note: label L was run before with another grid; 1 of its cells is in this grid with other settings "
-            "(method: percentile -> qdrop; method_config: {} -> {'check_every': 1, 'init_calib': 8, 'iters': 2, "
-            "'lr_round': 1e+38}), so it runs again in a folder of its own: the old folders stay")
+            "(method: percentile -> qdrop; method_config.check_every: (unset) -> 1; method_config.init_calib: "
+            "(unset) -> 8; ...), so it runs again in a folder of its own: the old folders stay")
     assert main(["suite", "run", str(bad), *argv, "--dry-run"]) == 0  # the preview says so too
     assert note in capsys.readouterr().out
     assert main(["suite", "run", str(ok), *argv, "--dry-run"]) == 0  # the grid it ran: nothing to say

@@ -298,6 +298,21 @@ def check_one_split(root: Path, label: str, eval_split: str) -> None:
             "per label (its tables average the label's cells): run under a new --label")
 
 
+def spec_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``field: old -> new`` for each field of two run specs that differs (``device`` aside), a
+    mapping (the method config) field by field: ``method_config.iters: 30 -> 40``."""
+    out = []
+    for k in sorted((set(old) | set(new)) - {"device"}):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += spec_changes(a, b, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}: {'(unset)' if k not in old else a} -> {'(unset)' if k not in new else b}")
+    return out
+
+
 def other_grid_note(label: str, prev: dict[str, Any], cells: list[Cell]) -> str | None:
     """The note for a label whose ``suite.json`` (``prev``) lists cells that are not in the grid
     ``cells`` (the suite file or the options changed under the same label), or None. A listed
@@ -319,9 +334,8 @@ def other_grid_note(label: str, prev: dict[str, Any], cells: list[Cell]) -> str 
         if not isinstance(old, dict):  # the cell never ran: no spec to compare
             continue
         ran += 1
-        for k in sorted((set(old) | set(new.spec)) - {"device"}):
-            if old.get(k) != new.spec.get(k):
-                changes[f"{k}: {old.get(k)} -> {new.spec.get(k)}"] = None
+        for change in spec_changes(old, new.spec):
+            changes[change] = None
     parts = []
     if moved:
         what = f" ({'; '.join(list(changes)[:3])}{'; ...' if len(changes) > 3 else ''})" if changes else ""
