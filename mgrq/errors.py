@@ -54,16 +54,22 @@ def _fold(name: str) -> str:
     return re.sub(r"[\s-]+", "_", str(name).strip().lower())
 
 
+def close_names(name: str, known: Iterable[str]) -> list[str]:
+    """Up to 3 of ``known`` that ``name`` may have meant (compared as :func:`unknown` does)."""
+    folded: dict[str, list[str]] = {}
+    for k in sorted(known):
+        folded.setdefault(_fold(k), []).append(k)
+    if _fold(name) in folded:
+        return folded[_fold(name)]
+    return [k for c in difflib.get_close_matches(_fold(name), list(folded), n=3, cutoff=0.5) for k in folded[c]][:3]
+
+
 def unknown(kind: str, name: str, known: Iterable[str], where: str = "") -> UnknownNameError:
     """Build an 'unknown X' error with a did-you-mean hint and the list of known names
     (``where``, e.g. ``"of suite demo"``, follows the name). Names are compared without case,
     and with ``-`` and spaces read as ``_`` (``RepQ-ViT`` -> ``repq_vit``)."""
     known = sorted(known)
-    folded: dict[str, list[str]] = {}
-    for k in known:
-        folded.setdefault(_fold(k), []).append(k)
-    close = folded[_fold(name)] if _fold(name) in folded else [
-        k for c in difflib.get_close_matches(_fold(name), list(folded), n=3, cutoff=0.5) for k in folded[c]][:3]
+    close = close_names(name, known)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     at = f" {where}" if where else ""
     return UnknownNameError(f"unknown {kind} {name!r}{at}.{hint} Known {kind}s: {', '.join(known) or 'none'}")

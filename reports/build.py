@@ -398,9 +398,15 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         return ", ".join(items[:3]) + (f" and {len(items) - 3} more, listed in notes.md" if len(items) > 3 else "")
 
     if paired not in (None, "none") and paired not in names:
-        what = (f"a method of suite {suite} with no finished cell in label {label}"
-                if paired in (info.get("methods") or []) else f"not a method of suite {suite} [{label}]")
-        raise ConfigError(f"--paired {paired}: {what}; expected one of {', '.join(names)} (or none)")
+        if paired in (info.get("methods") or []):
+            raise ConfigError(f"--paired {paired}: a method of suite {suite} with no finished cell in label {label}; "
+                              f"expected one of {', '.join(names)} (or none)")
+        from mgrq.errors import close_names
+
+        close = close_names(paired, names)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise ConfigError(f"--paired {paired}: not a method of suite {suite} [{label}]{hint}; "
+                          f"expected one of {', '.join(names)} (or none)")
     reference = paired if paired is not None else info.get("paired")
     if reference == "none":
         reference = None

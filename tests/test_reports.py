@@ -211,6 +211,9 @@ def test_paired_option_of_the_cli(tmp_path, capsys):
     assert main(["report", "rep", "--out", str(out), "--no-pdf", "--no-figures", "--paired", "mgrq"]) == 2
     err = capsys.readouterr().err
     assert "--paired mgrq: not a method of suite rep [A]; expected one of percentile, repq_vit, pct-mm" in err
+    assert main(["report", "rep", "--out", str(out), "--no-pdf", "--no-figures", "--paired", "pct-m"]) == 2
+    assert ("--paired pct-m: not a method of suite rep [A] (did you mean 'pct-mm'?); expected one of percentile, "
+            "repq_vit, pct-mm") in capsys.readouterr().err
     # in the label's grid, but none of its cells finished (a run with --only, or all failed)
     meta = json.loads((out / "rep" / "A" / "suite.json").read_text())
     records.write_record(out / "rep" / "A" / "suite.json", {**meta, "methods": meta["methods"] + ["mgrq"]})

@@ -112,6 +112,8 @@ BAD = [
     ({"report": {"paired": "percentil"}}, "report.paired",
      "unknown method 'percentil' of this suite. Did you mean 'percentile'? Known methods: percentile"),
     ({"report": {"ablation": ["percentile", "nosuch"]}}, "report.ablation[1]", "unknown method 'nosuch' of this suite"),
+    ({"report": {"paired": ["percentile"]}}, "report.paired", "expected one method name (the reference of the paired "
+     "table), got ['percentile']"),
     ({"checkpoints": {"tiny_vitt": "/w.pth"}}, "checkpoints.tiny_vitt", "Did you mean 'tiny_vit'?"),
     # a value from overrides is named where it was written, not as the methods entry it lands in
     ({"overrides": {"percentile": {"calib": "abc"}}}, "overrides.percentile.calib", "expected an integer >= 1"),

@@ -665,6 +665,9 @@ class _Parser:
                 raise self.err("report.caption", "expected a string")
         paired = rep.get("paired")
         with self.part():
+            if paired is not None and not isinstance(paired, str):
+                raise self.err("report.paired", f"expected one method name (the reference of the paired table), "
+                                                f"got {paired!r}")
             if paired is not None and methods_ok:
                 self.member("method", paired, names, "report.paired")
         row_names: dict[str, str] = {}
