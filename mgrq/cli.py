@@ -84,6 +84,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         num_classes,
     )
 
+    if args.threads < 0:
+        raise ConfigError(f"--threads {args.threads}: expected 0 (torch's default) or a positive number")
     spec = _spec_from_args(args)
     if get_entry(spec.model).tiny:  # fail fast, before loading anything
         if spec.data_root is not None:
@@ -106,6 +108,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     check_units(dict(spec.method_config).get("units"), [spec.model], "--set")
     if args.record:
         records.check_writable(args.record, "--record")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     started = records.now()
     try:
         rec = execute(spec, progress=not args.quiet)
@@ -244,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                "The quantized model is evaluated and dropped; the run record keeps the result.")
     _add_run_options(p)
     p.add_argument("--record", default=None, type=_path_arg, help="write the JSON run record to this path")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default 0: torch's default, one per core; the record keeps the number)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quantize)
 

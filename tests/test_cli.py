@@ -150,9 +150,17 @@ def test_path_options_with_a_tilde_the_shell_left_alone(tmp_path, monkeypatch, c
     (tmp_path / "home").mkdir()
     ck = tmp_path / "home" / "x.pth"
     shutil.copy(zoo.tiny_weights_path("tiny_vit"), ck)
-    assert main(["quantize", "--model", "tiny_vit", "--method", "percentile", "--w-bits", "8", "--a-bits", "8",
-                 "--calib", "8", "--eval-limit", "20", "--quiet", "--checkpoint=~/x.pth", "--record=~/r.json"]) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["quantize", "--model", "tiny_vit", "--method", "percentile", "--w-bits", "8", "--a-bits", "8",
+                     "--calib", "8", "--eval-limit", "20", "--quiet", "--checkpoint=~/x.pth", "--record=~/r.json",
+                     "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     rec = json.loads((tmp_path / "home" / "r.json").read_text())
+    assert rec["torch_threads"] == 1
     assert not (tmp_path / "~").exists()
     assert rec["weights"] == {"file": str(ck), "sha256": hashlib.sha256(ck.read_bytes()).hexdigest()}
     assert rec["spec"]["checkpoint"] == str(ck)
