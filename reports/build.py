@@ -221,7 +221,9 @@ def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
     body = "\n".join(rf"\input{{{f}}}" for f in fragments)
     (dest / f"{stem}.tex").write_text(
         "\\documentclass{article}\n\\usepackage[margin=1.5cm]{geometry}\n"
-        "\\usepackage{booktabs}\n\\usepackage{graphicx}\n\\begin{document}\n"
+        "\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+        "\\makeatletter\\setlength{\\@fptop}{0pt}\\makeatother  % a page of tables starts at its top\n"
+        "\\begin{document}\n"
         f"{body}\n\\end{{document}}\n"
     )
     proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", f"{stem}.tex"],

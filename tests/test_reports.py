@@ -114,6 +114,23 @@ def test_tables_compile_and_show_the_numbers(tmp_path):
     assert any(ln.startswith("Percentile 4/4 +4.50 ± 12.71 (2/2)") for ln in lines), text
 
 
+def test_a_page_of_tables_starts_at_its_top(tmp_path):
+    """Two tall tables (as the report writes them, [t] floats): the second goes to a page of its
+    own at the document's end, which LaTeX centres vertically unless told otherwise."""
+    require_latex()
+    from reports.build import compile_pdf
+
+    for i in (1, 2):
+        rows = "\n".join(f"row {r} & {r}.00 \\\\" for r in range(34))
+        (tmp_path / f"t{i}.tex").write_text(f"\\begin{{table}}[t]\n\\centering\n\\begin{{tabular}}{{lr}}\n\\toprule\n"
+                                            f"{rows}\n\\bottomrule\n\\end{{tabular}}\n\\caption{{Table {i}}}\n\\end{{table}}\n")
+    pdf = compile_pdf(tmp_path, ["t1.tex", "t2.tex"])
+    bbox = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    pages = bbox.split("<page ")[1:]
+    tops = [float(re.search(r'<word xMin="[\d.]+" yMin="([\d.]+)"', p).group(1)) for p in pages]
+    assert len(pages) == 2 and max(tops) < 80, tops  # 1.5 cm margin: 42.5 pt, the first line's ascent below it
+
+
 def test_markdown_csv_and_figures(tmp_path):
     out = tmp_path / "runs"
     make_runs(out)
