@@ -68,13 +68,20 @@ def device_name(d: str) -> str:
     return d.upper().replace("CUDA", "GPU")
 
 
+_GREEK = {ch: rf"$\{name}$" for ch, name in zip("αβγδεζηθικλμνξπρςστυφχψωΓΔΘΛΞΠΣΥΦΨΩ", (
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu",
+    "xi", "pi", "rho", "varsigma", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
+    "Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi", "Psi", "Omega"), strict=True)}
+_GREEK |= dict(zip("ΑΒΕΖΗΙΚΜΝΟΡΤΧο", "ABEZHIKMNOPTXo", strict=True))  # printed as Latin letters: LaTeX has no command
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
+        "±": r"$\pm$", "†": r"$^\dagger$", "−": r"$-$", "…": r"\dots{}", "×": r"$\times$"} | _GREEK
+
+
 def tex(s: str) -> str:
-    """Escape LaTeX specials in plain text."""
-    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-           "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-           "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "−": r"$-$",
-           "…": r"\dots{}", "×": r"$\times$"}
-    return "".join(rep.get(ch, ch) for ch in str(s))
+    """Escape LaTeX specials in plain text; Greek letters (a row name's "IBLS (σ)") as math, which
+    pdflatex's default fonts have (the letters themselves stop it)."""
+    return "".join(_TEX.get(ch, ch) for ch in str(s))
 
 
 def notes_latex(notes: list[str], suite: str, label: str) -> str:

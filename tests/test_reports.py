@@ -1148,3 +1148,18 @@ def test_a_suite_file_given_to_report_gives_its_report_block(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| Basic | 4/4 |" in text and "Plain PTQ" not in text and "Paired" not in text, text
     assert "not as label L ran with it" not in text
+
+
+def test_greek_letters_in_printed_names_compile(tmp_path):
+    """A row name with Greek letters ("IBLS (σ)"): pdflatex's default fonts lack the letters, so
+    tex() writes them as math; the PDF shows them."""
+    require_latex()
+    from reports.build import compile_pdf
+    from reports.tables import tex
+
+    greek = "αβγδεζηθικλμνξοπρςστυφχψω ΑΒΓΔΕΖΗΘΙΚΛΜΝΞΟΠΡΣΤΥΦΧΨΩ"
+    (tmp_path / "g.tex").write_text(f"IBLS (σ): {tex(greek)}\n".replace("σ)", tex("σ)"), 1))
+    pdf = compile_pdf(tmp_path, ["g.tex"])
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    missing = [ch for ch in "αβγλπσωΓΘΛΣ" if ch not in text]  # (δ, μ, Ω come back as ∆, µ, Ω the ohm sign)
+    assert "IBLS (σ)" in text and not missing, (text, missing)
