@@ -17,6 +17,9 @@ from mgrq.errors import MGRQError
 from mgrq.memory import PeakMemory
 
 
+EVAL_SUBSET = "spread"  # what eval_limit keeps (records say so; older ones, without it, kept the first N)
+
+
 def eval_subset(n: int, limit: int | None) -> list[int] | None:
     """The images ``eval_limit`` keeps: ``limit`` of the ``n``, spread evenly over the eval set
     (``i * n // limit``), ``None`` for all. An ImageNet ``val/`` is listed class by class, so the
@@ -120,7 +123,8 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "calibration": {"n": n_calib, "seed": calib.seed, "ids_hash": calib.ids_hash},
-        "data": {"source": bundle.source, "config": bundle.data_config},
+        "data": {"source": bundle.source, "config": bundle.data_config,
+                 **({"eval_subset": EVAL_SUBSET} if spec.eval_limit is not None else {})},
         "weights": weights,  # the FP weights' file and SHA-256 (+ "timm": name.tag for timm's pretrained weights)
         "policy": {"w_bits": policy.w_bits, "a_bits": policy.a_bits, "image_bits": policy.image_bits,
                    "overrides": [list(o) for o in policy.overrides]},

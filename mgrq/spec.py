@@ -118,6 +118,6 @@ class RunSpec:
         d = self.to_dict()
         d.pop("device")
         if d["eval_limit"] is not None:  # N images spread over the set (mgrq.run.eval_subset), no
-            d["eval_subset"] = "spread"  # longer the first N: such cells of older labels run again
+            d["eval_subset"] = "spread"  # longer the first N: such cells of older labels run again (= run.EVAL_SUBSET)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

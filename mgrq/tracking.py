@@ -236,6 +236,8 @@ def flat_params(rec: dict[str, Any]) -> dict[str, str]:
     params["name"] = str(spec.get("variant") or spec.get("method"))
     params["bits"] = f"W{spec.get('w_bits')}A{spec.get('a_bits')}"
     params["calib"] = str((rec.get("calibration") or {}).get("n", spec.get("calib")))
+    if spec.get("eval_limit") is not None:  # which images: a record without the field kept the first N
+        params["eval_subset"] = str((rec.get("data") or {}).get("eval_subset") or "first")
     if spec.get("bits_overrides"):
         params["bits_overrides"] = json.dumps(spec["bits_overrides"])
     cfg = (rec.get("method") or {}).get("config") or spec.get("method_config") or {}

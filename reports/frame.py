@@ -144,7 +144,7 @@ def _one_per_cell(rows: list[dict[str, Any]], times: list[Any],
     return df
 
 
-TABLE_SETTINGS = ("eval_split", "eval_limit")
+TABLE_SETTINGS = ("eval_split", "eval_limit", "eval_subset")
 ROW_SETTINGS = ("image_bits", "bits_overrides", "calib")  # a suite may set these per method entry
 
 

@@ -161,6 +161,13 @@ def test_path_options_with_a_tilde_the_shell_left_alone(tmp_path, monkeypatch, c
         torch.set_num_threads(threads)
     rec = json.loads((tmp_path / "home" / "r.json").read_text())
     assert rec["torch_threads"] == 1
+    # --eval-limit: the record says which images (spread over the set); one without the field kept the first N
+    from mgrq.tracking import flat_params
+
+    assert rec["data"]["eval_subset"] == "spread" and flat_params(rec)["eval_subset"] == "spread"
+    old = {**rec, "data": {k: v for k, v in rec["data"].items() if k != "eval_subset"}}
+    assert flat_params(old)["eval_subset"] == "first"
+    assert "eval_subset" not in flat_params({**rec, "spec": {**rec["spec"], "eval_limit": None}})
     assert not (tmp_path / "~").exists()
     assert rec["weights"] == {"file": str(ck), "sha256": hashlib.sha256(ck.read_bytes()).hexdigest()}
     assert rec["spec"]["checkpoint"] == str(ck)
