@@ -16,7 +16,6 @@ from mgrq import records
 from mgrq.errors import MGRQError
 from mgrq.memory import PeakMemory
 
-
 EVAL_SUBSET = "spread"  # what eval_limit keeps (records say so; older ones, without it, kept the first N)
 
 

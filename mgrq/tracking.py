@@ -385,18 +385,31 @@ def runs_folder_id(out: Path) -> str:
 MIRROR_LOCK = ".mirror.lock"
 
 
+def _open_lock(path: Path) -> Any:
+    """``path`` opened for reading and writing (made when missing), else for reading only (flock
+    needs no write access), else None."""
+    try:
+        return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+")
+    except OSError:
+        pass
+    try:
+        return os.fdopen(os.open(path, os.O_RDONLY), "r")
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
 def mirror_lock(out: Path):
     """Hold ``<out>/.mirror.lock`` (flock) while mirroring ``out``: a driver finishing its label
-    and a ``mgrq mirror`` by hand take turns; the later one says whom it waits for. A runs folder
-    this process cannot write (mirrored from a read-only copy) is mirrored without it."""
+    and a ``mgrq mirror`` by hand take turns; the later one says whom it waits for. A lock file
+    this process cannot write (a read-only copy, another user's) is locked read-only, without the
+    holder's line; a folder where none can be made or locked is mirrored without it."""
     path = out.resolve() / MIRROR_LOCK
-    try:
-        path.touch()
-    except OSError:
+    f = _open_lock(path)
+    if f is None:
         yield
         return
-    with open(path, "a+") as f:
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -407,11 +420,12 @@ def mirror_lock(out: Path):
         except OSError:  # a filesystem without flock
             yield
             return
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-        f.flush()
         try:
+            if f.writable():
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+                f.flush()
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

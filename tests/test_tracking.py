@@ -397,3 +397,32 @@ def test_two_mirrors_of_one_runs_folder_take_turns(tmp_path, capsys):
     t.join(120)
     assert not t.is_alive() and box["res"].created == 1, box
     assert (out / ".mirror.lock").read_text().startswith("pid ")  # the holder's word, for the next one
+
+
+def test_a_lock_file_this_process_cannot_write_is_locked_read_only(tmp_path, monkeypatch):
+    """A runs folder copied read-only (or a lock file another user made): the mirror still takes
+    turns, locking the file read-only and leaving its line alone; with no file at all and no
+    way to make one, it mirrors without."""
+    import fcntl
+    import os
+
+    import mgrq.tracking as tracking
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / ".mirror.lock").write_text("pid 1 on elsewhere since then\n")
+    real_open = os.open
+
+    def no_write(path, flags, *a):
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a)
+
+    monkeypatch.setattr(tracking.os, "open", no_write)
+    with tracking.mirror_lock(out), open(out / ".mirror.lock") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: another mirror would wait
+    assert (out / ".mirror.lock").read_text() == "pid 1 on elsewhere since then\n"
+    (out / ".mirror.lock").unlink()
+    with tracking.mirror_lock(out):  # nothing to lock: mirrors all the same
+        pass
+    assert not (out / ".mirror.lock").exists()
