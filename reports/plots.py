@@ -217,8 +217,9 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)].dropna(subset=["quantize_s", "mean"])
     model = runs["model"] if "model" in runs else pd.Series("", index=runs.index)
     panels = [m for m in (models or list(dict.fromkeys(model))) if (model == m).any()] or [""]
-    rows, cols = _grid(len(panels))
-    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, (3.0 if rows == 1 else 2.2 * rows + 0.6)), squeeze=False,
+    cols = min(2, len(panels))  # the legend takes the right of the figure: 3 log axes side by side ran together
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, (3.0 if rows == 1 else 2.4 * rows + 0.4)), squeeze=False,
                              layout="constrained")
     markers = "s^Dv<>PX"
     bits = _bits_order(list(runs["bits"])) if len(runs) else []
@@ -240,11 +241,11 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
         _log_time_axis(ax, here["quantize_s"])
         if m:
             ax.set_title(model_name(m))
-        ax.set_xlabel("quantization time per model (s, log scale)")
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
+    fig.supxlabel("quantization time per model (s, log scale)", fontsize=_RC["axes.labelsize"])
     if names:
         def key(label: str, marker: str, fill: bool = True) -> Line2D:
             return Line2D([], [], ls="", marker=marker, color="black", markerfacecolor=None if fill else "none",
@@ -264,13 +265,16 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
 
 def _log_time_axis(ax, t: pd.Series) -> None:
     """A log x axis from a 1-2-5 tick below the fastest point to one above the slowest, both ends
-    labelled."""
+    labelled; ticks at 1-2-5 over up to two decades, at the decades beyond."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
+    lo = hi = 1.0
     if len(t):
         t = t.clip(lower=1e-3)
-        ax.set_xlim(_tick_125(float(t.min()) / 1.15, down=True), _tick_125(float(t.max()) * 1.15, down=False))
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        lo, hi = _tick_125(float(t.min()) / 1.15, down=True), _tick_125(float(t.max()) * 1.15, down=False)
+        ax.set_xlim(lo, hi)
+    # 1-2-5 ticks over up to two decades; beyond, their labels run together: decades only
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if hi / lo <= 100 else (1.0,)))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())

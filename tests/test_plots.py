@@ -170,3 +170,28 @@ def test_a_long_legend_stays_on_the_figure_and_a_variant_keeps_its_style(tmp_pat
             for c in figs["ablation"].axes[0].containers}
     assert dots == {k: style[k] for k in ("MGRQ: OBWR only", "MGRQ")}, (dots, style)
     assert figs["ablation"].axes[0].get_ylim()[1] > 100.0
+
+
+def test_acc_vs_time_with_three_models_keeps_its_labels_apart(tmp_path, figs):
+    """Three models (the demo's and the ablation suite's zoo) and times over three decades: no
+    two tick labels of a panel overlap, and the one x label lies on the figure (three panels
+    side by side ran their labels together and cut the x labels off)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    models = ["tiny_vit", "tiny_deit", "tiny_swin"]
+    rows = [{"source": "run", "model": m, "name": n, "bits": "W4A4", "n": 1, "mean": 80.0 + i, "std": float("nan"),
+             "fp": 97.0, "quantize_s": 0.3 * 2.5 ** i * (1 + k), "device": "cpu"}
+            for k, m in enumerate(models) for i, n in enumerate(METHODS)]
+    plots.accuracy_vs_time(pd.DataFrame(rows), tmp_path, METHODS, models)
+    fig = figs["acc_vs_time"]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["tiny ViT", "tiny DeiT", "tiny Swin"]
+    for ax in shown:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        assert len(boxes) >= 2, ax.get_title()
+        assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), (ax.get_title(), [t.get_text() for t in ax.get_xticklabels()])
+    (label,) = [t for t in fig.texts if t.get_text().startswith("quantization time")]
+    box = label.get_window_extent(renderer)
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0
