@@ -88,6 +88,11 @@ def suite_info(out: Path, suite: str, label: str | None, suite_file: str | Path 
     return _suite_file_info(suite)
 
 
+def _from_file_note(keys: list[str], suite_file: str | Path | None, suite: str, label: str) -> str:
+    return (f"report.{', report.'.join(keys)} from {suite_file}, not as label {label} ran with it "
+            f"(its suite.json); `mgrq report {suite} --label {label}` reports with the label's")
+
+
 def _suite_file_info(suite: str | Path) -> dict[str, Any]:
     """Report settings from a suite file (a name or the path a label recorded); empty when it
     cannot be read: the records alone still make a report."""
@@ -390,8 +395,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     names = _order(list(df["name"]), info.get("methods") or [])
     notes: list[str] = []
     if info.get("from_file"):
-        notes.append(f"report.{', report.'.join(info['from_file'])} from {suite_file}, not as label {label} ran "
-                     f"with it (its suite.json); `mgrq report {suite} --label {label}` reports with the label's")
+        notes.append(_from_file_note(info["from_file"], suite_file, suite, label))
     full: list[tuple[str, list[str]]] = []  # the lists that a note names only the first of, for notes.md
 
     def listed(items: list[str], what: str) -> str:
@@ -568,9 +572,12 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
 @_row_names_scope
 def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, threshold: float = 1.0,
                   source: str = "records", uri: str | None = None,
-                  dest: str | Path | None = None, float_env: str = "table") -> tuple[pd.DataFrame, list[Path], str]:
+                  dest: str | Path | None = None, float_env: str = "table",
+                  suite_file: str | Path | None = None) -> tuple[pd.DataFrame, list[Path], str]:
     """Delta table between two labels of a suite; flags cells that moved by more than
-    ``threshold`` points of top-1 or newly failed. Returns (frame, files, markdown)."""
+    ``threshold`` points of top-1 or newly failed. Returns (frame, files, markdown); the frame's
+    ``attrs["notes"]`` says where the printed names came from when ``suite_file`` gave them (as
+    :func:`build_report`)."""
     _check_float(float_env)
     if not 0 <= threshold < float("inf"):  # NaN too: no delta would be flagged
         raise ConfigError(f"--threshold {threshold}: expected a finite number >= 0 (points of top-1)")
@@ -597,7 +604,7 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
         raise ReportError(f"--compare {label_a} {label_b}: the finished cells of {said[0]}, of {said[1]}; "
                           "expected two labels evaluated on one split")
     changes = F.settings_changes(fa, fb)
-    info = suite_info(out, suite, b)
+    info = suite_info(out, suite, b, suite_file)
     T.use_row_names(info.get("names"))
     stopped = {tuple(cell) for lab, *cell in df.attrs.get("interrupted_cells", []) if lab == b}
     cmp = T.compare_frame(fa, fb, threshold, info.get("models"), info.get("methods"), info.get("bits"), stopped)
@@ -608,4 +615,6 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     (dest / f"{stem}.tex").write_text(T.compare_latex(cmp, suite, a, b, threshold, changes, float_env))
     cmp.to_csv(dest / f"{stem}.csv", index=False)
     records.write_record(dest / MANIFEST, {"files": sorted({*(_listed_files(dest) or []), *files})})
+    # a comparison prints only the names of the report block
+    cmp.attrs["notes"] = [_from_file_note(["names"], suite_file, suite, b)] if "names" in info.get("from_file", []) else []
     return cmp, [dest / f for f in files], md

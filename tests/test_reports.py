@@ -1148,6 +1148,15 @@ def test_a_suite_file_given_to_report_gives_its_report_block(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| Basic | 4/4 |" in text and "Plain PTQ" not in text and "Paired" not in text, text
     assert "not as label L ran with it" not in text
+    # and a comparison of two labels prints the file's names too
+    assert main(["suite", "run", str(suite), "--out", str(out), "--label", "M", "--executor", "debug",
+                 "--threads", "1", "--no-mirror", "--no-report"]) == 0
+    write_suite(suite, **kw, report={"names": {"base_ptq": "Plainer PTQ"}})
+    capsys.readouterr()
+    assert main(["report", str(suite), "--out", str(out), "--compare", "L", "M"]) == 0
+    text = capsys.readouterr().out
+    assert "| tiny ViT | Plainer PTQ | 4/4 |" in text and "Basic" not in text, text
+    assert f"note: report.names from {suite}, not as label M ran with it" in text, text
 
 
 def test_greek_letters_in_printed_names_compile(tmp_path):

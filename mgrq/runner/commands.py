@@ -503,9 +503,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.compare:
         threshold = 1.0 if args.threshold is None else args.threshold
         cmp, files, md = build_compare(out, args.suite, args.compare[0], args.compare[1],
-                                       threshold, args.source, args.tracking_uri, args.dest, args.float_env)
+                                       threshold, args.source, args.tracking_uri, args.dest, args.float_env, suite_file)
         print(md)
         print("written: " + ", ".join(str(f) for f in files))
+        for note in cmp.attrs.get("notes", []):
+            print(f"note: {note}")
         from reports.tables import ALERT_FLAGS
 
         flagged = int(cmp["flag"].isin(ALERT_FLAGS).sum())
