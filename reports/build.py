@@ -132,7 +132,7 @@ def _label(out: Path, suite: str, label: str | None, source: str, uri: str | Non
             if label in (None, "latest", "previous"):
                 _check_mlflow_has_newest(out, suite, known, u, uri)
             if label == "previous" and len(known) > 2:  # as from the run folders: skip a night with no result
-                return _previous_with_results(known, lambda lab: len(F.mlflow_frame(u, suite, [lab])) > 0)
+                return _previous_with_results(known, lambda lab: len(F.mlflow_frame(u, suite, [lab], F.label_grids(out, suite, [lab]))) > 0)
             return resolve_label(out, suite, label, known=known, where=f"MLflow {u}")
         except UnknownNameError as e:
             if label is None or not (out.resolve() / suite / label).is_dir():
@@ -227,7 +227,8 @@ def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
     (dest / f"{stem}.tex").write_text(
         "\\documentclass{article}\n\\usepackage[margin=1.5cm]{geometry}\n"
         "\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
-        "\\makeatletter\\setlength{\\@fptop}{0pt}\\makeatother  % a page of tables starts at its top\n"
+        "\\makeatletter  % a page of tables starts at its top, its tables a float gap apart\n"
+        "\\setlength{\\@fptop}{0pt}\\setlength{\\@fpsep}{\\floatsep}\\makeatother\n"
         "\\begin{document}\n"
         f"{body}\n\\end{{document}}\n"
     )
@@ -425,9 +426,10 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                      f"redo those cells): {listed(unreadable, 'record files left out, unreadable or malformed')}")
     other = df.attrs.get("other_settings") or []
     if other:
-        notes.append(f"{len(other)} record(s) left out: they ran with other settings than the label's grid has now "
-                     f"(the suite file or an option changed since; `mgrq suite status` shows those cells pending and "
-                     f"the next `mgrq suite run` redoes them): {listed(other, 'records left out, run with other settings')}")
+        notes.append(f"{len(other)} record(s) left out: they ran with other settings than the label's grid as last run "
+                     f"(its suite.json: the suite file or an option changed; `mgrq suite status` shows those cells "
+                     f"pending; a `suite run` with the settings they ran with counts them again, one with the new "
+                     f"settings redoes them): {listed(other, 'records left out, run with other settings')}")
     superseded = df.attrs.get("superseded") or []
     if superseded:
         notes.append(f"{len(superseded)} record(s) left out: the label holds a newer record of the same cell "
