@@ -356,17 +356,21 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                  dest: str | Path | None = None, published: bool | str | Path = True,
                  pdf: str = "auto", uri: str | None = None, figures: bool = True,
                  paired: str | None = None, float_env: str = "table",
-                 suite_file: str | Path | None = None) -> Report:
+                 suite_file: str | Path | None = None, fig_width: float = 7.0) -> Report:
     """Tables and figures of one label of a suite. ``pdf``: ``auto`` (compile when pdflatex is
     installed), ``yes`` (must compile) or ``no``. ``float_env``: ``table`` or ``table*`` (for
     a two-column paper), the float of every ``.tex`` table. ``paired``: the reference method of the paired
     table (default: the suite's ``report.paired``; ``"none"``: no paired table). An explicit
     ``paired`` that is not a method of the label fails before anything is written; the suite's
-    setting is skipped with a note instead (a partial run, or an old label). ``suite_file``: the
+    setting is skipped with a note instead (a partial run, or an old label). ``fig_width``: the
+    figures' width in inches, to include them at 100% (7: a text width; 3.5: a column). ``suite_file``: the
     file whose ``report:`` block (ablation, caption, paired, names) wins over the label's, with a
     note naming what differs (see :func:`suite_info`). A ``dest`` that
     cannot be a folder, or a bad published CSV, also fails before anything is written."""
     _check_float(float_env)
+    if not 2.0 <= fig_width <= 20.0:  # NaN too
+        raise ConfigError(f"--fig-width {fig_width}: expected inches between 2 and 20 (7: a text width, "
+                          "3.5: one column of a two-column paper)")
     out = Path(out)
     what = "--dest" if dest else "report folder"
     dest = records.check_writable(dest, what, folder=True) if dest else None
@@ -544,10 +548,11 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if figures:
         from reports import plots
 
-        rep.figures += plots.accuracy_vs_bits(agg, models, names, dest)
-        if ablation:
-            rep.figures += plots.ablation_bars(agg, models, ablation, dest, info.get("bits"), names)
-        rep.figures += plots.accuracy_vs_time(agg, dest, names, models)
+        with plots.figure_width(fig_width):
+            rep.figures += plots.accuracy_vs_bits(agg, models, names, dest)
+            if ablation:
+                rep.figures += plots.ablation_bars(agg, models, ablation, dest, info.get("bits"), names)
+            rep.figures += plots.accuracy_vs_time(agg, dest, names, models)
     # what the tables leave out, kept beside them and at the end of tables.pdf (none: no files)
     notes_md, notes_tex = dest / "notes.md", dest / "notes.tex"
     if rep.notes:

@@ -4,6 +4,8 @@ sized for a paper's full text width (7 in) with 8-9 pt text, fonts embedded as T
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from collections.abc import Callable
@@ -15,11 +17,33 @@ import pandas as pd
 from reports.tables import _bits_order, device_name, method_name, model_name
 
 WIDTH = 7.0  # inches: a paper's text width, so that \includegraphics[width=\textwidth] keeps 8-9 pt
+PANEL_MIN = 2.2  # inches: the narrowest panel whose tick labels and 8 pt title still fit
+_WIDTH: contextvars.ContextVar[float] = contextvars.ContextVar("figure_width", default=WIDTH)
+
+
+@contextlib.contextmanager
+def figure_width(inches: float):
+    """Draw the figures ``inches`` wide inside the block (default :data:`WIDTH`, a text width;
+    ~3.3-3.5 for one column of a two-column paper), so that they are included at 100% and keep
+    their 8-9 pt text: panels wrap into more rows, and a legend right of a plot moves below it
+    where the width is too narrow for both."""
+    token = _WIDTH.set(float(inches))
+    try:
+        yield
+    finally:
+        _WIDTH.reset(token)
+
+
+def _cols(n: int, most: int = 3, width: float | None = None) -> int:
+    """Panels side by side: ``n``, at most ``most``, as many as are at least PANEL_MIN wide."""
+    w = _WIDTH.get() if width is None else width
+    return max(1, min(n, most, int(w // PANEL_MIN)))
 # Type 3 fonts (matplotlib's default in PDF/PS) are refused by IEEE and ACM; 42 embeds TrueType
 _RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8,
        "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8, "legend.title_fontsize": 8}
-# Okabe-Ito, ordered so that the last of 8 methods (the grid's own, MGRQ) gets the vivid vermillion
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#000000", "#D55E00"]
+# Okabe-Ito; the last method of a grid (its own, MGRQ) gets the vivid vermillion, and yellow, the
+# faintest on white, comes last of the others
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000", "#F0E442", "#D55E00"]
 MARKERS = "os^DvPX*<>"  # 10, not 8: a method past the 8th colour gets another marker than its colour-mate
 LINES = ["-", "-.", ":"]  # not "--": that is Full Prec.'s
 STD_NOTE = "error bars: ±1 sample std over seeds"
@@ -59,10 +83,10 @@ def _save(fig, dest: Path, stem: str) -> list[Path]:
 
 def _colours(n: int) -> list:
     """``n`` distinct colours, none grey (grey is Full Prec.'s): Okabe-Ito (colour-blind safe) up
-    to 8; beyond that no palette is, and tab20 without its greys, then Okabe-Ito, keep up to 26
+    to 8, the last (a grid's own method comes last) always vermillion; beyond that no palette is, and tab20 without its greys, then Okabe-Ito, keep up to 26
     apart (the ablation suite has 11: with a 10-colour cycle the 11th, MGRQ, took the 1st's)."""
-    if n <= len(OKABE_ITO):
-        return OKABE_ITO[:n]
+    if n <= len(OKABE_ITO):  # the last one vermillion, however many there are
+        return OKABE_ITO[:n - 1] + OKABE_ITO[-1:] if n else []
     cmap = _plt().get_cmap("tab20")
     tab = [cmap(i) for i in range(20) if i not in (14, 15)] + OKABE_ITO
     return [tab[i % len(tab)] for i in range(n)]
@@ -82,7 +106,7 @@ def _yerr(s: pd.DataFrame) -> pd.Series | None:
 
 
 def _grid(n: int) -> tuple[int, int]:
-    cols = min(3, n)
+    cols = _cols(n)
     return math.ceil(n / cols), cols
 
 
@@ -103,12 +127,15 @@ def _legend_below(fig, axes, order: list[str] | None, note: bool) -> None:
     """The figure's legend under the panels (none when nothing was drawn), titled with what the
     error bars are when any are drawn."""
     handles, labels = _legend_entries(axes, order)
-    if not labels:
-        return
+    if labels:
+        _fitted_legend(fig, handles, labels, STD_NOTE if note else None)
+
+
+def _fitted_legend(fig, handles: list, labels: list[str], title: str | None) -> None:
+    """The figure's legend below its panels, in as many columns (at most 5) as fit its width."""
     renderer = fig.canvas.get_renderer()
-    for ncol in range(min(5, len(labels)), 0, -1):  # as many columns as fit the figure's width
-        legend = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False,
-                            title=STD_NOTE if note else None)
+    for ncol in range(min(5, len(labels)), 0, -1):
+        legend = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False, title=title)
         if ncol == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
             return
         legend.remove()
@@ -123,7 +150,8 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)]
     bits = _bits_order(list(runs["bits"]))
     rows, cols = _grid(len(models))
-    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, 2.2 * rows + 0.6), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(_WIDTH.get(), 2.2 * rows + 0.6), squeeze=False,
+                             layout="constrained")
     bars = False
     for ax, m in zip(axes.flat, models):
         sub = runs[runs["model"] == m]
@@ -154,15 +182,18 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
 @_styled
 def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest: Path,
                   bits_pref: list[str] | None = None, order: list[str] | None = None) -> list[Path]:
-    """A dot plot (a point per variant, side by side per model; one panel per bit-width, all on one
-    y range): points need no zero baseline, so unlike bars on a cut axis their lengths do not
-    exaggerate the differences. Error bars = std over seeds, where there are several. With
+    """A dot plot (a point per variant, side by side per model; one panel per bit-width, each on
+    the y range of its own points, so that the variants' differences at a high bit-width are not
+    squeezed by a lower one's range): points need no zero baseline, so unlike bars on a cut axis
+    their lengths do not exaggerate the differences. Error bars = std over seeds, where there are several. With
     ``order`` (all the report's rows, as :func:`accuracy_vs_bits` gets them), a variant has the
     colour and marker it has there."""
     plt = _plt()
     runs = agg[(agg["source"] == "run") & agg["name"].isin(rows_in) & (agg["n"] > 0) & agg["model"].isin(models)]
     bits = _bits_order(list(runs["bits"]), bits_pref)
-    fig, axes = plt.subplots(1, max(1, len(bits)), figsize=(WIDTH, 2.6), squeeze=False, sharey=True,
+    cols = _cols(max(1, len(bits)))
+    rows = math.ceil(max(1, len(bits)) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(_WIDTH.get(), 2.0 * rows + 0.6), squeeze=False,
                              layout="constrained")
     step = 0.6 / max(1, len(rows_in))
     every = list(dict.fromkeys([*(order or []), *rows_in]))
@@ -181,12 +212,15 @@ def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest
         ax.set_xlim(-0.5, len(models) - 0.5)
         ax.set_title(b.replace("A", "/A"))
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel("top-1 (%)")
-    if len(runs):  # the drawn points and error bars with a margin (a point at 100 is not cut in half)
-        std = runs["std"].where(runs["n"] > 1).fillna(0)
-        lo, hi = float((runs["mean"] - std).min()), float((runs["mean"] + std).max())
-        pad = max(0.5, 0.1 * (hi - lo))
-        axes[0, 0].set_ylim(max(0.0, lo - pad), hi + pad)
+        if len(sub):  # its points and error bars with a margin (a point at 100 is not cut in half)
+            std = sub["std"].where(sub["n"] > 1).fillna(0)
+            lo, hi = float((sub["mean"] - std).min()), float((sub["mean"] + std).max())
+            pad = max(0.5, 0.1 * (hi - lo))
+            ax.set_ylim(max(0.0, lo - pad), hi + pad)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("top-1 (%)")
+    for ax in list(axes.flat)[len(bits):]:
+        ax.set_visible(False)
     _legend_below(fig, axes.flat, [method_name(n) for n in rows_in], bars)
     return _save(fig, dest, "ablation")
 
@@ -217,9 +251,12 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)].dropna(subset=["quantize_s", "mean"])
     model = runs["model"] if "model" in runs else pd.Series("", index=runs.index)
     panels = [m for m in (models or list(dict.fromkeys(model))) if (model == m).any()] or [""]
-    cols = min(2, len(panels))  # the legend takes the right of the figure: 3 log axes side by side ran together
+    width = _WIDTH.get()
+    beside = width >= 2 * PANEL_MIN + 1.6  # room for the legend right of the panels (~1.6 in), else below them
+    # at most 2 panels side by side: 3 log axes beside a legend ran their tick labels together
+    cols = _cols(len(panels), 2, width - 1.6 if beside else width)
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, (3.0 if rows == 1 else 2.4 * rows + 0.4)), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(width, (3.0 if rows == 1 else 2.4 * rows + 0.4)), squeeze=False,
                              layout="constrained")
     markers = "s^Dv<>PX"
     bits = _bits_order(list(runs["bits"])) if len(runs) else []
@@ -245,7 +282,8 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.supxlabel("quantization time per model (s, log scale)", fontsize=_RC["axes.labelsize"])
+    for c in range(cols):  # under the lowest panel of each column (a figure-wide label would meet a legend below)
+        [*axes[:, c][: math.ceil((len(panels) - c) / cols)]][-1].set_xlabel("quantization time per model (s, log scale)")
     if names:
         def key(label: str, marker: str, fill: bool = True) -> Line2D:
             return Line2D([], [], ls="", marker=marker, color="black", markerfacecolor=None if fill else "none",
@@ -257,9 +295,11 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
         handles += [key(b.replace("A", "/A"), markers[j % len(markers)], fill=False) for j, b in enumerate(bits)]
         if len(devices) > 1:
             handles += [key(device_name(d), "o", fill=not hollow[d]) for d in devices]
-        # a column holds ~12 keys at this height: more would run off the figure, cut
-        axes[0, min(cols, len(panels)) - 1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                                                   frameon=False, ncol=math.ceil(len(handles) / (12 * rows)))
+        if beside:  # a column holds ~12 keys at this height: more would run off the figure, cut
+            axes[0, min(cols, len(panels)) - 1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                                                       frameon=False, ncol=math.ceil(len(handles) / (12 * rows)))
+        else:
+            _fitted_legend(fig, handles, [str(h.get_label()) for h in handles], None)
     return _save(fig, dest, "acc_vs_time")
 
 

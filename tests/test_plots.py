@@ -88,14 +88,15 @@ def test_error_bars_are_drawn_and_named_only_with_several_seeds(tmp_path, figs):
         assert not any(c.has_yerr for ax in figs[stem].axes for c in ax.containers), stem
 
 
-def test_ablation_is_a_dot_plot_on_one_y_range(tmp_path, figs):
-    """No bars (whose lengths a cut axis exaggerates): points, the panels sharing their y range."""
+def test_ablation_is_a_dot_plot_each_panel_on_its_own_y_range(tmp_path, figs):
+    """No bars (whose lengths a cut axis exaggerates): points, each bit-width's panel on the range
+    of its own points (one range for both squeezed W4A4's differences by W3A3's lower values)."""
     plots.ablation_bars(frame(), MODELS, ["mgrq_obwr", "mgrq"], tmp_path)
     fig = figs["ablation"]
     assert not any(ax.patches for ax in fig.axes)
-    assert len(fig.axes) == 2 and fig.axes[0].get_ylim() == fig.axes[1].get_ylim()
-    # from W3A3's lowest point (81) to W4A4's highest (88), a tenth of that range to spare
-    assert fig.axes[0].get_ylim() == pytest.approx((80.3, 88.7))
+    # W4A4's points 86-88, W3A3's 81-83; a tenth of the range to spare, at least 0.5
+    lims = {ax.get_title(): ax.get_ylim() for ax in fig.axes}
+    assert lims == {"W4/A4": pytest.approx((85.5, 88.5)), "W3/A3": pytest.approx((80.5, 83.5))}
 
 
 def test_acc_vs_time_method_and_bit_width_keys_cannot_be_confused(tmp_path, figs):
@@ -192,6 +193,41 @@ def test_acc_vs_time_with_three_models_keeps_its_labels_apart(tmp_path, figs):
         boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
         assert len(boxes) >= 2, ax.get_title()
         assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), (ax.get_title(), [t.get_text() for t in ax.get_xticklabels()])
-    (label,) = [t for t in fig.texts if t.get_text().startswith("quantization time")]
-    box = label.get_window_extent(renderer)
-    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0
+    labels = [ax.xaxis.label for ax in shown if ax.get_xlabel()]  # under the lowest panel of each column
+    assert len(labels) == 2 and all(t.get_text().startswith("quantization time") for t in labels)
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+    assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 and fig.bbox.y0 <= b.y0 for b in boxes)
+    assert not boxes[0].overlaps(boxes[1])
+
+
+def test_column_width_figures_stack_their_panels_and_keep_everything_on_the_figure(tmp_path, figs):
+    """--fig-width 3.5 (one column of a two-column paper): each figure is 3.5 in wide, so it is
+    included at 100% with its 8 pt text; panels stack one a row, the legends go below the panels
+    and stay on the figure (ablation-mgrq's 11 rows, three models)."""
+    import yaml
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    names = yaml.safe_load((ROOT / "suites" / "ablation-mgrq.yaml").read_text())["methods"]
+    models = ["tiny_vit", "tiny_deit", "tiny_swin"]
+    rows = [{"source": "run", "model": m, "name": n, "bits": b, "n": 3, "mean": 80.0 + i + k - 5 * j, "std": 0.5,
+             "fp": 97.0, "quantize_s": 0.3 * 1.9 ** i, "device": "cpu"}
+            for k, m in enumerate(models) for i, n in enumerate(names) for j, b in enumerate(["W4A4", "W3A3"])]
+    agg = pd.DataFrame(rows)
+    with plots.figure_width(3.5):
+        plots.accuracy_vs_bits(agg, models, names, tmp_path)
+        plots.ablation_bars(agg, models, names[6:], tmp_path, order=names)
+        plots.accuracy_vs_time(agg, tmp_path, names, models)
+    assert plots._WIDTH.get() == plots.WIDTH  # the default again after the block
+    for stem in ("acc_vs_bits", "ablation", "acc_vs_time"):
+        fig = figs[stem]
+        assert fig.get_size_inches()[0] == pytest.approx(3.5), stem
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        shown = [ax for ax in fig.axes if ax.get_visible()]
+        assert len({round(ax.get_position().x0, 3) for ax in shown}) == 1, stem  # one panel a row
+        (legend,) = fig.legends  # below the panels, for acc_vs_time too
+        page = fig.bbox
+        for t in legend.get_texts():
+            box = t.get_window_extent(renderer)
+            assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0, (stem, t.get_text())
+    assert len([ax for ax in figs["acc_vs_bits"].axes if ax.get_visible()]) == 3

@@ -127,6 +127,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--published-csv", default=None, help="published rows CSV (default reports/published.csv)")
     rp.add_argument("--no-pdf", action="store_true", help="do not compile the tables with pdflatex")
     rp.add_argument("--no-figures", action="store_true", help="do not draw the figures")
+    rp.add_argument("--fig-width", type=float, default=None, metavar="INCHES",
+                    help="the figures' width, to include them at 100%% with 8-9 pt text (default 7: a paper's "
+                         "text width, \\textwidth; 3.5: one column of a two-column paper, \\columnwidth); "
+                         "narrow figures stack their panels and put every legend below")
     rp.add_argument("--paired", metavar="METHOD", default=None,
                     help="also write the paired table: METHOD minus each other method, paired by seed, "
                          "with 95%% intervals (default: the suite's report.paired; 'none': no paired table)")
@@ -482,6 +486,7 @@ def _check_report_flags(args: argparse.Namespace) -> None:
     if args.compare:
         unused = [flag for flag, on in (("--label", args.label is not None), ("--paired", args.paired is not None),
                                         ("--no-figures", args.no_figures), ("--no-pdf", args.no_pdf),
+                                        ("--fig-width", args.fig_width is not None),
                                         ("--no-published", args.no_published),
                                         ("--published-csv", args.published_csv is not None)) if on]
         what = "the comparison of two labels (it takes them from --compare; no figures, PDF or published rows)"
@@ -515,7 +520,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     published: Any = False if args.no_published else (args.published_csv or True)
     rep = build_report(out, args.suite, args.label, args.source, args.dest, published,
                        "no" if args.no_pdf else "auto", args.tracking_uri, not args.no_figures, args.paired,
-                       args.float_env, suite_file)
+                       args.float_env, suite_file, 7.0 if args.fig_width is None else args.fig_width)
     print(rep.main_markdown)
     if rep.paired_markdown:
         print(rep.paired_markdown)
