@@ -55,7 +55,7 @@ class Report:
     frame: pd.DataFrame | None = None
 
 
-REPORT_KEYS = ("ablation", "caption", "paired", "names")  # a suite file's report block: presentation only
+REPORT_KEYS = ("ablation", "caption", "paired", "names", "main")  # a suite file's report block: presentation only
 
 
 def suite_info(out: Path, suite: str, label: str | None, suite_file: str | Path | None = None) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def suite_info(out: Path, suite: str, label: str | None, suite_file: str | Path 
         if meta:
             # a label run before a setting existed: the suite file's; report.names (presentation only)
             # also when the label recorded none, so names can be set after the runs
-            missing = [k for k in ("paired", "names") if k not in meta or (k == "names" and not meta[k])]
+            missing = [k for k in ("paired", "names", "main") if k not in meta or (k == "names" and not meta[k])]
             if missing:
                 from_file = _suite_file_info(meta.get("file") or suite)
                 for key in missing:
@@ -103,7 +103,7 @@ def _suite_file_info(suite: str | Path) -> dict[str, Any]:
         return {"models": list(s.models), "methods": [m.name for m in s.methods],
                 "bits": [f"W{w}A{a}" for w, a in s.bits],
                 "ablation": list(s.ablation), "caption": s.caption, "paired": s.paired,
-                "names": dict(s.row_names)}
+                "names": dict(s.row_names), "main": list(s.main)}
     except Exception:  # a missing, renamed or broken file: no settings, not a failed report
         return {}
 
@@ -508,7 +508,12 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         rep.notes.append("the finished cells were evaluated on different numbers of images: "
                          + ", ".join(f"{k} ({n} cell{'s' * (n != 1)})" for k, n in sizes.items())
                          + "; a mean over them mixes evaluations (`results.csv` has each cell's n_eval)")
-    main = T.main_table(agg, models, names, suite, label, pub, info.get("caption"), n_eval, info.get("bits"),
+    main_rows = [n for n in names if n in (info.get("main") or names)]  # report.main: the paper's rows
+    if not main_rows:
+        rep.notes.append(f"report.main ({', '.join(info.get('main') or [])}): none of its rows has a result in this "
+                         "label; the main table and figures show every row")
+        main_rows = names
+    main = T.main_table(agg, models, main_rows, suite, label, pub, info.get("caption"), n_eval, info.get("bits"),
                         tune=tune, calib={name: calib for name, _, calib, _ in setups})
     main.float_env = float_env
     fragments = ["main.tex"]
@@ -549,10 +554,11 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         from reports import plots
 
         with plots.figure_width(fig_width):
-            rep.figures += plots.accuracy_vs_bits(agg, models, names, dest)
+            # a row keeps its colour in every figure: styles by its place in all the rows (names)
+            rep.figures += plots.accuracy_vs_bits(agg, models, main_rows, dest, order=names)
             if ablation:
                 rep.figures += plots.ablation_bars(agg, models, ablation, dest, info.get("bits"), names)
-            rep.figures += plots.accuracy_vs_time(agg, dest, names, models)
+            rep.figures += plots.accuracy_vs_time(agg[agg["name"].isin(main_rows)], dest, names, models)
     # what the tables leave out, kept beside them and at the end of tables.pdf (none: no files)
     notes_md, notes_tex = dest / "notes.md", dest / "notes.tex"
     if rep.notes:

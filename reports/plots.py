@@ -142,13 +142,16 @@ def _fitted_legend(fig, handles: list, labels: list[str], title: str | None) -> 
 
 
 @_styled
-def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], dest: Path) -> list[Path]:
+def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], dest: Path,
+                     order: list[str] | None = None) -> list[Path]:
     """One panel per model: top-1 (mean over seeds, error bars = std where there are several)
     vs bit-width, one line per method, each a little beside the others (methods with equal
-    accuracy would hide each other's markers); the FP accuracy as a grey dashed line."""
+    accuracy would hide each other's markers); the FP accuracy as a grey dashed line. With
+    ``order`` (all the report's rows), a method has the colour and marker it has in the others."""
     plt = _plt()
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)]
     bits = _bits_order(list(runs["bits"]))
+    every = list(dict.fromkeys([*(order or []), *names]))
     rows, cols = _grid(len(models))
     fig, axes = plt.subplots(rows, cols, figsize=(_WIDTH.get(), 2.2 * rows + 0.6), squeeze=False,
                              layout="constrained")
@@ -158,11 +161,12 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
         for i, n in enumerate(names):  # a method keeps its style in every panel, drawn or not
             s = sub[sub["name"] == n].set_index("bits").reindex(bits)
             if s["mean"].notna().any():
+                style = _style(every.index(n), len(every))
                 yerr = _yerr(s)
                 bars |= yerr is not None
                 dodge = (i - (len(names) - 1) / 2) * min(0.05, 0.4 / len(names))  # equal values stay apart
                 ax.errorbar([j + dodge for j in range(len(bits))], s["mean"], yerr=yerr, capsize=2, ms=5, lw=1.2,
-                            label=method_name(n), **_style(i, len(names)))
+                            label=method_name(n), **style)
         fp = sub["fp"].dropna()
         if len(fp):
             ax.axhline(float(fp.mean()), color="gray", ls="--", lw=1, label="Full Prec.")

@@ -48,3 +48,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def figs(monkeypatch) -> dict:
+    """Each figure of the report code, by stem, as it is saved."""
+    import reports.plots as plots
+
+    seen: dict = {}
+    real_save = plots._save
+
+    def spy(fig, dest, stem):
+        seen[stem] = fig
+        return real_save(fig, dest, stem)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    return seen

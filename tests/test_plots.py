@@ -27,20 +27,6 @@ def frame(seeds: int = 1, names: list[str] = METHODS) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.fixture
-def figs(monkeypatch) -> dict:
-    """Each figure, by stem, as it is saved."""
-    seen: dict = {}
-    real_save = plots._save
-
-    def spy(fig, dest, stem):
-        seen[stem] = fig
-        return real_save(fig, dest, stem)
-
-    monkeypatch.setattr(plots, "_save", spy)
-    return seen
-
-
 def draw_all(agg: pd.DataFrame, dest, names: list[str] = METHODS) -> list:
     return [*plots.accuracy_vs_bits(agg, MODELS, names, dest),
             *plots.ablation_bars(agg, MODELS, ["mgrq_obwr", "mgrq"], dest),

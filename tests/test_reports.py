@@ -1175,3 +1175,29 @@ def test_greek_letters_in_printed_names_compile(tmp_path):
     latin = str.maketrans("ΑΒΕΖΗΙΚΜΝΟΡΤΧο", "ABEZHIKMNOPTXo")  # letters LaTeX prints as Latin ones
     missing = [ch for ch in greek.translate(latin) if ch != " " and ch not in text]
     assert "IBLS (σ)" in text and not missing, (text, missing)
+
+
+def test_report_main_keeps_the_ablation_variants_out_of_the_main_table_and_figures(tmp_path, figs):
+    """`report.main` lists the rows of the main table and figures (a paper's baselines and its
+    method); the ablation table keeps its own rows, and a row keeps its colour across figures."""
+    from harness_helpers import write_suite
+    from matplotlib.colors import to_hex
+
+    out = tmp_path / "runs"
+    methods = ["percentile", "base_ptq", {"name": "percentile", "variant": "pct-b"}]
+    suite = write_suite(tmp_path / "mr.yaml", methods=methods, eval_limit=20,
+                        report={"main": ["percentile", "pct-b"], "ablation": ["base_ptq", "pct-b"]})
+    assert main(["suite", "run", str(suite), "--out", str(out), "--label", "L", "--executor", "debug",
+                 "--threads", "1", "--no-mirror", "--no-report"]) == 0
+    rep = build_report(out, "mr", "L", pdf="no", published=False)
+    rows = [ln.split("|")[1].strip() for ln in rep.main_markdown.splitlines() if ln.startswith("| ")][1:]
+    assert rows == ["Full Prec.", "Percentile", "pct-b"], rows
+    abl = (rep.dest / "ablation.md").read_text()
+    assert "| Base PTQ |" in abl and "| pct-b |" in abl
+    bits_fig, abl_fig = figs["acc_vs_bits"], figs["ablation"]
+    drawn = {c.get_label(): to_hex(c.lines[0].get_color()) for c in bits_fig.axes[0].containers}
+    dots = {c.get_label(): to_hex(c.lines[0].get_color()) for c in abl_fig.axes[0].containers}
+    assert set(drawn) == {"Percentile", "pct-b"} and drawn["pct-b"] == dots["pct-b"], (drawn, dots)
+    time_fig = figs["acc_vs_time"]
+    (legend,) = [ax.get_legend() for ax in time_fig.axes if ax.get_legend()]
+    assert "Base PTQ" not in {t.get_text() for t in legend.get_texts()}

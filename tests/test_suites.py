@@ -114,6 +114,8 @@ BAD = [
     ({"report": {"ablation": ["percentile", "nosuch"]}}, "report.ablation[1]", "unknown method 'nosuch' of this suite"),
     ({"report": {"paired": ["percentile"]}}, "report.paired", "expected one method name (the reference of the paired "
      "table), got ['percentile']"),
+    ({"report": {"main": "percentile"}}, "report.main", "expected a non-empty list of the rows the main table"),
+    ({"report": {"main": ["percentil"]}}, "report.main[0]", "unknown method 'percentil' of this suite. Did you mean"),
     ({"checkpoints": {"tiny_vitt": "/w.pth"}}, "checkpoints.tiny_vitt", "Did you mean 'tiny_vit'?"),
     # a value from overrides is named where it was written, not as the methods entry it lands in
     ({"overrides": {"percentile": {"calib": "abc"}}}, "overrides.percentile.calib", "expected an integer >= 1"),

@@ -373,7 +373,7 @@ def write_suite_json(suite: Suite, label: str, root: Path, cells: list[Cell], op
         "created": prev.get("created") or records.now(),
         "models": list(suite.models), "bits": [f"W{w}A{a}" for w, a in suite.bits],
         "methods": [m.name for m in suite.methods], "seeds": list(suite.seeds),
-        "ablation": list(suite.ablation), "caption": suite.caption, "paired": suite.paired,
+        "ablation": list(suite.ablation), "main": list(suite.main), "caption": suite.caption, "paired": suite.paired,
         "names": dict(suite.row_names),
         "cells": [{"id": c.run_id, "hash": c.hash, "dir": c.dir.name} for c in cells],
         "invocations": invocations,

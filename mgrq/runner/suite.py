@@ -18,7 +18,7 @@ settings, data location, per-method overrides and executor defaults::
     overrides: {percentile: {calib: 64}}             # per method or variant name
     eval_limit: null
     executor: {timeout_min: 240, cpus_per_task: 8, gpus_per_node: 1}
-    report: {ablation: [percentile, percentile-minmax]}
+    report: {ablation: [percentile, percentile-minmax]}   # also caption, paired, names, main
 
 A malformed file raises :class:`~mgrq.errors.ConfigError` (or ``UnknownNameError``) naming the
 file, the field and what was expected, before anything is submitted: one line, or with several
@@ -59,7 +59,7 @@ EXECUTOR_FIELDS = (
     "parallelism", "threads", "timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb",
     "array_parallelism", "partition", "account", "qos", "constraint",
 )
-REPORT_FIELDS = ("ablation", "caption", "paired", "names")
+REPORT_FIELDS = ("ablation", "caption", "paired", "names", "main")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ class Suite:
     bits_overrides: tuple[tuple[str, Any], ...] = ()
     executor: tuple[tuple[str, Any], ...] = ()
     ablation: tuple[str, ...] = ()  # rows of the ablation table (empty: no ablation table)
+    main: tuple[str, ...] = ()  # rows of the main table and figures (empty: every row)
     paired: str | None = None  # reference method of the paired table (None: no paired table)
     caption: str | None = None
     row_names: tuple[tuple[str, str], ...] = ()  # report.names: a row (method or variant) -> its name in tables
@@ -659,6 +660,14 @@ class _Parser:
             for i, a in enumerate(ablation if methods_ok else []):
                 with self.part():
                     self.member("method", a, names, f"report.ablation[{i}]")
+        main = rep.get("main")
+        with self.part():
+            if main is not None and (not isinstance(main, list) or not main):
+                raise self.err("report.main", f"expected a non-empty list of the rows the main table and figures "
+                                              f"show, from {', '.join(names)} (left out: every row)")
+            for i, a in enumerate(main if methods_ok and isinstance(main, list) else []):
+                with self.part():
+                    self.member("method", a, names, f"report.main[{i}]")
         caption = rep.get("caption")
         with self.part():
             if caption is not None and not isinstance(caption, str):
@@ -716,6 +725,7 @@ class _Parser:
             seeds=tuple(seeds), calib=calib, data_root=root, eval_split=eval_split,
             checkpoints=tuple(sorted(ck.items())), eval_limit=eval_limit, image_bits=image_bits,
             bits_overrides=bits_overrides, executor=tuple(sorted(ex.items())), ablation=tuple(ablation),
+            main=tuple(main) if isinstance(main, list) else (),
             caption=caption, paired=paired, row_names=tuple(row_names.items()), raw=d,
         )
         if self.check_names:
