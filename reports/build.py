@@ -356,14 +356,16 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                  dest: str | Path | None = None, published: bool | str | Path = True,
                  pdf: str = "auto", uri: str | None = None, figures: bool = True,
                  paired: str | None = None, float_env: str = "table",
-                 suite_file: str | Path | None = None, fig_width: float = 7.0) -> Report:
+                 suite_file: str | Path | None = None, fig_width: float = 7.0,
+                 run_in_captions: bool = True) -> Report:
     """Tables and figures of one label of a suite. ``pdf``: ``auto`` (compile when pdflatex is
     installed), ``yes`` (must compile) or ``no``. ``float_env``: ``table`` or ``table*`` (for
     a two-column paper), the float of every ``.tex`` table. ``paired``: the reference method of the paired
     table (default: the suite's ``report.paired``; ``"none"``: no paired table). An explicit
     ``paired`` that is not a method of the label fails before anything is written; the suite's
     setting is skipped with a note instead (a partial run, or an old label). ``fig_width``: the
-    figures' width in inches, to include them at 100% (7: a text width; 3.5: a column). ``suite_file``: the
+    figures' width in inches, to include them at 100% (7: a text width; 3.5: a column).
+    ``run_in_captions=False``: captions without ``suite S (L)`` (for a paper). ``suite_file``: the
     file whose ``report:`` block (ablation, caption, paired, names) wins over the label's, with a
     note naming what differs (see :func:`suite_info`). A ``dest`` that
     cannot be a folder, or a bad published CSV, also fails before anything is written."""
@@ -396,6 +398,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source}){why}")
     info = suite_info(out, suite, label, suite_file)
     T.use_row_names(info.get("names"))
+    T.use_run_in_captions(run_in_captions)
     models = _order(list(df["model"]), info.get("models") or [])
     names = _order(list(df["name"]), info.get("methods") or [])
     notes: list[str] = []

@@ -1087,7 +1087,7 @@ def test_captions_say_the_seeds_the_std_and_a_suites_own_lead(tmp_path):
     rep = build_report(out, "one", "L", pdf="no", figures=False)
     md = (rep.dest / "main.md").read_text()
     assert md.startswith("**Top-1 of our methods, evaluated on 20 to 50 images per cell (see the notes). "
-                         "Best per column in bold. One seed per cell.**"), md
+                         "Best per column and bit-width in bold. One seed per cell.**"), md
     assert ("the finished cells were evaluated on different numbers of images: 20 (1 cell), 50 (1 cell); a mean "
             "over them mixes evaluations (`results.csv` has each cell's n_eval)") in rep.notes
     put(out, "one", "L", "tiny_vit", "qdrop", "W4A4", 0, 71.0, calib=256)  # rows on other budgets: said
@@ -1201,3 +1201,24 @@ def test_report_main_keeps_the_ablation_variants_out_of_the_main_table_and_figur
     time_fig = figs["acc_vs_time"]
     (legend,) = [ax.get_legend() for ax in time_fig.axes if ax.get_legend()]
     assert "Base PTQ" not in {t.get_text() for t in legend.get_texts()}
+
+
+def test_paper_captions_leave_out_the_suite_and_label(tmp_path, capsys):
+    """--paper-captions: no caption names the suite and label (a paper's), the \\label still
+    does; without it every caption does."""
+    out = tmp_path / "runs"
+    make_runs(out)
+    assert main(["report", "rep", "--out", str(out), "--label", "A", "--no-pdf", "--no-figures", "--paired",
+                 "repq_vit", "--paper-captions"]) == 0
+    d = out / "rep" / "A" / "report"
+    texs = {f: (d / f).read_text() for f in ("main.tex", "ablation.tex", "paired.tex", "cost.tex", "setup.tex")}
+    for f, tex in texs.items():
+        caption = re.search(r"\\caption\{(.*)\}", tex).group(1)
+        assert "suite rep" not in caption and "(A)" not in caption, (f, caption)
+        assert "\\label{tab:rep-" in tex, f
+    assert "Avg.: the mean over the models. Best per column and bit-width in bold." in texs["ablation.tex"]
+    capsys.readouterr()
+    assert main(["report", "rep", "--out", str(out), "--label", "A", "--no-pdf", "--no-figures", "--paired",
+                 "repq_vit"]) == 0
+    for f in texs:
+        assert re.search(r"\\caption\{[^}]*suite rep \(A\)", (d / f).read_text()), f

@@ -127,6 +127,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--published-csv", default=None, help="published rows CSV (default reports/published.csv)")
     rp.add_argument("--no-pdf", action="store_true", help="do not compile the tables with pdflatex")
     rp.add_argument("--no-figures", action="store_true", help="do not draw the figures")
+    rp.add_argument("--paper-captions", action="store_true",
+                    help="captions without the suite and label they came from ('suite S (L)'), as a paper "
+                         "prints them (each \\label still names the suite)")
     rp.add_argument("--fig-width", type=float, default=None, metavar="INCHES",
                     help="the figures' width, to include them at 100%% with 8-9 pt text (default 7: a paper's "
                          "text width, \\textwidth; 3.5: one column of a two-column paper, \\columnwidth); "
@@ -487,6 +490,7 @@ def _check_report_flags(args: argparse.Namespace) -> None:
         unused = [flag for flag, on in (("--label", args.label is not None), ("--paired", args.paired is not None),
                                         ("--no-figures", args.no_figures), ("--no-pdf", args.no_pdf),
                                         ("--fig-width", args.fig_width is not None),
+                                        ("--paper-captions", args.paper_captions),
                                         ("--no-published", args.no_published),
                                         ("--published-csv", args.published_csv is not None)) if on]
         what = "the comparison of two labels (it takes them from --compare; no figures, PDF or published rows)"
@@ -520,7 +524,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     published: Any = False if args.no_published else (args.published_csv or True)
     rep = build_report(out, args.suite, args.label, args.source, args.dest, published,
                        "no" if args.no_pdf else "auto", args.tracking_uri, not args.no_figures, args.paired,
-                       args.float_env, suite_file, 7.0 if args.fig_width is None else args.fig_width)
+                       args.float_env, suite_file, 7.0 if args.fig_width is None else args.fig_width,
+                       not args.paper_captions)
     print(rep.main_markdown)
     if rep.paired_markdown:
         print(rep.paired_markdown)
