@@ -114,7 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     rp = sub.add_parser("report", help="LaTeX/Markdown tables and figures of a suite run",
                         description="Tables and figures of one label of a suite, or with --compare "
-                                    "the delta table between two labels (nightly runs).")
+                                    "the delta table between two labels (nightly runs).",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=REPORT_EPILOG)
     rp.add_argument("suite", help="suite name or suite YAML file (a file's report: block, e.g. edited names, "
                                   "wins over the one the label ran with; a name reports with the label's)")
     _add_out(rp)
@@ -159,6 +160,22 @@ def _suite_name(arg: str) -> str:
 
         return load_suite(arg, check_names=False).name
     return arg
+
+
+REPORT_EPILOG = """\
+what it writes (default <out>/<suite>/<label>/report/):
+  main, ablation, paired, cost, setup .tex (table floats to \\input; need \\usepackage{booktabs,graphicx};
+  \\label{tab:SUITE-main}, -ablation, -paired, -cost, -setup) and .md; acc_vs_bits, ablation,
+  acc_vs_time .pdf/.png (TrueType fonts; --fig-width wide, 7 in by default); results.csv; notes.md;
+  tables.pdf (pdflatex). Means are over seeds, +- the sample std (n-1).
+the suite file's report: block (or the label's suite.json):
+  main: [rows]        rows of the main table and figures (default: every row)
+  ablation: [rows]    rows of the ablation table and figure (true: every row)
+  paired: METHOD      reference of the paired table (METHOD minus each row, 95% intervals)
+  names: {row: text}  a row's printed name
+  caption: text       the main table's first sentence
+for a paper: --paper-captions, --fig-width 3.5 for a column, --float 'table*' for wide tables.
+more: docs/harness.md, section Reports."""
 
 
 FLAG_NAMES = {"parallelism": "--parallelism", "gpus_per_node": "--gpus", "timeout_min": "--timeout-min",
