@@ -417,9 +417,15 @@ def cost_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: st
                 vals[r.model] = Value(n=1, text=f"{r.quantize_s:.1f} s{mem}{dev}")
             rows.append(Row(method_name(n), bits, vals))
         groups.append((bits, rows))
-    cap = (f"Cost: quantization wall time and peak memory (mean over seeds){_run_of(suite, label)}. "
-           "Peak memory: CUDA allocated on GPU, resident set size of the whole process (Python and torch "
-           "included) on CPU."
+    peak = {"CPU": "resident set size of the whole process (Python and torch included)",
+            "GPU": "CUDA memory allocated"}
+    if mixed or not devices:
+        where = ("Peak memory: CUDA allocated on GPU, resident set size of the whole process (Python and torch "
+                 "included) on CPU.")
+    else:  # one device: say which, and only its kind of peak memory
+        d = device_name(next(iter(devices)))
+        where = f"Every cell ran on {d}; peak memory: {peak.get(d, 'as the device reports it')}."
+    cap = (f"Cost: quantization wall time and peak memory (mean over seeds){_run_of(suite, label)}. {where}"
            + (" Cells ran on different devices (marked); compare times only on one device." if mixed else ""))
     return Table("Cost table", cap, f"tab:{suite}-cost", models, groups)
 

@@ -1201,6 +1201,8 @@ def test_report_main_keeps_the_ablation_variants_out_of_the_main_table_and_figur
     time_fig = figs["acc_vs_time"]
     (legend,) = [ax.get_legend() for ax in time_fig.axes if ax.get_legend()]
     assert "Base PTQ" not in {t.get_text() for t in legend.get_texts()}
+    cost = (rep.dest / "cost.md").read_text().splitlines()[0]  # every cell ran on this machine's CPU
+    assert "Every cell ran on CPU; peak memory: resident set size of the whole process" in cost and "CUDA" not in cost
 
 
 def test_paper_captions_leave_out_the_suite_and_label(tmp_path, capsys):
@@ -1217,6 +1219,8 @@ def test_paper_captions_leave_out_the_suite_and_label(tmp_path, capsys):
         assert "suite rep" not in caption and "(A)" not in caption, (f, caption)
         assert "\\label{tab:rep-" in tex, f
     assert "Avg.: the mean over the models. Best per column and bit-width in bold." in texs["ablation.tex"]
+    cost = re.search(r"\\caption\{(.*)\}", texs["cost.tex"]).group(1)  # make_runs' records name no device
+    assert "CUDA allocated on GPU, resident set size of the whole process" in cost
     capsys.readouterr()
     assert main(["report", "rep", "--out", str(out), "--label", "A", "--no-pdf", "--no-figures", "--paired",
                  "repq_vit"]) == 0
