@@ -366,7 +366,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     setting is skipped with a note instead (a partial run, or an old label). ``fig_width``: the
     figures' width in inches, to include them at 100% (7: a text width; 3.5: a column).
     ``run_in_captions=False``: captions without ``suite S (L)`` (for a paper). ``suite_file``: the
-    file whose ``report:`` block (ablation, caption, paired, names) wins over the label's, with a
+    file whose ``report:`` block (ablation, caption, paired, names, main) wins over the label's, with a
     note naming what differs (see :func:`suite_info`). A ``dest`` that
     cannot be a folder, or a bad published CSV, also fails before anything is written."""
     _check_float(float_env)
@@ -556,12 +556,16 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     if figures:
         from reports import plots
 
-        with plots.figure_width(fig_width):
+        with plots.figure_width(fig_width), plots.main_rows(main_rows if info.get("main") else []):
             # a row keeps its colour in every figure: styles by its place in all the rows (names)
             rep.figures += plots.accuracy_vs_bits(agg, models, main_rows, dest, order=names)
             if ablation:
                 rep.figures += plots.ablation_bars(agg, models, ablation, dest, info.get("bits"), names)
             rep.figures += plots.accuracy_vs_time(agg[agg["name"].isin(main_rows)], dest, names, models)
+        for stem, inches in plots.too_tall(rep.figures):
+            rep.notes.append(f"figure {stem} is {inches:.1f} in tall at --fig-width {fig_width:g} (a page's text is "
+                             "about 9 in): its panels stack one a row; a wider figure (--fig-width 7, in a figure*) "
+                             "puts them side by side")
     # what the tables leave out, kept beside them and at the end of tables.pdf (none: no files)
     notes_md, notes_tex = dest / "notes.md", dest / "notes.tex"
     if rep.notes:

@@ -37,7 +37,7 @@ def figure_width(inches: float):
 def _cols(n: int, most: int = 3, width: float | None = None) -> int:
     """Panels side by side: ``n``, at most ``most``, as many as are at least PANEL_MIN wide."""
     w = _WIDTH.get() if width is None else width
-    return max(1, min(n, most, int(w // PANEL_MIN)))
+    return max(1, min(n, most, int(w / PANEL_MIN + 1e-9)))  # 6.6 // 2.2 is 2.0
 # Type 3 fonts (matplotlib's default in PDF/PS) are refused by IEEE and ACM; 42 embeds TrueType
 _RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8,
        "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8, "legend.title_fontsize": 8}
@@ -71,11 +71,29 @@ def _styled(draw: Callable[P, list[Path]]) -> Callable[P, list[Path]]:
     return wrapped
 
 
+PAGE_HEIGHT = 9.0  # inches: about a paper's text height
+DPI = 150
+
+
+def too_tall(paths: list[Path]) -> list[tuple[str, float]]:
+    """``(stem, inches)`` of the figures among ``paths`` (their PNGs) taller than a page's text."""
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        if p.suffix == ".png":
+            with Image.open(p) as im:
+                inches = im.size[1] / DPI
+            if inches > PAGE_HEIGHT:
+                out.append((p.stem, inches))
+    return out
+
+
 def _save(fig, dest: Path, stem: str) -> list[Path]:
     out = []
     for ext in ("pdf", "png"):
         p = dest / f"{stem}.{ext}"
-        fig.savefig(p, dpi=150)  # no bbox_inches="tight": the figure keeps its designed width
+        fig.savefig(p, dpi=DPI)  # no bbox_inches="tight": the figure keeps its designed width
         out.append(p)
     _plt().close(fig)
     return out
@@ -83,19 +101,44 @@ def _save(fig, dest: Path, stem: str) -> list[Path]:
 
 def _colours(n: int) -> list:
     """``n`` distinct colours, none grey (grey is Full Prec.'s): Okabe-Ito (colour-blind safe) up
-    to 8, the last (a grid's own method comes last) always vermillion; beyond that no palette is, and tab20 without its greys, then Okabe-Ito, keep up to 26
-    apart (the ablation suite has 11: with a 10-colour cycle the 11th, MGRQ, took the 1st's)."""
+    to 8, the last (a grid's own method comes last) always vermillion; beyond that no palette is,
+    and tab20 without its greys, then Okabe-Ito, keep up to 26 apart (the ablation suite has 11:
+    with a 10-colour cycle the 11th, MGRQ, took the 1st's)."""
     if n <= len(OKABE_ITO):  # the last one vermillion, however many there are
         return OKABE_ITO[:n - 1] + OKABE_ITO[-1:] if n else []
+    return [_tab20()[i % len(_tab20())] for i in range(n)]
+
+
+def _tab20() -> list:
     cmap = _plt().get_cmap("tab20")
-    tab = [cmap(i) for i in range(20) if i not in (14, 15)] + OKABE_ITO
-    return [tab[i % len(tab)] for i in range(n)]
+    return [cmap(i) for i in range(20) if i not in (14, 15)] + OKABE_ITO
 
 
-def _style(i: int, n: int) -> dict[str, Any]:
-    """Colour, marker and line style of the ``i``-th of ``n`` methods: the marker and, past the
-    8th method, the line style tell methods apart where colour cannot (colour-blind readers, print)."""
-    return {"color": _colours(n)[i], "marker": MARKERS[i % len(MARKERS)], "ls": LINES[i // 8 % len(LINES)]}
+_MAIN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("main_rows", default=())
+
+
+@contextlib.contextmanager
+def main_rows(rows: list[str]):
+    """Inside the block, ``rows`` (a suite's ``report.main``) take the colours first: up to 8 of
+    them keep Okabe-Ito with the last in vermillion however many other rows the grid has; the
+    others (ablation variants) take tab20's."""
+    token = _MAIN.set(tuple(rows))
+    try:
+        yield
+    finally:
+        _MAIN.reset(token)
+
+
+def _styles(every: list[str]) -> dict[str, dict[str, Any]]:
+    """Colour, marker and line style of each row of ``every`` (all the report's rows, so that a
+    row has one style in every figure): the main rows (:func:`main_rows`, else all) first, in
+    :func:`_colours`; the marker and, past the 8th row, the line style tell rows apart where
+    colour cannot (colour-blind readers, print)."""
+    main = [n for n in every if n in _MAIN.get()] or list(every)
+    rest = [n for n in every if n not in main]
+    colours = _colours(len(main)) + [_tab20()[i % len(_tab20())] for i in range(len(rest))]
+    return {n: {"color": c, "marker": MARKERS[i % len(MARKERS)], "ls": LINES[i // 8 % len(LINES)]}
+            for i, (n, c) in enumerate(zip(main + rest, colours))}
 
 
 def _yerr(s: pd.DataFrame) -> pd.Series | None:
@@ -152,6 +195,7 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
     runs = agg[(agg["source"] == "run") & (agg["n"] > 0)]
     bits = _bits_order(list(runs["bits"]))
     every = list(dict.fromkeys([*(order or []), *names]))
+    styles = _styles(every)
     rows, cols = _grid(len(models))
     fig, axes = plt.subplots(rows, cols, figsize=(_WIDTH.get(), 2.2 * rows + 0.6), squeeze=False,
                              layout="constrained")
@@ -161,7 +205,7 @@ def accuracy_vs_bits(agg: pd.DataFrame, models: list[str], names: list[str], des
         for i, n in enumerate(names):  # a method keeps its style in every panel, drawn or not
             s = sub[sub["name"] == n].set_index("bits").reindex(bits)
             if s["mean"].notna().any():
-                style = _style(every.index(n), len(every))
+                style = styles[n]
                 yerr = _yerr(s)
                 bars |= yerr is not None
                 dodge = (i - (len(names) - 1) / 2) * min(0.05, 0.4 / len(names))  # equal values stay apart
@@ -201,6 +245,7 @@ def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest
                              layout="constrained")
     step = 0.6 / max(1, len(rows_in))
     every = list(dict.fromkeys([*(order or []), *rows_in]))
+    styles = _styles(every)
     bars = False
     for ax, b in zip(axes.flat, bits):
         sub = runs[runs["bits"] == b]
@@ -211,7 +256,7 @@ def ablation_bars(agg: pd.DataFrame, models: list[str], rows_in: list[str], dest
                 bars |= yerr is not None
                 xs = [j + (i - (len(rows_in) - 1) / 2) * step for j in range(len(models))]
                 ax.errorbar(xs, s["mean"], yerr=yerr, capsize=2, ms=5, label=method_name(n),
-                            **(_style(every.index(n), len(every)) | {"ls": "none"}))
+                            **(styles[n] | {"ls": "none"}))
         ax.set_xticks(range(len(models)), [model_name(m) for m in models])
         ax.set_xlim(-0.5, len(models) - 0.5)
         ax.set_title(b.replace("A", "/A"))
@@ -265,7 +310,7 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
     markers = "s^Dv<>PX"
     bits = _bits_order(list(runs["bits"])) if len(runs) else []
     every = list(dict.fromkeys([*(order or []), *runs["name"]]))
-    colour = dict(zip(every, _colours(len(every))))  # the palette accuracy_vs_bits uses for ``order``
+    colour = {n: st["color"] for n, st in _styles(every).items()}  # as accuracy_vs_bits has them for ``order``
     names = [n for n in every if (runs["name"] == n).any()]
     device = runs["device"].fillna("?") if "device" in runs else pd.Series("?", index=runs.index)
     devices = sorted(set(device))
@@ -286,8 +331,11 @@ def accuracy_vs_time(agg: pd.DataFrame, dest: Path, order: list[str] | None = No
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    for c in range(cols):  # under the lowest panel of each column (a figure-wide label would meet a legend below)
-        [*axes[:, c][: math.ceil((len(panels) - c) / cols)]][-1].set_xlabel("quantization time per model (s, log scale)")
+    # under the lowest panel of each column (a figure-wide label would meet a legend below); on two
+    # lines where a panel is narrower than the label's one line
+    text = "quantization time per model" + (" " if (width - 1.6 * beside) / cols >= 3.0 else "\n") + "(s, log scale)"
+    for c in range(cols):
+        [*axes[:, c][: math.ceil((len(panels) - c) / cols)]][-1].set_xlabel(text)
     if names:
         def key(label: str, marker: str, fill: bool = True) -> Line2D:
             return Line2D([], [], ls="", marker=marker, color="black", markerfacecolor=None if fill else "none",

@@ -399,10 +399,12 @@ def ablation_table(agg: pd.DataFrame, models: list[str], rows_in: list[str], sui
 def cost_table(agg: pd.DataFrame, models: list[str], names: list[str], suite: str, label: str,
                bits_pref: list[str] | None = None) -> Table:
     """Cost beside accuracy: mean quantization wall time and peak memory per method x model,
-    one block per bit-width (same rows as the main table)."""
+    one block per bit-width (every row of the label, also those ``report.main`` leaves out of the
+    main table)."""
     runs = agg[(agg["source"] == "run") & agg["n"].gt(0)]
     devices = {str(d) for d in runs.get("device", pd.Series(dtype=object)).dropna()}
-    mixed = len(devices) > 1  # cells ran on different devices: say where, times are not comparable
+    # cells (or the seeds of one: "cpu+cuda") ran on different devices: say where, times are not comparable
+    mixed = len(devices) > 1 or any("+" in d for d in devices)
     groups = []
     for bits in _bits_order(list(runs["bits"]), bits_pref):
         rows = []

@@ -159,17 +159,20 @@ def test_a_long_legend_stays_on_the_figure_and_a_variant_keeps_its_style(tmp_pat
     assert figs["ablation"].axes[0].get_ylim()[1] > 100.0
 
 
-def test_acc_vs_time_with_three_models_keeps_its_labels_apart(tmp_path, figs):
-    """Three models (the demo's and the ablation suite's zoo) and times over three decades: no
-    two tick labels of a panel overlap, and the one x label lies on the figure (three panels
-    side by side ran their labels together and cut the x labels off)."""
+@pytest.mark.parametrize("width", [7.0, 5.5, 4.8, 4.4])
+def test_acc_vs_time_with_three_models_keeps_its_labels_apart(tmp_path, figs, width):
+    """Three models (the demo's and the ablation suite's zoo) and times over three decades, at a
+    text width and at narrower ones (LNCS: 4.8 in): no two tick labels of a panel overlap, and
+    the x labels lie on the figure apart (three panels side by side ran their labels together
+    and cut the x labels off; two narrow panels cut their one-line labels)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     models = ["tiny_vit", "tiny_deit", "tiny_swin"]
     rows = [{"source": "run", "model": m, "name": n, "bits": "W4A4", "n": 1, "mean": 80.0 + i, "std": float("nan"),
              "fp": 97.0, "quantize_s": 0.3 * 2.5 ** i * (1 + k), "device": "cpu"}
             for k, m in enumerate(models) for i, n in enumerate(METHODS)]
-    plots.accuracy_vs_time(pd.DataFrame(rows), tmp_path, METHODS, models)
+    with plots.figure_width(width):
+        plots.accuracy_vs_time(pd.DataFrame(rows), tmp_path, METHODS, models)
     fig = figs["acc_vs_time"]
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw(renderer)
@@ -217,3 +220,31 @@ def test_column_width_figures_stack_their_panels_and_keep_everything_on_the_figu
             box = t.get_window_extent(renderer)
             assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0, (stem, t.get_text())
     assert len([ax for ax in figs["acc_vs_bits"].axes if ax.get_visible()]) == 3
+
+
+def test_the_main_rows_keep_the_colour_blind_safe_palette_in_a_grid_of_eleven():
+    """ablation-mgrq's 11 rows with report.main = the 6 baselines and MGRQ: those 7 take
+    Okabe-Ito, MGRQ vermillion, however many variants the grid has besides; every row one style."""
+    import yaml
+
+    every = yaml.safe_load((ROOT / "suites" / "ablation-mgrq.yaml").read_text())["methods"]
+    main = every[:6] + ["mgrq"]
+    with plots.main_rows(main):
+        styles = plots._styles(every)
+    assert [styles[n]["color"] for n in main] == plots.OKABE_ITO[:6] + [plots.OKABE_ITO[-1]]
+    others = [styles[n]["color"] for n in every if n not in main]
+    assert len(set(map(str, others))) == 4 and not set(map(str, others)) & set(plots.OKABE_ITO)
+    assert len({(str(s["color"]), s["marker"]) for s in styles.values()}) == len(every)
+    assert plots._styles(every)["mgrq"]["color"] != plots.OKABE_ITO[-1]  # without main: tab20 for 11 rows
+
+
+def test_a_figure_taller_than_a_page_is_named(tmp_path):
+    """Five models at --fig-width 3.5 stack five panels, 11.6 in: taller than a page's text, which
+    the report's notes then say; at 7 in they are two rows."""
+    models = [f"m{i}" for i in range(5)]
+    rows = [{"source": "run", "model": m, "name": "percentile", "bits": "W4A4", "n": 1, "mean": 80.0,
+             "std": float("nan"), "fp": 90.0, "quantize_s": 1.0, "device": "cpu"} for m in models]
+    with plots.figure_width(3.5):
+        narrow = plots.accuracy_vs_bits(pd.DataFrame(rows), models, ["percentile"], tmp_path)
+    assert plots.too_tall(narrow) == [("acc_vs_bits", pytest.approx(11.6))]
+    assert plots.too_tall(plots.accuracy_vs_bits(pd.DataFrame(rows), models, ["percentile"], tmp_path)) == []

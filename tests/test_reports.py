@@ -1198,6 +1198,10 @@ def test_report_main_keeps_the_ablation_variants_out_of_the_main_table_and_figur
     drawn = {c.get_label(): to_hex(c.lines[0].get_color()) for c in bits_fig.axes[0].containers}
     dots = {c.get_label(): to_hex(c.lines[0].get_color()) for c in abl_fig.axes[0].containers}
     assert set(drawn) == {"Percentile", "pct-b"} and drawn["pct-b"] == dots["pct-b"], (drawn, dots)
+    from reports.plots import OKABE_ITO
+
+    assert drawn == {"Percentile": OKABE_ITO[0].lower(), "pct-b": OKABE_ITO[-1].lower()}  # main rows: Okabe-Ito
+    assert dots["Base PTQ"] not in drawn.values()
     time_fig = figs["acc_vs_time"]
     (legend,) = [ax.get_legend() for ax in time_fig.axes if ax.get_legend()]
     assert "Base PTQ" not in {t.get_text() for t in legend.get_texts()}
@@ -1222,7 +1226,24 @@ def test_paper_captions_leave_out_the_suite_and_label(tmp_path, capsys):
     cost = re.search(r"\\caption\{(.*)\}", texs["cost.tex"]).group(1)  # make_runs' records name no device
     assert "CUDA allocated on GPU, resident set size of the whole process" in cost
     capsys.readouterr()
+    assert main(["report", "rep", "--out", str(out), "--label", "A", "--no-figures", "--fig-width", "3.5"]) == 2
+    assert "--fig-width: not used by a report with --no-figures" in capsys.readouterr().err
     assert main(["report", "rep", "--out", str(out), "--label", "A", "--no-pdf", "--no-figures", "--paired",
                  "repq_vit"]) == 0
     for f in texs:
         assert re.search(r"\\caption\{[^}]*suite rep \(A\)", (d / f).read_text()), f
+
+
+def test_the_cost_caption_names_one_device_only_when_every_cell_ran_on_it():
+    """A cell whose seeds ran on the CPU and the GPU ("cpu+cuda") is mixed even when every cell
+    is: the caption then marks devices and warns, instead of "Every cell ran on CPU+GPU"."""
+    from reports.tables import cost_table
+
+    def caption(devices: list[str]) -> str:
+        agg = pd.DataFrame({"source": "run", "n": 3, "model": "tiny_vit", "name": ["a", "b"], "bits": "W4A4",
+                            "quantize_s": 1.0, "peak_mem_mb": 100.0, "device": devices})
+        return cost_table(agg, ["tiny_vit"], ["a", "b"], "s", "L").caption
+
+    assert "Every cell ran on GPU; peak memory: CUDA memory allocated." in caption(["cuda", "cuda"])
+    both = caption(["cpu+cuda", "cpu+cuda"])
+    assert "Every cell" not in both and "compare times only on one device" in both

@@ -166,10 +166,11 @@ REPORT_EPILOG = """\
 what it writes (default <out>/<suite>/<label>/report/):
   main, ablation, paired, cost, setup .tex (table floats to \\input; need \\usepackage{booktabs,graphicx};
   \\label{tab:SUITE-main}, -ablation, -paired, -cost, -setup) and .md; acc_vs_bits, ablation,
-  acc_vs_time .pdf/.png (TrueType fonts; --fig-width wide, 7 in by default); results.csv; notes.md;
-  tables.pdf (pdflatex). Means are over seeds, +- the sample std (n-1).
+  acc_vs_time .pdf/.png (TrueType fonts; --fig-width wide, 7 in by default); results.csv;
+  tables.tex/.pdf (pdflatex); notes.md/.tex when there is something to note. Means are over
+  seeds, +- the sample std (n-1).
 the suite file's report: block (or the label's suite.json):
-  main: [rows]        rows of the main table and figures (default: every row)
+  main: [rows]        rows of the main table and figures, in the grid's order (default: every row)
   ablation: [rows]    rows of the ablation table and figure (true: every row)
   paired: METHOD      reference of the paired table (METHOD minus each row, 95% intervals)
   names: {row: text}  a row's printed name
@@ -510,7 +511,10 @@ def _check_report_flags(args: argparse.Namespace) -> None:
                                         ("--paper-captions", args.paper_captions),
                                         ("--no-published", args.no_published),
                                         ("--published-csv", args.published_csv is not None)) if on]
-        what = "the comparison of two labels (it takes them from --compare; no figures, PDF or published rows)"
+        what = ("the comparison of two labels (it takes them from --compare; no figures, PDF, published rows, "
+                "or captions of the one-label tables)")
+    elif args.no_figures and args.fig_width is not None:
+        unused, what = ["--fig-width"], "a report with --no-figures (it draws no figure)"
     else:
         unused = [flag for flag, on in (("--threshold", args.threshold is not None), ("--strict", args.strict)) if on]
         what = "a report of one label (they apply to --compare LABEL_A LABEL_B)"
