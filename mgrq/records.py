@@ -260,6 +260,11 @@ def host() -> str:
     return socket.gethostname()
 
 
+def holder() -> str:
+    """Who holds a lock file (a label's driver, a runs folder's mirror): ``pid P on HOST since TIME``."""
+    return f"pid {os.getpid()} on {host()} since {now()}"
+
+
 def warnings_note(rec: dict[str, Any]) -> str:
     """``"N warning(s) in the record"`` for a record holding warnings, else ``""``."""
     n = len(rec.get("warnings") or [])

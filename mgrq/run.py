@@ -15,8 +15,7 @@ import torch
 from mgrq import records
 from mgrq.errors import MGRQError
 from mgrq.memory import PeakMemory
-
-EVAL_SUBSET = "spread"  # what eval_limit keeps (records say so; older ones, without it, kept the first N)
+from mgrq.spec import EVAL_SUBSET
 
 
 def eval_subset(n: int, limit: int | None) -> list[int] | None:

@@ -42,6 +42,7 @@ def _freeze(d: dict[str, Any] | tuple | None) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(out))
 
 
+EVAL_SUBSET = "spread"  # what eval_limit keeps (records say so; older ones, without it, kept the first N)
 SPLIT_NAMES = {"heldout": "held-out", "tune": "tune"}  # eval_split -> how messages and captions say it
 
 
@@ -118,6 +119,6 @@ class RunSpec:
         d = self.to_dict()
         d.pop("device")
         if d["eval_limit"] is not None:  # N images spread over the set (mgrq.run.eval_subset), no
-            d["eval_subset"] = "spread"  # longer the first N: such cells of older labels run again (= run.EVAL_SUBSET)
+            d["eval_subset"] = EVAL_SUBSET  # longer the first N: such cells of older labels run again
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

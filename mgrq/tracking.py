@@ -32,13 +32,13 @@ import os
 import secrets
 import socket
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mgrq import records
 from mgrq.errors import MGRQError, first_line
 from mgrq.records import read_record, weights_label
 
@@ -424,7 +424,7 @@ def mirror_lock(out: Path):
             if f.writable():
                 f.seek(0)
                 f.truncate()
-                f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+                f.write(records.holder() + "\n")
                 f.flush()
             yield
         finally:

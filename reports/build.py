@@ -64,28 +64,22 @@ def suite_info(out: Path, suite: str, label: str | None, suite_file: str | Path 
     that setting from the suite file. A ``suite_file`` given (``mgrq report FILE.yaml``) gives the
     report block (:data:`REPORT_KEYS`), so an edited block is used without running the suite again;
     ``info["from_file"]`` then names the settings that differ from the label's."""
-    if suite_file is not None:
-        info = suite_info(out, suite, label)
-        mine = _suite_file_info(suite_file)
-        if not mine:  # unreadable: _suite_name() read it a moment ago; keep the label's
-            return info
+    meta = records.read_record(Path(out).resolve() / suite / label / "suite.json") if label else None
+    if meta:
+        # a label run before a setting existed: the suite file's; report.names (presentation only)
+        # also when the label recorded none, so names can be set after the runs
+        missing = [k for k in ("paired", "names", "main") if k not in meta or (k == "names" and not meta[k])]
+        if missing:
+            from_file = _suite_file_info(meta.get("file") or suite)
+            for key in missing:
+                meta[key] = from_file.get(key)
+    info = meta or _suite_file_info(suite)
+    mine = _suite_file_info(suite_file) if suite_file is not None else {}
+    if mine:  # (unreadable: _suite_name() read it a moment ago; keep the label's)
         changed = [k for k in REPORT_KEYS if (mine.get(k) or None) != (info.get(k) or None)]
         info.update({k: mine.get(k) for k in REPORT_KEYS})
-        info["from_file"] = changed if label and records.read_record(
-            Path(out).resolve() / suite / label / "suite.json") else []
-        return info
-    if label:
-        meta = records.read_record(Path(out).resolve() / suite / label / "suite.json")
-        if meta:
-            # a label run before a setting existed: the suite file's; report.names (presentation only)
-            # also when the label recorded none, so names can be set after the runs
-            missing = [k for k in ("paired", "names", "main") if k not in meta or (k == "names" and not meta[k])]
-            if missing:
-                from_file = _suite_file_info(meta.get("file") or suite)
-                for key in missing:
-                    meta[key] = from_file.get(key)
-            return meta
-    return _suite_file_info(suite)
+        info["from_file"] = changed if meta else []
+    return info
 
 
 def _from_file_note(keys: list[str], suite_file: str | Path | None, suite: str, label: str) -> str:

@@ -106,12 +106,14 @@ def _colours(n: int) -> list:
     with a 10-colour cycle the 11th, MGRQ, took the 1st's)."""
     if n <= len(OKABE_ITO):  # the last one vermillion, however many there are
         return OKABE_ITO[:n - 1] + OKABE_ITO[-1:] if n else []
-    return [_tab20()[i % len(_tab20())] for i in range(n)]
+    return _tab20(n)
 
 
-def _tab20() -> list:
+def _tab20(n: int) -> list:
+    """``n`` colours of tab20 without its greys, then Okabe-Ito, cycling."""
     cmap = _plt().get_cmap("tab20")
-    return [cmap(i) for i in range(20) if i not in (14, 15)] + OKABE_ITO
+    tab = [cmap(i) for i in range(20) if i not in (14, 15)] + OKABE_ITO
+    return [tab[i % len(tab)] for i in range(n)]
 
 
 _MAIN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("main_rows", default=())
@@ -136,7 +138,7 @@ def _styles(every: list[str]) -> dict[str, dict[str, Any]]:
     colour cannot (colour-blind readers, print)."""
     main = [n for n in every if n in _MAIN.get()] or list(every)
     rest = [n for n in every if n not in main]
-    colours = _colours(len(main)) + [_tab20()[i % len(_tab20())] for i in range(len(rest))]
+    colours = _colours(len(main)) + _tab20(len(rest))
     return {n: {"color": c, "marker": MARKERS[i % len(MARKERS)], "ls": LINES[i // 8 % len(LINES)]}
             for i, (n, c) in enumerate(zip(main + rest, colours))}
 

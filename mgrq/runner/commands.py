@@ -153,9 +153,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _is_suite_file(arg: str) -> bool:
+    """Whether a SUITE argument names a file (a path, or a ``.yaml``) rather than a suite name."""
+    return Path(arg).suffix in (".yaml", ".yml") or "/" in arg
+
+
 def _suite_name(arg: str) -> str:
     """A suite name, or the name of the suite file at a path (``suites/demo.yaml`` -> ``demo``)."""
-    if Path(arg).suffix in (".yaml", ".yml") or "/" in arg:
+    if _is_suite_file(arg):
         from mgrq.runner.suite import load_suite
 
         return load_suite(arg, check_names=False).name
@@ -526,9 +531,8 @@ def _check_report_flags(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.build import build_compare, build_report
 
-    given = args.suite
+    suite_file = args.suite if _is_suite_file(args.suite) else None
     out, args.suite = _out(args), _suite_name(args.suite)
-    suite_file = given if given != args.suite or Path(given).suffix in (".yaml", ".yml") else None
     _check_report_flags(args)
     if args.compare:
         threshold = 1.0 if args.threshold is None else args.threshold

@@ -275,7 +275,7 @@ def label_lock(root: Path):
                               "wait for it or use another --label") from None
         f.seek(0)
         f.truncate()
-        f.write(f"pid {__import__('os').getpid()} on {records.host()} since {records.now()}")
+        f.write(records.holder())
         f.flush()
         try:
             yield
