@@ -138,7 +138,9 @@ def _styles(every: list[str]) -> dict[str, dict[str, Any]]:
     colour cannot (colour-blind readers, print)."""
     main = [n for n in every if n in _MAIN.get()] or list(every)
     rest = [n for n in every if n not in main]
-    colours = _colours(len(main)) + _tab20(len(rest))
+    # the others go on in tab20 after the main rows' colours (from its start when those are Okabe-Ito)
+    skip = len(main) if len(main) > len(OKABE_ITO) else 0
+    colours = _colours(len(main)) + _tab20(skip + len(rest))[skip:]
     return {n: {"color": c, "marker": MARKERS[i % len(MARKERS)], "ls": LINES[i // 8 % len(LINES)]}
             for i, (n, c) in enumerate(zip(main + rest, colours))}
 

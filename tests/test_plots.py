@@ -236,6 +236,9 @@ def test_the_main_rows_keep_the_colour_blind_safe_palette_in_a_grid_of_eleven():
     assert len(set(map(str, others))) == 4 and not set(map(str, others)) & set(plots.OKABE_ITO)
     assert len({(str(s["color"]), s["marker"]) for s in styles.values()}) == len(every)
     assert plots._styles(every)["mgrq"]["color"] != plots.OKABE_ITO[-1]  # without main: tab20 for 11 rows
+    with plots.main_rows(every[:9]):  # more main rows than Okabe-Ito has: the others go on in tab20
+        colours = [str(s["color"]) for s in plots._styles(every).values()]
+    assert len(set(colours)) == len(every), colours
 
 
 def test_a_figure_taller_than_a_page_is_named(tmp_path):
