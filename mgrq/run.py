@@ -114,7 +114,7 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
         "hash": spec.content_hash,
         "status": "done",
         "spec": spec.to_dict(),
-        "metrics": {"fp_top1": fp["top1"], "fp_top5": fp["top5"], "top1": q["top1"], "top5": q["top5"], "n_eval": q["n"]},
+        "metrics": {"fp_top1": fp["top1"], "fp_top5": fp["top5"], "top1": q["top1"], "top5": q["top5"], "n_eval": int(q["n"])},
         "timings": {"total_s": time.perf_counter() - t0, "load_s": t_load, "fp_eval_s": t_fp, "quantize_s": t_quant, "eval_s": t_eval},
         "peak_mem_mb": None,  # filled by execute()
         "peak_mem_kind": None,

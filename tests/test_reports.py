@@ -155,6 +155,8 @@ def test_markdown_csv_and_figures(tmp_path):
 
     csv = pd.read_csv(rep.dest / "results.csv")
     assert len(csv) == 15 and (csv["status"] == "failed").sum() == 1
+    raw = pd.read_csv(rep.dest / "results.csv", dtype=str)  # the text as written: a count, not 50.0
+    assert set(raw.loc[raw["status"] == "done", "n_eval"]) == {"50"}
     from matplotlib.image import imread
 
     names = sorted(p.name for p in rep.figures)
