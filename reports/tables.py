@@ -94,8 +94,11 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
 
 def tex(s: str) -> str:
     """Escape LaTeX specials in plain text; Greek letters (a row name's "IBLS (σ)") as math, which
-    pdflatex's default fonts have (the letters themselves stop it)."""
-    return "".join(_TEX.get(ch, ch) for ch in str(s))
+    pdflatex's default fonts have (the letters themselves stop it). A leading ``[`` gets ``{}``
+    before it: a table row's first cell comes right after ``\\``, which would read it as its
+    optional argument ("[W8] ..." stopped pdflatex)."""
+    out = "".join(_TEX.get(ch, ch) for ch in str(s))
+    return "{}" + out if out.startswith("[") else out
 
 
 def notes_latex(notes: list[str], suite: str, label: str) -> str:

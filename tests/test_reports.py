@@ -1179,6 +1179,20 @@ def test_greek_letters_in_printed_names_compile(tmp_path):
     assert "IBLS (σ)" in text and not missing, (text, missing)
 
 
+def test_a_printed_name_starting_with_a_bracket_compiles_as_a_table_row(tmp_path):
+    """A row after ``\\\\`` whose name starts with "[" was read as the line break's optional
+    argument: pdflatex stopped ("Illegal unit of measure")."""
+    require_latex()
+    from reports.build import compile_pdf
+    from reports.tables import tex
+
+    rows = [tex(n) + r" & 1 \\" for n in ("Full Prec.", "[W8] head", "[x]")]
+    (tmp_path / "t.tex").write_text("\\begin{tabular}{lr}\n" + "\n".join(rows) + "\n\\end{tabular}\n")
+    text = subprocess.run(["pdftotext", str(compile_pdf(tmp_path, ["t.tex"])), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "[W8] head" in text and "[x]" in text, text
+
+
 def test_report_main_keeps_the_ablation_variants_out_of_the_main_table_and_figures(tmp_path, figs):
     """`report.main` lists the rows of the main table and figures (a paper's baselines and its
     method); the ablation table keeps its own rows, and a row keeps its colour across figures."""
