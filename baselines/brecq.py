@@ -47,7 +47,9 @@ run record through the config):
   ``cali_data[:64]``), so the reconstruction starts from the ``percentile`` baseline's state.
   BRECQ's 80-step L2.4 shrink search is ``weight_init=lp`` / ``act_init=lp``; on the tiny zoo
   (tiny_vit W3A3, seed 0, scored on the ``tune`` split) ``act_init=lp`` gave 82.0% against 86.4%
-  for the percentile search, hence the default. For the weights the two searches tie
+  for the percentile search, hence the default (measured at 32f42c2, before the fixes of
+  2167b6c and ecf4c51 and not rerun since; the percentile-init cell gives 87.0 today, label
+  winit1). For the weights the two searches tie
   (``suites/recon-weight-init.yaml``, label winit1: tiny zoo, W4A4 and W3A3, 3 seeds, tune
   split; ``lp`` minus ``percentile`` paired by seed: brecq -1.40 to +0.47 points, every 95%
   interval containing 0; qdrop -0.20 to +0.53, one interval on each side of 0), so
@@ -58,7 +60,7 @@ run record through the config):
   batch schedule is seeded per unit and per pass from the run seed, so pass 2 draws its batches
   afresh, as BRECQ's second ``recon_model`` does from the global generator. (Before commit
   ecf4c51, pass 2 replayed pass 1's first ``act_iters`` batches; the brecq results in
-  ``docs/results`` were run again at ecf4c51.)
+  ``docs/results`` were run again after it, at eba700a and, for ablation-mgrq, 1ac272d.)
 """
 
 from __future__ import annotations

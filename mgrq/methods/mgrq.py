@@ -89,12 +89,15 @@ by default; the suites' short budget (100 iterations) uses ``lr_round`` 1e-2 and
 (the first sweep, seed 0, vit/deit/swin: 93.6/93.0/97.2 against 89.6/90.0/96.0 with the
 paper rates).
 
-**What the sweeps say plainly.** No extra term beats OBWR alone on the tune split, at any weight
-tried (0.03 here; 0.1 to 3 in the first sweep, ``suites/mgrq-sweep.yaml``, label sweep1, whose
-rows were all below obwr too). But at this budget these gaps are inside the run-to-run noise:
-on tiny_deit W3A3, obwr over seeds 0-5 gives 93.0 93.8 92.6 91.2 90.6 91.2 (92.07 +- 1.20), and
-the same runs with an EBGS term of weight 1e-9 (no effect in expectation; it only perturbs the
-optimization trajectory) give 92.6 94.0 92.6 91.2 91.6 91.0 (92.17 +- 1.18); the suite
+**What the sweeps say plainly.** No extra term beats OBWR alone in the mean over the 9 cells
+of the tune split, at any weight tried (0.03 here; 0.1 to 3 in the first sweep,
+``suites/mgrq-sweep.yaml``, label sweep1, whose rows' means were all below obwr's too). In
+single columns some do: on tiny_swin, gl0.03 above (97.53 against 97.27) and, in the first
+sweep, l0.3 and l1 (97.60) and g1 (97.40) against obwr's 97.20. At this budget all these gaps
+are inside the run-to-run noise: on tiny_deit W3A3, obwr over seeds 0-5 gives 93.0 93.8 92.6
+91.2 90.6 91.2 (92.07 +- 1.25, sample std), and the same runs with an EBGS term of weight 1e-9
+(no effect in expectation; it only perturbs the optimization trajectory) give 92.6 94.0 92.6
+91.2 91.6 91.0 (92.17 +- 1.13); the suite
 ``mgrq-noise`` reruns both. A term evaluated with zero weight leaves the run bit-identical
 (tests/test_mgrq.py), so the spread is the optimization's, not a side effect of switching a term
 on. Differences under about 1.5 points between means of 3 seeds are not resolved here.
