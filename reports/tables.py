@@ -507,6 +507,20 @@ def paired_frame(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def _paired_text(diff: float, half: float, verdict: str) -> str:
+    """``+0.22 ± 0.18``: two decimals, or as many more (at most 4) as it takes for the printed
+    interval to say what the verdict says. An interval above 0 by less than the rounding
+    (0.2233 ± 0.218) would otherwise print as touching it (+0.22 ± 0.22) beside a bold verdict."""
+    if math.isnan(half):
+        return f"{round(diff, 2) + 0.0:+.2f}"  # -0.003 shows as +0.00, not -0.00
+    for d in (2, 3, 4):
+        m, h = round(diff, d) + 0.0, round(half, d)
+        lo, hi = round(m - h, d), round(m + h, d)
+        if {"ahead": lo > 0, "behind": hi < 0}.get(verdict, lo <= 0 <= hi):
+            break
+    return f"{m:+.{d}f} ± {h:.{d}f}"
+
+
 def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: list[str], suite: str,
                  label: str, bits_pref: list[str] | None = None, n_eval: float | tuple[float, float] | None = None,
                  tune: bool = False) -> Table:
@@ -522,9 +536,8 @@ def paired_table(df: pd.DataFrame, reference: str, models: list[str], names: lis
                 continue
             vals = {}
             for r in sub.itertuples():
-                ci = "" if math.isnan(r.half) else f" ± {r.half:.2f}"
-                diff = round(r.diff, 2) + 0.0  # -0.003 shows as +0.00, not -0.00
-                vals[r.model] = Value(n=int(r.n), text=f"{diff:+.2f}{ci} ({r.level}/{r.n})".replace("-", "−"),
+                text = _paired_text(r.diff, r.half, r.verdict)
+                vals[r.model] = Value(n=int(r.n), text=f"{text} ({r.level}/{r.n})".replace("-", "−"),
                                       bold=r.verdict == "ahead", italic=r.verdict == "behind")
             rows.append(Row(method_name(n), bits, vals))
         if rows:

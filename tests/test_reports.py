@@ -219,6 +219,19 @@ def test_paired_differences_intervals_and_verdicts():
     assert "An entry over one seed has no interval." in md1 and "suite s (L), evaluated on 200 images:" in md1
 
 
+def test_a_paired_interval_prints_with_the_decimals_that_show_its_verdict():
+    """An interval above 0 by less than the rounding (docs/results/brecq-swin-diag: 0.2233 ±
+    0.218) printed as +0.22 ± 0.22 in bold, which reads as touching 0; it takes a decimal more."""
+    from reports.tables import _paired_text
+
+    assert _paired_text(0.2233, 0.218, "ahead") == "+0.223 ± 0.218"
+    assert _paired_text(-0.2233, 0.218, "behind") == "-0.223 ± 0.218"
+    assert _paired_text(0.2, 0.2, "tie") == "+0.20 ± 0.20"  # touching 0: inside the interval
+    assert _paired_text(1.8333, 0.7171, "ahead") == "+1.83 ± 0.72"  # clear cases keep two decimals
+    assert _paired_text(0.0002, 0.00015, "ahead") == "+0.0002 ± 0.0001"  # at most four
+    assert _paired_text(-0.003, float("nan"), "n<2") == "+0.00"
+
+
 def test_paired_option_of_the_cli(tmp_path, capsys):
     out = tmp_path / "runs"
     make_runs(out)
