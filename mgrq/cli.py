@@ -251,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.add_argument("--record", default=None, type=_path_arg, help="write the JSON run record to this path")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default 0: torch's default, one per core; the record keeps the number)")
+                   help="torch CPU threads (default 0: torch's default, one per core; the record keeps the number "
+                        "as torch_threads). On a CPU a reconstruction's result depends on it: to reproduce a suite "
+                        "cell, give its record's torch_threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quantize)
 

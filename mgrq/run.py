@@ -119,6 +119,7 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
         "peak_mem_mb": None,  # filled by execute()
         "peak_mem_kind": None,
         "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else records.cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "calibration": {"n": n_calib, "seed": calib.seed, "ids_hash": calib.ids_hash},
         "data": {"source": bundle.source, "config": bundle.data_config,

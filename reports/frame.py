@@ -3,7 +3,8 @@
 
 Columns: suite, label, run_id, hash, model, method, name (variant or method), bits ("W4A4"),
 w_bits, a_bits, seed, status, top1, top5, fp_top1, fp_top5, n_eval, quantize_s, total_s,
-peak_mem_mb, device ("cpu" | "cuda", where the cell ran), calib, error, warnings (how many the
+peak_mem_mb, device ("cpu" | "cuda", where the cell ran), cpu_threads (torch threads of a cell run on
+the CPU: a reconstruction's result depends on them), calib, error, warnings (how many the
 run record holds: units whose output error rose during reconstruction), git_sha (the commit
 the cell ran from, ``+dirty.<hash>`` when its code was modified), source ("run" | "published"), citation.
 """
@@ -25,7 +26,7 @@ from mgrq.tracking import flat_params, param_str
 COLUMNS = [
     "suite", "label", "run_id", "hash", "model", "method", "name", "bits", "w_bits", "a_bits",
     "seed", "status", "top1", "top5", "fp_top1", "fp_top5", "n_eval", "quantize_s", "total_s",
-    "peak_mem_mb", "device", "calib", "error", "warnings", "git_sha", "weights", "source", "citation",
+    "peak_mem_mb", "device", "cpu_threads", "calib", "error", "warnings", "git_sha", "weights", "source", "citation",
 ]
 PUBLISHED_CSV = Path(__file__).with_name("published.csv")
 
@@ -64,6 +65,7 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
         "quantize_s": _f(t.get("quantize_s")), "total_s": _f(t.get("total_s")),
         "peak_mem_mb": _f(rec.get("peak_mem_mb")),
         "device": _device_type(rec.get("device")),
+        "cpu_threads": rec.get("torch_threads") if _device_type(rec.get("device")) == "cpu" else None,
         "calib": (rec.get("calibration") or {}).get("n", spec.get("calib")),
         "error": f"{err.get('type')}: {err.get('message')}" if err else None,
         "warnings": len(rec.get("warnings") or []), "git_sha": rec.get("git_sha"),
@@ -144,7 +146,11 @@ def _one_per_cell(rows: list[dict[str, Any]], times: list[Any],
     return df
 
 
-TABLE_SETTINGS = ("eval_split", "eval_limit", "eval_subset")
+TABLE_SETTINGS = ("eval_split", "eval_limit", "eval_subset", "cpu_threads")
+PARTIAL_SETTINGS = ("cpu_threads",)
+"""Settings some cells have and others lack by nature (the thread count of a cell run on the CPU;
+a cell on a GPU, or mirrored to MLflow before the param existed, has none): compared among the
+cells that have them."""
 ROW_SETTINGS = ("image_bits", "bits_overrides", "calib")  # a suite may set these per method entry
 
 
@@ -201,7 +207,7 @@ def settings_changes(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
     out = []
     for name in sorted(set(va) & set(vb)):
         for k in sorted(set(va[name]) | set(vb[name])):
-            if k.startswith("config.") and not (k in va[name] and k in vb[name]):
+            if (k.startswith("config.") or k in PARTIAL_SETTINGS) and not (k in va[name] and k in vb[name]):
                 continue
             was, now = va[name].get(k, {"(unset)"}), vb[name].get(k, {"(unset)"})
             if was != now:
@@ -334,6 +340,8 @@ def mixed_settings(df: pd.DataFrame) -> list[str]:
                 continue
             counts: dict[str, int] = {}
             for c in cells:
+                if k in PARTIAL_SETTINGS and k not in c:
+                    continue
                 v = c.get(k, "(unset)")
                 counts[v] = counts.get(v, 0) + 1
             if len(counts) > 1:
@@ -362,6 +370,7 @@ def mlflow_frame(uri: str, suite: str, labels: list[str] | None = None,
             **{k: _f(m.get(k)) for k in ("top1", "top5", "fp_top1", "fp_top5", "n_eval",
                                          "quantize_s", "total_s", "peak_mem_mb")},
             "device": _device_type(t.get("device_used")),
+            "cpu_threads": int(p["cpu_threads"]) if str(p.get("cpu_threads", "")).isdigit() else None,
             "calib": int(p["calib"]) if str(p.get("calib", "")).isdigit() else None,
             "error": err, "warnings": int(m.get("warnings", 0)), "git_sha": _sha_tag(t.get("git_sha")),
             "weights": t.get("weights"), "source": "run", "citation": None, "settings": settings(p),
@@ -415,7 +424,7 @@ def _published_row(path: Path, line: int, r: dict[Any, Any]) -> dict[str, Any]:
         "w_bits": w, "a_bits": a, "seed": 0, "status": "done", "top1": top1,
         "top5": float("nan"), "fp_top1": float("nan"), "fp_top5": float("nan"),
         "n_eval": float("nan"), "quantize_s": float("nan"), "total_s": float("nan"),
-        "peak_mem_mb": float("nan"), "calib": None, "error": None, "warnings": 0, "git_sha": None,
+        "peak_mem_mb": float("nan"), "cpu_threads": None, "calib": None, "error": None, "warnings": 0, "git_sha": None,
         "source": "published",
         "citation": v["citation"],
     }

@@ -29,7 +29,7 @@ def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, s
         top1: float | None, fp: float = 80.0, variant: str | None = None, qs: float = 2.0,
         eval_limit: int | None = None, finished: str | None = None, warnings: list[str] | None = None,
         config: dict | None = None, image_bits: int = 8, eval_split: str = "heldout", n_eval: int = 50,
-        calib: int = 32) -> None:
+        calib: int = 32, threads: int | None = None) -> None:
     from mgrq.config import config_dict
     from mgrq.methods import get_method
 
@@ -47,6 +47,8 @@ def put(out: Path, suite: str, label: str, model: str, method: str, bits: str, s
         rec.update(status="done", metrics={"top1": top1, "top5": 99.0, "fp_top1": fp, "fp_top5": 99.5, "n_eval": float(n_eval)},
                    timings={"quantize_s": qs, "total_s": qs + 1}, peak_mem_mb=100.0,
                    calibration={"n": calib, "seed": seed, "ids_hash": "x"}, warnings=warnings or [])
+    if threads is not None:  # a cell run on the CPU with that many torch threads
+        rec.update(device="cpu", torch_threads=threads)
     records.write_record(out / suite / label / f"{spec.run_id}-{spec.content_hash}" / "record.json", rec)
 
 
@@ -941,6 +943,35 @@ def test_compare_refuses_two_splits_and_names_changed_settings(tmp_path, capsys)
     assert main(["report", "rep", "--out", str(out), "--compare", "A", "C"]) == 2
     assert ("--compare A C: the finished cells of A on held-out, of C on tune; expected two labels evaluated on "
             "one split") in capsys.readouterr().err
+
+
+def test_cells_run_with_other_cpu_thread_counts_are_named_in_the_notes_and_the_comparison(tmp_path, capsys):
+    """On a CPU a reconstruction's result depends on the torch thread count, which a cell's hash
+    does not include: a label resumed with another count (or another executor's default) mixed
+    them in one table unnoticed. Cells on a GPU (no CPU thread count) are not compared."""
+    out = tmp_path / "runs"
+    for label, day in (("A", 1), ("B", 2)):
+        records.write_record(out / "rep" / label / "suite.json", {"created": f"2026-01-0{day}T00:00:00"})
+    put(out, "rep", "A", "tiny_vit", "percentile", "W4A4", 0, 70.0, threads=1)
+    put(out, "rep", "A", "tiny_vit", "percentile", "W4A4", 1, 71.0, threads=1)
+    put(out, "rep", "A", "tiny_vit", "repq_vit", "W4A4", 0, 75.0, threads=2)
+    put(out, "rep", "A", "tiny_deit", "repq_vit", "W4A4", 0, 75.0)  # on a GPU: nothing to compare
+    rep = build_report(out, "rep", "A", pdf="no", figures=False, published=False)
+    (note,) = [n for n in rep.notes if "cpu_threads" in n]
+    assert "all rows: cpu_threads = 1 (2 cells), 2 (1 cell);" in note, note
+    raw = pd.read_csv(rep.dest / "results.csv", dtype=str, keep_default_na=False)
+    assert sorted(raw["cpu_threads"]) == ["", "1", "1", "2"]
+    for seed in (0, 1):
+        put(out, "rep", "B", "tiny_vit", "percentile", "W4A4", seed, 70.0, threads=2)
+    put(out, "rep", "B", "tiny_deit", "repq_vit", "W4A4", 0, 75.0, threads=2)  # A ran it on a GPU
+    assert main(["report", "rep", "--out", str(out), "--compare", "A", "B"]) == 0
+    text = capsys.readouterr().out
+    assert "Settings that differ from A to B (their effect is in the deltas): percentile: cpu_threads 1 -> 2." in text
+    from mgrq.tracking import flat_params  # MLflow's params carry it too, for a CPU cell only
+
+    (rec_b,) = [records.read_record(p) for p in (out / "rep" / "B").glob("tiny_vit.percentile*s0-*/record.json")]
+    assert flat_params(rec_b)["cpu_threads"] == "2"
+    assert "cpu_threads" not in flat_params({**rec_b, "device": "cuda:0"})
 
 
 def test_a_copied_label_folder_reports_under_its_own_name(tmp_path):

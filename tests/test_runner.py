@@ -20,6 +20,7 @@ from harness_helpers import DIVERGED, DIVERGES, ROOT, background, cli_env, write
 from mgrq import records
 from mgrq.cli import main
 from mgrq.errors import ConfigError
+from mgrq.runner import executors as ex
 from mgrq.runner.layout import Cell, read_events
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*noload.*")
@@ -39,7 +40,7 @@ def running_cells(root: Path) -> dict[str, Path]:
     return {c: d for c, d in cells.items() if rec(d)["status"] == "running"}
 
 
-def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
+def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys, monkeypatch):
     suite = write_suite(tmp_path / "dbg.yaml", methods=["percentile", DIVERGES])
     out = tmp_path / "runs"
     argv = ["suite", "run", str(suite), "--out", str(out), "--label", "L1", "--executor", "debug",
@@ -54,8 +55,9 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
     assert ok["status"] == "done" and ok["metrics"]["n_eval"] == 100
     assert 80 < ok["metrics"]["top1"] <= 100 and ok["metrics"]["fp_top1"] > 85
     for key in ("spec", "timings", "peak_mem_mb", "calibration", "data", "versions", "git_sha",
-                "executor", "suite"):
+                "executor", "suite", "device_name"):
         assert ok.get(key) is not None, key
+    assert ok["versions"]["mlxtend"] and ok["device_name"] == records.cpu_name()
     assert ok["calibration"]["n"] == 8 and len(ok["calibration"]["ids_hash"]) == 16
     assert ok["executor"]["name"] == "debug" and ok["suite"] == {"name": "dbg", "label": "L1", "file": str(suite)}
     assert ok["hash"] == cells["tiny_vit.percentile.w4a4.s0"].name.rsplit("-", 1)[1]
@@ -145,6 +147,26 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys):
     path.write_bytes(before)
     assert main([*argv, "--dry-run"]) == 0
     assert "another source tree" not in capsys.readouterr().out
+
+    # a done cell run on the CPU with another thread count than this run gives its cells: the run
+    # and the dry run say so (on a CPU a reconstruction's result depends on it; not in the hash)
+    assert ok["device"] == "cpu" and ok["torch_threads"] == 1
+    path.write_text(json.dumps({**json.loads(before), "torch_threads": 3}))
+    for cmd, code in ((argv, 1), ([*argv, "--dry-run"], 0)):
+        assert main(cmd) == code
+        notes = [ln for ln in capsys.readouterr().out.splitlines() if "thread count" in ln]
+        assert notes == ["note: 1 of the 1 done cell(s) ran on the CPU with another torch thread count than the 1 "
+                         "this run gives each cell: 3 threads (1). On a CPU a reconstruction's result depends on "
+                         "the thread count (the order of float sums), which a cell's hash does not include; "
+                         "--threads 3 runs the rest as they ran"], cmd
+    assert main([*argv[:-4], "--threads", "3", "--no-mirror", "--no-report", "--dry-run"]) == 0  # as they ran
+    assert "thread count" not in capsys.readouterr().out
+    local = ["suite", "run", str(suite), "--out", str(out), "--label", "L1", "--dry-run", "--no-mirror"]
+    for cores, note in ((6, True), (12, False)):  # local: cores / min(4, cores) threads per job: 1, then 3
+        monkeypatch.setattr(ex, "cpu_count", lambda cores=cores: cores)
+        assert main(local) == 0
+        assert ("thread count" in capsys.readouterr().out) == note, cores
+    path.write_bytes(before)
 
 
 def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
@@ -411,8 +433,6 @@ def test_a_cell_whose_reconstruction_diverged_is_done_with_a_warning_everywhere(
 def test_local_gpu_pool():
     """Local jobs take the GPUs the driver sees, one each in turn; --gpus 0 hides them; a suite's
     gpus_per_node: 1 (a SLURM request) does not shrink the pool to GPU 0."""
-    from mgrq.runner import executors as ex
-
     opts = ex.ExecutorOptions()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ex, "cuda_count", lambda: 2)

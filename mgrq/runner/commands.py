@@ -64,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--profile", default=None,
                    help="site profile YAML/TOML with slurm/local options (default $MGRQ_SITE_PROFILE)")
     g.add_argument("--parallelism", type=int, default=None, help="local: jobs side by side (default min(4, cores))")
-    g.add_argument("--threads", type=int, default=None, help="torch threads per job (default: local, cores / jobs; slurm, --cpus, else 1; debug, all cores)")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per job (default: local and debug, cores / --parallelism's default or value, however "
+                        "few cells are left; slurm, --cpus, else 1). On a CPU a reconstruction's result depends on "
+                        "the thread count: a label resumed with another gets a note")
     g.add_argument("--timeout-min", type=int, default=None,
                    help="time limit per job, minutes (default: the suite's executor.timeout_min, else 720)")
     g.add_argument("--partition", default=None, help="slurm partition")
@@ -282,7 +284,9 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{e} (or --no-mirror)") from None
     if args.dry_run:
         root, cells = driver.plan(suite, out, label, opts.device, args.only)
-        driver.print_grid(suite, label, root, cells)
+        from mgrq.runner.executors import cell_threads
+
+        driver.print_grid(suite, label, root, cells, cell_threads(opts))
         from mgrq import records
 
         grid = driver.plan(suite, out, label, opts.device)[1] if args.only else cells

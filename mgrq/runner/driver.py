@@ -213,6 +213,25 @@ def other_method_code(done: list[dict[str, Any]]) -> str | None:
             "with this code)")
 
 
+def other_threads(done: list[dict[str, Any]], threads: int) -> str | None:
+    """A note when done records of a label ran on the CPU with another torch thread count than
+    ``threads``, the count this run gives its cells: on a CPU a reconstruction's result depends on
+    it (the order of float sums; qdrop on tiny_vit moved 0.5 points from 1 to 2 threads), and it
+    is not part of a cell's hash, so a resume with another count would mix the two in one table
+    unnoticed. ``None`` when all match (or no done cell ran on the CPU)."""
+    ran = Counter(int(r["torch_threads"]) for r in done
+                  if str(r.get("device", "")).startswith("cpu") and isinstance(r.get("torch_threads"), int))
+    other = {t: n for t, n in ran.items() if t != threads}
+    if not other:
+        return None
+    counts = ", ".join(f"{t} thread{'s' * (t != 1)} ({n})" for t, n in sorted(other.items(), key=lambda i: -i[1]))
+    keep = max(other, key=lambda t: other[t]) if len(ran) == len(other) else None
+    return (f"note: {sum(other.values())} of the {len(done)} done cell(s) ran on the CPU with another torch thread count "
+            f"than the {threads} this run gives each cell: {counts}. On a CPU a reconstruction's result depends on "
+            "the thread count (the order of float sums), which a cell's hash does not include"
+            + (f"; --threads {keep} runs the rest as they ran" if keep else ""))
+
+
 def source_notes(done: list[dict[str, Any]]) -> list[str]:
     """The notes on what code the done records of a label ran: another commit
     (:func:`other_commits`), another version of a method module of one's own
@@ -220,8 +239,9 @@ def source_notes(done: list[dict[str, Any]]) -> list[str]:
     return [n for n in (other_commits(done), other_method_code(done)) if n]
 
 
-def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Counter:
-    """The dry-run view: one line per cell with its status, then the counts."""
+def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell], threads: int | None = None) -> Counter:
+    """The dry-run view: one line per cell with its status, then the counts (and, given the
+    ``threads`` a run would give each cell, :func:`other_threads`' note)."""
     counts: Counter = Counter()
     done: list[dict[str, Any]] = []
     print(f"suite {suite.name} ({suite.path}) label {label} -> {root}")
@@ -255,7 +275,8 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Count
     if counts["drift"]:
         print(f"{counts['drift']} done cell(s) ran with other method defaults or weights than now: "
               "`suite run` refuses this label; use a new --label")
-    for msg in source_notes(done):
+    threads_note = other_threads(done, threads) if threads is not None and counts["done"] < len(cells) else None
+    for msg in [*source_notes(done), *([threads_note] if threads_note else [])]:
         print(msg)
     if stale:
         print(stale)
@@ -719,7 +740,7 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
     if kind == "debug":
         import submitit
 
-        threads = opts.threads or ex.cpu_count()
+        threads = ex.cell_threads(opts)
         debug = submitit.DebugExecutor(folder=str(jobs_dir))
         job = debug.submit(CellJob(cells, suite_meta, kind, threads))
         with _patched_post_mortem(enabled=opts.pdb):
@@ -981,7 +1002,9 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
         suite_meta = {"name": suite.name, "label": label, "file": str(suite.path)}
         print(f"suite {suite.name} [{label}]: {_cells(len(cells))}, {summary.skipped} done before, "
               f"{len(todo)} to run -> {root}", flush=True)
-        for msg in source_notes([rec for _, st, rec in snapshot if st == "done"]):
+        done = [rec for _, st, rec in snapshot if st == "done"]
+        threads_note = other_threads(done, ex.cell_threads(opts)) if todo else None
+        for msg in [*source_notes(done), *([threads_note] if threads_note else [])]:
             print(msg, flush=True)
         if todo:
             try:

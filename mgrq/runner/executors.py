@@ -57,8 +57,8 @@ class ExecutorOptions:
 
     kind: str = "local"
     parallelism: int | None = None  # local: jobs side by side (default min(4, cores, cells))
-    threads: int | None = None  # torch threads per job (local default cores // parallelism;
-    #                             slurm default cpus_per_task)
+    threads: int | None = None  # torch threads per job (local and debug default cores // parallelism
+    #                             asked for, not // cells left; slurm default cpus_per_task)
     timeout_min: int = 720
     cells_per_job: int = 1  # slurm: cells per array task
     partition: str | None = None
@@ -223,12 +223,21 @@ def cpu_count() -> int:
 
 
 def local_plan(opts: ExecutorOptions, n_cells: int) -> tuple[int, int]:
-    """``(jobs, threads per job)`` for the local executor."""
+    """``(jobs, threads per job)`` for the local executor: ``--parallelism`` jobs (default
+    min(4, cores)), fewer when fewer cells are left, each with ``--threads`` (default cores / the
+    jobs asked for). The threads do not grow when fewer cells are left: on a CPU a reconstruction's
+    result depends on the thread count (the order of float sums), so a resumed label runs its
+    last cells as the first run ran them."""
     cores = cpu_count()
-    jobs = opts.parallelism or min(4, cores)
-    jobs = max(1, min(jobs, n_cells))
-    threads = opts.threads or max(1, cores // jobs)
-    return jobs, threads
+    asked = max(1, opts.parallelism or min(4, cores))
+    threads = opts.threads or max(1, cores // asked)
+    return max(1, min(asked, n_cells)), threads
+
+
+def cell_threads(opts: ExecutorOptions) -> int:
+    """The torch threads each cell of a run with ``opts`` gets: local, as :func:`local_plan`;
+    debug, the same (so its numbers equal a local run's); slurm, :func:`slurm_threads`."""
+    return slurm_threads(opts) if opts.kind == "slurm" else local_plan(opts, 1)[1]
 
 
 def cuda_count() -> int:
