@@ -126,7 +126,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise
     m = rec["metrics"]
     print(f"{spec.run_id}: FP top-1 {m['fp_top1']:.2f}  {spec.bits} top-1 {m['top1']:.2f}  "
-          f"(delta {m['top1'] - m['fp_top1']:+.2f}; {int(m['n_eval'])} images; quantize {rec['timings']['quantize_s']:.1f}s, "
+          f"(delta {m['top1'] - m['fp_top1']:+.2f}; {int(m['n_eval'])} images; {rec['device']}"
+          + (f", {rec['torch_threads']} thread{'s' * (rec['torch_threads'] != 1)}" if rec["device"] == "cpu" else "")
+          + f"; quantize {rec['timings']['quantize_s']:.1f}s, "
           f"total {rec['timings']['total_s']:.1f}s)")
     if args.record:
         path = records.write_record(args.record, rec)
