@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mgrq import records
 from mgrq.errors import CheckpointError, ConfigError, compile_regex, first_line, unknown
 
 WEIGHTS_DIR = Path(__file__).parent / "zoo_weights"
@@ -523,7 +524,8 @@ def train_tiny(
     torch.save(sd, out_path)
     meta = {
         "model": name,
-        "command": f"mgrq zoo train {name} --epochs {epochs} --seed {seed}" + (" --force" if out is None else f" --out {shlex.quote(str(out))}"),
+        "command": f"mgrq zoo train {name} --epochs {epochs} --seed {seed} --threads {torch.get_num_threads()}"
+                   + (" --force" if out is None else f" --out {shlex.quote(str(out))}"),
         "seed": seed,
         "epochs": epochs,
         "batch_size": batch_size,
@@ -533,6 +535,8 @@ def train_tiny(
         "heldout_top5": metrics["top5"],
         "train_seconds": round(time.time() - t0, 1),
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),  # on a CPU the weights depend on it (the order of float sums)
+        "cpu": records.cpu_name(),
         "sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
     }
     out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -545,7 +545,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     (dest / "setup.md").write_text(T.setup_markdown(setups, suite, label))
     rep.tables += [dest / "setup.tex", dest / "setup.md"]
     fragments.append("setup.tex")
-    df.astype({"n_eval": "Int64", "cpu_threads": "Int64"}).to_csv(dest / "results.csv", index=False)  # 1000, not 1000.0
+    df.assign(**{k: F.as_counts(df[k]) for k in ("n_eval", "cpu_threads")}).to_csv(dest / "results.csv", index=False)
     rep.tables.append(dest / "results.csv")
     if figures:
         from reports import plots

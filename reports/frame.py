@@ -12,6 +12,7 @@ the cell ran from, ``+dirty.<hash>`` when its code was modified), source ("run" 
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,19 @@ def _f(x: Any) -> float:
         return float("nan")
 
 
+def _count(x: Any) -> int | None:
+    """A whole number of a record (``2``, ``2.0``), else None (a malformed field is left blank)."""
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) or x != int(x):
+        return None
+    return int(x)
+
+
+def as_counts(col: pd.Series) -> pd.Series:
+    """A column of counts as written to a CSV: ``1000``, not ``1000.0``; blanks stay blank and
+    anything else (a malformed record's value) as it is."""
+    return pd.Series([c if (c := _count(v)) is not None else v for v in col], index=col.index, dtype=object)
+
+
 def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
     spec = rec.get("spec", {})
     m, t = rec.get("metrics") or {}, rec.get("timings") or {}
@@ -65,7 +79,7 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
         "quantize_s": _f(t.get("quantize_s")), "total_s": _f(t.get("total_s")),
         "peak_mem_mb": _f(rec.get("peak_mem_mb")),
         "device": _device_type(rec.get("device")),
-        "cpu_threads": rec.get("torch_threads") if _device_type(rec.get("device")) == "cpu" else None,
+        "cpu_threads": _count(rec.get("torch_threads")) if _device_type(rec.get("device")) == "cpu" else None,
         "calib": (rec.get("calibration") or {}).get("n", spec.get("calib")),
         "error": f"{err.get('type')}: {err.get('message')}" if err else None,
         "warnings": len(rec.get("warnings") or []), "git_sha": rec.get("git_sha"),

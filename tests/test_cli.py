@@ -176,7 +176,8 @@ def test_path_options_with_a_tilde_the_shell_left_alone(tmp_path, monkeypatch, c
 def test_quantize_tiny_vit_w8a8_and_w4a4_records(tmp_path, capsys, one_thread):  # --threads 1: restored after
     rec8 = tmp_path / "w8.json"
     code, out, _ = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile",
-                           "--w-bits", "8", "--a-bits", "8", "--record", str(rec8), "--quiet", "--threads", "1")
+                           "--w-bits", "8", "--a-bits", "8", "--record", str(rec8), "--quiet", "--threads", "1",
+                           "--device", "cpu")
     assert code == 0 and "FP top-1" in out
     r = json.loads(rec8.read_text())
     assert "; cpu, 1 thread; quantize" in out and r["torch_threads"] == 1  # what a rerun needs to match it
@@ -358,3 +359,21 @@ def test_every_command_help_says_what_the_command_does(capsys):
             main([*cmd, "--help"])
         text = capsys.readouterr().out
         assert p.description and p.description.split("\n")[0][:40] in text, cmd
+
+
+@pytest.mark.slow
+def test_zoo_train_records_a_command_that_makes_the_same_checkpoint(tmp_path, capsys, one_thread):
+    """A tiny-zoo checkpoint's JSON holds the command that made it, with its thread count (on a
+    CPU the weights depend on it, as a reconstruction's result does): run again, it gives the same
+    bytes. One epoch (about 20 s each)."""
+    import shlex
+
+    code, out, _ = run_cli(capsys, "zoo", "train", "tiny_vit", "--out", str(tmp_path / "a" / "t.pth"), "--epochs", "1",
+                           "--threads", "1", "--quiet")
+    meta = json.loads(out)
+    assert code == 0 and meta["torch_threads"] == 1 and meta["cpu"]
+    argv = shlex.split(meta["command"])
+    assert argv[:3] == ["mgrq", "zoo", "train"] and argv[argv.index("--threads") + 1] == "1"
+    argv[argv.index("--out") + 1] = str(tmp_path / "b" / "t.pth")  # same file name: torch.save writes it inside
+    code, out, _ = run_cli(capsys, *argv[1:], "--quiet")
+    assert code == 0 and json.loads(out)["sha256"] == meta["sha256"]

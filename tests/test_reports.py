@@ -956,17 +956,21 @@ def test_cells_run_with_other_cpu_thread_counts_are_named_in_the_notes_and_the_c
     put(out, "rep", "A", "tiny_vit", "percentile", "W4A4", 1, 71.0, threads=1)
     put(out, "rep", "A", "tiny_vit", "repq_vit", "W4A4", 0, 75.0, threads=2)
     put(out, "rep", "A", "tiny_deit", "repq_vit", "W4A4", 0, 75.0)  # on a GPU: nothing to compare
+    put(out, "rep", "A", "tiny_vit", "base_ptq", "W4A4", 0, 60.0, threads=1)
+    put(out, "rep", "A", "tiny_deit", "base_ptq", "W4A4", 0, 60.0, threads=2.5)  # malformed: left blank
     rep = build_report(out, "rep", "A", pdf="no", figures=False, published=False)
     (note,) = [n for n in rep.notes if "cpu_threads" in n]
-    assert "all rows: cpu_threads = 1 (2 cells), 2 (1 cell);" in note, note
+    assert "all rows: cpu_threads = 1 (3 cells), 2 (1 cell);" in note, note
     raw = pd.read_csv(rep.dest / "results.csv", dtype=str, keep_default_na=False)
-    assert sorted(raw["cpu_threads"]) == ["", "1", "1", "2"]
+    assert sorted(raw["cpu_threads"]) == ["", "", "1", "1", "1", "2"] and set(raw["n_eval"]) == {"50"}
     for seed in (0, 1):
         put(out, "rep", "B", "tiny_vit", "percentile", "W4A4", seed, 70.0, threads=2)
     put(out, "rep", "B", "tiny_deit", "repq_vit", "W4A4", 0, 75.0, threads=2)  # A ran it on a GPU
+    put(out, "rep", "B", "tiny_vit", "base_ptq", "W4A4", 0, 60.0)  # B runs it on a GPU: not compared
     assert main(["report", "rep", "--out", str(out), "--compare", "A", "B"]) == 0
     text = capsys.readouterr().out
     assert "Settings that differ from A to B (their effect is in the deltas): percentile: cpu_threads 1 -> 2." in text
+    assert "base_ptq: cpu_threads" not in text and "(unset)" not in text
     from mgrq.tracking import flat_params  # MLflow's params carry it too, for a CPU cell only
 
     (rec_b,) = [records.read_record(p) for p in (out / "rep" / "B").glob("tiny_vit.percentile*s0-*/record.json")]

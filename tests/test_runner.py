@@ -44,7 +44,7 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys, monkeyp
     suite = write_suite(tmp_path / "dbg.yaml", methods=["percentile", DIVERGES])
     out = tmp_path / "runs"
     argv = ["suite", "run", str(suite), "--out", str(out), "--label", "L1", "--executor", "debug",
-            "--threads", "1", "--no-mirror", "--no-report"]
+            "--device", "cpu", "--threads", "1", "--no-mirror", "--no-report"]
     assert main(argv) == 1  # one cell failed -> exit status 1
     text = capsys.readouterr().out
     assert "2 cells: 1 done, 0 skipped (done before), 1 failed" in text
@@ -161,11 +161,18 @@ def test_debug_executor_records_failed_cell_and_resume(tmp_path, capsys, monkeyp
                          "--threads 3 runs the rest as they ran"], cmd
     assert main([*argv[:-4], "--threads", "3", "--no-mirror", "--no-report", "--dry-run"]) == 0  # as they ran
     assert "thread count" not in capsys.readouterr().out
-    local = ["suite", "run", str(suite), "--out", str(out), "--label", "L1", "--dry-run", "--no-mirror"]
+    # an --only run of the failed cell alone: the done cell is outside the selection, but in the label
+    assert main([*argv, "--dry-run", "--only", "q-nan"]) == 0
+    assert "ran on the CPU with another torch thread count" in capsys.readouterr().out
+    local = ["suite", "run", str(suite), "--out", str(out), "--label", "L1", "--dry-run", "--no-mirror", "--gpus", "0"]
     for cores, note in ((6, True), (12, False)):  # local: cores / min(4, cores) threads per job: 1, then 3
         monkeypatch.setattr(ex, "cpu_count", lambda cores=cores: cores)
         assert main(local) == 0
         assert ("thread count" in capsys.readouterr().out) == note, cores
+    monkeypatch.setattr(ex, "cpu_count", lambda: 6)
+    monkeypatch.setattr(ex, "cuda_count", lambda: 1)  # the rest would run on a GPU: the count does not matter
+    assert main(local[:-2]) == 0
+    assert "thread count" not in capsys.readouterr().out
     path.write_bytes(before)
 
 

@@ -414,11 +414,17 @@ def test_local_plan_and_chunks(monkeypatch):
     monkeypatch.setattr(ex, "cpu_count", lambda: 16)
     assert ex.local_plan(ex.ExecutorOptions(), 40) == (4, 4)
     assert ex.local_plan(ex.ExecutorOptions(), 3) == (3, 4)
+    assert ex.local_plan(ex.ExecutorOptions(), 3, cpu=False) == (3, 5)  # on GPUs the spare cores decode images
     assert ex.local_plan(ex.ExecutorOptions(parallelism=2, threads=3), 40) == (2, 3)
-    # each cell's threads: debug as local (the same numbers), slurm its CPUs per task
+    # each cell's threads: on the CPU debug as local (the same numbers), slurm its CPUs per task
+    monkeypatch.setattr(ex, "cuda_count", lambda: 0)
     assert [ex.cell_threads(ex.ExecutorOptions(kind=k)) for k in ("local", "debug", "slurm")] == [4, 4, 1]
     assert ex.cell_threads(ex.ExecutorOptions(kind="slurm", cpus_per_task=8)) == 8
     assert ex.cell_threads(ex.ExecutorOptions(kind="debug", threads=2)) == 2
+    monkeypatch.setattr(ex, "cuda_count", lambda: 2)  # on GPUs: local one cell gets every core, debug too
+    assert [ex.cell_threads(ex.ExecutorOptions(kind=k)) for k in ("local", "debug")] == [16, 16]
+    assert [ex.cell_threads(ex.ExecutorOptions(kind=k, device="cpu")) for k in ("local", "debug")] == [4, 4]
+    assert ex.runs_on_cpu(ex.ExecutorOptions(kind="slurm")) and not ex.runs_on_cpu(ex.ExecutorOptions(kind="slurm", gpus_per_node=1))
     parts = ex.chunk(list(range(7)), 3)
     assert parts == [[0, 1, 2], [3, 4], [5, 6]]
     # local jobs: own chunk first, then the others' cells from the far end

@@ -64,9 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--profile", default=None,
                    help="site profile YAML/TOML with slurm/local options (default $MGRQ_SITE_PROFILE)")
     g.add_argument("--parallelism", type=int, default=None, help="local: jobs side by side (default min(4, cores))")
-    g.add_argument("--threads", type=int, default=None, help="torch threads per job (default: local and debug, cores / --parallelism's default or value, however "
-                        "few cells are left; slurm, --cpus, else 1). On a CPU a reconstruction's result depends on "
-                        "the thread count: a label resumed with another gets a note")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per job (default: on the CPU, local cores / --parallelism, however few cells "
+                        "are left, and debug cores / min(4, cores); on GPUs, local cores / jobs started and debug all "
+                        "cores; slurm, --cpus, else 1). On a CPU a reconstruction's result depends on the thread "
+                        "count: a label resumed with another gets a note")
     g.add_argument("--timeout-min", type=int, default=None,
                    help="time limit per job, minutes (default: the suite's executor.timeout_min, else 720)")
     g.add_argument("--partition", default=None, help="slurm partition")
@@ -284,15 +285,15 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{e} (or --no-mirror)") from None
     if args.dry_run:
         root, cells = driver.plan(suite, out, label, opts.device, args.only)
-        from mgrq.runner.executors import cell_threads
-
-        driver.print_grid(suite, label, root, cells, cell_threads(opts))
+        driver.print_grid(suite, label, root, cells)
         from mgrq import records
 
         grid = driver.plan(suite, out, label, opts.device)[1] if args.only else cells
         if note := driver.other_grid_note(label, records.read_record(root / "suite.json") or {}, grid):
             print(note)
         pending = [c for c in cells if c.status() != "done"]
+        if note := driver.threads_note(grid, pending, opts):
+            print(note)
         try:  # what the run would refuse
             check_writable(out, "--out", folder=True)
             driver.check_one_split(root, label, suite.eval_split)

@@ -213,6 +213,14 @@ def other_method_code(done: list[dict[str, Any]]) -> str | None:
             "with this code)")
 
 
+def threads_note(grid: list[Cell], todo: list[Cell], opts: ex.ExecutorOptions) -> str | None:
+    """:func:`other_threads`' note on the done cells of the label's whole ``grid`` (an ``--only``
+    run included), when cells are left to run (``todo``) and they run on the CPU."""
+    if not todo or not ex.runs_on_cpu(opts):
+        return None
+    return other_threads([rec for _, st, rec in states(grid) if st == "done"], ex.cell_threads(opts))
+
+
 def other_threads(done: list[dict[str, Any]], threads: int) -> str | None:
     """A note when done records of a label ran on the CPU with another torch thread count than
     ``threads``, the count this run gives its cells: on a CPU a reconstruction's result depends on
@@ -239,9 +247,8 @@ def source_notes(done: list[dict[str, Any]]) -> list[str]:
     return [n for n in (other_commits(done), other_method_code(done)) if n]
 
 
-def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell], threads: int | None = None) -> Counter:
-    """The dry-run view: one line per cell with its status, then the counts (and, given the
-    ``threads`` a run would give each cell, :func:`other_threads`' note)."""
+def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell]) -> Counter:
+    """The dry-run view: one line per cell with its status, then the counts."""
     counts: Counter = Counter()
     done: list[dict[str, Any]] = []
     print(f"suite {suite.name} ({suite.path}) label {label} -> {root}")
@@ -275,8 +282,7 @@ def print_grid(suite: Suite, label: str, root: Path, cells: list[Cell], threads:
     if counts["drift"]:
         print(f"{counts['drift']} done cell(s) ran with other method defaults or weights than now: "
               "`suite run` refuses this label; use a new --label")
-    threads_note = other_threads(done, threads) if threads is not None and counts["done"] < len(cells) else None
-    for msg in [*source_notes(done), *([threads_note] if threads_note else [])]:
+    for msg in source_notes(done):
         print(msg)
     if stale:
         print(stale)
@@ -757,7 +763,7 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
     if kind == "local":
         import submitit
 
-        n_jobs, threads = ex.local_plan(opts, n)
+        n_jobs, threads = ex.local_plan(opts, n, ex.runs_on_cpu(opts))
         orders = ex.work_orders(cells, n_jobs)
         claims = jobs_dir / f"claims-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         claims.mkdir(parents=True)
@@ -1003,9 +1009,9 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
         print(f"suite {suite.name} [{label}]: {_cells(len(cells))}, {summary.skipped} done before, "
               f"{len(todo)} to run -> {root}", flush=True)
         done = [rec for _, st, rec in snapshot if st == "done"]
-        threads_note = other_threads(done, ex.cell_threads(opts)) if todo else None
-        for msg in [*source_notes(done), *([threads_note] if threads_note else [])]:
-            print(msg, flush=True)
+        for msg in [*source_notes(done), threads_note(grid, todo, opts)]:
+            if msg:
+                print(msg, flush=True)
         if todo:
             try:
                 submit_and_wait(todo, suite_meta, opts, root / "jobs", poll_s,

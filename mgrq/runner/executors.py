@@ -222,22 +222,41 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def local_plan(opts: ExecutorOptions, n_cells: int) -> tuple[int, int]:
+def local_plan(opts: ExecutorOptions, n_cells: int, cpu: bool = True) -> tuple[int, int]:
     """``(jobs, threads per job)`` for the local executor: ``--parallelism`` jobs (default
-    min(4, cores)), fewer when fewer cells are left, each with ``--threads`` (default cores / the
-    jobs asked for). The threads do not grow when fewer cells are left: on a CPU a reconstruction's
-    result depends on the thread count (the order of float sums), so a resumed label runs its
-    last cells as the first run ran them."""
+    min(4, cores)), fewer when fewer cells are left, each with ``--threads``, by default cores /
+    the jobs asked for when the cells run on the CPU (``cpu``), cores / the jobs started when
+    they run on GPUs. On a CPU a reconstruction's result depends on the thread count (the order
+    of float sums), so the threads do not grow when fewer cells are left: a resumed label runs its
+    last cells as the first run ran them. On a GPU they do not change it, and the spare cores
+    decode images (``MGRQ_DATA_WORKERS`` follows the threads)."""
     cores = cpu_count()
     asked = max(1, opts.parallelism or min(4, cores))
-    threads = opts.threads or max(1, cores // asked)
-    return max(1, min(asked, n_cells)), threads
+    jobs = max(1, min(asked, n_cells))
+    return jobs, opts.threads or max(1, cores // (asked if cpu else jobs))
+
+
+def runs_on_cpu(opts: ExecutorOptions) -> bool:
+    """Whether the cells of a run with ``opts`` run on the CPU: ``--device cpu``; for local and
+    debug runs also no GPU here or ``--gpus 0``; for SLURM no GPU asked for (``gpus_per_node``)
+    and no ``--device cuda``."""
+    if opts.device == "cpu":
+        return True
+    if opts.kind == "slurm":
+        return not opts.gpus_per_node and not str(opts.device or "").startswith("cuda")
+    return not local_gpus(opts)
 
 
 def cell_threads(opts: ExecutorOptions) -> int:
-    """The torch threads each cell of a run with ``opts`` gets: local, as :func:`local_plan`;
-    debug, the same (so its numbers equal a local run's); slurm, :func:`slurm_threads`."""
-    return slurm_threads(opts) if opts.kind == "slurm" else local_plan(opts, 1)[1]
+    """The torch threads each cell of a run with ``opts`` gets: local, as :func:`local_plan`
+    (one cell left); debug, on the CPU local's default (so its numbers equal a local run's
+    without a profile's ``local:`` threads), on a GPU every core; slurm, :func:`slurm_threads`."""
+    if opts.kind == "slurm":
+        return slurm_threads(opts)
+    cpu = runs_on_cpu(opts)
+    if opts.kind == "debug" and not cpu:
+        return opts.threads or cpu_count()
+    return local_plan(opts, 1, cpu)[1]
 
 
 def cuda_count() -> int:
