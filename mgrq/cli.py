@@ -69,12 +69,21 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from mgrq import records
+    from mgrq.errors import ConfigError
+
+    if args.threads < 0:
+        raise ConfigError(f"--threads {args.threads}: expected 0 (torch's default) or a positive number")
+    _run_spec(_checked(_spec_from_args(args)), args.record, args.threads, args.quiet)
+    return 0
+
+
+def _checked(spec: Any) -> Any:
+    """``spec`` checked before any work (model, data folders, weights, method config, layer
+    policy, units), with its ``--set`` values as the config fields' types."""
     from mgrq.data import check_class_images, check_imagenet_root
     from mgrq.errors import ConfigError
     from mgrq.methods import get_method
     from mgrq.methods.registry import check_init_calib, run_calib
-    from mgrq.run import execute, failed_record
     from mgrq.zoo import (
         check_checkpoint,
         check_overrides,
@@ -84,9 +93,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         num_classes,
     )
 
-    if args.threads < 0:
-        raise ConfigError(f"--threads {args.threads}: expected 0 (torch's default) or a positive number")
-    spec = _spec_from_args(args)
     if get_entry(spec.model).tiny:  # fail fast, before loading anything
         if spec.data_root is not None:
             raise ConfigError(f"--data-root {spec.data_root}: model {spec.model} is from the tiny zoo and is "
@@ -106,33 +112,93 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     check_init_calib(spec, "--set ")
     check_overrides(spec.bits_overrides, [spec.model], "--bits-override")
     check_units(dict(spec.method_config).get("units"), [spec.model], "--set")
-    if args.record:
-        records.check_writable(args.record, "--record")
-    if args.threads:
+    return spec
+
+
+def _run_spec(spec: Any, record: str | None, threads: int, quiet: bool) -> dict[str, Any]:
+    """Run ``spec`` with ``threads`` torch threads (0: torch's default), print its top-1 line and
+    write its record to ``record``; a failure is written there too, unless it holds a done record."""
+    from mgrq import records
+    from mgrq.run import execute, failed_record
+
+    if record:
+        records.check_writable(record, "--record")
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     started = records.now()
     try:
-        rec = execute(spec, progress=not args.quiet)
+        rec = execute(spec, progress=not quiet)
     except BaseException as e:
-        if args.record and not isinstance(e, KeyboardInterrupt):
-            old = records.read_record(args.record)
+        if record and not isinstance(e, KeyboardInterrupt):
+            old = records.read_record(record)
             if old is not None and old.get("status") == "done":  # keep a finished result
-                print(f"note: {args.record} holds a done record; the failure is not written over it",
+                print(f"note: {record} holds a done record; the failure is not written over it",
                       file=sys.stderr)
             else:
-                records.write_record(args.record, failed_record(spec, e, started))
+                records.write_record(record, failed_record(spec, e, started))
         raise
     m = rec["metrics"]
     print(f"{spec.run_id}: FP top-1 {m['fp_top1']:.2f}  {spec.bits} top-1 {m['top1']:.2f}  "
-          f"(delta {m['top1'] - m['fp_top1']:+.2f}; {int(m['n_eval'])} images; {rec['device']}"
-          + (f", {rec['torch_threads']} thread{'s' * (rec['torch_threads'] != 1)}" if rec["device"] == "cpu" else "")
-          + f"; quantize {rec['timings']['quantize_s']:.1f}s, "
-          f"total {rec['timings']['total_s']:.1f}s)")
-    if args.record:
-        path = records.write_record(args.record, rec)
+          f"(delta {m['top1'] - m['fp_top1']:+.2f}; {int(m['n_eval'])} images; {_ran_on(rec)}; "
+          f"quantize {rec['timings']['quantize_s']:.1f}s, total {rec['timings']['total_s']:.1f}s)")
+    if record:
+        path = records.write_record(record, rec)
         print(f"record: {path}")
+    return rec
+
+
+def _ran_on(rec: dict[str, Any]) -> str:
+    """``cpu, 2 threads`` or ``cuda:0``: where a record ran, with what decides a CPU result."""
+    dev, t = str(rec.get("device")), rec.get("torch_threads")
+    return f"{dev}, {t} thread{'s' * (t != 1)}" if dev.startswith("cpu") and isinstance(t, int) else dev
+
+
+RERUN_KEYS = ("top1", "top5", "fp_top1", "fp_top5", "n_eval")
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Run a record's spec again, as it ran (its device type and, on a CPU, its torch threads),
+    and say whether the metrics are the same: exit 0 when they are, 1 when not."""
+    from mgrq import records
+    from mgrq.errors import ConfigError
+    from mgrq.spec import RunSpec
+
+    old = records.read_record(args.record_file)
+    why = (("not a JSON object" if os.path.isfile(args.record_file) else "no such file") if old is None
+           else records.problem(old))
+    if why is None and old is not None and old.get("status") != "done":
+        why = f"its status is {old.get('status')!r}: there is no result to compare with"
+    if why or old is None:
+        raise ConfigError(f"{args.record_file}: not a done run record ({why}); expected a record.json of a "
+                          "finished cell or a `mgrq quantize --record` file")
+    if args.record and os.path.abspath(args.record) == os.path.abspath(args.record_file):
+        raise ConfigError(f"--record {args.record}: the record being rerun; expected another path (it is the evidence)")
+    if args.threads < 0:
+        raise ConfigError(f"--threads {args.threads}: expected 0 (the record's count) or a positive number")
+    ran = str(old.get("device"))
+    spec = RunSpec.from_dict(old["spec"])
+    spec = dataclasses.replace(spec, device=args.device or ("cpu" if ran.startswith("cpu") else spec.device))
+    threads = args.threads or (old.get("torch_threads") if ran.startswith("cpu") else 0) or 0
+    print(f"rerun of {args.record_file}: {spec.run_id} ({spec.content_hash}), as it ran on {_ran_on(old)}")
+    for what, was, now in (("git sha", old.get("git_sha"), records.git_sha()),
+                           ("versions", old.get("versions"), records.versions())):
+        if was and now and was != now:
+            diff = (", ".join(f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted({*was, *now}) if was.get(k) != now.get(k))
+                    if isinstance(was, dict) and isinstance(now, dict) else f"{records.short_sha(was)} -> {records.short_sha(now)}")
+            print(f"note: {what} differs from the record's: {diff}")
+    rec = _run_spec(_checked(spec), args.record, threads, args.quiet)
+    if (was_on := old.get("device_name")) and was_on != rec.get("device_name"):
+        print(f"note: the record ran on {was_on}, this run on {rec.get('device_name')}")
+    m_old, m_new = old.get("metrics") or {}, rec["metrics"]
+    moved = [f"{k} {m_old.get(k)} -> {m_new.get(k)}" for k in RERUN_KEYS if m_old.get(k) != m_new.get(k)]
+    if rec["hash"] != old.get("hash"):
+        moved.insert(0, f"hash {old.get('hash')} -> {rec['hash']}")
+    if moved:
+        print(f"differs from the record: {'; '.join(moved)}")
+        return 1
+    print(f"same as the record: {', '.join(f'{k} {m_new[k]}' for k in RERUN_KEYS)}")
     return 0
 
 
@@ -258,6 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "cell, give its record's torch_threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser(
+        "rerun", help="run a record's spec again, as it ran, and say whether the result is the same",
+        description="Run the spec of a run record (a suite cell's record.json or a `quantize --record` file) "
+                    "again, on its device type and, on a CPU, with its torch threads, and compare top-1, top-5, "
+                    "FP top-1/top-5 and the number of images with the record's. Exit 0: the same; 1: not; "
+                    "2: bad input.",
+        epilog="On a CPU a reconstruction's result depends on the torch thread count, so a rerun takes the "
+               "record's (torch_threads) unless --threads says otherwise. It notes a git sha, package versions "
+               "or a processor (device_name) that differ from the record's: float results can move with them.")
+    p.add_argument("record_file", metavar="RECORD", type=_path_arg, help="the run record (JSON) to run again")
+    p.add_argument("--record", default=None, type=_path_arg, help="write the new run record to this path "
+                                                                    "(not RECORD itself)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the record's device type)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the record's, on a CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_rerun)
 
     p = sub.add_parser("models", help="list the model zoo (name first on each line)")
     p.set_defaults(func=cmd_models)

@@ -361,6 +361,42 @@ def test_every_command_help_says_what_the_command_does(capsys):
         assert p.description and p.description.split("\n")[0][:40] in text, cmd
 
 
+def test_rerun_runs_a_record_again_as_it_ran_and_says_whether_the_result_is_the_same(tmp_path, capsys, one_thread):
+    """`mgrq rerun RECORD`: the record's spec on its device type with its torch threads (on a CPU a
+    reconstruction's result depends on them); exit 0 when top-1/top-5/FP/n are the same, 1 when not."""
+    a = tmp_path / "a.json"
+    code, _, _ = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile", "--w-bits", "4",
+                         "--a-bits", "4", "--calib", "8", "--eval-limit", "20", "--device", "cpu", "--threads", "1",
+                         "--quiet", "--record", str(a))
+    rec = json.loads(a.read_text())
+    assert code == 0 and rec["torch_threads"] == 1
+    code, out, _ = run_cli(capsys, "rerun", str(a), "--quiet", "--record", str(tmp_path / "b.json"))
+    assert code == 0, out
+    assert "as it ran on cpu, 1 thread" in out and "same as the record: top1 " in out and "differs" not in out
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["hash"] == rec["hash"] and b["metrics"] == rec["metrics"] and b["torch_threads"] == 1
+    # a record that says otherwise (as from another thread count or machine): named, exit 1; the
+    # rerun takes the record's threads (2 here) and says where it ran
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**rec, "torch_threads": 2, "device_name": "Some Other CPU",
+                                 "metrics": {**rec["metrics"], "top1": rec["metrics"]["top1"] - 5}}))
+    code, out, _ = run_cli(capsys, "rerun", str(other), "--quiet", "--record", str(tmp_path / "c.json"))
+    assert code == 1 and "as it ran on cpu, 2 threads" in out
+    assert f"differs from the record: top1 {rec['metrics']['top1'] - 5} -> {rec['metrics']['top1']}" in out
+    assert f"note: the record ran on Some Other CPU, this run on {rec['device_name']}" in out
+    assert json.loads((tmp_path / "c.json").read_text())["torch_threads"] == 2
+    # bad input: one line, exit 2, nothing run
+    (tmp_path / "x.json").write_text("[1]")
+    failed = tmp_path / "f.json"
+    failed.write_text(json.dumps({**rec, "status": "failed"}))
+    for argv, says in ((["rerun", str(tmp_path / "x.json")], "not a done run record (not a JSON object)"),
+                       (["rerun", str(tmp_path / "none.json")], "not a done run record (no such file)"),
+                       (["rerun", str(failed)], "its status is 'failed': there is no result to compare with"),
+                       (["rerun", str(a), "--record", str(a)], "the record being rerun; expected another path")):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and says in err and err.count("\n") == 1 and "FP top-1" not in out, (argv, err)
+
+
 @pytest.mark.slow
 def test_zoo_train_records_a_command_that_makes_the_same_checkpoint(tmp_path, capsys, one_thread):
     """A tiny-zoo checkpoint's JSON holds the command that made it, with its thread count (on a
