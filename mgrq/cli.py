@@ -193,6 +193,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         print(f"note: the record ran on {was_on}, this run on {rec.get('device_name')}")
     m_old, m_new = old.get("metrics") or {}, rec["metrics"]
     moved = [f"{k} {m_old.get(k)} -> {m_new.get(k)}" for k in RERUN_KEYS if m_old.get(k) != m_new.get(k)]
+    for what, sect, key in (("calibration ids_hash", "calibration", "ids_hash"), ("eval_ids_hash", "data", "eval_ids_hash")):
+        was, now = (old.get(sect) or {}).get(key), (rec.get(sect) or {}).get(key)
+        if was is not None and was != now:  # other images by name (an older record may lack the hash)
+            moved.insert(0, f"{what} {was} -> {now}")
     if rec["hash"] != old.get("hash"):
         moved.insert(0, f"hash {old.get('hash')} -> {rec['hash']}")
     if moved:

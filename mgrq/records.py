@@ -9,7 +9,7 @@ Schema (``schema: 1``)::
     peak_mem_mb, peak_mem_kind ("cuda_allocated" | "cpu_rss_sampled" | "cpu_maxrss"), device,
     device_name (the GPU's or the CPU's model), torch_threads (on a CPU a reconstruction's result
     depends on them),
-    calibration {n, seed, ids_hash}, data {source, config}, weights {file, sha256, timm (name.tag, for timm's pretrained weights)},
+    calibration {n, seed, ids_hash}, data {source, config, eval_ids_hash, eval_subset}, weights {file, sha256, timm (name.tag, for timm's pretrained weights)},
     method {name, config {...}, info {...}}, versions {...}, git_sha, host,
     started, finished, executor {...}, error {type, message, traceback} (failed runs)
 

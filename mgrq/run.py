@@ -28,6 +28,18 @@ def eval_subset(n: int, limit: int | None) -> list[int] | None:
     return [i * n // limit for i in range(limit)]
 
 
+def _eval_ids_hash(bundle: Any, limit: int | None) -> str | None:
+    """The hash of the evaluated images' ids (MNIST indices, or paths under the data root), as
+    the calibration's ``ids_hash``: two records with one hash evaluated the same images by name."""
+    from mgrq.data import hash_ids
+
+    ids = list(bundle.val_ids)
+    if not ids:
+        return None
+    keep = eval_subset(len(ids), limit)
+    return hash_ids(ids if keep is None else [ids[i] for i in keep])
+
+
 def _subset(ds: torch.utils.data.Dataset, limit: int | None) -> torch.utils.data.Dataset:
     keep = eval_subset(len(ds), limit)  # type: ignore[arg-type]
     return ds if keep is None else torch.utils.data.Subset(ds, keep)
@@ -123,6 +135,7 @@ def _execute(spec: Any, progress: bool, workdir: str | None, fp_cache: dict | No
         "torch_threads": torch.get_num_threads(),
         "calibration": {"n": n_calib, "seed": calib.seed, "ids_hash": calib.ids_hash},
         "data": {"source": bundle.source, "config": bundle.data_config,
+                 "eval_ids_hash": _eval_ids_hash(bundle, spec.eval_limit),
                  **({"eval_subset": EVAL_SUBSET} if spec.eval_limit is not None else {})},
         "weights": weights,  # the FP weights' file and SHA-256 (+ "timm": name.tag for timm's pretrained weights)
         "policy": {"w_bits": policy.w_bits, "a_bits": policy.a_bits, "image_bits": policy.image_bits,

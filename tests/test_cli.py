@@ -375,14 +375,17 @@ def test_rerun_runs_a_record_again_as_it_ran_and_says_whether_the_result_is_the_
     assert "as it ran on cpu, 1 thread" in out and "same as the record: top1 " in out and "differs" not in out
     b = json.loads((tmp_path / "b.json").read_text())
     assert b["hash"] == rec["hash"] and b["metrics"] == rec["metrics"] and b["torch_threads"] == 1
+    assert len(rec["data"]["eval_ids_hash"]) == 16 and b["data"]["eval_ids_hash"] == rec["data"]["eval_ids_hash"]
     # a record that says otherwise (as from another thread count or machine): named, exit 1; the
     # rerun takes the record's threads (2 here) and says where it ran
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**rec, "torch_threads": 2, "device_name": "Some Other CPU",
-                                 "metrics": {**rec["metrics"], "top1": rec["metrics"]["top1"] - 5}}))
+                                 "metrics": {**rec["metrics"], "top1": rec["metrics"]["top1"] - 5},
+                                 "data": {**rec["data"], "eval_ids_hash": "0" * 16}}))
     code, out, _ = run_cli(capsys, "rerun", str(other), "--quiet", "--record", str(tmp_path / "c.json"))
     assert code == 1 and "as it ran on cpu, 2 threads" in out
-    assert f"differs from the record: top1 {rec['metrics']['top1'] - 5} -> {rec['metrics']['top1']}" in out
+    assert (f"differs from the record: eval_ids_hash {'0' * 16} -> {rec['data']['eval_ids_hash']}; "
+            f"top1 {rec['metrics']['top1'] - 5} -> {rec['metrics']['top1']}") in out
     assert f"note: the record ran on Some Other CPU, this run on {rec['device_name']}" in out
     assert json.loads((tmp_path / "c.json").read_text())["torch_threads"] == 2
     # bad input: one line, exit 2, nothing run

@@ -84,6 +84,10 @@ def test_one_imagenet_w4a4_cell_end_to_end(tmp_path, imagenet_folder, capsys):
     cfg = rec["data"]["config"]
     assert cfg["input_size"] == [3, 224, 224] and cfg["interpolation"] == "bicubic"
     assert rec["calibration"]["n"] == 2 and rec["metrics"]["n_eval"] == 6.0
+    from mgrq.data import hash_ids  # the evaluated images by name: val/'s paths, class by class
+
+    val = sorted(str(p.relative_to(imagenet_folder / "val")) for p in (imagenet_folder / "val").rglob("*.*"))
+    assert len(val) == 6 and rec["data"]["eval_ids_hash"] == hash_ids(val)
     assert rec["method"]["info"]["points"] > 50  # every linear, matmul and the patch embedding
 
     # The FP accuracy in the record equals timm's own pipeline on the same folder and weights.
@@ -133,6 +137,7 @@ def test_one_imagenet_w4a4_cell_end_to_end(tmp_path, imagenet_folder, capsys):
                  "--eval-split", "tune", "--record", str(tuned), "--quiet"]) == 0
     t = json.loads(tuned.read_text())
     assert t["spec"]["eval_split"] == "tune" and t["metrics"]["n_eval"] == 30.0
+    assert t["data"]["eval_ids_hash"] not in (None, rec["data"]["eval_ids_hash"])  # train/ images, not val/
     assert "eval=tune: 10 train/ images per class" in t["data"]["source"] and t["data"]["config"]["eval_split"] == "tune"
 
 
