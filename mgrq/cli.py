@@ -77,9 +77,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked(spec: Any) -> Any:
+QUANTIZE_NAMES = {"data_root": "--data-root", "calib": "--calib", "set": "--set", "bits": "--bits-override", "where": ""}
+"""How ``quantize``'s errors name the parts of a spec: by its options (:func:`_checked`)."""
+
+
+def _checked(spec: Any, names: dict[str, str] = QUANTIZE_NAMES) -> Any:
     """``spec`` checked before any work (model, data folders, weights, method config, layer
-    policy, units), with its ``--set`` values as the config fields' types."""
+    policy, units), with its ``--set`` values as the config fields' types. ``names``: what the
+    errors call the spec's data root, calibration size, method config and layer policy, and the
+    prefix of the data folder's (the options of ``quantize``; a record's fields for ``rerun``)."""
     from mgrq.data import check_class_images, check_imagenet_root
     from mgrq.errors import ConfigError
     from mgrq.methods import get_method
@@ -95,23 +101,23 @@ def _checked(spec: Any) -> Any:
 
     if get_entry(spec.model).tiny:  # fail fast, before loading anything
         if spec.data_root is not None:
-            raise ConfigError(f"--data-root {spec.data_root}: model {spec.model} is from the tiny zoo and is "
-                              "evaluated on the embedded MNIST digits; expected --data-root only with an ImageNet "
-                              "(timm) model")
+            raise ConfigError(f"{names['data_root']} {spec.data_root}: model {spec.model} is from the tiny zoo and is "
+                              f"evaluated on the embedded MNIST digits; expected {names['data_root']} only with an "
+                              "ImageNet (timm) model")
     else:  # the folders first (cheap), then the weights, then the class folders against their head
-        check_imagenet_root(spec.data_root, spec.model)
+        check_imagenet_root(spec.data_root, spec.model, names["where"])
         n = check_checkpoint(spec.model, spec.checkpoint) if spec.checkpoint else num_classes(spec.model)
-        check_imagenet_root(spec.data_root, spec.model, num_classes=n)
+        check_imagenet_root(spec.data_root, spec.model, names["where"], num_classes=n)
         check_class_images(spec.data_root, tune=spec.eval_split == "tune", calib=(
-            run_calib(spec), "--calib" if spec.calib is not None else f"method {spec.method} (its default)"))
+            run_calib(spec), names["calib"] if spec.calib is not None else f"method {spec.method} (its default)"))
         if not spec.checkpoint:  # offline, the hub weights must be cached
             check_pretrained_cached(spec.model)
     cfg = get_method(spec.method).make_config(dict(spec.method_config))  # a bad --set fails here too
     # the record keeps each --set value as the field's type (iters 20, not '20'; a float field's 1 as 1.0)
     spec = dataclasses.replace(spec, method_config=tuple(sorted((k, getattr(cfg, k)) for k, _ in spec.method_config)))
-    check_init_calib(spec, "--set ")
-    check_overrides(spec.bits_overrides, [spec.model], "--bits-override")
-    check_units(dict(spec.method_config).get("units"), [spec.model], "--set")
+    check_init_calib(spec, f"{names['set']} ")
+    check_overrides(spec.bits_overrides, [spec.model], names["bits"])
+    check_units(dict(spec.method_config).get("units"), [spec.model], names["set"])
     return spec
 
 
@@ -158,51 +164,102 @@ def _ran_on(rec: dict[str, Any]) -> str:
 RERUN_KEYS = ("top1", "top5", "fp_top1", "fp_top5", "n_eval")
 
 
-def cmd_rerun(args: argparse.Namespace) -> int:
-    """Run a record's spec again, as it ran (its device type and, on a CPU, its torch threads),
-    and say whether the metrics are the same: exit 0 when they are, 1 when not."""
+def _rerun_input(path: str) -> dict[str, Any]:
+    """The done record at ``path``, or a :class:`ConfigError` saying why it is none."""
     from mgrq import records
     from mgrq.errors import ConfigError
+
+    old = records.read_record(path)
+    if os.path.isdir(path):
+        why: str | None = "a folder"
+    elif old is None:
+        why = "not a JSON object" if os.path.isfile(path) else "no such file"
+    else:
+        why = records.problem(old) or (None if old.get("status") == "done" else
+                                       f"its status is {old.get('status')!r}: there is no result to compare with")
+    if why or old is None:
+        raise ConfigError(f"{path}: not a done run record ({why}); expected a record.json of a finished cell or a "
+                          "`mgrq quantize --record` file")
+    t = old.get("torch_threads")
+    if str(old.get("device", "")).startswith("cpu") and t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+        raise ConfigError(f"{path}: torch_threads is {t!r}; expected a positive integer (or pass --threads N)")
+    return old
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Run a record's spec again, as it ran (its device type and, on a CPU, its torch threads),
+    and say whether it came out the same: exit 0 when it did, 1 when not."""
+    from mgrq import records
+    from mgrq.errors import ConfigError
+    from mgrq.methods import all_methods
     from mgrq.spec import RunSpec
 
-    old = records.read_record(args.record_file)
-    why = (("not a JSON object" if os.path.isfile(args.record_file) else "no such file") if old is None
-           else records.problem(old))
-    if why is None and old is not None and old.get("status") != "done":
-        why = f"its status is {old.get('status')!r}: there is no result to compare with"
-    if why or old is None:
-        raise ConfigError(f"{args.record_file}: not a done run record ({why}); expected a record.json of a "
-                          "finished cell or a `mgrq quantize --record` file")
-    if args.record and os.path.abspath(args.record) == os.path.abspath(args.record_file):
+    path = args.record_file
+    old = _rerun_input(path)
+    if args.record and os.path.abspath(args.record) == os.path.abspath(path):
         raise ConfigError(f"--record {args.record}: the record being rerun; expected another path (it is the evidence)")
     if args.threads < 0:
         raise ConfigError(f"--threads {args.threads}: expected 0 (the record's count) or a positive number")
-    ran = str(old.get("device"))
     spec = RunSpec.from_dict(old["spec"])
-    spec = dataclasses.replace(spec, device=args.device or ("cpu" if ran.startswith("cpu") else spec.device))
+    module = str((old.get("method") or {}).get("module") or "")
+    if spec.method not in {m.name for m in all_methods()} and module and module.split(".")[0] not in ("mgrq", "baselines"):
+        raise ConfigError(f"{path}: method {spec.method} came from module {module}, which is not loaded here; "
+                          f"expected MGRQ_METHODS={module} with the module importable (docs/methods.md)")
+    ran = str(old.get("device"))
+    on_cuda = ran.startswith("cuda")
+    if args.device is None:
+        device = (spec.device if str(spec.device).startswith("cuda") else "cuda") if on_cuda else "cpu"
+        if on_cuda:
+            from mgrq.runner.executors import cuda_count
+
+            if not cuda_count():
+                raise ConfigError(f"{path}: it ran on {ran} ({old.get('device_name') or 'a GPU'}) and this machine has "
+                                  "no CUDA device; expected a GPU, or --device cpu (the numbers may then differ)")
+    else:
+        device = args.device
+    spec = dataclasses.replace(spec, device=device)
     threads = args.threads or (old.get("torch_threads") if ran.startswith("cpu") else 0) or 0
-    print(f"rerun of {args.record_file}: {spec.run_id} ({spec.content_hash}), as it ran on {_ran_on(old)}")
-    for what, was, now in (("git sha", old.get("git_sha"), records.git_sha()),
-                           ("versions", old.get("versions"), records.versions())):
+    print(f"rerun of {path}: {spec.run_id} ({spec.content_hash}), as it ran on {_ran_on(old)}")
+    notes = []
+    if args.device is not None and args.device.split(":")[0] != ran.split(":")[0]:
+        notes.append(f"it ran on {ran}, this run on --device {args.device}: the numbers may differ")
+    if args.threads and ran.startswith("cpu") and args.threads != old.get("torch_threads"):
+        notes.append(f"it ran with {old.get('torch_threads')} torch thread(s), this run with --threads {args.threads}: "
+                     "on a CPU a reconstruction's result depends on them")
+    for what, was, now in (("the git sha", old.get("git_sha"), records.git_sha()),
+                           ("the package versions", old.get("versions"), records.versions())):
         if was and now and was != now:
             diff = (", ".join(f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted({*was, *now}) if was.get(k) != now.get(k))
                     if isinstance(was, dict) and isinstance(now, dict) else f"{records.short_sha(was)} -> {records.short_sha(now)}")
-            print(f"note: {what} differs from the record's: {diff}")
-    rec = _run_spec(_checked(spec), args.record, threads, args.quiet)
+            notes.append(f"{what} differ from the record's: {diff}")
+    for msg in notes:
+        print(f"note: {msg}")
+    names = {"data_root": "spec.data_root", "calib": "spec.calib", "set": "spec.method_config",
+             "bits": "spec.bits_overrides", "where": f"{path}: "}
+    rec = _run_spec(_checked(spec, {k: (v if k == "where" else f"{path}: {v}") for k, v in names.items()}),
+                    args.record, threads, args.quiet)
     if (was_on := old.get("device_name")) and was_on != rec.get("device_name"):
         print(f"note: the record ran on {was_on}, this run on {rec.get('device_name')}")
-    m_old, m_new = old.get("metrics") or {}, rec["metrics"]
-    moved = [f"{k} {m_old.get(k)} -> {m_new.get(k)}" for k in RERUN_KEYS if m_old.get(k) != m_new.get(k)]
-    for what, sect, key in (("calibration ids_hash", "calibration", "ids_hash"), ("eval_ids_hash", "data", "eval_ids_hash")):
+    m = (old.get("method") or {}).get("module_sha256"), (rec.get("method") or {}).get("module_sha256")
+    if m[0] and m[1] and m[0] != m[1]:
+        print(f"note: method module {module} is another version than the record's (module_sha256 "
+              f"{m[0][:12]} -> {m[1][:12]})")
+    moved = [f"hash {old.get('hash')} -> {rec['hash']}"] if rec["hash"] != old.get("hash") else []
+    for what, sect, key in (("weights sha256", "weights", "sha256"), ("calibration ids_hash", "calibration", "ids_hash"),
+                            ("eval_ids_hash", "data", "eval_ids_hash")):
         was, now = (old.get(sect) or {}).get(key), (rec.get(sect) or {}).get(key)
-        if was is not None and was != now:  # other images by name (an older record may lack the hash)
-            moved.insert(0, f"{what} {was} -> {now}")
-    if rec["hash"] != old.get("hash"):
-        moved.insert(0, f"hash {old.get('hash')} -> {rec['hash']}")
+        if was is not None and was != now:  # other weights, or other images by name (an older record may lack it)
+            moved.append(f"{what} {str(was)[:16]} -> {str(now)[:16]}")
+    was_cfg, now_cfg = (old.get("method") or {}).get("config") or {}, (rec.get("method") or {}).get("config") or {}
+    moved += [f"method.config.{k} {was_cfg.get(k)!r} -> {now_cfg.get(k)!r}" for k in sorted({*was_cfg, *now_cfg})
+              if k in was_cfg and was_cfg.get(k) != now_cfg.get(k)]  # a field added since is not compared
+    m_old, m_new = old.get("metrics") or {}, rec["metrics"]
+    moved += [f"{k} {m_old.get(k)} -> {m_new.get(k)}" for k in RERUN_KEYS if m_old.get(k) != m_new.get(k)]
     if moved:
         print(f"differs from the record: {'; '.join(moved)}")
         return 1
-    print(f"same as the record: {', '.join(f'{k} {m_new[k]}' for k in RERUN_KEYS)}")
+    print("same as the record, bit for bit: " + ", ".join(f"{k} {m_new[k]:.2f}" if k != "n_eval" else f"{k} {m_new[k]}"
+                                                        for k in RERUN_KEYS))
     return 0
 
 
@@ -332,15 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "rerun", help="run a record's spec again, as it ran, and say whether the result is the same",
         description="Run the spec of a run record (a suite cell's record.json or a `quantize --record` file) "
-                    "again, on its device type and, on a CPU, with its torch threads, and compare top-1, top-5, "
-                    "FP top-1/top-5 and the number of images with the record's. Exit 0: the same; 1: not; "
-                    "2: bad input.",
+                    "again, on its device type and, on a CPU, with its torch threads, and compare with the record: "
+                    "top-1, top-5, FP top-1/top-5, the number of images, the cell hash, the ids hashes of the "
+                    "calibration and evaluated images, the weights' SHA-256 and the method config. Exit 0: the "
+                    "same; 1: not (each difference named); 2: bad input.",
         epilog="On a CPU a reconstruction's result depends on the torch thread count, so a rerun takes the "
-               "record's (torch_threads) unless --threads says otherwise. It notes a git sha, package versions "
-               "or a processor (device_name) that differ from the record's: float results can move with them.")
+               "record's (torch_threads) unless --threads says otherwise. A record made on a GPU needs a GPU "
+               "(or --device cpu). It notes a git sha, package versions, a processor (device_name) or a method "
+               "module of one's own (module_sha256) that differ from the record's: float results can move with them.")
     p.add_argument("record_file", metavar="RECORD", type=_path_arg, help="the run record (JSON) to run again")
-    p.add_argument("--record", default=None, type=_path_arg, help="write the new run record to this path "
-                                                                    "(not RECORD itself)")
+    p.add_argument("--record", default=None, type=_path_arg, metavar="PATH",
+                   help="write the new run record to this path (not RECORD itself)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the record's device type)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the record's, on a CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

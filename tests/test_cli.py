@@ -361,7 +361,8 @@ def test_every_command_help_says_what_the_command_does(capsys):
         assert p.description and p.description.split("\n")[0][:40] in text, cmd
 
 
-def test_rerun_runs_a_record_again_as_it_ran_and_says_whether_the_result_is_the_same(tmp_path, capsys, one_thread):
+def test_rerun_runs_a_record_again_as_it_ran_and_says_whether_the_result_is_the_same(tmp_path, capsys, one_thread,
+                                                                                      monkeypatch):
     """`mgrq rerun RECORD`: the record's spec on its device type with its torch threads (on a CPU a
     reconstruction's result depends on them); exit 0 when top-1/top-5/FP/n are the same, 1 when not."""
     a = tmp_path / "a.json"
@@ -372,7 +373,8 @@ def test_rerun_runs_a_record_again_as_it_ran_and_says_whether_the_result_is_the_
     assert code == 0 and rec["torch_threads"] == 1
     code, out, _ = run_cli(capsys, "rerun", str(a), "--quiet", "--record", str(tmp_path / "b.json"))
     assert code == 0, out
-    assert "as it ran on cpu, 1 thread" in out and "same as the record: top1 " in out and "differs" not in out
+    assert "as it ran on cpu, 1 thread" in out and "same as the record, bit for bit: top1 " in out
+    assert "differs" not in out and "note:" not in out
     b = json.loads((tmp_path / "b.json").read_text())
     assert b["hash"] == rec["hash"] and b["metrics"] == rec["metrics"] and b["torch_threads"] == 1
     assert len(rec["data"]["eval_ids_hash"]) == 16 and b["data"]["eval_ids_hash"] == rec["data"]["eval_ids_hash"]
@@ -388,11 +390,33 @@ def test_rerun_runs_a_record_again_as_it_ran_and_says_whether_the_result_is_the_
             f"top1 {rec['metrics']['top1'] - 5} -> {rec['metrics']['top1']}") in out
     assert f"note: the record ran on Some Other CPU, this run on {rec['device_name']}" in out
     assert json.loads((tmp_path / "c.json").read_text())["torch_threads"] == 2
+    # other inputs than the record says: the weights file's bytes, a method default changed since
+    cfg = rec["method"]["config"]
+    assert cfg["softmax_quantizer"] == "log_sqrt2"
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({**rec, "weights": {**rec["weights"], "sha256": "f" * 64},
+                                  "method": {**rec["method"], "config": {**cfg, "softmax_quantizer": "log2"}}}))
+    code, out, _ = run_cli(capsys, "rerun", str(inputs), "--quiet", "--threads", "2")
+    assert code == 1 and f"weights sha256 {'f' * 16} -> {rec['weights']['sha256'][:16]}" in out
+    assert "method.config.softmax_quantizer 'log2' -> 'log_sqrt2'" in out
+    assert "note: it ran with 1 torch thread(s), this run with --threads 2" in out
     # bad input: one line, exit 2, nothing run
     (tmp_path / "x.json").write_text("[1]")
     failed = tmp_path / "f.json"
     failed.write_text(json.dumps({**rec, "status": "failed"}))
+    (gpu := tmp_path / "gpu.json").write_text(json.dumps({**rec, "device": "cuda:0", "device_name": "NVIDIA H200"}))
+    monkeypatch.setattr("mgrq.runner.executors.cuda_count", lambda: 0)
+    (bad_t := tmp_path / "t.json").write_text(json.dumps({**rec, "torch_threads": True}))
+    plugin = tmp_path / "p.json"
+    plugin.write_text(json.dumps({**rec, "spec": {**rec["spec"], "method": "minmax_gone"},
+                                  "method": {**rec["method"], "name": "minmax_gone", "module": "my_methods"}}))
     for argv, says in ((["rerun", str(tmp_path / "x.json")], "not a done run record (not a JSON object)"),
+                       (["rerun", str(tmp_path)], "not a done run record (a folder)"),
+                       (["rerun", str(gpu)], "it ran on cuda:0 (NVIDIA H200) and this machine has no CUDA device; "
+                                             "expected a GPU, or --device cpu"),
+                       (["rerun", str(bad_t)], "torch_threads is True; expected a positive integer"),
+                       (["rerun", str(plugin)], "method minmax_gone came from module my_methods, which is not loaded "
+                                                "here; expected MGRQ_METHODS=my_methods"),
                        (["rerun", str(tmp_path / "none.json")], "not a done run record (no such file)"),
                        (["rerun", str(failed)], "its status is 'failed': there is no result to compare with"),
                        (["rerun", str(a), "--record", str(a)], "the record being rerun; expected another path")):
