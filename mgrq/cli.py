@@ -226,12 +226,12 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     if args.threads and ran.startswith("cpu") and args.threads != old.get("torch_threads"):
         notes.append(f"it ran with {old.get('torch_threads')} torch thread(s), this run with --threads {args.threads}: "
                      "on a CPU a reconstruction's result depends on them")
-    for what, was, now in (("the git sha", old.get("git_sha"), records.git_sha()),
-                           ("the package versions", old.get("versions"), records.versions())):
+    for what, was, now in (("the git sha differs", old.get("git_sha"), records.git_sha()),
+                           ("the package versions differ", old.get("versions"), records.versions())):
         if was and now and was != now:
             diff = (", ".join(f"{k} {was.get(k)} -> {now.get(k)}" for k in sorted({*was, *now}) if was.get(k) != now.get(k))
                     if isinstance(was, dict) and isinstance(now, dict) else f"{records.short_sha(was)} -> {records.short_sha(now)}")
-            notes.append(f"{what} differ from the record's: {diff}")
+            notes.append(f"{what} from the record's: {diff}")
     for msg in notes:
         print(f"note: {msg}")
     names = {"data_root": "spec.data_root", "calib": "spec.calib", "set": "spec.method_config",
