@@ -157,8 +157,10 @@ def _run_spec(spec: Any, record: str | None, threads: int, quiet: bool) -> dict[
 
 def _ran_on(rec: dict[str, Any]) -> str:
     """``cpu, 2 threads`` or ``cuda:0``: where a record ran, with what decides a CPU result."""
-    dev, t = str(rec.get("device")), rec.get("torch_threads")
-    return f"{dev}, {t} thread{'s' * (t != 1)}" if dev.startswith("cpu") and isinstance(t, int) else dev
+    from mgrq.records import cpu_threads
+
+    t = cpu_threads(rec)
+    return f"{rec.get('device')}, {t} thread{'s' * (t != 1)}" if t is not None else str(rec.get("device"))
 
 
 RERUN_KEYS = ("top1", "top5", "fp_top1", "fp_top5", "n_eval")
@@ -181,7 +183,7 @@ def _rerun_input(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a done run record ({why}); expected a record.json of a finished cell or a "
                           "`mgrq quantize --record` file")
     t = old.get("torch_threads")
-    if str(old.get("device", "")).startswith("cpu") and t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+    if records.ran_on_cpu(old) and t is not None and records.cpu_threads(old) is None:
         raise ConfigError(f"{path}: torch_threads is {t!r}; expected a positive integer (or pass --threads N)")
     return old
 
@@ -207,6 +209,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
                           f"expected MGRQ_METHODS={module} with the module importable (docs/methods.md)")
     ran = str(old.get("device"))
     on_cuda = ran.startswith("cuda")
+    recorded = records.cpu_threads(old)  # None for a GPU record
     if args.device is None:
         device = (spec.device if str(spec.device).startswith("cuda") else "cuda") if on_cuda else "cpu"
         if on_cuda:
@@ -218,13 +221,13 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     else:
         device = args.device
     spec = dataclasses.replace(spec, device=device)
-    threads = args.threads or (old.get("torch_threads") if ran.startswith("cpu") else 0) or 0
+    threads = args.threads or recorded or 0
     print(f"rerun of {path}: {spec.run_id} ({spec.content_hash}), as it ran on {_ran_on(old)}")
     notes = []
     if args.device is not None and args.device.split(":")[0] != ran.split(":")[0]:
         notes.append(f"it ran on {ran}, this run on --device {args.device}: the numbers may differ")
-    if args.threads and ran.startswith("cpu") and args.threads != old.get("torch_threads"):
-        notes.append(f"it ran with {old.get('torch_threads')} torch thread(s), this run with --threads {args.threads}: "
+    if args.threads and recorded is not None and args.threads != recorded:
+        notes.append(f"it ran with {recorded} torch thread(s), this run with --threads {args.threads}: "
                      "on a CPU a reconstruction's result depends on them")
     for what, was, now in (("the git sha differs", old.get("git_sha"), records.git_sha()),
                            ("the package versions differ", old.get("versions"), records.versions())):
@@ -234,10 +237,9 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             notes.append(f"{what} from the record's: {diff}")
     for msg in notes:
         print(f"note: {msg}")
-    names = {"data_root": "spec.data_root", "calib": "spec.calib", "set": "spec.method_config",
-             "bits": "spec.bits_overrides", "where": f"{path}: "}
-    rec = _run_spec(_checked(spec, {k: (v if k == "where" else f"{path}: {v}") for k, v in names.items()}),
-                    args.record, threads, args.quiet)
+    names = {"data_root": f"{path}: spec.data_root", "calib": f"{path}: spec.calib", "where": f"{path}: ",
+             "set": f"{path}: spec.method_config", "bits": f"{path}: spec.bits_overrides"}
+    rec = _run_spec(_checked(spec, names), args.record, threads, args.quiet)
     if (was_on := old.get("device_name")) and was_on != rec.get("device_name"):
         print(f"note: the record ran on {was_on}, this run on {rec.get('device_name')}")
     m = (old.get("method") or {}).get("module_sha256"), (rec.get("method") or {}).get("module_sha256")

@@ -275,6 +275,21 @@ def cpu_name() -> str | None:
     return platform.processor() or None
 
 
+def ran_on_cpu(rec: dict[str, Any]) -> bool:
+    """Whether a record's run ran on the CPU (its ``device``: ``cpu``, not ``cuda:0``)."""
+    return str(rec.get("device", "")).startswith("cpu")
+
+
+def cpu_threads(rec: dict[str, Any]) -> int | None:
+    """The torch thread count of a record that ran on the CPU, where a reconstruction's result
+    depends on it (the order of float sums); None for a GPU run or a field that is no positive
+    integer (a bool is none)."""
+    t = rec.get("torch_threads")
+    if not ran_on_cpu(rec) or isinstance(t, bool) or not isinstance(t, int) or t < 1:
+        return None
+    return t
+
+
 def holder() -> str:
     """Who holds a lock file (a label's driver, a runs folder's mirror): ``pid P on HOST since TIME``."""
     return f"pid {os.getpid()} on {host()} since {now()}"

@@ -240,9 +240,8 @@ def flat_params(rec: dict[str, Any]) -> dict[str, str]:
         params["eval_subset"] = str((rec.get("data") or {}).get("eval_subset") or "first")
     if spec.get("bits_overrides"):
         params["bits_overrides"] = json.dumps(spec["bits_overrides"])
-    threads = rec.get("torch_threads")
-    if str(rec.get("device", "")).startswith("cpu") and isinstance(threads, int) and not isinstance(threads, bool):
-        params["cpu_threads"] = str(threads)  # a CPU reconstruction's result depends on it
+    if (threads := records.cpu_threads(rec)) is not None:  # a CPU reconstruction's result depends on it
+        params["cpu_threads"] = str(threads)
     cfg = (rec.get("method") or {}).get("config") or spec.get("method_config") or {}
     for k, v in cfg.items():
         params[f"config.{k}"] = param_str(v)

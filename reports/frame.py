@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from mgrq.errors import ConfigError
-from mgrq.records import read_record, weights_label
+from mgrq.records import cpu_threads, read_record, weights_label
 from mgrq.spec import parse_bits
 from mgrq.tracking import flat_params, param_str
 
@@ -79,7 +79,7 @@ def row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
         "quantize_s": _f(t.get("quantize_s")), "total_s": _f(t.get("total_s")),
         "peak_mem_mb": _f(rec.get("peak_mem_mb")),
         "device": _device_type(rec.get("device")),
-        "cpu_threads": _count(rec.get("torch_threads")) if _device_type(rec.get("device")) == "cpu" else None,
+        "cpu_threads": cpu_threads(rec),
         "calib": (rec.get("calibration") or {}).get("n", spec.get("calib")),
         "error": f"{err.get('type')}: {err.get('message')}" if err else None,
         "warnings": len(rec.get("warnings") or []), "git_sha": rec.get("git_sha"),

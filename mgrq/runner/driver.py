@@ -213,12 +213,12 @@ def other_method_code(done: list[dict[str, Any]]) -> str | None:
             "with this code)")
 
 
-def threads_note(grid: list[Cell], todo: list[Cell], opts: ex.ExecutorOptions) -> str | None:
-    """:func:`other_threads`' note on the done cells of the label's whole ``grid`` (an ``--only``
-    run included), when cells are left to run (``todo``) and they run on the CPU."""
+def threads_note(done: list[dict[str, Any]], todo: list[Cell], opts: ex.ExecutorOptions) -> str | None:
+    """:func:`other_threads`' note on ``done``, the done records of the label's whole grid (an
+    ``--only`` run's too), when cells are left to run (``todo``) and they run on the CPU."""
     if not todo or not ex.runs_on_cpu(opts):
         return None
-    return other_threads([rec for _, st, rec in states(grid) if st == "done"], ex.cell_threads(opts))
+    return other_threads(done, ex.cell_threads(opts))
 
 
 def other_threads(done: list[dict[str, Any]], threads: int) -> str | None:
@@ -227,8 +227,7 @@ def other_threads(done: list[dict[str, Any]], threads: int) -> str | None:
     it (the order of float sums; qdrop on tiny_vit moved 0.5 points from 1 to 2 threads), and it
     is not part of a cell's hash, so a resume with another count would mix the two in one table
     unnoticed. ``None`` when all match (or no done cell ran on the CPU)."""
-    ran = Counter(int(r["torch_threads"]) for r in done
-                  if str(r.get("device", "")).startswith("cpu") and isinstance(r.get("torch_threads"), int))
+    ran = Counter(t for r in done if (t := records.cpu_threads(r)) is not None)
     other = {t: n for t, n in ran.items() if t != threads}
     if not other:
         return None
@@ -1009,7 +1008,8 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
         print(f"suite {suite.name} [{label}]: {_cells(len(cells))}, {summary.skipped} done before, "
               f"{len(todo)} to run -> {root}", flush=True)
         done = [rec for _, st, rec in snapshot if st == "done"]
-        for msg in [*source_notes(done), threads_note(grid, todo, opts)]:
+        grid_done = [rec for _, st, rec in states(grid) if st == "done"] if only else done  # read once without --only
+        for msg in [*source_notes(done), threads_note(grid_done, todo, opts)]:
             if msg:
                 print(msg, flush=True)
         if todo:
