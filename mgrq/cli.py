@@ -222,8 +222,27 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         device = args.device
     spec = dataclasses.replace(spec, device=device)
     threads = args.threads or recorded or 0
-    print(f"rerun of {path}: {spec.run_id} ({spec.content_hash}), as it ran on {_ran_on(old)}")
+    header = f"rerun of {path}: {spec.run_id} ({spec.content_hash}), as it ran on {_ran_on(old)}"
+    names = {"data_root": f"{path}: spec.data_root", "calib": f"{path}: spec.calib", "where": f"{path}: ",
+             "set": f"{path}: spec.method_config", "bits": f"{path}: spec.bits_overrides"}
+    recorded_paths = {"data_root": spec.data_root, "checkpoint": spec.checkpoint}
     notes = []
+    for field, opt in (("data_root", "--data-root"), ("checkpoint", "--checkpoint")):
+        moved_to = getattr(args, field)
+        if moved_to is None:
+            continue
+        if recorded_paths[field] is None:
+            raise ConfigError(f"{opt} {moved_to}: {path} names no {field} (spec.{field} is null); expected {opt} only "
+                              f"for a record whose spec names one, to say where it is on this machine")
+        if moved_to == recorded_paths[field]:
+            continue
+        spec = dataclasses.replace(spec, **{field: moved_to})
+        if field == "data_root":  # its errors name the folder given, as quantize's do
+            names = {**names, "where": "", "data_root": opt}
+        notes.append(f"spec.{field} {recorded_paths[field]} -> {moved_to} ({opt}): the cell hash takes the path, "
+                     "so it is compared as if the path had not moved")
+    checked = _checked(spec, names)  # bad input fails here, before anything is printed or run
+    print(header)
     if args.device is not None and args.device.split(":")[0] != ran.split(":")[0]:
         notes.append(f"it ran on {ran}, this run on --device {args.device}: the numbers may differ")
     if args.threads and recorded is not None and args.threads != recorded:
@@ -237,16 +256,15 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             notes.append(f"{what} from the record's: {diff}")
     for msg in notes:
         print(f"note: {msg}")
-    names = {"data_root": f"{path}: spec.data_root", "calib": f"{path}: spec.calib", "where": f"{path}: ",
-             "set": f"{path}: spec.method_config", "bits": f"{path}: spec.bits_overrides"}
-    rec = _run_spec(_checked(spec, names), args.record, threads, args.quiet)
+    rec = _run_spec(checked, args.record, threads, args.quiet)
     if (was_on := old.get("device_name")) and was_on != rec.get("device_name"):
         print(f"note: the record ran on {was_on}, this run on {rec.get('device_name')}")
     m = (old.get("method") or {}).get("module_sha256"), (rec.get("method") or {}).get("module_sha256")
     if m[0] and m[1] and m[0] != m[1]:
         print(f"note: method module {module} is another version than the record's (module_sha256 "
               f"{m[0][:12]} -> {m[1][:12]})")
-    moved = [f"hash {old.get('hash')} -> {rec['hash']}"] if rec["hash"] != old.get("hash") else []
+    same_place = dataclasses.replace(checked, **recorded_paths).content_hash  # rec["hash"] unless a path moved
+    moved = [f"hash {old.get('hash')} -> {same_place}"] if same_place != old.get("hash") else []
     for what, sect, key in (("weights sha256", "weights", "sha256"), ("calibration ids_hash", "calibration", "ids_hash"),
                             ("eval_ids_hash", "data", "eval_ids_hash")):
         was, now = (old.get(sect) or {}).get(key), (rec.get(sect) or {}).get(key)
@@ -404,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the new run record to this path (not RECORD itself)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the record's device type)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the record's, on a CPU)")
+    p.add_argument("--data-root", default=None, type=_path_arg, metavar="DIR",
+                   help="where the record's ImageNet-style folder (spec.data_root) is on this machine, when it moved; "
+                        "the evaluated and calibration images are compared by name (their ids hashes), not by bytes")
+    p.add_argument("--checkpoint", default=None, type=_path_arg, metavar="FILE",
+                   help="where the record's weights file (spec.checkpoint) is on this machine, when it moved; "
+                        "compared by content (the weights' SHA-256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_rerun)
 

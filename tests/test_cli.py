@@ -419,7 +419,10 @@ def test_rerun_runs_a_record_again_as_it_ran_and_says_whether_the_result_is_the_
                                                 "here; expected MGRQ_METHODS=my_methods"),
                        (["rerun", str(tmp_path / "none.json")], "not a done run record (no such file)"),
                        (["rerun", str(failed)], "its status is 'failed': there is no result to compare with"),
-                       (["rerun", str(a), "--record", str(a)], "the record being rerun; expected another path")):
+                       (["rerun", str(a), "--record", str(a)], "the record being rerun; expected another path"),
+                       (["rerun", str(a), "--data-root", str(tmp_path)],
+                        f"--data-root {tmp_path}: {a} names no data_root (spec.data_root is null); expected --data-root "
+                        "only for a record whose spec names one")):
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and says in err and err.count("\n") == 1 and "FP top-1" not in out, (argv, err)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -139,6 +140,32 @@ def test_one_imagenet_w4a4_cell_end_to_end(tmp_path, imagenet_folder, capsys):
     assert t["spec"]["eval_split"] == "tune" and t["metrics"]["n_eval"] == 30.0
     assert t["data"]["eval_ids_hash"] not in (None, rec["data"]["eval_ids_hash"])  # train/ images, not val/
     assert "eval=tune: 10 train/ images per class" in t["data"]["source"] and t["data"]["config"]["eval_split"] == "tune"
+
+    # on another machine the folder and the weights file lie elsewhere: `rerun --data-root --checkpoint`
+    # runs the record there, the weights compared by content, the images by name, the hash as if
+    # nothing had moved (it takes the paths)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(imagenet_folder, moved / "inet")
+    shutil.copy(ckpt, moved / "w.pth")
+    capsys.readouterr()
+    argv = ["rerun", str(tuned), "--quiet", "--data-root", str(moved / "inet"), "--checkpoint", str(moved / "w.pth")]
+    assert main([*argv, "--record", str(tmp_path / "again.json")]) == 0
+    out = capsys.readouterr().out
+    assert "same as the record, bit for bit: top1 " in out and "differs" not in out
+    assert f"note: spec.data_root {imagenet_folder} -> {moved / 'inet'} (--data-root)" in out
+    assert f"note: spec.checkpoint {ckpt} -> {moved / 'w.pth'} (--checkpoint)" in out
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["spec"]["data_root"] == str(moved / "inet") and again["hash"] != t["hash"]
+    assert again["metrics"] == t["metrics"] and again["data"]["eval_ids_hash"] == t["data"]["eval_ids_hash"]
+    # other weights at the new place: named by their SHA-256, exit 1
+    sd = torch.load(ckpt, weights_only=True)
+    torch.save({**sd, "head.bias": sd["head.bias"] + 1.0}, moved / "w.pth")
+    assert main(argv) == 1
+    assert f"differs from the record: weights sha256 {t['weights']['sha256'][:16]} -> " in capsys.readouterr().out
+    # a folder that is not there: one line naming it, nothing run
+    assert main([*argv[:4], str(tmp_path / "nowhere")]) == 2
+    out, err = capsys.readouterr()
+    assert f"data root {tmp_path / 'nowhere'}: folder not found" in err and err.count("\n") == 1 and "rerun of" not in out
 
 
 @pytest.mark.imagenet
