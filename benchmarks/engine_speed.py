@@ -116,7 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autocast", choices=AUTOCASTS, default="none",
                    help="autocast of every mode, eager included (bf16: the unit forward in bfloat16, quantizers "
                         "in fp32), so fast modes are compared with eager at the same numerics (default none)")
+    p.add_argument("--save", default=None, metavar="FILE.json",
+                   help="also write the table, each mode's figures and where they came from (command, git sha, "
+                        "device, CPU, versions, times) to this JSON file")
     args = p.parse_args(argv)
+    from benchmarks import provenance
+    from mgrq.errors import ConfigError
+
+    try:
+        provenance.check(args.save)
+    except ConfigError as e:
+        p.error(str(e))
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     torch.set_num_threads(args.threads)
@@ -136,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     dim, heads, img, patch = SIZES[args.size]
     tokens = (img // patch) ** 2 + 1
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    meta = provenance.meta("benchmarks.engine_speed", argv, name)
+    print(provenance.header(meta))
     print(f"device: {name} | torch {torch.__version__} | timm {timm.__version__} | matmul precision {args.matmul_precision}"
           f"{' | autocast ' + args.autocast if args.autocast != 'none' else ''}")
     print(f"block: {args.size} ({dim} dims, {heads} heads, {tokens} tokens), batch 32, W4A4, QDrop joint step, "
@@ -147,25 +159,34 @@ def main(argv: list[str] | None = None) -> int:
             results[mode] = run_mode(qm, images, mode, args, device)
         except Exception as e:  # report and go on with the other modes
             errors[mode] = f"{type(e).__name__}: {first_line(e)}"
-    print()
-    print("| mode | ms/iter | speed-up | setup s | loss max rel diff vs eager | rounding agreement | step max rel diff |")
-    print("|---|---|---|---|---|---|---|")
+    table = ["| mode | ms/iter | speed-up | setup s | loss max rel diff vs eager | rounding agreement | step max rel diff |",
+             "|---|---|---|---|---|---|---|"]
+    rows: list[dict[str, Any]] = []
     eager = results.get("none")
     for mode in modes:
         if mode in errors:
-            print(f"| {mode} | failed: {errors[mode]} | | | | | |")
+            table.append(f"| {mode} | failed: {errors[mode]} | | | | | |")
+            rows.append({"mode": mode, "error": errors[mode]})
             continue
         r = results[mode]
+        row = {"mode": mode, "ms_per_iter": r["ms"], "setup_s": r["setup_s"], "wall_s": r["wall_s"]}
         if mode == "none" or eager is None:
-            print(f"| {mode} | {r['ms']:.2f} | 1.00x | {r['setup_s']:.1f} | - | - | - |")
+            table.append(f"| {mode} | {r['ms']:.2f} | 1.00x | {r['setup_s']:.1f} | - | - | - |")
+            rows.append(row)
             continue
         c = compare(r, eager)
-        print(f"| {mode} | {r['ms']:.2f} | {eager['ms'] / r['ms']:.2f}x | {r['setup_s']:.1f} | {c['curve']:.2e} | "
-              f"{100 * c['agree']:.3f}% | {c['steps']:.2e} |")
+        table.append(f"| {mode} | {r['ms']:.2f} | {eager['ms'] / r['ms']:.2f}x | {r['setup_s']:.1f} | {c['curve']:.2e} | "
+                     f"{100 * c['agree']:.3f}% | {c['steps']:.2e} |")
+        rows.append({**row, "speedup": eager["ms"] / r["ms"], "loss_rel_diff": c["curve"],
+                     "rounding_agreement": c["agree"], "step_rel_diff": c["steps"]})
     if eager is not None and len(results) > 1:
         ok = [m for m in results if m != "none" and compare(results[m], eager)["curve"] < 1e-2
               and compare(results[m], eager)["agree"] > 0.99]
-        print(f"\nfast modes equal to eager within noise (loss curves within 1%, >99% same rounding): {', '.join(ok) or 'none'}")
+        table += ["", f"fast modes equal to eager within noise (loss curves within 1%, >99% same rounding): "
+                      f"{', '.join(ok) or 'none'}"]
+    print()
+    print("\n".join(table))
+    provenance.save(args.save, meta, table, rows)
     return 1 if errors else 0
 
 

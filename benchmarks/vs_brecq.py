@@ -283,7 +283,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="our compile modes, comma list of none, kernels, compile (default: none,compile for rounding "
                         "and kernels,compile for steps; steps has no pure eager row by default: the opt-in fused "
                         "quantizer kernels are the peer of BRECQ's eager step there)")
+    p.add_argument("--save", default=None, metavar="FILE.json",
+                   help="also write the table, every round's figures and where they came from (command, git sha, "
+                        "BRECQ commit, CPU, versions, times) to this JSON file")
     args = p.parse_args(argv)
+    from benchmarks import provenance
+    from mgrq.errors import ConfigError
+
     stages = [s for s in args.stages.split(",") if s]
     precisions = [s for s in args.precisions.split(",") if s]
     modes_arg = [m for m in (args.modes or "").split(",") if m]
@@ -294,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{kind}s {','.join(given)!r}: unknown or empty; expected a comma list of {', '.join(allowed)}")
     if args.iters < 5 or args.rounds < 1 or args.threads < 1:
         p.error("--iters must be >= 5, --rounds and --threads >= 1")
+    try:
+        provenance.check(args.save)
+    except ConfigError as e:
+        p.error(str(e))
 
     from mgrq import zoo
 
@@ -324,9 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     if not commit.startswith(BRECQ_COMMIT):
         print(f"warning: the BRECQ checkout is at {commit}, not {BRECQ_COMMIT}; the figures are for that code",
               file=sys.stderr)
+    meta = {**provenance.meta("benchmarks.vs_brecq", argv, f"CPU ({args.threads} threads, {args.clock} clock)"),
+            "brecq_commit": commit}
     print(f"BRECQ {commit} vs this engine | torch {torch.__version__} | {args.threads} thread(s) | "
           f"{args.clock} clock | tiny_vit blocks.0, batch 32, W4A4 | {args.iters} iterations x {args.rounds} rounds",
           flush=True)
+    print(provenance.header(meta), flush=True)
     for r in range(args.rounds):
         for row in rows:
             stage, side, mode, prec = row
@@ -345,18 +358,23 @@ def main(argv: list[str] | None = None) -> int:
             f"{s}/{side}/{m}@{PRECISION_TAG[pr]} {1e3 * v[-1]:.1f}" for (s, side, m, pr), v in times.items()), flush=True)
 
     med = {row: statistics.median(v) for row, v in times.items()}
-    print()
-    print("| stage | code | mode | matmul | ms/iter | BRECQ same matmul / row | BRECQ fp32 / row |")
-    print("|---|---|---|---|---|---|---|")
+    table = ["| stage | code | mode | matmul | ms/iter | BRECQ same matmul / row | BRECQ fp32 / row |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         stage, side, mode, prec = row
         same = med[(stage, "BRECQ", "-", prec)] / med[row]
         fp32 = med.get((stage, "BRECQ", "-", "highest"))
         vs32 = f"{fp32 / med[row]:.2f}x" if fp32 is not None else "-"
-        print(f"| {stage} | {side} | {mode} | {PRECISION_TAG[prec]} | {1e3 * med[row]:.1f} | {same:.2f}x | {vs32} |")
+        table.append(f"| {stage} | {side} | {mode} | {PRECISION_TAG[prec]} | {1e3 * med[row]:.1f} | {same:.2f}x | {vs32} |")
     if any(side == "floor" for _, side, _, _ in rows):
-        print("\nfloor: the stage's matrix products alone, back to back; BRECQ / floor is the most that any code with "
-              "the same numerics can gain over BRECQ in that stage.")
+        table += ["", "floor: the stage's matrix products alone, back to back; BRECQ / floor is the most that any code "
+                      "with the same numerics can gain over BRECQ in that stage."]
+    print()
+    print("\n".join(table))
+    provenance.save(args.save, meta, table, [{"stage": st, "code": side, "mode": m, "matmul": PRECISION_TAG[pr],
+                                         "ms_per_iter_median": 1e3 * med[(st, side, m, pr)],
+                                         "ms_per_iter_rounds": [1e3 * t for t in times[(st, side, m, pr)]]}
+                                        for st, side, m, pr in rows])
     return 0
 
 

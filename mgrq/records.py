@@ -190,9 +190,9 @@ def git_sha() -> str | None:
     return tree_sha(Path(__file__).resolve().parent.parent)
 
 
-def tree_sha(src: Path) -> str | None:
+def tree_sha(src: Path, paths: tuple[str, ...] = CODE_PATHS) -> str | None:
     """The git commit of the checkout at ``src``; ``+dirty.<8 hex>`` when its code
-    (:data:`CODE_PATHS`) differs from the commit, tracked files changed or new code files
+    (``paths``, by default :data:`CODE_PATHS`) differs from the commit, tracked files changed or new code files
     (:data:`CODE_SUFFIXES`) that git does not ignore (a method module or suite file not yet added;
     not an editor's swap file, nor data or weights put beside a suite), the hex digits a hash of
     that difference, so two different modified trees of one commit do not read the same. ``None``
@@ -201,8 +201,8 @@ def tree_sha(src: Path) -> str | None:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return None
-        diff = subprocess.run(["git", "diff", "HEAD", "--", *CODE_PATHS], cwd=src, capture_output=True, timeout=30)
-        new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "-z", "--", *CODE_PATHS],
+        diff = subprocess.run(["git", "diff", "HEAD", "--", *paths], cwd=src, capture_output=True, timeout=30)
+        new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "-z", "--", *paths],
                              cwd=src, capture_output=True, timeout=30)
         if diff.returncode != 0 or new.returncode != 0:
             return None

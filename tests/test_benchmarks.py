@@ -107,3 +107,28 @@ def test_vs_brecq_floor_runs_the_products_of_a_real_rounding_step(monkeypatch):
     want = collections.Counter((f"aten::{f.__name__}", tuple(tuple(a.shape) for a in args)) for f, args in floor.products)
     assert sum(want.values()) == 17
     assert step == collections.Counter({k: 3 * n for k, n in want.items()})
+
+
+def test_a_saved_benchmark_holds_its_table_figures_and_where_they_came_from(tmp_path, capsys, one_thread):
+    """``--save FILE.json``: the table as printed, each row's figures, the command, source tree,
+    device, CPU and versions, so a figure quoted in a document names the file and command behind it."""
+    import json
+
+    from benchmarks import engine_speed
+    from mgrq import records
+
+    with pytest.raises(SystemExit) as e:  # a folder: refused before the block is built
+        engine_speed.main(["--device", "cpu", "--save", str(tmp_path)])
+    assert e.value.code == 2 and f"--save '{tmp_path}' is a folder; expected a file path" in capsys.readouterr().err
+    path = tmp_path / "es.json"
+    argv = ["--device", "cpu", "--iters", "6", "--modes", "none", "--save", str(path)]
+    assert engine_speed.main(argv) == 0
+    out = capsys.readouterr().out
+    saved = json.loads(path.read_text())
+    assert saved["command"] == "python -m benchmarks.engine_speed " + " ".join(argv)
+    assert saved["git_sha"] and saved["git_sha"].split("+")[0] == records.git_sha().split("+")[0]
+    assert saved["cpu"] == records.cpu_name() and saved["versions"]["torch"] == records.versions()["torch"]
+    assert saved["table"] and all(line in out for line in saved["table"]) and f"saved: {path}" in out
+    (row,) = saved["rows"]
+    assert row["mode"] == "none" and f"| none | {row['ms_per_iter']:.2f} | 1.00x |" in saved["table"][2]
+    assert out.splitlines()[0] == f"source tree {saved['git_sha']} | CPU (1 threads) | CPU {saved['cpu']}"

@@ -1,0 +1,41 @@
+"""A benchmark's figures with where they came from, written with ``--save FILE.json``: the command,
+the source tree (git sha, ``+dirty`` when the code or a benchmark differs from it), the machine, the package
+versions and the times, beside the table as printed and each row's raw figures. A figure quoted
+in a document can then name the file that holds it, and the command that gives it again."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from mgrq import records
+
+
+def check(path: str | None) -> None:
+    """Fail before any work when ``--save`` cannot be written (a missing folder, a folder given)."""
+    if path:
+        records.check_writable(path, "--save")
+
+
+def meta(module: str, argv: list[str] | None, device: str) -> dict[str, Any]:
+    """What a figure depends on besides the code's own numbers: command, tree, machine, versions."""
+    args = sys.argv[1:] if argv is None else argv
+    tree = records.tree_sha(Path(__file__).resolve().parent.parent, (*records.CODE_PATHS, "benchmarks"))
+    return {"command": shlex.join(["python", "-m", module, *args]), "git_sha": tree,
+            "device": device, "cpu": records.cpu_name(), "host": records.host(), "versions": records.versions(),
+            "started": records.now()}
+
+
+def header(meta: dict[str, Any]) -> str:
+    """One line to print above the table, so a pasted table carries its source tree and machine."""
+    return f"source tree {meta['git_sha'] or 'not a git checkout'} | {meta['device']} | CPU {meta['cpu']}"
+
+
+def save(path: str | None, meta: dict[str, Any], table: list[str], rows: list[dict[str, Any]]) -> None:
+    """Write the JSON (nothing when ``path`` is None) and say where."""
+    if not path:
+        return
+    records.write_record(path, {**meta, "finished": records.now(), "table": table, "rows": rows})
+    print(f"saved: {Path(path).resolve()}")
