@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         provenance.check(args.save)
     except ConfigError as e:
         p.error(str(e))
+    meta = provenance.meta("benchmarks.engine_speed", argv, args.device)  # the launch; the device's name below
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     torch.set_num_threads(args.threads)
@@ -145,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     qm, images = build(args.size, device, args.seed)
     dim, heads, img, patch = SIZES[args.size]
     tokens = (img // patch) ** 2 + 1
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    meta = provenance.meta("benchmarks.engine_speed", argv, name)
+    n = torch.get_num_threads()
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {n} thread{'s' * (n != 1)}"
+    meta["device"] = name
     print(provenance.header(meta))
     print(f"device: {name} | torch {torch.__version__} | timm {timm.__version__} | matmul precision {args.matmul_precision}"
           f"{' | autocast ' + args.autocast if args.autocast != 'none' else ''}")

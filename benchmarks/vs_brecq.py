@@ -117,7 +117,10 @@ def checkout_commit(path: str) -> str:
     try:
         out = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              timeout=10)
-        return out.stdout.strip() or "unknown (not a git checkout)"
+        changed = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10)
+        sha = out.stdout.strip()
+        return (f"{sha}+dirty" if changed.stdout.strip() else sha) if sha else "unknown (not a git checkout)"
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
 
@@ -304,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         provenance.check(args.save)
     except ConfigError as e:
         p.error(str(e))
+    meta = provenance.meta("benchmarks.vs_brecq", argv, f"CPU, {args.threads} thread{'s' * (args.threads != 1)}, "
+                                                        f"{args.clock} clock")
 
     from mgrq import zoo
 
@@ -334,12 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     if not commit.startswith(BRECQ_COMMIT):
         print(f"warning: the BRECQ checkout is at {commit}, not {BRECQ_COMMIT}; the figures are for that code",
               file=sys.stderr)
-    meta = {**provenance.meta("benchmarks.vs_brecq", argv, f"CPU ({args.threads} threads, {args.clock} clock)"),
-            "brecq_commit": commit}
+    meta["brecq_commit"] = commit
+    print(provenance.header(meta), flush=True)
     print(f"BRECQ {commit} vs this engine | torch {torch.__version__} | {args.threads} thread(s) | "
           f"{args.clock} clock | tiny_vit blocks.0, batch 32, W4A4 | {args.iters} iterations x {args.rounds} rounds",
           flush=True)
-    print(provenance.header(meta), flush=True)
     for r in range(args.rounds):
         for row in rows:
             stage, side, mode, prec = row

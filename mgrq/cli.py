@@ -77,7 +77,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-QUANTIZE_NAMES = {"data_root": "--data-root", "calib": "--calib", "set": "--set", "bits": "--bits-override", "where": ""}
+QUANTIZE_NAMES = {"data_root": "--data-root", "calib": "--calib", "set": "--set", "bits": "--bits-override", "where": "",
+                  "checkpoint": ""}
 """How ``quantize``'s errors name the parts of a spec: by its options (:func:`_checked`)."""
 
 
@@ -87,7 +88,7 @@ def _checked(spec: Any, names: dict[str, str] = QUANTIZE_NAMES) -> Any:
     errors call the spec's data root, calibration size, method config and layer policy, and the
     prefix of the data folder's (the options of ``quantize``; a record's fields for ``rerun``)."""
     from mgrq.data import check_class_images, check_imagenet_root
-    from mgrq.errors import ConfigError
+    from mgrq.errors import CheckpointError, ConfigError
     from mgrq.methods import get_method
     from mgrq.methods.registry import check_init_calib, run_calib
     from mgrq.zoo import (
@@ -99,14 +100,22 @@ def _checked(spec: Any, names: dict[str, str] = QUANTIZE_NAMES) -> Any:
         num_classes,
     )
 
+    def weights() -> int:  # the weights file read and fitted to the model, named as the caller names it
+        try:
+            return check_checkpoint(spec.model, spec.checkpoint)
+        except CheckpointError as e:
+            raise CheckpointError(f"{names['checkpoint']}{e}") from None
+
     if get_entry(spec.model).tiny:  # fail fast, before loading anything
         if spec.data_root is not None:
             raise ConfigError(f"{names['data_root']} {spec.data_root}: model {spec.model} is from the tiny zoo and is "
                               f"evaluated on the embedded MNIST digits; expected {names['data_root']} only with an "
                               "ImageNet (timm) model")
+        if spec.checkpoint:
+            weights()
     else:  # the folders first (cheap), then the weights, then the class folders against their head
         check_imagenet_root(spec.data_root, spec.model, names["where"])
-        n = check_checkpoint(spec.model, spec.checkpoint) if spec.checkpoint else num_classes(spec.model)
+        n = weights() if spec.checkpoint else num_classes(spec.model)
         check_imagenet_root(spec.data_root, spec.model, names["where"], num_classes=n)
         check_class_images(spec.data_root, tune=spec.eval_split == "tune", calib=(
             run_calib(spec), names["calib"] if spec.calib is not None else f"method {spec.method} (its default)"))
@@ -121,9 +130,11 @@ def _checked(spec: Any, names: dict[str, str] = QUANTIZE_NAMES) -> Any:
     return spec
 
 
-def _run_spec(spec: Any, record: str | None, threads: int, quiet: bool) -> dict[str, Any]:
+def _run_spec(spec: Any, record: str | None, threads: int, quiet: bool,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``spec`` with ``threads`` torch threads (0: torch's default), print its top-1 line and
-    write its record to ``record``; a failure is written there too, unless it holds a done record."""
+    write its record, with the fields of ``extra`` added, to ``record``; a failure is written
+    there too, unless it holds a done record."""
     from mgrq import records
     from mgrq.run import execute, failed_record
 
@@ -145,6 +156,7 @@ def _run_spec(spec: Any, record: str | None, threads: int, quiet: bool) -> dict[
             else:
                 records.write_record(record, failed_record(spec, e, started))
         raise
+    rec.update(extra or {})
     m = rec["metrics"]
     print(f"{spec.run_id}: FP top-1 {m['fp_top1']:.2f}  {spec.bits} top-1 {m['top1']:.2f}  "
           f"(delta {m['top1'] - m['fp_top1']:+.2f}; {int(m['n_eval'])} images; {_ran_on(rec)}; "
@@ -224,24 +236,29 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     threads = args.threads or recorded or 0
     header = f"rerun of {path}: {spec.run_id} ({spec.content_hash}), as it ran on {_ran_on(old)}"
     names = {"data_root": f"{path}: spec.data_root", "calib": f"{path}: spec.calib", "where": f"{path}: ",
-             "set": f"{path}: spec.method_config", "bits": f"{path}: spec.bits_overrides"}
+             "set": f"{path}: spec.method_config", "bits": f"{path}: spec.bits_overrides",
+             "checkpoint": f"{path}: spec."}
     recorded_paths = {"data_root": spec.data_root, "checkpoint": spec.checkpoint}
     notes = []
-    for field, opt in (("data_root", "--data-root"), ("checkpoint", "--checkpoint")):
-        moved_to = getattr(args, field)
+    for field, opt, kind in (("data_root", "--data-root", "folder"), ("checkpoint", "--checkpoint", "file")):
+        moved_to, was = getattr(args, field), recorded_paths[field]
         if moved_to is None:
+            if was is not None and not os.path.exists(was):  # moved, or another machine: say how to point at it
+                raise ConfigError(f"{path}: spec.{field} {was}: no such {kind} here; expected it there, or "
+                                  f"{opt} {kind.upper() if kind == 'file' else 'DIR'} where it is on this machine")
             continue
-        if recorded_paths[field] is None:
+        if was is None:
             raise ConfigError(f"{opt} {moved_to}: {path} names no {field} (spec.{field} is null); expected {opt} only "
                               f"for a record whose spec names one, to say where it is on this machine")
-        if moved_to == recorded_paths[field]:
+        if os.path.realpath(moved_to) == os.path.realpath(was):  # the same place, by another name
             continue
         spec = dataclasses.replace(spec, **{field: moved_to})
-        if field == "data_root":  # its errors name the folder given, as quantize's do
-            names = {**names, "where": "", "data_root": opt}
-        notes.append(f"spec.{field} {recorded_paths[field]} -> {moved_to} ({opt}): the cell hash takes the path, "
-                     "so it is compared as if the path had not moved")
+        names = {**names, **({"where": "", "data_root": opt} if field == "data_root" else {"checkpoint": "--"})}
+        notes.append(f"spec.{field} {was} -> {moved_to} ({opt}): the cell hash takes the path, so it is compared "
+                     "as if the path had not moved")
     checked = _checked(spec, names)  # bad input fails here, before anything is printed or run
+    if args.record:
+        records.check_writable(args.record, "--record")
     print(header)
     if args.device is not None and args.device.split(":")[0] != ran.split(":")[0]:
         notes.append(f"it ran on {ran}, this run on --device {args.device}: the numbers may differ")
@@ -256,7 +273,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             notes.append(f"{what} from the record's: {diff}")
     for msg in notes:
         print(f"note: {msg}")
-    rec = _run_spec(checked, args.record, threads, args.quiet)
+    rec = _run_spec(checked, args.record, threads, args.quiet,  # the new record names the one it reran
+                    {"rerun_of": {"record": os.path.abspath(path), "id": old.get("id"), "hash": old.get("hash")}})
     if (was_on := old.get("device_name")) and was_on != rec.get("device_name"):
         print(f"note: the record ran on {was_on}, this run on {rec.get('device_name')}")
     m = (old.get("method") or {}).get("module_sha256"), (rec.get("method") or {}).get("module_sha256")

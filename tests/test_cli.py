@@ -275,8 +275,7 @@ def test_corrupt_checkpoint(tmp_path, capsys, content):
                            "--w-bits", "4", "--a-bits", "4", "--checkpoint", str(bad), "--record", str(rec), "--quiet")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"checkpoint {bad}: not a readable torch/safetensors weights file" in err
-    failed = json.loads(rec.read_text())
-    assert failed["status"] == "failed" and failed["error"]["type"] == "CheckpointError"
+    assert not rec.exists()  # checked before any work, as a timm model's weights are: nothing ran to record
 
 
 def test_checkpoint_of_wrong_model(tmp_path, capsys):
@@ -422,9 +421,49 @@ def test_rerun_runs_a_record_again_as_it_ran_and_says_whether_the_result_is_the_
                        (["rerun", str(a), "--record", str(a)], "the record being rerun; expected another path"),
                        (["rerun", str(a), "--data-root", str(tmp_path)],
                         f"--data-root {tmp_path}: {a} names no data_root (spec.data_root is null); expected --data-root "
-                        "only for a record whose spec names one")):
+                        "only for a record whose spec names one"),
+                       (["rerun", str(a), "--checkpoint", str(a)],
+                        f"--checkpoint {a}: {a} names no checkpoint (spec.checkpoint is null)"),
+                       (["rerun", str(a), "--record", str(tmp_path)], f"--record '{tmp_path}' is a folder; expected a file")):
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and says in err and err.count("\n") == 1 and "FP top-1" not in out, (argv, err)
+
+
+def test_rerun_finds_a_weights_file_that_moved(tmp_path, capsys, one_thread):
+    """A record's weights file elsewhere on this machine: without --checkpoint one line says where
+    the record looked and how to point at it; with it the rerun compares the weights by SHA-256
+    and the hash as if the file had not moved, and its record names the record it reran. The same
+    file by another name (a link) is no move."""
+    from mgrq.spec import RunSpec
+
+    ck = tmp_path / "w.pth"
+    shutil.copy(zoo.tiny_weights_path("tiny_vit"), ck)
+    a = tmp_path / "a.json"
+    code, _, _ = run_cli(capsys, "quantize", "--model", "tiny_vit", "--method", "percentile", "--w-bits", "4",
+                         "--a-bits", "4", "--calib", "8", "--eval-limit", "20", "--threads", "1", "--quiet",
+                         "--checkpoint", str(ck), "--record", str(a))
+    rec = json.loads(a.read_text())
+    assert code == 0 and rec["hash"] == RunSpec.from_dict(rec["spec"]).content_hash
+    (tmp_path / "link.pth").symlink_to(ck)
+    code, out, _ = run_cli(capsys, "rerun", str(a), "--quiet", "--checkpoint", str(tmp_path / "link.pth"))
+    assert code == 0 and "same as the record, bit for bit" in out and "note:" not in out, out
+    moved = tmp_path / "elsewhere" / "w.pth"
+    moved.parent.mkdir()
+    ck.rename(moved)
+    code, out, err = run_cli(capsys, "rerun", str(a), "--quiet")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert (f"{a}: spec.checkpoint {ck}: no such file here; expected it there, or --checkpoint FILE where it is on "
+            "this machine") in err
+    (bad := tmp_path / "bad.pth").write_bytes(b"not weights")
+    code, out, err = run_cli(capsys, "rerun", str(a), "--quiet", "--checkpoint", str(bad), "--record", str(tmp_path / "r.json"))
+    assert code == 2 and out == "" and err.startswith(f"error: --checkpoint {bad}: not a readable") and err.count("\n") == 1
+    assert not (tmp_path / "r.json").exists()  # nothing run, no failed record written
+    code, out, _ = run_cli(capsys, "rerun", str(a), "--quiet", "--checkpoint", str(moved), "--record", str(tmp_path / "r.json"))
+    assert code == 0 and "same as the record, bit for bit" in out, out
+    assert f"note: spec.checkpoint {ck} -> {moved} (--checkpoint): the cell hash takes the path" in out
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["spec"]["checkpoint"] == str(moved) and again["weights"]["sha256"] == rec["weights"]["sha256"]
+    assert again["rerun_of"] == {"record": str(a), "id": rec["id"], "hash": rec["hash"]}
 
 
 @pytest.mark.slow

@@ -516,6 +516,11 @@ def test_tree_sha_marks_code_changes_only(tmp_path):
     (tmp_path / "mgrq" / ".x.py.swp").write_bytes(b"\0swap")  # nor an editor's swap file, nor data
     (tmp_path / "mgrq" / "images.tar").write_bytes(b"\0" * 1000)
     assert records.tree_sha(tmp_path) == head
+    # other paths count as code when the caller says so (the benchmarks count their own folder)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "b.py").write_text("c = 1\n")
+    assert records.tree_sha(tmp_path) == head
+    assert records.tree_sha(tmp_path, (*records.CODE_PATHS, "benchmarks")).startswith(f"{head}+dirty.")
     assert records.tree_sha(tmp_path / "docs" / "nope") is None
 
 
