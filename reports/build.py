@@ -32,7 +32,7 @@ from typing import Any, ParamSpec, TypeVar
 import pandas as pd
 
 from mgrq import records
-from mgrq.errors import ConfigError, MGRQError, UnknownNameError
+from mgrq.errors import ConfigError, MGRQError, UnknownNameError, first_line
 from mgrq.spec import SPLIT_NAMES
 from reports import frame as F
 from reports import tables as T
@@ -598,11 +598,19 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     out = Path(out)
     what = "--dest" if dest else "report folder"
     dest = records.check_writable(dest, what, folder=True) if dest else None
-    a = _label(out, suite, label_a, source, uri)
+    if _is_csv(label_b):
+        raise ConfigError(f"--compare {label_a} {label_b}: LABEL_B is a file; expected a label of suite {suite}'s runs "
+                          "(a results.csv may be LABEL_A: the numbers to compare the run with)")
+    csv_a = _csv_side(Path(label_a), suite) if _is_csv(label_a) else None
     b = _label(out, suite, label_b, source, uri)
+    a = f"csv-{csv_a['label'].iloc[0]}" if csv_a is not None else _label(out, suite, label_a, source, uri)
     if a == b:
         raise ConfigError(f"--compare {label_a} {label_b}: both are label {a}; expected two different runs")
-    df = load_frame(out, suite, [a, b], source, uri)
+    df = load_frame(out, suite, [b] if csv_a is not None else [a, b], source, uri)
+    if csv_a is not None:
+        attrs = df.attrs  # the run's (unreadable records, interrupted cells, settings): the CSV keeps none
+        df = pd.concat([csv_a.assign(label=a), df], ignore_index=True)
+        df.attrs = attrs
     for lab in (a, b):  # a run that recorded nothing would compare as "every cell missing", flagged or not
         if not (df["label"] == lab).any():
             raise ReportError(f"--compare: label {lab} of suite {suite} has no cell records (no cell finished or "
@@ -613,7 +621,7 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
         _check_dest_free(dest, files, what)
     fa, fb = df[df["label"] == a], df[df["label"] == b]
     sa, sb = F.splits(fa), F.splits(fb)
-    if sa and sb and set(sa) != set(sb):  # a delta between tune and held-out numbers measures nothing
+    if csv_a is None and sa and sb and set(sa) != set(sb):  # a delta between tune and held-out numbers measures nothing
         said = [f"{lab} on {' and '.join(SPLIT_NAMES.get(k, k) for k in sp)}" for lab, sp in ((a, sa), (b, sb))]
         raise ReportError(f"--compare {label_a} {label_b}: the finished cells of {said[0]}, of {said[1]}; "
                           "expected two labels evaluated on one split")
@@ -631,4 +639,51 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     records.write_record(dest / MANIFEST, {"files": sorted({*(_listed_files(dest) or []), *files})})
     # a comparison prints only the names of the report block
     cmp.attrs["notes"] = [_from_file_note(["names"], suite_file, suite, b)] if "names" in info.get("from_file", []) else []
+    if csv_a is not None:
+        cmp.attrs["notes"].append(_csv_note(label_a, fa, fb))
     return cmp, [dest / f for f in files], md
+
+
+CSV_COLUMNS = ("suite", "label", "run_id", "hash", "model", "name", "bits", "seed", "status", "top1")
+
+
+def _is_csv(arg: str) -> bool:
+    """Whether a --compare argument names a results.csv rather than a label."""
+    return arg.endswith(".csv")
+
+
+def _csv_side(path: Path, suite: str) -> pd.DataFrame:
+    """The cells of ``suite`` in a report's ``results.csv`` (a shipped one, or another machine's),
+    as the A side of a comparison: one label's, with the columns a comparison reads."""
+    what = f"--compare {path}"
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: no such file; expected a report's results.csv or a label") from None
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise ConfigError(f"{what}: not a readable CSV ({first_line(e)}); expected a report's results.csv") from None
+    missing = [c for c in CSV_COLUMNS if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{what}: no column {', '.join(missing)}; expected a report's results.csv "
+                          f"(columns {', '.join(CSV_COLUMNS)}, ...)")
+    df = df[df["suite"] == suite]
+    labels = sorted({str(x) for x in df["label"]})
+    if len(labels) != 1:
+        raise ConfigError(f"{what}: {'no cell' if not labels else 'cells of labels ' + ', '.join(labels)} of suite "
+                          f"{suite}; expected the cells of one label of it")
+    df = df.astype({"seed": int}).reset_index(drop=True)
+    df.attrs["settings"] = {}
+    return df
+
+
+def _csv_note(path: str, a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """What the comparison with a results.csv can and cannot say: it keeps no settings, but each
+    cell's hash says whether the two ran the same spec."""
+    key = ["model", "name", "bits", "seed"]
+    both = a[[*key, "hash"]].merge(b[[*key, "hash"]], on=key, suffixes=("_a", "_b"))
+    other = both[both["hash_a"].astype(str) != both["hash_b"].astype(str)]
+    said = f"{len(both) - len(other)} of {len(both)} cells in both have the same hash (the same spec)"
+    if len(other):
+        said += "; another hash: " + ", ".join(f"{r.model}.{r.name}.{r.bits.lower()}.s{r.seed}"
+                                                for r in other.head(5).itertuples()) + (" ..." if len(other) > 5 else "")
+    return f"A is {path}: a results.csv keeps no settings, so none are compared; {said}"

@@ -307,6 +307,45 @@ def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
             "interrupted ones) and are skipped" in capsys.readouterr().err)
 
 
+def test_compare_a_run_with_a_results_csv_as_with_its_label(tmp_path, capsys):
+    """`--compare FILE.csv LABEL`: a report's results.csv (a shipped one, another machine's) is the A
+    side, cell by cell, with the same rows and flags as the label it came from; the CSV keeps no
+    settings, so the note says how many cells ran the same spec (hash) instead."""
+    out = tmp_path / "runs"
+    make_runs(out, "A", created="2026-01-01T00:00:00")
+    make_runs(out, "B", shift=-2.5, created="2026-01-02T00:00:00")
+    put(out, "rep", "B", "tiny_vit", "repq_vit", "W4A4", 1, 75.9)
+    build_report(out, "rep", "A", pdf="no", figures=False, dest=tmp_path / "shipped")
+    csv = tmp_path / "shipped" / "results.csv"
+    assert main(["report", "rep", "--out", str(out), "--compare", "A", "B", "--threshold", "0"]) == 0
+    by_label = capsys.readouterr().out
+    assert main(["report", "rep", "--out", str(out), "--compare", str(csv), "B", "--threshold", "0", "--strict"]) == 1
+    by_csv = capsys.readouterr().out
+    rows = [ln for ln in by_label.splitlines() if ln.startswith("| ")]
+    assert rows and rows == [ln for ln in by_csv.splitlines() if ln.startswith("| ")]
+    assert sum("**moved**" in r for r in rows) == 3  # the two shifted cells and the 0.4 move (threshold 0)
+    assert "from csv-A (A) to B (B)" in by_csv and (out / "rep" / "B" / "report" / "compare-csv-A-vs-B.md").is_file()
+    assert (f"note: A is {csv}: a results.csv keeps no settings, so none are compared; 15 of 15 cells in both have "
+            "the same hash (the same spec)") in by_csv
+    # another spec in the CSV: its hash names it
+    df = pd.read_csv(csv)
+    df.loc[(df["model"] == "tiny_vit") & (df["seed"] == 1) & (df["name"] == "percentile"), "hash"] = "0" * 12
+    df.to_csv(other := tmp_path / "other.csv", index=False)
+    assert main(["report", "rep", "--out", str(out), "--compare", str(other), "B"]) == 0
+    assert "14 of 15 cells in both have the same hash (the same spec); another hash: tiny_vit.percentile.w4a4.s1" in \
+        capsys.readouterr().out
+    # bad input: one line naming the file and what was expected
+    df.drop(columns=["hash"]).to_csv(nohash := tmp_path / "nohash.csv", index=False)
+    pd.concat([df, df.assign(label="Z")]).to_csv(two := tmp_path / "two.csv", index=False)
+    for argv, says in (([str(tmp_path / "none.csv"), "B"], "none.csv: no such file; expected a report's results.csv"),
+                       ([str(nohash), "B"], "nohash.csv: no column hash; expected a report's results.csv"),
+                       ([str(two), "B"], "two.csv: cells of labels A, Z of suite rep; expected the cells of one label"),
+                       (["A", str(csv)], "LABEL_B is a file; expected a label of suite rep's runs")):
+        assert main(["report", "rep", "--out", str(out), "--compare", *argv]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, (argv, err)
+
+
 def test_compare_from_mlflow_takes_the_run_folders_order_and_refuses_an_unmirrored_newest(tmp_path, capsys):
     """MLflow orders a suite's labels by when each was made (its suite.json), as the run folders
     do, so a label resumed after newer ones keeps its place; `latest`/`previous` from MLflow refuse

@@ -145,7 +145,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="the float of every .tex table: table (default; a table wider than the column is "
                          "scaled down to it) or table* (spans both columns of a two-column paper)")
     rp.add_argument("--compare", nargs=2, metavar=("LABEL_A", "LABEL_B"), default=None,
-                    help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed)")
+                    help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed); LABEL_A may be a "
+                         "report's results.csv (e.g. docs/results/SUITE/results.csv): the run's numbers against those, "
+                         "cell by cell, with how many cells ran the same spec (hash)")
     rp.add_argument("--threshold", type=float, default=None,
                     help="with --compare: flag cells whose top-1 moved by more than this many points (default 1.0)")
     rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when a cell is flagged moved, newly failed, new, failed, "
