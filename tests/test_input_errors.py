@@ -13,7 +13,7 @@ from harness_helpers import write_suite
 
 from mgrq import records
 from mgrq.cli import main
-from mgrq.errors import ConfigError
+from mgrq.errors import ConfigError, ReconstructionError
 from mgrq.runner import executors as ex
 from mgrq.runner.layout import Cell, records_under
 from mgrq.runner.suite import load_suite
@@ -89,14 +89,22 @@ def test_bad_paths_fail_before_any_work(tmp_path, capsys, no_work, argv, message
     assert re.search(message, error_line(capsys))
 
 
-def test_failed_quantize_keeps_a_done_record(tmp_path, capsys):
+def test_failed_quantize_keeps_a_done_record(tmp_path, capsys, monkeypatch):
     rec = tmp_path / "r.json"
     records.write_record(rec, {"id": "x", "status": "done", "spec": {}, "metrics": {"top1": 90.0}})
     bad = tmp_path / "bad.pth"
     bad.write_text("not a checkpoint")
-    assert main(QUANT + ["--checkpoint", str(bad), "--record", str(rec)]) == 2
+    assert main(QUANT + ["--checkpoint", str(bad), "--record", str(rec)]) == 2  # refused before any work
+    assert "not a readable" in capsys.readouterr().err
+    assert json.loads(rec.read_text())["metrics"] == {"top1": 90.0}
+
+    def boom(spec, progress=True):  # a run that fails after the checks passed
+        raise ReconstructionError("unit blocks.0: the loss became nan at iteration 3")
+
+    monkeypatch.setattr("mgrq.run.execute", boom)
+    assert main(QUANT + ["--record", str(rec)]) == 2
     err = capsys.readouterr().err
-    assert "holds a done record; the failure is not written over it" in err and "not a readable" in err
+    assert "holds a done record; the failure is not written over it" in err and "the loss became nan" in err
     assert json.loads(rec.read_text())["metrics"] == {"top1": 90.0}
 
 
