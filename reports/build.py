@@ -633,14 +633,17 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)
     _make_dest(dest, what)
     md = T.compare_markdown(cmp, a, b, threshold, changes)
+    csv_note = _csv_note(label_a, fa, fb) if csv_a is not None else None
+    if csv_note:  # in the file too: what the comparison could not check, and what stands in for it
+        md += f"\n{csv_note[0].upper()}{csv_note[1:]}.\n"
     (dest / f"{stem}.md").write_text(md)
     (dest / f"{stem}.tex").write_text(T.compare_latex(cmp, suite, a, b, threshold, changes, float_env))
     cmp.to_csv(dest / f"{stem}.csv", index=False)
     records.write_record(dest / MANIFEST, {"files": sorted({*(_listed_files(dest) or []), *files})})
     # a comparison prints only the names of the report block
     cmp.attrs["notes"] = [_from_file_note(["names"], suite_file, suite, b)] if "names" in info.get("from_file", []) else []
-    if csv_a is not None:
-        cmp.attrs["notes"].append(_csv_note(label_a, fa, fb))
+    if csv_note:
+        cmp.attrs["notes"].append(csv_note)
     return cmp, [dest / f for f in files], md
 
 

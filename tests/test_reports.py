@@ -325,8 +325,9 @@ def test_compare_a_run_with_a_results_csv_as_with_its_label(tmp_path, capsys):
     assert rows and rows == [ln for ln in by_csv.splitlines() if ln.startswith("| ")]
     assert sum("**moved**" in r for r in rows) == 3  # the two shifted cells and the 0.4 move (threshold 0)
     assert "from csv-A (A) to B (B)" in by_csv and (out / "rep" / "B" / "report" / "compare-csv-A-vs-B.md").is_file()
-    assert (f"note: A is {csv}: a results.csv keeps no settings, so none are compared; 15 of 15 cells in both have "
-            "the same hash (the same spec)") in by_csv
+    said = f"A is {csv}: a results.csv keeps no settings, so none are compared; 15 of 15 cells in both have the same hash"
+    assert f"note: {said} (the same spec)" in by_csv
+    assert f"\n{said} (the same spec).\n" in (out / "rep" / "B" / "report" / "compare-csv-A-vs-B.md").read_text()
     # another spec in the CSV: its hash names it
     df = pd.read_csv(csv)
     df.loc[(df["model"] == "tiny_vit") & (df["seed"] == 1) & (df["name"] == "percentile"), "hash"] = "0" * 12
