@@ -674,9 +674,7 @@ def _csv_side(path: Path, suite: str) -> pd.DataFrame:
     if len(labels) != 1:
         raise ConfigError(f"{what}: {'no cell' if not labels else 'cells of labels ' + ', '.join(labels)} of suite "
                           f"{suite}; expected the cells of one label of it")
-    df = df.astype({"seed": int}).reset_index(drop=True)
-    df.attrs["settings"] = {}
-    return df
+    return df.astype({"seed": int}).reset_index(drop=True)
 
 
 def _csv_note(path: str, a: pd.DataFrame, b: pd.DataFrame) -> str:

@@ -294,7 +294,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         if note := driver.other_grid_note(label, records.read_record(root / "suite.json") or {}, grid):
             print(note)
         pending = [c for c in cells if c.status() != "done"]
-        if note := driver.threads_note([rec for _, st, rec in driver.states(grid) if st == "done"], pending, opts):
+        if note := driver.threads_note(driver.done_records(driver.states(grid)), pending, opts):
             print(note)
         try:  # what the run would refuse
             check_writable(out, "--out", folder=True)

@@ -139,6 +139,11 @@ def states(cells: list[Cell]) -> list[State]:
     return [(c, *c.state()) for c in cells]
 
 
+def done_records(snapshot: list[State]) -> list[dict[str, Any]]:
+    """The records of the done cells of a :func:`states` snapshot."""
+    return [rec for _, st, rec in snapshot if st == "done"]
+
+
 def check_drift(cells: list[State], label: str) -> None:
     """Refuse to resume a label whose done cells ran with other method defaults than the current
     code's, or with other bytes in their weights file: mixing the two would give one table from
@@ -1007,8 +1012,8 @@ def _run_label(suite: Suite, out: Path, label: str, opts: ex.ExecutorOptions, on
         suite_meta = {"name": suite.name, "label": label, "file": str(suite.path)}
         print(f"suite {suite.name} [{label}]: {_cells(len(cells))}, {summary.skipped} done before, "
               f"{len(todo)} to run -> {root}", flush=True)
-        done = [rec for _, st, rec in snapshot if st == "done"]
-        grid_done = [rec for _, st, rec in states(grid) if st == "done"] if only else done  # read once without --only
+        done = done_records(snapshot)
+        grid_done = done_records(states(grid)) if only else done  # read once without --only
         for msg in [*source_notes(done), threads_note(grid_done, todo, opts)]:
             if msg:
                 print(msg, flush=True)
