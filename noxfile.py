@@ -3,7 +3,7 @@ copy, installed once and refreshed when ``pyproject.toml`` changes). Set ``MGRQ_
 another environment that already has ``pip install -e ".[dev]"``, as it is (nothing is installed
 into it; a missing package is an error).
 
-    nox -s tests            fast CPU tests (the README's test command; about 5 min on 2 cores)
+    nox -s tests            fast CPU tests (the README's test command; about 4 min on 2 cores)
     nox -s tests_slow       the long checks (marker ``slow``)
     nox -s tests_gpu        the CUDA checks (marker ``gpu``)
     nox -s lint             ruff + mypy
@@ -93,9 +93,19 @@ print(" ".join(n for n in sys.argv[1:] if missing(n)))
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """Fast CPU tests (slow/gpu/imagenet markers off)."""
+    """Fast CPU tests (slow/gpu/imagenet markers off), in parallel pytest-xdist workers: one per
+    core up to 4 (``MGRQ_TEST_WORKERS=N`` to choose; 0 runs them in this process). One test file
+    stays on one worker (``--dist loadfile``): the SLURM tests share one cluster run."""
     py = _python(session)
-    session.run(py, "-m", "pytest", "-q", *session.posargs, env=ENV, external=True)
+    session.run(py, "-m", "pytest", "-q", *_workers(session), *session.posargs, env=ENV, external=True)
+
+
+def _workers(session: nox.Session) -> list[str]:
+    raw = os.environ.get("MGRQ_TEST_WORKERS", "").strip()
+    if raw and not raw.isdigit():
+        session.error(f"MGRQ_TEST_WORKERS={raw!r}: expected a whole number of pytest workers (0: none)")
+    n = int(raw) if raw else min(4, os.cpu_count() or 1)
+    return ["-n", str(n), "--dist", "loadfile"] if n > 1 else []
 
 
 @nox.session(venv_backend="none")

@@ -8,6 +8,13 @@ import torch  # noqa: E402
 
 REQUIRE_GPU_ENV = "MGRQ_REQUIRE_GPU"
 
+# Under pytest-xdist (`nox -s tests` runs 2 workers on 2 cores) each worker takes its share of the
+# cores for torch's in-process work, so that two workers do not fight over the same cores with
+# two OpenMP pools each. Tests that need a given count set it themselves (``one_thread``).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 
 def require_cuda() -> torch.device:
     """The CUDA device for a ``gpu`` test. Without one the test is skipped, unless
