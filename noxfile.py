@@ -1,7 +1,7 @@
 """nox sessions. All sessions share one virtual environment, ``.venv`` (torch is ~5 GB: one
 copy, installed once and refreshed when ``pyproject.toml`` changes). Set ``MGRQ_VENV`` to use
 another environment that already has ``pip install -e ".[dev]"``, as it is (nothing is installed
-into it; a missing package is an error).
+into it; a missing package is an error, checked when nox runs on Python 3.11 or later).
 
     nox -s tests            fast CPU tests (the README's test command; about 4 min on 2 cores)
     nox -s tests_slow       the long checks (marker ``slow``)
