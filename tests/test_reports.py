@@ -256,6 +256,29 @@ def test_paired_option_of_the_cli(tmp_path, capsys):
             "repq_vit, pct-mm (or none)") in capsys.readouterr().err
 
 
+def test_compare_flags_a_cell_with_new_warnings_even_when_its_top1_stayed(tmp_path, capsys):
+    """A reconstruction whose output error rose is a warning in its record, not a failure; a night
+    where such warnings appear on a cell whose top-1 stayed within the threshold is flagged (and
+    alerts under --strict); fewer warnings than before are not."""
+    out = tmp_path / "runs"
+    make_runs(out, "A", created="2026-01-01T00:00:00")
+    make_runs(out, "B", created="2026-01-02T00:00:00")  # the same top-1 everywhere
+    rose = "qdrop: unit blocks.0 (joint stage): its output error on the calibration images rose 3.1x"
+    put(out, "rep", "A", "tiny_vit", "repq_vit", "W4A4", 1, 75.5, qs=5.0, warnings=[rose])  # fewer in B
+    put(out, "rep", "B", "tiny_vit", "percentile", "W4A4", 1, 72.3, warnings=[rose])  # +0.3: below 1.0
+    argv = ["report", "rep", "--out", str(out), "--compare", "A", "B", "--threshold", "1.0"]
+    assert main([*argv, "--strict"]) == 1
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "Model" not in ln]
+    assert rows[0] == "| tiny ViT | Percentile | 4/4 | 1 | 72.00 | 72.30 | +0.30 | **new warning** |"
+    assert [r for r in rows if "warning" in r] == rows[:1]  # tiny ViT RepQ-ViT seed 1 lost its warning: no flag
+    csv = pd.read_csv(out / "rep" / "B" / "report" / "compare-A-vs-B.csv")
+    row = csv[(csv["flag"] == "new warning")].iloc[0]
+    assert (row["warnings_a"], row["warnings_b"]) == (0, 1)
+    put(out, "rep", "B", "tiny_vit", "percentile", "W4A4", 1, 72.0)  # the warning gone again
+    assert main([*argv, "--strict"]) == 0
+    assert "| **new warning** |" not in capsys.readouterr().out
+
+
 def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
     out = tmp_path / "runs"
     make_runs(out, "A", created="2026-01-01T00:00:00")

@@ -150,8 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "cell by cell, with how many cells ran the same spec (hash)")
     rp.add_argument("--threshold", type=float, default=None,
                     help="with --compare: flag cells whose top-1 moved by more than this many points (default 1.0)")
-    rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when a cell is flagged moved, newly failed, new, failed, "
-                         "interrupted or missing (in A, no result in B)")
+    rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when a cell is flagged moved, newly failed, new warning, "
+                         "new, failed, interrupted or missing (in A, no result in B)")
     rp.set_defaults(func=cmd_report)
 
 
