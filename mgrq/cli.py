@@ -114,9 +114,9 @@ def _checked(spec: Any, names: dict[str, str] = QUANTIZE_NAMES) -> Any:
         if spec.checkpoint:
             weights()
     else:  # the folders first (cheap), then the weights, then the class folders against their head
-        check_imagenet_root(spec.data_root, spec.model, names["where"])
+        check_imagenet_root(spec.data_root, spec.model, names["where"], eval_split=spec.eval_split)
         n = weights() if spec.checkpoint else num_classes(spec.model)
-        check_imagenet_root(spec.data_root, spec.model, names["where"], num_classes=n)
+        check_imagenet_root(spec.data_root, spec.model, names["where"], num_classes=n, eval_split=spec.eval_split)
         check_class_images(spec.data_root, tune=spec.eval_split == "tune", calib=(
             run_calib(spec), names["calib"] if spec.calib is not None else f"method {spec.method} (its default)"))
         if not spec.checkpoint:  # offline, the hub weights must be cached

@@ -149,18 +149,19 @@ def class_folders(split_dir: Path, where: str = "") -> list[str]:
     return classes
 
 
-def check_classes(root: Path, train: list[str], val: list[str], num_classes: int | None, where: str = "",
+def check_classes(root: Path, train: list[str], val: list[str] | None, num_classes: int | None, where: str = "",
                   model: str = "the model") -> None:
     """``train/`` and ``val/`` must hold ``num_classes`` class folders (the model's outputs; not
     checked when None) and the same ones: a label is a folder's index, so it must mean the same
-    class in calibration, evaluation and the model's head."""
+    class in calibration, evaluation and the model's head. ``val`` None: a run on the tune split,
+    which never reads ``val/``."""
     for split, classes in (("train", train), ("val", val)):
-        if num_classes is not None and len(classes) != num_classes:
+        if classes is not None and num_classes is not None and len(classes) != num_classes:
             raise DataError(
                 f"{where}{root / split}: {len(classes)} class folders, but {model} has "
                 f"{num_classes} outputs; expected one folder per class"
             )
-    if train != val:
+    if val is not None and train != val:
         only = [f"only in {name}/: {_few(sorted(set(a) - set(b)))}"
                 for name, a, b in (("train", train, val), ("val", val, train)) if set(a) - set(b)]
         raise DataError(f"{where}{root}: train/ and val/ have different class folders ({'; '.join(only)}); "
@@ -200,7 +201,8 @@ def check_class_images(root: str | os.PathLike, where: str = "", tune: bool = Fa
                        calib: tuple[int, str] | None = None) -> None:
     """Every class folder of ``root``'s ``train/`` and ``val/`` holds an image file: an empty one
     would fail every job on this root. ``tune``: each ``train/`` folder also holds more than the
-    tune split takes (:data:`IMAGENET_TUNE_PER_CLASS`). ``calib``: ``(n, who)``, ``train/`` holds
+    tune split takes (:data:`IMAGENET_TUNE_PER_CLASS`), and ``val/``, which the tune split never
+    reads, is not looked at. ``calib``: ``(n, who)``, ``train/`` holds
     at least ``n`` images calibration can draw from (beside the tune split), else every job of
     ``who`` fails on its draw. Each folder is read only as far as that needs (in full for the
     first ``train/`` folders, until they hold ``n``: a few, for ``n`` up to a few thousand); no
@@ -210,7 +212,7 @@ def check_class_images(root: str | os.PathLike, where: str = "", tune: bool = Fa
     root = Path(root).expanduser()  # as check_imagenet_root and imagenet_bundle read it
     want, who = calib if calib is not None else (0, "")
     have = 0  # train/ images calibration can draw from, in the folders counted in full
-    for sub in ("train", "val"):
+    for sub in ("train",) if tune else ("train", "val"):
         need = IMAGENET_TUNE_PER_CLASS + 1 if tune and sub == "train" else 1
         for cls in class_folders(Path(root) / sub, where):
             count = sub == "train" and have < want
@@ -278,22 +280,28 @@ def timm_data_config(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def check_imagenet_root(
-    root: str | os.PathLike | None, model: str, where: str = "", num_classes: int | None = None
+    root: str | os.PathLike | None, model: str, where: str = "", num_classes: int | None = None,
+    eval_split: str = "heldout",
 ) -> Path:
     """Fail fast, before any model or weights are loaded: ``root`` must be given and have the
     ``train/`` and ``val/`` folders of :data:`IMAGENET_LAYOUT` (``where`` prefixes the message)
     with the same class folders, ``num_classes`` of them when given (the model's outputs,
-    :func:`mgrq.zoo.num_classes`). Only folders are listed, not the images, so it stays cheap."""
+    :func:`mgrq.zoo.num_classes`). Only folders are listed, not the images, so it stays cheap.
+    ``eval_split='tune'`` needs ``train/`` only: the tune split never reads ``val/``, so a machine
+    that runs a sweep need not hold the held-out images at all."""
     if root is None:
         raise ConfigError(f"{where}model {model} needs an ImageNet-layout folder; pass --data-root PATH "
                           f"({IMAGENET_LAYOUT})")
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(f"{where}data root {path}: folder not found; expected layout {IMAGENET_LAYOUT}")
-    for sub in ("train", "val"):
+    subs = ("train",) if eval_split == "tune" else ("train", "val")
+    for sub in subs:
         if not (path / sub).is_dir():
-            raise DataError(f"{where}data root {path}: folder {path / sub} not found; expected layout {IMAGENET_LAYOUT}")
-    train, val = (class_folders(path / sub, where) for sub in ("train", "val"))
+            raise DataError(f"{where}data root {path}: folder {path / sub} not found; expected layout {IMAGENET_LAYOUT}"
+                            + (" (the tune split reads train/ only)" if eval_split == "tune" else ""))
+    train = class_folders(path / "train", where)
+    val = class_folders(path / "val", where) if "val" in subs else None
     check_classes(path, train, val, num_classes, where, f"model {model}")
     return path
 
@@ -307,7 +315,7 @@ def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes
     ``eval_split='tune'`` evaluates on :data:`IMAGENET_TUNE_PER_CLASS` images per class carved
     from ``train/`` (a fixed seed over each class's sorted files, so the same folder gives the same
     split anywhere), for hyper-parameter sweeps that must not see ``val/``; calibration then
-    draws only from the other training images."""
+    draws only from the other training images, and ``val/`` is not read (it need not exist)."""
     from timm.data import create_transform
 
     root = Path(root).expanduser()
@@ -318,11 +326,12 @@ def imagenet_bundle(root: str | os.PathLike, model: torch.nn.Module, num_classes
     cfg = timm_data_config(model)
     transform = create_transform(**cfg, is_training=False)
     train = ImageFolderSplit(root / "train", transform)
-    val = ImageFolderSplit(root / "val", transform)
-    check_classes(root, train.classes, val.classes, num_classes)
     if eval_split == "heldout":
+        val = ImageFolderSplit(root / "val", transform)
+        check_classes(root, train.classes, val.classes, num_classes)
         return DataBundle(train=train, val=val, data_config=cfg, source=f"image folder {root}",
                           train_ids=[rel for rel, _ in train.samples], val_ids=[rel for rel, _ in val.samples])
+    check_classes(root, train.classes, None, num_classes)
     tune = imagenet_tune_indices(train)
     chosen = set(tune)
     rest = [i for i in range(len(train)) if i not in chosen]

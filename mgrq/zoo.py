@@ -439,7 +439,7 @@ def data_bundle_for(name: str, model: nn.Module, data_root: str | Path | None, e
     if entry.tiny:
         return data.mnist_bundle(eval_split)
     n = int(getattr(model, "num_classes", 1000))
-    root = data.check_imagenet_root(data_root, name, num_classes=n)  # class folders before the images
+    root = data.check_imagenet_root(data_root, name, num_classes=n, eval_split=eval_split)  # folders before images
     return data.imagenet_bundle(root, model, n, eval_split)
 
 

@@ -1,5 +1,6 @@
 """Data: MNIST-5k split, ImageNet-layout folders of real photos with timm preprocessing, calibration."""
 
+import json
 import re
 from pathlib import Path
 
@@ -262,6 +263,47 @@ def test_an_imagenet_tune_split_is_carved_from_train_and_kept_from_calibration(t
     torch.save(model.state_dict(), ckpt)
     assert main(["quantize", "--model", "deit_tiny_patch16_224", "--method", "percentile", "--w-bits", "4",
                  "--a-bits", "4", "--data-root", str(root), "--checkpoint", str(ckpt), "--eval-split", "tune"]) == 2
+
+
+def test_the_tune_split_needs_no_val_folder(tmp_path, capsys):
+    """A sweep on the tune split never reads val/: a machine that runs it may hold train/ only
+    (no held-out image within reach). Held-out runs on the same folder name the missing val/."""
+    import shutil
+
+    from mgrq.cli import main
+    from mgrq.zoo import data_bundle_for
+
+    root = make_image_folder(tmp_path / "imnet", n_classes=3, per_class=11)
+    shutil.rmtree(root / "val")
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=3).eval()
+    b = data_bundle_for("deit_tiny_patch16_224", model, root, "tune")
+    assert len(b.val) == 30 and len(b.train_ids) == 3
+    assert data.check_imagenet_root(root, "m", eval_split="tune") == root
+    data.check_class_images(root, tune=True)
+    with pytest.raises(DataError, match=rf"data root {re.escape(str(root))}: folder {re.escape(str(root / 'val'))} "
+                                        "not found; expected layout"):
+        data_bundle_for("deit_tiny_patch16_224", model, root, "heldout")
+    ckpt = tmp_path / "deit.pth"
+    torch.save(model.state_dict(), ckpt)
+    run = ["quantize", "--model", "deit_tiny_patch16_224", "--method", "percentile", "--w-bits", "8", "--a-bits", "8",
+           "--data-root", str(root), "--checkpoint", str(ckpt), "--calib", "2", "--eval-limit", "6", "--quiet",
+           "--record", str(tmp_path / "r.json")]
+    assert main([*run, "--eval-split", "tune"]) == 0, capsys.readouterr().err
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["status"] == "done" and rec["metrics"]["n_eval"] == 6 and "eval=tune" in rec["data"]["source"]
+    capsys.readouterr()
+    assert main(run) == 2  # held out: val/ is needed, and named before any work
+    assert f"folder {root / 'val'} not found" in capsys.readouterr().err
+    from harness_helpers import write_suite  # a suite's up-front checks: the same
+
+    suite = write_suite(tmp_path / "sweep.yaml", models=["deit_tiny_patch16_224"], data={"eval_split": "tune"},
+                        calibration={"n": 2})
+    dry = ["suite", "run", str(suite), "--data-root", str(root), "--checkpoint", f"deit_tiny_patch16_224={ckpt}",
+           "--out", str(tmp_path / "runs"), "--dry-run"]
+    assert main(dry) == 0, capsys.readouterr().err
+    held = write_suite(tmp_path / "held.yaml", models=["deit_tiny_patch16_224"])
+    assert main([*dry[:2], str(held), *dry[3:]]) == 2
+    assert f"folder {root / 'val'} not found" in capsys.readouterr().err
 
 
 def test_a_calibration_size_beyond_train_is_named_up_front(tmp_path, capsys):

@@ -186,7 +186,7 @@ class Suite:
             run = {s.model for s in chosen}
             at = "--data-root: " if data_root is not None else f"{where}: data.root: "  # who gave the root
             for m in (m for m in self.models if not _is_tiny(m) and m in run):  # class folders against each head
-                check_imagenet_root(root, m, at, classes[m] if m in classes else num_classes(m))
+                check_imagenet_root(root, m, at, classes[m] if m in classes else num_classes(m), self.eval_split)
             # the hub weights, offline: else every job of the model fails on them; all missing named at once
             check_all_pretrained_cached([m for m in self.models if not _is_tiny(m) and m in run and m not in ck],
                                         f"{where}: ")
