@@ -499,3 +499,37 @@ def test_a_full_budget_reconstruction_on_this_cpu_is_said_up_front(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert _cpu_reconstruction_note(suite, ex.ExecutorOptions(kind="debug", device="auto"), None) is None
     assert "(--device cpu)" in _cpu_reconstruction_note(suite, ex.ExecutorOptions(kind="debug", device="cpu"), None)
+
+
+def test_set_gives_every_method_with_the_field_its_value_as_the_suite_file_would(tmp_path, capsys):
+    """``suite run --set FIELD=VALUE`` (a smoke run of the reconstruction methods, say) puts the
+    value into the config of each method entry whose method has the field, read as YAML reads
+    it: each cell is the one a suite file with that ``config:`` gives, hash included. A field no
+    method has, or a value a method refuses, is one error line naming it."""
+    methods = ["percentile", "qdrop", {"name": "brecq", "config": {"iters": 9, "lr_round": 0.01}},
+               {"name": "mgrq", "variant": "mgrq-k", "config": {"iters": 5}}]
+    plain = load_suite(str(write_suite(tmp_path / "s.yaml", methods=methods)))
+    got = plain.with_options(sets={"iters": "3", "lr_round": "1e-3"})
+    by_hand = [m if isinstance(m, dict) else {"name": m} for m in methods]
+    for m in by_hand[1:]:  # every method but percentile has both fields
+        m["config"] = {**m.get("config", {}), "iters": 3, "lr_round": 0.001}
+    want = load_suite(str(write_suite(tmp_path / "w.yaml", methods=by_hand)))
+    assert [(s.run_id, s.content_hash) for s in got.specs()] == [(s.run_id, s.content_hash) for s in want.specs()]
+    old, new = ({s.name: s.content_hash for s in x.specs()} for x in (plain, got))
+    assert old["percentile"] == new["percentile"] and all(old[n] != new[n] for n in ("qdrop", "brecq", "mgrq-k"))
+    assert dict(got.methods[2].config) == {"iters": 3, "lr_round": 0.001}  # typed as the file would be
+
+    suite = str(tmp_path / "s.yaml")
+    run = ["suite", "run", suite, "--out", str(tmp_path / "runs"), "--dry-run"]
+    assert main([*run, "--set", "iters=3"]) == 0
+    assert "qdrop.w4a4.s0" in capsys.readouterr().out
+    for flags, msg in (
+        (["--set", "iter=3"], "error: --set iter=3: no method of the suite (percentile, qdrop, brecq, mgrq) has a "
+                              "field 'iter' (did you mean 'iters'?); expected one of their fields"),
+        (["--set", "iters=many"], "error: --set iters=many: qdrop.iters='many': expected an integer"),
+        (["--set", "iters"], "error: --set 'iters': expected "),
+    ):
+        assert main([*run, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(msg) and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()

@@ -55,6 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--calib", type=int, default=None,
                    help="calibration images for every method (smoke runs; default: the suite's; "
                         "changes the cells' hashes)")
+    r.add_argument("--set", dest="overrides", action="append", metavar="FIELD=VALUE",
+                   help="a method config field for every method of the suite that has it, as if written in its "
+                        "config: (repeatable; e.g. --set iters=200 for a smoke run of the reconstruction methods; "
+                        "changes those cells' hashes; `mgrq methods NAME` lists a method's fields)")
     r.add_argument("--device", default=None,
                    help="device for the cells: auto (default: CUDA when the job sees a GPU), cpu, cuda; a site "
                         "profile's device: sets it too")
@@ -259,7 +263,8 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
     out = _out(args) if args.dry_run else check_writable(_out(args), "--out", folder=True)  # dry runs write nothing
     suite = load_suite(args.suite).with_options(
         data_root=args.data_root, checkpoints=parse_assignments(args.checkpoint, "--checkpoint"),
-        eval_limit=args.eval_limit, calib=args.calib, only=args.only)
+        eval_limit=args.eval_limit, calib=args.calib, only=args.only,
+        sets=parse_assignments(args.overrides, "--set"))
     if suite.data_root is not None and not suite.needs_data_root:
         given = "--data-root" if args.data_root is not None else f"{suite.path}: data.root"
         print(f"note: {given} is not used: every model of suite {suite.name} is from the tiny zoo "

@@ -140,13 +140,17 @@ class Suite:
         eval_limit: int | None = None,
         calib: int | None = None,
         only: str | None = None,
+        sets: Mapping[str, str] | None = None,
     ) -> Suite:
         """A copy with command-line settings applied (they win over the file) and data/weights
         paths made absolute, then checked: a missing data root for an ImageNet model, class
         folders that do not fit a model's head, or a missing weights file fail here, before
         anything is submitted. ``only`` (``--only``): the class folders are checked for the
-        models of the cells it selects."""
+        models of the cells it selects. ``sets`` (``--set FIELD=VALUE``): config values for every
+        method entry whose method has the field, as if written in its ``config:``."""
         where = str(self.path)
+        if sets:
+            self = replace(self, methods=_set_entries(self.methods, sets))
         root = data_root if data_root is not None else self.data_root
         ck = dict(self.checkpoints)
         for model, path in (checkpoints or {}).items():
@@ -227,6 +231,49 @@ class Suite:
                 raise ConfigError(f"{at}calib={n}: more than the {pool} {split} calibration draws from "
                                   f"(tiny zoo); expected at most {pool}")
         return out
+
+
+def config_fields(cfg: Mapping[str, Any], built: Any) -> tuple[tuple[str, Any], ...]:
+    """A method entry's config as the grid holds it (sorted ``(field, value)`` pairs) from the
+    values as written (``cfg``) and the config they build (``built``; None: kept as written).
+    A string for a field of another type (YAML reads `1e-3` as the string '1e-3') is kept as the
+    value it was parsed to, so the cell's hash is that of `0.001` written as a number. Numbers
+    stay as written (a float field's `1` is hashed as 1): cells of earlier runs keep their folders."""
+    if built is not None:
+        cfg = {k: getattr(built, k) if isinstance(x, str) and not isinstance(getattr(built, k), str) else x
+               for k, x in cfg.items()}
+    return tuple(sorted((str(k), tuple(x) if isinstance(x, list) else x) for k, x in cfg.items()))
+
+def _set_entries(methods: tuple[MethodEntry, ...], sets: Mapping[str, str]) -> tuple[MethodEntry, ...]:
+    """``methods`` with the ``--set`` values (strings, read as YAML reads them) in the config of
+    each entry whose method has the field. ``ConfigError`` for a field no method of the suite has,
+    or a value an entry's method refuses (an MGRQ variant's fixed field among them)."""
+    import dataclasses
+
+    from mgrq.methods import get_method
+
+    has = {m.method: {f.name for f in dataclasses.fields(get_method(m.method).config_cls)} for m in methods}
+    for k, v in sets.items():
+        if not any(k in fields for fields in has.values()):
+            known = sorted(set().union(*has.values()))
+            names = ", ".join(dict.fromkeys(m.method for m in methods))
+            raise ConfigError(f"--set {k}={v}: no method of the suite ({names}) has a field {k!r}"
+                              f"{did_you_mean(k, known)}; expected one of their fields (`mgrq methods NAME` lists them)")
+    out = []
+    for m in methods:
+        mine = {k: v for k, v in sets.items() if k in has[m.method]}
+        if not mine:
+            out.append(m)
+            continue
+        values = {k: yaml.safe_load(v) if v else v for k, v in mine.items()}  # as if written in the file
+        cfg = {**dict(m.config), **values}
+        try:
+            built = get_method(m.method).make_config(cfg)
+        except MGRQError as e:
+            given = " ".join(f"--set {k}={v}" for k, v in mine.items())
+            raise ConfigError(f"{given}: " + (f"variant {m.variant}: " if m.variant else "") + str(e)) from None
+        out.append(replace(m, config=config_fields(cfg, built)))
+    return tuple(out)
 
 
 def select(specs: list[RunSpec], only: str | None, suite: str) -> list[RunSpec]:
@@ -468,14 +515,8 @@ class _Parser:
             if len(self.problems) > n:
                 raise _Noted() from None
             raise
-        # A string for a field of another type (YAML reads `1e-3` as the string '1e-3') is kept
-        # as the value it was parsed to, so the cell's hash is that of `0.001` written as a number.
-        # Numbers stay as written (a float field's `1` is hashed as 1): cells of earlier runs keep
-        # their folders.
-        if built is not None:
-            cfg = {k: getattr(built, k) if isinstance(x, str) and not isinstance(getattr(built, k), str) else x
-                   for k, x in cfg.items()}
-        return tuple(sorted((str(k), tuple(x) if isinstance(x, list) else x) for k, x in cfg.items()))
+        return config_fields(cfg, built)
+
 
     def method(self, i: int, v: Any, overrides: dict[str, Any]) -> MethodEntry:
         fld = f"methods[{i}]"
