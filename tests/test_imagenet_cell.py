@@ -287,6 +287,11 @@ def test_hub_weights_are_checked_offline_before_any_work_and_load_from_the_cache
     (snap / "model.safetensors").rename(blob)
     (snap / "model.safetensors").symlink_to(blob)
     assert zoo.weights_digest(snap / "model.safetensors") == blob.name
+    other = tmp_path / "elsewhere" / "blobs" / ("ab" * 32)  # a blob name that is not its bytes' hash:
+    other.parent.mkdir(parents=True)  # the name is what is read, not 0.3 GB of bytes
+    other.write_bytes(b"not the weights")
+    (tmp_path / "elsewhere" / "w.bin").symlink_to(other)
+    assert zoo.weights_digest(tmp_path / "elsewhere" / "w.bin") == "ab" * 32
     zoo.check_pretrained_cached(name)  # no error now
     assert main(["suite", "run", str(suite), "--data-root", str(root), "--dry-run"]) == 0
     model = zoo.create_model(name)

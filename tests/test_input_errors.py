@@ -567,9 +567,17 @@ def test_a_checkpoint_torch_accepts_is_not_refused():
     BatchNorm state without num_batches_tracked (torch accepts it) loads."""
     from mgrq.zoo import _load_into
 
-    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    sd = {k: v for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
+    def net():
+        return torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+
+    src, m = net(), net()
+    with torch.no_grad():
+        src[1].running_mean.fill_(3.0)  # values the target does not have yet
+    sd = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert not torch.equal(m[0].weight, src[0].weight)
     _load_into(m, sd, "bn.pth")
+    for k, v in sd.items():
+        assert torch.equal(m.state_dict()[k], v), k
 
 
 def test_a_record_that_is_not_utf8_reads_as_unusable(tmp_path):

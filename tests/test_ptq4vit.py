@@ -86,6 +86,22 @@ def test_capture_grouping_does_not_change_results():
         torch.testing.assert_close(steps[0][k], steps[1][k], rtol=0, atol=0, msg=k)
 
 
+def _reference_grid(alpha, beta, n):
+    """The reference's candidate factors, written out: ``alpha + i (beta - alpha) / n``, i = 0..n-1
+    (beta itself is not a candidate)."""
+    return torch.tensor([alpha + i * (beta - alpha) / n for i in range(n)])
+
+
+def test_search_grid_and_defaults_are_the_references():
+    cfg = PTQ4ViTConfig()
+    assert (cfg.alpha, cfg.beta, cfg.n_candidates, cfg.rounds) == (0.01, 1.2, 100, 3)  # BASELINES.md
+    torch.testing.assert_close(PTQ4ViTConfig(alpha=0.5, beta=1.3, n_candidates=4).factors(),
+                               torch.tensor([0.5, 0.7, 0.9, 1.1]), rtol=0, atol=1e-7)
+    f = cfg.factors()
+    assert len(f) == 100 and f[0] == 0.01 and f[-1] < 1.2 - 1e-3  # beta excluded
+    torch.testing.assert_close(f, _reference_grid(0.01, 1.2, 100), rtol=0, atol=0)
+
+
 def test_base_ptq_settings_and_placement():
     cfg = BasePTQConfig()
     assert (cfg.alpha, cfg.beta, cfg.rounds, cfg.metric, cfg.twin, cfg.channelwise_conv) == (0.5, 1.2, 1, "cosine", False, False)
@@ -129,7 +145,8 @@ def test_linear_search_matches_reference_formula():
     g = torch.cat(site.grads).reshape(-1, 96)
     assert g.abs().max() > 1e-6  # the default objective has a real gradient
     lin: QuantLinear = site.module
-    s_w, s_a = _reference_linear_search(x, lin.weight.detach(), lin.bias.detach(), g, 4, 4, cfg.factors(), 3)
+    grid = _reference_grid(cfg.alpha, cfg.beta, 25)  # not cfg.factors(): the code under test
+    s_w, s_a = _reference_linear_search(x, lin.weight.detach(), lin.bias.detach(), g, 4, 4, grid, 3)
     search_linear(site, cfg, Stats())
     torch.testing.assert_close(lin.weight_q.quantizer.scale, s_w, rtol=1e-6, atol=0)
     torch.testing.assert_close(lin.act_q.quantizer.scale, s_a, rtol=1e-6, atol=0)
@@ -179,7 +196,8 @@ def test_matmul_search_matches_reference_formula(which):
     capture(qm, [site], images, logits, cfg)
     a, b = (torch.cat([t[i] for t in site.inputs]) for i in (0, 1))
     g = torch.cat(site.grads)
-    s_a, s_b = _reference_matmul_search(a, b, g, 4, cfg.factors(), 2, "sum" if which == "matmul2" else None)
+    grid = _reference_grid(cfg.alpha, cfg.beta, 20)  # not cfg.factors(): the code under test
+    s_a, s_b = _reference_matmul_search(a, b, g, 4, grid, 2, "sum" if which == "matmul2" else None)
     search_matmul(site, cfg, Stats())
     qa, qb = site.module.a_q.quantizer, site.module.b_q.quantizer
     torch.testing.assert_close(qa.split if which == "matmul2" else qa.scale, s_a, rtol=1e-6, atol=0)

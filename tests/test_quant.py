@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mgrq.quant import functional as QF
-from mgrq.quant.quantizers import LogQuantizer, UniformQuantizer, per_channel, per_group
+from mgrq.quant.quantizers import (
+    PERCENTILES,
+    LogQuantizer,
+    UniformQuantizer,
+    per_channel,
+    per_group,
+)
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -139,20 +145,49 @@ def test_quantile_rows_matches_torch_quantile():
         assert torch.allclose(QF.quantile_rows(x, q), torch.quantile(x, q, dim=1), atol=1e-6)
 
 
-def test_percentile_search_picks_lowest_error_candidate():
-    x = torch.randn(20000)
-    x[:5] = 50.0  # outliers: clipping them must win at 4 bits
-    q = UniformQuantizer(4)
-    q.init_percentile(x)
+def _candidate_errors(x, bits, gran=None):
+    """Per row (one row per-tensor): the mean squared error of each single-percentile candidate."""
     errs = {}
-    for pct in (0.999, 0.9999, 0.99999):
-        c = UniformQuantizer(4)
+    for pct in PERCENTILES:
+        c = UniformQuantizer(bits, granularity=gran) if gran else UniformQuantizer(bits)
         c.init_percentile(x, percentiles=(pct,))
-        errs[pct] = float(((c(x) - x) ** 2).mean())
-    best = min(errs, key=errs.get)
-    c = UniformQuantizer(4)
-    c.init_percentile(x, percentiles=(best,))
+        d = (c(x) - x) ** 2
+        errs[pct] = d.mean() if gran is None else d.transpose(0, gran.axis).reshape(d.shape[gran.axis], -1).mean(1)
+    return errs
+
+
+@pytest.mark.parametrize("case,bits,winner", [("outliers", 4, 0.999), ("gaussian", 8, 0.99999)])
+def test_percentile_search_picks_lowest_error_candidate(case, bits, winner):
+    """Two data sets whose best candidates lie at opposite ends of the list, so neither keeping
+    the first nor keeping the last candidate passes; the errors are distinct."""
+    torch.manual_seed(0)
+    x = torch.randn(20000)
+    if case == "outliers":
+        x[:5] = 50.0  # clipping them wins at 4 bits
+    errs = {p: float(e) for p, e in _candidate_errors(x, bits).items()}
+    assert len(set(errs.values())) == len(errs) and min(errs, key=errs.get) == winner, errs
+    q = UniformQuantizer(bits)
+    q.init_percentile(x)
+    c = UniformQuantizer(bits)
+    c.init_percentile(x, percentiles=(winner,))
     assert torch.equal(q.scale, c.scale)
+
+
+def test_percentile_search_picks_each_rows_own_best():
+    """Per channel, each row keeps its own best candidate: at 8 bits a uniform row is best at the
+    middle percentile, a Gaussian row at the widest."""
+    torch.manual_seed(0)
+    x = torch.stack([torch.rand(20000) * 2 - 1, torch.randn(20000)])
+    gran = per_channel(0)
+    e = torch.stack(list(_candidate_errors(x, 8, gran).values()))  # [candidate, row]
+    best = [int(i) for i in e.argmin(0)]
+    assert best == [1, 2] and all(len(set(e[:, r].tolist())) == 3 for r in (0, 1)), e
+    q = UniformQuantizer(8, granularity=gran)
+    q.init_percentile(x)
+    for row in (0, 1):
+        c = UniformQuantizer(8, granularity=gran)
+        c.init_percentile(x, percentiles=(PERCENTILES[best[row]],))
+        assert torch.equal(q.scale.reshape(-1)[row], c.scale.reshape(-1)[row])
 
 
 def test_lsq_gradients():
