@@ -104,7 +104,11 @@ def _workers(session: nox.Session) -> list[str]:
     raw = os.environ.get("MGRQ_TEST_WORKERS", "").strip()
     if raw and not raw.isdigit():
         session.error(f"MGRQ_TEST_WORKERS={raw!r}: expected a whole number of pytest workers (0: none)")
-    n = int(raw) if raw else min(4, os.cpu_count() or 1)
+    try:
+        cores = len(os.sched_getaffinity(0))  # the CPUs this process may use (a SLURM allocation, taskset)
+    except AttributeError:  # macOS
+        cores = os.cpu_count() or 1
+    n = int(raw) if raw else min(4, cores)
     return ["-n", str(n), "--dist", "loadfile"] if n > 1 else []
 
 

@@ -298,8 +298,9 @@ def check_imagenet_root(
     subs = ("train",) if eval_split == "tune" else ("train", "val")
     for sub in subs:
         if not (path / sub).is_dir():
-            raise DataError(f"{where}data root {path}: folder {path / sub} not found; expected layout {IMAGENET_LAYOUT}"
-                            + (" (the tune split reads train/ only)" if eval_split == "tune" else ""))
+            raise DataError(f"{where}data root {path}: folder {path / sub} not found; expected "
+                            + ("ROOT/train/<class>/<image>, one folder per class (the tune split reads train/ only)"
+                               if eval_split == "tune" else f"layout {IMAGENET_LAYOUT}"))
     train = class_folders(path / "train", where)
     val = class_folders(path / "val", where) if "val" in subs else None
     check_classes(path, train, val, num_classes, where, f"model {model}")

@@ -589,7 +589,8 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
                   dest: str | Path | None = None, float_env: str = "table",
                   suite_file: str | Path | None = None) -> tuple[pd.DataFrame, list[Path], str]:
     """Delta table between two labels of a suite; flags cells that moved by more than
-    ``threshold`` points of top-1 or newly failed. Returns (frame, files, markdown); the frame's
+    ``threshold`` points of top-1, newly failed, gained warnings or have no result in B
+    (:func:`reports.tables.compare_frame`). Returns (frame, files, markdown); the frame's
     ``attrs["notes"]`` says where the printed names came from when ``suite_file`` gave them (as
     :func:`build_report`)."""
     _check_float(float_env)
@@ -633,7 +634,7 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     dest = dest or records.check_writable(out.resolve() / suite / b / "report", what, folder=True)
     _make_dest(dest, what)
     md = T.compare_markdown(cmp, a, b, threshold, changes)
-    csv_note = _csv_note(label_a, fa, fb) if csv_a is not None else None
+    csv_note = _csv_note(label_a, fa, fb, "warnings" in csv_a) if csv_a is not None else None
     if csv_note:  # in the file too: what the comparison could not check, and what stands in for it
         md += f"\n{csv_note[0].upper()}{csv_note[1:]}.\n"
     (dest / f"{stem}.md").write_text(md)
@@ -677,7 +678,7 @@ def _csv_side(path: Path, suite: str) -> pd.DataFrame:
     return df.astype({"seed": int}).reset_index(drop=True)
 
 
-def _csv_note(path: str, a: pd.DataFrame, b: pd.DataFrame) -> str:
+def _csv_note(path: str, a: pd.DataFrame, b: pd.DataFrame, has_warnings: bool = True) -> str:
     """What the comparison with a results.csv can and cannot say: it keeps no settings, but each
     cell's hash says whether the two ran the same spec."""
     key = ["model", "name", "bits", "seed"]
@@ -687,4 +688,6 @@ def _csv_note(path: str, a: pd.DataFrame, b: pd.DataFrame) -> str:
     if len(other):
         said += "; another hash: " + ", ".join(f"{r.model}.{r.name}.{r.bits.lower()}.s{r.seed}"
                                                 for r in other.head(5).itertuples()) + (" ..." if len(other) > 5 else "")
+    if not has_warnings:
+        said += "; it has no warnings column, so no cell is flagged for new warnings"
     return f"A is {path}: a results.csv keeps no settings, so none are compared; {said}"

@@ -594,7 +594,8 @@ def compare_frame(a: pd.DataFrame, b: pd.DataFrame, threshold: float, models: li
             return "still failing"
         if abs(r["delta"]) > threshold:
             return "moved"
-        if sa == "done" and sb == "done" and (r.get("warnings_b") or 0) > (r.get("warnings_a") or 0):
+        w = [r.get(f"warnings_{s}") for s in "ab"]  # unknown on either side (an older CSV): no verdict
+        if sa == "done" and sb == "done" and not any(pd.isna(x) for x in w) and w[1] > w[0]:
             return "new warning"
         return ""
 

@@ -13,7 +13,9 @@ REQUIRE_GPU_ENV = "MGRQ_REQUIRE_GPU"
 # two OpenMP pools each. Tests that need a given count set it themselves (``one_thread``).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
 if _WORKERS > 1:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+    from mgrq.runner.executors import cpu_count  # the CPUs this process may use (affinity)
+
+    torch.set_num_threads(max(1, cpu_count() // _WORKERS))
 
 
 def require_cuda() -> torch.device:

@@ -279,6 +279,18 @@ def test_compare_flags_a_cell_with_new_warnings_even_when_its_top1_stayed(tmp_pa
     assert "| **new warning** |" not in capsys.readouterr().out
 
 
+def test_new_warnings_are_flagged_only_where_both_sides_counted_them():
+    from reports.tables import compare_frame
+
+    key = {"model": "m", "name": "x", "bits": "W4A4", "seed": 0, "status": "done", "top1": 50.0}
+    a, b = pd.DataFrame([{**key, "warnings": 0}]), pd.DataFrame([{**key, "warnings": 2}])
+    assert list(compare_frame(a, b, 1.0)["flag"]) == ["new warning"]
+    assert list(compare_frame(b, a, 1.0)["flag"]) == [""]  # fewer: no flag
+    unknown = a.assign(warnings=float("nan"))  # a CSV row without the count
+    assert list(compare_frame(unknown, b, 1.0)["flag"]) == [""]
+    assert list(compare_frame(a.drop(columns="warnings"), b, 1.0)["flag"]) == [""]
+
+
 def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
     out = tmp_path / "runs"
     make_runs(out, "A", created="2026-01-01T00:00:00")
@@ -358,6 +370,9 @@ def test_compare_a_run_with_a_results_csv_as_with_its_label(tmp_path, capsys):
     assert main(["report", "rep", "--out", str(out), "--compare", str(other), "B"]) == 0
     assert "14 of 15 cells in both have the same hash (the same spec); another hash: tiny_vit.percentile.w4a4.s1" in \
         capsys.readouterr().out
+    df.drop(columns=["warnings"]).to_csv(nowarn := tmp_path / "nowarn.csv", index=False)  # an older CSV
+    assert main(["report", "rep", "--out", str(out), "--compare", str(nowarn), "B"]) == 0
+    assert "it has no warnings column, so no cell is flagged for new warnings" in capsys.readouterr().out
     # bad input: one line naming the file and what was expected
     df.drop(columns=["hash"]).to_csv(nohash := tmp_path / "nohash.csv", index=False)
     pd.concat([df, df.assign(label="Z")]).to_csv(two := tmp_path / "two.csv", index=False)

@@ -518,6 +518,20 @@ def test_set_gives_every_method_with_the_field_its_value_as_the_suite_file_would
     old, new = ({s.name: s.content_hash for s in x.specs()} for x in (plain, got))
     assert old["percentile"] == new["percentile"] and all(old[n] != new[n] for n in ("qdrop", "brecq", "mgrq-k"))
     assert dict(got.methods[2].config) == {"iters": 3, "lr_round": 0.001}  # typed as the file would be
+    assert got.notes == ("--set replaces what these rows' own config: gives: brecq (iters=9, lr_round=0.01), "
+                         "mgrq-k (iters=5)",)
+    # a variant that fixes the field keeps it (a note says so); --only: only the rows it selects
+    fixed = load_suite(str(write_suite(tmp_path / "f.yaml", methods=["mgrq_obwr", "mgrq"])))
+    hashes = {s.name: s.content_hash for s in fixed.specs()}
+    f2 = fixed.with_options(sets={"w_global": "0.5"})
+    assert f2.notes == ("--set w_global=0.5 leaves mgrq_obwr as it is (it fixes w_global=0.0)",)
+    assert {s.name: s.content_hash == hashes[s.name] for s in f2.specs()} == {"mgrq_obwr": True, "mgrq": False}
+    f3 = fixed.with_options(sets={"iters": "4"}, only=r"\.mgrq\.")
+    assert {s.name: s.content_hash == hashes[s.name] for s in f3.specs()} == {"mgrq_obwr": True, "mgrq": False}
+    twins = load_suite(str(write_suite(tmp_path / "t.yaml", methods=[
+        {"name": "qdrop", "variant": "q1", "config": {"iters": 1}}, {"name": "qdrop", "variant": "q2", "config": {"iters": 2}}])))
+    assert twins.with_options(sets={"iters": "3"}).notes[-1] == (
+        "with --set, rows q1, q2 run the same settings (their cells differ by name only)")
 
     suite = str(tmp_path / "s.yaml")
     run = ["suite", "run", suite, "--out", str(tmp_path / "runs"), "--dry-run"]
@@ -528,6 +542,12 @@ def test_set_gives_every_method_with_the_field_its_value_as_the_suite_file_would
                               "field 'iter' (did you mean 'iters'?); expected one of their fields"),
         (["--set", "iters=many"], "error: --set iters=many: qdrop.iters='many': expected an integer"),
         (["--set", "iters"], "error: --set 'iters': expected "),
+        (["--set", "units=["], "error: --set units=[: not a value a suite file could hold ("),
+        (["--set", "units=on"], "error: --set units=on: qdrop.units=True (bool): expected a string (--set reads units "
+                                "as a suite file's config: would, as bool; a string is quoted: --set \"units='on'\")"),
+        (["--set", "init_calib=100"], "error: --set init_calib=100: method qdrop: init_calib=100: more than the 8 "),
+        (["--only", "percentile", "--set", "iters=3"], "error: --set iters=3: no method of the cells --only selects "
+                                                       "(percentile) has a field 'iters'"),
     ):
         assert main([*run, *flags]) == 2
         err = capsys.readouterr().err

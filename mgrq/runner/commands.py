@@ -154,8 +154,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "cell by cell, with how many cells ran the same spec (hash)")
     rp.add_argument("--threshold", type=float, default=None,
                     help="with --compare: flag cells whose top-1 moved by more than this many points (default 1.0)")
-    rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when a cell is flagged moved, newly failed, new warning, "
-                         "new, failed, interrupted or missing (in A, no result in B)")
+    rp.add_argument("--strict", action="store_true", help="with --compare: exit 1 when a cell is flagged 'moved', 'newly failed', 'new warning', "
+                         "'new, failed', 'interrupted' or 'missing' (in A, no result in B)")
     rp.set_defaults(func=cmd_report)
 
 
@@ -265,6 +265,8 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         data_root=args.data_root, checkpoints=parse_assignments(args.checkpoint, "--checkpoint"),
         eval_limit=args.eval_limit, calib=args.calib, only=args.only,
         sets=parse_assignments(args.overrides, "--set"))
+    for msg in suite.notes:
+        print(f"note: {msg}", file=sys.stderr)
     if suite.data_root is not None and not suite.needs_data_root:
         given = "--data-root" if args.data_root is not None else f"{suite.path}: data.root"
         print(f"note: {given} is not used: every model of suite {suite.name} is from the tiny zoo "

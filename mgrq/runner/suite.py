@@ -105,6 +105,7 @@ class Suite:
     caption: str | None = None
     row_names: tuple[tuple[str, str], ...] = ()  # report.names: a row (method or variant) -> its name in tables
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    notes: tuple[str, ...] = field(default=(), compare=False, repr=False)  # from with_options, to print
 
     @property
     def needs_data_root(self) -> bool:
@@ -149,8 +150,12 @@ class Suite:
         models of the cells it selects. ``sets`` (``--set FIELD=VALUE``): config values for every
         method entry whose method has the field, as if written in its ``config:``."""
         where = str(self.path)
+        set_by: dict[str, dict[str, str]] = {}  # entry -> the fields --set gave it: later errors name the flag
         if sets:
-            self = replace(self, methods=_set_entries(self.methods, sets))
+            rows = {s.name for s in select(self.specs(), only, self.name)}
+            methods, notes, set_by = _set_entries(self.methods, sets, rows,
+                                                  "the cells --only selects" if only else "the suite")
+            self = replace(self, methods=methods, notes=tuple(notes))
         root = data_root if data_root is not None else self.data_root
         ck = dict(self.checkpoints)
         for model, path in (checkpoints or {}).items():
@@ -206,7 +211,9 @@ class Suite:
                 (m.bits_overrides_at, m.bits_overrides) for m in self.methods if m.bits_overrides]:
             check_overrides(bo, list(self.models), f"{where}: {what}")
         for entry in self.methods:  # a reconstruction method's unit pattern, against each model it runs on
-            check_units(dict(entry.config).get("units"), list(self.models), f"{where}: method {entry.name}")
+            by_flag = set_by.get(entry.name, {})
+            at = f"--set units={by_flag['units']}: method {entry.name}" if "units" in by_flag else f"{where}: method {entry.name}"
+            check_units(dict(entry.config).get("units"), list(self.models), at)
         for flag, v in (("--eval-limit", eval_limit), ("--calib", calib)):
             if v is not None and v < 1:
                 raise ConfigError(f"{flag} {v}: expected a positive integer")
@@ -223,7 +230,9 @@ class Suite:
 
         pool = len(mnist_split_indices()["train" if self.eval_split == "heldout" else "fit"])
         for spec in {(sp.name, _is_tiny(sp.model)): sp for sp in out.specs()}.values():  # per method entry
-            at = f"{where}: method {spec.name}: " + ("(with --calib) " if calib is not None else "")
+            by_flag = set_by.get(spec.name, {})
+            at = (f"--set init_calib={by_flag['init_calib']}: method {spec.name}: " if "init_calib" in by_flag
+                  else f"{where}: method {spec.name}: ") + ("(with --calib) " if calib is not None else "")
             check_init_calib(spec, at)
             n = run_calib(spec)
             if _is_tiny(spec.model) and n > pool:  # (an ImageNet train/ folder: check_class_images above)
@@ -244,36 +253,75 @@ def config_fields(cfg: Mapping[str, Any], built: Any) -> tuple[tuple[str, Any], 
                for k, x in cfg.items()}
     return tuple(sorted((str(k), tuple(x) if isinstance(x, list) else x) for k, x in cfg.items()))
 
-def _set_entries(methods: tuple[MethodEntry, ...], sets: Mapping[str, str]) -> tuple[MethodEntry, ...]:
-    """``methods`` with the ``--set`` values (strings, read as YAML reads them) in the config of
-    each entry whose method has the field. ``ConfigError`` for a field no method of the suite has,
-    or a value an entry's method refuses (an MGRQ variant's fixed field among them)."""
+def _set_entries(methods: tuple[MethodEntry, ...], sets: Mapping[str, str], selected: Collection[str],
+                 scope: str) -> tuple[tuple[MethodEntry, ...], list[str], dict[str, dict[str, str]]]:
+    """``methods`` with the ``--set`` values (strings, read as YAML reads a suite file's values)
+    in the config of each entry of ``selected`` (the rows with cells this run selects) whose
+    method has the field, the notes to print, and per entry the fields set (for the errors of
+    later checks). An entry whose method fixes the field (an MGRQ variant's switched-off part)
+    keeps its value, with a note; a value an entry's own ``config:`` gave is replaced, with a
+    note. ``ConfigError`` for a value that is no YAML, a field no selected method has, or a
+    value a method refuses."""
     import dataclasses
 
     from mgrq.methods import get_method
 
-    has = {m.method: {f.name for f in dataclasses.fields(get_method(m.method).config_cls)} for m in methods}
+    cls = {m.method: get_method(m.method).config_cls for m in methods}
+    has = {name: {f.name for f in dataclasses.fields(c)} for name, c in cls.items()}
+    values: dict[str, Any] = {}
     for k, v in sets.items():
-        if not any(k in fields for fields in has.values()):
-            known = sorted(set().union(*has.values()))
-            names = ", ".join(dict.fromkeys(m.method for m in methods))
-            raise ConfigError(f"--set {k}={v}: no method of the suite ({names}) has a field {k!r}"
+        try:
+            values[k] = yaml.safe_load(v) if v else v  # as if written in the file
+        except yaml.YAMLError as e:
+            why = str(e).splitlines()[0]
+            raise ConfigError(f"--set {k}={v}: not a value a suite file could hold ({why}); expected a value "
+                              f"as written in a method's config:, a string quoted (--set \"{k}='{v}'\")") from None
+    chosen = [m for m in methods if m.name in selected]
+    for k, v in sets.items():
+        if not any(k in has[m.method] for m in chosen):
+            known = sorted(set().union(*(has[m.method] for m in chosen)))
+            names = ", ".join(dict.fromkeys(m.method for m in chosen))
+            raise ConfigError(f"--set {k}={v}: no method of {scope} ({names}) has a field {k!r}"
                               f"{did_you_mean(k, known)}; expected one of their fields (`mgrq methods NAME` lists them)")
+    notes: list[str] = []
+    replaced: list[str] = []  # "row (field=its value)": what --set overrides in an entry's own config:
+    set_by: dict[str, dict[str, str]] = {}
     out = []
     for m in methods:
-        mine = {k: v for k, v in sets.items() if k in has[m.method]}
+        fixed = getattr(cls[m.method], "FIXED", {})
+        mine = {k: v for k, v in sets.items() if m in chosen and k in has[m.method] and k not in fixed}
+        for k in sets:
+            if m in chosen and k in fixed:
+                notes.append(f"--set {k}={sets[k]} leaves {m.name} as it is (it fixes {k}={fixed[k]!r})")
         if not mine:
             out.append(m)
             continue
-        values = {k: yaml.safe_load(v) if v else v for k, v in mine.items()}  # as if written in the file
-        cfg = {**dict(m.config), **values}
+        own = dict(m.config)
+        gone = [f"{k}={own[k]!r}" for k in mine if k in own and own[k] != values[k]]
+        if gone:
+            replaced.append(f"{m.name} ({', '.join(gone)})")
+        cfg = {**own, **{k: values[k] for k in mine}}
         try:
             built = get_method(m.method).make_config(cfg)
         except MGRQError as e:
             given = " ".join(f"--set {k}={v}" for k, v in mine.items())
-            raise ConfigError(f"{given}: " + (f"variant {m.variant}: " if m.variant else "") + str(e)) from None
+            odd = [k for k in mine if not isinstance(values[k], (str, int, float)) or isinstance(values[k], bool)]
+            hint = (f" (--set reads {', '.join(odd)} as a suite file's config: would, as "
+                    f"{', '.join(type(values[k]).__name__ for k in odd)}; a string is quoted: "
+                    f"--set \"{odd[0]}='{mine[odd[0]]}'\")") if odd else ""
+            raise ConfigError(f"{given}: " + (f"variant {m.variant}: " if m.variant else "") + str(e) + hint) from None
         out.append(replace(m, config=config_fields(cfg, built)))
-    return tuple(out)
+        set_by[m.name] = mine
+    if replaced:
+        notes.append(f"--set replaces what these rows' own config: gives: {', '.join(replaced)}")
+    same: dict[tuple, list[str]] = {}
+    for m in out:
+        if m in chosen or m.name in set_by:
+            same.setdefault((m.method, m.config, m.calib, m.image_bits, m.bits_overrides), []).append(m.name)
+    for rows in same.values():
+        if len(rows) > 1 and any(r in set_by for r in rows):
+            notes.append(f"with --set, rows {', '.join(rows)} run the same settings (their cells differ by name only)")
+    return tuple(out), notes, set_by
 
 
 def select(specs: list[RunSpec], only: str | None, suite: str) -> list[RunSpec]:
