@@ -543,6 +543,7 @@ def test_set_gives_every_method_with_the_field_its_value_as_the_suite_file_would
         (["--set", "iters=many"], "error: --set iters=many: qdrop.iters='many': expected an integer"),
         (["--set", "iters"], "error: --set 'iters': expected "),
         (["--set", "units=["], "error: --set units=[: not a value a suite file could hold ("),
+        (["--set", "calib=5"], "error: --set calib=5: calib is not a method config field; expected --calib 5"),
         (["--set", "units=on"], "error: --set units=on: qdrop.units=True (bool): expected a string (--set reads units "
                                 "as a suite file's config: would, as bool; a string is quoted: --set \"units='on'\")"),
         (["--set", "init_calib=100"], "error: --set init_calib=100: method qdrop: init_calib=100: more than the 8 "),

@@ -281,6 +281,9 @@ def _set_entries(methods: tuple[MethodEntry, ...], sets: Mapping[str, str], sele
         if not any(k in has[m.method] for m in chosen):
             known = sorted(set().union(*(has[m.method] for m in chosen)))
             names = ", ".join(dict.fromkeys(m.method for m in chosen))
+            if k == "calib":  # a run setting, not a config field
+                raise ConfigError(f"--set calib={v}: calib is not a method config field; expected --calib {v} "
+                                  "(calibration images for every method)")
             raise ConfigError(f"--set {k}={v}: no method of {scope} ({names}) has a field {k!r}"
                               f"{did_you_mean(k, known)}; expected one of their fields (`mgrq methods NAME` lists them)")
     notes: list[str] = []
