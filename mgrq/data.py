@@ -197,6 +197,12 @@ def _no_images(folder: Path, where: str = "") -> DataError:
                      f"expected layout {IMAGENET_LAYOUT}")
 
 
+def split_folders(tune: bool) -> tuple[str, ...]:
+    """The folders of an ImageNet root that a run reads: ``train/`` and ``val/``, or ``train/``
+    only on the tune split (``tune``), whose evaluation images are carved from ``train/``."""
+    return ("train",) if tune else ("train", "val")
+
+
 def check_class_images(root: str | os.PathLike, where: str = "", tune: bool = False,
                        calib: tuple[int, str] | None = None) -> None:
     """Every class folder of ``root``'s ``train/`` and ``val/`` holds an image file: an empty one
@@ -212,7 +218,7 @@ def check_class_images(root: str | os.PathLike, where: str = "", tune: bool = Fa
     root = Path(root).expanduser()  # as check_imagenet_root and imagenet_bundle read it
     want, who = calib if calib is not None else (0, "")
     have = 0  # train/ images calibration can draw from, in the folders counted in full
-    for sub in ("train",) if tune else ("train", "val"):
+    for sub in split_folders(tune):
         need = IMAGENET_TUNE_PER_CLASS + 1 if tune and sub == "train" else 1
         for cls in class_folders(Path(root) / sub, where):
             count = sub == "train" and have < want
@@ -295,7 +301,7 @@ def check_imagenet_root(
     path = Path(root).expanduser()
     if not path.is_dir():
         raise DataError(f"{where}data root {path}: folder not found; expected layout {IMAGENET_LAYOUT}")
-    subs = ("train",) if eval_split == "tune" else ("train", "val")
+    subs = split_folders(eval_split == "tune")
     for sub in subs:
         if not (path / sub).is_dir():
             raise DataError(f"{where}data root {path}: folder {path / sub} not found; expected "
