@@ -151,6 +151,12 @@ class Suite:
         method entry whose method has the field, as if written in its ``config:``."""
         where = str(self.path)
         set_by: dict[str, dict[str, str]] = {}  # entry -> the fields --set gave it: later errors name the flag
+
+        def given(row: str, fld: str) -> str:
+            """Who gave ``row`` its ``fld``, for an error: ``--set FIELD=VALUE`` or the suite file."""
+            by_flag = set_by.get(row, {})
+            return f"--set {fld}={by_flag[fld]}: method {row}" if fld in by_flag else f"{where}: method {row}"
+
         if sets:
             rows = {s.name for s in select(self.specs(), only, self.name)}
             methods, notes, set_by = _set_entries(self.methods, sets, rows,
@@ -211,9 +217,7 @@ class Suite:
                 (m.bits_overrides_at, m.bits_overrides) for m in self.methods if m.bits_overrides]:
             check_overrides(bo, list(self.models), f"{where}: {what}")
         for entry in self.methods:  # a reconstruction method's unit pattern, against each model it runs on
-            by_flag = set_by.get(entry.name, {})
-            at = f"--set units={by_flag['units']}: method {entry.name}" if "units" in by_flag else f"{where}: method {entry.name}"
-            check_units(dict(entry.config).get("units"), list(self.models), at)
+            check_units(dict(entry.config).get("units"), list(self.models), given(entry.name, "units"))
         for flag, v in (("--eval-limit", eval_limit), ("--calib", calib)):
             if v is not None and v < 1:
                 raise ConfigError(f"{flag} {v}: expected a positive integer")
@@ -230,9 +234,7 @@ class Suite:
 
         pool = len(mnist_split_indices()["train" if self.eval_split == "heldout" else "fit"])
         for spec in {(sp.name, _is_tiny(sp.model)): sp for sp in out.specs()}.values():  # per method entry
-            by_flag = set_by.get(spec.name, {})
-            at = (f"--set init_calib={by_flag['init_calib']}: method {spec.name}: " if "init_calib" in by_flag
-                  else f"{where}: method {spec.name}: ") + ("(with --calib) " if calib is not None else "")
+            at = f"{given(spec.name, 'init_calib')}: " + ("(with --calib) " if calib is not None else "")
             check_init_calib(spec, at)
             n = run_calib(spec)
             if _is_tiny(spec.model) and n > pool:  # (an ImageNet train/ folder: check_class_images above)
@@ -252,6 +254,7 @@ def config_fields(cfg: Mapping[str, Any], built: Any) -> tuple[tuple[str, Any], 
         cfg = {k: getattr(built, k) if isinstance(x, str) and not isinstance(getattr(built, k), str) else x
                for k, x in cfg.items()}
     return tuple(sorted((str(k), tuple(x) if isinstance(x, list) else x) for k, x in cfg.items()))
+
 
 def _set_entries(methods: tuple[MethodEntry, ...], sets: Mapping[str, str], selected: Collection[str],
                  scope: str) -> tuple[tuple[MethodEntry, ...], list[str], dict[str, dict[str, str]]]:
@@ -291,11 +294,13 @@ def _set_entries(methods: tuple[MethodEntry, ...], sets: Mapping[str, str], sele
     set_by: dict[str, dict[str, str]] = {}
     out = []
     for m in methods:
+        if m.name not in selected:
+            out.append(m)
+            continue
         fixed = getattr(cls[m.method], "FIXED", {})
-        mine = {k: v for k, v in sets.items() if m in chosen and k in has[m.method] and k not in fixed}
-        for k in sets:
-            if m in chosen and k in fixed:
-                notes.append(f"--set {k}={sets[k]} leaves {m.name} as it is (it fixes {k}={fixed[k]!r})")
+        mine = {k: v for k, v in sets.items() if k in has[m.method] and k not in fixed}
+        notes += [f"--set {k}={v} leaves {m.name} as it is (it fixes {k}={fixed[k]!r})"
+                  for k, v in sets.items() if k in fixed]
         if not mine:
             out.append(m)
             continue
@@ -319,7 +324,7 @@ def _set_entries(methods: tuple[MethodEntry, ...], sets: Mapping[str, str], sele
         notes.append(f"--set replaces what these rows' own config: gives: {', '.join(replaced)}")
     same: dict[tuple, list[str]] = {}
     for m in out:
-        if m in chosen or m.name in set_by:
+        if m.name in selected:
             same.setdefault((m.method, m.config, m.calib, m.image_bits, m.bits_overrides), []).append(m.name)
     for rows in same.values():
         if len(rows) > 1 and any(r in set_by for r in rows):
@@ -567,7 +572,6 @@ class _Parser:
                 raise _Noted() from None
             raise
         return config_fields(cfg, built)
-
 
     def method(self, i: int, v: Any, overrides: dict[str, Any]) -> MethodEntry:
         fld = f"methods[{i}]"
