@@ -89,7 +89,7 @@ _GREEK = {ch: rf"$\{name}$" for ch, name in zip("αβγδεζηθικλμνξπ�
 _GREEK |= dict(zip("ΑΒΕΖΗΙΚΜΝΟΡΤΧο", "ABEZHIKMNOPTXo", strict=True))  # printed as Latin letters: LaTeX has no command
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
         "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-        "±": r"$\pm$", "†": r"$^\dagger$", "−": r"$-$", "…": r"\dots{}", "×": r"$\times$"} | _GREEK
+        "±": r"$\pm$", "†": r"$^\dagger$", "−": r"$-$", "→": r"$\to$", "…": r"\dots{}", "×": r"$\times$"} | _GREEK
 
 
 def tex(s: str) -> str:
@@ -645,13 +645,21 @@ def compare_markdown(cmp: pd.DataFrame, label_a: str, label_b: str, threshold: f
     for r in cmp.itertuples():
         a = "fail" if r.status_a == "failed" else ("–" if pd.isna(r.top1_a) else f"{r.top1_a:.2f}")
         b = "fail" if r.status_b == "failed" else ("–" if pd.isna(r.top1_b) else f"{r.top1_b:.2f}")
-        fl = f"**{r.flag}**" if r.flag in ALERT_FLAGS else r.flag
+        fl = f"**{_flag_text(r)}**" if r.flag in ALERT_FLAGS else r.flag
         lines.append(f"| {model_name(r.model)} | {method_name(r.name)} | {wa(r.bits)} | {r.seed} "
                      f"| {a} | {b} | {_delta(r.delta)} | {fl} |")
     for note in (_commits_note(cmp), _changes_note(changes or [], label_a, label_b)):
         if note:
             lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def _flag_text(r: Any) -> str:
+    """A comparison row's flag as printed: ``new warning`` with its counts (``A → B``), which the
+    flag alone does not tell (how many units' output error rose)."""
+    if r.flag == "new warning":
+        return f"new warning ({int(r.warnings_a)} → {int(r.warnings_b)})"
+    return str(r.flag)
 
 
 def _delta(d: float) -> str:
@@ -673,7 +681,7 @@ def compare_latex(cmp: pd.DataFrame, suite: str, label_a: str, label_b: str, thr
     for r in cmp.itertuples():
         a = "fail" if r.status_a == "failed" else ("--" if pd.isna(r.top1_a) else f"{r.top1_a:.2f}")
         b = "fail" if r.status_b == "failed" else ("--" if pd.isna(r.top1_b) else f"{r.top1_b:.2f}")
-        fl = rf"\textbf{{{r.flag}}}" if r.flag in ALERT_FLAGS else tex(r.flag)
+        fl = rf"\textbf{{{tex(_flag_text(r))}}}" if r.flag in ALERT_FLAGS else tex(r.flag)
         tab.append(f"{tex(model_name(r.model))} & {tex(method_name(r.name))} & {wa(r.bits)} & "
                    f"{r.seed} & {a} & {b} & {tex(_delta(r.delta)).replace('–', '--')} & {fl} \\\\")
     lines += [*fit_tabular([*tab, r"\bottomrule", r"\end{tabular}"]), rf"\end{{{float_env}}}"]

@@ -269,14 +269,20 @@ def test_compare_flags_a_cell_with_new_warnings_even_when_its_top1_stayed(tmp_pa
     argv = ["report", "rep", "--out", str(out), "--compare", "A", "B", "--threshold", "1.0"]
     assert main([*argv, "--strict"]) == 1
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "Model" not in ln]
-    assert rows[0] == "| tiny ViT | Percentile | 4/4 | 1 | 72.00 | 72.30 | +0.30 | **new warning** |"
+    assert rows[0] == "| tiny ViT | Percentile | 4/4 | 1 | 72.00 | 72.30 | +0.30 | **new warning (0 → 1)** |"
+    tex_rows = (out / "rep" / "B" / "report" / "compare-A-vs-B.tex").read_text()
+    assert r"\textbf{new warning (0 $\to$ 1)}" in tex_rows
     assert [r for r in rows if "warning" in r] == rows[:1]  # tiny ViT RepQ-ViT seed 1 lost its warning: no flag
     csv = pd.read_csv(out / "rep" / "B" / "report" / "compare-A-vs-B.csv")
     row = csv[(csv["flag"] == "new warning")].iloc[0]
     assert (row["warnings_a"], row["warnings_b"]) == (0, 1)
     put(out, "rep", "B", "tiny_vit", "percentile", "W4A4", 1, 72.0)  # the warning gone again
     assert main([*argv, "--strict"]) == 0
-    assert "| **new warning** |" not in capsys.readouterr().out
+    assert "**new warning" not in capsys.readouterr().out
+    (tmp_path / "flag.tex").write_text(tex_rows)
+    require_latex()  # the flag's counts as LaTeX compile
+    from reports.build import compile_pdf
+    assert compile_pdf(tmp_path, ["flag.tex"], stem="cmp").is_file()
 
 
 def test_new_warnings_are_flagged_only_where_both_sides_counted_them():
