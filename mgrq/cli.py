@@ -336,25 +336,31 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_zoo_train(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     import torch
 
-    from mgrq.errors import ConfigError
+    from mgrq.errors import ConfigError, unknown
     from mgrq.records import check_writable
-    from mgrq.zoo import train_tiny
+    from mgrq.zoo import ZOO, tiny_weights_path, train_tiny
 
     if args.threads < 0:
         raise ConfigError(f"--threads {args.threads}: expected 0 (torch's default) or a positive number")
+    tiny = [n for n, e in ZOO.items() if e.tiny]
+    if args.name not in tiny:  # before any path: an unknown name is named as such, not as a missing file
+        if args.name in ZOO:
+            raise ConfigError(f"zoo train {args.name}: only the tiny zoo is trained here; expected one of "
+                              f"{', '.join(tiny)}")
+        raise unknown("tiny-zoo model", args.name, tiny)
+    target = Path(args.out if args.out is not None else tiny_weights_path(args.name)).expanduser()
     if args.out is not None:
         check_writable(args.out, "--out")
-    else:
-        from mgrq.zoo import get_entry, tiny_weights_path
-
-        get_entry(args.name)  # an unknown name is named as such, not as a missing file
-        shipped = tiny_weights_path(args.name)
-        if shipped.exists() and not args.force:
-            raise ConfigError(f"zoo train {args.name}: {shipped} exists (the checkpoint every tiny-zoo result "
-                              "was computed with); expected --out PATH for a new checkpoint, or --force to replace it")
+    if target.exists() and not args.force:  # --out at the shipped file, or at any other checkpoint
+        shipped = target.resolve() == tiny_weights_path(args.name).resolve()
+        what = " (the checkpoint every tiny-zoo result was computed with)" if shipped else ""
+        instead = "--out PATH for a new checkpoint" if args.out is None or shipped else "a new --out PATH"
+        raise ConfigError(f"zoo train {args.name}: {target} exists{what}; expected {instead}, "
+                          "or --force to replace it")
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = train_tiny(args.name, out=args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
@@ -464,8 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=None, help="default: the zoo entry's recipe")
     t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
     t.add_argument("--out", default=None, help="checkpoint path (default: mgrq/zoo_weights/<name>.pth, the "
-                                               "shipped checkpoint, only when it is missing or with --force)")
-    t.add_argument("--force", action="store_true", help="replace the shipped checkpoint mgrq/zoo_weights/<name>.pth")
+                                               "shipped checkpoint); an existing file only with --force")
+    t.add_argument("--force", action="store_true", help="replace an existing checkpoint (the shipped "
+                                                        "mgrq/zoo_weights/<name>.pth or --out's)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_zoo_train)

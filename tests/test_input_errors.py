@@ -47,9 +47,11 @@ def test_zoo_train_replaces_the_shipped_checkpoint_only_when_told(tmp_path, monk
     monkeypatch.setattr(mgrq.zoo, "train_tiny", lambda name, out, **k: calls.append(out) or {"out": out})
     assert main(["zoo", "train", "tiny_vit", "--force", "--quiet"]) == 0  # the shipped path, replaced
     assert main(["zoo", "train", "tiny_vit", "--out", str(tmp_path / "t.pth"), "--quiet"]) == 0
+    (tmp_path / "old.pth").write_bytes(b"an earlier checkpoint")
+    assert main(["zoo", "train", "tiny_vit", "--out", str(tmp_path / "old.pth"), "--force", "--quiet"]) == 0
     monkeypatch.setattr(mgrq.zoo, "WEIGHTS_DIR", tmp_path / "none")  # a missing checkpoint is made
     assert main(["zoo", "train", "tiny_vit", "--quiet"]) == 0
-    assert calls == [None, str(tmp_path / "t.pth"), None]
+    assert calls == [None, str(tmp_path / "t.pth"), str(tmp_path / "old.pth"), None]
 
 
 def test_check_writable(tmp_path):
@@ -81,11 +83,21 @@ def test_check_writable(tmp_path):
     (["zoo", "train", "tiny_vit", "--threads", "-2"], r"--threads -2: expected 0 \(torch's default\) or a positive"),
     (["zoo", "train", "tiny_vit"], r"zoo train tiny_vit: .*tiny_vit.pth exists \(the checkpoint every tiny-zoo result "
                                    r"was computed with\); expected --out PATH for a new checkpoint, or --force"),
+    (["zoo", "train", "tiny_vit", "--out", "{repo}/mgrq/../mgrq/zoo_weights/tiny_vit.pth"],  # the shipped file
+     r"zoo train tiny_vit: .*/mgrq/zoo_weights/tiny_vit.pth exists \(the checkpoint every tiny-zoo result was computed "
+     r"with\); expected --out PATH for a new checkpoint, or --force"),
+    (["zoo", "train", "tiny_vit", "--out", "{tmp}/file"], r"zoo train tiny_vit: .*/file exists; expected a new --out "
+                                                          r"PATH, or --force to replace it"),
+    (["zoo", "train", "tiny_vt"], r"unknown tiny-zoo model 'tiny_vt'. Did you mean 'tiny_vit'.*\? Known tiny-zoo models: "
+                                  r"tiny_deit, tiny_swin, tiny_vit$"),
+    (["zoo", "train", "deit_tiny_patch16_224"], r"zoo train deit_tiny_patch16_224: only the tiny zoo is trained here; "
+                                                r"expected one of tiny_vit, tiny_deit, tiny_swin"),
     (["suite", "run", "demo", "--out", "{tmp}/file", "--no-mirror"], r"--out '.*file' is a file; expected a folder"),
 ])
 def test_bad_paths_fail_before_any_work(tmp_path, capsys, no_work, argv, message):
     (tmp_path / "file").write_text("x")
-    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    repo = str(Path(__file__).resolve().parents[1])
+    assert main([a.replace("{tmp}", str(tmp_path)).replace("{repo}", repo) for a in argv]) == 2
     assert re.search(message, error_line(capsys))
 
 
