@@ -388,9 +388,13 @@ def test_pdb_needs_the_debug_executor(tmp_path, capsys):
     assert "--pdb: opens pdb in this process, so it needs --executor debug (not local)" in error_line(capsys)
 
 
-def test_label_may_not_be_empty(tmp_path, capsys):
+def test_label_may_not_be_empty_or_a_reserved_word(tmp_path, capsys):
     assert main(["suite", "run", "demo", "--out", str(tmp_path), "--label", "", "--dry-run"]) == 2
     assert "--label '': expected letters" in error_line(capsys)
+    for word, means in (("latest", "newest label"), ("previous", "label before the newest")):
+        assert main(["suite", "run", "demo", "--out", str(tmp_path), "--label", word, "--dry-run"]) == 2
+        assert f"--label {word}: a reserved word (`report`, `suite status` and `--compare` read it as the {means})" \
+            in error_line(capsys)
 
 
 def test_records_under_skips_nothing_usable(tmp_path):

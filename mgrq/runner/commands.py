@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "their own: `overrides.mgrq` does not reach them. File format: docs/harness.md."))
     r.add_argument("suite", help="suite name (see `mgrq suite list`) or path to a suite YAML file")
     _add_out(r)
-    r.add_argument("--label", default=None, help="run label (default: YYYYMMDD-<git sha>); same label = resume")
+    r.add_argument("--label", default=None, help="run label (default: YYYYMMDD-<git sha>); same label = resume; "
+                                                  "not latest or previous, which report and status read as the "
+                                                  "newest two")
     r.add_argument("--dry-run", action="store_true", help="print the grid and how many cells are done; run nothing")
     r.add_argument("--only", default=None, metavar="REGEX", help="run only the cells whose id matches REGEX")
     r.add_argument("--data-root", default=None, help="ImageNet-layout folder (wins over the suite's data.root)")

@@ -42,9 +42,19 @@ def default_label() -> str:
     return f"{day}-{sha[:7]}" + ("-dirty" if "+dirty" in sha else "")
 
 
+RESERVED_LABELS = ("latest", "previous")
+"""Words that ``report``, ``suite status`` and ``--compare`` read as the newest label and the one
+before it (:func:`resolve_label`), so no run may be labelled with them."""
+
+
 def check_label(label: str) -> str:
+    """``label`` as a new run's label: a name of the allowed characters, not a reserved word."""
     if not LABEL_RE.match(label):
         raise ConfigError(f"--label {label!r}: expected letters, digits, '.', '_', '+', '-'")
+    if label in RESERVED_LABELS:
+        raise ConfigError(f"--label {label}: a reserved word (`report`, `suite status` and `--compare` read it as "
+                          f"the {'newest label' if label == 'latest' else 'label before the newest'}); expected "
+                          "another name, e.g. the default YYYYMMDD-<commit>")
     return label
 
 
