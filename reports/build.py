@@ -675,7 +675,34 @@ def _csv_side(path: Path, suite: str) -> pd.DataFrame:
     if len(labels) != 1:
         raise ConfigError(f"{what}: {'no cell' if not labels else 'cells of labels ' + ', '.join(labels)} of suite "
                           f"{suite}; expected the cells of one label of it")
-    return df.astype({"seed": int}).reset_index(drop=True)
+
+    def bad(col: str, ok: pd.Series, expected: str) -> None:
+        if not ok.all():
+            i = ok.index[~ok.to_numpy()][0]  # the file's line: a header, then one row per index
+            raise ConfigError(f"{what}: line {i + 2}, column {col} is {df.at[i, col]!r}; expected {expected}")
+
+    def number(col: str) -> pd.Series:
+        return pd.to_numeric(df[col], errors="coerce")
+
+    bad("bits", df["bits"].astype(str).str.fullmatch(r"W\d+A\d+"), "a bit-width as WxAy, e.g. W4A4")
+    seed = number("seed")
+    bad("seed", seed.notna() & (seed == seed.round()), "a whole number")
+    bad("status", df["status"].isin(("done", "failed")), "done or failed")
+    top1 = number("top1")
+    bad("top1", top1.notna() | df["top1"].isna(), "a number of percent, or blank for a failed cell")
+    if "warnings" in df:
+        bad("warnings", number("warnings").notna() | df["warnings"].isna(), "a count, or blank")
+    df = df.assign(seed=seed.astype(int), top1=top1, **({"warnings": number("warnings")} if "warnings" in df else {}))
+    key = ["model", "name", "bits", "seed"]
+    dup = df.duplicated(key, keep=False)
+    if dup.any():
+        lines = [i + 2 for i in dup.index[dup.to_numpy()]]
+        r = df.loc[lines[0] - 2]
+        same = [n for n, i in zip(lines, dup.index[dup.to_numpy()], strict=True) if (df.loc[i, key] == r[key]).all()]
+        raise ConfigError(f"{what}: cell {r['model']}.{r['name']}.{str(r['bits']).lower()}.s{r['seed']} is on lines "
+                          f"{', '.join(map(str, same))} (two files joined?); expected one row per cell, as a "
+                          "report writes it")
+    return df.reset_index(drop=True)
 
 
 def _csv_note(path: str, a: pd.DataFrame, b: pd.DataFrame, has_warnings: bool = True) -> str:

@@ -382,9 +382,21 @@ def test_compare_a_run_with_a_results_csv_as_with_its_label(tmp_path, capsys):
     # bad input: one line naming the file and what was expected
     df.drop(columns=["hash"]).to_csv(nohash := tmp_path / "nohash.csv", index=False)
     pd.concat([df, df.assign(label="Z")]).to_csv(two := tmp_path / "two.csv", index=False)
+    pd.concat([df, df]).to_csv(twice := tmp_path / "twice.csv", index=False)  # two files joined
+    n = len(df)
+    malformed = []
+    for col, value in (("top1", "abc"), ("seed", "a"), ("bits", "4/4"), ("status", "ok"), ("warnings", "x")):
+        bad = df.astype({col: object})
+        bad.loc[2, col] = value
+        bad.to_csv(path := tmp_path / f"bad-{col}.csv", index=False)
+        malformed.append(([str(path), "B"], f"bad-{col}.csv: line 4, column {col} is {value!r}; expected "))
+    first = df.iloc[0]
     for argv, says in (([str(tmp_path / "none.csv"), "B"], "none.csv: no such file; expected a report's results.csv"),
                        ([str(nohash), "B"], "nohash.csv: no column hash; expected a report's results.csv"),
                        ([str(two), "B"], "two.csv: cells of labels A, Z of suite rep; expected the cells of one label"),
+                       ([str(twice), "B"], f"twice.csv: cell {first['model']}.{first['name']}.w4a4.s{first['seed']} is "
+                                           f"on lines 2, {n + 2} (two files joined?); expected one row per cell"),
+                       *malformed,
                        (["A", str(csv)], "LABEL_B is a file; expected a label of suite rep's runs")):
         assert main(["report", "rep", "--out", str(out), "--compare", *argv]) == 2
         err = capsys.readouterr().err
