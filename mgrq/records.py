@@ -159,6 +159,11 @@ def problem(rec: Any) -> str | None:
     for k, typ in (("model", str), ("method", str), ("w_bits", int), ("a_bits", int), ("seed", int)):
         if not isinstance(spec.get(k), typ) or isinstance(spec.get(k), bool):
             return f"spec.{k} is {spec.get(k)!r}, expected {typ.__name__}"
+    from mgrq.spec import shape_problem
+
+    bad = shape_problem(spec)
+    if bad:
+        return bad
     for k in ("suite", "metrics", "timings", "error", "calibration", "executor"):
         if rec.get(k) is not None and not isinstance(rec[k], dict):
             return f"{k} is {type(rec[k]).__name__}, expected an object"

@@ -46,6 +46,27 @@ EVAL_SUBSET = "spread"  # what eval_limit keeps (records say so; older ones, wit
 SPLIT_NAMES = {"heldout": "held-out", "tune": "tune"}  # eval_split -> how messages and captions say it
 
 
+def _optional(v: Any, typ: type) -> bool:
+    return v is None or (isinstance(v, typ) and not isinstance(v, bool))
+
+
+def shape_problem(d: dict[str, Any]) -> str | None:
+    """What is malformed in a spec as a record holds it (JSON: ``method_config`` an object,
+    ``bits_overrides`` a list of ``[regex, bits]`` pairs), or None. Only the shapes: the values
+    are :class:`RunSpec`'s to check, which names what it expects."""
+    for k, typ in (("calib", int), ("eval_limit", int), ("image_bits", int), ("variant", str), ("checkpoint", str),
+                   ("data_root", str), ("eval_split", str), ("device", str)):
+        if not _optional(d.get(k), typ):
+            return f"spec.{k} is {d.get(k)!r:.60}, expected {'an integer' if typ is int else 'a string'} or null"
+    if not _optional(d.get("method_config"), dict) or not all(isinstance(k, str) for k in d.get("method_config") or {}):
+        return f"spec.method_config is {d.get('method_config')!r:.60}, expected an object of field: value"
+    bo = d.get("bits_overrides")
+    if not _optional(bo, list) or not all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], str)
+                                          for x in bo or []):
+        return f"spec.bits_overrides is {bo!r:.60}, expected a list of [regex, bits] pairs"
+    return None
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that determines one run (one cell of a suite grid)."""
@@ -77,7 +98,8 @@ class RunSpec:
             raise ConfigError(f"calib={self.calib!r}: expected a positive integer")
         if self.eval_split not in ("heldout", "tune"):
             raise ConfigError(f"eval_split={self.eval_split!r}: expected 'heldout' or 'tune'")
-        if self.eval_limit is not None and self.eval_limit < 1:
+        if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or isinstance(self.eval_limit, bool)
+                                            or self.eval_limit < 1):
             raise ConfigError(f"eval_limit={self.eval_limit!r}: expected a positive integer")
         object.__setattr__(self, "method_config", _freeze(self.method_config))
         object.__setattr__(self, "bits_overrides", tuple(tuple(x) for x in self.bits_overrides))
@@ -104,6 +126,10 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        """The spec a record (or a suite file) holds; a :class:`ConfigError` names what is malformed."""
+        bad = shape_problem(d)
+        if bad:
+            raise ConfigError(bad)
         d = dict(d)
         d["method_config"] = _freeze(d.get("method_config") or {})
         d["bits_overrides"] = tuple(tuple(x) for x in d.get("bits_overrides") or ())

@@ -264,6 +264,21 @@ def test_malformed_records_are_named_not_crashed_on(tmp_path, capsys):
     assert records.problem({**good, "spec": {"model": "tiny_vit"}}).startswith("spec.method is None")
     assert records.problem({**good, "warnings": ["a", "b"]}) is None
     assert records.problem({**good, "warnings": 3}) == "warnings is 3, expected a list of strings"
+    spec = good["spec"]
+    assert records.problem({**good, "spec": {**spec, "bits_overrides": [["^head", 8]], "eval_limit": 5}}) is None
+    for field, value, says in (("bits_overrides", "abc", "a list of [regex, bits] pairs"),
+                               ("bits_overrides", [["x"]], "a list of [regex, bits] pairs"),
+                               ("bits_overrides", [[1, 2]], "a list of [regex, bits] pairs"),
+                               ("method_config", "abc", "an object of field: value"),
+                               ("eval_limit", "abc", "an integer or null"), ("calib", True, "an integer or null"),
+                               ("checkpoint", 3, "a string or null")):
+        broken = {**good, "spec": {**spec, field: value}}
+        assert records.problem(broken) == f"spec.{field} is {value!r}, expected {says}"
+        (tmp_path / "broken.json").write_text(json.dumps(broken))  # `mgrq rerun` of it: one line, exit 2
+        assert main(["rerun", str(tmp_path / "broken.json")]) == 2
+        assert error_line(capsys).endswith(f"broken.json: not a done run record (spec.{field} is {value!r}, expected "
+                                           f"{says}); expected a record.json of a finished cell or a `mgrq quantize "
+                                           "--record` file")
     rec_path.write_text(json.dumps({**good, "metrics": None}))
     cell = Cell(good["id"], good["hash"], rec_path.parent, {})
     assert cell.record() is None and cell.status() == "corrupt"
