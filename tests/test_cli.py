@@ -377,6 +377,14 @@ def test_rerun_runs_a_record_again_as_it_ran_and_says_whether_the_result_is_the_
     b = json.loads((tmp_path / "b.json").read_text())
     assert b["hash"] == rec["hash"] and b["metrics"] == rec["metrics"] and b["torch_threads"] == 1
     assert len(rec["data"]["eval_ids_hash"]) == 16 and b["data"]["eval_ids_hash"] == rec["data"]["eval_ids_hash"]
+    # a record without the input hashes (an older one): the verdict says which checks it could not make
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({**rec, "weights": None, "calibration": None, "data": {**rec["data"], "eval_ids_hash": None}}))
+    code, out, _ = run_cli(capsys, "rerun", str(bare), "--quiet")
+    assert code == 0 and out.splitlines()[-2:] == [
+        "note: the record holds no weights.sha256, calibration.ids_hash, data.eval_ids_hash, so those were not "
+        "compared: the verdict below covers the rest", out.splitlines()[-1]]
+    assert out.splitlines()[-1].startswith("same as the record, bit for bit: top1 ")
     # a record that says otherwise (as from another thread count or machine): named, exit 1; the
     # rerun takes the record's threads (2 here) and says where it ran
     other = tmp_path / "other.json"
