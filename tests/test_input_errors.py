@@ -320,11 +320,25 @@ def test_report_options_that_do_not_apply(tmp_path, capsys):
     assert "--tracking-uri: only used with --from mlflow" in error_line(capsys)
 
 
-def test_executor_option_shapes():
-    with pytest.raises(ConfigError, match=r"p.yaml: executor option additional: \[1, 2\]; expected a mapping"):
+def test_executor_option_shapes(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"p.yaml: executor option additional=\[1, 2\]: expected a mapping"):
         ex.resolve_options("slurm", {}, {"slurm": {"additional": [1, 2]}}, {}, "p.yaml: ")
-    with pytest.raises(ConfigError, match=r"executor option setup: 5; expected a shell line"):
+    with pytest.raises(ConfigError, match=r"executor option setup=5: expected a shell line"):
         ex.resolve_options("slurm", {}, {"slurm": {"setup": 5}}, {}, "p.yaml: ")
+    # every bad option of one layer in one error, not one per attempt
+    with pytest.raises(ConfigError, match=r"^p.yaml: executor options: threads='abc': expected an integer >= 1; "
+                                          r"mem_gb=-1: expected a positive number$"):
+        ex.resolve_options("slurm", {}, {"slurm": {"threads": "abc", "mem_gb": -1}}, {}, "p.yaml: ")
+    # a suite file's executor block is checked with the rest of the file: a line for each problem
+    path = write_suite(tmp_path / "exm.yaml", bits=["W4A4", "W44"],
+                       executor={"timeout_min": -5, "mem_gb": -1, "threads": "abc"})
+    assert main(["suite", "run", str(path), "--out", str(tmp_path / "runs"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}: 4 problems:" in err
+    for says in ("field 'bits[1]': ", "field 'executor.timeout_min': expected minutes >= 1, got -5",
+                 "field 'executor.mem_gb': expected a positive number, got -1",
+                 "field 'executor.threads': expected an integer >= 1, got 'abc'"):
+        assert says in err, says
     opts = ex.resolve_options("slurm", {"additional": (("mail_type", "END"),)}, {}, {})
     assert opts.additional == (("mail_type", "END"),)
 

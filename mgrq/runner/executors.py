@@ -78,31 +78,13 @@ class ExecutorOptions:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"executor {self.kind!r}: expected one of {', '.join(KINDS)}")
-        for f in ("parallelism", "threads", "gpus_per_node", "cpus_per_task"):
-            v = getattr(self, f)
-            lo = 0 if f == "gpus_per_node" else 1
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-                raise ConfigError(f"executor option {f}={v!r}: expected an integer >= {lo}")
-        for f in ("cells_per_job", "array_parallelism", "max_num_timeout"):
-            v = getattr(self, f)
-            lo = 0 if f == "max_num_timeout" else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigError(f"executor option {f}={v!r}: expected an integer >= {lo}")
-        if isinstance(self.timeout_min, bool) or not isinstance(self.timeout_min, int) or self.timeout_min < 1:
-            raise ConfigError(f"executor option timeout_min={self.timeout_min!r}: expected minutes >= 1")
-        if self.kind == "slurm" and self.timeout_min < 5:
-            raise ConfigError(
-                f"executor option timeout_min={self.timeout_min}: expected >= 5 for slurm "
-                "(submitit asks for the preemption signal 90 s before the time limit)"
-            )
-        if self.mem_gb is not None and (isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, int | float) or self.mem_gb <= 0):
-            raise ConfigError(f"executor option mem_gb={self.mem_gb!r}: expected a positive number")
-        if self.device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
-            raise ConfigError(f"executor option device={self.device!r}: expected auto, cpu, cuda or cuda:N")
-        for f in ("partition", "account", "qos", "constraint"):
-            v = getattr(self, f)
-            if v is not None and (not isinstance(v, str) or not v.strip()):
-                raise ConfigError(f"executor option {f}={v!r}: expected a non-empty string")
+        bad = [f"{f.name}={v!r}: expected {why}" for f in fields(self) if f.name not in ("kind", "pdb")
+               if (why := option_problem(f.name, v := getattr(self, f.name)))]
+        if self.kind == "slurm" and not bad and self.timeout_min < 5:
+            bad.append(f"timeout_min={self.timeout_min}: expected >= 5 for slurm "
+                       "(submitit asks for the preemption signal 90 s before the time limit)")
+        if bad:  # every bad option of the layer at once, not one per attempt
+            raise ConfigError(("executor option " if len(bad) == 1 else "executor options: ") + "; ".join(bad))
         object.__setattr__(self, "setup", tuple(str(s) for s in self.setup))
         object.__setattr__(self, "additional", tuple(sorted((str(k), v) for k, v in dict(self.additional).items())))
 
@@ -111,6 +93,40 @@ class ExecutorOptions:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in UNUSED[self.kind]
                 and (getattr(self, f.name) not in (None, (), False) or f.name == "kind")}
+
+
+_INTS = {"parallelism": 1, "threads": 1, "gpus_per_node": 0, "cpus_per_task": 1,  # the least value; None: unset
+         "cells_per_job": 1, "array_parallelism": 1, "max_num_timeout": 0}
+_REQUIRED = ("cells_per_job", "array_parallelism", "max_num_timeout")
+
+
+def option_problem(name: str, v: Any) -> str | None:
+    """What executor option ``name`` expects when ``v`` is not such a value on any executor
+    (a suite file's ``executor:`` block is checked with it), else None. The slurm executor's
+    ``timeout_min`` >= 5 is checked by :class:`ExecutorOptions`, which knows the executor."""
+    is_int = isinstance(v, int) and not isinstance(v, bool)
+    if name in _INTS:
+        ok = (v is None and name not in _REQUIRED) or (is_int and v >= _INTS[name])
+        return None if ok else f"an integer >= {_INTS[name]}"
+    if name == "timeout_min":
+        return None if is_int and v >= 1 else "minutes >= 1"
+    if name == "mem_gb":
+        return None if v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v > 0) \
+            else "a positive number"
+    if name == "device":
+        return None if v is None or re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(v)) else "auto, cpu, cuda or cuda:N"
+    if name in ("partition", "account", "qos", "constraint"):
+        return None if v is None or (isinstance(v, str) and v.strip()) else "a non-empty string"
+    if name == "setup":
+        ok = isinstance(v, str | tuple | list) and all(isinstance(x, str) for x in v)
+        return None if ok else "a shell line or a list of them"
+    if name == "additional":
+        try:  # a mapping, or the (key, value) pairs a loaded suite holds
+            ok = isinstance(v, dict | tuple | list) and dict(v) is not None
+        except (TypeError, ValueError):
+            ok = False
+        return None if ok else "a mapping of sbatch options (name: value)"
+    return None
 
 
 SLURM_ONLY = frozenset({"cells_per_job", "partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb",
@@ -192,21 +208,13 @@ def resolve_options(kind: str, suite_defaults: dict[str, Any], profile: dict[str
 
 
 def _options(kind: str, merged: dict[str, Any], where: str) -> ExecutorOptions:
+    for k in ("setup", "additional"):  # to the types ExecutorOptions holds, once they are the right shape
+        if k in merged and (why := option_problem(k, merged[k])):
+            raise ConfigError(f"{where}executor option {k}={merged[k]!r}: expected {why}")
     if "setup" in merged:
-        s = merged["setup"]
-        if not isinstance(s, str | tuple | list) or not all(isinstance(x, str) for x in s):
-            raise ConfigError(f"{where}executor option setup: {s!r}; expected a shell line or a list of them")
-        merged["setup"] = (s,) if isinstance(s, str) else tuple(s)
+        merged["setup"] = (merged["setup"],) if isinstance(merged["setup"], str) else tuple(merged["setup"])
     if "additional" in merged:
-        a = merged["additional"]
-        try:  # a mapping, or the (key, value) pairs a loaded suite holds
-            pairs = tuple(dict(a).items()) if isinstance(a, dict | tuple | list) else None
-        except (TypeError, ValueError):
-            pairs = None
-        if pairs is None:
-            raise ConfigError(f"{where}executor option additional: {a!r}; expected a mapping of sbatch "
-                              "options (name: value)")
-        merged["additional"] = pairs
+        merged["additional"] = tuple(dict(merged["additional"]).items())
     try:
         return ExecutorOptions(kind=kind, **merged)
     except ConfigError as e:

@@ -45,6 +45,7 @@ from mgrq.errors import (
     did_you_mean,
     unknown,
 )
+from mgrq.runner.executors import option_problem
 from mgrq.spec import RunSpec, parse_bits
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -742,6 +743,10 @@ class _Parser:
         ex: dict[str, Any] = {}
         with self.part():
             ex = self.keys(d.get("executor") or {}, "executor", EXECUTOR_FIELDS)
+        for k, v in ex.items():  # the values any executor refuses; slurm's own limits when it is chosen
+            with self.part():
+                if why := option_problem(k, v):
+                    raise self.err(f"executor.{k}", f"expected {why}, got {v!r}")
         rep: dict[str, Any] = {}
         with self.part():
             rep = self.keys(d.get("report") or {}, "report", REPORT_FIELDS)
