@@ -318,9 +318,15 @@ def test_a_site_profile_sets_the_cells_device_unless_the_flag_does(tmp_path, cap
     run = ["suite", "run", str(write_suite(tmp_path / "ok.yaml")), "--out", str(tmp_path / "runs"), "--dry-run",
            "--executor", "slurm", "--profile", str(prof)]
     assert main(run) == 0
-    assert "'device': 'cuda'" in capsys.readouterr().out
+    assert "executor: slurm (timeout_min=720, cells_per_job=1, array_parallelism=32, max_num_timeout=3, device=cuda): " \
+        "1 torch thread(s) per task, 1 cell(s) per task" in capsys.readouterr().out
     assert main([*run, "--device", "cpu"]) == 0
-    assert "'device': 'cpu'" in capsys.readouterr().out
+    assert "device=cpu)" in capsys.readouterr().out
+    # the dry run says how the run would spread the cells: the jobs and threads it prints when it starts
+    local = [*run[:-4], "--executor", "local", "--parallelism", "2", "--threads", "3", "--device", "cpu"]
+    assert main(local) == 0
+    assert ("executor: local (parallelism=2, threads=3, timeout_min=720, device=cpu): 1 job(s) side by side, "
+            "3 torch thread(s) each") in capsys.readouterr().out  # one cell: one job
     # a bad value in the profile is blamed on the profile's file and section
     prof.write_text("slurm:\n  mem_gb: lots\n")
     assert main(run) == 2

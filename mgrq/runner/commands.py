@@ -311,7 +311,7 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
             driver.check_no_live_slurm_tasks(root / "jobs", pending, suite.name)
         except ConfigError as e:
             print(f"note: the run would stop here: {e}")
-        print(f"executor: {opts.describe()}")
+        print(_executor_line(opts, len(pending)))
         if opts.kind == "slurm" and pending:  # the scheduler's view of the options, now rather than at 01:30
             import math
 
@@ -355,6 +355,22 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
             no_report = f"not written ({type(e).__name__}; see the warning above)"
     _final_summary(summary, rep, mirror_line, mirror_uri, no_report)
     return code
+
+
+def _executor_line(opts: Any, n_pending: int) -> str:
+    """A dry run's executor line: its options as ``key=value`` and how the pending cells would run
+    (the jobs and torch threads the run itself prints when it starts)."""
+    from mgrq.runner import executors as ex
+
+    said = ", ".join(f"{k}={v}" for k, v in opts.describe().items() if k != "kind")
+    if opts.kind == "local":
+        jobs, threads = ex.local_plan(opts, max(n_pending, 1), ex.runs_on_cpu(opts))
+        how = f"{jobs} job(s) side by side, {threads} torch thread(s) each"
+    elif opts.kind == "debug":
+        how = f"one process, {ex.cell_threads(opts)} torch thread(s)"
+    else:
+        how = f"{ex.slurm_threads(opts)} torch thread(s) per task, {opts.cells_per_job} cell(s) per task"
+    return f"executor: {opts.kind} ({said or 'defaults'}): {how}"
 
 
 def _print_failures(summary: Any) -> None:
