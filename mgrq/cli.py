@@ -348,25 +348,33 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
     from mgrq.errors import ConfigError, unknown
     from mgrq.records import check_writable
-    from mgrq.zoo import ZOO, tiny_weights_path, train_tiny
+    from mgrq.zoo import WEIGHTS_DIR, ZOO, tiny_weights_path, train_tiny
 
     if args.threads < 0:
         raise ConfigError(f"--threads {args.threads}: expected 0 (torch's default) or a positive number")
-    tiny = [n for n, e in ZOO.items() if e.tiny]
+    tiny = sorted(n for n, e in ZOO.items() if e.tiny)
     if args.name not in tiny:  # before any path: an unknown name is named as such, not as a missing file
         if args.name in ZOO:
             raise ConfigError(f"zoo train {args.name}: only the tiny zoo is trained here; expected one of "
                               f"{', '.join(tiny)}")
         raise unknown("tiny-zoo model", args.name, tiny)
-    target = Path(args.out if args.out is not None else tiny_weights_path(args.name)).expanduser()
+    own = tiny_weights_path(args.name)
+    target = Path(args.out).expanduser() if args.out is not None else own
     if args.out is not None:
         check_writable(args.out, "--out")
-    if target.exists() and not args.force:  # --out at the shipped file, or at any other checkpoint
-        shipped = target.resolve() == tiny_weights_path(args.name).resolve()
-        what = " (the checkpoint every tiny-zoo result was computed with)" if shipped else ""
-        instead = "--out PATH for a new checkpoint" if args.out is None or shipped else "a new --out PATH"
-        raise ConfigError(f"zoo train {args.name}: {target} exists{what}; expected {instead}, "
-                          "or --force to replace it")
+    if target.resolve().parent == WEIGHTS_DIR.resolve() and target.resolve() != own.resolve():
+        raise ConfigError(f"zoo train {args.name}: --out {args.out}: {WEIGHTS_DIR} holds the shipped checkpoints, "
+                          f"one NAME.pth (and its NAME.json) per tiny model; expected a path elsewhere, or no --out "
+                          f"(with --force) to replace {own.name}")
+    written = [f for f in (target, target.with_suffix(".json")) if f.exists()]  # the checkpoint and its metadata
+    if written and not args.force:
+        shipped = target.resolve() == own.resolve()
+        what = (" (the shipped checkpoint every tiny-zoo result was computed with" + (", and its metadata)"
+                if len(written) == 2 else ")")) if shipped else ""
+        instead = "--out PATH for a new checkpoint" if shipped else "a new --out PATH"
+        raise ConfigError(f"zoo train {args.name}: {' and '.join(map(str, written))} exist{'s' * (len(written) == 1)}"
+                          f"{what}; expected {instead}, or --force to replace "
+                          f"{'it' if len(written) == 1 else 'them'}")
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = train_tiny(args.name, out=args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)

@@ -81,21 +81,29 @@ def test_check_writable(tmp_path):
                                        r"only with an ImageNet"),
     (["zoo", "train", "tiny_vit", "--out", "{tmp}/file/z.pth"], r"--out .* is a file, so nothing can be created"),
     (["zoo", "train", "tiny_vit", "--threads", "-2"], r"--threads -2: expected 0 \(torch's default\) or a positive"),
-    (["zoo", "train", "tiny_vit"], r"zoo train tiny_vit: .*tiny_vit.pth exists \(the checkpoint every tiny-zoo result "
-                                   r"was computed with\); expected --out PATH for a new checkpoint, or --force"),
+    (["zoo", "train", "tiny_vit"], r"zoo train tiny_vit: .*tiny_vit.pth and .*tiny_vit.json exist \(the shipped "
+                                   r"checkpoint every tiny-zoo result was computed with, and its metadata\); expected "
+                                   r"--out PATH for a new checkpoint, or --force to replace them"),
     (["zoo", "train", "tiny_vit", "--out", "{repo}/mgrq/../mgrq/zoo_weights/tiny_vit.pth"],  # the shipped file
-     r"zoo train tiny_vit: .*/mgrq/zoo_weights/tiny_vit.pth exists \(the checkpoint every tiny-zoo result was computed "
-     r"with\); expected --out PATH for a new checkpoint, or --force"),
+     r"zoo train tiny_vit: .*/mgrq/zoo_weights/tiny_vit.pth and .* exist \(the shipped checkpoint"),
+    (["zoo", "train", "tiny_vit", "--out", "{repo}/mgrq/zoo_weights/tiny_deit.pth"],  # another model's, even with --force
+     r"zoo train tiny_vit: --out .*tiny_deit.pth: .*zoo_weights holds the shipped checkpoints, one NAME.pth \(and its "
+     r"NAME.json\) per tiny model; expected a path elsewhere, or no --out \(with --force\) to replace tiny_vit.pth"),
+    (["zoo", "train", "tiny_vit", "--out", "{repo}/mgrq/zoo_weights/tiny_vit.pt", "--force"],  # would write tiny_vit.json
+     r"zoo_weights holds the shipped checkpoints"),
     (["zoo", "train", "tiny_vit", "--out", "{tmp}/file"], r"zoo train tiny_vit: .*/file exists; expected a new --out "
-                                                          r"PATH, or --force to replace it"),
+                                                          r"PATH, or --force to replace it$"),
+    (["zoo", "train", "tiny_vit", "--out", "{tmp}/meta.pth"], r"zoo train tiny_vit: .*/meta.json exists; expected a "
+                                                              r"new --out PATH, or --force to replace it$"),
     (["zoo", "train", "tiny_vt"], r"unknown tiny-zoo model 'tiny_vt'. Did you mean 'tiny_vit'.*\? Known tiny-zoo models: "
                                   r"tiny_deit, tiny_swin, tiny_vit$"),
     (["zoo", "train", "deit_tiny_patch16_224"], r"zoo train deit_tiny_patch16_224: only the tiny zoo is trained here; "
-                                                r"expected one of tiny_vit, tiny_deit, tiny_swin"),
+                                                r"expected one of tiny_deit, tiny_swin, tiny_vit"),
     (["suite", "run", "demo", "--out", "{tmp}/file", "--no-mirror"], r"--out '.*file' is a file; expected a folder"),
 ])
 def test_bad_paths_fail_before_any_work(tmp_path, capsys, no_work, argv, message):
     (tmp_path / "file").write_text("x")
+    (tmp_path / "meta.json").write_text("{}")  # the metadata a checkpoint meta.pth would write over
     repo = str(Path(__file__).resolve().parents[1])
     assert main([a.replace("{tmp}", str(tmp_path)).replace("{repo}", repo) for a in argv]) == 2
     assert re.search(message, error_line(capsys))
