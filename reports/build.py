@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import numpy as np
 import pandas as pd
 
 from mgrq import records
@@ -679,19 +680,24 @@ def _csv_side(path: Path, suite: str) -> pd.DataFrame:
     def bad(col: str, ok: pd.Series, expected: str) -> None:
         if not ok.all():
             i = ok.index[~ok.to_numpy()][0]  # the file's line: a header, then one row per index
-            raise ConfigError(f"{what}: line {i + 2}, column {col} is {df.at[i, col]!r}; expected {expected}")
+            v = df.at[i, col]
+            raise ConfigError(f"{what}: line {i + 2}, column {col} is {'blank' if pd.isna(v) else repr(str(v))}; "
+                              f"expected {expected}")
 
     def number(col: str) -> pd.Series:
         return pd.to_numeric(df[col], errors="coerce")
 
+    def count(x: pd.Series) -> pd.Series:  # a finite whole number >= 0
+        return x.notna() & np.isfinite(x) & (x >= 0) & (x == x.round())
+
     bad("bits", df["bits"].astype(str).str.fullmatch(r"W\d+A\d+"), "a bit-width as WxAy, e.g. W4A4")
     seed = number("seed")
-    bad("seed", seed.notna() & (seed == seed.round()), "a whole number")
+    bad("seed", count(seed), "a seed, a whole number >= 0")
     bad("status", df["status"].isin(("done", "failed")), "done or failed")
     top1 = number("top1")
-    bad("top1", top1.notna() | df["top1"].isna(), "a number of percent, or blank for a failed cell")
+    bad("top1", (top1.notna() & np.isfinite(top1)) | df["top1"].isna(), "a number of percent, or blank for a failed cell")
     if "warnings" in df:
-        bad("warnings", number("warnings").notna() | df["warnings"].isna(), "a count, or blank")
+        bad("warnings", count(number("warnings")) | df["warnings"].isna(), "a count (a whole number >= 0), or blank")
     df = df.assign(seed=seed.astype(int), top1=top1, **({"warnings": number("warnings")} if "warnings" in df else {}))
     key = ["model", "name", "bits", "seed"]
     dup = df.duplicated(key, keep=False)

@@ -385,11 +385,13 @@ def test_compare_a_run_with_a_results_csv_as_with_its_label(tmp_path, capsys):
     pd.concat([df, df]).to_csv(twice := tmp_path / "twice.csv", index=False)  # two files joined
     n = len(df)
     malformed = []
-    for col, value in (("top1", "abc"), ("seed", "a"), ("bits", "4/4"), ("status", "ok"), ("warnings", "x")):
-        bad = df.astype({col: object})
-        bad.loc[2, col] = value
-        bad.to_csv(path := tmp_path / f"bad-{col}.csv", index=False)
-        malformed.append(([str(path), "B"], f"bad-{col}.csv: line 4, column {col} is {value!r}; expected "))
+    for i, (col, value) in enumerate((("top1", "abc"), ("top1", "inf"), ("seed", "a"), ("seed", "1.5"), ("seed", "inf"),
+                                      ("seed", ""), ("bits", "4/4"), ("status", "ok"), ("status", ""),
+                                      ("warnings", "x"), ("warnings", "-1"), ("warnings", "0.5"), ("warnings", "-inf"))):
+        (path := tmp_path / f"bad{i}.csv").write_text(df.astype({col: object}).assign(**{col: [
+            value if j == 2 else v for j, v in enumerate(df[col])]}).to_csv(index=False))
+        shown = repr(value) if value else "blank"
+        malformed.append(([str(path), "B"], f"bad{i}.csv: line 4, column {col} is {shown}; expected "))
     first = df.iloc[0]
     for argv, says in (([str(tmp_path / "none.csv"), "B"], "none.csv: no such file; expected a report's results.csv"),
                        ([str(nohash), "B"], "nohash.csv: no column hash; expected a report's results.csv"),
