@@ -46,24 +46,22 @@ EVAL_SUBSET = "spread"  # what eval_limit keeps (records say so; older ones, wit
 SPLIT_NAMES = {"heldout": "held-out", "tune": "tune"}  # eval_split -> how messages and captions say it
 
 
-def _optional(v: Any, typ: type) -> bool:
-    return v is None or (isinstance(v, typ) and not isinstance(v, bool))
-
-
 def shape_problem(d: dict[str, Any]) -> str | None:
     """What is malformed in a spec as a record holds it (JSON: ``method_config`` an object,
     ``bits_overrides`` a list of ``[regex, bits]`` pairs), or None. Only the shapes: the values
-    are :class:`RunSpec`'s to check, which names what it expects."""
-    for k, typ in (("calib", int), ("eval_limit", int), ("image_bits", int), ("variant", str), ("checkpoint", str),
-                   ("data_root", str), ("eval_split", str), ("device", str)):
-        if not _optional(d.get(k), typ):
-            return f"spec.{k} is {d.get(k)!r:.60}, expected {'an integer' if typ is int else 'a string'} or null"
-    if not _optional(d.get("method_config"), dict) or not all(isinstance(k, str) for k in d.get("method_config") or {}):
-        return f"spec.method_config is {d.get('method_config')!r:.60}, expected an object of field: value"
-    bo = d.get("bits_overrides")
-    if not _optional(bo, list) or not all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], str)
-                                          for x in bo or []):
-        return f"spec.bits_overrides is {bo!r:.60}, expected a list of [regex, bits] pairs"
+    are :class:`RunSpec`'s to check, which names what it expects. A missing key takes its default."""
+    for k, typ, nullable in (("calib", int, True), ("eval_limit", int, True), ("image_bits", int, False),
+                             ("variant", str, True), ("checkpoint", str, True), ("data_root", str, True),
+                             ("eval_split", str, False), ("device", str, False),
+                             ("method_config", dict, True), ("bits_overrides", list, True)):
+        v = d.get(k)
+        if (v is None and (nullable or k not in d)) or (isinstance(v, typ) and not isinstance(v, bool)):
+            continue
+        expected = {int: "an integer", str: "a string", dict: "an object of field: value",
+                    list: "a list of [regex, bits] pairs"}[typ]
+        return f"spec.{k} is {v!r:.60}, expected {expected}" + (" or null" if nullable else "")
+    if not all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) for x in d.get("bits_overrides") or []):
+        return f"spec.bits_overrides is {d['bits_overrides']!r:.60}, expected a list of [regex, bits] pairs or null"
     return None
 
 

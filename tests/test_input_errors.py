@@ -273,13 +273,15 @@ def test_malformed_records_are_named_not_crashed_on(tmp_path, capsys):
     assert records.problem({**good, "warnings": ["a", "b"]}) is None
     assert records.problem({**good, "warnings": 3}) == "warnings is 3, expected a list of strings"
     spec = good["spec"]
+    assert records.problem({**good, "spec": {k: v for k, v in spec.items() if k != "image_bits"}}) is None  # default
     assert records.problem({**good, "spec": {**spec, "bits_overrides": [["^head", 8]], "eval_limit": 5}}) is None
-    for field, value, says in (("bits_overrides", "abc", "a list of [regex, bits] pairs"),
-                               ("bits_overrides", [["x"]], "a list of [regex, bits] pairs"),
-                               ("bits_overrides", [[1, 2]], "a list of [regex, bits] pairs"),
-                               ("method_config", "abc", "an object of field: value"),
+    for field, value, says in (("bits_overrides", "abc", "a list of [regex, bits] pairs or null"),
+                               ("bits_overrides", [["x"]], "a list of [regex, bits] pairs or null"),
+                               ("bits_overrides", [[1, 2]], "a list of [regex, bits] pairs or null"),
+                               ("method_config", "abc", "an object of field: value or null"),
                                ("eval_limit", "abc", "an integer or null"), ("calib", True, "an integer or null"),
-                               ("checkpoint", 3, "a string or null")):
+                               ("checkpoint", 3, "a string or null"), ("image_bits", None, "an integer"),
+                               ("image_bits", "8", "an integer"), ("device", None, "a string")):
         broken = {**good, "spec": {**spec, field: value}}
         assert records.problem(broken) == f"spec.{field} is {value!r}, expected {says}"
         (tmp_path / "broken.json").write_text(json.dumps(broken))  # `mgrq rerun` of it: one line, exit 2
@@ -637,3 +639,11 @@ def test_a_record_that_is_not_utf8_reads_as_unusable(tmp_path):
     bad = tmp_path / "record.json"
     bad.write_bytes(b'{"status": "\xff"}')
     assert records.read_record(bad) is None
+
+
+@pytest.mark.parametrize("limit", [0, -3, "abc", True, 2.5])
+def test_a_spec_refuses_an_eval_limit_that_is_not_a_positive_integer(limit):
+    from mgrq.spec import RunSpec
+
+    with pytest.raises(ConfigError, match=rf"^eval_limit={re.escape(repr(limit))}: expected a positive integer$"):
+        RunSpec(model="tiny_vit", method="percentile", w_bits=4, a_bits=4, eval_limit=limit)
