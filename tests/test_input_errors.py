@@ -339,6 +339,14 @@ def test_executor_option_shapes(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"^p.yaml: executor options: threads='abc': expected an integer >= 1; "
                                           r"mem_gb=-1: expected a positive number$"):
         ex.resolve_options("slurm", {}, {"slurm": {"threads": "abc", "mem_gb": -1}}, {}, "p.yaml: ")
+    with pytest.raises(ConfigError, match=r"^p.yaml: executor options: threads='abc': expected an integer >= 1; "
+                                          r"setup=5: expected a shell line or a list of them$"):
+        ex.resolve_options("slurm", {}, {"slurm": {"setup": 5, "threads": "abc"}}, {}, "p.yaml: ")
+    with pytest.raises(ConfigError, match=r"^p.yaml: executor options: mem_gb=-1: expected a positive number; "
+                                          r"timeout_min=3: expected >= 5 for slurm"):
+        ex.resolve_options("slurm", {}, {"slurm": {"timeout_min": 3, "mem_gb": -1}}, {}, "p.yaml: ")
+    one_line = ex.resolve_options("slurm", {}, {"slurm": {"setup": "module load cuda", "additional": {"gres": "x"}}}, {})
+    assert (one_line.setup, one_line.additional) == (("module load cuda",), (("gres", "x"),))
     # a suite file's executor block is checked with the rest of the file: a line for each problem
     path = write_suite(tmp_path / "exm.yaml", bits=["W4A4", "W44"],
                        executor={"timeout_min": -5, "mem_gb": -1, "threads": "abc"})

@@ -319,7 +319,7 @@ def test_a_site_profile_sets_the_cells_device_unless_the_flag_does(tmp_path, cap
            "--executor", "slurm", "--profile", str(prof)]
     assert main(run) == 0
     assert "executor: slurm (timeout_min=720, cells_per_job=1, array_parallelism=32, max_num_timeout=3, device=cuda): " \
-        "1 torch thread(s) per task, 1 cell(s) per task" in capsys.readouterr().out
+        "1 cell(s) per task, 1 CPU thread(s) each" in capsys.readouterr().out
     assert main([*run, "--device", "cpu"]) == 0
     assert "device=cpu)" in capsys.readouterr().out
     # the dry run says how the run would spread the cells: the jobs and threads it prints when it starts
@@ -327,6 +327,11 @@ def test_a_site_profile_sets_the_cells_device_unless_the_flag_does(tmp_path, cap
     assert main(local) == 0
     assert ("executor: local (parallelism=2, threads=3, timeout_min=720, device=cpu): 1 job(s) side by side, "
             "3 torch thread(s) each") in capsys.readouterr().out  # one cell: one job
+    prof.write_text("slurm:\n  setup: [module load cuda/12.4, source venv/bin/activate]\n"
+                    "  additional: {comment: 'night: 1'}\n")  # one sbatch --test-only accepts
+    assert main(run) == 0
+    assert ("setup=[module load cuda/12.4, source venv/bin/activate], additional={comment: 'night: 1'}"
+            in capsys.readouterr().out)
     # a bad value in the profile is blamed on the profile's file and section
     prof.write_text("slurm:\n  mem_gb: lots\n")
     assert main(run) == 2
@@ -560,3 +565,12 @@ def test_set_gives_every_method_with_the_field_its_value_as_the_suite_file_would
         err = capsys.readouterr().err
         assert err.startswith(msg) and err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_dry_run_executor_line_says_when_nothing_is_left_to_run():
+    from mgrq.runner.commands import _executor_line
+
+    opts = ex.ExecutorOptions(kind="local", parallelism=2, threads=1)
+    assert _executor_line(opts, 0) == "executor: local (parallelism=2, threads=1, timeout_min=720, device=auto): " \
+                                      "nothing to run"
+    assert _executor_line(ex.ExecutorOptions(kind="debug", threads=2), 3).endswith("): one process, 2 torch thread(s)")

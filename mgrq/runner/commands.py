@@ -358,18 +358,27 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
 
 
 def _executor_line(opts: Any, n_pending: int) -> str:
-    """A dry run's executor line: its options as ``key=value`` and how the pending cells would run
-    (the jobs and torch threads the run itself prints when it starts)."""
+    """A dry run's executor line: its options as a suite file writes them and how the pending
+    cells would run (the jobs and threads the run itself prints when it starts)."""
+    import yaml
+
     from mgrq.runner import executors as ex
 
-    said = ", ".join(f"{k}={v}" for k, v in opts.describe().items() if k != "kind")
-    if opts.kind == "local":
-        jobs, threads = ex.local_plan(opts, max(n_pending, 1), ex.runs_on_cpu(opts))
-        how = f"{jobs} job(s) side by side, {threads} torch thread(s) each"
+    def shown(v: Any) -> str:  # setup: a list of lines, additional: a mapping, as in a suite file
+        if isinstance(v, tuple):
+            v = dict(v) if v and all(isinstance(x, tuple) for x in v) else list(v)
+        return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip() if isinstance(v, list | dict) else str(v)
+
+    said = ", ".join(f"{k}={shown(v)}" for k, v in opts.describe().items() if k != "kind")
+    if not n_pending:
+        how = "nothing to run"
+    elif opts.kind == "local":
+        jobs, threads = ex.local_plan(opts, n_pending, ex.runs_on_cpu(opts))
+        how = ex.local_line(jobs, threads, ex.local_gpus(opts))
     elif opts.kind == "debug":
         how = f"one process, {ex.cell_threads(opts)} torch thread(s)"
     else:
-        how = f"{ex.slurm_threads(opts)} torch thread(s) per task, {opts.cells_per_job} cell(s) per task"
+        how = f"{opts.cells_per_job} cell(s) per task, {ex.slurm_threads(opts)} CPU thread(s) each"
     return f"executor: {opts.kind} ({said or 'defaults'}): {how}"
 
 

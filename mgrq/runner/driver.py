@@ -772,8 +772,7 @@ def submit_and_wait(cells: list[Cell], suite_meta: dict[str, Any], opts: ex.Exec
         claims = jobs_dir / f"claims-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         claims.mkdir(parents=True)
         gpus = ex.local_gpus(opts)
-        print(f"local: {len(orders)} job(s) side by side, {threads} torch thread(s) each"
-              + (f", one GPU each in turn from CUDA devices {','.join(gpus)}" if gpus else ""), flush=True)
+        print(f"local: {ex.local_line(len(orders), threads, gpus)}", flush=True)
         executor = submitit.LocalExecutor(folder=str(jobs_dir), max_num_timeout=opts.max_num_timeout)
         executor.update_parameters(timeout_min=opts.timeout_min)
         with _sigint_ignored():  # inherited by the job processes: see _sigint_ignored

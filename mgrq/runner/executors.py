@@ -80,12 +80,13 @@ class ExecutorOptions:
             raise ConfigError(f"executor {self.kind!r}: expected one of {', '.join(KINDS)}")
         bad = [f"{f.name}={v!r}: expected {why}" for f in fields(self) if f.name not in ("kind", "pdb")
                if (why := option_problem(f.name, v := getattr(self, f.name)))]
-        if self.kind == "slurm" and not bad and self.timeout_min < 5:
+        if self.kind == "slurm" and option_problem("timeout_min", self.timeout_min) is None and self.timeout_min < 5:
             bad.append(f"timeout_min={self.timeout_min}: expected >= 5 for slurm "
                        "(submitit asks for the preemption signal 90 s before the time limit)")
         if bad:  # every bad option of the layer at once, not one per attempt
             raise ConfigError(("executor option " if len(bad) == 1 else "executor options: ") + "; ".join(bad))
-        object.__setattr__(self, "setup", tuple(str(s) for s in self.setup))
+        # a suite's or profile's shapes (one shell line, a mapping) as the types held here
+        object.__setattr__(self, "setup", (self.setup,) if isinstance(self.setup, str) else tuple(self.setup))
         object.__setattr__(self, "additional", tuple(sorted((str(k), v) for k, v in dict(self.additional).items())))
 
     def describe(self) -> dict[str, Any]:
@@ -208,13 +209,6 @@ def resolve_options(kind: str, suite_defaults: dict[str, Any], profile: dict[str
 
 
 def _options(kind: str, merged: dict[str, Any], where: str) -> ExecutorOptions:
-    for k in ("setup", "additional"):  # to the types ExecutorOptions holds, once they are the right shape
-        if k in merged and (why := option_problem(k, merged[k])):
-            raise ConfigError(f"{where}executor option {k}={merged[k]!r}: expected {why}")
-    if "setup" in merged:
-        merged["setup"] = (merged["setup"],) if isinstance(merged["setup"], str) else tuple(merged["setup"])
-    if "additional" in merged:
-        merged["additional"] = tuple(dict(merged["additional"]).items())
     try:
         return ExecutorOptions(kind=kind, **merged)
     except ConfigError as e:
@@ -242,6 +236,12 @@ def local_plan(opts: ExecutorOptions, n_cells: int, cpu: bool = True) -> tuple[i
     asked = max(1, opts.parallelism or min(4, cores))
     jobs = max(1, min(asked, n_cells))
     return jobs, opts.threads or max(1, cores // (asked if cpu else jobs))
+
+
+def local_line(jobs: int, threads: int, gpus: list[str]) -> str:
+    """How a local run spreads its cells, as the run (and its dry run) prints it."""
+    return (f"{jobs} job(s) side by side, {threads} torch thread(s) each"
+            + (f", one GPU each in turn from CUDA devices {','.join(gpus)}" if gpus else ""))
 
 
 def runs_on_cpu(opts: ExecutorOptions) -> bool:
