@@ -700,11 +700,10 @@ def _csv_side(path: Path, suite: str) -> pd.DataFrame:
         bad("warnings", count(number("warnings")) | df["warnings"].isna(), "a count (a whole number >= 0), or blank")
     df = df.assign(seed=seed.astype(int), top1=top1, **({"warnings": number("warnings")} if "warnings" in df else {}))
     key = ["model", "name", "bits", "seed"]
-    dup = df.duplicated(key, keep=False)
-    if dup.any():
-        lines = [i + 2 for i in dup.index[dup.to_numpy()]]
-        r = df.loc[lines[0] - 2]
-        same = [n for n, i in zip(lines, dup.index[dup.to_numpy()], strict=True) if (df.loc[i, key] == r[key]).all()]
+    twice = df.index[df.duplicated(key, keep=False).to_numpy()]
+    if len(twice):
+        r = df.loc[twice[0]]
+        same = [i + 2 for i in twice if (df.loc[i, key] == r[key]).all()]  # the lines of that one cell
         raise ConfigError(f"{what}: cell {r['model']}.{r['name']}.{str(r['bits']).lower()}.s{r['seed']} is on lines "
                           f"{', '.join(map(str, same))} (two files joined?); expected one row per cell, as a "
                           "report writes it")
