@@ -362,13 +362,13 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     target = Path(args.out).expanduser() if args.out is not None else own
     if args.out is not None:
         check_writable(args.out, "--out")
-    if target.resolve().parent == WEIGHTS_DIR.resolve() and target.resolve() != own.resolve():
+    shipped = target.resolve() == own.resolve()
+    if target.resolve().parent == WEIGHTS_DIR.resolve() and not shipped:
         raise ConfigError(f"zoo train {args.name}: --out {args.out}: {WEIGHTS_DIR} holds the shipped checkpoints, "
                           f"one NAME.pth (and its NAME.json) per tiny model; expected a path elsewhere, or no --out "
                           f"(with --force) to replace {own.name}")
     written = [f for f in (target, target.with_suffix(".json")) if f.exists()]  # the checkpoint and its metadata
     if written and not args.force:
-        shipped = target.resolve() == own.resolve()
         what = (" (the shipped checkpoint every tiny-zoo result was computed with" + (", and its metadata)"
                 if len(written) == 2 else ")")) if shipped else ""
         instead = "--out PATH for a new checkpoint" if shipped else "a new --out PATH"

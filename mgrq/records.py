@@ -34,6 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mgrq.spec import shape_problem
+
 SCHEMA = 1
 STATUSES = ("running", "done", "failed")
 
@@ -159,8 +161,6 @@ def problem(rec: Any) -> str | None:
     for k, typ in (("model", str), ("method", str), ("w_bits", int), ("a_bits", int), ("seed", int)):
         if not isinstance(spec.get(k), typ) or isinstance(spec.get(k), bool):
             return f"spec.{k} is {spec.get(k)!r}, expected {typ.__name__}"
-    from mgrq.spec import shape_problem
-
     bad = shape_problem(spec)
     if bad:
         return bad

@@ -659,7 +659,8 @@ def _is_csv(arg: str) -> bool:
 
 def _csv_side(path: Path, suite: str) -> pd.DataFrame:
     """The cells of ``suite`` in a report's ``results.csv`` (a shipped one, or another machine's),
-    as the A side of a comparison: one label's, with the columns a comparison reads."""
+    as the A side of a comparison: one label's, with the columns a comparison reads, each value of
+    them checked (a bad one, or a cell on two lines, is a ``ConfigError`` naming its line)."""
     what = f"--compare {path}"
     try:
         df = pd.read_csv(path)
@@ -696,9 +697,10 @@ def _csv_side(path: Path, suite: str) -> pd.DataFrame:
     bad("status", df["status"].isin(("done", "failed")), "done or failed")
     top1 = number("top1")
     bad("top1", (top1.notna() & np.isfinite(top1)) | df["top1"].isna(), "a number of percent, or blank for a failed cell")
-    if "warnings" in df:
-        bad("warnings", count(number("warnings")) | df["warnings"].isna(), "a count (a whole number >= 0), or blank")
-    df = df.assign(seed=seed.astype(int), top1=top1, **({"warnings": number("warnings")} if "warnings" in df else {}))
+    warnings = number("warnings") if "warnings" in df else None  # an older CSV has no such column
+    if warnings is not None:
+        bad("warnings", count(warnings) | df["warnings"].isna(), "a count (a whole number >= 0), or blank")
+    df = df.assign(seed=seed.astype(int), top1=top1, **({"warnings": warnings} if warnings is not None else {}))
     key = ["model", "name", "bits", "seed"]
     twice = df.index[df.duplicated(key, keep=False).to_numpy()]
     if len(twice):
