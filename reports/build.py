@@ -20,11 +20,12 @@ hash) counts once, its newest record; the report's notes name the others.
 from __future__ import annotations
 
 import functools
+import re
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from mgrq import records
-from mgrq.errors import ConfigError, MGRQError, UnknownNameError, first_line
+from mgrq.errors import ConfigError, MGRQError, UnknownNameError, close_names, first_line
 from mgrq.spec import SPLIT_NAMES
 from reports import frame as F
 from reports import tables as T
@@ -318,9 +319,49 @@ def _listed(items: list[str]) -> str:
     return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
 
 
-def _check_float(float_env: str) -> None:
-    if float_env not in T.FLOATS:
-        raise ConfigError(f"--float {float_env}: expected one of {', '.join(T.FLOATS)}")
+REPORT_TABLES = ("main", "ablation", "paired", "cost", "setup")  # the .tex tables of a one-label report
+KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")  # a \\label key that LaTeX and hyperref read as written
+
+
+def floats(given: str | Sequence[str], tables: Sequence[str]) -> dict[str, str]:
+    """The float of each of ``tables`` from the ``--float`` values: ``ENV`` for every table,
+    ``TABLE=ENV`` for one (it wins over a plain ``ENV`` whatever their order); ENV is ``table`` or
+    ``table*``. One ``ConfigError`` for a value that is neither, a table that is not one of
+    ``tables`` (a did-you-mean), or two floats for the same table."""
+    values = [given] if isinstance(given, str) else list(given)
+    envs, expected = " or ".join(T.FLOATS), f"TABLE one of {', '.join(tables)}"
+    every: str | None = None
+    one: dict[str, str] = {}
+    for v in values:
+        name, sep, env = v.rpartition("=")
+        if env not in T.FLOATS:
+            raise ConfigError(f"--float {v}: expected {envs} (every table), or TABLE={T.FLOATS[1]} with {expected}")
+        if sep and name not in tables:
+            other = " (it is written by --compare)" if name == "compare" else \
+                " (a one-label report writes it)" if name in REPORT_TABLES else ""
+            hint = close_names(name, tables)
+            mean = f" Did you mean {', '.join(repr(c) for c in hint)}?" if hint else ""
+            raise ConfigError(f"--float {v}: {name!r} is not a table this command writes{other}.{mean} "
+                              f"Expected {expected}")
+        before = one.get(name) if sep else every
+        if before is not None and before != env:
+            what = f"table {name}" if sep else "every table"
+            raise ConfigError(f"--float {v}: {what} was given {before} already; expected one float for each table")
+        if sep:
+            one[name] = env
+        else:
+            every = env
+    return {t: one.get(t, every or T.FLOATS[0]) for t in tables}
+
+
+def check_key(key: str | None, suite: str) -> str:
+    """The key of the tables' ``\\label``s (``tab:KEY-main``): ``key``, by default the suite's name."""
+    if key is None:
+        return suite
+    if not KEY_RE.fullmatch(key):
+        raise ConfigError(f"--tex-key {key!r}: expected letters, digits and _ . : - (starting with a letter or "
+                          "digit), as a \\label{tab:KEY-main} takes them")
+    return key
 
 
 def _make_dest(dest: Path, what: str) -> None:
@@ -350,12 +391,14 @@ def _row_names_scope(fn: Callable[P, R]) -> Callable[P, R]:
 def build_report(out: str | Path, suite: str, label: str | None = None, source: str = "records",
                  dest: str | Path | None = None, published: bool | str | Path = True,
                  pdf: str = "auto", uri: str | None = None, figures: bool = True,
-                 paired: str | None = None, float_env: str = "table",
+                 paired: str | None = None, float_env: str | Sequence[str] = "table",
                  suite_file: str | Path | None = None, fig_width: float = 7.0,
-                 run_in_captions: bool = True) -> Report:
+                 run_in_captions: bool = True, tex_key: str | None = None) -> Report:
     """Tables and figures of one label of a suite. ``pdf``: ``auto`` (compile when pdflatex is
     installed), ``yes`` (must compile) or ``no``. ``float_env``: ``table`` or ``table*`` (for
-    a two-column paper), the float of every ``.tex`` table. ``paired``: the reference method of the paired
+    a two-column paper), the float of every ``.tex`` table, or a list of such values and
+    ``TABLE=ENV`` for one table (:func:`floats`). ``tex_key``: the tables' ``\\label`` key
+    (``tab:KEY-main``; default the suite's name). ``paired``: the reference method of the paired
     table (default: the suite's ``report.paired``; ``"none"``: no paired table). An explicit
     ``paired`` that is not a method of the label fails before anything is written; the suite's
     setting is skipped with a note instead (a partial run, or an old label). ``fig_width``: the
@@ -364,7 +407,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     file whose ``report:`` block (ablation, caption, paired, names, main) wins over the label's, with a
     note naming what differs (see :func:`suite_info`). A ``dest`` that
     cannot be a folder, or a bad published CSV, also fails before anything is written."""
-    _check_float(float_env)
+    envs, key = floats(float_env, REPORT_TABLES), check_key(tex_key, suite)
     if not 2.0 <= fig_width <= 20.0:  # NaN too
         raise ConfigError(f"--fig-width {fig_width}: expected inches between 2 and 20 (7: a text width, "
                           "3.5: one column of a two-column paper)")
@@ -513,36 +556,27 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         main_rows = names
     main = T.main_table(agg, models, main_rows, suite, label, pub, info.get("caption"), n_eval, info.get("bits"),
                         tune=tune, calib={name: calib for name, _, calib, _ in setups})
-    main.float_env = float_env
-    fragments = ["main.tex"]
-    (dest / "main.tex").write_text(main.latex())
-    (dest / "main.md").write_text(main.markdown())
-    rep.tables += [dest / "main.tex", dest / "main.md"]
-    rep.main_markdown = main.markdown()
+    fragments: list[str] = []
+
+    def write(stem: str, table: T.Table) -> str:
+        """Write a table's .tex (with its float and \\label) and .md; its markdown."""
+        table.float_env, table.label = envs[stem], T.tex_label(key, stem)
+        (dest / f"{stem}.tex").write_text(table.latex())
+        (dest / f"{stem}.md").write_text(md := table.markdown())
+        rep.tables += [dest / f"{stem}.tex", dest / f"{stem}.md"]
+        fragments.append(f"{stem}.tex")
+        return md
+
+    rep.main_markdown = write("main", main)
     if ablation:
-        abl = T.ablation_table(agg, models, ablation, suite, label, info.get("bits"), n_eval, tune=tune)
-        abl.float_env = float_env
-        (dest / "ablation.tex").write_text(abl.latex())
-        (dest / "ablation.md").write_text(abl.markdown())
-        rep.tables += [dest / "ablation.tex", dest / "ablation.md"]
-        fragments.append("ablation.tex")
+        write("ablation", T.ablation_table(agg, models, ablation, suite, label, info.get("bits"), n_eval, tune=tune))
     pt = T.paired_table(df, reference, models, names, suite, label, info.get("bits"), n_eval, tune=tune) if reference else None
     if pt is not None and not pt.groups:
         rep.notes.append(f"paired table skipped: no finished cell pairs with {reference} by seed")
     elif pt is not None:
-        pt.float_env = float_env
-        (dest / "paired.tex").write_text(pt.latex())
-        (dest / "paired.md").write_text(pt.markdown())
-        rep.tables += [dest / "paired.tex", dest / "paired.md"]
-        rep.paired_markdown = pt.markdown()
-        fragments.append("paired.tex")
-    cost = T.cost_table(agg, models, names, suite, label, info.get("bits"))
-    cost.float_env = float_env
-    (dest / "cost.tex").write_text(cost.latex())
-    (dest / "cost.md").write_text(cost.markdown())
-    rep.tables += [dest / "cost.tex", dest / "cost.md"]
-    fragments.append("cost.tex")
-    (dest / "setup.tex").write_text(T.setup_latex(setups, suite, label, float_env))
+        rep.paired_markdown = write("paired", pt)
+    write("cost", T.cost_table(agg, models, names, suite, label, info.get("bits")))
+    (dest / "setup.tex").write_text(T.setup_latex(setups, suite, label, envs["setup"], key))
     (dest / "setup.md").write_text(T.setup_markdown(setups, suite, label))
     rep.tables += [dest / "setup.tex", dest / "setup.md"]
     fragments.append("setup.tex")
@@ -587,14 +621,15 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
 @_row_names_scope
 def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, threshold: float = 1.0,
                   source: str = "records", uri: str | None = None,
-                  dest: str | Path | None = None, float_env: str = "table",
-                  suite_file: str | Path | None = None) -> tuple[pd.DataFrame, list[Path], str]:
+                  dest: str | Path | None = None, float_env: str | Sequence[str] = "table",
+                  suite_file: str | Path | None = None,
+                  tex_key: str | None = None) -> tuple[pd.DataFrame, list[Path], str]:
     """Delta table between two labels of a suite; flags cells that moved by more than
     ``threshold`` points of top-1, newly failed, gained warnings or have no result in B
     (:func:`reports.tables.compare_frame`). Returns (frame, files, markdown); the frame's
     ``attrs["notes"]`` says where the printed names came from when ``suite_file`` gave them (as
-    :func:`build_report`)."""
-    _check_float(float_env)
+    :func:`build_report`). ``float_env`` and ``tex_key`` as :func:`build_report`'s (its table: ``compare``)."""
+    env, key = floats(float_env, ("compare",))["compare"], check_key(tex_key, suite)
     if not 0 <= threshold < float("inf"):  # NaN too: no delta would be flagged
         raise ConfigError(f"--threshold {threshold}: expected a finite number >= 0 (points of top-1)")
     out = Path(out)
@@ -639,7 +674,7 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     if csv_note:  # in the file too: what the comparison could not check, and what stands in for it
         md += f"\n{csv_note[0].upper()}{csv_note[1:]}.\n"
     (dest / f"{stem}.md").write_text(md)
-    (dest / f"{stem}.tex").write_text(T.compare_latex(cmp, suite, a, b, threshold, changes, float_env))
+    (dest / f"{stem}.tex").write_text(T.compare_latex(cmp, suite, a, b, threshold, changes, env, key))
     cmp.to_csv(dest / f"{stem}.csv", index=False)
     records.write_record(dest / MANIFEST, {"files": sorted({*(_listed_files(dest) or []), *files})})
     # a comparison prints only the names of the report block

@@ -1210,8 +1210,73 @@ def test_tables_fit_a_two_column_paper(tmp_path):
     for f in names:
         text = (rep.dest / f"{f}.tex").read_text()
         assert "\\begin{table*}[t]" in text and text.rstrip().endswith("\\end{table*}"), f
-    with pytest.raises(ConfigError, match=r"--float figure: expected one of table, table\*"):
+    with pytest.raises(ConfigError, match=r"--float figure: expected table or table\* \(every table\)"):
         build_report(out, "rep", "A", pdf="no", figures=False, float_env="figure")
+
+
+def test_one_tables_float_and_a_second_tex_key_for_two_labels_in_one_paper(tmp_path, capsys):
+    """``--float TABLE=ENV`` sets one table's float and wins over a plain ``--float ENV`` in
+    either order; ``--tex-key`` gives a label's tables other ``\\label``s, so that two labels of
+    one suite compile in one paper without a multiply-defined label (which they do without it)."""
+    require_latex()
+    out = tmp_path / "runs"
+    make_runs(out, "A", created="2026-01-01T00:00:00")
+    make_runs(out, "B", shift=-1.0, created="2026-01-02T00:00:00")
+    base = ["report", "rep", "--out", str(out), "--no-pdf", "--no-figures", "--paired", "repq_vit"]
+
+    def envs(dest: Path) -> dict[str, str]:
+        return {f: re.search(r"\\begin\{(table\*?)\}", (dest / f"{f}.tex").read_text()).group(1)
+                for f in ("main", "ablation", "paired", "cost", "setup")}
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    assert main([*base, "--label", "A", "--dest", str(a), "--float", "paired=table*"]) == 0
+    assert envs(a) == {"main": "table", "ablation": "table", "paired": "table*", "cost": "table", "setup": "table"}
+    for order in (["table*", "main=table"], ["main=table", "table*"]):
+        assert main([*base, "--label", "A", "--dest", str(a), *(x for f in order for x in ("--float", f))]) == 0
+        assert envs(a) == {"main": "table", "ablation": "table*", "paired": "table*", "cost": "table*",
+                           "setup": "table*"}, order
+    assert main([*base, "--label", "B", "--dest", str(b), "--tex-key", "rep-B"]) == 0
+    assert "\\label{tab:rep-B-main}" in (b / "main.tex").read_text()
+    assert "\\label{tab:rep-B-setup}" in (b / "setup.tex").read_text()
+    assert "\\label{tab:rep-main}" in (a / "main.tex").read_text()  # the default key: the suite's name
+    doc = tmp_path / "doc"
+    doc.mkdir()
+
+    def paper() -> str:
+        for side in (a, b):
+            for f in ("main", "paired", "setup"):
+                (doc / f"{side.name}-{f}.tex").write_text((side / f"{f}.tex").read_text())
+        body = "".join(f"\\input{{{s}-{f}.tex}}\n" for s in "AB" for f in ("main", "paired", "setup"))
+        body += "See \\ref{tab:rep-main}.\n"
+        _compile(doc, "[twocolumn]{article}", body)
+        return _compile(doc, "[twocolumn]{article}", body)  # the second run reads the labels back (the .aux)
+
+    assert "multiply defined" not in paper()
+    assert main([*base, "--label", "B", "--dest", str(b)]) == 0  # without --tex-key: the labels clash
+    assert "multiply defined" in paper()
+    capsys.readouterr()
+    cmp = ["report", "rep", "--out", str(out), "--compare", "A", "B", "--dest", str(tmp_path / "C")]
+    assert main([*cmp, "--float", "compare=table*", "--tex-key", "night"]) == 0
+    text = (tmp_path / "C" / "compare-A-vs-B.tex").read_text()
+    assert "\\begin{table*}" in text and "\\label{tab:night-compare}" in text
+    capsys.readouterr()
+    for args, msg in (
+        ([*base, "--float", "figure"], "--float figure: expected table or table* (every table), or TABLE=table* "
+                                       "with TABLE one of main, ablation, paired, cost, setup"),
+        ([*base, "--float", "mian=table*"], "--float mian=table*: 'mian' is not a table this command writes. "
+                                            "Did you mean 'main'?"),
+        ([*base, "--float", "compare=table*"], "'compare' is not a table this command writes (it is written by "
+                                               "--compare)"),
+        ([*cmp, "--float", "main=table*"], "'main' is not a table this command writes (a one-label report writes "
+                                           "it). Expected TABLE one of compare"),
+        ([*base, "--float", "table", "--float", "table*"], "--float table*: every table was given table already"),
+        ([*base, "--float", "main=table*", "--float", "main=table"], "--float main=table: table main was given "
+                                                                      "table* already"),
+        ([*base, "--tex-key", "my key"], "--tex-key 'my key': expected letters, digits and _ . : -"),
+    ):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_captions_say_the_seeds_the_std_and_a_suites_own_lead(tmp_path):

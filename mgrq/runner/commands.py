@@ -139,7 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--no-figures", action="store_true", help="do not draw the figures")
     rp.add_argument("--paper-captions", action="store_true",
                     help="captions without the suite and label they came from ('suite S (L)'), as a paper "
-                         "prints them (each \\label still names the suite)")
+                         "prints them (each \\label still names the suite, or --tex-key)")
     rp.add_argument("--fig-width", type=float, default=None, metavar="INCHES",
                     help="the figures' width, to include them at 100%% with 8-9 pt text (default 7: a paper's "
                          "text width, \\textwidth; 3.5: one column of a two-column paper, \\columnwidth); "
@@ -147,9 +147,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--paired", metavar="METHOD", default=None,
                     help="also write the paired table: METHOD minus each other method, paired by seed, "
                          "with 95%% intervals (default: the suite's report.paired; 'none': no paired table)")
-    rp.add_argument("--float", dest="float_env", choices=("table", "table*"), default="table",
-                    help="the float of every .tex table: table (default; a table wider than the column is "
-                         "scaled down to it) or table* (spans both columns of a two-column paper)")
+    rp.add_argument("--float", dest="float_env", action="append", default=None, metavar="[TABLE=]ENV",
+                    help="the float of the .tex tables: table (default; a table wider than the column is "
+                         "scaled down to it) or table* (spans both columns of a two-column paper). ENV sets "
+                         "every table, TABLE=ENV one of them (main, ablation, paired, cost, setup; compare with "
+                         "--compare) and wins over ENV; repeatable: --float paired='table*'")
+    rp.add_argument("--tex-key", default=None, metavar="KEY",
+                    help="the key of the tables' \\label{tab:KEY-main} (-ablation, ...; default: the suite's "
+                         "name): two reports of one suite \\input into one paper need two keys")
     rp.add_argument("--compare", nargs=2, metavar=("LABEL_A", "LABEL_B"), default=None,
                     help="delta table from LABEL_A to LABEL_B ('latest', 'previous' allowed); LABEL_A may be a "
                          "report's results.csv (e.g. docs/results/SUITE/results.csv): the run's numbers against those, "
@@ -181,17 +186,18 @@ def _suite_name(arg: str) -> str:
 REPORT_EPILOG = """\
 what it writes (default <out>/<suite>/<label>/report/):
   main, ablation, paired, cost, setup .tex (table floats to \\input; need \\usepackage{booktabs,graphicx};
-  \\label{tab:SUITE-main}, -ablation, -paired, -cost, -setup) and .md; acc_vs_bits, ablation,
-  acc_vs_time .pdf/.png (TrueType fonts; --fig-width wide, 7 in by default); results.csv;
-  tables.tex/.pdf (pdflatex); notes.md/.tex when there is something to note. Means are over
-  seeds, +- the sample std (n-1).
+  \\label{tab:SUITE-main}, -ablation, -paired, -cost, -setup; --tex-key KEY for another key)
+  and .md; acc_vs_bits, ablation, acc_vs_time .pdf/.png (TrueType fonts; --fig-width wide, 7 in
+  by default); results.csv; tables.tex/.pdf (pdflatex); notes.md/.tex when there is something to
+  note. Means are over seeds, +- the sample std (n-1).
 the suite file's report: block (or the label's suite.json):
   main: [rows]        rows of the main table and figures, in the grid's order (default: every row)
   ablation: [rows]    rows of the ablation table and figure (true: every row)
   paired: METHOD      reference of the paired table (METHOD minus each row, 95% intervals)
   names: {row: text}  a row's printed name
   caption: text       the main table's first sentence
-for a paper: --paper-captions, --fig-width 3.5 for a column, --float 'table*' for wide tables.
+for a paper: --paper-captions, --fig-width 3.5 for a column, --float 'table*' for wide tables
+  (--float 'paired=table*' for one of them).
 more: docs/harness.md, section Reports."""
 
 
@@ -575,10 +581,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     suite_file = args.suite if _is_suite_file(args.suite) else None
     out, args.suite = _out(args), _suite_name(args.suite)
     _check_report_flags(args)
+    floats = args.float_env or "table"
     if args.compare:
         threshold = 1.0 if args.threshold is None else args.threshold
         cmp, files, md = build_compare(out, args.suite, args.compare[0], args.compare[1],
-                                       threshold, args.source, args.tracking_uri, args.dest, args.float_env, suite_file)
+                                       threshold, args.source, args.tracking_uri, args.dest, floats, suite_file,
+                                       args.tex_key)
         print(md)
         print("written: " + ", ".join(str(f) for f in files))
         for note in cmp.attrs.get("notes", []):
@@ -590,8 +598,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     published: Any = False if args.no_published else (args.published_csv or True)
     rep = build_report(out, args.suite, args.label, args.source, args.dest, published,
                        "no" if args.no_pdf else "auto", args.tracking_uri, not args.no_figures, args.paired,
-                       args.float_env, suite_file, 7.0 if args.fig_width is None else args.fig_width,
-                       not args.paper_captions)
+                       floats, suite_file, 7.0 if args.fig_width is None else args.fig_width,
+                       not args.paper_captions, args.tex_key)
     print(rep.main_markdown)
     if rep.paired_markdown:
         print(rep.paired_markdown)
