@@ -42,6 +42,35 @@ def test_lsq_act_matches_torch_learnable_fake_quant():
     assert torch.allclose(a.scale.grad.reshape(1), s.grad, rtol=1e-4)
 
 
+@pytest.mark.parametrize("drop", [0.0, 0.5])
+def test_lsq_act_compiled_gives_the_eager_gradients_at_the_ends_of_the_range(drop):
+    """Under ``torch.compile`` (the engine's ``compile`` modes) the LSQ step is the composite
+    ``QF.fake_quant``; its output and gradients equal the eager step's, also on the many elements
+    whose code is exactly qmin or qmax (``torch.clamp``'s own gradient is 0 there on torch 2.14,
+    which gave a step gradient 20x the eager one). ``aot_eager``: traced as the engine's step is,
+    without a C++ compiler."""
+    x = torch.randn(4, 50, 30) * 3
+    q = UniformQuantizer(4)
+    q.init_minmax(x * 0.5)  # a range that half the values reach past: many codes at both ends
+    codes = torch.round(x / q.scale) + q.zero_point
+    assert int((codes == q.qmin).sum()) > 50 and int((codes == q.qmax).sum()) > 50
+    dy = torch.randn_like(x)
+    got = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        a = LSQAct(q, learn=True, drop=drop)
+        step = torch.compile(a, backend="aot_eager", fullgraph=True) if compiled else a
+        torch.manual_seed(0)
+        xr = x.clone().requires_grad_(True)
+        out = step(xr)
+        out.backward(dy)
+        got.append((out.detach(), xr.grad, a.scale.grad))
+    (out_e, gx_e, gs_e), (out_c, gx_c, gs_c) = got
+    assert torch.equal(out_e, out_c)
+    assert torch.allclose(gx_e, gx_c, rtol=1e-5, atol=1e-6)  # dy * (1/s) * s: round-off inside the range
+    assert torch.allclose(gs_e, gs_c, rtol=1e-4, atol=1e-7), (gs_e, gs_c)
+
+
 def test_lsq_act_fractional_zero_point_and_dropping():
     x = torch.randn(2, 40, 16)
     q = UniformQuantizer(3)

@@ -56,11 +56,18 @@ def fake_quant(
     ``scale`` and ``zero_point`` broadcast against ``x``. The division is computed as
     ``x * (1 / s)`` exactly as torch's ``fake_quantize_per_*_affine`` kernels do, so results are
     bit-identical for integer zero points; fractional zero points (RepQ-ViT's reparameterized
-    activations) are allowed. Gradients: straight-through for ``x`` inside the range, LSQ's for
-    ``scale`` when it requires grad.
+    activations) are allowed. Gradients: straight-through for ``x`` whose code lies in
+    ``[qmin, qmax]``, its ends included, and zero beyond; LSQ's for ``scale`` when it requires
+    grad (``x_hat/s - x/s`` inside, ``x_hat/s`` beyond), as torch's ``_fake_quantize_learnable_*``
+    kernels and the engine's eager LSQ step give them. Not through ``torch.clamp``'s gradient,
+    which is 0 at exactly ``qmin``/``qmax`` on torch 2.14 (1 on older releases): rounding puts many
+    elements exactly there, and they carry the large terms of the step's gradient.
     """
-    q = torch.clamp(round_ste(x * torch.reciprocal(scale)) + zero_point, qmin, qmax)
-    return (q - zero_point) * scale
+    q = round_ste(x * torch.reciprocal(scale)) + zero_point
+    if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
+        return (torch.clamp(q, qmin, qmax) - zero_point) * scale
+    c = torch.clamp(q.detach(), qmin, qmax)
+    return (torch.where(c == q.detach(), q, c) - zero_point) * scale
 
 
 def affine_params(
