@@ -21,6 +21,14 @@ weighting behind ``block_loss=fisher``, ``(|g| + fisher_damping)^2``, damping 1 
 ``fisher_damping`` without ``block_loss=fisher`` is refused, not ignored). Pass 2 switches activation
 quantization on with the hard-rounded weights and learns the activation steps (5,000
 iterations per unit, Adam lr 4e-4 with cosine decay, ``|y_hat - y|^2.4`` error, MSE as coded).
+One difference from the reference code, by default: pass 2's unit inputs come from the
+already-quantized model (``act_input=quant``), as pass 1's do and as this project's issue asks of
+BRECQ ("two-stage, inputs from the quantized model"). The reference code's pass 2 takes them
+from the FP model: its activation ``block_reconstruction`` call (``main_imagenet.py``) passes no
+``asym``, whose default is ``False``, so ``GetLayerInpOut`` caches the block's input with the
+whole model's quantization off (``quant/data_utils.py``); ``act_input=fp`` runs it that way.
+Before act_input existed (2026-11-28) pass 2 always ran as ``quant``, and this docstring called
+the pass "as the reference code runs it".
 
 **qdrop**: one pass, rounding and activation steps learned jointly (20,000 iterations per
 unit, Adam 1e-3 for rounding and 4e-5 with cosine decay for the steps); the unit input is
@@ -77,6 +85,7 @@ from mgrq.recon.init import check_start_fields, initial_quantizers
 from mgrq.surgery import QuantModel
 
 PAPER_CALIB = 1024
+ACT_INPUTS = ("quant", "fp")  # brecq's pass 2 unit input
 
 
 @dataclass(frozen=True)
@@ -124,9 +133,12 @@ class BrecqConfig(_ReconMethodConfig):
     lr_step: float = 4e-4
     act_p: float = 2.4
     act_reinit: bool = True  # re-calibrate activation quantizers on the hard-rounded weights before pass 2
+    act_input: str = "quant"  # pass 2's unit input: quant (the issue's, as pass 1), or fp (as the reference codes it)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.act_input not in ACT_INPUTS:
+            raise ValueError(f"act_input={self.act_input!r}: expected one of {', '.join(ACT_INPUTS)}")
         if self.act_iters < 0:
             raise ValueError(f"act_iters={self.act_iters}: expected >= 0 (0 skips the activation pass)")
         if self.act_reinit and self.init != "percentile":
@@ -139,7 +151,8 @@ class BrecqConfig(_ReconMethodConfig):
                       lr_round=self.lr_round), self.engine(input_mode="quant"))]
         if self.act_iters > 0:
             out.append((Stage("steps", self.act_iters, learn_rounding=False, learn_steps=True, acts=True,
-                              lr_step=self.lr_step, p=self.act_p), self.engine(input_mode="quant", block_loss="mse")))
+                              lr_step=self.lr_step, p=self.act_p),
+                        self.engine(input_mode=self.act_input, block_loss="mse")))
         return out
 
 

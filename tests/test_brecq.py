@@ -21,6 +21,12 @@ def test_configs_and_stages():
     assert (s1.iters, s1.learn_rounding, s1.learn_steps, s1.acts, s1.lr_round) == (7, True, False, False, 1e-3)
     assert (s2.iters, s2.learn_rounding, s2.learn_steps, s2.acts, s2.lr_step, s2.p) == (3, False, True, True, 4e-4, 2.4)
     assert (e1.input_mode, e1.block_loss, e2.block_loss) == ("quant", "fisher", "mse")
+    # pass 2's input: the quantized model's by default, the FP model's as the reference code runs it
+    assert e2.input_mode == "quant"
+    (_, f1), (_, f2) = get_method("brecq").make_config({"act_input": "fp"}).stages()
+    assert (f1.input_mode, f2.input_mode) == ("quant", "fp")
+    with pytest.raises(ConfigError, match=r"act_input='qdrop': expected one of quant, fp"):
+        get_method("brecq").make_config({"act_input": "qdrop"})
     qdrop = get_method("qdrop").make_config({})
     ((s, e),) = qdrop.stages()
     assert (s.iters, s.learn_rounding, s.learn_steps, s.lr_step) == (20000, True, True, 4e-5)
@@ -132,6 +138,23 @@ def test_brecq_passes_draw_their_own_batches(monkeypatch):
     assert not torch.equal(rounding, steps)
     again = run()
     assert len(again) == 2 and all(torch.equal(a, b) for a, b in zip(again, (rounding, steps)))
+
+
+def test_brecq_act_input_chooses_the_unit_input_of_pass_2():
+    """``act_input=fp`` runs pass 2 on the FP model's unit inputs, as BRECQ's code does (its
+    activation pass calls ``block_reconstruction`` without ``asym``); each stage records its input."""
+    def run(act_input):
+        qm = quantize_model(zoo.ZOO["tiny_vit"].build().eval(), LayerPolicy(4, 4))
+        cfg = get_method("brecq").make_config({"iters": "4", "act_iters": "4", "batch": "4", "init_calib": "16",
+                                                "check_every": "2", "units": r"^blocks\.1$", "act_input": act_input})
+        info = get_method("brecq").quantize(qm, _calib(32, (1, 32, 32)), cfg,
+                                            RunContext(device=torch.device("cpu"), progress=False))
+        steps = [p.quantizer.scale.clone() for p in qm.points(kind="act") if p.name.startswith("blocks.1.")]
+        return [r["stages"][0]["input_mode"] for r in info["recon"]], steps
+
+    (modes_q, steps_q), (modes_f, steps_f) = run("quant"), run("fp")
+    assert modes_q == ["quant", "quant"] and modes_f == ["quant", "fp"]
+    assert steps_q and not all(torch.equal(a, b) for a, b in zip(steps_q, steps_f, strict=True))
 
 
 @pytest.mark.parametrize("method", ["brecq", "qdrop"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
+from baselines.brecq import ACT_INPUTS
 from baselines.ptq4vit import HESSIAN_GRADS, METRICS
 from mgrq.methods.mgrq_terms import LOCAL_METRICS
 from mgrq.methods.percentile import INITS as SEARCHES
@@ -50,6 +51,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "hessian_grad": HESSIAN_GRADS,
     "twin_softmax": TWIN_MODES,
     "local_metric": LOCAL_METRICS,  # mgrq/methods/mgrq.py MGRQConfig
+    "act_input": ACT_INPUTS,  # baselines/brecq.py BrecqConfig
 }
 
 # Field -> meaning. Where several methods share a name, the line holds for all of them unless
@@ -92,6 +94,7 @@ GLOSSARY: dict[str, str] = {
     "act_iters": "iterations per unit of pass 2 (LSQ activation steps, activations on); 0 skips it",
     "act_p": "exponent p of pass 2's output error |y_hat - y|^p",
     "act_reinit": "re-calibrate the activation quantizers on the hard-rounded weights before pass 2",
+    "act_input": "pass 2's unit input: quantized model's, or FP model's (BRECQ's code)",
     # MGRQ's terms
     "w_block": "weight of the block term (unit output error); 0 switches it off",
     "w_global": "EBGS weight: logit KL via the frozen FP tail; 0 = off",

@@ -298,7 +298,7 @@ class Reconstructor:
         saved = [(p, p.enabled) for p in self.qmodel.points()]
         info: dict[str, Any] = {"stage": stage.name, "iters": stage.iters, "learn_rounding": stage.learn_rounding,
                                 "learn_steps": stage.learn_steps, "acts": stage.acts, "lr_round": stage.lr_round,
-                                "lr_step": stage.lr_step, "p": stage.p, "units": []}
+                                "lr_step": stage.lr_step, "p": stage.p, "input_mode": self.cfg.input_mode, "units": []}
         last = max((k for k, u in enumerate(self.units) if self._selected(u)), default=-1)
         try:
             for p, _ in saved:
