@@ -58,6 +58,12 @@ def test_variants_and_switches():
     assert _cfg("mgrq", input_mode="quant").engine().act_drop == 0.0  # no dropping without QDrop
     assert _cfg("mgrq", init="percentile").init == "percentile"
     assert _cfg("mgrq", w_block=0).engine().block_weight == 0.0 and full.engine().block_weight == 1.0
+    # the head's block term is the logit KL, EBGS itself: EBGS stands in for it when w_block=0
+    no_block = _cfg("mgrq", w_block=0)
+    assert (names(no_block, "embed"), names(no_block, "head")) == (["global"], ["global"])
+    with pytest.raises(ConfigError, match=r"w_block=0 and w_global=0: the patch-embedding and head units would learn "
+                                          r"from the rounding regularizer alone"):
+        _cfg("mgrq", w_block=0, w_global=0)
     # the registered variants
     assert names(_cfg("mgrq_obwr"), "block") == []
     assert names(_cfg("mgrq_obwr_global"), "block") == ["global"]
@@ -256,6 +262,15 @@ def test_ebgs_and_ibls_change_the_result_on_the_same_units():
         assert not torch.equal(out["mgrq_obwr"], out[m]), m
         sa, sm = _state(runs["mgrq_obwr"][0]), _state(runs[m][0])
         assert sa.keys() == sm.keys() and not all(torch.equal(sa[k], sm[k]) for k in sa), m
+
+
+def test_without_the_block_term_the_head_trains_on_the_logit_kl():
+    """``w_block=0``: the head unit (no tail) keeps a data term, EBGS's KL on its own logits."""
+    (_, info), = [_run("mgrq", _calib(32), units=r"^head$", w_block=0, w_local=0)]
+    (u,) = info["recon"][0]["stages"][0]["units"]
+    assert u["unit"] == "head" and set(u["terms_first"]) == {"block", "global"}
+    assert u["terms_first"]["global"] > 0 and math.isfinite(u["loss_last"])
+    assert info["parts"]["block"] is False
 
 
 @pytest.mark.parametrize("metric", ["kl", "moments"])

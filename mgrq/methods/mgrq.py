@@ -8,7 +8,8 @@ is this project's reading of it, written out below.
 MGRQ runs on the shared reconstruction engine (:mod:`mgrq.recon`): it adds loss terms through
 the engine's ``extra_terms`` hook (:mod:`mgrq.methods.mgrq_terms`), it has no private path.
 
-**What the paper says** (its words, from the abstract): block-wise reconstruction helps CNNs but
+**What the paper says** (its abstract, paraphrased; the quoted phrases below are its words):
+block-wise reconstruction helps CNNs but
 gives limited gains on ViTs; MGRQ keeps an *Optimized Block-wise Reconstruction* as its base,
 adds an *Extra-Block Global Supervision* that relates each block's output to the model's
 output, an *Intra-Block Local Supervision* that aligns the distribution of the outputs of every
@@ -33,23 +34,32 @@ layer inside the block with the full-precision ones (to reduce the generalizatio
   ``block_loss``: ``mse`` (squared error summed over channels, averaged over tokens and batch)
   or ``fisher`` (weights ``(|g| + fisher_damping)^2``, 1 as BRECQ codes it; ``fisher_damping=0``
   gives the plain squared gradient). The head unit's block loss is the KL on logits (the engine's).
-- EBGS (the paper: "relates the block's output to the model's output"; the formula is ours):
+- EBGS (the paper: it "considers the relationship between block outputs and the model's output,
+  aiding block-wise reconstruction through global supervision"; the formula is ours):
   ``w_global * tau^2 * KL(softmax(z_F/tau) || softmax(T_k(U_k^Q(X))/tau))`` with the frozen FP
   tail ``T_k`` and cached FP logits ``z_F``; ``global_tau`` = 1; cost bounded by
   ``global_every`` (evaluated every n-th iteration, its weight is not rescaled) and
   ``global_batch`` (the first images of the batch; 0 = all). Not added to the head unit (global
-  and block coincide there). ``w_global = 0`` switches it off.
-- IBLS (the paper: "aligns the distribution of the outputs of every layer inside the block";
-  the statistics are ours): on every quantized Linear of block and merge units (``qkv``,
+  and block coincide there), unless ``w_block = 0`` switches the block term off: then the head
+  trains on it (its tail is empty). ``w_global = 0`` switches it off. ``w_block = 0`` needs
+  ``w_global > 0``: without either, the patch embedding and the head (no IBLS there) would learn
+  from the rounding regularizer alone.
+- IBLS (the paper: it "reduces generalization errors by aligning the distribution of outputs at
+  each layer within a block"; the statistics are ours): on every quantized Linear of block and merge units (``qkv``,
   ``proj``, ``fc1``, ``fc2``; Swin ``reduction``), ``local_metric`` = ``moments`` (per-channel
   mean and std over batch and tokens, ``mean_l [||mu_Q - mu_F||^2 + ||sigma_Q - sigma_F||^2] /
   C_l``), ``kl`` (per-token softmax over channels; the default) or ``mse``; the quantized side comes from the
   engine's taps of the training forward (no second pass). ``w_local = 0`` switches it off.
-- MGLF (the paper: "fuses the losses"; the normalization is ours, after APHQ-ViT's port of
-  BRECQ): ``fusion`` = ``normalized``: ``L = L_block/L_block0 + w_global L_global/L_global0 +
+- MGLF (the paper: MGRQ "is further optimized for reconstruction through Mixed Granularity Loss
+  Fusion"; the fusion's form is ours, the normalization after APHQ-ViT's port of BRECQ): ``fusion`` = ``normalized``: ``L = L_block/L_block0 + w_global L_global/L_global0 +
   w_local L_local/L_local0 + round_weight * L_round``, each ``L_0`` the term's detached value at
   its first evaluation in the unit; ``fusion=sum`` is the raw weighted sum. ``w_b`` is 1 (the
-  engine's block term; with normalized fusion only the ratios to it matter).
+  engine's block term). With normalized fusion the data terms start near their weights whatever
+  their scale, while ``round_weight * L_round`` keeps its raw scale: so the ratio of ``w_b`` to
+  ``round_weight`` matters, not only the ratios among the data terms' weights (Adam is blind, up
+  to its eps, to one factor on all of them: ``w_b=2, round_weight=0.02`` runs as ``w_b=1,
+  round_weight=0.01``), and the regularizer's pull relative to the data differs from QDrop's raw
+  sum by each unit's first block loss.
 
 Defaults ``w_global``, ``w_local``, ``global_every``, ``local_metric`` (chosen on the ``tune``
 split, never on the held-out digits): see "Defaults" at the end of this docstring.
@@ -178,6 +188,10 @@ class MGRQConfig:
                 raise ValueError(f"{f}={getattr(self, f)}: expected >= 0 (0 switches the term off)")
         if self.w_block == self.w_global == self.w_local == 0:
             raise ValueError("w_block, w_global and w_local are all 0: nothing to reconstruct")
+        if self.w_block == self.w_global == 0:  # IBLS runs in block and merge units only
+            raise ValueError("w_block=0 and w_global=0: the patch-embedding and head units would learn from the "
+                             "rounding regularizer alone (IBLS runs in block and merge units only); expected "
+                             "w_block > 0 or w_global > 0")
         if not self.global_tau > 0:
             raise ValueError(f"global_tau={self.global_tau}: expected > 0")
         if self.global_every < 1:
@@ -242,7 +256,9 @@ class MGRQConfig:
     def extra_terms(self, unit: Unit, stage: Stage) -> list[LossTerm]:
         """EBGS and IBLS terms of ``unit`` (the engine adds the block term itself)."""
         terms: list[LossTerm] = []
-        if self.w_global > 0 and unit.kind != "head":
+        # the head's block term is the logit KL, EBGS itself: EBGS is added there only when
+        # w_block = 0 switches the block term off (so the head keeps a data term)
+        if self.w_global > 0 and (unit.kind != "head" or self.w_block == 0):
             terms.append(GlobalKL(self.w_global, self.global_tau, self.global_every, self.global_batch))
         if self.w_local > 0 and unit.kind in ("block", "merge"):
             terms.append(LocalAlignment(self.w_local, self.local_metric))

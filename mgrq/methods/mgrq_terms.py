@@ -120,10 +120,9 @@ class GlobalKL(LossTerm):
         self._fp: torch.Tensor | None = None
 
     def setup(self, recon: UnitRecon) -> None:
-        if recon.tail is None:
-            raise ValueError(f"GlobalKL: unit {recon.unit.name} is the last unit (no tail); its block "
-                             "loss already is the KL on logits")
-        self._tail = recon.tail
+        # the head unit (no tail) outputs the logits: there the term is its block loss, the logit
+        # KL, which MGRQ adds as EBGS only when w_block = 0 switches the block term off
+        self._tail = recon.tail or (lambda h: h)
         self._fp = recon.fp_logits()
 
     def __call__(self, ctx: StepContext) -> torch.Tensor:
