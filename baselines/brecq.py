@@ -33,7 +33,15 @@ the pass "as the reference code runs it".
 **qdrop**: one pass, rounding and activation steps learned jointly (20,000 iterations per
 unit, Adam 1e-3 for rounding and 4e-5 with cosine decay for the steps); the unit input is
 ``where(rand < 0.5, X_quant, X_fp)`` element-wise and every activation quantizer inside the
-unit returns its FP input with probability 0.5 (QDrop's dropping).
+unit returns its FP input with probability 0.5 (QDrop's dropping). QDrop's code sets both
+with one value, ``drop_prob`` p, the probability of the *quantized* element in each place
+(``qdrop/solver/recon.py``: ``where(rand < p, X_quant, X_fp)``; ``qdrop/quantization/fake_quant.py``:
+``where(rand < p, X, x_orig)``); here ``input_prob`` is that probability and ``act_drop`` the
+probability of *skipping* the quantizer, so QDrop's p is ``input_prob=p, act_drop=1-p`` (0.5 and
+0.5 by default, where the two readings coincide). QDrop's code calibrates its initial activation
+quantizers on ``cali_data[:256]`` with an MSE observer (``qdrop/solver/main_imagenet.py``,
+``observer.py``); ``qdrop`` here starts as ``brecq`` does, from the percentile method on
+``init_calib`` = 64 images (below).
 
 Decisions the CNN-only reference code did not make for ViTs (this project's, recorded in the
 run record through the config):
