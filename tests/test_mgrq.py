@@ -87,7 +87,7 @@ def test_variants_and_switches():
     # a switched-off part's own settings are refused, not silently ignored (the record and the
     # cell's hash would claim them); their defaults pass, and so do they where the part is on
     for variant, over, msg in (
-            ("mgrq_obwr", {"local_metric": "moments"}, "local_metric='moments': only used with w_local > 0; w_local=0 "
+            ("mgrq_obwr", {"local_metric": "kl"}, "local_metric='kl': only used with w_local > 0; w_local=0 "
              "here (method mgrq_obwr fixes it; method mgrq sets it), so the run would ignore it"),
             ("mgrq_obwr_local", {"global_tau": 2.0, "global_every": 4}, "global_tau=2.0, global_every=4: only used "
              "with w_global > 0"),
@@ -97,7 +97,7 @@ def test_variants_and_switches():
             ("mgrq", {"fisher_damping": 2.0}, "fisher_damping=2.0: only used with block_loss='fisher'")):
         with pytest.raises(ConfigError, match=re.escape(msg)):
             _cfg(variant, **over)
-    assert _cfg("mgrq_obwr", local_metric="kl", global_tau=1.0).w_local == 0  # the defaults, given
+    assert _cfg("mgrq_obwr", local_metric="moments", global_tau=1.0).w_local == 0  # the defaults, given
     for variant in ("mgrq_obwr", "mgrq_obwr_local"):  # a batch below EBGS's default global_batch, EBGS off
         assert _cfg(variant, batch=4).batch == 4
     with pytest.raises(ConfigError, match=r"global_batch=8: expected 0 \(the whole batch\) \.\. batch=4"):
