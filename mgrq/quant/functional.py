@@ -60,8 +60,9 @@ def fake_quant(
     ``[qmin, qmax]``, its ends included, and zero beyond; LSQ's for ``scale`` when it requires
     grad (``x_hat/s - x/s`` inside, ``x_hat/s`` beyond), as torch's ``_fake_quantize_learnable_*``
     kernels and the engine's eager LSQ step give them. Not through ``torch.clamp``'s gradient,
-    which is 0 at exactly ``qmin``/``qmax`` on torch 2.14 (1 on older releases): rounding puts many
-    elements exactly there, and they carry the large terms of the step's gradient.
+    which is 0 at exactly ``qmin``/``qmax`` on torch 2.14 (1 up to 2.12; pytorch/pytorch#184574):
+    rounding puts many elements exactly there, and they carry the large terms of the step's
+    gradient.
     """
     q = round_ste(x * torch.reciprocal(scale)) + zero_point
     if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
