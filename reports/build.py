@@ -320,7 +320,7 @@ def _listed(items: list[str]) -> str:
 
 
 REPORT_TABLES = ("main", "ablation", "paired", "cost", "setup")  # the .tex tables of a one-label report
-KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")  # a \\label key that LaTeX and hyperref read as written
+KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")  # a \label key that LaTeX and hyperref read as written
 
 
 def floats(given: str | Sequence[str], tables: Sequence[str]) -> dict[str, str]:

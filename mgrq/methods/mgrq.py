@@ -9,12 +9,11 @@ MGRQ runs on the shared reconstruction engine (:mod:`mgrq.recon`): it adds loss 
 the engine's ``extra_terms`` hook (:mod:`mgrq.methods.mgrq_terms`), it has no private path.
 
 **What the paper says** (its abstract, paraphrased; the quoted phrases below are its words):
-block-wise reconstruction helps CNNs but
-gives limited gains on ViTs; MGRQ keeps an *Optimized Block-wise Reconstruction* as its base,
-adds an *Extra-Block Global Supervision* that relates each block's output to the model's
-output, an *Intra-Block Local Supervision* that aligns the distribution of the outputs of every
-layer inside the block with the full-precision ones (to reduce the generalization error), and a
-*Mixed Granularity Loss Fusion* of the three.
+block-wise reconstruction helps CNNs but gives limited gains on ViTs; MGRQ keeps an *Optimized
+Block-wise Reconstruction* as its base, adds an *Extra-Block Global Supervision* that relates
+each block's output to the model's output, an *Intra-Block Local Supervision* that aligns the
+distribution of the outputs of every layer inside the block with the full-precision ones (to
+reduce the generalization error), and a *Mixed Granularity Loss Fusion* of the three.
 
 **This project's reading, field by field** (every choice the paper leaves open is a field):
 
@@ -45,15 +44,17 @@ layer inside the block with the full-precision ones (to reduce the generalizatio
   ``w_global > 0``: without either, the patch embedding and the head (no IBLS there) would learn
   from the rounding regularizer alone.
 - IBLS (the paper: it "reduces generalization errors by aligning the distribution of outputs at
-  each layer within a block"; the statistics are ours): on every quantized Linear of block and merge units (``qkv``,
-  ``proj``, ``fc1``, ``fc2``; Swin ``reduction``), ``local_metric`` = ``moments`` (the default, as
-  MGRQ.md reads it: per-channel mean and std over batch and tokens, ``mean_l [||mu_Q - mu_F||^2
-  + ||sigma_Q - sigma_F||^2] / C_l``), ``kl`` (per-token softmax over channels) or ``mse``. The
-  quantized side comes from the engine's taps of the training forward (no second pass); the FP
-  side of ``moments`` from per-image statistics cached once per unit, while ``kl`` and ``mse``
-  run one no-grad FP forward of the unit per iteration. ``w_local = 0`` switches it off.
+  each layer within a block"; the statistics are ours): on every quantized Linear of block and
+  merge units (``qkv``, ``proj``, ``fc1``, ``fc2``; Swin ``reduction``), ``local_metric`` =
+  ``moments`` (the default, as MGRQ.md reads it: per-channel mean and std over batch and tokens,
+  ``mean_l [||mu_Q - mu_F||^2 + ||sigma_Q - sigma_F||^2] / C_l``), ``kl`` (per-token softmax
+  over channels) or ``mse``. The quantized side comes from the engine's taps of the training
+  forward (no second pass); the FP side of ``moments`` from per-image statistics cached once per
+  unit, while ``kl`` and ``mse`` run one no-grad FP forward of the unit per iteration.
+  ``w_local = 0`` switches it off.
 - MGLF (the paper: MGRQ "is further optimized for reconstruction through Mixed Granularity Loss
-  Fusion"; the fusion's form is ours, the normalization after APHQ-ViT's port of BRECQ): ``fusion`` = ``normalized``: ``L = L_block/L_block0 + w_global L_global/L_global0 +
+  Fusion"; the fusion's form is ours, the normalization after APHQ-ViT's port of BRECQ):
+  ``fusion`` = ``normalized``: ``L = L_block/L_block0 + w_global L_global/L_global0 +
   w_local L_local/L_local0 + round_weight * L_round``, each ``L_0`` the term's detached value at
   its first evaluation in the unit; ``fusion=sum`` is the raw weighted sum. ``w_b`` is 1 (the
   engine's block term). With normalized fusion the data terms start near their weights whatever
@@ -112,8 +113,9 @@ seed). Both at the chosen weights, 3 seeds each, on one machine (rows ``gl0.03``
 The two metrics tie (``kl`` minus ``moments``, paired by seed, 95% intervals: -0.47 +- 2.01,
 -0.07 +- 2.74, +0.60 +- 1.31), and the tie goes to the spec's default: ``local_metric`` =
 ``moments``, which also needs no FP forward of the unit. Until 2026-11-28 the default was
-``kl``; the results run before then say so where they are shown. The learning rates stay the paper-scale ones
-by default; the suites' short budget (100 iterations) uses ``lr_round`` 1e-2 and ``lr_step`` 1e-3
+``kl``; the results run before then say so where they are shown.
+
+The learning rates stay the paper-scale ones by default; the suites' short budget (100 iterations) uses ``lr_round`` 1e-2 and ``lr_step`` 1e-3
 (the first sweep, seed 0, vit/deit/swin: 93.6/93.0/97.2 against 89.6/90.0/96.0 with the
 paper rates).
 
