@@ -112,12 +112,12 @@ def notes_latex(notes: list[str], suite: str, label: str) -> str:
 
 
 FLOATS = ("table", "table*")
+"""The float a ``.tex`` table is put in: ``table*`` spans both columns of a two-column paper."""
 
 
 def tex_label(key: str, table: str) -> str:
     """A table's ``\\label``: ``tab:KEY-TABLE``, KEY the suite's name unless ``--tex-key`` gives another."""
     return f"tab:{key}-{table}"
-"""The float a ``.tex`` table is put in: ``table*`` spans both columns of a two-column paper."""
 
 
 def fit_tabular(tabular: list[str]) -> list[str]:

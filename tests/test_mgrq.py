@@ -266,7 +266,7 @@ def test_ebgs_and_ibls_change_the_result_on_the_same_units():
 
 def test_without_the_block_term_the_head_trains_on_the_logit_kl():
     """``w_block=0``: the head unit (no tail) keeps a data term, EBGS's KL on its own logits."""
-    (_, info), = [_run("mgrq", _calib(32), units=r"^head$", w_block=0, w_local=0)]
+    _, info = _run("mgrq", _calib(32), units=r"^head$", w_block=0, w_local=0)
     (u,) = info["recon"][0]["stages"][0]["units"]
     assert u["unit"] == "head" and set(u["terms_first"]) == {"block", "global"}
     assert u["terms_first"]["global"] > 0 and math.isfinite(u["loss_last"])
