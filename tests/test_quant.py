@@ -269,3 +269,36 @@ def test_log_quantizer_percentile_init_picks_lowest_error_candidate(base):
 def test_uninitialized_quantizer_raises():
     with pytest.raises(RuntimeError, match="before initialization"):
         UniformQuantizer(4)(torch.randn(3))
+
+
+@pytest.mark.parametrize("bits,signed", [(2, False), (4, False), (4, True), (8, True)])
+def test_fake_quant_with_gradients_is_torchs_learnable_fake_quant(bits, signed):
+    """The recorded path (``x`` or ``scale`` requiring grad) gives the no-grad path's values and the
+    gradients of torch's learnable fake-quant kernel (grad factor 1), also for the many codes at
+    exactly qmin and qmax, where ``torch.clamp``'s own gradient is 0 on torch 2.14."""
+    g = torch.Generator().manual_seed(bits)
+    qmin, qmax = QF.qrange(bits, signed)
+    scale = torch.tensor([4.0 / (qmax - qmin)])
+    zp = torch.tensor([float((qmin + qmax + 1) // 2 if not signed else 0)])
+    ends = torch.tensor([qmin - 2, qmin - 1, qmin, qmax, qmax + 1, qmax + 2]).repeat(20)  # codes at and past the ends
+    k = torch.cat([ends, torch.randint(qmin - 3, qmax + 4, (300,), generator=g)]).float()
+    x = ((k - zp + torch.rand(k.shape, generator=g) * 0.8 - 0.4) * scale).view(6, -1)
+    codes = torch.round(x / scale) + zp
+    assert int((codes == qmin).sum()) > 0 and int((codes == qmax).sum()) > 0 and int((codes < qmin).sum()) > 0
+    dy = torch.randn(x.shape, generator=g)
+    got = []
+    for fn in (lambda a, s: QF.fake_quant(a, s, zp, qmin, qmax),
+               lambda a, s: torch._fake_quantize_learnable_per_tensor_affine(a, s, zp, qmin, qmax, 1.0)):
+        a, s = x.clone().requires_grad_(True), scale.clone().requires_grad_(True)
+        out = fn(a, s)
+        out.backward(dy)
+        got.append((out.detach(), a.grad, s.grad))
+    (out, gx, gs), (ref, gx_ref, gs_ref) = got
+    assert torch.equal(out, QF.fake_quant(x, scale, zp, qmin, qmax)) and torch.equal(out, ref)
+    assert torch.equal(gx, gx_ref)
+    assert torch.allclose(gs, gs_ref, rtol=1e-4)
+    fixed = x.clone().requires_grad_(True)  # a fixed step: the input still gets its gradient
+    QF.fake_quant(fixed, scale, zp, qmin, qmax).backward(dy)
+    assert torch.equal(fixed.grad, gx_ref)
+    with pytest.raises(ValueError, match="zero_point requires grad; expected a fixed zero point"):
+        QF.fake_quant(x.requires_grad_(True), scale, zp.clone().requires_grad_(True), qmin, qmax)

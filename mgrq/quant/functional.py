@@ -1,5 +1,5 @@
-"""Quantization as functions: integer ranges, rounding with a straight-through estimator, LSQ
-gradient scaling, affine fake-quantization (bit-exact with torch's fake-quant ops), exact
+"""Quantization as functions: integer ranges, LSQ gradient scaling, affine fake-quantization
+(bit-exact with torch's fake-quant ops, with straight-through and LSQ gradients), exact
 quantiles, and the log2 / log-sqrt2 quantizers used for post-softmax values.
 """
 
@@ -38,11 +38,6 @@ def check_finite(x: torch.Tensor, where: str) -> None:
         raise ValueError(f"{where}: input contains {bad}; expected finite values")
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round half to even forward, identity gradient backward."""
-    return (x.round() - x).detach() + x
-
-
 def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     """Forward ``x``, backward gradient multiplied by ``g`` (LSQ's step-size gradient scale)."""
     return (x - x * g).detach() + x * g
@@ -56,19 +51,34 @@ def fake_quant(
     ``scale`` and ``zero_point`` broadcast against ``x``. The division is computed as
     ``x * (1 / s)`` exactly as torch's ``fake_quantize_per_*_affine`` kernels do, so results are
     bit-identical for integer zero points; fractional zero points (RepQ-ViT's reparameterized
-    activations) are allowed. Gradients: straight-through for ``x`` whose code lies in
+    activations) are allowed. Gradients, as torch's ``_fake_quantize_learnable_*`` kernels and the
+    engine's eager LSQ step give them: straight-through for ``x`` whose code lies in
     ``[qmin, qmax]``, its ends included, and zero beyond; LSQ's for ``scale`` when it requires
-    grad (``x_hat/s - x/s`` inside, ``x_hat/s`` beyond), as torch's ``_fake_quantize_learnable_*``
-    kernels and the engine's eager LSQ step give them. Not through ``torch.clamp``'s gradient,
-    which is 0 at exactly ``qmin``/``qmax`` on torch 2.14 (1 up to 2.12; pytorch/pytorch#184574):
-    rounding puts many elements exactly there, and they carry the large terms of the step's
-    gradient.
+    grad (``x_hat/s - x/s`` inside, ``x_hat/s`` beyond); none for ``zero_point`` (one that requires
+    grad is refused).
+
+    With gradients the value is computed without recording it, and the gradients enter through
+    terms that are exactly zero forward: ``inr * ((x - x') - v * (s - s'))`` (``'``: detached,
+    ``v = x/s``, ``inr`` 1 inside the range). Not through ``torch.clamp``'s gradient, which is 0
+    at exactly ``qmin``/``qmax`` on torch 2.14 (1 up to 2.12; pytorch/pytorch#184574): rounding
+    puts many elements exactly there, and they carry the large terms of the step's gradient. This
+    is the engine's compiled LSQ step; on an H200 it took 1.40-1.42 ms per iteration against
+    1.47-1.51 for a ``torch.where`` between the rounded and the clamped code
+    (``docs/benchmarks/README.md``). An infinite ``x`` gives NaN here (the eager step: a NaN step
+    gradient), which the engine reports as a non-finite loss.
     """
-    q = round_ste(x * torch.reciprocal(scale)) + zero_point
     if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
-        return (torch.clamp(q, qmin, qmax) - zero_point) * scale
-    c = torch.clamp(q.detach(), qmin, qmax)
-    return (torch.where(c == q.detach(), q, c) - zero_point) * scale
+        return (torch.clamp(torch.round(x * torch.reciprocal(scale)) + zero_point, qmin, qmax) - zero_point) * scale
+    if zero_point.requires_grad:
+        raise ValueError("fake_quant: zero_point requires grad; expected a fixed zero point (the step is "
+                         "learned, the zero point is not, as in LSQ)")
+    with torch.no_grad():
+        v = x * torch.reciprocal(scale)
+        q = torch.round(v) + zero_point
+        c = torch.clamp(q, qmin, qmax)
+        inr = (c == q).to(x.dtype)
+        c = c - zero_point
+    return c * scale + inr * ((x - x.detach()) - v * (scale - scale.detach()))
 
 
 def affine_params(
