@@ -41,7 +41,10 @@ probability of *skipping* the quantizer, so QDrop's p is ``input_prob=p, act_dro
 0.5 by default, where the two readings coincide). QDrop's code calibrates its initial activation
 quantizers on ``cali_data[:256]`` with an MSE observer (``qdrop/solver/main_imagenet.py``,
 ``observer.py``); ``qdrop`` here starts as ``brecq`` does, from the percentile method on
-``init_calib`` = 64 images (below).
+``init_calib`` = 64 images (below). QDrop's ``LSQFakeQuantize`` makes its step ``|s|``, at least
+float32's eps, before each forward; the engine does so after each Adam step, for ``brecq`` too
+(BRECQ's code has no such guard; for a positive step both are the identity). Added on
+2026-11-28, after the shipped results.
 
 Decisions the CNN-only reference code did not make for ViTs (this project's, recorded in the
 run record through the config):

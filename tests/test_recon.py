@@ -235,6 +235,28 @@ def test_a_diverged_unit_is_named_and_the_run_goes_on(tiny, capsys):
     assert "warning: " + runs_warnings[1] in capsys.readouterr().err
 
 
+def test_learned_steps_stay_positive_as_qdrop_keeps_them(tiny):
+    """A learning rate far too large drives LSQ steps through 0; after each Adam step the engine
+    makes them ``|s|`` and at least float32's eps, as QDrop's LSQFakeQuantize does, so none ends
+    at the commit's floor (1e-8, what a negative step would become)."""
+    from mgrq.recon.trainer import STEP_EPS, keep_steps_positive
+
+    steps = [torch.tensor([-0.5, 0.0, 1e-9, 0.3]), torch.tensor(-2.0)]
+    keep_steps_positive(steps)
+    assert steps[0].tolist() == [0.5, STEP_EPS, STEP_EPS, pytest.approx(0.3)] and float(steps[1]) == 2.0
+    qm, images = _qmodel(tiny)
+    acts = [p.quantizer for p in qm.points() if p.name.startswith("blocks.0.") and isinstance(p.quantizer, UniformQuantizer)
+            and p.kind != "weight"]
+    before = [q.scale.detach().clone() for q in acts]
+    assert len(acts) >= 4 and max(float(s.max()) for s in before) < 1.0
+    engine = Reconstructor(qm, images, ReconConfig(check_every=10), device=CPU, progress=False,
+                           units=r"^blocks\.0$")
+    engine.run([Stage("joint", 10, learn_rounding=False, learn_steps=True, lr_step=1.0)])
+    after = [q.scale.detach() for q in acts]
+    assert max(float((a - b).abs().max()) for a, b in zip(after, before)) > 0.1  # the steps did move far
+    assert min(float(a.min()) for a in after) >= STEP_EPS
+
+
 def test_regression_check_threshold(tiny, capsys):
     qm, images = _qmodel(tiny)
     engine = Reconstructor(qm, images, ReconConfig(), device=CPU, progress=False, desc="brecq")

@@ -22,6 +22,19 @@ from mgrq.recon.losses import LossTerm, StepContext, beta_at, cosine_lr, round_g
 if TYPE_CHECKING:
     from mgrq.recon.engine import UnitRecon
 
+# After each Adam step the learned LSQ steps are made |s| and at least float32's eps, as QDrop's
+# LSQFakeQuantize does before each forward (wimh966/QDrop ef37616, qdrop/quantization/fake_quant.py:
+# ``scale.data.abs_(); scale.data.clamp_(min=eps)``). BRECQ's code (e455d62) has no such guard; a
+# step at or below 0 has no meaning there either, and for a positive step both are the identity.
+STEP_EPS = torch.finfo(torch.float32).eps
+
+
+@torch.no_grad()
+def keep_steps_positive(steps: list[torch.Tensor]) -> None:
+    """``s <- max(|s|, STEP_EPS)`` in place, without host synchronisation (see :data:`STEP_EPS`)."""
+    torch._foreach_abs_(steps)
+    torch._foreach_clamp_min_(steps, STEP_EPS)
+
 
 class UnitTrainer:
     """Optimizer and step functions for one unit (see module docstring).
@@ -120,6 +133,8 @@ class UnitTrainer:
         if self.learn_steps:
             self.lr_step.copy_(cosine_lr(self.count, self.stage.lr_step, self.stage.iters))
         self.opt.step()
+        if self.learn_steps:
+            keep_steps_positive(self.session.step_params)
         t = total.detach()
         new_bad = ~torch.isfinite(t) & (self.bad_at < 0)
         self.bad_value.copy_(torch.where(new_bad, t, self.bad_value))
