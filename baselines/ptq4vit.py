@@ -20,9 +20,11 @@ What ``ptq4vit`` does (constants from the reference):
   Linear inputs per tensor; both matmul operands head-wise (one step per head); the
   patch-embedding conv weight per output channel.
 - Twin-uniform quantizers (:mod:`mgrq.quant.twin`) for the input of ``fc2`` (post-GELU:
-  negative step fixed at 0.16997 / 2^(b-1), positive step searched) and for the post-softmax
-  operand (one split per layer searched in ``2^-i``, ``i = 0..19``; during that search the
-  second operand ``v`` stays unquantized, as coded).
+  negative step fixed at 0.16997 / 2^(b-1), positive step searched; the paper's constraint that
+  the two steps differ by a power of two is not enforced, as in the code) and for the post-softmax
+  operand (one split per layer searched in ``2^-i``, ``i = 0..19``, steps ``1 / (2^(b-1) - 1)``
+  for the high range and ``split / (2^(b-1) - 1)`` for the low one, as coded; during that search
+  the second operand ``v`` stays unquantized, as coded).
 - Parallel calibration: every layer is calibrated on full-precision inputs and outputs of the
   calibration images (32 by default), never on the outputs of already-quantized layers. Which
   32 images: the project's protocol draws them from the training split with the run's seed, the
