@@ -145,6 +145,20 @@ def test_quantile_rows_matches_torch_quantile():
         assert torch.allclose(QF.quantile_rows(x, q), torch.quantile(x, q, dim=1), atol=1e-6)
 
 
+def test_quantile_rows_float32_q_is_torch_quantile_bit_for_bit():
+    """``float32_q``: torch.quantile's own result (the reference RepQ-ViT code calls it), which
+    rounds q to float32 first; the default takes q as given and differs by more than one bit."""
+    g = torch.Generator().manual_seed(0)
+    moved = 0
+    for n in (1001, 4097, 32 * 65 * 96, 123457):
+        x = torch.randn(3, n, generator=g)
+        for q in (0.001, 0.0001, 0.00001, 0.5, 0.999, 0.9999, 0.99999):
+            ref = torch.quantile(x, q, dim=1)
+            assert torch.equal(QF.quantile_rows(x, q, float32_q=True), ref), (n, q)
+            moved += int(((QF.quantile_rows(x, q) - ref).abs() > 1e-6 * ref.abs()).sum())
+    assert moved > 0
+
+
 def _candidate_errors(x, bits, gran=None):
     """Per row (one row per-tensor): the mean squared error of each single-percentile candidate."""
     errs = {}

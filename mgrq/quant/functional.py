@@ -111,10 +111,18 @@ def channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
     return x.movedim(axis, 0).reshape(x.shape[axis], -1)
 
 
-def quantile_rows(x2d: torch.Tensor, q: float) -> torch.Tensor:
-    """Exact per-row quantile of ``x2d`` ``[R, n]`` with linear interpolation (what
-    ``torch.quantile`` computes, without its 16M-element input limit). Returns ``[R]``."""
+def quantile_rows(x2d: torch.Tensor, q: float, float32_q: bool = False) -> torch.Tensor:
+    """Per-row quantile of ``x2d`` ``[R, n]`` with linear interpolation, without
+    ``torch.quantile``'s 16M-element input limit. Returns ``[R]``.
+
+    Default: the rank ``q * (n - 1)`` from ``q`` as given (float64). ``float32_q``: what
+    ``torch.quantile`` computes, bit for bit: ``q`` is first rounded to float32 (0.999 becomes
+    0.99900001287) and the two order statistics are joined by ``torch.lerp``. The two differ by
+    up to ~1e-4 relative on random rows, enough to move a calibration that is sequential and
+    discrete (RepQ-ViT's: ``baselines/README.md``)."""
     n = x2d.shape[1]
+    if float32_q:
+        q = torch.tensor(q, dtype=torch.float32).item()
     pos = q * (n - 1)
     lo = math.floor(pos)
     hi = min(lo + 1, n - 1)
@@ -123,6 +131,8 @@ def quantile_rows(x2d: torch.Tensor, q: float) -> torch.Tensor:
     if frac == 0.0 or hi == lo:
         return v_lo
     v_hi = torch.kthvalue(x2d, hi + 1, dim=1).values
+    if float32_q:
+        return torch.lerp(v_lo, v_hi, torch.tensor(frac, dtype=x2d.dtype, device=x2d.device))
     return v_lo + (v_hi - v_lo) * frac
 
 
