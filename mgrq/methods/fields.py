@@ -61,7 +61,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 GLOSSARY: dict[str, str] = {
     # calibration-only methods (percentile, repq_vit, ptq4vit, base_ptq)
     "reparameterize": "fold per-channel post-LayerNorm scales into LN + next Linear (false: keep them)",
-    "quantile": "percentile search's quantiles: pct as given, or as torch.quantile (ref. code)",
+    "quantile": "percentile quantiles: pct as given, or as torch.quantile (ref. code)",
     "alpha": "smallest step factor searched: candidates d0 * (alpha + i (beta - alpha) / n)",
     "beta": "end of the step factor range searched, exclusive (see alpha)",
     "n_candidates": "step candidates per search (n)",
