@@ -62,8 +62,8 @@ def fake_quant(
     ``v = x/s``, ``inr`` 1 inside the range). Not through ``torch.clamp``'s gradient, which is 0
     at exactly ``qmin``/``qmax`` on torch 2.14 (1 up to 2.12; pytorch/pytorch#184574): rounding
     puts many elements exactly there, and they carry the large terms of the step's gradient. This
-    is the engine's compiled LSQ step; on an H200 it took 1.40-1.42 ms per iteration against
-    1.47-1.51 for a ``torch.where`` between the rounded and the clamped code
+    is the engine's compiled LSQ step; on an H200 the step took 1.40 ms per iteration (two runs)
+    against 1.47-1.51 for a ``torch.where`` between the rounded and the clamped code
     (``docs/benchmarks/README.md``). An infinite ``x`` gives NaN here (the eager step: a NaN step
     gradient), which the engine reports as a non-finite loss.
     """
