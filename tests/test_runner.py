@@ -881,3 +881,35 @@ def test_the_live_slurm_task_guard_reads_squeue(tmp_path, monkeypatch, capsys):
     check_no_live_slurm_tasks(jobs, [cell(2)], "s")
     assert "squeue could not say whether the label's earlier SLURM jobs (77) still run" in capsys.readouterr().err
     assert json.loads((jobs / SLURM_TASKS).read_text()) == {"tasks": {"77_1": ["c2"]}}  # nothing dropped then
+
+
+def test_a_stop_wrapped_by_python_is_recorded_as_interrupted(tmp_path, monkeypatch):
+    """A stop that lands while a job imports method code can reach the cell as
+    ``RuntimeError: Error calling __set_name__ ...`` (Python < 3.12 wraps exceptions raised there);
+    the cell is recorded as Interrupted and the job stops, as for a plain KeyboardInterrupt. An
+    ordinary error stays a failure of its own type."""
+    import mgrq.run
+    from mgrq.runner.jobs import run_cell
+    from mgrq.runner.suite import load_suite
+
+    (spec,) = load_suite(str(write_suite(tmp_path / "w.yaml", eval_limit=50))).specs()
+    cell = Cell(spec.run_id, spec.content_hash, tmp_path / "cell", spec.to_dict())
+    cell.dir.mkdir()
+
+    def wrapped_stop(*a, **k):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance 'warnings' in 'RunContext'") from e
+
+    monkeypatch.setattr(mgrq.run, "execute", wrapped_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(cell, {}, "local", 1)
+    assert rec(cell.dir)["error"]["type"] == "Interrupted"
+
+    def broken(*a, **k):
+        raise RuntimeError("a real failure")
+
+    monkeypatch.setattr(mgrq.run, "execute", broken)
+    assert run_cell(cell, {}, "local", 1)["status"] == "failed"
+    assert rec(cell.dir)["error"]["type"] == "RuntimeError"

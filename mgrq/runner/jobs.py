@@ -118,7 +118,11 @@ def run_cell(cell: Cell, suite: dict[str, Any], kind: str, threads: int,
                 rec["error"].update(type="Interrupted", message=INTERRUPTED)
             except Exception as e:  # recorded; the rest of the grid goes on
                 rec = failed_record(spec, e, started)
-                print(rec["error"]["traceback"], file=sys.stderr, flush=True)
+                if caused_by_interrupt(e):
+                    interrupted = True
+                    rec["error"].update(type="Interrupted", message=INTERRUPTED)
+                else:
+                    print(rec["error"]["traceback"], file=sys.stderr, flush=True)
             seconds = time.perf_counter() - t0
             rec["executor"] = info
             rec["suite"] = suite
@@ -139,6 +143,21 @@ def run_cell(cell: Cell, suite: dict[str, Any], kind: str, threads: int,
 
 INTERRUPTED = ("interrupted before it finished (SIGINT or SIGTERM: Ctrl-C, or the suite driver stopping "
                "its local jobs); the next run of the suite runs this cell again")
+
+
+def caused_by_interrupt(e: BaseException) -> bool:
+    """Whether ``e`` was raised because of a ``KeyboardInterrupt`` (in its cause or context
+    chain). Python before 3.12 wraps an exception raised in ``__set_name__`` in a
+    ``RuntimeError``, so a stop that lands while a dataclass is being defined (a job still
+    importing the method code) arrives as ``RuntimeError: Error calling __set_name__ ...``."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _interrupt_on_sigterm(signum: int, frame: Any) -> None:
