@@ -112,14 +112,11 @@ def run_cell(cell: Cell, suite: dict[str, Any], kind: str, threads: int,
             interrupted = False
             try:
                 rec = execute(spec, progress=False, workdir=str(cell.dir / "work"), fp_cache=fp_cache)
-            except KeyboardInterrupt as e:  # Ctrl-C, the driver cancelling its jobs, a local SIGTERM
-                interrupted = True
+            except (KeyboardInterrupt, Exception) as e:  # recorded; the rest of the grid goes on
                 rec = failed_record(spec, e, started)
-                rec["error"].update(type="Interrupted", message=INTERRUPTED)
-            except Exception as e:  # recorded; the rest of the grid goes on
-                rec = failed_record(spec, e, started)
-                if caused_by_interrupt(e):
-                    interrupted = True
+                # Ctrl-C, the driver cancelling its jobs, a local SIGTERM: the job stops after this cell
+                interrupted = caused_by_interrupt(e)
+                if interrupted:
                     rec["error"].update(type="Interrupted", message=INTERRUPTED)
                 else:
                     print(rec["error"]["traceback"], file=sys.stderr, flush=True)
