@@ -316,3 +316,31 @@ def test_fake_quant_with_gradients_is_torchs_learnable_fake_quant(bits, signed):
     assert torch.equal(fixed.grad, gx_ref)
     with pytest.raises(ValueError, match="zero_point requires grad; expected a fixed zero point"):
         QF.fake_quant(x.requires_grad_(True), scale, zp.clone().requires_grad_(True), qmin, qmax)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_fake_quant_with_gradients_per_channel_is_torchs_learnable_fake_quant(axis):
+    """A per-channel step (broadcast view) gets each channel's own LSQ gradient, summed over that
+    channel only, as torch's per-channel learnable kernel gives it; the input's gradient too. A
+    0-dim step gets the sum over all elements."""
+    g = torch.Generator().manual_seed(axis)
+    x = torch.randn(5, 7, 40, generator=g) * 2
+    qmin, qmax = QF.qrange(4, signed=True)
+    c = x.shape[axis]
+    scale = torch.rand(c, generator=g) * 0.3 + 0.1  # channels of different ranges: some clip, some not
+    zp = torch.randint(-2, 3, (c,), generator=g).float()
+    shape = [1] * x.dim()
+    shape[axis] = c
+    dy = torch.randn(x.shape, generator=g)
+    a, s = x.clone().requires_grad_(True), scale.clone().view(shape).requires_grad_(True)
+    QF.fake_quant(a, s, zp.view(shape), qmin, qmax).backward(dy)
+    b, s_ref = x.clone().requires_grad_(True), scale.clone().requires_grad_(True)
+    torch._fake_quantize_learnable_per_channel_affine(b, s_ref, zp, axis, qmin, qmax, 1.0).backward(dy)
+    assert s.grad.shape == s.shape and torch.equal(a.grad, b.grad)
+    assert torch.allclose(s.grad.view(-1), s_ref.grad, rtol=1e-4, atol=1e-5)
+    assert len(set(s_ref.grad.tolist())) == c  # channels' gradients differ: a sum over all fails
+    s0 = scale[0].clone().requires_grad_(True)  # 0-dim step
+    QF.fake_quant(x, s0, zp[0], qmin, qmax).backward(dy)
+    s1 = scale[:1].clone().requires_grad_(True)
+    torch._fake_quantize_learnable_per_tensor_affine(x, s1, zp[:1], qmin, qmax, 1.0).backward(dy)
+    assert s0.grad.shape == () and torch.allclose(s0.grad, s1.grad[0], rtol=1e-4)

@@ -17,8 +17,9 @@ Speed: in eager mode the forward computes the value and two float multipliers in
 pass, so the backward is a multiply (``dx = dy * gx``) and a dot product (``ds = g * <dy, gs>``),
 instead of the ~20 kernels of the autograd graph of the composite formula (``torch.where`` and
 torch's fused fake-quant kernel are slow on CPU; arithmetic is vectorized). Under
-``torch.compile`` the composite formula is traced instead and inductor fuses it. Forward values
-equal the wrapped quantizer's (same operations in the same order).
+``torch.compile`` :func:`mgrq.quant.functional.fake_quant` is traced instead (the same two
+multipliers, out of place) and inductor fuses both passes. Forward values equal the wrapped
+quantizer's (same operations in the same order).
 """
 
 from __future__ import annotations
@@ -65,13 +66,7 @@ def _lsq_forward_math(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, keep: t
                       qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Out-of-place form of :class:`_LSQFakeQuant`'s forward (for ``compile='kernels'``):
     ``(x_hat, gx, gs)``."""
-    v = x * torch.reciprocal(s)
-    qq = torch.round(v) + z
-    cq = torch.clamp(qq, qmin, qmax)
-    inr = (cq == qq).to(x.dtype)
-    c = cq - z
-    out = c * s
-    gs = c - v * inr
+    out, inr, gs = QF.lsq_parts(x, s, z, qmin, qmax)
     if keep is None:
         return out, inr, gs
     return torch.lerp(out, x, keep), torch.maximum(inr, keep), gs * (1.0 - keep)
