@@ -99,10 +99,10 @@ def fake_quant(
     ``qmin``/``qmax`` on torch 2.14 (1 up to 2.12; pytorch/pytorch#184574), and rounding puts many
     elements exactly there, where they carry the large terms of the step's gradient. It is the
     engine's compiled LSQ step (``torch.compile`` traces the function and fuses both passes). Its
-    backward reads the two saved multipliers only; on a 2-core CPU the compiled steps stage of
-    ``benchmarks.vs_brecq`` took 16 ms per iteration with it against 28 ms with the previous form,
-    which let the gradients in through terms that are exactly zero forward
-    (``docs/benchmarks/README.md``). An infinite ``x`` gives a NaN step gradient, as the eager step
+    backward reads the two saved multipliers only. On a 2-core CPU the compiled steps stage of
+    ``benchmarks.vs_brecq`` took 16.3 and 18.0 ms per iteration with it against 34.1 and 30.6 ms
+    with the previous form, which let the gradients in through terms that are exactly zero
+    forward (tree against tree, ``docs/benchmarks/vs_brecq-intel-steps-ab2.txt``). An infinite ``x`` gives a NaN step gradient, as the eager step
     does, which the engine reports as a non-finite loss at the next iteration.
     """
     if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
