@@ -333,9 +333,12 @@ def test_fake_quant_with_gradients_per_channel_is_torchs_learnable_fake_quant(ax
     shape[axis] = c
     dy = torch.randn(x.shape, generator=g)
     a, s = x.clone().requires_grad_(True), scale.clone().view(shape).requires_grad_(True)
-    QF.fake_quant(a, s, zp.view(shape), qmin, qmax).backward(dy)
+    out = QF.fake_quant(a, s, zp.view(shape), qmin, qmax)
+    out.backward(dy)
     b, s_ref = x.clone().requires_grad_(True), scale.clone().requires_grad_(True)
-    torch._fake_quantize_learnable_per_channel_affine(b, s_ref, zp, axis, qmin, qmax, 1.0).backward(dy)
+    ref = torch._fake_quantize_learnable_per_channel_affine(b, s_ref, zp, axis, qmin, qmax, 1.0)
+    ref.backward(dy)
+    assert torch.equal(out.detach(), ref.detach())
     assert s.grad.shape == s.shape and torch.equal(a.grad, b.grad)
     assert torch.allclose(s.grad.view(-1), s_ref.grad, rtol=1e-4, atol=1e-5)
     assert len(set(s_ref.grad.tolist())) == c  # channels' gradients differ: a sum over all fails

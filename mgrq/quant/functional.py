@@ -49,8 +49,9 @@ def lsq_parts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_hat, inr, gs)``: the fake-quantized value (as :func:`fake_quant`), the input's gradient
     multiplier ``inr`` (1 where the code ``round(x/s) + z`` lies in ``[qmin, qmax]``, its ends
-    included, 0 beyond) and the step's, LSQ's ``x_hat/s - inr * x/s``. An infinite ``x`` gives a
-    NaN ``gs`` (``inf * 0``), as torch's learnable fake-quant kernel gives a NaN step gradient."""
+    included, 0 beyond) and the step's, LSQ's ``x_hat/s - inr * x/s``. An infinite ``x`` gives the
+    clamped value and a NaN ``gs`` (``inf * 0``), as the engine's eager LSQ step does (torch's
+    learnable fake-quant kernel gives a finite step gradient there on the CPU)."""
     v = x * torch.reciprocal(scale)
     q = torch.round(v) + zero_point
     c = torch.clamp(q, qmin, qmax)
@@ -102,8 +103,12 @@ def fake_quant(
     backward reads the two saved multipliers only. On a 2-core CPU the compiled steps stage of
     ``benchmarks.vs_brecq`` took 16.3 and 18.0 ms per iteration with it against 34.1 and 30.6 ms
     with the previous form, which let the gradients in through terms that are exactly zero
-    forward (tree against tree, ``docs/benchmarks/vs_brecq-intel-steps-ab2.txt``). An infinite ``x`` gives a NaN step gradient, as the eager step
-    does, which the engine reports as a non-finite loss at the next iteration.
+    forward (tree against tree, ``docs/benchmarks/vs_brecq-intel-steps-ab2.txt``).
+
+    An infinite ``x`` is treated as the eager step treats it: its value is clamped to the range's
+    end and passes no input gradient, and a learned step gets a NaN gradient, so the step is NaN
+    after the update and the engine reports a non-finite loss at the next iteration (the
+    composite form before gave a NaN value at once). With a fixed step it is clamped silently.
     """
     if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
         return (torch.clamp(torch.round(x * torch.reciprocal(scale)) + zero_point, qmin, qmax) - zero_point) * scale
