@@ -44,8 +44,8 @@ def test_lsq_act_matches_torch_learnable_fake_quant():
 
 @pytest.mark.parametrize("drop", [0.0, 0.5])
 def test_lsq_act_compiled_gives_the_eager_gradients_at_the_ends_of_the_range(drop):
-    """Under ``torch.compile`` (the engine's ``compile`` modes) the LSQ step is the composite
-    ``QF.fake_quant``; its output and gradients equal the eager step's, also on the many elements
+    """Under ``torch.compile`` (the engine's ``compile`` modes) the LSQ step is ``QF.fake_quant``'s
+    autograd function; its output and gradients equal the eager step's, also on the many elements
     whose code is exactly qmin or qmax (``torch.clamp``'s own gradient is 0 there on torch 2.14,
     which gave a step gradient 20x the eager one). ``aot_eager``: traced as the engine's step is,
     without a C++ compiler."""
@@ -358,6 +358,36 @@ def test_nan_loss_raises_naming_unit_and_iteration_and_restores(tiny):
         engine.run([Stage("joint", 12, True, True)])
     assert _state(qm) == state0  # original quantizers, switches and drop probabilities
     assert [p.requires_grad for p in qm.parameters()] == grads0
+
+
+class _NaNGradAtLast(LossTerm):
+    """Value 0 at every iteration; at the last one its gradient is NaN (``sqrt`` at 0 times 0)."""
+    name = "nangrad"
+
+    def __init__(self, last: int):
+        super().__init__()
+        self.last = last
+
+    def __call__(self, ctx):
+        early = (ctx.step < self.last).float()
+        return ((ctx.out * 0).sum() + early).sqrt() - early
+
+
+def test_nan_in_the_last_update_raises_instead_of_committing(tiny):
+    """The loss is finite at every iteration, but the last update makes the learned parameters
+    NaN: no later loss shows it, so the engine checks them once after the loop."""
+    qm, images = _qmodel(tiny)
+    state0 = _state(qm)
+    engine = Reconstructor(qm, images, ReconConfig(check_every=4), device=CPU, progress=False, desc="qdrop",
+                           extra_terms=lambda u, s: [_NaNGradAtLast(11)], units=r"^blocks\.0$")
+    with pytest.raises(ReconstructionError, match=r"unit blocks\.0 \(joint stage\): the learned rounding "
+                                                  r"variables and steps became NaN or Inf in the last update "
+                                                  r"\(iteration 12 of 12"):
+        engine.run([Stage("joint", 12, True, True)])
+    assert _state(qm) == state0
+    ok = Reconstructor(qm, images, ReconConfig(check_every=4), device=CPU, progress=False,
+                       extra_terms=lambda u, s: [_NaNGradAtLast(12)], units=r"^blocks\.0$")
+    assert ok.run([Stage("joint", 12, True, True)])["stages"][0]["units"][0]["loss_last"] >= 0  # no NaN: runs
 
 
 class _PrecisionSeen(LossTerm):
