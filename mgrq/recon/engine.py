@@ -11,7 +11,9 @@ forward order, once per :class:`~mgrq.recon.config.Stage`. Per unit and stage:
    ``extra_terms``; see :mod:`mgrq.recon.losses`);
 4. run ``stage.iters`` Adam steps (eager, compiled or CUDA-graph replayed; :mod:`.runner`); the
    step has no host synchronisation: the loss is read every ``check_every`` iterations for the
-   progress bar and the NaN/Inf check (which names the unit and the first bad iteration);
+   progress bar and the NaN/Inf check (which names the unit and the first bad iteration); after
+   the last iteration the learned parameters are checked once (the last update has no loss after
+   it);
 5. harden the rounding, write the learned steps back, put the originals back;
 6. before step 2 and after step 5, measure the unit's output error on the calibration images
    (``out_mse``: MSE against the FP target, quantized inputs); a rise of more than
@@ -438,6 +440,13 @@ class Reconstructor:
             pbar.close()
         wall = time.perf_counter() - t0
         last = tr.read()
+        bad = tr.nonfinite_learned()  # the last update has no loss after it to show a NaN
+        if bad:
+            raise ReconstructionError(
+                f"{self.desc}: unit {unit.name} ({stage.name} stage): the learned {bad} became NaN or Inf "
+                f"in the last update (iteration {stage.iters} of {stage.iters}, after a finite loss); the run "
+                "stops; expected finite learned parameters (try a lower learning rate, lr_round or lr_step, "
+                "or check the weights and the calibration images)")
         steady = wall / stage.iters
         if len(checks) >= 3:
             (i1, t1), (i2, t2) = checks[1], checks[-1]

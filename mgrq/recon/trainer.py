@@ -151,6 +151,15 @@ class UnitTrainer:
         return {"total": float(self.last_total), "bad_at": float(self.bad_at), "bad_value": float(self.bad_value),
                 "terms": {t.name: float(v) for t, v in zip(self.terms, self.term_last)}}
 
+    def nonfinite_learned(self) -> str | None:
+        """Which learned tensors hold NaN or Inf (``"steps"``, ``"rounding variables"`` or both),
+        or None (one host read). The loss check cannot see the last update's result."""
+        groups = {"rounding variables": [a.alpha for a in self.adarounds if a.alpha is not None],
+                  "steps": list(self.session.step_params)}
+        bad = [name for name, ts in groups.items()
+               if ts and not bool(torch.stack([torch.isfinite(t).all() for t in ts]).all())]
+        return " and ".join(bad) or None
+
     def learned_counts(self) -> dict[str, int]:
         return {"rounding": sum(a.alpha.numel() for a in self.adarounds if a.alpha is not None),
                 "steps": len(self.session.step_params)}
