@@ -107,8 +107,9 @@ def fake_quant(
 
     An infinite ``x`` is treated as the eager step treats it: its value is clamped to the range's
     end and passes no input gradient, and a learned step gets a NaN gradient, so the step is NaN
-    after the update and the engine reports a non-finite loss at the next iteration (the
-    composite form before gave a NaN value at once). With a fixed step it is clamped silently.
+    after the update and the engine reports a non-finite loss at the next iteration, or after a
+    unit's last iteration that the learned steps became NaN (the composite form before gave a
+    NaN value at once). With a fixed step it is clamped silently.
     """
     if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
         return (torch.clamp(torch.round(x * torch.reciprocal(scale)) + zero_point, qmin, qmax) - zero_point) * scale
