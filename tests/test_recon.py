@@ -381,7 +381,8 @@ def test_nan_in_the_last_update_raises_instead_of_committing(tiny):
     engine = Reconstructor(qm, images, ReconConfig(check_every=4), device=CPU, progress=False, desc="qdrop",
                            extra_terms=lambda u, s: [_NaNGradAtLast(11)], units=r"^blocks\.0$")
     with pytest.raises(ReconstructionError, match=r"unit blocks\.0 \(joint stage\): the learned rounding "
-                                                  r"variables and steps became NaN or Inf in the last update "
+                                                  r"variables became NaN and steps became NaN or Inf in the "
+                                                  r"last update "
                                                   r"\(iteration 12 of 12"):
         engine.run([Stage("joint", 12, True, True)])
     assert _state(qm) == state0

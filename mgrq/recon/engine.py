@@ -443,9 +443,9 @@ class Reconstructor:
         bad = tr.nonfinite_learned()  # the last update has no loss after it to show a NaN
         if bad:
             raise ReconstructionError(
-                f"{self.desc}: unit {unit.name} ({stage.name} stage): the learned {bad} became NaN or Inf "
+                f"{self.desc}: unit {unit.name} ({stage.name} stage): the learned {bad} "
                 f"in the last update (iteration {stage.iters} of {stage.iters}, after a finite loss); the run "
-                "stops; expected finite learned parameters (try a lower learning rate, lr_round or lr_step, "
+                "stops; expected finite steps and rounding variables that are not NaN (try a lower learning rate, lr_round or lr_step, "
                 "or check the weights and the calibration images)")
         steady = wall / stage.iters
         if len(checks) >= 3:

@@ -152,12 +152,14 @@ class UnitTrainer:
                 "terms": {t.name: float(v) for t, v in zip(self.terms, self.term_last)}}
 
     def nonfinite_learned(self) -> str | None:
-        """Which learned tensors hold NaN or Inf (``"steps"``, ``"rounding variables"`` or both),
-        or None (one host read). The loss check cannot see the last update's result."""
-        groups = {"rounding variables": [a.alpha for a in self.adarounds if a.alpha is not None],
-                  "steps": list(self.session.step_params)}
-        bad = [name for name, ts in groups.items()
-               if ts and not bool(torch.stack([torch.isfinite(t).all() for t in ts]).all())]
+        """What went bad among the learned tensors (``"steps became NaN or Inf"``, ...), or None
+        (one host read). The loss check cannot see the last update's result. A step must be
+        finite; a rounding variable must not be NaN (an infinite one is a decided rounding:
+        hardening keeps only its sign)."""
+        alphas = [a.alpha for a in self.adarounds if a.alpha is not None]
+        checks = {"rounding variables became NaN": [~torch.isnan(a).any() for a in alphas],
+                  "steps became NaN or Inf": [torch.isfinite(s).all() for s in self.session.step_params]}
+        bad = [what for what, ok in checks.items() if ok and not bool(torch.stack(ok).all())]
         return " and ".join(bad) or None
 
     def learned_counts(self) -> dict[str, int]:
