@@ -445,8 +445,8 @@ class Reconstructor:
             raise ReconstructionError(
                 f"{self.desc}: unit {unit.name} ({stage.name} stage): the learned {bad} "
                 f"in the last update (iteration {stage.iters} of {stage.iters}, after a finite loss); the run "
-                "stops; expected finite steps and rounding variables that are not NaN (try a lower learning rate, lr_round or lr_step, "
-                "or check the weights and the calibration images)")
+                "stops; expected finite steps and rounding variables that are not NaN (try a lower learning "
+                "rate, lr_round or lr_step, or check the weights and the calibration images)")
         steady = wall / stage.iters
         if len(checks) >= 3:
             (i1, t1), (i2, t2) = checks[1], checks[-1]
