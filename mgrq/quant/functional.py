@@ -62,14 +62,15 @@ def lsq_parts(
 
 class _FakeQuantLSQ(torch.autograd.Function):
     """:func:`fake_quant` with the gradients of :func:`lsq_parts`: the forward saves the two
-    multipliers, the backward is ``dy * inr`` and ``sum(dy * gs)`` over the step's broadcast."""
+    multipliers (only ``inr`` for a fixed step), the backward is ``dy * inr`` and ``sum(dy * gs)``
+    over the step's broadcast."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
                 qmax: int) -> torch.Tensor:
         out, inr, gs = lsq_parts(x, scale, zero_point, qmin, qmax)
         ctx.shapes = x.shape, scale.shape
-        ctx.save_for_backward(inr, gs)
+        ctx.save_for_backward(inr, gs if ctx.needs_input_grad[1] else None)  # a fixed step: one tensor kept
         return out
 
     @staticmethod
