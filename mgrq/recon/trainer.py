@@ -153,7 +153,7 @@ class UnitTrainer:
 
     def nonfinite_learned(self) -> str | None:
         """What went bad among the learned tensors (``"steps became NaN or Inf"``, ...), or None
-        (one host read). The loss check cannot see the last update's result. A step must be
+        (a host read per kind). The loss check cannot see the last update's result. A step must be
         finite; a rounding variable must not be NaN (an infinite one is a decided rounding:
         hardening keeps only its sign)."""
         alphas = [a.alpha for a in self.adarounds if a.alpha is not None]
