@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mgrq.config import path_arg
 from mgrq.errors import MGRQError, did_you_mean
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -31,11 +32,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", type=int, default=None, help="calibration images (default: the method's own, e.g. 32 for RepQ-ViT)")
     p.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and the method (default 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when present; default)")
-    p.add_argument("--checkpoint", default=None, type=_path_arg,
+    p.add_argument("--checkpoint", default=None, type=path_arg,
                    help="local weights file (a state_dict in timm's key layout, as timm's own checkpoints and "
                         "DeiT's releases; plain, under 'model'/'state_dict', or .safetensors) instead of the "
                         "zoo/timm weights")
-    p.add_argument("--data-root", default=None, type=_path_arg, help="ImageNet-layout folder (train/<class>/..., val/<class>/...) for timm models")
+    p.add_argument("--data-root", default=None, type=path_arg, help="ImageNet-layout folder (train/<class>/..., val/<class>/...) for timm models")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on N images spread evenly over the eval set (every class of an ImageNet val/ once N >= 1000; smoke runs)")
     p.add_argument("--eval-split", choices=("heldout", "tune"), default="heldout",
                    help="heldout (default): the final numbers, on the tiny zoo's 1,000 held-out digits or ImageNet's "
@@ -45,12 +46,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="override a method config field (repeatable), e.g. --set act_init=minmax")
     p.add_argument("--bits-override", action="append", metavar="REGEX=BITS",
                    help="layer policy: points whose name matches REGEX get BITS (or 'fp'), e.g. '^head\\.=8'")
-
-
-def _path_arg(s: str) -> str:
-    """A path option as an absolute path, ``~`` expanded (a quoted ``~`` or ``--opt=~/x`` is not
-    expanded by the shell): the record names the file wherever it is read from."""
-    return os.path.abspath(os.path.expanduser(s)) if s else s
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -359,11 +354,12 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
                               f"{', '.join(tiny)}")
         raise unknown("tiny-zoo model", args.name, tiny)
     own = tiny_weights_path(args.name)
-    target = Path(args.out).expanduser() if args.out is not None else own
+    target = Path(args.out) if args.out is not None else own  # --out: absolute, ~ expanded (path_arg)
     if args.out is not None:
-        check_writable(args.out, "--out")
-    shipped = target.resolve() == own.resolve()
-    if target.resolve().parent == WEIGHTS_DIR.resolve() and not shipped:
+        check_writable(target, "--out")
+    real = target.resolve()
+    shipped = real == own.resolve()
+    if real.parent == WEIGHTS_DIR.resolve() and not shipped:
         raise ConfigError(f"zoo train {args.name}: --out {args.out}: {WEIGHTS_DIR} holds the shipped checkpoints, "
                           f"one NAME.pth (and its NAME.json) per tiny model; expected a path elsewhere, or no --out "
                           f"(with --force) to replace {own.name}")
@@ -436,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                "(brecq: also --set act_iters=25). `mgrq methods NAME` lists a method's fields.\n"
                "The quantized model is evaluated and dropped; the run record keeps the result.")
     _add_run_options(p)
-    p.add_argument("--record", default=None, type=_path_arg, help="write the JSON run record to this path")
+    p.add_argument("--record", default=None, type=path_arg, help="write the JSON run record to this path")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default 0: torch's default, one per core; the record keeps the number "
                         "as torch_threads). On a CPU a reconstruction's result depends on it: to reproduce a suite "
@@ -456,15 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
                "record's (torch_threads) unless --threads says otherwise. A record made on a GPU needs a GPU "
                "(or --device cpu). It notes a git sha, package versions, a processor (device_name) or a method "
                "module of one's own (module_sha256) that differ from the record's: float results can move with them.")
-    p.add_argument("record_file", metavar="RECORD", type=_path_arg, help="the run record (JSON) to run again")
-    p.add_argument("--record", default=None, type=_path_arg, metavar="PATH",
+    p.add_argument("record_file", metavar="RECORD", type=path_arg, help="the run record (JSON) to run again")
+    p.add_argument("--record", default=None, type=path_arg, metavar="PATH",
                    help="write the new run record to this path (not RECORD itself)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the record's device type)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the record's, on a CPU)")
-    p.add_argument("--data-root", default=None, type=_path_arg, metavar="DIR",
+    p.add_argument("--data-root", default=None, type=path_arg, metavar="DIR",
                    help="where the record's ImageNet-style folder (spec.data_root) is on this machine, when it moved; "
                         "the evaluated and calibration images are compared by name (their ids hashes), not by bytes")
-    p.add_argument("--checkpoint", default=None, type=_path_arg, metavar="FILE",
+    p.add_argument("--checkpoint", default=None, type=path_arg, metavar="FILE",
                    help="where the record's weights file (spec.checkpoint) is on this machine, when it moved; "
                         "compared by content (the weights' SHA-256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -484,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("name", help="tiny_vit, tiny_deit or tiny_swin")
     t.add_argument("--epochs", type=int, default=None, help="default: the zoo entry's recipe")
     t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
-    t.add_argument("--out", default=None, help="checkpoint path (default: mgrq/zoo_weights/<name>.pth, the "
+    t.add_argument("--out", default=None, type=path_arg, help="checkpoint path (default: mgrq/zoo_weights/<name>.pth, the "
                                                "shipped checkpoint); an existing file only with --force")
     t.add_argument("--force", action="store_true", help="replace an existing checkpoint (the shipped "
                                                         "mgrq/zoo_weights/<name>.pth or --out's)")

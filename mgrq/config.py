@@ -5,12 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
 from mgrq.errors import ConfigError, did_you_mean
+
+
+def path_arg(s: str) -> str:
+    """A path option (or ``$MGRQ_RUNS``) as an absolute path, ``~`` expanded: a quoted ``~`` or
+    ``--opt=~/x`` is not expanded by the shell, and would otherwise make a folder named ``~`` in
+    the working directory. The record names the file wherever it is read from."""
+    return os.path.abspath(os.path.expanduser(s)) if s else s
 
 
 def _type_name(typ: Any) -> str:

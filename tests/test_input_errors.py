@@ -655,3 +655,26 @@ def test_a_spec_refuses_an_eval_limit_that_is_not_a_positive_integer(limit):
 
     with pytest.raises(ConfigError, match=rf"^eval_limit={re.escape(repr(limit))}: expected a positive integer$"):
         RunSpec(model="tiny_vit", method="percentile", w_bits=4, a_bits=4, eval_limit=limit)
+
+
+def test_a_tilde_in_a_path_option_means_home_not_a_folder_named_tilde(tmp_path, monkeypatch, capsys):
+    """``--out=~/x`` or a quoted ``~`` reaches us unexpanded; every path option expands it (a
+    folder literally named ``~`` in the working directory was made before)."""
+    import mgrq.zoo
+    from mgrq.cli import build_parser
+    from mgrq.runner.layout import default_out
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    parse = build_parser().parse_args
+    assert parse(["suite", "run", "demo", "--out=~/runs"]).out == str(home / "runs")
+    rep = parse(["report", "demo", "--out", "~/runs", "--dest", "~/rep", "--published-csv", "~/p.csv"])
+    assert (rep.out, rep.dest, rep.published_csv) == (str(home / "runs"), str(home / "rep"), str(home / "p.csv"))
+    monkeypatch.setenv("MGRQ_RUNS", "~/env-runs")
+    assert default_out() == home / "env-runs"
+    calls = []
+    monkeypatch.setattr(mgrq.zoo, "train_tiny", lambda name, out, **k: calls.append(out) or {"out": out})
+    assert main(["zoo", "train", "tiny_vit", "--out=~/t.pth", "--quiet"]) == 0
+    assert calls == [str(home / "t.pth")]
+    assert not (tmp_path / "~").exists()

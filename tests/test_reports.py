@@ -348,7 +348,7 @@ def test_compare_labels_flags_moves_and_new_failures(tmp_path, capsys):
             "interrupted ones) and are skipped" in capsys.readouterr().err)
 
 
-def test_compare_a_run_with_a_results_csv_as_with_its_label(tmp_path, capsys):
+def test_compare_a_run_with_a_results_csv_as_with_its_label(tmp_path, capsys, monkeypatch):
     """`--compare FILE.csv LABEL`: a report's results.csv (a shipped one, another machine's) is the A
     side, cell by cell, with the same rows and flags as the label it came from; the CSV keeps no
     settings, so the note says how many cells ran the same spec (hash) instead."""
@@ -369,6 +369,11 @@ def test_compare_a_run_with_a_results_csv_as_with_its_label(tmp_path, capsys):
     said = f"A is {csv}: a results.csv keeps no settings, so none are compared; 15 of 15 cells in both have the same hash"
     assert f"note: {said} (the same spec)" in by_csv
     assert f"\n{said} (the same spec).\n" in (out / "rep" / "B" / "report" / "compare-csv-A-vs-B.md").read_text()
+    monkeypatch.setenv("HOME", str(tmp_path))  # a quoted ~ reaches us unexpanded
+    assert main(["report", "rep", "--out", str(out), "--compare", "~/shipped/results.csv", "B", "--threshold", "0"]) == 0
+    by_tilde = capsys.readouterr().out
+    assert [ln for ln in by_tilde.splitlines() if ln.startswith("| ")] == rows
+    assert f"note: {said} (the same spec)" in by_tilde
     # another spec in the CSV: its hash names it
     df = pd.read_csv(csv)
     df.loc[(df["model"] == "tiny_vit") & (df["seed"] == 1) & (df["name"] == "percentile"), "hash"] = "0" * 12

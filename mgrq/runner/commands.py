@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mgrq.config import path_arg
+
 EXIT_FAILED_CELLS = 1
 EXIT_MIRROR = 3
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, type=Path,
+    p.add_argument("--out", default=None, type=path_arg,
                    help="runs folder (default ./runs, or $MGRQ_RUNS); holds the records and the default MLflow store")
 
 
@@ -132,9 +134,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--from", dest="source", choices=("records", "mlflow"), default="records",
                     help="read the run records (default) or the MLflow store")
     rp.add_argument("--tracking-uri", default=None, help="with --from mlflow (default: as `mgrq mirror`)")
-    rp.add_argument("--dest", default=None, help="output folder (default <out>/<suite>/<label>/report)")
+    rp.add_argument("--dest", default=None, type=path_arg, help="output folder (default <out>/<suite>/<label>/report)")
     rp.add_argument("--no-published", action="store_true", help="leave out the published reference rows")
-    rp.add_argument("--published-csv", default=None, help="published rows CSV (default reports/published.csv)")
+    rp.add_argument("--published-csv", default=None, type=path_arg, help="published rows CSV (default reports/published.csv)")
     rp.add_argument("--no-pdf", action="store_true", help="do not compile the tables with pdflatex")
     rp.add_argument("--no-figures", action="store_true", help="do not draw the figures")
     rp.add_argument("--paper-captions", action="store_true",

@@ -59,7 +59,7 @@ def check_label(label: str) -> str:
 
 
 def default_out() -> Path:
-    return Path(os.environ.get("MGRQ_RUNS", "runs"))
+    return Path(os.environ.get("MGRQ_RUNS", "runs")).expanduser()
 
 
 @dataclass(frozen=True)
