@@ -145,7 +145,7 @@ class _Probe(LossTerm):
     name, needs_taps = "probe", True
 
     def __init__(self, metric):
-        self.glob = T.GlobalKL(1.0)
+        self.glob = T.GlobalKL(1.0, tau=1.0, every=1, batch=0)  # the whole batch: compared image by image
         self.local = T.LocalAlignment(1.0, metric)
         self.needs_fp_taps = self.local.needs_fp_taps  # kl / mse read the engine's FP taps
         self.seen: dict = {}

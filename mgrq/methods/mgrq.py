@@ -32,14 +32,15 @@ reduce the generalization error), and a *Mixed Granularity Loss Fusion* of the t
   quantizer keeps its calibrated step (straight-through gradient), as in ``brecq``/``qdrop``.
   ``block_loss``: ``mse`` (squared error summed over channels, averaged over tokens and batch)
   or ``fisher`` (weights ``(|g| + fisher_damping)^2``, 1 as BRECQ codes it; ``fisher_damping=0``
-  gives the plain squared gradient). The head unit's block loss is the KL on logits (the engine's).
+  gives the plain squared gradient). The head unit's block loss is the KL on logits (the engine's,
+  at temperature 1: ``global_tau`` is EBGS's and does not change it).
 - EBGS (the paper: it "considers the relationship between block outputs and the model's output,
   aiding block-wise reconstruction through global supervision"; the formula is ours):
   ``w_global * tau^2 * KL(softmax(z_F/tau) || softmax(T_k(U_k^Q(X))/tau))`` with the frozen FP
   tail ``T_k`` and cached FP logits ``z_F``; ``global_tau`` = 1; cost bounded by
   ``global_every`` (evaluated every n-th iteration, its weight is not rescaled) and
   ``global_batch`` (the first images of the batch; 0 = all). Not added to the head unit (global
-  and block coincide there), unless ``w_block = 0`` switches the block term off: then the head
+  and block coincide there, at ``global_tau`` = 1), unless ``w_block = 0`` switches the block term off: then the head
   trains on it (its tail is empty). ``w_global = 0`` switches it off. ``w_block = 0`` needs
   ``w_global > 0``: without either, the patch embedding and the head (no IBLS there) would learn
   from the rounding regularizer alone.

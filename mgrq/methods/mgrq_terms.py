@@ -114,7 +114,7 @@ class GlobalKL(LossTerm):
 
     name = "global"
 
-    def __init__(self, weight: float, tau: float = 1.0, every: int = 1, batch: int = 0):
+    def __init__(self, weight: float, tau: float, every: int, batch: int):  # no defaults: MGRQConfig's are the ones
         self.weight, self.tau, self.every, self.batch = weight, tau, every, batch
         self._tail: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._fp: torch.Tensor | None = None
@@ -149,7 +149,7 @@ class LocalAlignment(LossTerm):
     name = "local"
     needs_taps = True
 
-    def __init__(self, weight: float, metric: str = "moments"):
+    def __init__(self, weight: float, metric: str):
         if metric not in LOCAL_METRICS:
             raise ValueError(f"local_metric={metric!r}: expected one of {', '.join(LOCAL_METRICS)}")
         self.weight, self.metric = weight, metric
