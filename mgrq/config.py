@@ -15,9 +15,10 @@ from mgrq.errors import ConfigError, did_you_mean
 
 
 def path_arg(s: str) -> str:
-    """A path option (or ``$MGRQ_RUNS``) as an absolute path, ``~`` expanded: a quoted ``~`` or
-    ``--opt=~/x`` is not expanded by the shell, and would otherwise make a folder named ``~`` in
-    the working directory. The record names the file wherever it is read from."""
+    """A path option as an absolute path, ``~`` expanded: a quoted ``~`` or ``--opt=~/x`` is not
+    expanded by the shell, and an output folder would otherwise be made as a folder named ``~``
+    in the working directory. The record names the file wherever it is read from.
+    (``$MGRQ_RUNS`` is expanded where it is read, :func:`mgrq.runner.layout.default_out`.)"""
     return os.path.abspath(os.path.expanduser(s)) if s else s
 
 

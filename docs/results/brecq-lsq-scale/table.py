@@ -1,5 +1,5 @@
 """The table of results.md: each cell without the scale beside the ablation-mgrq (intel) cell
-with it, and the per-column paired differences. usage: python tabulate.py RECORDS_DIR"""
+with it, and the per-column paired differences. usage: python docs/results/brecq-lsq-scale/table.py RECORDS_DIR (from the repository root)"""
 import json
 import subprocess
 import sys
