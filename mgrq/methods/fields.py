@@ -101,7 +101,7 @@ GLOSSARY: dict[str, str] = {
     # MGRQ's terms
     "w_block": "weight of the block term (unit output error); 0 switches it off",
     "w_global": "EBGS weight: logit KL via the frozen FP tail; 0 = off",
-    "global_tau": "EBGS KL softmax temperature (the loss is scaled by tau^2; the head unit's own logit KL stays at 1)",
+    "global_tau": "EBGS KL temperature (loss times tau^2; the head's own KL stays at 1)",
     "global_every": "EBGS on every n-th iteration only (its weight is not rescaled)",
     "global_batch": "EBGS: first N images of each batch through the FP tail (0 = all)",
     "w_local": "IBLS weight: per-layer output alignment in block/merge units; 0 = off",
