@@ -40,10 +40,10 @@ reduce the generalization error), and a *Mixed Granularity Loss Fusion* of the t
   tail ``T_k`` and cached FP logits ``z_F``; ``global_tau`` = 1; cost bounded by
   ``global_every`` (evaluated every n-th iteration, its weight is not rescaled) and
   ``global_batch`` (the first images of the batch; 0 = all). Not added to the head unit (global
-  and block coincide there, at ``global_tau`` = 1), unless ``w_block = 0`` switches the block term off: then the head
-  trains on it (its tail is empty). ``w_global = 0`` switches it off. ``w_block = 0`` needs
-  ``w_global > 0``: without either, the patch embedding and the head (no IBLS there) would learn
-  from the rounding regularizer alone.
+  and block coincide there, at ``global_tau`` = 1), unless ``w_block = 0`` switches the block
+  term off: then the head trains on it (its tail is empty). ``w_global = 0`` switches it off.
+  ``w_block = 0`` needs ``w_global > 0``: without either, the patch embedding and the head (no
+  IBLS there) would learn from the rounding regularizer alone.
 - IBLS (the paper: it "reduces generalization errors by aligning the distribution of outputs at
   each layer within a block"; the statistics are ours): on every quantized Linear of block and
   merge units (``qkv``, ``proj``, ``fc1``, ``fc2``; Swin ``reduction``), ``local_metric`` =
