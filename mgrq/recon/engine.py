@@ -414,6 +414,13 @@ class Reconstructor:
         checks: list[tuple[int, float]] = []
         curve: list[tuple[int, float]] = []
         first: dict[str, float] = {}
+
+        def stop(what: str, expected: str) -> ReconstructionError:
+            """The error that stops the run at this unit and stage (the caller puts the model back)."""
+            return ReconstructionError(f"{self.desc}: unit {unit.name} ({stage.name} stage): {what}; the run stops; "
+                                       f"expected {expected} (try a lower learning rate, lr_round or lr_step, or "
+                                       "check the weights and the calibration images)")
+
         try:
             with stream_ctx:
                 for it in range(stage.iters):
@@ -424,11 +431,8 @@ class Reconstructor:
                     if (it + 1) % cfg.check_every == 0 or it + 1 == stage.iters:
                         now = tr.read()
                         if now["bad_at"] >= 0:
-                            raise ReconstructionError(
-                                f"{self.desc}: unit {unit.name} ({stage.name} stage): the loss became "
-                                f"{now['bad_value']} at iteration {int(now['bad_at'])} of {stage.iters}; "
-                                "the run stops; expected a finite loss (try a lower learning rate, lr_round "
-                                "or lr_step, or check the weights and the calibration images)")
+                            raise stop(f"the loss became {now['bad_value']} at iteration {int(now['bad_at'])} "
+                                       f"of {stage.iters}", "a finite loss")
                         checks.append((it + 1, time.perf_counter()))
                         curve.append((it + 1, now["total"]))
                         pbar.set_postfix(loss=f"{now['total']:.4g}")
@@ -442,11 +446,8 @@ class Reconstructor:
         last = tr.read()
         bad = tr.nonfinite_learned()  # the last update has no loss after it to show a NaN
         if bad:
-            raise ReconstructionError(
-                f"{self.desc}: unit {unit.name} ({stage.name} stage): the learned {bad} "
-                f"in the last update (iteration {stage.iters} of {stage.iters}, after a finite loss); the run "
-                "stops; expected finite steps and rounding variables that are not NaN (try a lower learning "
-                "rate, lr_round or lr_step, or check the weights and the calibration images)")
+            raise stop(f"the learned {bad} in the last update (iteration {stage.iters} of {stage.iters}, after a "
+                       "finite loss)", "finite steps and rounding variables that are not NaN")
         steady = wall / stage.iters
         if len(checks) >= 3:
             (i1, t1), (i2, t2) = checks[1], checks[-1]
