@@ -638,9 +638,10 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     if _is_csv(label_b):
         raise ConfigError(f"--compare {label_a} {label_b}: LABEL_B is a file; expected a label of suite {suite}'s runs "
                           "(a results.csv may be LABEL_A: the numbers to compare the run with)")
+    csv_a = None
     if _is_csv(label_a):  # named as the file it is (a quoted ~ reaches us unexpanded)
         label_a = str(Path(label_a).expanduser())
-    csv_a = _csv_side(Path(label_a), suite) if _is_csv(label_a) else None
+        csv_a = _csv_side(Path(label_a), suite)
     b = _label(out, suite, label_b, source, uri)
     a = f"csv-{csv_a['label'].iloc[0]}" if csv_a is not None else _label(out, suite, label_a, source, uri)
     if a == b:
