@@ -25,7 +25,7 @@ What it does (every constant from the reference):
   The final norm -> head pair is not reparameterized.
 - The weight quantizers of the reparameterized Linears are re-initialized on the new weights.
 
-Deviations from the reference (the last one, by default, changes calibrated values; the others
+Deviations from the reference (the quantiles change calibrated values by default; the first two
 only by float round-off):
 
 - The reference re-initializes those weight quantizers through a second forward pass over the
@@ -36,17 +36,20 @@ only by float round-off):
   Python loop over channels; division ``x / d`` is computed as ``x * (1 / d)`` (torch's
   fake-quant convention): values can differ in the last bit at exact rounding ties.
 - The quantiles (``quantile``): by default the rank ``pct * (n - 1)`` is taken from ``pct`` as
-  given. The reference calls ``torch.quantile``, which first rounds ``pct`` to float32 (0.999
-  becomes 0.99900001287); ``quantile=torch`` computes that, bit for bit. This is not float
-  round-off of one value: the quantiles move by up to ~1e-4 relative, and since the calibration
-  is sequential and discrete the moves compound (compared quantizer by quantizer with the
-  reference's own quantizer code on the tiny zoo: tiny_vit W4A4 ends with a post-softmax step
-  12% apart in block 2, and 94.0 against the reference's 94.2). With
-  ``quantile=torch`` every calibrated step and zero point of tiny_vit, tiny_deit and tiny_swin at
-  W4A4 and W3A3 equalled the reference code's, and so did top-1 except tiny_swin W3A3 (90.1
-  against 90.2: the division above, at evaluation); at W6A6 the division still moved some
-  steps (tiny_swin: 97.7 against 97.8). The default keeps the percentile as written, the
-  paper's, and every shipped result; the switch was added on 2026-11-28.
+  given. The reference calls ``torch.quantile``, whose result depends on the torch release. Up to
+  2.13 (every release of the reference's era) it rounds ``pct`` to float32 (0.999 becomes
+  0.99900001287), takes the rank in float32 too, and refuses tensors over 2^24 elements, where
+  the reference's ``except`` branch takes ``numpy.percentile`` (float64 rank); ``quantile=torch``
+  computes that. From 2.14 on it rounds ``pct`` to float32 and takes the rank in float64 at any
+  size; ``quantile=torch2.14`` computes that. This is not float round-off of one value: the
+  quantiles move by up to ~1e-4 relative, and since the calibration is sequential and discrete
+  the moves compound. Given the same tensors, RepQ-ViT's own quantizer code on torch 2.13.0 and
+  ``quantile=torch`` chose the same step and zero point in all 648 searches of tiny_vit, tiny_deit
+  and tiny_swin at W4A4, W3A3 and W6A6, and so did the code on torch 2.14.1 and
+  ``quantile=torch2.14``; crossed, 581 and 585 of them differ. Top-1 moves with the mode by up to
+  0.7 points (tiny_vit W6A6: 95.0 exact, 95.3 torch, 94.6 torch2.14;
+  ``docs/results/repq-quantile-torch/``), so the reference's own number depends on the torch it
+  ran on. The default keeps the percentile as written, the paper's, and every shipped result.
 - timm >= 1.0 instead of timm 0.4.12: Swin blocks hold ``[B, H, W, C]`` tensors and
   ``PatchMerging`` opens each stage instead of closing it (the same weights, renamed). As in
   the reference, ViT attention quantizes ``q`` before the ``head_dim^-0.5`` scale and Swin
@@ -59,7 +62,8 @@ Switches (config fields, recorded in the run record's ``method.config``):
 - ``softmax_quantizer``: ``log_sqrt2`` (RepQ-ViT), ``log2`` or ``uniform`` (ablations).
 - ``reparameterize``: ``True`` (RepQ-ViT); ``False`` keeps the post-LayerNorm inputs per-channel
   (the reference's intermediate state: not realizable with integer kernels, an ablation only).
-- ``quantile``: ``exact`` (default) or ``torch`` (as coded; see the deviations above).
+- ``quantile``: ``exact`` (default), ``torch`` or ``torch2.14`` (as coded, on torch <= 2.13 or
+  >= 2.14; see the deviations above).
 """
 
 from __future__ import annotations
@@ -76,10 +80,9 @@ from mgrq.methods.percentile import check_softmax_quantizer
 from mgrq.methods.registry import RunContext, register_method
 from mgrq.quant import point as P
 from mgrq.quant.calib import lazy_init
+from mgrq.quant.functional import QUANTILE_MODES
 from mgrq.quant.quantizers import PER_TENSOR, LogQuantizer, UniformQuantizer, per_channel
 from mgrq.surgery import QuantModel
-
-QUANTILES = ("exact", "torch")  # the percentile search's quantiles: q as given, or torch.quantile's float32 q
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,8 @@ class RepQViTConfig:
         check_softmax_quantizer(self.softmax_quantizer)
         if not isinstance(self.reparameterize, bool):
             raise ValueError(f"reparameterize={self.reparameterize!r}: expected true or false")
-        if self.quantile not in QUANTILES:
-            raise ValueError(f"quantile={self.quantile!r}: expected one of {', '.join(QUANTILES)}")
+        if self.quantile not in QUANTILE_MODES:
+            raise ValueError(f"quantile={self.quantile!r}: expected one of {', '.join(QUANTILE_MODES)}")
 
 
 def reparam_sites(qmodel: QuantModel) -> list[tuple[str, str]]:
@@ -112,16 +115,15 @@ def reparam_sites(qmodel: QuantModel) -> list[tuple[str, str]]:
 def make_quantizer(p: P.QuantPoint, x: torch.Tensor, cfg: RepQViTConfig, channelwise: bool) -> nn.Module:
     """RepQ-ViT's quantizer for point ``p``, initialized from ``x`` (three-percentile search)."""
     assert p.bits is not None
-    float32_q = cfg.quantile == "torch"
     if p.kind == "weight":
         q = UniformQuantizer(p.bits, granularity=per_channel(0)).to(x.device)
     elif p.tag == P.POST_SOFTMAX and cfg.softmax_quantizer != "uniform":
         lq = LogQuantizer(p.bits, "sqrt2" if cfg.softmax_quantizer == "log_sqrt2" else "2").to(x.device)
-        lq.init_percentile(x, float32_q=float32_q)
+        lq.init_percentile(x, quantile=cfg.quantile)
         return lq
     else:
         q = UniformQuantizer(p.bits, granularity=per_channel(-1) if channelwise else PER_TENSOR).to(x.device)
-    q.init_percentile(x, float32_q=float32_q)
+    q.init_percentile(x, quantile=cfg.quantile)
     return q
 
 

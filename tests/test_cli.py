@@ -82,7 +82,7 @@ def _expected_names(message):
     """The names an ``expected one of a, b`` / ``expected 'a', 'b' or 'c'`` error lists."""
     import re
 
-    return set(re.findall(r"[\w+]+", message.split("expected", 1)[1])) - {"one", "of", "or"}
+    return set(re.findall(r"[\w+]+(?:\.\w+)*", message.split("expected", 1)[1])) - {"one", "of", "or"}
 
 
 def test_method_fields_choices_are_what_validation_accepts():

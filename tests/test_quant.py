@@ -145,18 +145,59 @@ def test_quantile_rows_matches_torch_quantile():
         assert torch.allclose(QF.quantile_rows(x, q), torch.quantile(x, q, dim=1), atol=1e-6)
 
 
-def test_quantile_rows_float32_q_is_torch_quantile_bit_for_bit():
-    """``float32_q``: torch.quantile's own result (the reference RepQ-ViT code calls it), which
-    rounds q to float32 first; the default takes q as given and differs by more than one bit."""
+TORCH_214 = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14)
+
+
+def test_quantile_rows_torch_modes_are_the_installed_torch_quantile_bit_for_bit():
+    """The mode of the installed torch gives torch.quantile's own result (the reference RepQ-ViT
+    code calls it), bit for bit; the default takes q as given and differs by more than one bit."""
+    mode = "torch2.14" if TORCH_214 else "torch"
     g = torch.Generator().manual_seed(0)
     moved = 0
     for n in (1001, 4097, 32 * 65 * 96, 123457):
         x = torch.randn(3, n, generator=g)
         for q in (0.001, 0.0001, 0.00001, 0.5, 0.999, 0.9999, 0.99999):
             ref = torch.quantile(x, q, dim=1)
-            assert torch.equal(QF.quantile_rows(x, q, float32_q=True), ref), (n, q)
+            assert torch.equal(QF.quantile_rows(x, q, mode), ref), (n, q)
             moved += int(((QF.quantile_rows(x, q) - ref).abs() > 1e-6 * ref.abs()).sum())
     assert moved > 0
+
+
+def test_quantile_rows_torch_mode_is_torch_2_13_with_the_references_fallback():
+    """``torch``: what the reference code got from torch 2.13 (float32 ranks; over 2^24 elements
+    torch refused and the reference took numpy.percentile), bit for bit, from a file recorded with
+    torch 2.13.0 (``tests/data/make_torch_quantile_fixture.py``). ``torch2.14`` differs from it
+    on small rows and large ones alike."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    rec = json.loads((Path(__file__).parent / "data" / "torch_quantile_2.13.0.json").read_text())
+    assert rec["torch"].startswith("2.13.0")
+    inputs, differs, checked = {}, set(), set()
+    for case in rec["cases"]:
+        rows, n, q = case["rows"], case["n"], case["q"]
+        if n >= QF.TORCH_QUANTILE_CAP and q not in (0.999, 1.0 - 0.999):
+            continue  # at the cap and past it, two quantiles are enough (kept fast)
+        if (rows, n) not in inputs:
+            x = np.random.default_rng(0).standard_normal((rows, n), dtype=np.float32)
+            assert float(x.astype(np.float64).sum()) == rec["input_sums"][f"{rows}x{n}"]  # the same inputs
+            inputs = {(rows, n): torch.from_numpy(x)}
+        x = inputs[(rows, n)]
+        want = torch.tensor([float.fromhex(v) for v in case["values"]])
+        got = QF.quantile_rows(x, q, "torch")
+        assert torch.equal(got, want), (rows, n, q, got.tolist(), want.tolist())
+        checked.add(n)
+        if n < QF.TORCH_QUANTILE_CAP and not torch.equal(QF.quantile_rows(x, q, "torch2.14"), want):
+            differs.add(n)
+    assert max(checked) > QF.TORCH_QUANTILE_CAP  # the reference's numpy fallback was reached
+    assert differs == {n for n in checked if n < QF.TORCH_QUANTILE_CAP}  # torch 2.14 moves every size
+
+
+def test_quantile_rows_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match=r"quantile mode 'float32': expected one of exact, torch, torch2.14"):
+        QF.quantile_rows(torch.randn(1, 10), 0.5, "float32")
 
 
 def _candidate_errors(x, bits, gran=None):

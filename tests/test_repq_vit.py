@@ -71,18 +71,20 @@ def test_quantizer_placement_and_reinitialized_weights():
 
 
 @torch.no_grad()
-def test_quantile_torch_reaches_every_search():
-    """``quantile=torch``: the searches take torch.quantile's quantiles (the reference's); the
-    re-initialized weight quantizer equals a fresh search with them, not the default's."""
-    _, qm, _ = _run("tiny_vit", RepQViTConfig(quantile="torch"))
+@pytest.mark.parametrize("mode", ["torch", "torch2.14"])
+def test_quantile_modes_reach_every_search(mode):
+    """``quantile=torch`` / ``torch2.14``: the searches take torch.quantile's quantiles (the
+    reference's, on its torch or today's); the re-initialized weight quantizer equals a fresh
+    search with them, not the default's, and so do the post-softmax steps."""
+    _, qm, _ = _run("tiny_vit", RepQViTConfig(quantile=mode))
     lin = qm.submodule("blocks.0.attn.qkv")
     steps = {}
-    for f32 in (True, False):
+    for m in (mode, "exact"):
         fresh = UniformQuantizer(4, granularity=lin.weight_q.quantizer.granularity)
-        fresh.init_percentile(lin.weight, float32_q=f32)
-        steps[f32] = fresh.scale
-    assert torch.equal(lin.weight_q.quantizer.scale, steps[True])
-    assert not torch.equal(steps[True], steps[False])
+        fresh.init_percentile(lin.weight, quantile=m)
+        steps[m] = fresh.scale
+    assert torch.equal(lin.weight_q.quantizer.scale, steps[mode])
+    assert not torch.equal(steps[mode], steps["exact"])
     _, qm_exact, _ = _run("tiny_vit")
     soft = [p.name for p in qm.points() if p.tag == P.POST_SOFTMAX]
     assert any(not torch.equal(qm.point(n).quantizer.scale, qm_exact.point(n).quantizer.scale) for n in soft)
@@ -116,5 +118,5 @@ def test_config_is_validated():
     with pytest.raises(ConfigError, match="softmax_quantizer"):
         build_config(RepQViTConfig, {"softmax_quantizer": "sqrt3"})
     assert build_config(RepQViTConfig, {"reparameterize": "false"}).reparameterize is False
-    with pytest.raises(ConfigError, match=r"quantile='float32': expected one of exact, torch"):
+    with pytest.raises(ConfigError, match=r"quantile='float32': expected one of exact, torch, torch2.14"):
         build_config(RepQViTConfig, {"quantile": "float32"})

@@ -18,11 +18,11 @@ from typing import Any, NamedTuple
 
 from baselines.brecq import ACT_INPUTS
 from baselines.ptq4vit import HESSIAN_GRADS, METRICS
-from baselines.repq_vit import QUANTILES
 from mgrq.methods.mgrq_terms import LOCAL_METRICS
 from mgrq.methods.percentile import INITS as SEARCHES
 from mgrq.methods.percentile import SOFTMAX_QUANTIZERS
 from mgrq.methods.registry import Method, get_method
+from mgrq.quant.functional import QUANTILE_MODES
 from mgrq.quant.twin import TWIN_MODES
 from mgrq.recon.config import (
     AUTOCASTS,
@@ -53,7 +53,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "twin_softmax": TWIN_MODES,
     "local_metric": LOCAL_METRICS,  # mgrq/methods/mgrq.py MGRQConfig
     "act_input": ACT_INPUTS,  # baselines/brecq.py BrecqConfig
-    "quantile": QUANTILES,  # baselines/repq_vit.py RepQViTConfig
+    "quantile": QUANTILE_MODES,  # baselines/repq_vit.py RepQViTConfig
 }
 
 # Field -> meaning. Where several methods share a name, the line holds for all of them unless
@@ -61,7 +61,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 GLOSSARY: dict[str, str] = {
     # calibration-only methods (percentile, repq_vit, ptq4vit, base_ptq)
     "reparameterize": "fold per-channel post-LayerNorm scales into LN + next Linear (false: keep them)",
-    "quantile": "percentile quantiles: pct as given, or as torch.quantile (ref. code)",
+    "quantile": "pct as given, or the ref.'s torch.quantile (<=2.13, 2.14+)",
     "alpha": "smallest step factor searched: candidates d0 * (alpha + i (beta - alpha) / n)",
     "beta": "end of the step factor range searched, exclusive (see alpha)",
     "n_candidates": "step candidates per search (n)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from mgrq.errors import ConfigError
@@ -151,29 +152,55 @@ def channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
     return x.movedim(axis, 0).reshape(x.shape[axis], -1)
 
 
-def quantile_rows(x2d: torch.Tensor, q: float, float32_q: bool = False) -> torch.Tensor:
+# How a percentile search takes its quantiles (``quantile_rows``'s ``mode``; ``repq_vit``'s
+# ``quantile`` field): q as given, or as the reference's ``torch.quantile`` call computes it, on
+# the torch releases up to 2.13 (``torch``) or from 2.14 on (``torch2.14``).
+QUANTILE_MODES = ("exact", "torch", "torch2.14")
+TORCH_QUANTILE_CAP = 2**24  # torch.quantile's input limit before 2.14 ("input tensor is too large")
+
+
+def quantile_rows(x2d: torch.Tensor, q: float, mode: str = "exact") -> torch.Tensor:
     """Per-row quantile of ``x2d`` ``[R, n]`` with linear interpolation, without
     ``torch.quantile``'s 16M-element input limit. Returns ``[R]``.
 
-    Default: the rank ``q * (n - 1)`` from ``q`` as given (float64). ``float32_q``: what
-    ``torch.quantile`` computes, bit for bit: ``q`` is first rounded to float32 (0.999 becomes
-    0.99900001287) and the two order statistics are joined by ``torch.lerp``. The two differ by
-    up to ~1e-4 relative on random rows, enough to move a calibration that is sequential and
-    discrete (RepQ-ViT's: ``baselines/README.md``)."""
+    ``mode`` (:data:`QUANTILE_MODES`):
+
+    - ``exact`` (default): the rank ``q * (n - 1)`` from ``q`` as given, in float64.
+    - ``torch``: what RepQ-ViT's reference code gets on every torch release up to 2.13, bit for
+      bit: ``torch.quantile`` rounds ``q`` to float32 (0.999 becomes 0.99900001287) and takes
+      the rank ``q * (n - 1)`` in float32 too, so above 2^21 elements its fraction is coarse;
+      rows over 2^24 elements it refuses, and the reference's ``except`` branch then takes
+      ``numpy.percentile(x, q * 100)`` (float64 rank), cast to float32, which is computed here
+      by the same call.
+    - ``torch2.14``: what ``torch.quantile`` computes from torch 2.14 on, bit for bit: ``q``
+      rounded to float32, the rank in float64, no size limit.
+
+    The modes differ by up to ~1e-4 relative on random rows, enough to move a calibration that
+    is sequential and discrete (RepQ-ViT's: ``baselines/README.md``)."""
+    if mode not in QUANTILE_MODES:
+        raise ValueError(f"quantile mode {mode!r}: expected one of {', '.join(QUANTILE_MODES)}")
     n = x2d.shape[1]
-    if float32_q:
-        q = torch.tensor(q, dtype=torch.float32).item()
-    pos = q * (n - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, n - 1)
-    frac = pos - lo
+    if mode == "torch" and n > TORCH_QUANTILE_CAP:
+        rows = x2d.detach().float().cpu().numpy()
+        vals = [torch.tensor(np.percentile(r, q * 100), dtype=torch.float32) for r in rows]
+        return torch.stack(vals).to(x2d.device)
+    if mode == "torch":
+        rank32 = torch.tensor(q, dtype=torch.float32) * (n - 1)
+        lo = int(rank32)
+        frac: float | torch.Tensor = rank32 - lo  # float32, exact
+    else:
+        if mode == "torch2.14":
+            q = torch.tensor(q, dtype=torch.float32).item()
+        pos = q * (n - 1)
+        lo = math.floor(pos)
+        frac = pos - lo
     v_lo = torch.kthvalue(x2d, lo + 1, dim=1).values
-    if frac == 0.0 or hi == lo:
+    if float(frac) == 0.0 or lo == n - 1:
         return v_lo
-    v_hi = torch.kthvalue(x2d, hi + 1, dim=1).values
-    if float32_q:
-        return torch.lerp(v_lo, v_hi, torch.tensor(frac, dtype=x2d.dtype, device=x2d.device))
-    return v_lo + (v_hi - v_lo) * frac
+    v_hi = torch.kthvalue(x2d, lo + 2, dim=1).values
+    if mode == "exact":
+        return v_lo + (v_hi - v_lo) * frac
+    return torch.lerp(v_lo, v_hi, torch.as_tensor(frac, dtype=x2d.dtype).to(x2d.device))
 
 
 def lp_error(x2d: torch.Tensor, x_hat2d: torch.Tensor, p: float) -> torch.Tensor:

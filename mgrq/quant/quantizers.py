@@ -156,17 +156,17 @@ class UniformQuantizer(nn.Module):
         self.set_params(*self._params_for(lo, hi))
 
     def init_percentile(self, x: torch.Tensor, percentiles: Sequence[float] = PERCENTILES, p: float = 2.0,
-                        float32_q: bool = False) -> None:
+                        quantile: str = "exact") -> None:
         """RepQ-ViT's search: for each ``pct``, ``max = quantile(x, pct)``,
         ``min = quantile(x, 1 - pct)``; keep, per step, the candidate with the lowest mean
-        ``|x - x_hat|^p``. ``float32_q``: quantiles as ``torch.quantile`` computes them
-        (:func:`~mgrq.quant.functional.quantile_rows`)."""
+        ``|x - x_hat|^p``. ``quantile``: how the quantiles are taken (``exact``, or as the
+        reference's ``torch.quantile`` call: :func:`~mgrq.quant.functional.quantile_rows`)."""
         QF.check_finite(x, "UniformQuantizer.init_percentile")
         rows = _rows(x, self.granularity)
         best_err = best_s = best_z = None
         for pct in percentiles:
-            hi = QF.quantile_rows(rows, pct, float32_q)
-            lo = QF.quantile_rows(rows, 1.0 - pct, float32_q)
+            hi = QF.quantile_rows(rows, pct, quantile)
+            lo = QF.quantile_rows(rows, 1.0 - pct, quantile)
             s, z = self._params_for(lo, hi)
             err = QF.lp_error(rows, self._quant_rows(rows, s, z), p)
             if best_err is None:
@@ -254,14 +254,14 @@ class LogQuantizer(nn.Module):
         self.initialized = True
 
     def init_percentile(self, x: torch.Tensor, percentiles: Sequence[float] = PERCENTILES,
-                        float32_q: bool = False) -> None:
+                        quantile: str = "exact") -> None:
         """RepQ-ViT's search: candidate steps ``quantile(x, pct)``; keep the lowest MSE
-        (``float32_q``: as for :meth:`UniformQuantizer.init_percentile`)."""
+        (``quantile``: as for :meth:`UniformQuantizer.init_percentile`)."""
         QF.check_finite(x, "LogQuantizer.init_percentile")
         rows = x.detach().float().reshape(1, -1)
         best = None
         for pct in percentiles:
-            d = QF.quantile_rows(rows, pct, float32_q)[0].clamp_min(QF.SCALE_FLOOR)
+            d = QF.quantile_rows(rows, pct, quantile)[0].clamp_min(QF.SCALE_FLOOR)
             err = float(((rows - self.quant(rows, d)) ** 2).mean())
             if best is None or err < best[0]:
                 best = (err, d)
