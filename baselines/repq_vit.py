@@ -39,17 +39,19 @@ only by float round-off):
   given. The reference calls ``torch.quantile``, whose result depends on the torch release. Up to
   2.13 (every release of the reference's era) it rounds ``pct`` to float32 (0.999 becomes
   0.99900001287), takes the rank in float32 too, and refuses tensors over 2^24 elements, where
-  the reference's ``except`` branch takes ``numpy.percentile`` (float64 rank); ``quantile=torch``
+  the reference's ``except`` branch takes ``numpy.percentile`` (float64 rank); ``quantile=torch2.13``
   computes that. From 2.14 on it rounds ``pct`` to float32 and takes the rank in float64 at any
   size; ``quantile=torch2.14`` computes that. This is not float round-off of one value: the
-  quantiles move by up to ~1e-4 relative, and since the calibration is sequential and discrete
-  the moves compound. Given the same tensors, RepQ-ViT's own quantizer code on torch 2.13.0 and
-  ``quantile=torch`` chose the same step and zero point in all 648 searches of tiny_vit, tiny_deit
-  and tiny_swin at W4A4, W3A3 and W6A6, and so did the code on torch 2.14.1 and
-  ``quantile=torch2.14``; crossed, 581 and 585 of them differ. Top-1 moves with the mode by up to
-  0.7 points (tiny_vit W6A6: 95.0 exact, 95.3 torch, 94.6 torch2.14;
-  ``docs/results/repq-quantile-torch/``), so the reference's own number depends on the torch it
-  ran on. The default keeps the percentile as written, the paper's, and every shipped result.
+  quantiles move by a few 1e-4 relative on rows of millions of elements, and since the
+  calibration is sequential and discrete the moves compound. Given the tensors our calibration
+  reaches, RepQ-ViT's own quantizer code on torch 2.13.0 and ``quantile=torch2.13`` chose the
+  same step and zero point in all 648 searches of tiny_vit, tiny_deit and tiny_swin at W4A4, W3A3
+  and W6A6, and so did the code on torch 2.14.1 and ``quantile=torch2.14``; crossed, 581 and 585
+  of them differ. Our top-1 moves with the mode by up to 0.7 points (tiny_vit W6A6: 95.0 exact,
+  95.3 torch2.13, 94.6 torch2.14; ``docs/results/repq-quantile-torch/``), so the reference's own
+  number most likely depends on the torch it ran on (inferred: the reference was not run end to
+  end on torch 2.13). The default keeps the percentile as written, the paper's, and every
+  shipped result.
 - timm >= 1.0 instead of timm 0.4.12: Swin blocks hold ``[B, H, W, C]`` tensors and
   ``PatchMerging`` opens each stage instead of closing it (the same weights, renamed). As in
   the reference, ViT attention quantizes ``q`` before the ``head_dim^-0.5`` scale and Swin
@@ -62,7 +64,7 @@ Switches (config fields, recorded in the run record's ``method.config``):
 - ``softmax_quantizer``: ``log_sqrt2`` (RepQ-ViT), ``log2`` or ``uniform`` (ablations).
 - ``reparameterize``: ``True`` (RepQ-ViT); ``False`` keeps the post-LayerNorm inputs per-channel
   (the reference's intermediate state: not realizable with integer kernels, an ablation only).
-- ``quantile``: ``exact`` (default), ``torch`` or ``torch2.14`` (as coded, on torch <= 2.13 or
+- ``quantile``: ``exact`` (default), ``torch2.13`` or ``torch2.14`` (as coded, on torch <= 2.13 or
   >= 2.14; see the deviations above).
 """
 
@@ -95,6 +97,9 @@ class RepQViTConfig:
         check_softmax_quantizer(self.softmax_quantizer)
         if not isinstance(self.reparameterize, bool):
             raise ValueError(f"reparameterize={self.reparameterize!r}: expected true or false")
+        if self.quantile == "torch":  # the name of torch2.14 from 2026-11-28 to 2026-11-29
+            raise ValueError("quantile='torch': renamed; 'torch2.14' is what it computed (torch.quantile from "
+                             "torch 2.14 on), 'torch2.13' is the reference's own torch (<= 2.13)")
         if self.quantile not in QUANTILE_MODES:
             raise ValueError(f"quantile={self.quantile!r}: expected one of {', '.join(QUANTILE_MODES)}")
 

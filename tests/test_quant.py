@@ -151,7 +151,7 @@ TORCH_214 = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]
 def test_quantile_rows_torch_modes_are_the_installed_torch_quantile_bit_for_bit():
     """The mode of the installed torch gives torch.quantile's own result (the reference RepQ-ViT
     code calls it), bit for bit; the default takes q as given and differs by more than one bit."""
-    mode = "torch2.14" if TORCH_214 else "torch"
+    mode = "torch2.14" if TORCH_214 else "torch2.13"
     g = torch.Generator().manual_seed(0)
     moved = 0
     for n in (1001, 4097, 32 * 65 * 96, 123457):
@@ -163,11 +163,11 @@ def test_quantile_rows_torch_modes_are_the_installed_torch_quantile_bit_for_bit(
     assert moved > 0
 
 
-def test_quantile_rows_torch_mode_is_torch_2_13_with_the_references_fallback():
-    """``torch``: what the reference code got from torch 2.13 (float32 ranks; over 2^24 elements
-    torch refused and the reference took numpy.percentile), bit for bit, from a file recorded with
-    torch 2.13.0 (``tests/data/make_torch_quantile_fixture.py``). ``torch2.14`` differs from it
-    on small rows and large ones alike."""
+def test_quantile_rows_torch2_13_is_torch_2_13_with_the_references_fallback():
+    """``torch2.13``: what the reference code got from torch 2.13 (float32 ranks; over 2^24
+    elements torch refused and the reference took numpy.percentile), bit for bit, from a file
+    recorded with torch 2.13.0 (``tests/data/make_torch_quantile_fixture.py``). ``torch2.14``
+    differs from it at every size below the cap."""
     import json
     from pathlib import Path
 
@@ -186,7 +186,7 @@ def test_quantile_rows_torch_mode_is_torch_2_13_with_the_references_fallback():
             inputs = {(rows, n): torch.from_numpy(x)}
         x = inputs[(rows, n)]
         want = torch.tensor([float.fromhex(v) for v in case["values"]])
-        got = QF.quantile_rows(x, q, "torch")
+        got = QF.quantile_rows(x, q, "torch2.13")
         assert torch.equal(got, want), (rows, n, q, got.tolist(), want.tolist())
         checked.add(n)
         if n < QF.TORCH_QUANTILE_CAP and not torch.equal(QF.quantile_rows(x, q, "torch2.14"), want):
@@ -195,8 +195,31 @@ def test_quantile_rows_torch_mode_is_torch_2_13_with_the_references_fallback():
     assert differs == {n for n in checked if n < QF.TORCH_QUANTILE_CAP}  # torch 2.14 moves every size
 
 
+def test_quantile_rows_torch2_13_past_the_cap_is_numpy_percentile_row_by_row(monkeypatch):
+    """Past the cap (lowered here to keep it fast) every row is ``numpy.percentile(row, q * 100)``
+    cast to float32, as the reference's ``except`` branch computes it per channel."""
+    import numpy as np
+
+    monkeypatch.setattr(QF, "TORCH_QUANTILE_CAP", 1000)
+    x = torch.randn(4, 1001, generator=torch.Generator().manual_seed(0))
+    f32 = 0
+    for q in (0.0, 0.001, 0.5, 0.999, 0.99999, 1.0, *np.random.default_rng(2).uniform(0, 1, 16)):
+        want = torch.tensor([np.percentile(r, q * 100) for r in x.numpy()], dtype=torch.float32)
+        assert torch.equal(QF.quantile_rows(x, float(q), "torch2.13"), want), q
+        monkeypatch.setattr(QF, "TORCH_QUANTILE_CAP", 2**24)
+        f32 += int((QF.quantile_rows(x, float(q), "torch2.13") != want).sum())  # the float32 rank's value
+        monkeypatch.setattr(QF, "TORCH_QUANTILE_CAP", 1000)
+    assert f32 > 0  # below the cap the same rows take other values: the branch is what decides
+
+
+def test_quantile_rows_torch_modes_take_float32_rows_only():
+    with pytest.raises(ValueError, match=r"'torch2.13' stands for torch.quantile on float32 rows; got torch.float64"):
+        QF.quantile_rows(torch.randn(1, 10, dtype=torch.float64), 0.5, "torch2.13")
+    assert QF.quantile_rows(torch.randn(1, 10, dtype=torch.float64), 0.5).dtype == torch.float64  # exact: any
+
+
 def test_quantile_rows_rejects_an_unknown_mode():
-    with pytest.raises(ValueError, match=r"quantile mode 'float32': expected one of exact, torch, torch2.14"):
+    with pytest.raises(ValueError, match=r"quantile mode 'float32': expected one of exact, torch2.13, torch2.14"):
         QF.quantile_rows(torch.randn(1, 10), 0.5, "float32")
 
 
@@ -312,7 +335,7 @@ def test_log_quantizer_percentile_init_picks_lowest_error_candidate(base):
     fn = QF.log_sqrt2_quant if base == "sqrt2" else QF.log2_quant
     errs = {}
     for pct in (0.999, 0.9999, 0.99999):
-        d = torch.quantile(attn.reshape(-1).double(), pct).float()  # float64: fp32 positions lose the fraction
+        d = torch.quantile(attn.reshape(-1).double(), pct).float()  # float64: torch <= 2.13 takes a float32 rank for fp32
         errs[pct] = (float(((fn(attn, d, 4) - attn) ** 2).mean()), d)
     pct = min(errs, key=lambda k: errs[k][0])
     err, best = errs[pct]

@@ -70,12 +70,18 @@ def test_quantizer_placement_and_reinitialized_weights():
     torch.testing.assert_close(lin.weight_q.quantizer.scale, fresh.scale, rtol=0, atol=0)
 
 
+@pytest.fixture(scope="module")
+def exact_tiny_vit():
+    with torch.no_grad():
+        return _run("tiny_vit")[1]
+
+
 @torch.no_grad()
-@pytest.mark.parametrize("mode", ["torch", "torch2.14"])
-def test_quantile_modes_reach_every_search(mode):
-    """``quantile=torch`` / ``torch2.14``: the searches take torch.quantile's quantiles (the
+@pytest.mark.parametrize("mode", ["torch2.13", "torch2.14"])
+def test_quantile_modes_reach_every_search(mode, exact_tiny_vit):
+    """``quantile=torch2.13`` / ``torch2.14``: the searches take torch.quantile's quantiles (the
     reference's, on its torch or today's); the re-initialized weight quantizer equals a fresh
-    search with them, not the default's, and so do the post-softmax steps."""
+    search with them, not the default's, and the post-softmax steps move too."""
     _, qm, _ = _run("tiny_vit", RepQViTConfig(quantile=mode))
     lin = qm.submodule("blocks.0.attn.qkv")
     steps = {}
@@ -85,9 +91,8 @@ def test_quantile_modes_reach_every_search(mode):
         steps[m] = fresh.scale
     assert torch.equal(lin.weight_q.quantizer.scale, steps[mode])
     assert not torch.equal(steps[mode], steps["exact"])
-    _, qm_exact, _ = _run("tiny_vit")
     soft = [p.name for p in qm.points() if p.tag == P.POST_SOFTMAX]
-    assert any(not torch.equal(qm.point(n).quantizer.scale, qm_exact.point(n).quantizer.scale) for n in soft)
+    assert any(not torch.equal(qm.point(n).quantizer.scale, exact_tiny_vit.point(n).quantizer.scale) for n in soft)
 
 
 @torch.no_grad()
@@ -118,5 +123,7 @@ def test_config_is_validated():
     with pytest.raises(ConfigError, match="softmax_quantizer"):
         build_config(RepQViTConfig, {"softmax_quantizer": "sqrt3"})
     assert build_config(RepQViTConfig, {"reparameterize": "false"}).reparameterize is False
-    with pytest.raises(ConfigError, match=r"quantile='float32': expected one of exact, torch, torch2.14"):
+    with pytest.raises(ConfigError, match=r"quantile='float32': expected one of exact, torch2.13, torch2.14"):
         build_config(RepQViTConfig, {"quantile": "float32"})
+    with pytest.raises(ConfigError, match=r"quantile='torch': renamed; 'torch2.14' is what it computed"):
+        build_config(RepQViTConfig, {"quantile": "torch"})

@@ -61,7 +61,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 GLOSSARY: dict[str, str] = {
     # calibration-only methods (percentile, repq_vit, ptq4vit, base_ptq)
     "reparameterize": "fold per-channel post-LayerNorm scales into LN + next Linear (false: keep them)",
-    "quantile": "pct as given, or the ref.'s torch.quantile (<=2.13, 2.14+)",
+    "quantile": "pct as given, or as the ref. code's torch.quantile",
     "alpha": "smallest step factor searched: candidates d0 * (alpha + i (beta - alpha) / n)",
     "beta": "end of the step factor range searched, exclusive (see alpha)",
     "n_candidates": "step candidates per search (n)",

@@ -153,9 +153,9 @@ def channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
 
 
 # How a percentile search takes its quantiles (``quantile_rows``'s ``mode``; ``repq_vit``'s
-# ``quantile`` field): q as given, or as the reference's ``torch.quantile`` call computes it, on
-# the torch releases up to 2.13 (``torch``) or from 2.14 on (``torch2.14``).
-QUANTILE_MODES = ("exact", "torch", "torch2.14")
+# ``quantile`` field): q as given, or as the reference's ``torch.quantile`` call computes it on
+# the torch releases up to 2.13 (``torch2.13``) or from 2.14 on (``torch2.14``).
+QUANTILE_MODES = ("exact", "torch2.13", "torch2.14")
 TORCH_QUANTILE_CAP = 2**24  # torch.quantile's input limit before 2.14 ("input tensor is too large")
 
 
@@ -166,25 +166,29 @@ def quantile_rows(x2d: torch.Tensor, q: float, mode: str = "exact") -> torch.Ten
     ``mode`` (:data:`QUANTILE_MODES`):
 
     - ``exact`` (default): the rank ``q * (n - 1)`` from ``q`` as given, in float64.
-    - ``torch``: what RepQ-ViT's reference code gets on every torch release up to 2.13, bit for
-      bit: ``torch.quantile`` rounds ``q`` to float32 (0.999 becomes 0.99900001287) and takes
-      the rank ``q * (n - 1)`` in float32 too, so above 2^21 elements its fraction is coarse;
+    - ``torch2.13``: what RepQ-ViT's reference code gets on every torch release up to 2.13, bit
+      for bit: ``torch.quantile`` rounds ``q`` to float32 (0.999 becomes 0.99900001287) and
+      takes the rank ``q * (n - 1)`` in float32 too, so its fraction coarsens as ``n`` grows;
       rows over 2^24 elements it refuses, and the reference's ``except`` branch then takes
       ``numpy.percentile(x, q * 100)`` (float64 rank), cast to float32, which is computed here
       by the same call.
     - ``torch2.14``: what ``torch.quantile`` computes from torch 2.14 on, bit for bit: ``q``
       rounded to float32, the rank in float64, no size limit.
 
-    The modes differ by up to ~1e-4 relative on random rows, enough to move a calibration that
-    is sequential and discrete (RepQ-ViT's: ``baselines/README.md``)."""
+    The two ``torch`` modes stand for float32 rows (torch rounds ``q`` to the input's dtype), so
+    they refuse any other dtype. The modes differ by a few 1e-4 relative on random rows of a few
+    million elements, enough to move a calibration that is sequential and discrete (RepQ-ViT's:
+    ``baselines/README.md``)."""
     if mode not in QUANTILE_MODES:
         raise ValueError(f"quantile mode {mode!r}: expected one of {', '.join(QUANTILE_MODES)}")
+    if mode != "exact" and x2d.dtype != torch.float32:
+        raise ValueError(f"quantile mode {mode!r} stands for torch.quantile on float32 rows; got {x2d.dtype}")
     n = x2d.shape[1]
-    if mode == "torch" and n > TORCH_QUANTILE_CAP:
-        rows = x2d.detach().float().cpu().numpy()
+    if mode == "torch2.13" and n > TORCH_QUANTILE_CAP:
+        rows = x2d.detach().cpu().numpy()
         vals = [torch.tensor(np.percentile(r, q * 100), dtype=torch.float32) for r in rows]
         return torch.stack(vals).to(x2d.device)
-    if mode == "torch":
+    if mode == "torch2.13":
         rank32 = torch.tensor(q, dtype=torch.float32) * (n - 1)
         lo = int(rank32)
         frac: float | torch.Tensor = rank32 - lo  # float32, exact

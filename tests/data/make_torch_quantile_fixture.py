@@ -2,7 +2,8 @@
 on fixed inputs, the oracle for ``quantile_rows(..., mode)`` in ``tests/test_quant.py``.
 
 Run it in a virtual environment whose torch is the release to record (``tests/test_quant.py``
-holds torch 2.13.0's file, the last release with float32 ranks and the 2^24-element cap)::
+holds torch 2.13.0's file, the last release with float32 ranks and the 2^24-element cap;
+``quantile_rows``'s mode ``torch2.13``)::
 
     python3 -m venv /tmp/v213 && /tmp/v213/bin/pip install torch==2.13.0 numpy
     /tmp/v213/bin/python tests/data/make_torch_quantile_fixture.py
@@ -23,8 +24,10 @@ import numpy as np
 import torch
 
 SIZES = ((3, 1001), (3, 6304), (3, 100_003), (3, 2_420_736), (1, 2**24), (1, 2**24 + 1))
-# RepQ-ViT's percentiles and 1 - pct, computed as its search computes them; and the median
-QS = (0.5, 0.999, 1.0 - 0.999, 0.9999, 1.0 - 0.9999, 0.99999, 1.0 - 0.99999)
+# RepQ-ViT's percentiles and 1 - pct, computed as its search computes them; the median; and
+# eight uniform draws (seed 1), whose interpolation weights fall on both sides of 0.5
+QS = (0.5, 0.999, 1.0 - 0.999, 0.9999, 1.0 - 0.9999, 0.99999, 1.0 - 0.99999,
+      *(float(q) for q in np.random.default_rng(1).uniform(0.0, 1.0, 8)))
 
 
 def inputs(rows: int, n: int) -> np.ndarray:

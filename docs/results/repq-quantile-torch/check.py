@@ -1,7 +1,7 @@
 """Give every search ``dump.py`` kept to RepQ-ViT's own quantizer code (``quantizer.py`` of
 github.com/zkkli/RepQ-ViT at a160561, loaded alone: it needs only torch and numpy) and compare
 its step and zero point with ours, bit for bit. Run it with the torch release whose
-``torch.quantile`` the dump's mode stands for: ``quantile=torch`` with torch <= 2.13,
+``torch.quantile`` the dump's mode stands for: ``quantile=torch2.13`` with torch <= 2.13,
 ``quantile=torch2.14`` with torch >= 2.14.
 
 usage: python check.py REPQ_VIT_CHECKOUT DUMP.pt [DUMP.pt ...]

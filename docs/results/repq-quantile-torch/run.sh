@@ -11,15 +11,15 @@ set -e
 dir=${1:-/tmp/repq-quantile-torch}; repq=${2:-/tmp/RepQ-ViT}; py213=${3:-/tmp/v213/bin/python}
 here=docs/results/repq-quantile-torch
 mkdir -p "$dir"
-for mode in exact torch torch2.14; do for m in tiny_vit tiny_deit tiny_swin; do for b in W4A4 W3A3 W6A6; do
+for mode in exact torch2.13 torch2.14; do for m in tiny_vit tiny_deit tiny_swin; do for b in W4A4 W3A3 W6A6; do
   echo "$mode $m $b $dir/$m.$b.$mode"; done; done; done | xargs -P 2 -L 1 python $here/dump.py > "$dir/runs.log"
 {
-  echo "# quantile=torch, RepQ-ViT's quantizer code on torch 2.13"
-  $py213 $here/check.py "$repq" "$dir"/*.torch.pt
+  echo "# quantile=torch2.13, RepQ-ViT's quantizer code on torch 2.13"
+  $py213 $here/check.py "$repq" "$dir"/*.torch2.13.pt
   echo "# quantile=torch2.14, RepQ-ViT's quantizer code on the project's torch"
   python $here/check.py "$repq" "$dir"/*.torch2.14.pt
-  echo "# crossed: quantile=torch on the project's torch, quantile=torch2.14 on torch 2.13"
-  python $here/check.py "$repq" "$dir"/*.torch.pt
+  echo "# crossed: quantile=torch2.13 on the project's torch, quantile=torch2.14 on torch 2.13"
+  python $here/check.py "$repq" "$dir"/*.torch2.13.pt
   $py213 $here/check.py "$repq" "$dir"/*.torch2.14.pt
 } > "$dir/check.txt"
 python $here/table.py "$dir" > $here/results.md
