@@ -25,16 +25,23 @@ What it does (every constant from the reference):
   The final norm -> head pair is not reparameterized.
 - The weight quantizers of the reparameterized Linears are re-initialized on the new weights.
 
-Deviations from the reference (the quantiles change calibrated values by default; the first two
-only by float round-off):
+Deviations from the reference by default (the quantiles change calibrated values; the first two
+only float round-off). ``--set quantile=torch2.13 --set division=divide`` computes the reference's
+quantiles and quotients, on torch <= 2.13 (``torch2.14``: on torch >= 2.14); compared end to end
+in ``docs/results/repq-reference/``:
 
 - The reference re-initializes those weight quantizers through a second forward pass over the
   calibration batch; every other quantizer is already initialized then and a weight quantizer's
   search reads only the weight, so we initialize them directly from the new weights (one
   forward pass less, identical result).
 - Per-channel searches are vectorized (the quantiles of every channel at once) instead of a
-  Python loop over channels; division ``x / d`` is computed as ``x * (1 / d)`` (torch's
-  fake-quant convention): values can differ in the last bit at exact rounding ties.
+  Python loop over channels.
+- The division ``x / d`` (``division``): by default ``x * (1 / d)``, as torch's fused fake-quant
+  kernels compute it (they then serve every quantizer with an integer zero point). The two differ
+  in the last bit of some quotients, which moves a code where the quotient lies at a rounding
+  tie; in a sequential calibration such a move can turn a later discrete choice. On the tiny zoo
+  it is the one cause left of a top-1 gap to the reference: tiny_swin W3A3 and W6A6 (below).
+  ``division=divide`` computes ``x / d`` as the reference does, without the fused kernels.
 - The quantiles (``quantile``): by default the rank ``pct * (n - 1)`` is taken from ``pct`` as
   given. The reference calls ``torch.quantile``, whose result depends on the torch release. Up to
   2.13 (every release of the reference's era) it rounds ``pct`` to float32 (0.999 becomes
@@ -48,10 +55,9 @@ only by float round-off):
   same step and zero point in all 648 searches of tiny_vit, tiny_deit and tiny_swin at W4A4, W3A3
   and W6A6, and so did the code on torch 2.14.1 and ``quantile=torch2.14``; crossed, 581 and 585
   of them differ. Our top-1 moves with the mode by up to 0.7 points (tiny_vit W6A6: 95.0 exact,
-  95.3 torch2.13, 94.6 torch2.14; ``docs/results/repq-quantile-torch/``), so the reference's own
-  number most likely depends on the torch it ran on (inferred: the reference was not run end to
-  end on torch 2.13). The default keeps the percentile as written, the paper's, and every
-  shipped result.
+  95.3 torch2.13, 94.6 torch2.14; ``docs/results/repq-quantile-torch/``), and so does the
+  reference's (95.3 on torch 2.13.0, 94.6 on torch 2.14.1; ``docs/results/repq-reference/``).
+  The default keeps the percentile as written, the paper's, and every shipped result.
 - timm >= 1.0 instead of timm 0.4.12: Swin blocks hold ``[B, H, W, C]`` tensors and
   ``PatchMerging`` opens each stage instead of closing it (the same weights, renamed). As in
   the reference, ViT attention quantizes ``q`` before the ``head_dim^-0.5`` scale and Swin
@@ -66,6 +72,8 @@ Switches (config fields, recorded in the run record's ``method.config``):
   (the reference's intermediate state: not realizable with integer kernels, an ablation only).
 - ``quantile``: ``exact`` (default), ``torch2.13`` or ``torch2.14`` (as coded, on torch <= 2.13 or
   >= 2.14; see the deviations above).
+- ``division``: ``reciprocal`` (default, ``x * (1 / d)``) or ``divide`` (as coded, ``x / d``).
+
 """
 
 from __future__ import annotations
@@ -87,11 +95,15 @@ from mgrq.quant.quantizers import PER_TENSOR, LogQuantizer, UniformQuantizer, pe
 from mgrq.surgery import QuantModel
 
 
+DIVISIONS = ("reciprocal", "divide")  # x * (1 / d) as torch's fake-quant kernels, or x / d as the reference
+
+
 @dataclass(frozen=True)
 class RepQViTConfig:
     softmax_quantizer: str = "log_sqrt2"
     reparameterize: bool = True
     quantile: str = "exact"
+    division: str = "reciprocal"
 
     def __post_init__(self) -> None:
         check_softmax_quantizer(self.softmax_quantizer)
@@ -102,6 +114,8 @@ class RepQViTConfig:
                              "torch 2.14 on), 'torch2.13' is the reference's own torch (<= 2.13)")
         if self.quantile not in QUANTILE_MODES:
             raise ValueError(f"quantile={self.quantile!r}: expected one of {', '.join(QUANTILE_MODES)}")
+        if self.division not in DIVISIONS:
+            raise ValueError(f"division={self.division!r}: expected one of {', '.join(DIVISIONS)}")
 
 
 def reparam_sites(qmodel: QuantModel) -> list[tuple[str, str]]:
@@ -120,14 +134,16 @@ def reparam_sites(qmodel: QuantModel) -> list[tuple[str, str]]:
 def make_quantizer(p: P.QuantPoint, x: torch.Tensor, cfg: RepQViTConfig, channelwise: bool) -> nn.Module:
     """RepQ-ViT's quantizer for point ``p``, initialized from ``x`` (three-percentile search)."""
     assert p.bits is not None
+    divide = cfg.division == "divide"
     if p.kind == "weight":
-        q = UniformQuantizer(p.bits, granularity=per_channel(0)).to(x.device)
+        q = UniformQuantizer(p.bits, granularity=per_channel(0), divide=divide).to(x.device)
     elif p.tag == P.POST_SOFTMAX and cfg.softmax_quantizer != "uniform":
         lq = LogQuantizer(p.bits, "sqrt2" if cfg.softmax_quantizer == "log_sqrt2" else "2").to(x.device)
         lq.init_percentile(x, quantile=cfg.quantile)
         return lq
     else:
-        q = UniformQuantizer(p.bits, granularity=per_channel(-1) if channelwise else PER_TENSOR).to(x.device)
+        q = UniformQuantizer(p.bits, granularity=per_channel(-1) if channelwise else PER_TENSOR,
+                             divide=divide).to(x.device)
     q.init_percentile(x, quantile=cfg.quantile)
     return q
 
@@ -153,7 +169,7 @@ def reparameterize(norm: nn.LayerNorm, lin: nn.Module) -> None:
         lin.bias = nn.Parameter(shift)
     else:
         lin.bias.add_(shift)
-    new_q = UniformQuantizer(q.bits, granularity=PER_TENSOR, integer_zero_point=False).to(d.device)
+    new_q = UniformQuantizer(q.bits, granularity=PER_TENSOR, integer_zero_point=False, divide=q.divide).to(d.device)
     new_q.set_params(d_t, z_t)
     lin.act_q.quantizer = new_q
 

@@ -75,6 +75,46 @@ def test_quantizer_fused_and_composite_paths_agree(gran, bits):
     assert torch.equal(fused, composite)
 
 
+def _rounding_ties():
+    """Rows ``[64, 16]`` of values ``(k + 1/2) s`` with one step ``s`` per row: at such a tie,
+    ``x / s`` and ``x * (1 / s)`` often round to different codes."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(64, 1, generator=g) * 0.1 + 0.01
+    return (torch.arange(-8, 8).float() + 0.5) * s, s
+
+
+def test_fake_quant_divide_is_the_reference_division():
+    """``divide=True``: ``round(x / s)`` as RepQ-ViT's quantizer code, not torch's ``x * (1 / s)``;
+    the two give different codes on the ties (so each comparison below can fail)."""
+    x, s = _rounding_ties()
+    z = torch.full_like(s, 3.0)
+    by_division = (torch.clamp(torch.round(x / s) + z, 0, 15) - z) * s
+    by_reciprocal = (torch.clamp(torch.round(x * torch.reciprocal(s)) + z, 0, 15) - z) * s
+    assert not torch.equal(by_division, by_reciprocal)
+    assert torch.equal(QF.fake_quant(x, s, z, 0, 15, divide=True), by_division)
+    assert torch.equal(QF.fake_quant(x, s, z, 0, 15), by_reciprocal)
+    with pytest.raises(ValueError, match="divide=True with gradients"):
+        QF.fake_quant(x.requires_grad_(True), s, z, 0, 15, divide=True)
+
+
+@torch.no_grad()
+def test_uniform_quantizer_divide_reaches_forward_and_search():
+    """A ``divide`` quantizer skips torch's fused kernels (they multiply by the reciprocal) and
+    divides in its forward and in its searches' candidate errors."""
+    x, s = _rounding_ties()
+    z = torch.full((64,), 8.0)
+    out = {}
+    for divide in (False, True):
+        q = UniformQuantizer(4, granularity=per_channel(0), divide=divide)
+        q.set_params(s.reshape(-1), z)
+        assert q._fast is not divide
+        out[divide] = q(x), q._quant_rows(x, s.reshape(-1), z)
+        expect = QF.fake_quant(x, s, z[:, None], 0, 15, divide=divide)
+        assert torch.equal(out[divide][0], expect) and torch.equal(out[divide][1], expect)
+    assert not torch.equal(out[False][0], out[True][0])
+    assert "divide" in repr(UniformQuantizer(4, divide=True)) and "divide" not in repr(UniformQuantizer(4))
+
+
 def test_group_granularity_equals_repeated_channels():
     x = torch.randn(12, 5)
     g = UniformQuantizer(4, granularity=per_group(0, 3))

@@ -96,6 +96,20 @@ def test_quantile_modes_reach_every_search(mode, exact_tiny_vit):
 
 
 @torch.no_grad()
+def test_division_divide_reaches_every_uniform_quantizer(exact_tiny_vit):
+    """``division=divide``: every uniform quantizer divides (the reparameterized inputs and the
+    re-initialized weight quantizers too); the default's none."""
+    _, qm, info = _run("tiny_vit", RepQViTConfig(division="divide"))
+    assert info["reparameterized"]
+    for model, divide in ((qm, True), (exact_tiny_vit, False)):
+        uniform = [p.quantizer for p in model.active_points() if isinstance(p.quantizer, UniformQuantizer)]
+        assert len(uniform) > len(info["reparameterized"])
+        assert all(q.divide is divide and (not q._fast if divide else True) for q in uniform)
+    _, lin = qm.ln_linear_pairs[0]
+    assert qm.submodule(lin).act_q.quantizer.divide
+
+
+@torch.no_grad()
 def test_without_reparameterization_post_ln_stays_per_channel():
     _, qm, info = _run("tiny_vit", RepQViTConfig(reparameterize=False))
     assert info["reparameterized"] == []
@@ -127,3 +141,5 @@ def test_config_is_validated():
         build_config(RepQViTConfig, {"quantile": "float32"})
     with pytest.raises(ConfigError, match=r"quantile='torch': renamed; 'torch2.14' is what it computed"):
         build_config(RepQViTConfig, {"quantile": "torch"})
+    with pytest.raises(ConfigError, match=r"division='floor': expected one of reciprocal, divide"):
+        build_config(RepQViTConfig, {"division": "floor"})

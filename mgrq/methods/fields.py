@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from baselines.brecq import ACT_INPUTS
 from baselines.ptq4vit import HESSIAN_GRADS, METRICS
+from baselines.repq_vit import DIVISIONS
 from mgrq.methods.mgrq_terms import LOCAL_METRICS
 from mgrq.methods.percentile import INITS as SEARCHES
 from mgrq.methods.percentile import SOFTMAX_QUANTIZERS
@@ -54,6 +55,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "local_metric": LOCAL_METRICS,  # mgrq/methods/mgrq.py MGRQConfig
     "act_input": ACT_INPUTS,  # baselines/brecq.py BrecqConfig
     "quantile": QUANTILE_MODES,  # baselines/repq_vit.py RepQViTConfig
+    "division": DIVISIONS,
 }
 
 # Field -> meaning. Where several methods share a name, the line holds for all of them unless
@@ -62,6 +64,7 @@ GLOSSARY: dict[str, str] = {
     # calibration-only methods (percentile, repq_vit, ptq4vit, base_ptq)
     "reparameterize": "fold per-channel post-LayerNorm scales into LN + next Linear (false: keep them)",
     "quantile": "pct as given, or as the ref. code's torch.quantile",
+    "division": "x * (1/d) as torch's fake-quant, or x / d as the ref. code",
     "alpha": "smallest step factor searched: candidates d0 * (alpha + i (beta - alpha) / n)",
     "beta": "end of the step factor range searched, exclusive (see alpha)",
     "n_candidates": "step candidates per search (n)",

@@ -84,7 +84,7 @@ class _FakeQuantLSQ(torch.autograd.Function):
 
 
 def fake_quant(
-    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, divide: bool = False
 ) -> torch.Tensor:
     """Affine fake-quantization ``(clamp(round(x / s) + z, qmin, qmax) - z) * s``.
 
@@ -112,9 +112,17 @@ def fake_quant(
     after the update and the engine reports a non-finite loss at the next iteration, or after a
     unit's last iteration that the learned steps became NaN (the composite form before gave a
     NaN value at once). With a fixed step it is clamped silently.
+
+    ``divide=True`` computes ``x / s`` as RepQ-ViT's quantizer code does (``round(x / delta)``),
+    for calibration and evaluation only: the two differ in the last bit of some quotients, which
+    moves a code where the quotient lies at a rounding tie (``repq_vit``'s ``division`` switch).
     """
     if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
-        return (torch.clamp(torch.round(x * torch.reciprocal(scale)) + zero_point, qmin, qmax) - zero_point) * scale
+        v = x / scale if divide else x * torch.reciprocal(scale)
+        return (torch.clamp(torch.round(v) + zero_point, qmin, qmax) - zero_point) * scale
+    if divide:
+        raise ValueError("fake_quant: divide=True with gradients; expected it only without (calibration and "
+                         "evaluation: the learned-step forms compute x * (1 / s))")
     if zero_point.requires_grad:
         raise ValueError("fake_quant: zero_point requires grad; expected a fixed zero point (the step is "
                          "learned, the zero point is not, as in LSQ)")

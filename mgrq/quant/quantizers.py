@@ -70,6 +70,8 @@ class UniformQuantizer(nn.Module):
         granularity: per tensor, per channel of an axis, or per group of an axis.
         integer_zero_point: round the zero point at init (RepQ-ViT's reparameterization later
             sets a fractional one through :meth:`set_params`).
+        divide: compute ``round(x / s)`` as RepQ-ViT's code, not ``round(x * (1 / s))`` as torch's
+            fused fake-quant kernels (which it then does not use); without gradients only.
     """
 
     def __init__(
@@ -79,12 +81,14 @@ class UniformQuantizer(nn.Module):
         symmetric: bool = False,
         granularity: Granularity = PER_TENSOR,
         integer_zero_point: bool = True,
+        divide: bool = False,
     ):
         super().__init__()
         QF.check_bits(bits)
         self.bits, self.signed, self.symmetric = bits, signed, symmetric
         self.granularity = granularity
         self.integer_zero_point = integer_zero_point
+        self.divide = divide
         self.qmin, self.qmax = QF.qrange(bits, signed)
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros(()))
@@ -110,9 +114,9 @@ class UniformQuantizer(nn.Module):
     def _refresh_fast_path(self) -> None:
         """torch's fused fake-quant kernels apply (bit-identical, much faster) when the zero
         point is an integer inside the integer range; fractional or out-of-range zero points
-        (RepQ-ViT, percentile ranges that exclude 0) use the composite path."""
+        (RepQ-ViT, percentile ranges that exclude 0) use the composite path, and so does ``divide``."""
         z = self.zero_point
-        self._fast = bool(
+        self._fast = not self.divide and bool(
             torch.equal(z, z.round()) and bool((z >= self.qmin).all()) and bool((z <= self.qmax).all())
         )
         self._zp_int = z.round().to(torch.int32)
@@ -145,7 +149,7 @@ class UniformQuantizer(nn.Module):
         return QF.affine_params(lo, hi, self.bits, self.signed, self.symmetric, self.integer_zero_point)
 
     def _quant_rows(self, rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
-        return QF.fake_quant(rows, scale[:, None], zp[:, None], self.qmin, self.qmax)
+        return QF.fake_quant(rows, scale[:, None], zp[:, None], self.qmin, self.qmax, self.divide)
 
     def init_minmax(self, x: torch.Tensor) -> None:
         """Steps from the min/max of ``x`` (range widened to include 0)."""
@@ -206,7 +210,7 @@ class UniformQuantizer(nn.Module):
         if self.lsq:
             n_per_step = x.numel() / max(self.scale.numel(), 1)
             s = QF.grad_scale(s, 1.0 / (n_per_step * self.qmax) ** 0.5)
-        return QF.fake_quant(x, s, self._view(self.zero_point, x), self.qmin, self.qmax)
+        return QF.fake_quant(x, s, self._view(self.zero_point, x), self.qmin, self.qmax, self.divide)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
         scale, zp = self.scale.detach(), self._zp_int.to(x.device)
@@ -228,7 +232,8 @@ class UniformQuantizer(nn.Module):
         groups = f", groups={g.groups}" if g.kind == "group" else ""
         gran = g.kind if g.kind == "tensor" else f"{g.kind}(axis={g.axis}{groups})"
         return (f"bits={self.bits}, {'signed' if self.signed else 'unsigned'}, "
-                f"{'symmetric' if self.symmetric else 'asymmetric'}, {gran}, lsq={self.lsq}")
+                f"{'symmetric' if self.symmetric else 'asymmetric'}, {gran}, lsq={self.lsq}"
+                + (", divide" if self.divide else ""))
 
 
 class LogQuantizer(nn.Module):
