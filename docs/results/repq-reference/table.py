@@ -38,7 +38,7 @@ out = ["# `repq_vit` against RepQ-ViT's own `test_quant.py`, end to end", "",
        "one thread. The reference: RepQ-ViT a160561 `test_quant.py` run unmodified on timm 0.4.12 with",
        "the project's checkpoints, on torch 2.13.0 and on torch 2.14.1. Ours: `mgrq quantize --method",
        "repq_vit --set quantile=Q --set division=D` on the project's torch, each setting beside the",
-       "reference run whose torch its `quantile` stands for (the default `exact`: beside both). In",
+       "reference run whose torch its `quantile` stands for (the default `exact`: beside torch 2.14's). In",
        "brackets, against that run's logits: `=` when all 10,000 are equal bit for bit, else the",
        "images whose prediction differs and the largest logit difference.", "",
        "| model | bits | FP | reference, torch 2.13 | torch2.13 divide | torch2.13 reciprocal | "
