@@ -30,7 +30,7 @@ only by float round-off, if at all). ``--set quantile=torch2.13 --set division=d
 quantiles and quotients, on torch <= 2.13 (``torch2.14``: on torch >= 2.14). So run, its logits on
 the held-out digits equal those of the reference's own ``test_quant.py`` bit for bit in all 9
 tiny-zoo cells (W4A4, W3A3, W6A6), on torch 2.13.0 and on torch 2.14.1
-(``docs/results/repq-reference/``). The deviations:
+(``docs/results/reference-code/``). The deviations:
 
 - The reference re-initializes those weight quantizers through a second forward pass over the
   calibration batch; every other quantizer is already initialized then and a weight quantizer's
@@ -59,7 +59,7 @@ tiny-zoo cells (W4A4, W3A3, W6A6), on torch 2.13.0 and on torch 2.14.1
   and W6A6, and so did the code on torch 2.14.1 and ``quantile=torch2.14``; crossed, 581 and 585
   of them differ. Our top-1 moves with the mode by up to 0.7 points (tiny_vit W6A6: 95.0 exact,
   95.3 torch2.13, 94.6 torch2.14; ``docs/results/repq-quantile-torch/``), and so does the
-  reference's (95.3 on torch 2.13.0, 94.6 on torch 2.14.1; ``docs/results/repq-reference/``).
+  reference's (95.3 on torch 2.13.0, 94.6 on torch 2.14.1; ``docs/results/reference-code/``).
   The default keeps the percentile as written, the paper's, and every shipped result.
 - timm >= 1.0 instead of timm 0.4.12: Swin blocks hold ``[B, H, W, C]`` tensors and
   ``PatchMerging`` opens each stage instead of closing it (the same weights, renamed). As in

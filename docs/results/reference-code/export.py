@@ -4,7 +4,7 @@ committed checkpoint with its keys as timm 0.4.12 names them, the 32 calibration
 digits with their labels, and the project's FP logits on them (``ref_repq.py`` checks that its
 timm 0.4.12 model gives the same).
 
-usage (from the repository root, the project's Python): python docs/results/repq-reference/export.py MODEL OUT.pt
+usage (from the repository root, the project's Python): python docs/results/reference-code/export.py MODEL OUT.pt
 """
 import re
 import sys
