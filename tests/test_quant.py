@@ -98,7 +98,7 @@ def test_fake_quant_divide_is_the_reference_division():
 
 
 @torch.no_grad()
-def test_uniform_quantizer_divide_reaches_forward_and_search():
+def test_uniform_quantizer_divide_reaches_forward_and_search(monkeypatch):
     """A ``divide`` quantizer skips torch's fused kernels (they multiply by the reciprocal) and
     divides in its forward and in its searches' candidate errors."""
     x, s = _rounding_ties()
@@ -113,6 +113,13 @@ def test_uniform_quantizer_divide_reaches_forward_and_search():
         assert torch.equal(out[divide][0], expect) and torch.equal(out[divide][1], expect)
     assert not torch.equal(out[False][0], out[True][0])
     assert "divide" in repr(UniformQuantizer(4, divide=True)) and "divide" not in repr(UniformQuantizer(4))
+    # every candidate of both searches is scored by dividing
+    seen, fake_quant = [], QF.fake_quant
+    monkeypatch.setattr(QF, "fake_quant", lambda *a, **k: seen.append(a[5:] or k) or fake_quant(*a, **k))
+    q = UniformQuantizer(4, granularity=per_channel(0), divide=True)
+    q.init_percentile(x)
+    q.init_lp_search(x, n=4)
+    assert len(seen) == len(PERCENTILES) + 4 and all(s == (True,) for s in seen), seen
 
 
 def test_group_granularity_equals_repeated_channels():

@@ -71,6 +71,13 @@ def test_lsq_act_compiled_gives_the_eager_gradients_at_the_ends_of_the_range(dro
     assert torch.allclose(gs_e, gs_c, rtol=1e-4, atol=1e-7), (gs_e, gs_c)
 
 
+def test_lsq_act_refuses_a_dividing_quantizer():
+    q = UniformQuantizer(4, divide=True)
+    q.init_minmax(torch.randn(8, 16))
+    with pytest.raises(ValueError, match="LSQAct: the quantizer divides"):
+        LSQAct(q, learn=True)
+
+
 def test_lsq_act_fractional_zero_point_and_dropping():
     x = torch.randn(2, 40, 16)
     q = UniformQuantizer(3)

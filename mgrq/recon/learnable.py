@@ -182,6 +182,9 @@ class LSQAct(nn.Module):
         self.kernels = kernels
         if not q.initialized:
             raise RuntimeError("LSQAct: the quantizer is not initialized")
+        if q.divide:  # its forms below compute x * (1 / s); divide is for calibration and evaluation
+            raise ValueError("LSQAct: the quantizer divides (repq_vit division=divide); expected one that "
+                             "multiplies by the reciprocal (the default), as the learned-step forms do")
         self.q = q  # the original (kept for commit and for its granularity view)
         self.qmin, self.qmax = q.qmin, q.qmax
         self.learn, self.drop = learn, drop

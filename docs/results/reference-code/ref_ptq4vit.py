@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-ckpt, export, config, w_bits, a_bits, out = sys.argv[1:7]
-export, out = str(Path(export).resolve()), str(Path(out).resolve())
+ckpt, export, config, w_bits, a_bits, out = (str(Path(a).resolve()) if i in (0, 1, 5) else a
+                                               for i, a in enumerate(sys.argv[1:7]))
 os.chdir(ckpt)
-sys.path[:0] = [str(Path(ckpt).resolve()), str(Path(ckpt).resolve() / "example")]
+sys.path[:0] = [ckpt, str(Path(ckpt) / "example")]
 sys.argv = sys.argv[:1]
 torch.Tensor.cuda = lambda self, *args, **kwargs: self
 torch.cuda.empty_cache = lambda: None

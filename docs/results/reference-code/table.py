@@ -16,9 +16,11 @@ MODELS, BITS = ("tiny_vit", "tiny_deit", "tiny_swin"), ("W4A4", "W3A3", "W6A6")
 
 
 def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
+    info = Path("/proc/cpuinfo").read_text().splitlines()
+    amx = any(line.startswith("flags") and "amx_tile" in line.split() for line in info)
+    for line in info:
         if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
+            return line.split(":", 1)[1].strip() + (" (AMX)" if amx else "")
     return platform.processor()
 
 
@@ -72,7 +74,8 @@ def repq() -> list[str]:
     out += ["", "Cells whose top-1 equals the reference's (the default: against torch 2.14): "
             + ", ".join(f"{q} {div} {n}/9" for (q, div), n in same.items()), ""]
     fp = sorted({json.loads(p.read_text())["fp_logit_diff"] for p in d.glob("*.ref*.json")})
-    out.append(f"FP logits of the reference's timm 0.4.12 models against the project's: largest difference {fp[-1]:.1e}.")
+    out.append(f"FP logits of the reference's timm 0.4.12 models against the project's: largest difference "
+               f"{fp[-1]:.1e}.")
     return out + footer("exact.reciprocal")
 
 
