@@ -44,24 +44,11 @@ torch.cuda.empty_cache = lambda: None
 import test_all  # noqa: E402
 import timm  # noqa: E402  (timm 0.4.12)
 import utils.datasets  # noqa: E402
-from timm.models.swin_transformer import SwinTransformer  # noqa: E402
-from timm.models.vision_transformer import VisionTransformer  # noqa: E402
+from tiny04 import load  # noqa: E402
 
 torch.set_num_threads(1)
-data = torch.load(export)
+data, model = load(export)
 name = data["model"]
-vit = dict(img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=4, num_heads=3,
-           mlp_ratio=4.0, qkv_bias=True)
-model = {
-    "tiny_vit": lambda: VisionTransformer(**vit),
-    "tiny_deit": lambda: VisionTransformer(**vit, distilled=True),
-    "tiny_swin": lambda: SwinTransformer(img_size=32, patch_size=2, in_chans=1, num_classes=10, window_size=4,
-                                         embed_dim=48, depths=(2, 2, 2), num_heads=(3, 6, 12), mlp_ratio=4.0),
-}[name]()
-missing, unexpected = model.load_state_dict(data["state_dict"], strict=False)
-assert not unexpected and all(k.endswith(("relative_position_index", "attn_mask")) for k in missing), \
-    (missing, unexpected)
-model.eval()
 timm.create_model = lambda *args, **kwargs: model
 
 get_net = test_all.get_net

@@ -29,27 +29,13 @@ sys.argv = sys.argv[:1]  # test_quant parses nothing at import; keep its argv cl
 
 import test_quant  # noqa: E402
 import timm  # noqa: E402  (timm 0.4.12)
-from timm.models.swin_transformer import SwinTransformer  # noqa: E402
-from timm.models.vision_transformer import VisionTransformer  # noqa: E402
+from tiny04 import load  # noqa: E402
 
 torch.set_num_threads(1)
-data = torch.load(export)
+data, model = load(export)
 name = data["model"]
-vit = dict(img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=4, num_heads=3,
-           mlp_ratio=4.0, qkv_bias=True)
-build = {
-    "tiny_vit": (lambda: VisionTransformer(**vit), "vit_small"),
-    "tiny_deit": (lambda: VisionTransformer(**vit, distilled=True), "deit_small"),
-    "tiny_swin": (lambda: SwinTransformer(img_size=32, patch_size=2, in_chans=1, num_classes=10, window_size=4,
-                                          embed_dim=48, depths=(2, 2, 2), num_heads=(3, 6, 12), mlp_ratio=4.0),
-                  "swin_tiny"),  # the reference's --model: only "swin" in it matters (layers vs blocks)
-}
-make, ref_name = build[name]
-model = make()
-missing, unexpected = model.load_state_dict(data["state_dict"], strict=False)
-assert not unexpected and all(k.endswith(("relative_position_index", "attn_mask")) for k in missing), \
-    (missing, unexpected)
-model.eval()
+ref_name = {"tiny_vit": "vit_small", "tiny_deit": "deit_small",
+            "tiny_swin": "swin_tiny"}[name]  # the reference's --model: only "swin" in it matters (layers vs blocks)
 with torch.no_grad():
     fp_logits = torch.cat([model(x) for x in data["val_images"].split(200)])
 fp_diff = float((fp_logits - data["fp_logits"]).abs().max())
