@@ -28,8 +28,7 @@ for k, v in model.state_dict().items():
 
 bundle = mnist_bundle("heldout")
 calib = sample_calibration(bundle, 32, 0)
-val_images = torch.stack([bundle.val[i][0] for i in range(len(bundle.val))])
-val_labels = torch.tensor([bundle.val[i][1] for i in range(len(bundle.val))])
+val_images, val_labels = bundle.val.images, bundle.val.labels  # TensorImages
 torch.set_num_threads(1)
 with torch.no_grad():
     fp_logits = torch.cat([model(x) for x in val_images.split(200)])

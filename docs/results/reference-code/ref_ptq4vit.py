@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-ckpt, export, config, w_bits, a_bits, out = (str(Path(a).resolve()) if i in (0, 1, 5) else a
-                                               for i, a in enumerate(sys.argv[1:7]))
+ckpt, export, config, w_bits, a_bits, out = sys.argv[1:7]
+ckpt, export, out = (str(Path(a).resolve()) for a in (ckpt, export, out))  # before the chdir below
 os.chdir(ckpt)
 sys.path[:0] = [ckpt, str(Path(ckpt) / "example")]
 sys.argv = sys.argv[:1]

@@ -5,7 +5,6 @@ the reference's.
 usage: python table.py {repq,ptq4vit} DIR
 """
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -13,15 +12,6 @@ import torch
 
 kind, d = sys.argv[1], Path(sys.argv[2])
 MODELS, BITS = ("tiny_vit", "tiny_deit", "tiny_swin"), ("W4A4", "W3A3", "W6A6")
-
-
-def cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    amx = any(line.startswith("flags") and "amx_tile" in line.split() for line in info)
-    for line in info:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip() + (" (AMX)" if amx else "")
-    return platform.processor()
 
 
 def top1(cell: str) -> float:
@@ -38,10 +28,11 @@ def cmp(ours: str, ref: str) -> str:
     return f"{top1(ours):.1f} ({int((a.argmax(1) != b.argmax(1)).sum())}; {float((a - b).abs().max()):.0e})"
 
 
-def footer(first_cell: str) -> list[str]:
-    shas = sorted({json.loads(p.read_text())["git_sha"] for p in d.glob(f"*{first_cell}*.json")
-                   if "git_sha" in json.loads(p.read_text())})
-    return ["", f"Ran on: {cpu()}, the project's torch {torch.__version__}; ours from {', '.join(shas)}."]
+def footer() -> list[str]:
+    """Where ours ran, from its run records (the machine, torch and commit each record names)."""
+    recs = [json.loads(p.read_text()) for p in d.glob("*.json")]
+    ran = sorted({(r["device_name"], r["versions"]["torch"], r["git_sha"]) for r in recs if "git_sha" in r})
+    return [""] + [f"Ran on: {cpu}, the project's torch {t}; ours from {sha}." for cpu, t, sha in ran]
 
 
 def repq() -> list[str]:
@@ -76,7 +67,7 @@ def repq() -> list[str]:
     fp = sorted({json.loads(p.read_text())["fp_logit_diff"] for p in d.glob("*.ref*.json")})
     out.append(f"FP logits of the reference's timm 0.4.12 models against the project's: largest difference "
                f"{fp[-1]:.1e}.")
-    return out + footer("exact.reciprocal")
+    return out + footer()
 
 
 def ptq4vit() -> list[str]:
@@ -105,7 +96,7 @@ def ptq4vit() -> list[str]:
     out += ["", "Cells whose top-1 equals the reference's: "
             + ", ".join(f"`{k}` {n}/{len(MODELS) * len(BITS)}" for k, n in same.items())
             + f". The reference ran on torch {', '.join(torches)}."]
-    return out + footer("W4A4.ptq4vit")
+    return out + footer()
 
 
 print("\n".join({"repq": repq, "ptq4vit": ptq4vit}[kind]()))
