@@ -47,6 +47,8 @@ Switches (config fields, recorded in the run record's ``method.config``):
   ``sum`` (as coded: both ranges' outputs added, biased by up to ``split``).
 - ``metric`` (``hessian`` | ``cosine`` | ``mse``), ``alpha``, ``beta``, ``n_candidates``,
   ``rounds``, ``twin``, ``channelwise_conv``: the framework's knobs (``base_ptq`` sets them).
+- ``division``: ``reciprocal`` (default) or ``divide`` (as coded): how the uniform quantizers the
+  search installs compute ``x / d`` in calibration and evaluation (see the deviations below).
 - ``grad_batch``: images per forward/backward when collecting gradients (4 in the reference).
 - ``capture_mb``: memory budget for cached layer inputs and gradients; units (embedding,
   blocks, head) are captured in as few full-model passes as fit (results do not depend on it).
@@ -67,6 +69,17 @@ Deviations from the reference (the search itself is the same):
   table); here it is a per-tensor classifier like ``head``. Swin: timm >= 1.0 (see repq_vit).
 - The reference's ``bias_correction`` flag is set but unused on its batching path: no bias
   correction here either.
+- The division (``division``): the search divides, ``round(x / d)``, as the reference's code;
+  the uniform quantizers it installs (weights, Linear inputs, head-wise matmul operands) compute
+  ``x * (1 / d)`` by default, as torch's fused fake-quant kernels do, which moves a code where a
+  quotient lies at a rounding tie. It was the cause of the logit differences left against the
+  reference's own ``test_all.py`` on tiny ViT and DeiT; ``division=divide`` computes ``x / d``
+  there too (``docs/results/reference-code/results_ptq4vit.md``). The twin quantizers divide in
+  both settings.
+- Summation order: the cosine score of a matmul candidate is, as in the reference, the mean over
+  rows summed over the batch (``Scorer.matmul``). The same mean over both picked another step
+  where two candidates scored within float32 round-off (1.6e-7 and 1.2e-7 apart in float64, in two
+  heads of tiny_swin W4A4), and the reference's order picked the float64 winner there.
 """
 
 from __future__ import annotations
@@ -82,7 +95,7 @@ from mgrq.data import Calibration
 from mgrq.errors import ConfigError
 from mgrq.methods.registry import RunContext, register_method
 from mgrq.quant import point as P
-from mgrq.quant.functional import SCALE_FLOOR
+from mgrq.quant.functional import DIVISIONS, SCALE_FLOOR
 from mgrq.quant.quantizers import PER_TENSOR, UniformQuantizer, per_channel, per_group
 from mgrq.quant.twin import (
     TWIN_MODES,
@@ -112,6 +125,7 @@ class PTQ4ViTConfig:
     channelwise_conv: bool = True
     grad_batch: int = 4
     capture_mb: int = 4096
+    division: str = "reciprocal"
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha < self.beta:
@@ -125,6 +139,8 @@ class PTQ4ViTConfig:
             raise ValueError(f"hessian_grad={self.hessian_grad!r}: expected one of {', '.join(HESSIAN_GRADS)}")
         if self.twin_softmax not in TWIN_MODES:
             raise ValueError(f"twin_softmax={self.twin_softmax!r}: expected one of {', '.join(TWIN_MODES)}")
+        if self.division not in DIVISIONS:
+            raise ValueError(f"division={self.division!r}: expected one of {', '.join(DIVISIONS)}")
 
     def factors(self) -> torch.Tensor:
         """The search grid ``alpha + i (beta - alpha) / n``, ``i = 0..n-1`` (as the reference)."""
@@ -299,10 +315,12 @@ class Scorer:
         return -F.cosine_similarity(y.view(m, groups, -1), self.raw.view(m, groups, -1), dim=-1).mean(0)
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``a`` [B, H, N, D] @ ``b`` [B, H, D, N2] -> loss per head [H]."""
+        """``a`` [B, H, N, D] @ ``b`` [B, H, D, N2] -> loss per head [H]. Cosine: the mean over
+        ``N`` summed over ``B``, in the reference's order (the mean over both would pick another
+        candidate where two lie within float round-off, as on tiny_swin)."""
         y = torch.matmul(a, b)
         if self.metric == "cosine":
-            return -F.cosine_similarity(y, self.raw, dim=-1).mean((0, 2))
+            return -F.cosine_similarity(y, self.raw, dim=-1).mean(2).sum(0)
         e = y.sub_(self.raw)
         if self.grad is not None:
             e.mul_(self.grad)
@@ -380,6 +398,7 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
 
     seen_a: torch.Tensor | None | str = "never"
     seen_w: torch.Tensor | str = "never"
+    divide = cfg.division == "divide"
     for _ in range(cfg.rounds):
         if wb is not None:
             if isinstance(seen_a, str) or not _same(seen_a, s_a):
@@ -402,7 +421,7 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
 
     if wb is not None:
         gran = (per_channel(0) if groups == out_ch else PER_TENSOR) if conv else (per_group(0, 3) if groups == 3 else PER_TENSOR)
-        wq_ = UniformQuantizer(wb, signed=True, symmetric=True, granularity=gran).to(x.device)
+        wq_ = UniformQuantizer(wb, signed=True, symmetric=True, granularity=gran, divide=divide).to(x.device)
         wq_.set_params(s_w if groups > 1 else s_w[0], torch.zeros_like(s_w if groups > 1 else s_w[0]))
         wp.quantizer = wq_
     if ab is not None:
@@ -410,7 +429,7 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
             aq: nn.Module = PostGeluTwinQuantizer(ab).to(x.device)
             aq.set_scale(s_a)
         else:
-            aq = UniformQuantizer(ab, signed=True, symmetric=True).to(x.device)
+            aq = UniformQuantizer(ab, signed=True, symmetric=True, divide=divide).to(x.device)
             aq.set_params(s_a, torch.zeros_like(s_a))
         ap.quantizer = aq
 
@@ -489,13 +508,13 @@ def search_matmul(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
             tq.set_split(s_a)
             pa.quantizer = tq
         else:
-            pa.quantizer = _head_quantizer(pa.bits, s_a, heads)
+            pa.quantizer = _head_quantizer(pa.bits, s_a, heads, cfg.division == "divide")
     if pb.bits is not None:
-        pb.quantizer = _head_quantizer(pb.bits, s_b, heads)
+        pb.quantizer = _head_quantizer(pb.bits, s_b, heads, cfg.division == "divide")
 
 
-def _head_quantizer(bits: int, step: torch.Tensor, heads: int) -> UniformQuantizer:
-    q = UniformQuantizer(bits, signed=True, symmetric=True, granularity=per_channel(1)).to(step.device)
+def _head_quantizer(bits: int, step: torch.Tensor, heads: int, divide: bool) -> UniformQuantizer:
+    q = UniformQuantizer(bits, signed=True, symmetric=True, granularity=per_channel(1), divide=divide).to(step.device)
     q.set_params(step if heads > 1 else step[0], torch.zeros_like(step if heads > 1 else step[0]))
     return q
 

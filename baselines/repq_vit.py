@@ -95,11 +95,9 @@ from mgrq.methods.percentile import check_softmax_quantizer
 from mgrq.methods.registry import RunContext, register_method
 from mgrq.quant import point as P
 from mgrq.quant.calib import lazy_init
-from mgrq.quant.functional import QUANTILE_MODES
+from mgrq.quant.functional import DIVISIONS, QUANTILE_MODES
 from mgrq.quant.quantizers import PER_TENSOR, LogQuantizer, UniformQuantizer, per_channel
 from mgrq.surgery import QuantModel
-
-DIVISIONS = ("reciprocal", "divide")  # x * (1 / d) as torch's fake-quant kernels, or x / d as the reference
 
 
 @dataclass(frozen=True)

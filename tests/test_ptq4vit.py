@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from baselines.ptq4vit import (
     BasePTQConfig,
     PTQ4ViTConfig,
+    Scorer,
     Stats,
     capture,
     find_sites,
@@ -112,6 +113,33 @@ def test_base_ptq_settings_and_placement():
     assert isinstance(sm, UniformQuantizer) and sm.granularity.axis == 1  # plain head-wise uniform
     assert isinstance(qm.point("blocks.0.mlp.fc2.act_q").quantizer, UniformQuantizer)
     assert qm.point("patch_embed.proj.weight_q").quantizer.scale.dim() == 0
+
+
+@pytest.mark.parametrize("method", ["ptq4vit", "base_ptq"])
+def test_division_divide_reaches_every_uniform_quantizer(method):
+    """``division=divide``: every uniform quantizer the search installs divides (weights, inputs,
+    the head-wise matmul operands); the default's none."""
+    run, cfg = {"ptq4vit": (quantize_ptq4vit, PTQ4ViTConfig), "base_ptq": (quantize_base_ptq, BasePTQConfig)}[method]
+    for division, divide in (("divide", True), ("reciprocal", False)):
+        _, qm = _qm("tiny_swin")
+        quantize = run(qm, _calib(), cfg(n_candidates=6, rounds=1, division=division), CPU)
+        assert quantize["sites"] > 0
+        uniform = [p for p in qm.active_points() if isinstance(p.quantizer, UniformQuantizer)]
+        kinds = {(p.kind, p.quantizer.granularity.kind) for p in uniform}
+        assert {("weight", "tensor"), ("act", "tensor"), ("act", "channel")} <= kinds
+        assert all(p.quantizer.divide is divide for p in uniform)
+        assert all(not p.quantizer._fast for p in uniform) if divide else any(p.quantizer._fast for p in uniform)
+
+
+def test_cosine_matmul_score_is_summed_over_the_batch_in_the_references_order():
+    """The reference (PTQSLBatchingQuantMatMul, cosine): cosine over the last dim, mean over the
+    rows, sum over the batch; written out with its shapes (a leading candidate dim). A mean over
+    batch and rows together picks another candidate where two lie within float round-off."""
+    torch.manual_seed(0)
+    raw, sim = torch.randn(64, 3, 16, 16), torch.randn(64, 3, 16, 16)
+    a, b = sim, torch.eye(16).expand(64, 3, 16, 16)  # a @ b = sim
+    ref = F.cosine_similarity(raw.unsqueeze(0), sim.unsqueeze(0), dim=-1).mean([3]).sum(dim=1, keepdim=True)
+    assert torch.equal(Scorer("cosine", raw, None).matmul(a, b), -ref.reshape(3))
 
 
 def _reference_linear_search(x, w, b, g, wb, ab, f, rounds):
@@ -224,6 +252,8 @@ def test_config_is_validated_and_recorded(tmp_path):
         build_config(PTQ4ViTConfig, {"metric": "kl"})
     with pytest.raises(ConfigError, match="alpha"):
         build_config(PTQ4ViTConfig, {"alpha": "2.0"})
+    with pytest.raises(ConfigError, match=r"division='floor': expected one of reciprocal, divide"):
+        build_config(BasePTQConfig, {"division": "floor"})
     from mgrq.run import execute
     from mgrq.spec import RunSpec
 

@@ -18,12 +18,11 @@ from typing import Any, NamedTuple
 
 from baselines.brecq import ACT_INPUTS
 from baselines.ptq4vit import HESSIAN_GRADS, METRICS
-from baselines.repq_vit import DIVISIONS
 from mgrq.methods.mgrq_terms import LOCAL_METRICS
 from mgrq.methods.percentile import INITS as SEARCHES
 from mgrq.methods.percentile import SOFTMAX_QUANTIZERS
 from mgrq.methods.registry import Method, get_method
-from mgrq.quant.functional import QUANTILE_MODES
+from mgrq.quant.functional import DIVISIONS, QUANTILE_MODES
 from mgrq.quant.twin import TWIN_MODES
 from mgrq.recon.config import (
     AUTOCASTS,
@@ -55,7 +54,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "local_metric": LOCAL_METRICS,  # mgrq/methods/mgrq.py MGRQConfig
     "act_input": ACT_INPUTS,  # baselines/brecq.py BrecqConfig
     "quantile": QUANTILE_MODES,  # baselines/repq_vit.py RepQViTConfig
-    "division": DIVISIONS,
+    "division": DIVISIONS,  # repq_vit, ptq4vit, base_ptq (mgrq/quant/functional.py)
 }
 
 # Field -> meaning. Where several methods share a name, the line holds for all of them unless

@@ -83,6 +83,11 @@ class _FakeQuantLSQ(torch.autograd.Function):
         return dx, ds, None, None, None
 
 
+# How ``x / s`` is computed without gradients (the ``division`` field of ``repq_vit``, ``ptq4vit`` and
+# ``base_ptq``): ``x * (1 / s)`` as torch's fused fake-quant kernels, or ``x / s`` as the reference code.
+DIVISIONS = ("reciprocal", "divide")
+
+
 def fake_quant(
     x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, divide: bool = False
 ) -> torch.Tensor:
@@ -115,7 +120,8 @@ def fake_quant(
 
     ``divide=True`` computes ``x / s`` as RepQ-ViT's quantizer code does (``round(x / delta)``),
     for calibration and evaluation only: the two differ in the last bit of some quotients, which
-    moves a code where the quotient lies at a rounding tie (``repq_vit``'s ``division`` switch).
+    moves a code where the quotient lies at a rounding tie (the ``division`` switch of ``repq_vit``,
+    ``ptq4vit`` and ``base_ptq``).
     """
     if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
         v = x / scale if divide else x * torch.reciprocal(scale)

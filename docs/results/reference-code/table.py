@@ -77,24 +77,32 @@ def ptq4vit() -> list[str]:
            "held-out digits, CPU, one thread. The reference: PTQ4ViT b42c790 `example/test_all.py`'s",
            "`test_all` run unmodified on timm 0.4.12 with the project's checkpoints, `configs/PTQ4ViT.py`",
            "and `configs/BasePTQ.py`. Ours as coded (FP image): `--method ptq4vit --set",
-           "hessian_grad=kl_fp_fp --set twin_softmax=sum` and `--method base_ptq`, both with",
-           "`--bits-override 'patch_embed\\.proj\\.act_q=fp'`. In brackets, against the reference's",
+           "hessian_grad=kl_fp_fp --set twin_softmax=sum --set division=divide` and `--method base_ptq",
+           "--set division=divide`, both with `--bits-override 'patch_embed\\.proj\\.act_q=fp'`; beside",
+           "each, the same with the default `division=reciprocal`. In brackets, against the reference's",
            "logits: `=` when all 10,000 are equal bit for bit, else the images whose prediction differs",
            "and the largest logit difference.", "",
-           "| model | bits | PTQ4ViT reference | `ptq4vit` as coded | Base PTQ reference | `base_ptq` as coded |",
-           "|---|---|---|---|---|---|"]
-    same = {"ptq4vit": 0, "base_ptq": 0}
+           "| model | bits | PTQ4ViT reference | `ptq4vit` divide | `ptq4vit` reciprocal "
+           "| Base PTQ reference | `base_ptq` divide | `base_ptq` reciprocal |",
+           "|---|---|---|---|---|---|---|---|"]
+    same = {f"{k} {d}": 0 for k in ("ptq4vit", "base_ptq") for d in ("divide", "reciprocal")}
+    bitwise = dict.fromkeys(same, 0)
     for m in MODELS:
         for b in BITS:
             row = []
             for method, cfg in (("ptq4vit", "PTQ4ViT"), ("base_ptq", "BasePTQ")):
-                ref, ours = f"{m}.{b}.ref.{cfg}", f"{m}.{b}.{method}"
-                row += [f"{top1(ref):.1f}", cmp(ours, ref)]
-                same[method] += top1(ours) == top1(ref)
+                ref = f"{m}.{b}.ref.{cfg}"
+                row.append(f"{top1(ref):.1f}")
+                for div in ("divide", "reciprocal"):
+                    ours = f"{m}.{b}.{method}.{div}"
+                    row.append(cmp(ours, ref))
+                    same[f"{method} {div}"] += top1(ours) == top1(ref)
+                    bitwise[f"{method} {div}"] += row[-1].endswith("(=)")
             out.append(f"| {m} | {b} | " + " | ".join(row) + " |")
+    n = len(MODELS) * len(BITS)
     torches = sorted({json.loads(p.read_text())["torch"] for p in d.glob("*.ref.*.json")})
-    out += ["", "Cells whose top-1 equals the reference's: "
-            + ", ".join(f"`{k}` {n}/{len(MODELS) * len(BITS)}" for k, n in same.items())
+    out += ["", "Cells whose top-1 equals the reference's: " + ", ".join(f"`{k}` {v}/{n}" for k, v in same.items())
+            + "; whose logits equal it bit for bit: " + ", ".join(f"`{k}` {v}/{n}" for k, v in bitwise.items())
             + f". The reference ran on torch {', '.join(torches)}."]
     return out + footer()
 
