@@ -294,15 +294,33 @@ def capture(qmodel: QuantModel, sites: list[Site], images: torch.Tensor, fp_logi
 
 class Scorer:
     """Loss of candidate outputs against the FP output (lower is better), per column group
-    (Linear: ``[M, O]`` with groups of columns) or per head (matmul: ``[B, H, N, N2]``)."""
+    (Linear: ``[M, O]`` with groups of columns, ``M`` = ``images`` x tokens) or per head (matmul:
+    ``[B, H, N, N2]``)."""
 
-    def __init__(self, metric: str, raw: torch.Tensor, grad: torch.Tensor | None, bias: torch.Tensor | None = None):
-        self.metric, self.raw, self.grad, self.bias = metric, raw, grad, bias
+    def __init__(self, metric: str, raw: torch.Tensor, grad: torch.Tensor | None, bias: torch.Tensor | None = None,
+                 images: int = 1, conv: bool = False):
+        self.metric, self.raw, self.grad, self.bias, self.images, self.conv = metric, raw, grad, bias, images, conv
         self.neg_target = -raw if bias is None else bias - raw  # addmm(neg_target, x, w^T) = y - raw
 
+    def stack(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """One :meth:`linear` result per candidate -> ``[n, groups]``. Per-row cosines are reduced
+        as the reference reduces its candidates' similarities: the mean over the tokens, summed
+        over the images, laid out ``[images, tokens, n, groups]`` (Linear) or ``[images, n,
+        positions]`` (conv, one group), since the reduction's order follows the layout. Another
+        order (the mean over all rows of one candidate) picked another step where two candidates
+        scored within float32 round-off (tiny_deit W6A6, ``blocks.3.mlp.fc1``'s input)."""
+        if losses[0].dim() == 1:
+            return torch.stack(losses)
+        if self.conv:
+            assert losses[0].shape[1] == 1
+            return torch.stack([loss.view(self.images, -1) for loss in losses], 1).mean(2).sum(0)[:, None]
+        rows = torch.stack(losses, 1)  # [M, n, groups]
+        return rows.view(self.images, -1, *rows.shape[1:]).mean(1).sum(0)
+
     def linear(self, x: torch.Tensor, w: torch.Tensor, groups: int, per_image: int = 0) -> torch.Tensor:
-        """``x`` [M, K], ``w`` [O, K] -> loss per group [groups]. ``per_image`` > 0: cosine per
-        output channel over each image's rows (the reference's channel-wise conv)."""
+        """``x`` [M, K], ``w`` [O, K] -> loss per group [groups]; cosine: per row and group
+        ``[M, groups]``, for :meth:`stack`. ``per_image`` > 0: cosine per output channel over each
+        image's rows (the reference's channel-wise conv), per channel."""
         if self.metric != "cosine":
             e = torch.addmm(self.neg_target, x, w.t())
             if self.grad is not None:
@@ -312,7 +330,7 @@ class Scorer:
         m, o = y.shape
         if per_image:
             return -F.cosine_similarity(y.view(per_image, -1, o), self.raw.view(per_image, -1, o), dim=1).sum(0)
-        return -F.cosine_similarity(y.view(m, groups, -1), self.raw.view(m, groups, -1), dim=-1).mean(0)
+        return -F.cosine_similarity(y.view(m, groups, -1), self.raw.view(m, groups, -1), dim=-1)
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``a`` [B, H, N, D] @ ``b`` [B, H, D, N2] -> loss per head [H]. Cosine: the mean over
@@ -327,9 +345,9 @@ class Scorer:
         return e.square_().sum((0, 2, 3))
 
 
-def _pick(losses: list[torch.Tensor], cands: torch.Tensor) -> torch.Tensor:
-    """``losses``: one ``[G]`` per candidate; ``cands`` [n, G] -> the best candidate per group."""
-    best = torch.stack(losses).argmin(0)
+def _pick(losses: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+    """``losses`` [n, G], ``cands`` [n, G] -> the best candidate per group (the first of equals)."""
+    best = losses.argmin(0)
     return cands.gather(0, best[None]).squeeze(0)
 
 
@@ -360,7 +378,7 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         g = torch.cat(s.grads)
         grad = (g.permute(0, 2, 3, 1) if conv else g).reshape(raw.shape)
     s.inputs, s.grads = [], []
-    scorer = Scorer(cfg.metric, raw, grad, bias)
+    scorer = Scorer(cfg.metric, raw, grad, bias, images=n_img, conv=conv)
     out_ch = w.shape[0]
     if conv:
         groups = out_ch if cfg.channelwise_conv else 1
@@ -403,7 +421,7 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         if wb is not None:
             if isinstance(seen_a, str) or not _same(seen_a, s_a):
                 xq = qx(s_a)
-                s_w = _pick([scorer.linear(xq, qw(c), groups, per_image) for c in cand_w], cand_w)
+                s_w = _pick(scorer.stack([scorer.linear(xq, qw(c), groups, per_image) for c in cand_w]), cand_w)
                 seen_a = s_a
                 stats.searches += 1
             else:
@@ -412,8 +430,10 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
             if isinstance(seen_w, str) or not _same(seen_w, s_w):
                 wq = w if s_w is None else qw(s_w)
                 a_groups = out_ch if per_image else 1  # the whole output (per channel only for cosine convs)
-                losses = [scorer.linear(qx(c), wq, a_groups, per_image).mean(0, keepdim=True) for c in cand_a]
-                s_a = _pick(losses, cand_a[:, None])[0]
+                losses = [scorer.linear(qx(c), wq, a_groups, per_image) for c in cand_a]
+                if losses[0].dim() == 1:  # per group: the whole output's
+                    losses = [loss.mean(0, keepdim=True) for loss in losses]
+                s_a = _pick(scorer.stack(losses), cand_a[:, None])[0]
                 seen_w = s_w
                 stats.searches += 1
             else:
@@ -488,7 +508,7 @@ def search_matmul(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
                     stats.skipped += 1
             elif isinstance(seen_b, str) or not _same(seen_b, s_b):
                 bq = b if s_b is None else hq(b, s_b, pb.bits)
-                s_a = _pick([scorer.matmul(qa(c), bq) for c in cand_a], cand_a)
+                s_a = _pick(torch.stack([scorer.matmul(qa(c), bq) for c in cand_a]), cand_a)
                 seen_b = s_b
                 stats.searches += 1
             else:
@@ -496,7 +516,7 @@ def search_matmul(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         if pb.bits is not None:
             if isinstance(seen_a, str) or not _same(seen_a, s_a):
                 aq = a if s_a is None else qa(s_a)
-                s_b = _pick([scorer.matmul(aq, hq(b, c, pb.bits)) for c in cand_b], cand_b)
+                s_b = _pick(torch.stack([scorer.matmul(aq, hq(b, c, pb.bits)) for c in cand_b]), cand_b)
                 seen_a = s_a
                 stats.searches += 1
             else:

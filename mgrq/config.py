@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -18,8 +19,12 @@ def path_arg(s: str) -> str:
     """A path option as an absolute path, ``~`` expanded: a quoted ``~`` or ``--opt=~/x`` is not
     expanded by the shell, and an output folder would otherwise be made as a folder named ``~``
     in the working directory. The record names the file wherever it is read from.
-    (``$MGRQ_RUNS`` is expanded where it is read, :func:`mgrq.runner.layout.default_out`.)"""
-    return os.path.abspath(os.path.expanduser(s)) if s else s
+    (``$MGRQ_RUNS`` is expanded where it is read, :func:`mgrq.runner.layout.default_out`.) An
+    empty path is refused: it would otherwise mean the option's default (``--out ""``, say, from
+    an unset shell variable, would write into ``./runs``)."""
+    if not s:
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return os.path.abspath(os.path.expanduser(s))
 
 
 def _type_name(typ: Any) -> str:

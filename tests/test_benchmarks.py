@@ -134,3 +134,38 @@ def test_a_saved_benchmark_holds_its_table_figures_and_where_they_came_from(tmp_
     (row,) = saved["rows"]
     assert row["mode"] == "none" and f"| none | {row['ms_per_iter']:.2f} | 1.00x |" in saved["table"][2]
     assert out.splitlines()[0] == f"source tree {here or 'not a git checkout'} | CPU, 1 thread | processor {saved['cpu']}"
+
+
+def test_quantizer_paths_times_the_three_paths_and_checks_the_fused_one_is_bit_identical(tmp_path, capsys, one_thread):
+    """Each tensor's row: the quantizer took the path under test (fused only where it says so),
+    the fused kernel's output equals the composite formula's element for element, all saved."""
+    import json
+
+    from benchmarks import quantizer_paths
+
+    path = tmp_path / "qp.json"
+    argv = ["--size", "tiny", "--threads", "1", "--rounds", "2", "--calls", "1", "--save", str(path)]
+    assert quantizer_paths.main(argv) == 0
+    out = capsys.readouterr().out
+    saved = json.loads(path.read_text())
+    assert saved["command"] == "python -m benchmarks.quantizer_paths " + " ".join(argv)
+    assert [r["tensor"] for r in saved["rows"]] == list(quantizer_paths.cases("tiny"))
+    for row in saved["rows"]:
+        assert row["differ_from_composite"]["fused"] == 0 and row["differ_from_composite"]["composite"] == 0
+        assert set(row["ms"]) == set(quantizer_paths.PATHS) and all(v > 0 for v in row["ms"].values())
+        assert row["ratio_to_fused"]["fused"] == 1.0
+    assert all(line in out for line in saved["table"]) and len(saved["table"]) == 2 + 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "0"], "--threads '0': expected a comma list of positive integers"),
+    (["--threads", "two"], "--threads 'two': expected a comma list of positive integers"),
+    (["--rounds", "0"], "--rounds 0, --calls 10: expected both >= 1"),
+    (["--device", "tpu"], "--device 'tpu': expected cpu or cuda"),
+])
+def test_quantizer_paths_rejects_bad_options(argv, message, capsys):
+    from benchmarks import quantizer_paths
+
+    with pytest.raises(SystemExit) as e:
+        quantizer_paths.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -678,3 +678,17 @@ def test_a_tilde_in_a_path_option_means_home_not_a_folder_named_tilde(tmp_path, 
     assert main(["zoo", "train", "tiny_vit", "--out=~/t.pth", "--quiet"]) == 0
     assert calls == [str(home / "t.pth")]
     assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["suite", "run", "demo", "--out", ""],
+    ["report", "demo", "--dest="],
+    ["quantize", "--model", "tiny_vit", "--method", "percentile", "--record", ""],
+    ["rerun", ""],
+])
+def test_an_empty_path_option_is_refused_not_taken_for_its_default(argv, capsys):
+    """``--out "$UNSET"`` used to mean the default folder; now argparse names the option."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "expected a path, got an empty string" in capsys.readouterr().err

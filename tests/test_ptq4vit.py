@@ -142,6 +142,28 @@ def test_cosine_matmul_score_is_summed_over_the_batch_in_the_references_order():
     assert torch.equal(Scorer("cosine", raw, None).matmul(a, b), -ref.reshape(3))
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+def test_cosine_linear_scores_are_reduced_in_the_references_order(groups):
+    """The reference (PTQSLBatchingQuantLinear, cosine): every candidate's output in one tensor
+    ``[images, tokens, n, groups, rows]``, cosine over the rows, mean over the tokens, sum over the
+    images; the conv (BatchingEasyQuantConv2d): ``[images, n, positions]``, mean over the
+    positions. Written out with those layouts; the reduction's order follows the layout."""
+    torch.manual_seed(0)
+    images, tokens, n, o = 8, 17, 5, 12
+    raw = torch.randn(images * tokens, o)
+    outs = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
+    eye = torch.eye(o)  # F.linear(y, I) = y exactly
+    ref_out = torch.stack([y.view(images, tokens, groups, -1) for y in outs], 2)  # [images, tokens, n, groups, rows]
+    ref = F.cosine_similarity(raw.view(images, tokens, 1, groups, -1), ref_out, dim=-1).mean([1]).sum(0)
+    scorer = Scorer("cosine", raw, None, images=images)
+    assert torch.equal(scorer.stack([scorer.linear(y, eye, groups) for y in outs]), -ref)
+    if groups == 1:
+        conv_ref = F.cosine_similarity(raw.view(images, 1, tokens, o), torch.stack([y.view(images, tokens, o) for y in outs], 1),
+                                       dim=-1).mean([2]).sum(0)
+        conv = Scorer("cosine", raw, None, images=images, conv=True)
+        assert torch.equal(conv.stack([conv.linear(y, eye, 1) for y in outs]), -conv_ref[:, None])
+
+
 def _reference_linear_search(x, w, b, g, wb, ab, f, rounds):
     """The reference's PTQSLBatchingQuantLinear search, written out literally (per-tensor
     weight and input, Hessian metric): similarity = -mean((g (O - O_hat))^2), argmax."""
