@@ -76,10 +76,13 @@ Deviations from the reference (the search itself is the same):
   reference's own ``test_all.py`` on tiny ViT and DeiT; ``division=divide`` computes ``x / d``
   there too (``docs/results/reference-code/results_ptq4vit.md``). The twin quantizers divide in
   both settings.
-- Summation order: the cosine score of a matmul candidate is, as in the reference, the mean over
-  rows summed over the batch (``Scorer.matmul``). The same mean over both picked another step
-  where two candidates scored within float32 round-off (1.6e-7 and 1.2e-7 apart in float64, in two
-  heads of tiny_swin W4A4), and the reference's order picked the float64 winner there.
+- Summation order of the cosine metric: as in the reference, a candidate's score is the mean
+  over the rows (tokens, positions) summed over the images, and a Linear's or conv's candidates
+  are reduced laid out as the reference lays them out (``Scorer.matmul``, ``Scorer.stack``): the
+  order of a float32 sum follows the layout. The plain mean over all rows picked another step
+  where two candidates scored within float32 round-off: two heads of tiny_swin W4A4's
+  ``matmul1`` (1.6e-7 and 1.2e-7 apart in float64, where the reference's order picked the
+  float64 winner) and tiny_deit W6A6's ``blocks.3.mlp.fc1`` input.
 """
 
 from __future__ import annotations

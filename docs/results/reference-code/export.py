@@ -8,11 +8,13 @@ usage (from the repository root, the project's Python): python docs/results/refe
 """
 import re
 import sys
+from pathlib import Path
 
 import torch
 
-from mgrq import zoo
-from mgrq.data import mnist_bundle, sample_calibration
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # this checkout's mgrq, not an installed one
+from mgrq import zoo  # noqa: E402
+from mgrq.data import mnist_bundle, sample_calibration  # noqa: E402
 
 name, out = sys.argv[1:3]
 model = zoo.create_model(name)

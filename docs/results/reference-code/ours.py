@@ -7,11 +7,13 @@ e.g. ``ours.py /tmp/x --model tiny_vit --method repq_vit --w-bits 4 --a-bits 4 -
 --eval-split heldout --set quantile=torch2.13 --set division=divide``
 """
 import sys
+from pathlib import Path
 
 import torch
 
-import mgrq.evaluate
-from mgrq.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # this checkout's mgrq, not an installed one
+import mgrq.evaluate  # noqa: E402
+from mgrq.cli import main  # noqa: E402
 
 out, args = sys.argv[1], sys.argv[2:]
 evaluate = mgrq.evaluate.evaluate
