@@ -6,8 +6,8 @@
 The paths, on the same quantizer (4 bits, asymmetric, integer zero point, min/max range):
 
 - ``fused``: torch's ``fake_quantize_per_{tensor,channel}_affine`` kernel, which the quantizer
-  takes whenever its zero point is an integer inside the integer range (evaluation and every
-  forward without gradients);
+  takes on CUDA whenever its zero point is an integer inside the integer range (evaluation and
+  every forward without gradients; the benchmark calls it on a CPU too);
 - ``composite``: the same formula in torch ops, ``x * (1 / s)`` (what the quantizer computes
   where the kernel does not apply: fractional zero points, RepQ-ViT's reparameterized inputs);
 - ``divide``: the composite with ``x / s``, as the reference codes compute it (``division=divide``
@@ -17,7 +17,8 @@ The tensors (ViT-B sizes, batch 32, 197 tokens; ``--size tiny`` for a quick run)
 per output channel, a Linear input per tensor and per channel (RepQ-ViT's post-LayerNorm inputs
 before the reparameterization), and a matmul operand per head. ms/call is the median over
 ``--rounds`` rounds of ``--calls`` calls each, the paths taking turns inside each round (so a
-noisy machine slows them alike); the ratios are to ``fused`` in the same round. ``differ``: the
+noisy machine slows them alike), after one untimed pass over every tensor (the first large
+allocations are slower); the ratios are to ``fused`` in the same round. ``differ``: the
 elements whose output differs from ``composite`` (``fused`` must be 0: the quantizer's fast path is
 bit-identical to the formula; ``divide`` differs where a quotient lies at a rounding tie).
 Needs only torch.
@@ -57,13 +58,15 @@ def cases(size: str) -> dict[str, tuple[torch.Size, Any]]:
 
 
 def quantizer(path: str, x: torch.Tensor, granularity: Any) -> Any:
+    """The path's forward: the kernel (``_fused``) or the quantizer's forward with the kernel off."""
     from mgrq.quant.quantizers import UniformQuantizer
 
     q = UniformQuantizer(4, granularity=granularity, divide=path == "divide").to(x.device)
     q.init_minmax(x)
-    if path == "composite":
-        q._fast = False
-    assert q._fast == (path == "fused"), f"{path}: the quantizer did not take the path under test"
+    assert q._fast == (path != "divide"), f"{path}: the quantizer is not on the path under test"
+    if path == "fused":
+        return q._fused
+    q._fast = False
     return q
 
 
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     torch.manual_seed(args.seed)
     tensors = {name: (torch.randn(shape, device=device), g) for name, (shape, g) in cases(args.size).items()}
+    for x, g in tensors.values():  # warm-up, untimed: the allocator settles on these sizes first
+        time_case(x, g, 1, 1)
     for t in threads if device.type == "cpu" else threads[:1]:
         torch.set_num_threads(t)
         for name, (x, g) in tensors.items():
