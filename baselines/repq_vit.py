@@ -41,7 +41,7 @@ W6A6; CPU; ``docs/results/reference-code/``). The deviations:
 - Per-channel searches are vectorized (the quantiles of every channel at once) instead of a
   Python loop over channels.
 - The division ``x / d`` (``division``): by default ``x * (1 / d)``, as torch's fused fake-quant
-  kernels compute it (on CUDA they then serve every quantizer with an integer zero point). The two differ
+  kernels compute it (they then serve every quantizer with an integer zero point). The two differ
   in the last bit of some quotients, which moves a code where the quotient lies at a rounding
   tie; in a sequential calibration such a move can turn a later discrete choice. On the tiny zoo
   it was the one cause left of a top-1 gap to the reference with the torch quantiles (tiny_swin

@@ -6,8 +6,8 @@
 The paths, on the same quantizer (4 bits, asymmetric, integer zero point, min/max range):
 
 - ``fused``: torch's ``fake_quantize_per_{tensor,channel}_affine`` kernel, which the quantizer
-  takes on CUDA whenever its zero point is an integer inside the integer range (evaluation and
-  every forward without gradients; the benchmark calls it on a CPU too);
+  takes whenever its zero point is an integer inside the integer range (evaluation and every
+  forward without gradients);
 - ``composite``: the same formula in torch ops, ``x * (1 / s)`` (what the quantizer computes
   where the kernel does not apply: fractional zero points, RepQ-ViT's reparameterized inputs);
 - ``divide``: the composite with ``x / s``, as the reference codes compute it (``division=divide``

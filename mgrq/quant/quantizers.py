@@ -114,12 +114,12 @@ class UniformQuantizer(nn.Module):
     def _refresh_fast_path(self) -> None:
         """torch's fused fake-quant kernels apply (bit-identical) when the zero point is an
         integer inside the integer range; fractional or out-of-range zero points (RepQ-ViT,
-        percentile ranges that exclude 0) use the composite path, and so does ``divide``. The
-        forward takes the kernels on CUDA only: on a CPU the composite path took 0.2-0.8x the
-        kernel's time in every case of ``python -m benchmarks.quantizer_paths`` (ViT-B weights,
-        inputs and matmul operands, 1 and 2 threads, ``docs/benchmarks/quantizer_paths-intel.json``),
-        and a tiny_vit W4A4 evaluation of the 1,000 held-out digits took 3.4-3.7 s against
-        4.9-5.2 s. On CUDA the kernels are not timed against it here."""
+        percentile ranges that exclude 0) use the composite path, and so does ``divide``.
+        ``python -m benchmarks.quantizer_paths`` times both: on a 2-core Intel Xeon the composite
+        form took 0.2-0.3x the kernel's time on per-channel weights and head-wise matmul operands,
+        and 0.4-1.4x on Linear inputs, where repeated runs disagreed (2 threads);
+        ``docs/benchmarks/quantizer_paths-intel.json``. A tiny_vit and a tiny_swin W4A4
+        evaluation took the same time either way within noise, so the kernels stay in use."""
         z = self.zero_point
         self._fast = not self.divide and bool(
             torch.equal(z, z.round()) and bool((z >= self.qmin).all()) and bool((z <= self.qmax).all())
@@ -209,7 +209,7 @@ class UniformQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.initialized:
             raise RuntimeError("UniformQuantizer used before initialization (call an init_* method)")
-        if self._fast and x.is_cuda and not (torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad)):
+        if self._fast and not (torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad)):
             return self._fused(x)
         s = self._view(self.scale, x)
         if self.lsq:
