@@ -115,11 +115,12 @@ class UniformQuantizer(nn.Module):
         """torch's fused fake-quant kernels apply (bit-identical) when the zero point is an
         integer inside the integer range; fractional or out-of-range zero points (RepQ-ViT,
         percentile ranges that exclude 0) use the composite path, and so does ``divide``.
-        ``python -m benchmarks.quantizer_paths`` times both: on a 2-core Intel Xeon the composite
-        form took 0.2-0.3x the kernel's time on per-channel weights and head-wise matmul operands,
-        and 0.4-1.4x on Linear inputs, where repeated runs disagreed (2 threads);
-        ``docs/benchmarks/quantizer_paths-intel.json``. A tiny_vit and a tiny_swin W4A4
-        evaluation took the same time either way within noise, so the kernels stay in use."""
+        ``python -m benchmarks.quantizer_paths`` times both (``docs/benchmarks/quantizer_paths-intel.json``,
+        a 2-core Intel Xeon, ViT-B sizes): the composite form took 0.25-0.4x the kernel's time on
+        per-channel weights and head-wise matmul operands at 1 and 2 threads; on Linear inputs
+        0.4-0.7x at 1 thread and 1.1-1.6x at 2 (another run gave 0.7-0.9x there). A tiny_vit and
+        a tiny_swin W4A4 evaluation took the same time either way within noise, so the kernels
+        stay in use."""
         z = self.zero_point
         self._fast = not self.divide and bool(
             torch.equal(z, z.round()) and bool((z >= self.qmin).all()) and bool((z <= self.qmax).all())
