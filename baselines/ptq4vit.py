@@ -79,10 +79,11 @@ Deviations from the reference (the search itself is the same):
 - Summation order of the cosine metric: as in the reference, a candidate's score is the mean
   over the rows (tokens, positions) summed over the images, and a Linear's or conv's candidates
   are reduced laid out as the reference lays them out (``Scorer.matmul``, ``Scorer.stack``): the
-  order of a float32 sum follows the layout. The plain mean over all rows picked another step
-  where two candidates scored within float32 round-off: two heads of tiny_swin W4A4's
-  ``matmul1`` (1.6e-7 and 1.2e-7 apart in float64, where the reference's order picked the
-  float64 winner) and tiny_deit W6A6's ``blocks.3.mlp.fc1`` input.
+  order of a float32 sum follows the layout (not matched: the twin split search with the cosine
+  metric, no config's setting, sums over heads where the reference takes their mean). The plain
+  mean over all rows picked another step where two candidates scored within float32 round-off:
+  two heads of tiny_swin W4A4's ``matmul1`` (1.6e-7 and 1.2e-7 apart in float64, where the
+  reference's order picked the float64 winner) and tiny_deit W6A6's ``blocks.3.mlp.fc1`` input.
 """
 
 from __future__ import annotations
@@ -309,7 +310,9 @@ class Scorer:
         """One :meth:`linear` result per candidate -> ``[n, groups]``. Per-row cosines are reduced
         as the reference reduces its candidates' similarities: the mean over the tokens, summed
         over the images, laid out ``[images, tokens, n, groups]`` (Linear) or ``[images, n,
-        positions]`` (conv, one group), since the reduction's order follows the layout. Another
+        positions]`` (conv, one group: the reference's weight search; its conv input search, which
+        ``base_ptq`` never runs, lays them out ``[n, images, positions]``), since the reduction's
+        order follows the layout. Another
         order (the mean over all rows of one candidate) picked another step where two candidates
         scored within float32 round-off (tiny_deit W6A6, ``blocks.3.mlp.fc1``'s input)."""
         if losses[0].dim() == 1:

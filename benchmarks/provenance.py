@@ -15,7 +15,12 @@ from mgrq import records
 
 def check(path: str | None) -> None:
     """Fail before any work when ``--save`` cannot be written (a folder given, a path below a
-    file, a place where no file can be created); missing folders are created when it is saved."""
+    file, a place where no file can be created, an empty path); missing folders are created when
+    it is saved."""
+    from mgrq.errors import ConfigError
+
+    if path == "":
+        raise ConfigError("--save '': expected a file path (an empty one would save nothing)")
     if path:
         records.check_writable(path, "--save")
 

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--size", choices=sorted(SIZES), default="vit_b", help="tensor sizes (default vit_b)")
-    p.add_argument("--threads", default="1,2", help="comma list of CPU thread counts (default 1,2)")
+    p.add_argument("--threads", default="1,2", help="comma list of CPU thread counts (default 1,2; "
+                   "on CUDA only the first is used)")
     p.add_argument("--rounds", type=int, default=7, help="rounds, the paths taking turns (default 7)")
     p.add_argument("--calls", type=int, default=10, help="calls per path and round (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random tensors (default 0)")

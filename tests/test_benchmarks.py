@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import vs_brecq
+from mgrq.quant.quantizers import UniformQuantizer
 
 
 @pytest.fixture
@@ -155,6 +157,10 @@ def test_quantizer_paths_times_the_three_paths_and_checks_the_fused_one_is_bit_i
         assert set(row["ms"]) == set(quantizer_paths.PATHS) and all(v > 0 for v in row["ms"].values())
         assert row["ratio_to_fused"]["fused"] == 1.0
     assert all(line in out for line in saved["table"]) and len(saved["table"]) == 2 + 4
+    x = torch.randn(16, 8)  # the fused path times the kernel itself; the others the forward with it off
+    g = quantizer_paths.cases("tiny")["weight, per channel"][1]
+    fused, composite = quantizer_paths.quantizer("fused", x, g), quantizer_paths.quantizer("composite", x, g)
+    assert fused.__func__ is UniformQuantizer._fused and isinstance(composite, UniformQuantizer) and not composite._fast
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -162,6 +168,7 @@ def test_quantizer_paths_times_the_three_paths_and_checks_the_fused_one_is_bit_i
     (["--threads", "two"], "--threads 'two': expected a comma list of positive integers"),
     (["--rounds", "0"], "--rounds 0, --calls 10: expected both >= 1"),
     (["--device", "tpu"], "--device 'tpu': expected cpu or cuda"),
+    (["--save", ""], "--save '': expected a file path"),
 ])
 def test_quantizer_paths_rejects_bad_options(argv, message, capsys):
     from benchmarks import quantizer_paths

@@ -118,7 +118,7 @@ class UniformQuantizer(nn.Module):
         ``python -m benchmarks.quantizer_paths`` times both (``docs/benchmarks/quantizer_paths-intel.json``,
         a 2-core Intel Xeon, ViT-B sizes): the composite form took 0.25-0.4x the kernel's time on
         per-channel weights and head-wise matmul operands at 1 and 2 threads; on Linear inputs
-        0.4-0.7x at 1 thread and 1.1-1.6x at 2 (another run gave 0.7-0.9x there). A tiny_vit and
+        0.4-0.7x at 1 thread and 1.1-1.6x at 2 (earlier, unsaved runs gave 0.7-0.9x there). A tiny_vit and
         a tiny_swin W4A4 evaluation took the same time either way within noise, so the kernels
         stay in use."""
         z = self.zero_point
