@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script from the repo root
 
 import torch
 
+from mgrq.config import path_arg
 from mgrq.errors import first_line
 from mgrq.recon.config import AUTOCASTS, MATMUL_PRECISIONS
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autocast", choices=AUTOCASTS, default="none",
                    help="autocast of every mode, eager included (bf16: the unit forward in bfloat16, quantizers "
                         "in fp32), so fast modes are compared with eager at the same numerics (default none)")
-    p.add_argument("--save", default=None, metavar="FILE.json",
+    p.add_argument("--save", default=None, type=path_arg, metavar="FILE.json",
                    help="also write the table, each mode's figures and where they came from (command, git sha, "
                         "device, CPU, versions, times) to this JSON file")
     args = p.parse_args(argv)

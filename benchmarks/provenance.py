@@ -15,12 +15,8 @@ from mgrq import records
 
 def check(path: str | None) -> None:
     """Fail before any work when ``--save`` cannot be written (a folder given, a path below a
-    file, a place where no file can be created, an empty path); missing folders are created when
-    it is saved."""
-    from mgrq.errors import ConfigError
-
-    if path == "":
-        raise ConfigError("--save '': expected a file path (an empty one would save nothing)")
+    file, a place where no file can be created; an empty one is refused by its type,
+    :func:`mgrq.config.path_arg`); missing folders are created when it is saved."""
     if path:
         records.check_writable(path, "--save")
 

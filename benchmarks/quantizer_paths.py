@@ -38,6 +38,8 @@ if __package__ in (None, ""):  # run as a script from the repo root
 
 import torch
 
+from mgrq.config import path_arg
+
 PATHS = ("fused", "composite", "divide")
 SIZES = {  # batch, tokens, dim, heads
     "vit_b": (32, 197, 768, 12),
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7, help="rounds, the paths taking turns (default 7)")
     p.add_argument("--calls", type=int, default=10, help="calls per path and round (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random tensors (default 0)")
-    p.add_argument("--save", default=None, metavar="FILE.json",
+    p.add_argument("--save", default=None, type=path_arg, metavar="FILE.json",
                    help="also write the table, each row's figures, the command, source tree, machine and versions")
     args = p.parse_args(argv)
     try:

@@ -70,6 +70,8 @@ if __package__ in (None, ""):  # run as a script from the repo root
 
 import torch
 
+from mgrq.config import path_arg
+
 BRECQ_URL = "https://github.com/yhhhli/BRECQ"
 BRECQ_COMMIT = "e455d62"
 STAGES = ("rounding", "steps")
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="our compile modes, comma list of none, kernels, compile (default: none,compile for rounding "
                         "and kernels,compile for steps; steps has no pure eager row by default: the opt-in fused "
                         "quantizer kernels are the peer of BRECQ's eager step there)")
-    p.add_argument("--save", default=None, metavar="FILE.json",
+    p.add_argument("--save", default=None, type=path_arg, metavar="FILE.json",
                    help="also write the table, every round's figures and where they came from (command, git sha, "
                         "BRECQ commit, CPU, versions, times) to this JSON file")
     args = p.parse_args(argv)

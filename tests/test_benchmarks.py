@@ -168,7 +168,7 @@ def test_quantizer_paths_times_the_three_paths_and_checks_the_fused_one_is_bit_i
     (["--threads", "two"], "--threads 'two': expected a comma list of positive integers"),
     (["--rounds", "0"], "--rounds 0, --calls 10: expected both >= 1"),
     (["--device", "tpu"], "--device 'tpu': expected cpu or cuda"),
-    (["--save", ""], "--save '': expected a file path"),
+    (["--save", ""], "argument --save: expected a path, got an empty string"),
 ])
 def test_quantizer_paths_rejects_bad_options(argv, message, capsys):
     from benchmarks import quantizer_paths
