@@ -302,9 +302,17 @@ class Scorer:
     ``[B, H, N, N2]``)."""
 
     def __init__(self, metric: str, raw: torch.Tensor, grad: torch.Tensor | None, bias: torch.Tensor | None = None,
-                 images: int = 1, conv: bool = False):
+                 images: int = 1, conv: bool = False, per_image: bool = False):
         self.metric, self.raw, self.grad, self.bias, self.images, self.conv = metric, raw, grad, bias, images, conv
         self.neg_target = -raw if bias is None else bias - raw  # addmm(neg_target, x, w^T) = y - raw
+        self.per_image = per_image and metric == "cosine"
+        if self.per_image:
+            self.raw_maps = self._maps(raw)
+
+    def _maps(self, y: torch.Tensor) -> torch.Tensor:
+        """Conv output rows ``[images x positions, O]`` -> ``[images, O, positions]``, contiguous:
+        the reference's conv output layout, over whose last dim it takes the cosine."""
+        return y.view(self.images, -1, y.shape[1]).transpose(1, 2).contiguous()
 
     def stack(self, losses: list[torch.Tensor]) -> torch.Tensor:
         """One :meth:`linear` result per candidate -> ``[n, groups]``. Per-row cosines are reduced
@@ -312,30 +320,44 @@ class Scorer:
         over the images, laid out ``[images, tokens, n, groups]`` (Linear) or ``[images, n,
         positions]`` (conv, one group: the reference's weight search; its conv input search, which
         ``base_ptq`` never runs, lays them out ``[n, images, positions]``), since the reduction's
-        order follows the layout. Another
+        order follows the layout; ``per_image`` results ``[images, G]`` are summed over the images
+        from ``[images, n, G]`` (ChannelwiseBatchingQuantConv2d's layout). Another
         order (the mean over all rows of one candidate) picked another step where two candidates
         scored within float32 round-off (tiny_deit W6A6, ``blocks.3.mlp.fc1``'s input)."""
         if losses[0].dim() == 1:
             return torch.stack(losses)
+        if self.per_image:  # [images, G] each: [images, n, G], summed over the images
+            return torch.stack(losses, 1).sum(0)
         if self.conv:
             assert losses[0].shape[1] == 1
             return torch.stack([loss.view(self.images, -1) for loss in losses], 1).mean(2).sum(0)[:, None]
         rows = torch.stack(losses, 1)  # [M, n, groups]
         return rows.view(self.images, -1, *rows.shape[1:]).mean(1).sum(0)
 
-    def linear(self, x: torch.Tensor, w: torch.Tensor, groups: int, per_image: int = 0) -> torch.Tensor:
+    def whole(self, losses: list[torch.Tensor]) -> torch.Tensor:
+        """One :meth:`linear` result per candidate -> the whole output's loss ``[n, 1]`` (the
+        input search's): the mean over the groups, or with ``per_image`` over the channels of
+        each image before the sum over the images (the reference's order)."""
+        if losses[0].dim() == 1:
+            losses = [loss.mean(0, keepdim=True) for loss in losses]
+        elif self.per_image:
+            losses = [loss.mean(1, keepdim=True) for loss in losses]
+        return self.stack(losses)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, groups: int) -> torch.Tensor:
         """``x`` [M, K], ``w`` [O, K] -> loss per group [groups]; cosine: per row and group
-        ``[M, groups]``, for :meth:`stack`. ``per_image`` > 0: cosine per output channel over each
-        image's rows (the reference's channel-wise conv), per channel."""
+        ``[M, groups]``, for :meth:`stack`. ``per_image`` (a channel-wise conv with the cosine
+        metric): the cosine of each output channel over each image's positions, ``[images, O]``
+        (the reference's ChannelwiseBatchingQuantConv2d, in its layout)."""
         if self.metric != "cosine":
             e = torch.addmm(self.neg_target, x, w.t())
             if self.grad is not None:
                 e.mul_(self.grad)
             return e.square_().sum(0).view(groups, -1).sum(1)
         y = F.linear(x, w, self.bias)
-        m, o = y.shape
-        if per_image:
-            return -F.cosine_similarity(y.view(per_image, -1, o), self.raw.view(per_image, -1, o), dim=1).sum(0)
+        m = y.shape[0]
+        if self.per_image:
+            return -F.cosine_similarity(self._maps(y), self.raw_maps, dim=-1)
         return -F.cosine_similarity(y.view(m, groups, -1), self.raw.view(m, groups, -1), dim=-1)
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -384,13 +406,13 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         g = torch.cat(s.grads)
         grad = (g.permute(0, 2, 3, 1) if conv else g).reshape(raw.shape)
     s.inputs, s.grads = [], []
-    scorer = Scorer(cfg.metric, raw, grad, bias, images=n_img, conv=conv)
     out_ch = w.shape[0]
     if conv:
         groups = out_ch if cfg.channelwise_conv else 1
     else:
         groups = 3 if s.name.endswith("qkv") and out_ch % 3 == 0 else 1
-    per_image = n_img if conv and groups == out_ch and cfg.metric == "cosine" else 0
+    per_image = conv and groups == out_ch
+    scorer = Scorer(cfg.metric, raw, grad, bias, images=n_img, conv=conv, per_image=per_image)
     f = cfg.factors().to(x.device)
 
     wb, ab = wp.bits, ap.bits
@@ -427,7 +449,7 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         if wb is not None:
             if isinstance(seen_a, str) or not _same(seen_a, s_a):
                 xq = qx(s_a)
-                s_w = _pick(scorer.stack([scorer.linear(xq, qw(c), groups, per_image) for c in cand_w]), cand_w)
+                s_w = _pick(scorer.stack([scorer.linear(xq, qw(c), groups) for c in cand_w]), cand_w)
                 seen_a = s_a
                 stats.searches += 1
             else:
@@ -435,11 +457,8 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         if ab is not None:
             if isinstance(seen_w, str) or not _same(seen_w, s_w):
                 wq = w if s_w is None else qw(s_w)
-                a_groups = out_ch if per_image else 1  # the whole output (per channel only for cosine convs)
-                losses = [scorer.linear(qx(c), wq, a_groups, per_image) for c in cand_a]
-                if losses[0].dim() == 1:  # per group: the whole output's
-                    losses = [loss.mean(0, keepdim=True) for loss in losses]
-                s_a = _pick(scorer.stack(losses), cand_a[:, None])[0]
+                a_groups = out_ch if scorer.per_image else 1  # the whole output (per channel only for cosine convs)
+                s_a = _pick(scorer.whole([scorer.linear(qx(c), wq, a_groups) for c in cand_a]), cand_a[:, None])[0]
                 seen_w = s_w
                 stats.searches += 1
             else:

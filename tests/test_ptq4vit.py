@@ -149,7 +149,7 @@ def test_cosine_linear_scores_are_reduced_in_the_references_order(groups):
     images; the conv (BatchingEasyQuantConv2d): ``[images, n, positions]``, mean over the
     positions. Written out with those layouts; the reduction's order follows the layout."""
     torch.manual_seed(0)
-    images, tokens, n, o = 8, 17, 5, 12
+    images, tokens, n, o = 8, 197, 5, 12
     raw = torch.randn(images * tokens, o)
     outs = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
     eye = torch.eye(o)  # F.linear(y, I) = y exactly
@@ -157,11 +157,90 @@ def test_cosine_linear_scores_are_reduced_in_the_references_order(groups):
     ref = F.cosine_similarity(raw.view(images, tokens, 1, groups, -1), ref_out, dim=-1).mean([1]).sum(0)
     scorer = Scorer("cosine", raw, None, images=images)
     assert torch.equal(scorer.stack([scorer.linear(y, eye, groups) for y in outs]), -ref)
+    if groups == 1:  # the data tells layouts apart: laid out candidate-major, the tokens are
+        # contiguous and their mean takes another order (with 3 groups both layouts agree)
+        per_candidate = torch.stack([scorer.linear(y, eye, groups) for y in outs])  # [n, M, groups]
+        assert not torch.equal(per_candidate.view(n, images, tokens, groups).mean(2).sum(1), -ref)
     if groups == 1:
         conv_ref = F.cosine_similarity(raw.view(images, 1, tokens, o), torch.stack([y.view(images, tokens, o) for y in outs], 1),
                                        dim=-1).mean([2]).sum(0)
         conv = Scorer("cosine", raw, None, images=images, conv=True)
         assert torch.equal(conv.stack([conv.linear(y, eye, 1) for y in outs]), -conv_ref[:, None])
+
+
+def test_cosine_channelwise_conv_scores_are_the_references():
+    """The cosine metric with ``channelwise_conv`` (no default runs it), written out as the
+    reference's ChannelwiseBatchingQuantConv2d computes it, layouts included: the weight search
+    scores each output channel by its cosine over each image's positions, summed over the images;
+    the input search takes the mean over the channels first. Both are compared bit for bit, and
+    both searches pick per channel / per tensor from these scores."""
+    torch.manual_seed(0)
+    b, fw, fh, n, oc = 8, 14, 14, 5, 12
+    raw = torch.randn(b * fw * fh, oc)  # our rows: [images x positions, channels]
+    outs = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
+    eye = torch.eye(oc)
+    nchw = lambda y: y.view(b, fw, fh, oc).permute(0, 3, 1, 2).contiguous()  # noqa: E731  (a conv's output)
+    raw_out = nchw(raw).unsqueeze(1)  # b, 1, oc, fw, fh
+
+    def similarity(out_sim):  # ChannelwiseBatchingQuantConv2d._get_similarity, cosine
+        return F.cosine_similarity(raw_out.view(b, 1, oc, -1), out_sim.view(b, n, oc, -1), dim=-1).view(b, n, oc, 1, 1)
+
+    out_sim = torch.cat([nchw(y) for y in outs], 1)  # the weight search's conv output: b, n*oc, fw, fh
+    out_sim = torch.cat(torch.chunk(out_sim.unsqueeze(1), chunks=n, dim=2), dim=1)
+    ref_w = torch.mean(similarity(out_sim), [3, 4]).sum(0)  # n, oc
+    out_sim = torch.cat([nchw(y) for y in outs], 0)  # the input search's: n*b, oc, fw, fh
+    out_sim = torch.cat(torch.chunk(out_sim.unsqueeze(0), chunks=n, dim=1), dim=0).transpose_(0, 1)
+    ref_a = torch.mean(similarity(out_sim), dim=[2, 3, 4]).sum(0)  # n
+
+    scorer = Scorer("cosine", raw, None, images=b, conv=True, per_image=True)
+    losses = [scorer.linear(y, eye, oc) for y in outs]
+    assert torch.equal(scorer.stack(losses), -ref_w)
+    assert torch.equal(scorer.whole(losses)[:, 0], -ref_a)
+    # the same sums over positions laid out [images, positions, channels] give other bits
+    strided = torch.stack([F.cosine_similarity(y.view(b, -1, oc), raw.view(b, -1, oc), dim=1) for y in outs], 1).sum(0)
+    assert not torch.equal(strided, ref_w)
+
+
+def _reference_channelwise_conv_cosine(x, w, bias, stride, wb, ab, f, rounds):
+    """The reference's ChannelwiseBatchingQuantConv2d search with the cosine metric, written out
+    (one calibration batch): per-channel weight steps scored by the cosine over each image's
+    positions summed over the images, then the input step by its mean over the channels."""
+    wq, aq = 2 ** (wb - 1), 2 ** (ab - 1)
+
+    def q(t, s, qmax):
+        return (t / s).round().clamp(-qmax, qmax - 1) * s
+
+    raw = F.conv2d(x, w, bias, stride).unsqueeze(1).flatten(3)  # b, 1, oc, positions
+    s_w = w.abs().amax([1, 2, 3], keepdim=True) / (wq - 0.5)
+    s_a = x.abs().max() / (aq - 0.5)
+    cw, ca = f.view(-1, 1, 1, 1, 1) * s_w[None], f * s_a
+    for _ in range(rounds):
+        out = torch.stack([F.conv2d(q(x, s_a, aq), q(w, c, wq), bias, stride) for c in cw], 1).flatten(3)
+        sim = F.cosine_similarity(raw, out, dim=-1).sum(0)  # n, oc
+        s_w = cw.gather(0, sim.argmax(0).view(1, -1, 1, 1, 1))[0]
+        out = torch.stack([F.conv2d(q(x, c, aq), q(w, s_w, wq), bias, stride) for c in ca], 1).flatten(3)
+        s_a = ca[int(F.cosine_similarity(raw, out, dim=-1).mean(2).sum(0).argmax())]
+    return s_w.flatten(), s_a
+
+
+def test_cosine_channelwise_conv_search_matches_reference_formula():
+    """``base_ptq`` with ``channelwise_conv`` on tiny_vit's patch embedding (its input at 4 bits):
+    one step per output channel and one input step, those of the reference's formula."""
+    _, qm = _qm("tiny_vit", overrides=(("^patch_embed\\.proj\\.act_q$", 4),))
+    site = next(s for s in find_sites(qm) if s.name == "patch_embed.proj")
+    images = torch.randn(6, 1, 32, 32)
+    with torch.no_grad():
+        logits = qm(images)
+    cfg = BasePTQConfig(n_candidates=25, rounds=2, channelwise_conv=True)
+    capture(qm, [site], images, logits, cfg)
+    conv = site.module
+    x = torch.cat([t[0] for t in site.inputs])
+    s_w, s_a = _reference_channelwise_conv_cosine(x, conv.weight.detach(), conv.bias.detach(), conv.stride, 4, 4,
+                                                  _reference_grid(cfg.alpha, cfg.beta, 25), 2)
+    search_linear(site, cfg, Stats())
+    assert conv.weight_q.quantizer.granularity.kind == "channel"
+    torch.testing.assert_close(conv.weight_q.quantizer.scale, s_w, rtol=1e-6, atol=0)
+    torch.testing.assert_close(conv.act_q.quantizer.scale, s_a, rtol=1e-6, atol=0)
 
 
 def _reference_linear_search(x, w, b, g, wb, ab, f, rounds):
