@@ -15,7 +15,12 @@ with ``configs/PTQ4ViT.py`` (the ``ptq4vit`` reference) or ``configs/BasePTQ.py`
 - DeiT's ``head_dist`` is wrapped as ``head_dist.head``: ``wrap_modules_in_net`` names a Linear's
   kind by its attribute name and knows ``head``, not ``head_dist`` (a classifier all the same).
 
-``test_classification`` is wrapped to keep its accuracy and the quantized model's logits.
+``test_classification`` is wrapped to keep its accuracy (at its batch of 32) and the quantized
+model's logits. The logits are computed again in batches of 200, as ``ours.py`` computes ours: the
+last batch of 32 holds 8 images, and oneMKL's sgemm gives the head's ``F.linear`` other bits for a
+batch of 8 than for the same rows in a larger batch (tiny Swin's head, 192 inputs: batches of 1-8;
+96 inputs, tiny ViT/DeiT: 1-4). Saved at 32 on one side and 200 on the other, tiny Swin's logits
+differed by up to 2e-6 in those 8 rows alone.
 Run with a Python that has timm 0.4.12, torchvision, tqdm and matplotlib (``test_all.py`` imports
 it), from anywhere: it changes into the checkout, as ``test_all.py``'s ``init_config`` reads
 ``./configs``.
@@ -79,8 +84,8 @@ classify = test_all.test_classification
 
 def keep(net, test_loader, *args, **kwargs):
     results.append(classify(net, test_loader, *args, **kwargs))
-    with torch.no_grad():
-        torch.save(torch.cat([net(x) for x, _ in test_loader]), out + ".logits.pt")
+    with torch.no_grad():  # in batches of 200, as ours.py: see the module docstring
+        torch.save(torch.cat([net(x) for x in data["val_images"].split(200)]), out + ".logits.pt")
     return results[-1]
 
 
