@@ -76,14 +76,16 @@ Deviations from the reference (the search itself is the same):
   reference's own ``test_all.py`` on tiny ViT and DeiT; ``division=divide`` computes ``x / d``
   there too (``docs/results/reference-code/results_ptq4vit.md``). The twin quantizers divide in
   both settings.
-- Summation order of the cosine metric: as in the reference, a candidate's score is the mean
-  over the rows (tokens, positions) summed over the images, and a Linear's or conv's candidates
-  are reduced laid out as the reference lays them out (``Scorer.matmul``, ``Scorer.stack``): the
-  order of a float32 sum follows the layout (not matched: the twin split search with the cosine
-  metric, no config's setting, sums over heads where the reference takes their mean). The plain
-  mean over all rows picked another step where two candidates scored within float32 round-off:
-  two heads of tiny_swin W4A4's ``matmul1`` (1.6e-7 and 1.2e-7 apart in float64, where the
-  reference's order picked the float64 winner) and tiny_deit W6A6's ``blocks.3.mlp.fc1`` input.
+- Summation order: every score is the reference's similarity computed and reduced in its
+  order, with its candidates laid out as its batched code lays them out (``Scorer``; written out
+  against its code in ``tests/test_ptq4vit.py``), since the result of a float32 reduction follows
+  both. A plain mean over all rows picked another step where two candidates scored within
+  float32 round-off: two heads of tiny_swin W4A4's ``matmul1`` (cosine; 1.6e-7 and 1.2e-7 apart
+  in float64, where the reference's order picked the float64 winner) and tiny_deit W6A6's
+  ``blocks.3.mlp.fc1`` input. The Hessian and MSE scores took their sums in another order until
+  this was extended to them (2026-11-29). Not matched: the candidates' outputs come from one
+  product per candidate here and from one over a batch of candidates there, which a BLAS library
+  may round differently (every step equal on the tiny zoo where compared).
 """
 
 from __future__ import annotations
@@ -297,80 +299,81 @@ def capture(qmodel: QuantModel, sites: list[Site], images: torch.Tensor, fp_logi
 
 
 class Scorer:
-    """Loss of candidate outputs against the FP output (lower is better), per column group
-    (Linear: ``[M, O]`` with groups of columns, ``M`` = ``images`` x tokens) or per head (matmul:
-    ``[B, H, N, N2]``)."""
+    """Loss of candidate outputs against the FP output (lower is better): the reference's
+    similarity negated, computed and reduced in its order and layout, since the result of a
+    float32 reduction follows both (where two candidates score within round-off, another order
+    picks another step). Per element: ``(g (O - O_hat))^2`` (``hessian``), ``(O - O_hat)^2``
+    (``mse``) or, per feature vector, ``-cos(O, O_hat)`` (``cosine``).
+
+    - Linear (PTQSLBatchingQuantLinear): the mean over each row's group of columns, then over
+      the tokens, summed over the images (dim 0 of the cached input: windows on Swin), the
+      candidates laid out ``[images, tokens, n, groups]``; the input search scores the whole row.
+    - Matmul (PTQSLBatchingQuantMatMul): the mean over the columns, then the rows, summed over
+      the batch, per head; the twin split search (SoS...MatMul) takes the mean over heads and rows
+      together.
+    - Conv, laid out as its output ``[images, O, positions]``: per tensor (BatchingEasyQuantConv2d)
+      the mean (or cosine) over the channels, then the mean over the positions, summed over the
+      images (its input search, which fails as coded and no config runs, scored alike); per channel
+      (ChannelwiseBatchingQuantConv2d, ``per_image``) the mean (cosine) over each channel's
+      positions, summed over the images, and for its input search the mean over channels and
+      positions together (cosine: over the channels' cosines).
+    """
 
     def __init__(self, metric: str, raw: torch.Tensor, grad: torch.Tensor | None, bias: torch.Tensor | None = None,
                  images: int = 1, conv: bool = False, per_image: bool = False):
         self.metric, self.raw, self.grad, self.bias, self.images, self.conv = metric, raw, grad, bias, images, conv
-        self.neg_target = -raw if bias is None else bias - raw  # addmm(neg_target, x, w^T) = y - raw
-        self.per_image = per_image and metric == "cosine"
-        if self.per_image:
+        self.per_image = conv and per_image
+        if conv:
             self.raw_maps = self._maps(raw)
+            self.grad_maps = None if grad is None else self._maps(grad)
 
     def _maps(self, y: torch.Tensor) -> torch.Tensor:
         """Conv output rows ``[images x positions, O]`` -> ``[images, O, positions]``, contiguous:
-        the reference's conv output layout, over whose last dim it takes the cosine."""
+        the layout of the reference's conv output."""
         return y.view(self.images, -1, y.shape[1]).transpose(1, 2).contiguous()
 
-    def stack(self, losses: list[torch.Tensor]) -> torch.Tensor:
-        """One :meth:`linear` result per candidate -> ``[n, groups]``. Per-row cosines are reduced
-        as the reference reduces its candidates' similarities: the mean over the tokens, summed
-        over the images, laid out ``[images, tokens, n, groups]`` (Linear) or ``[images, n,
-        positions]`` (conv, one group: the reference's weight search; its conv input search, which
-        ``base_ptq`` never runs, lays them out ``[n, images, positions]``), since the reduction's
-        order follows the layout; ``per_image`` results ``[images, G]`` are summed over the images
-        from ``[images, n, G]`` (ChannelwiseBatchingQuantConv2d's layout). Another
-        order (the mean over all rows of one candidate) picked another step where two candidates
-        scored within float32 round-off (tiny_deit W6A6, ``blocks.3.mlp.fc1``'s input)."""
-        if losses[0].dim() == 1:
-            return torch.stack(losses)
-        if self.per_image:  # [images, G] each: [images, n, G], summed over the images
-            return torch.stack(losses, 1).sum(0)
-        if self.conv:
-            assert losses[0].shape[1] == 1
-            return torch.stack([loss.view(self.images, -1) for loss in losses], 1).mean(2).sum(0)[:, None]
-        rows = torch.stack(losses, 1)  # [M, n, groups]
-        return rows.view(self.images, -1, *rows.shape[1:]).mean(1).sum(0)
+    def _elements(self, y: torch.Tensor, raw: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        d = raw - y
+        if grad is not None:
+            d.mul_(grad)
+        return d.square_()
 
-    def whole(self, losses: list[torch.Tensor]) -> torch.Tensor:
-        """One :meth:`linear` result per candidate -> the whole output's loss ``[n, 1]`` (the
-        input search's): the mean over the groups, or with ``per_image`` over the channels of
-        each image before the sum over the images (the reference's order)."""
-        if losses[0].dim() == 1:
-            losses = [loss.mean(0, keepdim=True) for loss in losses]
-        elif self.per_image:
-            losses = [loss.mean(1, keepdim=True) for loss in losses]
-        return self.stack(losses)
-
-    def linear(self, x: torch.Tensor, w: torch.Tensor, groups: int) -> torch.Tensor:
-        """``x`` [M, K], ``w`` [O, K] -> loss per group [groups]; cosine: per row and group
-        ``[M, groups]``, for :meth:`stack`. ``per_image`` (a channel-wise conv with the cosine
-        metric): the cosine of each output channel over each image's positions, ``[images, O]``
-        (the reference's ChannelwiseBatchingQuantConv2d, in its layout)."""
-        if self.metric != "cosine":
-            e = torch.addmm(self.neg_target, x, w.t())
-            if self.grad is not None:
-                e.mul_(self.grad)
-            return e.square_().sum(0).view(groups, -1).sum(1)
-        y = F.linear(x, w, self.bias)
-        m = y.shape[0]
-        if self.per_image:
-            return -F.cosine_similarity(self._maps(y), self.raw_maps, dim=-1)
-        return -F.cosine_similarity(y.view(m, groups, -1), self.raw.view(m, groups, -1), dim=-1)
-
-    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``a`` [B, H, N, D] @ ``b`` [B, H, D, N2] -> loss per head [H]. Cosine: the mean over
-        ``N`` summed over ``B``, in the reference's order (the mean over both would pick another
-        candidate where two lie within float round-off, as on tiny_swin)."""
-        y = torch.matmul(a, b)
+    def _loss(self, y: torch.Tensor, raw: torch.Tensor, grad: torch.Tensor | None, dim: int) -> torch.Tensor:
+        """The loss reduced over ``dim``: minus the cosine, or the mean of the elements."""
         if self.metric == "cosine":
-            return -F.cosine_similarity(y, self.raw, dim=-1).mean(2).sum(0)
-        e = y.sub_(self.raw)
-        if self.grad is not None:
-            e.mul_(self.grad)
-        return e.square_().sum((0, 2, 3))
+            return -F.cosine_similarity(y, raw, dim=dim)
+        return self._elements(y, raw, grad).mean(dim)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, groups: int, whole: bool = False) -> torch.Tensor:
+        """``x`` [M, K], ``w`` [O, K] -> one candidate's partial loss, for :meth:`stack`: Linear
+        ``[M, groups]`` (``whole``: ``[M, 1]``); conv ``[images]``, or per channel ``[images, O]``
+        (``whole``: ``[images]``)."""
+        y = F.linear(x, w, self.bias)
+        if not self.conv:
+            m, g = y.shape[0], 1 if whole else groups
+            grad = None if self.grad is None else self.grad.view(m, g, -1)
+            return self._loss(y.view(m, g, -1), self.raw.view(m, g, -1), grad, -1)
+        y = self._maps(y)
+        if not self.per_image:
+            return self._loss(y, self.raw_maps, self.grad_maps, 1).mean(-1)
+        if not whole:
+            return self._loss(y, self.raw_maps, self.grad_maps, -1)
+        if self.metric == "cosine":
+            return self._loss(y, self.raw_maps, None, -1).mean(1)
+        return self._elements(y, self.raw_maps, self.grad_maps).mean((1, 2))
+
+    def stack(self, losses: list[torch.Tensor], whole: bool = False) -> torch.Tensor:
+        """One :meth:`linear` result per candidate -> ``[n, groups]`` (``whole``: ``[n, 1]``)."""
+        if not self.conv:
+            rows = torch.stack(losses, 1)  # [M, n, groups]
+            return rows.view(self.images, -1, *rows.shape[1:]).mean(1).sum(0)
+        out = torch.stack(losses, 1).sum(0)  # [images, n(, O)] -> [n(, O)]
+        return out if out.dim() == 2 else out[:, None]
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor, whole: bool = False) -> torch.Tensor:
+        """``a`` [B, H, N, D] @ ``b`` [B, H, D, N2] -> loss per head [H] (``whole``: a scalar)."""
+        rows = self._loss(torch.matmul(a, b), self.raw, self.grad, -1)  # [B, H, N]
+        return rows.mean((1, 2)).sum(0) if whole else rows.mean(2).sum(0)
 
 
 def _pick(losses: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -457,8 +460,8 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         if ab is not None:
             if isinstance(seen_w, str) or not _same(seen_w, s_w):
                 wq = w if s_w is None else qw(s_w)
-                a_groups = out_ch if scorer.per_image else 1  # the whole output (per channel only for cosine convs)
-                s_a = _pick(scorer.whole([scorer.linear(qx(c), wq, a_groups) for c in cand_a]), cand_a[:, None])[0]
+                losses = [scorer.linear(qx(c), wq, groups, whole=True) for c in cand_a]
+                s_a = _pick(scorer.stack(losses, whole=True), cand_a[:, None])[0]
                 seen_w = s_w
                 stats.searches += 1
             else:
@@ -526,7 +529,7 @@ def search_matmul(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         if pa.bits is not None:
             if twin:  # split search: v unquantized (as coded), so it never changes after round 1
                 if isinstance(seen_b, str):
-                    s_a = cand_a[torch.stack([scorer.matmul(qa(c), b).sum() for c in cand_a]).argmin()]
+                    s_a = cand_a[torch.stack([scorer.matmul(qa(c), b, whole=True) for c in cand_a]).argmin()]
                     seen_b = s_b
                     stats.searches += 1
                 else:

@@ -131,74 +131,89 @@ def test_division_divide_reaches_every_uniform_quantizer(method):
         assert all(not p.quantizer._fast for p in uniform) if divide else any(p.quantizer._fast for p in uniform)
 
 
-def test_cosine_matmul_score_is_summed_over_the_batch_in_the_references_order():
-    """The reference (PTQSLBatchingQuantMatMul, cosine): cosine over the last dim, mean over the
-    rows, sum over the batch; written out with its shapes (a leading candidate dim). A mean over
-    batch and rows together picks another candidate where two lie within float round-off."""
+def _ref_similarity(metric, raw, out, grad, dim=-1, reduce=True):
+    """The reference's ``_get_similarity`` (linear.py, matmul.py, conv.py): the cosine over
+    ``dim``, or minus the squared (gradient-weighted) error, averaged over ``dim``."""
+    if metric == "cosine":
+        return F.cosine_similarity(raw, out, dim=dim)
+    s = -(grad.reshape_as(raw) * (raw - out)) ** 2 if metric == "hessian" else -(raw - out) ** 2
+    return torch.mean(s, dim=dim) if reduce else s
+
+
+@pytest.mark.parametrize("metric", ["hessian", "mse", "cosine"])
+def test_scores_are_the_references_in_its_order_and_layout(metric):
+    """Every score of every search against the reference's similarity code written out with its
+    tensors' shapes and layouts (candidates batched into one tensor, as its parallel_eq_n does),
+    bit for bit: a float32 reduction's result follows its order and layout, and where two
+    candidates score within round-off another order picks another step. Candidate outputs are
+    given directly (an identity weight: ``F.linear(y, I) = y`` exactly)."""
     torch.manual_seed(0)
-    raw, sim = torch.randn(64, 3, 16, 16), torch.randn(64, 3, 16, 16)
-    a, b = sim, torch.eye(16).expand(64, 3, 16, 16)  # a @ b = sim
-    ref = F.cosine_similarity(raw.unsqueeze(0), sim.unsqueeze(0), dim=-1).mean([3]).sum(dim=1, keepdim=True)
-    assert torch.equal(Scorer("cosine", raw, None).matmul(a, b), -ref.reshape(3))
+    n = 5
+    grad_of = (lambda t: t) if metric == "hessian" else (lambda t: None)  # noqa: E731
 
-
-@pytest.mark.parametrize("groups", [1, 3])
-def test_cosine_linear_scores_are_reduced_in_the_references_order(groups):
-    """The reference (PTQSLBatchingQuantLinear, cosine): every candidate's output in one tensor
-    ``[images, tokens, n, groups, rows]``, cosine over the rows, mean over the tokens, sum over the
-    images; the conv (BatchingEasyQuantConv2d): ``[images, n, positions]``, mean over the
-    positions. Written out with those layouts; the reduction's order follows the layout."""
-    torch.manual_seed(0)
-    images, tokens, n, o = 8, 197, 5, 12
-    raw = torch.randn(images * tokens, o)
-    outs = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
-    eye = torch.eye(o)  # F.linear(y, I) = y exactly
-    ref_out = torch.stack([y.view(images, tokens, groups, -1) for y in outs], 2)  # [images, tokens, n, groups, rows]
-    ref = F.cosine_similarity(raw.view(images, tokens, 1, groups, -1), ref_out, dim=-1).mean([1]).sum(0)
-    scorer = Scorer("cosine", raw, None, images=images)
-    assert torch.equal(scorer.stack([scorer.linear(y, eye, groups) for y in outs]), -ref)
-    if groups == 1:  # the data tells layouts apart: laid out candidate-major, the tokens are
-        # contiguous and their mean takes another order (with 3 groups both layouts agree)
-        per_candidate = torch.stack([scorer.linear(y, eye, groups) for y in outs])  # [n, M, groups]
-        assert not torch.equal(per_candidate.view(n, images, tokens, groups).mean(2).sum(1), -ref)
-    if groups == 1:
-        conv_ref = F.cosine_similarity(raw.view(images, 1, tokens, o), torch.stack([y.view(images, tokens, o) for y in outs], 1),
-                                       dim=-1).mean([2]).sum(0)
-        conv = Scorer("cosine", raw, None, images=images, conv=True)
-        assert torch.equal(conv.stack([conv.linear(y, eye, 1) for y in outs]), -conv_ref[:, None])
-
-
-def test_cosine_channelwise_conv_scores_are_the_references():
-    """The cosine metric with ``channelwise_conv`` (no default runs it), written out as the
-    reference's ChannelwiseBatchingQuantConv2d computes it, layouts included: the weight search
-    scores each output channel by its cosine over each image's positions, summed over the images;
-    the input search takes the mean over the channels first. Both are compared bit for bit, and
-    both searches pick per channel / per tensor from these scores."""
-    torch.manual_seed(0)
-    b, fw, fh, n, oc = 8, 14, 14, 5, 12
-    raw = torch.randn(b * fw * fh, oc)  # our rows: [images x positions, channels]
-    outs = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
+    # PTQSLBatchingQuantLinear: [b, tokens, n, n_V, rows], mean over rows, then tokens, sum over b
+    b, tokens, oc = 8, 197, 12
+    raw, g = torch.randn(b * tokens, oc), torch.randn(b * tokens, oc)
+    ys = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
     eye = torch.eye(oc)
-    nchw = lambda y: y.view(b, fw, fh, oc).permute(0, 3, 1, 2).contiguous()  # noqa: E731  (a conv's output)
-    raw_out = nchw(raw).unsqueeze(1)  # b, 1, oc, fw, fh
+    scorer = Scorer(metric, raw, grad_of(g), images=b)
+    for n_v in (1, 3):
+        raw_x = torch.cat(torch.chunk(raw.view(b, tokens, 1, 1, oc), chunks=n_v, dim=-1), dim=-2)
+        out = torch.cat(torch.chunk(torch.cat([y.view(b, tokens, oc) for y in ys], -1).unsqueeze(-2), chunks=n, dim=-1), dim=-2)
+        out = torch.cat(torch.chunk(out.unsqueeze(-2), chunks=n_v, dim=-1), dim=-2)
+        ref = _ref_similarity(metric, raw_x, out, g.view(b, tokens, oc)).mean(1).sum(0)  # n, n_V
+        assert torch.equal(scorer.stack([scorer.linear(y, eye, n_v) for y in ys]), -ref), n_v
+    if metric == "cosine":  # the data tells layouts apart: candidate-major, the tokens' mean takes another order
+        per_candidate = torch.stack([scorer.linear(y, eye, 1) for y in ys])  # [n, M, 1]
+        assert not torch.equal(per_candidate.view(n, b, tokens, 1).mean(2).sum(1)[:, 0], -ref[:, 0])
+    ref = _ref_similarity(metric, raw.view(b, tokens, 1, oc), torch.stack([y.view(b, tokens, oc) for y in ys], 2),
+                          g.view(b, tokens, oc)).mean(1).sum(0)  # the input search: [b, tokens, n] -> n
+    assert torch.equal(scorer.stack([scorer.linear(y, eye, 3, whole=True) for y in ys], whole=True)[:, 0], -ref)
 
-    def similarity(out_sim):  # ChannelwiseBatchingQuantConv2d._get_similarity, cosine
-        return F.cosine_similarity(raw_out.view(b, 1, oc, -1), out_sim.view(b, n, oc, -1), dim=-1).view(b, n, oc, 1, 1)
+    # PTQSLBatchingQuantMatMul: [n, B, H, rows, cols], mean over cols, then rows, sum over B;
+    # SoSPTQSLBatchingQuantMatMul's split search: the mean over heads and rows together
+    B, H, rows, cols = 8, 3, 65, 16
+    raw, g = torch.randn(B, H, rows, cols), torch.randn(B, H, rows, cols)
+    ys = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
+    eye = torch.eye(cols).expand(B, H, cols, cols)
+    scorer = Scorer(metric, raw, grad_of(g))
+    ref = _ref_similarity(metric, raw.unsqueeze(0), torch.stack(ys), g).mean([3]).sum(dim=1)  # n, H
+    assert torch.equal(torch.stack([scorer.matmul(y, eye) for y in ys]), -ref)
+    ref = torch.cat([_ref_similarity(metric, raw.unsqueeze(0), y.unsqueeze(0), g).mean([2, 3]).sum(dim=1, keepdim=True)
+                     for y in ys]).sum(1)
+    assert torch.equal(torch.stack([scorer.matmul(y, eye, whole=True) for y in ys]), -ref)
 
-    out_sim = torch.cat([nchw(y) for y in outs], 1)  # the weight search's conv output: b, n*oc, fw, fh
-    out_sim = torch.cat(torch.chunk(out_sim.unsqueeze(1), chunks=n, dim=2), dim=1)
-    ref_w = torch.mean(similarity(out_sim), [3, 4]).sum(0)  # n, oc
-    out_sim = torch.cat([nchw(y) for y in outs], 0)  # the input search's: n*b, oc, fw, fh
-    out_sim = torch.cat(torch.chunk(out_sim.unsqueeze(0), chunks=n, dim=1), dim=0).transpose_(0, 1)
-    ref_a = torch.mean(similarity(out_sim), dim=[2, 3, 4]).sum(0)  # n
-
-    scorer = Scorer("cosine", raw, None, images=b, conv=True, per_image=True)
-    losses = [scorer.linear(y, eye, oc) for y in outs]
-    assert torch.equal(scorer.stack(losses), -ref_w)
-    assert torch.equal(scorer.whole(losses)[:, 0], -ref_a)
-    # the same sums over positions laid out [images, positions, channels] give other bits
-    strided = torch.stack([F.cosine_similarity(y.view(b, -1, oc), raw.view(b, -1, oc), dim=1) for y in outs], 1).sum(0)
-    assert not torch.equal(strided, ref_w)
+    # convs: our rows [images x positions, O]; the reference's output [b, n, oc, fw, fh]
+    b, fw, fh = 8, 14, 14
+    raw, g = torch.randn(b * fw * fh, oc), torch.randn(b * fw * fh, oc)
+    ys = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
+    eye = torch.eye(oc)
+    nchw = lambda y: y.view(b, fw, fh, oc).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    raw_out, g_out = nchw(raw).unsqueeze(1), nchw(g)
+    out = torch.cat(torch.chunk(torch.cat([nchw(y) for y in ys], 1).unsqueeze(1), chunks=n, dim=2), dim=1)
+    # BatchingEasyQuantConv2d's weight search: over the channels (dim -3), the positions, sum over b
+    ref = torch.mean(_ref_similarity(metric, raw_out, out, g_out, dim=-3), [2, 3]).sum(0)
+    scorer = Scorer(metric, raw, grad_of(g), images=b, conv=True)
+    assert torch.equal(scorer.stack([scorer.linear(y, eye, 1) for y in ys])[:, 0], -ref)
+    # ChannelwiseBatchingQuantConv2d: per channel over the positions, sum over b; its input search
+    # (the candidates' outputs transposed to [b, n, ...]): the mean over channels and positions
+    if metric == "cosine":
+        sim = F.cosine_similarity(raw_out.view(b, 1, oc, -1), out.view(b, n, oc, -1), dim=-1).view(b, n, oc, 1, 1)
+    else:
+        sim = _ref_similarity(metric, raw_out, out, g_out, reduce=False)
+    scorer = Scorer(metric, raw, grad_of(g), images=b, conv=True, per_image=True)
+    losses = [scorer.linear(y, eye, oc) for y in ys]
+    assert torch.equal(scorer.stack(losses), -torch.mean(sim, [3, 4]).sum(0))
+    if metric == "cosine":  # the same cosines over positions laid out [images, positions, O] give other bits
+        strided = torch.stack([F.cosine_similarity(y.view(b, -1, oc), raw.view(b, -1, oc), dim=1) for y in ys], 1).sum(0)
+        assert not torch.equal(-strided, scorer.stack(losses))
+    out = torch.cat(torch.chunk(torch.cat([nchw(y) for y in ys], 0).unsqueeze(0), chunks=n, dim=1), dim=0).transpose_(0, 1)
+    if metric == "cosine":
+        sim = F.cosine_similarity(raw_out.view(b, 1, oc, -1), out.view(b, n, oc, -1), dim=-1).view(b, n, oc, 1, 1)
+    else:
+        sim = _ref_similarity(metric, raw_out, out, g_out, reduce=False)
+    ref = torch.mean(sim, dim=[2, 3, 4]).sum(0)
+    assert torch.equal(scorer.stack([scorer.linear(y, eye, oc, whole=True) for y in ys], whole=True)[:, 0], -ref)
 
 
 def _reference_channelwise_conv_cosine(x, w, bias, stride, wb, ab, f, rounds):
