@@ -77,9 +77,9 @@ Deviations from the reference (the search itself is the same):
   there too (``docs/results/reference-code/results_ptq4vit.md``). The twin quantizers divide in
   both settings.
 - Summation order: every score is the reference's similarity computed and reduced in its
-  order, with its candidates laid out as its batched code lays them out (``Scorer``; written out
-  against its code in ``tests/test_ptq4vit.py``), since the result of a float32 reduction follows
-  both. A plain mean over all rows picked another step where two candidates scored within
+  order, with its candidates laid out as its batched code lays them out, its memory-budget
+  batching included (``Scorer``, ``reference_batching``; written out against its code in
+  ``tests/test_ptq4vit.py``), since the result of a float32 reduction follows both. A plain mean over all rows picked another step where two candidates scored within
   float32 round-off: two heads of tiny_swin W4A4's ``matmul1`` (cosine; 1.6e-7 and 1.2e-7 apart
   in float64, where the reference's order picked the float64 winner) and tiny_deit W6A6's
   ``blocks.3.mlp.fc1`` input. The Hessian and MSE scores took their sums in another order until
@@ -314,15 +314,21 @@ class Scorer:
     - Conv, laid out as its output ``[images, O, positions]``: per tensor (BatchingEasyQuantConv2d)
       the mean (or cosine) over the channels, then the mean over the positions, summed over the
       images (its input search, which fails as coded and no config runs, scored alike); per channel
-      (ChannelwiseBatchingQuantConv2d, ``per_image``) the mean (cosine) over each channel's
+      (ChannelwiseBatchingQuantConv2d, ``channelwise``) the mean (cosine) over each channel's
       positions, summed over the images, and for its input search the mean over channels and
       positions together (cosine: over the channels' cosines).
+
+    The reference batches its work to fit a memory budget (:func:`reference_batching`): the
+    candidates ``chunk`` at a time (a Linear's or conv's chunk laid out and reduced on its own),
+    and, where even two candidates would not fit, the images ``batch`` at a time, summed per batch
+    and then over the batches; both are followed here.
     """
 
     def __init__(self, metric: str, raw: torch.Tensor, grad: torch.Tensor | None, bias: torch.Tensor | None = None,
-                 images: int = 1, conv: bool = False, per_image: bool = False):
+                 images: int = 1, conv: bool = False, channelwise: bool = False, chunk: int = 0, batch: int = 0):
         self.metric, self.raw, self.grad, self.bias, self.images, self.conv = metric, raw, grad, bias, images, conv
-        self.per_image = conv and per_image
+        self.channelwise = conv and channelwise
+        self.chunk, self.batch = chunk, batch  # 0: all at once
         if conv:
             self.raw_maps = self._maps(raw)
             self.grad_maps = None if grad is None else self._maps(grad)
@@ -333,7 +339,7 @@ class Scorer:
         return y.view(self.images, -1, y.shape[1]).transpose(1, 2).contiguous()
 
     def _elements(self, y: torch.Tensor, raw: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
-        d = raw - y
+        d = torch.sub(raw, y, out=y)  # y is this candidate's own output
         if grad is not None:
             d.mul_(grad)
         return d.square_()
@@ -354,7 +360,7 @@ class Scorer:
             grad = None if self.grad is None else self.grad.view(m, g, -1)
             return self._loss(y.view(m, g, -1), self.raw.view(m, g, -1), grad, -1)
         y = self._maps(y)
-        if not self.per_image:
+        if not self.channelwise:
             return self._loss(y, self.raw_maps, self.grad_maps, 1).mean(-1)
         if not whole:
             return self._loss(y, self.raw_maps, self.grad_maps, -1)
@@ -362,18 +368,45 @@ class Scorer:
             return self._loss(y, self.raw_maps, None, -1).mean(1)
         return self._elements(y, self.raw_maps, self.grad_maps).mean((1, 2))
 
+    def _batch_sums(self, t: torch.Tensor) -> torch.Tensor:
+        """Sums over dim 0 (the images), one per calibration batch: ``[batches, ...]``."""
+        return torch.stack([part.sum(0) for part in t.split(self.batch or t.shape[0])])
+
     def stack(self, losses: list[torch.Tensor], whole: bool = False) -> torch.Tensor:
-        """One :meth:`linear` result per candidate -> ``[n, groups]`` (``whole``: ``[n, 1]``)."""
-        if not self.conv:
-            rows = torch.stack(losses, 1)  # [M, n, groups]
-            return rows.view(self.images, -1, *rows.shape[1:]).mean(1).sum(0)
-        out = torch.stack(losses, 1).sum(0)  # [images, n(, O)] -> [n(, O)]
+        """One :meth:`linear` result per candidate -> ``[n, groups]`` (``whole``: ``[n, 1]``):
+        per chunk of candidates, laid out ``[images, tokens, k, groups]`` (Linear, the mean over
+        the tokens first) or ``[images, k(, O)]`` (conv), summed per calibration batch; the
+        chunks side by side, summed over the batches."""
+        step = self.chunk or len(losses)
+        parts = []
+        for i in range(0, len(losses), step):
+            t = torch.stack(losses[i:i + step], 1)
+            if not self.conv:
+                t = t.view(self.images, -1, *t.shape[1:]).mean(1)
+            parts.append(self._batch_sums(t))
+        out = torch.cat(parts, 1).sum(0)
         return out if out.dim() == 2 else out[:, None]
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor, whole: bool = False) -> torch.Tensor:
         """``a`` [B, H, N, D] @ ``b`` [B, H, D, N2] -> loss per head [H] (``whole``: a scalar)."""
         rows = self._loss(torch.matmul(a, b), self.raw, self.grad, -1)  # [B, H, N]
-        return rows.mean((1, 2)).sum(0) if whole else rows.mean(2).sum(0)
+        return self._batch_sums(rows.mean((1, 2)) if whole else rows.mean(2)).sum(0)
+
+
+def reference_batching(numel: int, images: int, budget_gib: int) -> tuple[int, int]:
+    """The reference's ``_initialize_calib_parameters``: from ``numel``, the element count it
+    budgets for all ``images`` (Linear and conv: twice input plus output; matmul: both inputs
+    plus twice the output), and its budget (3 GiB Linear and matmul, 15 GiB conv), the candidates
+    per batched product and the calibration images per batch (halved until two candidates fit),
+    in its float arithmetic."""
+    batch = images
+    while batch:
+        chunk = int((budget_gib * 1024 * 1024 * 1024 / 4) // (numel / images * batch))
+        if chunk > 1:
+            return chunk, batch
+        batch //= 2
+    raise ConfigError(f"one calibration image's tensors ({numel // images} elements) exceed the reference's "
+                      f"{budget_gib} GiB budget")
 
 
 def _pick(losses: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -393,7 +426,7 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
     wp, ap = m.weight_q, m.act_q
     conv = isinstance(m, QuantConv2d)
     x = torch.cat([t[0] for t in s.inputs])
-    n_img = x.shape[0]
+    n_img, n_in = x.shape[0], x.numel()  # the cached input's, as the reference counts it
     w = m.weight.detach()
     if conv:
         k, st = m.kernel_size, m.stride
@@ -414,8 +447,9 @@ def search_linear(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
         groups = out_ch if cfg.channelwise_conv else 1
     else:
         groups = 3 if s.name.endswith("qkv") and out_ch % 3 == 0 else 1
-    per_image = conv and groups == out_ch
-    scorer = Scorer(cfg.metric, raw, grad, bias, images=n_img, conv=conv, per_image=per_image)
+    chunk, batch = reference_batching(2 * (n_in + raw.numel()), n_img, 15 if conv else 3)
+    scorer = Scorer(cfg.metric, raw, grad, bias, images=n_img, conv=conv, channelwise=conv and cfg.channelwise_conv,
+                    chunk=chunk, batch=batch)
     f = cfg.factors().to(x.device)
 
     wb, ab = wp.bits, ap.bits
@@ -495,7 +529,9 @@ def search_matmul(s: Site, cfg: PTQ4ViTConfig, stats: Stats) -> None:
     b = torch.cat([t[1] for t in s.inputs])
     grad = torch.cat(s.grads) if s.grads else None
     s.inputs, s.grads = [], []
-    scorer = Scorer(cfg.metric, torch.matmul(a, b), grad)
+    raw = torch.matmul(a, b)
+    _, batch = reference_batching(a.numel() + b.numel() + 2 * raw.numel(), a.shape[0], 3)
+    scorer = Scorer(cfg.metric, raw, grad, images=a.shape[0], batch=batch)
     heads = a.shape[1]
     f = cfg.factors().to(a.device)
     twin = cfg.twin and pa.tag == P.POST_SOFTMAX and pa.bits is not None

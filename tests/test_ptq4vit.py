@@ -14,6 +14,7 @@ from baselines.ptq4vit import (
     find_sites,
     quantize_base_ptq,
     quantize_ptq4vit,
+    reference_batching,
     search_linear,
     search_matmul,
 )
@@ -140,118 +141,188 @@ def _ref_similarity(metric, raw, out, grad, dim=-1, reduce=True):
     return torch.mean(s, dim=dim) if reduce else s
 
 
+def _spans(total, step):
+    """The reference's loops ``for st in range(0, total, step)``: ``(st, min(total, st + step))``."""
+    return [(st, min(total, st + step)) for st in range(0, total, step)]
+
+
+@pytest.mark.parametrize("chunk, batch", [(0, 0), (2, 4)], ids=["one-chunk", "chunked-batched"])
 @pytest.mark.parametrize("metric", ["hessian", "mse", "cosine"])
-def test_scores_are_the_references_in_its_order_and_layout(metric):
+def test_scores_are_the_references_in_its_order_and_layout(metric, chunk, batch):
     """Every score of every search against the reference's similarity code written out with its
-    tensors' shapes and layouts (candidates batched into one tensor, as its parallel_eq_n does),
-    bit for bit: a float32 reduction's result follows its order and layout, and where two
-    candidates score within round-off another order picks another step. Candidate outputs are
-    given directly (an identity weight: ``F.linear(y, I) = y`` exactly)."""
+    loops (candidates ``parallel_eq_n`` at a time, images ``calib_batch_size`` at a time) and its
+    tensors' shapes and layouts, bit for bit: a float32 reduction's result follows its order and
+    layout, and where two candidates score within round-off another order picks another step.
+    Candidate outputs are given directly (an identity weight: ``F.linear(y, I) = y`` exactly)."""
     torch.manual_seed(0)
     n = 5
     grad_of = (lambda t: t) if metric == "hessian" else (lambda t: None)  # noqa: E731
 
-    # PTQSLBatchingQuantLinear: [b, tokens, n, n_V, rows], mean over rows, then tokens, sum over b
+    # PTQSLBatchingQuantLinear: [b, tokens, k, n_V, rows], mean over rows, then tokens, sum over b
     b, tokens, oc = 8, 197, 12
+    peq, cb = chunk or n, batch or b
     raw, g = torch.randn(b * tokens, oc), torch.randn(b * tokens, oc)
     ys = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
     eye = torch.eye(oc)
-    scorer = Scorer(metric, raw, grad_of(g), images=b)
+    scorer = Scorer(metric, raw, grad_of(g), images=b, chunk=chunk, batch=batch)
+    img = lambda t, s, e: t.view(b, -1, oc)[s:e]  # noqa: E731  (images s..e, [e-s, tokens, oc])
     for n_v in (1, 3):
-        raw_x = torch.cat(torch.chunk(raw.view(b, tokens, 1, 1, oc), chunks=n_v, dim=-1), dim=-2)
-        out = torch.cat(torch.chunk(torch.cat([y.view(b, tokens, oc) for y in ys], -1).unsqueeze(-2), chunks=n, dim=-1), dim=-2)
-        out = torch.cat(torch.chunk(out.unsqueeze(-2), chunks=n_v, dim=-1), dim=-2)
-        ref = _ref_similarity(metric, raw_x, out, g.view(b, tokens, oc)).mean(1).sum(0)  # n, n_V
+        per_batch = []
+        for b0, b1 in _spans(b, cb):
+            raw_x = torch.cat(torch.chunk(img(raw, b0, b1).unsqueeze(-2).unsqueeze(-2), chunks=n_v, dim=-1), dim=-2)
+            sims = []
+            for p0, p1 in _spans(n, peq):
+                out = torch.cat([img(y, b0, b1) for y in ys[p0:p1]], -1)  # the batched product's layout
+                out = torch.cat(torch.chunk(out.unsqueeze(-2), chunks=p1 - p0, dim=-1), dim=-2)
+                out = torch.cat(torch.chunk(out.unsqueeze(-2), chunks=n_v, dim=-1), dim=-2)
+                sims.append(_ref_similarity(metric, raw_x, out, img(g, b0, b1)).mean(1).sum(dim=0, keepdim=True))
+            per_batch.append(torch.cat(sims, dim=1))
+        ref = torch.cat(per_batch, dim=0).sum(dim=0)  # n, n_V
         assert torch.equal(scorer.stack([scorer.linear(y, eye, n_v) for y in ys]), -ref), n_v
-    if metric == "cosine":  # the data tells layouts apart: candidate-major, the tokens' mean takes another order
+    if metric == "cosine" and not chunk:  # the data tells layouts apart: candidate-major, the tokens' mean takes another order
         per_candidate = torch.stack([scorer.linear(y, eye, 1) for y in ys])  # [n, M, 1]
         assert not torch.equal(per_candidate.view(n, b, tokens, 1).mean(2).sum(1)[:, 0], -ref[:, 0])
-    ref = _ref_similarity(metric, raw.view(b, tokens, 1, oc), torch.stack([y.view(b, tokens, oc) for y in ys], 2),
-                          g.view(b, tokens, oc)).mean(1).sum(0)  # the input search: [b, tokens, n] -> n
+    per_batch = []
+    for b0, b1 in _spans(b, cb):  # the input search: [b, tokens, k, oc], the mean over the whole row
+        sims = [_ref_similarity(metric, img(raw, b0, b1).unsqueeze(2), torch.stack([img(y, b0, b1) for y in ys[p0:p1]], 2),
+                                img(g, b0, b1)).mean(1).sum(dim=0, keepdim=True) for p0, p1 in _spans(n, peq)]
+        per_batch.append(torch.cat(sims, dim=1))
+    ref = torch.cat(per_batch, dim=0).sum(dim=0)
     assert torch.equal(scorer.stack([scorer.linear(y, eye, 3, whole=True) for y in ys], whole=True)[:, 0], -ref)
 
-    # PTQSLBatchingQuantMatMul: [n, B, H, rows, cols], mean over cols, then rows, sum over B;
+    # PTQSLBatchingQuantMatMul: [k, b, H, rows, cols], mean over cols, then rows, sum over b;
     # SoSPTQSLBatchingQuantMatMul's split search: the mean over heads and rows together
     B, H, rows, cols = 8, 3, 65, 16
     raw, g = torch.randn(B, H, rows, cols), torch.randn(B, H, rows, cols)
     ys = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
     eye = torch.eye(cols).expand(B, H, cols, cols)
-    scorer = Scorer(metric, raw, grad_of(g))
-    ref = _ref_similarity(metric, raw.unsqueeze(0), torch.stack(ys), g).mean([3]).sum(dim=1)  # n, H
+    scorer = Scorer(metric, raw, grad_of(g), images=B, chunk=chunk, batch=batch)
+    per_batch, per_batch_split = [], []
+    for b0, b1 in _spans(B, cb):
+        sims = [_ref_similarity(metric, raw[b0:b1].unsqueeze(0), torch.stack([y[b0:b1] for y in ys[p0:p1]]), g[b0:b1])
+                .mean([3]).sum(dim=1, keepdim=True) for p0, p1 in _spans(n, peq)]
+        per_batch.append(torch.cat(sims, 0))
+        per_batch_split.append(torch.cat([_ref_similarity(metric, raw[b0:b1].unsqueeze(0), y[b0:b1].unsqueeze(0), g[b0:b1])
+                                          .mean([2, 3]).sum(dim=1, keepdim=True) for y in ys], 0))
+    ref = torch.cat(per_batch, dim=1).sum(dim=1)  # n, H
     assert torch.equal(torch.stack([scorer.matmul(y, eye) for y in ys]), -ref)
-    ref = torch.cat([_ref_similarity(metric, raw.unsqueeze(0), y.unsqueeze(0), g).mean([2, 3]).sum(dim=1, keepdim=True)
-                     for y in ys]).sum(1)
+    ref = torch.cat(per_batch_split, dim=1).sum(dim=1)
     assert torch.equal(torch.stack([scorer.matmul(y, eye, whole=True) for y in ys]), -ref)
 
-    # convs: our rows [images x positions, O]; the reference's output [b, n, oc, fw, fh]
+    # convs: our rows [images x positions, O]; the reference's output [b, k, oc, fw, fh]
     b, fw, fh = 8, 14, 14
     raw, g = torch.randn(b * fw * fh, oc), torch.randn(b * fw * fh, oc)
     ys = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
     eye = torch.eye(oc)
-    nchw = lambda y: y.view(b, fw, fh, oc).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-    raw_out, g_out = nchw(raw).unsqueeze(1), nchw(g)
-    out = torch.cat(torch.chunk(torch.cat([nchw(y) for y in ys], 1).unsqueeze(1), chunks=n, dim=2), dim=1)
-    # BatchingEasyQuantConv2d's weight search: over the channels (dim -3), the positions, sum over b
-    ref = torch.mean(_ref_similarity(metric, raw_out, out, g_out, dim=-3), [2, 3]).sum(0)
-    scorer = Scorer(metric, raw, grad_of(g), images=b, conv=True)
-    assert torch.equal(scorer.stack([scorer.linear(y, eye, 1) for y in ys])[:, 0], -ref)
-    # ChannelwiseBatchingQuantConv2d: per channel over the positions, sum over b; its input search
-    # (the candidates' outputs transposed to [b, n, ...]): the mean over channels and positions
-    if metric == "cosine":
-        sim = F.cosine_similarity(raw_out.view(b, 1, oc, -1), out.view(b, n, oc, -1), dim=-1).view(b, n, oc, 1, 1)
-    else:
-        sim = _ref_similarity(metric, raw_out, out, g_out, reduce=False)
-    scorer = Scorer(metric, raw, grad_of(g), images=b, conv=True, per_image=True)
+    nchw = lambda y, s, e: y.view(b, fw, fh, oc)[s:e].permute(0, 3, 1, 2).contiguous()  # noqa: E731
+
+    def cw_similarity(raw_out, out, g_out):  # ChannelwiseBatchingQuantConv2d._get_similarity
+        m, k = out.shape[:2]
+        if metric == "cosine":
+            return F.cosine_similarity(raw_out.view(m, 1, oc, -1), out.reshape(m, k, oc, -1), dim=-1).view(m, k, oc, 1, 1)
+        return _ref_similarity(metric, raw_out, out, g_out, reduce=False)
+
+    easy_w, cw_w, cw_a = [], [], []
+    for b0, b1 in _spans(b, cb):
+        raw_out, g_out = nchw(raw, b0, b1).unsqueeze(1), nchw(g, b0, b1)
+        sims_easy, sims_w, sims_a = [], [], []
+        for p0, p1 in _spans(n, peq):
+            k = p1 - p0
+            out = torch.cat([nchw(y, b0, b1) for y in ys[p0:p1]], 1)  # the weight search's: b, k*oc, fw, fh
+            out = torch.cat(torch.chunk(out.unsqueeze(1), chunks=k, dim=2), dim=1)
+            # BatchingEasyQuantConv2d's weight search: over the channels (dim -3), the positions, sum over b
+            sims_easy.append(torch.mean(_ref_similarity(metric, raw_out, out, g_out, dim=-3), [2, 3]).sum(dim=0, keepdim=True))
+            # ChannelwiseBatchingQuantConv2d: per channel over the positions, sum over b
+            sims_w.append(torch.mean(cw_similarity(raw_out, out, g_out), [3, 4]).sum(dim=0, keepdim=True))
+            # its input search (outputs transposed to [b, k, ...]): the mean over channels and positions
+            out = torch.cat([nchw(y, b0, b1) for y in ys[p0:p1]], 0)  # k*b, oc, fw, fh
+            out = torch.cat(torch.chunk(out.unsqueeze(0), chunks=k, dim=1), dim=0).transpose_(0, 1)
+            sims_a.append(torch.mean(cw_similarity(raw_out, out, g_out), dim=[2, 3, 4]).sum(dim=0, keepdim=True))
+        easy_w.append(torch.cat(sims_easy, dim=1))
+        cw_w.append(torch.cat(sims_w, dim=1))
+        cw_a.append(torch.cat(sims_a, dim=1))
+    scorer = Scorer(metric, raw, grad_of(g), images=b, conv=True, chunk=chunk, batch=batch)
+    assert torch.equal(scorer.stack([scorer.linear(y, eye, 1) for y in ys])[:, 0], -torch.cat(easy_w).sum(0))
+    scorer = Scorer(metric, raw, grad_of(g), images=b, conv=True, channelwise=True, chunk=chunk, batch=batch)
     losses = [scorer.linear(y, eye, oc) for y in ys]
-    assert torch.equal(scorer.stack(losses), -torch.mean(sim, [3, 4]).sum(0))
-    if metric == "cosine":  # the same cosines over positions laid out [images, positions, O] give other bits
+    assert torch.equal(scorer.stack(losses), -torch.cat(cw_w).sum(0))
+    if metric == "cosine" and not chunk:  # the same cosines over positions laid out [images, positions, O] give other bits
         strided = torch.stack([F.cosine_similarity(y.view(b, -1, oc), raw.view(b, -1, oc), dim=1) for y in ys], 1).sum(0)
         assert not torch.equal(-strided, scorer.stack(losses))
-    out = torch.cat(torch.chunk(torch.cat([nchw(y) for y in ys], 0).unsqueeze(0), chunks=n, dim=1), dim=0).transpose_(0, 1)
-    if metric == "cosine":
-        sim = F.cosine_similarity(raw_out.view(b, 1, oc, -1), out.view(b, n, oc, -1), dim=-1).view(b, n, oc, 1, 1)
-    else:
-        sim = _ref_similarity(metric, raw_out, out, g_out, reduce=False)
-    ref = torch.mean(sim, dim=[2, 3, 4]).sum(0)
-    assert torch.equal(scorer.stack([scorer.linear(y, eye, oc, whole=True) for y in ys], whole=True)[:, 0], -ref)
+    assert torch.equal(scorer.stack([scorer.linear(y, eye, oc, whole=True) for y in ys], whole=True)[:, 0],
+                       -torch.cat(cw_a).sum(0))
 
 
-def _reference_channelwise_conv_cosine(x, w, bias, stride, wb, ab, f, rounds):
-    """The reference's ChannelwiseBatchingQuantConv2d search with the cosine metric, written out
-    (one calibration batch): per-channel weight steps scored by the cosine over each image's
-    positions summed over the images, then the input step by its mean over the channels."""
+def test_reference_batching_is_the_references_arithmetic():
+    """``_initialize_calib_parameters``, written out: candidates per batched product from a
+    3 GiB (15 GiB for convs) budget of float32 elements, the calibration batch halved until two
+    candidates fit."""
+    def ref(numel, calib_size, gib):
+        calib_batch_size = calib_size
+        while True:
+            parallel_eq_n = int((gib * 1024 * 1024 * 1024 / 4) // (numel / calib_size * calib_batch_size))
+            if parallel_eq_n <= 1:
+                calib_batch_size //= 2
+            else:
+                return parallel_eq_n, calib_batch_size
+
+    x, out = 32 * 197 * 768, 32 * 197 * 3072  # ViT-B fc1, 32 images
+    assert reference_batching(2 * (x + out), 32, 3) == ref(2 * (x + out), 32, 3) == (16, 32)
+    for images in (32, 256, 1024):
+        for numel in (10**6, 4 * 10**8, 2 * 10**9):
+            assert reference_batching(numel * images // 32, images, 3) == ref(numel * images // 32, images, 3)
+    assert reference_batching(2 * 10**9, 32, 3) == (3, 4)  # batched: 4 images at a time
+    with pytest.raises(ConfigError, match="budget"):
+        reference_batching(10**12, 1, 3)
+
+
+def _reference_channelwise_conv(x, w, bias, stride, g, wb, ab, f, rounds):
+    """The reference's ChannelwiseBatchingQuantConv2d search, written out (one calibration
+    batch): per-channel weight steps scored per image over the positions (the cosine, or minus
+    the mean of ``(g (O - O_hat))^2`` when a gradient ``g`` is given) summed over the images, then
+    the input step by the mean over the channels (cosine) or over channels and positions."""
     wq, aq = 2 ** (wb - 1), 2 ** (ab - 1)
 
     def q(t, s, qmax):
         return (t / s).round().clamp(-qmax, qmax - 1) * s
 
     raw = F.conv2d(x, w, bias, stride).unsqueeze(1).flatten(3)  # b, 1, oc, positions
+
+    def sim(out):  # b, n, oc
+        if g is None:
+            return F.cosine_similarity(raw, out, dim=-1)
+        return -(g.flatten(2).unsqueeze(1) * (raw - out)).square().mean(-1)
+
     s_w = w.abs().amax([1, 2, 3], keepdim=True) / (wq - 0.5)
     s_a = x.abs().max() / (aq - 0.5)
     cw, ca = f.view(-1, 1, 1, 1, 1) * s_w[None], f * s_a
     for _ in range(rounds):
         out = torch.stack([F.conv2d(q(x, s_a, aq), q(w, c, wq), bias, stride) for c in cw], 1).flatten(3)
-        sim = F.cosine_similarity(raw, out, dim=-1).sum(0)  # n, oc
-        s_w = cw.gather(0, sim.argmax(0).view(1, -1, 1, 1, 1))[0]
+        s_w = cw.gather(0, sim(out).sum(0).argmax(0).view(1, -1, 1, 1, 1))[0]
         out = torch.stack([F.conv2d(q(x, c, aq), q(w, s_w, wq), bias, stride) for c in ca], 1).flatten(3)
-        s_a = ca[int(F.cosine_similarity(raw, out, dim=-1).mean(2).sum(0).argmax())]
+        s_a = ca[int(sim(out).mean(2).sum(0).argmax())]
     return s_w.flatten(), s_a
 
 
-def test_cosine_channelwise_conv_search_matches_reference_formula():
-    """``base_ptq`` with ``channelwise_conv`` on tiny_vit's patch embedding (its input at 4 bits):
-    one step per output channel and one input step, those of the reference's formula."""
+@pytest.mark.parametrize("method", ["ptq4vit", "base_ptq"])
+def test_channelwise_conv_search_matches_reference_formula(method):
+    """The patch embedding with ``channelwise_conv`` (``ptq4vit``'s default, Hessian metric;
+    ``base_ptq`` with the cosine), its input at 4 bits: one step per output channel and one input
+    step, those of the reference's formula (the gradient in the conv output's layout)."""
     _, qm = _qm("tiny_vit", overrides=(("^patch_embed\\.proj\\.act_q$", 4),))
     site = next(s for s in find_sites(qm) if s.name == "patch_embed.proj")
     images = torch.randn(6, 1, 32, 32)
     with torch.no_grad():
         logits = qm(images)
-    cfg = BasePTQConfig(n_candidates=25, rounds=2, channelwise_conv=True)
+    cfg = (PTQ4ViTConfig(n_candidates=25, rounds=2, grad_batch=3) if method == "ptq4vit"
+           else BasePTQConfig(n_candidates=25, rounds=2, channelwise_conv=True))
     capture(qm, [site], images, logits, cfg)
     conv = site.module
     x = torch.cat([t[0] for t in site.inputs])
-    s_w, s_a = _reference_channelwise_conv_cosine(x, conv.weight.detach(), conv.bias.detach(), conv.stride, 4, 4,
-                                                  _reference_grid(cfg.alpha, cfg.beta, 25), 2)
+    g = torch.cat(site.grads) if site.grads else None
+    assert (g is not None) == (method == "ptq4vit") and (g is None or g.abs().max() > 1e-6)
+    s_w, s_a = _reference_channelwise_conv(x, conv.weight.detach(), conv.bias.detach(), conv.stride, g, 4, 4,
+                                           _reference_grid(cfg.alpha, cfg.beta, 25), 2)
     search_linear(site, cfg, Stats())
     assert conv.weight_q.quantizer.granularity.kind == "channel"
     torch.testing.assert_close(conv.weight_q.quantizer.scale, s_w, rtol=1e-6, atol=0)
