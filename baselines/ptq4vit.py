@@ -313,7 +313,8 @@ class Scorer:
       together.
     - Conv, laid out as its output ``[images, O, positions]``: per tensor (BatchingEasyQuantConv2d)
       the mean (or cosine) over the channels, then the mean over the positions, summed over the
-      images (its input search, which fails as coded and no config runs, scored alike); per channel
+      images (its input search, which fails as coded and no config runs, as its comments give
+      the shapes: the candidates laid out ``[k, images]``, so the image sum is contiguous); per channel
       (ChannelwiseBatchingQuantConv2d, ``channelwise``) the mean (cosine) over each channel's
       positions, summed over the images, and for its input search the mean over channels and
       positions together (cosine: over the channels' cosines).
@@ -375,9 +376,13 @@ class Scorer:
     def stack(self, losses: list[torch.Tensor], whole: bool = False) -> torch.Tensor:
         """One :meth:`linear` result per candidate -> ``[n, groups]`` (``whole``: ``[n, 1]``):
         per chunk of candidates, laid out ``[images, tokens, k, groups]`` (Linear, the mean over
-        the tokens first) or ``[images, k(, O)]`` (conv), summed per calibration batch; the
-        chunks side by side, summed over the batches."""
+        the tokens first) or ``[images, k(, O)]`` (conv; the per-tensor conv's input search
+        ``[k, images]``), summed per calibration batch; the chunks side by side, summed over the
+        batches."""
         step = self.chunk or len(losses)
+        if whole and self.conv and not self.channelwise:  # [k, images]: the candidates outermost
+            return torch.cat([torch.stack([part.sum(1) for part in torch.stack(losses[i:i + step]).split(
+                self.batch or self.images, 1)], 1) for i in range(0, len(losses), step)]).sum(1)[:, None]
         parts = []
         for i in range(0, len(losses), step):
             t = torch.stack(losses[i:i + step], 1)

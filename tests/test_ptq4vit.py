@@ -210,7 +210,8 @@ def test_scores_are_the_references_in_its_order_and_layout(metric, chunk, batch)
     assert torch.equal(torch.stack([scorer.matmul(y, eye, whole=True) for y in ys]), -ref)
 
     # convs: our rows [images x positions, O]; the reference's output [b, k, oc, fw, fh]
-    b, fw, fh = 8, 14, 14
+    b, fw, fh = 32, 14, 14
+    cb = batch or b
     raw, g = torch.randn(b * fw * fh, oc), torch.randn(b * fw * fh, oc)
     ys = [raw + 0.3 * torch.randn_like(raw) for _ in range(n)]
     eye = torch.eye(oc)
@@ -222,10 +223,10 @@ def test_scores_are_the_references_in_its_order_and_layout(metric, chunk, batch)
             return F.cosine_similarity(raw_out.view(m, 1, oc, -1), out.reshape(m, k, oc, -1), dim=-1).view(m, k, oc, 1, 1)
         return _ref_similarity(metric, raw_out, out, g_out, reduce=False)
 
-    easy_w, cw_w, cw_a = [], [], []
+    easy_w, easy_a, cw_w, cw_a = [], [], [], []
     for b0, b1 in _spans(b, cb):
         raw_out, g_out = nchw(raw, b0, b1).unsqueeze(1), nchw(g, b0, b1)
-        sims_easy, sims_w, sims_a = [], [], []
+        sims_easy, sims_easy_a, sims_w, sims_a = [], [], [], []
         for p0, p1 in _spans(n, peq):
             k = p1 - p0
             out = torch.cat([nchw(y, b0, b1) for y in ys[p0:p1]], 1)  # the weight search's: b, k*oc, fw, fh
@@ -234,15 +235,26 @@ def test_scores_are_the_references_in_its_order_and_layout(metric, chunk, batch)
             sims_easy.append(torch.mean(_ref_similarity(metric, raw_out, out, g_out, dim=-3), [2, 3]).sum(dim=0, keepdim=True))
             # ChannelwiseBatchingQuantConv2d: per channel over the positions, sum over b
             sims_w.append(torch.mean(cw_similarity(raw_out, out, g_out), [3, 4]).sum(dim=0, keepdim=True))
-            # its input search (outputs transposed to [b, k, ...]): the mean over channels and positions
-            out = torch.cat([nchw(y, b0, b1) for y in ys[p0:p1]], 0)  # k*b, oc, fw, fh
-            out = torch.cat(torch.chunk(out.unsqueeze(0), chunks=k, dim=1), dim=0).transpose_(0, 1)
+            # the input searches' outputs: k*b, oc, fw, fh -> k, b, oc, fw, fh
+            out = torch.cat([nchw(y, b0, b1) for y in ys[p0:p1]], 0)
+            out = torch.cat(torch.chunk(out.unsqueeze(0), chunks=k, dim=1), dim=0)
+            # BatchingEasyQuantConv2d's: as coded, torch.mean(similarity, dim=[3, 4]) of a 4-dim
+            # tensor raises; its comment's shape "parallel_eq_n,b" is the mean over dims [2, 3]
+            sim = _ref_similarity(metric, nchw(raw, b0, b1).unsqueeze(0), out, g_out, dim=-3)
+            with pytest.raises(IndexError):
+                torch.mean(sim, dim=[3, 4])
+            sims_easy_a.append(torch.mean(sim, dim=[2, 3]).sum(dim=1, keepdim=True))
+            # ChannelwiseBatchingQuantConv2d's (transposed to [b, k, ...]): over channels and positions
+            out = out.transpose_(0, 1)
             sims_a.append(torch.mean(cw_similarity(raw_out, out, g_out), dim=[2, 3, 4]).sum(dim=0, keepdim=True))
         easy_w.append(torch.cat(sims_easy, dim=1))
+        easy_a.append(torch.cat(sims_easy_a, dim=0))
         cw_w.append(torch.cat(sims_w, dim=1))
         cw_a.append(torch.cat(sims_a, dim=1))
     scorer = Scorer(metric, raw, grad_of(g), images=b, conv=True, chunk=chunk, batch=batch)
     assert torch.equal(scorer.stack([scorer.linear(y, eye, 1) for y in ys])[:, 0], -torch.cat(easy_w).sum(0))
+    assert torch.equal(scorer.stack([scorer.linear(y, eye, 1, whole=True) for y in ys], whole=True)[:, 0],
+                       -torch.cat(easy_a, dim=1).sum(dim=1))
     scorer = Scorer(metric, raw, grad_of(g), images=b, conv=True, channelwise=True, chunk=chunk, batch=batch)
     losses = [scorer.linear(y, eye, oc) for y in ys]
     assert torch.equal(scorer.stack(losses), -torch.cat(cw_w).sum(0))
