@@ -79,8 +79,9 @@ Deviations from the reference (the search itself is the same):
 - Summation order: every score is the reference's similarity computed and reduced in its
   order, with its candidates laid out as its batched code lays them out, its memory-budget
   batching included (``Scorer``, ``reference_batching``; written out against its code in
-  ``tests/test_ptq4vit.py``), since the result of a float32 reduction follows both. A plain mean over all rows picked another step where two candidates scored within
-  float32 round-off: two heads of tiny_swin W4A4's ``matmul1`` (cosine; 1.6e-7 and 1.2e-7 apart
+  ``tests/test_ptq4vit.py``), since the result of a float32 reduction follows both. A plain
+  mean over all rows picked another step where two candidates scored within float32 round-off:
+  two heads of tiny_swin W4A4's ``matmul1`` (cosine; 1.6e-7 and 1.2e-7 apart
   in float64, where the reference's order picked the float64 winner) and tiny_deit W6A6's
   ``blocks.3.mlp.fc1`` input. The Hessian and MSE scores took their sums in another order until
   this was extended to them (2026-11-29). Not matched: the candidates' outputs come from one
@@ -380,10 +381,12 @@ class Scorer:
         ``[k, images]``), summed per calibration batch; the chunks side by side, summed over the
         batches."""
         step = self.chunk or len(losses)
-        if whole and self.conv and not self.channelwise:  # [k, images]: the candidates outermost
-            return torch.cat([torch.stack([part.sum(1) for part in torch.stack(losses[i:i + step]).split(
-                self.batch or self.images, 1)], 1) for i in range(0, len(losses), step)]).sum(1)[:, None]
         parts = []
+        if whole and self.conv and not self.channelwise:  # the candidates outermost
+            for i in range(0, len(losses), step):
+                t = torch.stack(losses[i:i + step])  # [k, images]
+                parts.append(torch.stack([part.sum(1) for part in t.split(self.batch or self.images, 1)], 1))
+            return torch.cat(parts).sum(1)[:, None]  # [n, batches] -> [n, 1]
         for i in range(0, len(losses), step):
             t = torch.stack(losses[i:i + step], 1)
             if not self.conv:
