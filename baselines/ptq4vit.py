@@ -81,9 +81,9 @@ Deviations from the reference (the search itself is the same):
   batching included (``Scorer``, ``reference_batching``; written out against its code in
   ``tests/test_ptq4vit.py``), since the result of a float32 reduction follows both. A plain
   mean over all rows picked another step where two candidates scored within float32 round-off:
-  two heads of tiny_swin W4A4's ``matmul1`` (cosine; 1.6e-7 and 1.2e-7 apart
-  in float64, where the reference's order picked the float64 winner) and tiny_deit W6A6's
-  ``blocks.3.mlp.fc1`` input. The Hessian and MSE scores took their sums in another order until
+  two heads of tiny_swin W4A4's ``matmul1`` (cosine; 1.6e-7 and 1.2e-7 apart in float64, where
+  the reference's order picked the float64 winner) and tiny_deit W6A6's ``blocks.3.mlp.fc1``
+  input. The Hessian and MSE scores took their sums in another order until
   this was extended to them (2026-11-29). Not matched: the candidates' outputs come from one
   product per candidate here and from one over a batch of candidates there, which a BLAS library
   may round differently (every step equal on the tiny zoo where compared).
@@ -370,9 +370,9 @@ class Scorer:
             return self._loss(y, self.raw_maps, None, -1).mean(1)
         return self._elements(y, self.raw_maps, self.grad_maps).mean((1, 2))
 
-    def _batch_sums(self, t: torch.Tensor) -> torch.Tensor:
-        """Sums over dim 0 (the images), one per calibration batch: ``[batches, ...]``."""
-        return torch.stack([part.sum(0) for part in t.split(self.batch or t.shape[0])])
+    def _batch_sums(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Sums over ``dim`` (the images), one per calibration batch, stacked in its place."""
+        return torch.stack([part.sum(dim) for part in t.split(self.batch or t.shape[dim], dim)], dim)
 
     def stack(self, losses: list[torch.Tensor], whole: bool = False) -> torch.Tensor:
         """One :meth:`linear` result per candidate -> ``[n, groups]`` (``whole``: ``[n, 1]``):
@@ -384,8 +384,7 @@ class Scorer:
         parts = []
         if whole and self.conv and not self.channelwise:  # the candidates outermost
             for i in range(0, len(losses), step):
-                t = torch.stack(losses[i:i + step])  # [k, images]
-                parts.append(torch.stack([part.sum(1) for part in t.split(self.batch or self.images, 1)], 1))
+                parts.append(self._batch_sums(torch.stack(losses[i:i + step]), 1))  # [k, images] -> [k, batches]
             return torch.cat(parts).sum(1)[:, None]  # [n, batches] -> [n, 1]
         for i in range(0, len(losses), step):
             t = torch.stack(losses[i:i + step], 1)
