@@ -49,6 +49,17 @@ def test_softmax_twin_hand_computed():
     torch.testing.assert_close(q(x), summed, rtol=0, atol=1e-7)
 
 
+def test_softmax_twin_select_is_not_monotone_when_the_split_is_under_half_a_high_step():
+    """The paper's select mode, kept as defined: with split < 0.5 / (2^(b-1) - 1) a value just
+    below the split rounds up to the split on the fine range, one just above it to 0 on the coarse
+    one. bits 3: 4 codes per range, high step 1/3; split 0.1, low step 0.1/3."""
+    x = torch.tensor([0.099, 0.101, 0.17, 0.34])
+    expected = torch.tensor([0.1, 0.0, 1 / 3, 1 / 3])
+    q = softmax_twin_quant(x, torch.tensor(0.1), 3, "select")
+    torch.testing.assert_close(q, expected, rtol=0, atol=1e-7)
+    assert q[1] < q[0]
+
+
 def test_softmax_twin_small_split_sum_matches_select_below_split():
     """With split < 0.5 / (2^(b-1) - 1) the high range rounds the split to 0: only values above
     the split carry the as-coded bias."""
