@@ -64,12 +64,12 @@ reduce the generalization error), and a *Mixed Granularity Loss Fusion* of the t
   to its eps, to one factor on all of them: ``w_b=2, round_weight=0.02`` runs as ``w_b=1,
   round_weight=0.01``), and the regularizer's pull relative to the data differs from QDrop's raw
   sum by each unit's first block loss: ``L_b/L_b0 + w R`` runs as ``L_b + (w L_b0) R``. Measured
-  on ``obwr-parts`` (``docs/results/obwr-parts-intel/fusion-pull.md``): ``L_b0`` is 0.001-0.04
-  for the head and patch-embedding units and 0.9-4.2 (medians) for blocks and Swin merges, yet
-  the fraction of weights not rounded to nearest moves by at most 0.6 points, except in the
-  patch embedding (7.3-7.5% under the sum, 4.9-5.2% normalized, tiny ViT and DeiT), and top-1
-  within seed noise (``mgrq_obwr`` minus the same with ``fusion=sum``: every paired interval
-  contains 0).
+  on ``obwr-parts`` (``docs/results/obwr-parts-intel/fusion-pull.md``; medians per model and
+  unit kind): ``L_b0`` is 0.001-0.04 for the head and patch-embedding units and 0.9-4.2 for
+  blocks and Swin merges, yet the fraction of weights not rounded to nearest moves by at most 0.7
+  points, except in the patch embedding (7.3-7.5% under the sum, 4.9-5.2% normalized, tiny ViT
+  and DeiT), and top-1 within seed noise (``mgrq_obwr`` against the same with ``fusion=sum``:
+  every paired interval contains 0).
 
 Defaults ``w_global``, ``w_local``, ``global_every``, ``local_metric`` (chosen on the ``tune``
 split, never on the held-out digits): see "Defaults" at the end of this docstring.

@@ -12,10 +12,11 @@ steps inside one b-bit code, one bit of which flags the range.
   in each range; the low range ``R1`` has the step ``split / (2^(b-1) - 1)`` (it ends exactly at
   ``split``), the high range ``R2`` the step ``1 / (2^(b-1) - 1)`` (it ends exactly at 1).
 
-  * ``mode="select"`` (the paper): ``x < split`` -> ``R1``, else ``R2``. Not monotone when
-    ``split < 0.5 / (2^(b-1) - 1)`` (at 3 bits, splits under 1/6): a value just below the split
-    rounds up to ``split``, one just above it to 0 on ``R2``'s coarse step. The paper's
-    definition, kept.
+  * ``mode="select"`` (the paper): ``x < split`` -> ``R1``, else ``R2``. Not monotone where
+    ``R2`` rounds the split down (``round(split (2^(b-1) - 1)) / (2^(b-1) - 1) < split``): a value
+    just below the split comes back as ``split``, one just above it lower. Every split under half
+    a high step, ``0.5 / (2^(b-1) - 1)``, is such a split (at 3 bits: under 1/6; there values just
+    above it come back as 0). The paper's definition, kept.
   * ``mode="sum"`` (the reference code as written, ``quant_input_A`` of
     ``SoSPTQSLBatchingQuantMatMul``): ``x_hat = Q_R1(min(x, split)) + Q_R2(max(x, split))``, so a
     value in ``R2`` comes back ``split`` too large and a value in ``R1`` comes back

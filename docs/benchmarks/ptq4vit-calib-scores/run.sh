@@ -1,7 +1,8 @@
 #!/bin/bash
 # ptq4vit and base_ptq calibration time before (5e14467) and after (175089a) the scores took the
 # reference's order and layout: each cell runs on both trees at once, one thread each, on a 2-core
-# machine (so the two share its noise), 3 rounds. Then: cd FOLDER/time && python summarize.py
+# machine (so the two share its noise), 3 rounds. Run: bash run.sh FOLDER; then, in FOLDER/time,
+# python REPO/docs/benchmarks/ptq4vit-calib-scores/summarize.py
 # (mgrq's dependencies on the python of PATH; HF_HUB_OFFLINE=1: the tiny zoo needs nothing downloaded.)
 cd "${1:?a folder holding clean clones old/ (5e14467) and new/ (175089a) and an empty time/}"
 for rep in 1 2 3; do

@@ -9,7 +9,11 @@ rounding is not round-to-nearest (the records' ``rounding_changed``), for two pa
 differ in the fusion only: ``qdrop-repq`` (sum) against ``mgrq_obwr`` (normalized), and ``qdrop``
 against ``qdrop-norm``.
 
-    python docs/results/obwr-parts-intel/fusion_pull.py runs/obwr-parts/intel33 > fusion-pull.md
+    python docs/results/obwr-parts-intel/fusion_pull.py runs/obwr-parts/intel33
+
+(its tables, with a paragraph on them, are in ``fusion-pull.md``). "Not rounded to nearest" is each
+unit's fraction, averaged over the units of a kind. With extra terms (``mgrq``) the factor holds
+against the block term; each extra term ``i`` then weighs ``w_i L_b0 / L_i0``.
 """
 
 import collections
