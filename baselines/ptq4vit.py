@@ -46,8 +46,9 @@ Switches (config fields, recorded in the run record's ``method.config``):
 - ``twin_softmax``: ``select`` (default, the paper: each value quantized in its own range) or
   ``sum`` (as coded: both ranges' outputs added, biased by up to ``split``). ``select`` is not
   monotone at splits that the high range rounds down (``mgrq.quant.twin``); among the search's
-  ``2^-i`` these are those under half a high-range step, which at 3 bits the search picks: 1 or 2 of the 4 (ViT, DeiT) or 6 (Swin) softmax quantizers of each W3A3 cell of
-  ``ablation-mgrq`` (none in tiny Swin's seed 1) took a split of 0.125 or 0.0625.
+  ``2^-i`` these are those under half a high-range step, which at 3 bits the search picks: 1 or
+  2 of the 4 (ViT, DeiT) or 6 (Swin) softmax quantizers of each W3A3 cell of ``ablation-mgrq``
+  (none in tiny Swin's seed 1) took a split of 0.125 or 0.0625.
 - ``metric`` (``hessian`` | ``cosine`` | ``mse``), ``alpha``, ``beta``, ``n_candidates``,
   ``rounds``, ``twin``, ``channelwise_conv``: the framework's knobs (``base_ptq`` sets them).
 - ``division``: ``reciprocal`` (default) or ``divide`` (as coded): how the uniform quantizers the
