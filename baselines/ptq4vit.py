@@ -385,17 +385,14 @@ class Scorer:
         ``[k, images]``), summed per calibration batch; the chunks side by side, summed over the
         batches."""
         step = self.chunk or len(losses)
+        cand = 0 if whole and self.conv and not self.channelwise else 1  # the candidates' dim; the images' is the other
         parts = []
-        if whole and self.conv and not self.channelwise:  # the candidates outermost
-            for i in range(0, len(losses), step):
-                parts.append(self._batch_sums(torch.stack(losses[i:i + step]), 1))  # [k, images] -> [k, batches]
-            return torch.cat(parts).sum(1)[:, None]  # [n, batches] -> [n, 1]
         for i in range(0, len(losses), step):
-            t = torch.stack(losses[i:i + step], 1)
+            t = torch.stack(losses[i:i + step], cand)
             if not self.conv:
                 t = t.view(self.images, -1, *t.shape[1:]).mean(1)
-            parts.append(self._batch_sums(t))
-        out = torch.cat(parts, 1).sum(0)
+            parts.append(self._batch_sums(t, 1 - cand))
+        out = torch.cat(parts, cand).sum(1 - cand)
         return out if out.dim() == 2 else out[:, None]
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor, whole: bool = False) -> torch.Tensor:
