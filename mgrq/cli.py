@@ -356,6 +356,10 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     own = tiny_weights_path(args.name)
     target = Path(args.out) if args.out is not None else own  # --out: absolute, ~ expanded (path_arg)
     if args.out is not None:
+        if target.suffix in (".json", ".safetensors"):  # .json: the metadata would be written over the weights
+            raise ConfigError(f"zoo train {args.name}: --out {args.out}: the weights are written with torch.save, and "
+                              f"their metadata beside them as {target.with_suffix('.json').name}; expected a path "
+                              f"such as {target.with_suffix('.pth').name}")
         check_writable(target, "--out")
     real = target.resolve()
     shipped = real == own.resolve()

@@ -95,6 +95,11 @@ def test_check_writable(tmp_path):
                                                           r"PATH, or --force to replace it$"),
     (["zoo", "train", "tiny_vit", "--out", "{tmp}/meta.pth"], r"zoo train tiny_vit: .*/meta.json exists; expected a "
                                                               r"new --out PATH, or --force to replace it$"),
+    (["zoo", "train", "tiny_vit", "--out", "{tmp}/t.json"],  # its metadata would be written over the weights
+     r"zoo train tiny_vit: --out .*/t.json: the weights are written with torch.save, and their metadata beside them "
+     r"as t.json; expected a path such as t.pth$"),
+    (["zoo", "train", "tiny_vit", "--out", "{tmp}/t.safetensors"],  # torch.save's format under a safetensors name
+     r"--out .*/t.safetensors: the weights are written with torch.save, .* expected a path such as t.pth$"),
     (["zoo", "train", "tiny_vt"], r"unknown tiny-zoo model 'tiny_vt'. Did you mean 'tiny_vit'.*\? Known tiny-zoo models: "
                                   r"tiny_deit, tiny_swin, tiny_vit$"),
     (["zoo", "train", "deit_tiny_patch16_224"], r"zoo train deit_tiny_patch16_224: only the tiny zoo is trained here; "
