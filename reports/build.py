@@ -35,6 +35,7 @@ import pandas as pd
 
 from mgrq import records
 from mgrq.errors import ConfigError, MGRQError, UnknownNameError, close_names, first_line
+from mgrq.runner.layout import out_flag
 from mgrq.spec import SPLIT_NAMES
 from reports import frame as F
 from reports import tables as T
@@ -84,9 +85,9 @@ def suite_info(out: Path, suite: str, label: str | None, suite_file: str | Path 
     return info
 
 
-def _from_file_note(keys: list[str], suite_file: str | Path | None, suite: str, label: str) -> str:
+def _from_file_note(keys: list[str], suite_file: str | Path | None, suite: str, label: str, out: Path) -> str:
     return (f"report.{', report.'.join(keys)} from {suite_file}, not as label {label} ran with it "
-            f"(its suite.json); `mgrq report {suite} --label {label}` reports with the label's")
+            f"(its suite.json); `mgrq report {suite}{out_flag(out)} --label {label}` reports with the label's")
 
 
 def _suite_file_info(suite: str | Path) -> dict[str, Any]:
@@ -432,7 +433,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                           and len(F.records_frame(out, suite, [lab]))), None)
             if older is not None:
                 why += (f"; the newest label with finished cells is {older} "
-                        f"(`mgrq report {suite} --label {older}`)")
+                        f"(`mgrq report {suite}{out_flag(out)} --label {older}`)")
         raise ReportError(f"suite {suite} [{label}]: no finished cells to report (source: {source}){why}")
     info = suite_info(out, suite, label, suite_file)
     T.use_row_names(info.get("names"))
@@ -441,7 +442,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
     names = _order(list(df["name"]), info.get("methods") or [])
     notes: list[str] = []
     if info.get("from_file"):
-        notes.append(_from_file_note(info["from_file"], suite_file, suite, label))
+        notes.append(_from_file_note(info["from_file"], suite_file, suite, label, out))
     full: list[tuple[str, list[str]]] = []  # the lists that a note names only the first of, for notes.md
 
     def listed(items: list[str], what: str) -> str:
@@ -488,7 +489,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
         states = _unfinished_states(out, suite, label, info, missing, df, source)
         notes.append(f"{len(missing)} of the {len(grid)} cells of the grid have no finished result: "
                      + "; ".join(f"{len(ids)} {st} ({listed(ids, f'cells {st}')})" for st, ids in states.items())
-                     + f"; `mgrq suite status {suite} --label {label}` lists them")
+                     + f"; `mgrq suite status {suite}{out_flag(out)} --label {label}` lists them")
         gone_rows = [n for n in dict.fromkeys(info.get("methods") or []) if n not in names]
         gone_cols = [m for m in dict.fromkeys(info.get("models") or []) if m not in models]
         if gone_rows or gone_cols:
@@ -497,7 +498,7 @@ def build_report(out: str | Path, suite: str, label: str | None = None, source: 
                 + ": none of their cells has a result yet")
     elif source == "records" and records.read_record(out.resolve() / suite / label / "suite.json") is None:
         notes.append(f"the label's suite.json is missing or unreadable, so the tables cannot say which cells of "
-                     f"the grid have no result (`mgrq suite status {suite} --label {label}`)")
+                     f"the grid have no result (`mgrq suite status {suite}{out_flag(out)} --label {label}`)")
     warned = list(df.loc[(df["status"] == "done") & (df["warnings"] > 0), "run_id"])
     if warned:
         notes.append(f"{len(warned)} finished cell(s) ran with a warning: a unit's output error rose during "
@@ -654,7 +655,7 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     for lab in (a, b):  # a run that recorded nothing would compare as "every cell missing", flagged or not
         if not (df["label"] == lab).any():
             raise ReportError(f"--compare: label {lab} of suite {suite} has no cell records (no cell finished or "
-                              f"failed); expected two runs with records (`mgrq suite status {suite} --label {lab}`)")
+                              f"failed); expected two runs with records (`mgrq suite status {suite}{out_flag(out)} --label {lab}`)")
     stem = f"compare-{a}-vs-{b}"
     files = [f"{stem}.{e}" for e in ("md", "tex", "csv")]
     if dest is not None:
@@ -681,7 +682,7 @@ def build_compare(out: str | Path, suite: str, label_a: str, label_b: str, thres
     cmp.to_csv(dest / f"{stem}.csv", index=False)
     records.write_record(dest / MANIFEST, {"files": sorted({*(_listed_files(dest) or []), *files})})
     # a comparison prints only the names of the report block
-    cmp.attrs["notes"] = [_from_file_note(["names"], suite_file, suite, b)] if "names" in info.get("from_file", []) else []
+    cmp.attrs["notes"] = [_from_file_note(["names"], suite_file, suite, b, out)] if "names" in info.get("from_file", []) else []
     if csv_note:
         cmp.attrs["notes"].append(csv_note)
     return cmp, [dest / f for f in files], md

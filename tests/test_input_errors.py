@@ -469,7 +469,7 @@ def test_no_run_hint_names_a_suite_file_only_when_one_exists(tmp_path, capsys):
     assert "run its file with `mgrq suite run FILE`, or see `mgrq suite list`" in line
     assert "mgrq suite run nosuch" not in line
     assert main(["report", "demo", "--out", str(tmp_path)]) == 2
-    assert "(run `mgrq suite run demo`;" in error_line(capsys)
+    assert f"(run `mgrq suite run demo --out {tmp_path}`;" in error_line(capsys)
 
 
 def test_suite_checkpoints_are_fit_checked_before_submitting(tmp_path):

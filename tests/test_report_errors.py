@@ -248,7 +248,7 @@ def test_dest_that_is_a_folder_or_new_works(tmp_path):
         assert rep.dest == d and (d / "main.md").is_file()
 
 
-def test_cells_without_a_result_are_marked_and_named_by_state(tmp_path):
+def test_cells_without_a_result_are_marked_and_named_by_state(tmp_path, monkeypatch):
     """A mean over fewer seeds than the grid has is marked like one with a failed seed; the note
     says what the unfinished cells are (as `suite status` does); a method or model with no result
     at all, which the tables cannot show, is named."""
@@ -275,8 +275,12 @@ def test_cells_without_a_result_are_marked_and_named_by_state(tmp_path):
     assert "\n\\* some seeds failed or have no result yet; mean over the seeds that finished." in md
     assert rep.notes[0] == ("3 of the 6 cells of the grid have no finished result: 1 interrupted "
                             "(tiny_vit.qdrop.w4a4.s1); 1 running (tiny_vit.qdrop.w4a4.s0); 1 not started "
-                            "(tiny_vit.repq_vit.w4a4.s1); `mgrq suite status s --label L` lists them")
+                            f"(tiny_vit.repq_vit.w4a4.s1); `mgrq suite status s --out {out} --label L` lists them")
     assert rep.notes[1] == "the tables have no row for qdrop: none of their cells has a result yet"
+    # the command, run as printed, reads the same runs folder: --out only where it is not the default one
+    monkeypatch.setenv("MGRQ_RUNS", str(out))
+    rep = build_report(out, "s", "L", pdf="no", published=False, figures=False)
+    assert rep.notes[0].endswith("(tiny_vit.repq_vit.w4a4.s1); `mgrq suite status s --label L` lists them")
 
 
 def test_notes_md_lists_in_full_what_a_note_names_the_first_three_of(tmp_path):
@@ -292,7 +296,7 @@ def test_notes_md_lists_in_full_what_a_note_names_the_first_three_of(tmp_path):
     rep = build_report(out, "s", "L", pdf="no", published=False, figures=False)
     ids = [c["id"] for c in cells[1:]]
     assert rep.notes[0] == (f"5 of the 6 cells of the grid have no finished result: 5 not started ({', '.join(ids[:3])} "
-                            "and 2 more, listed in notes.md); `mgrq suite status s --label L` lists them")
+                            f"and 2 more, listed in notes.md); `mgrq suite status s --out {out} --label L` lists them")
     md = (rep.dest / "notes.md").read_text()
     assert md.endswith("\n## 5 cells not started\n\n" + "".join(f"- {i}\n" for i in ids)), md
     assert "and 2 more, listed below); `mgrq suite status" in md

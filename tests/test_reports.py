@@ -637,7 +637,8 @@ def test_report_bad_inputs(tmp_path):
     make_runs(full, "A", created="2026-01-01T00:00:00")
     records.write_record(full / "rep" / "B" / "suite.json", {"created": "2026-01-02T00:00:00"})
     with pytest.raises(ReportError, match=r"rep \[B\]: no finished cells to report \(source: records\); the newest "
-                                          r"label with finished cells is A \(`mgrq report rep --label A`\)$"):
+                                          rf"label with finished cells is A \(`mgrq report rep --out "
+                                          rf"{re.escape(str(full))} --label A`\)$"):
         build_report(full, "rep", None, pdf="no")
     with pytest.raises(ReportError, match=r"\(source: records\)$"):  # a label named: no other one suggested
         build_report(full, "rep", "B", pdf="no")

@@ -225,7 +225,7 @@ def test_a_rerun_refuses_cells_that_live_jobs_of_an_earlier_driver_hold(tmp_path
     text = capsys.readouterr().out
     assert re.search(rf"^  stale +{re.escape(cell)} ", text, re.M) and "1 stale" in text, text
     assert ("note: 1 cell(s) stale: the record says running, but its job is gone (killed or cancelled while no driver "
-            "watched); `mgrq suite run live --label L` runs it again") in text
+            f"watched); `mgrq suite run live --out {tmp_path / 'runs'} --label L` runs it again") in text
 
 
 def test_a_dry_run_asks_the_scheduler_about_the_slurm_options(tmp_path):

@@ -33,6 +33,7 @@ from mgrq.runner.layout import (
     cell_for,
     grid_cells,
     label_dir,
+    out_flag,
     records_under,
     shown_status,
 )
@@ -612,7 +613,7 @@ def mark_stale(shown: list[tuple[str, dict[str, Any]]], root: Path, suite: str,
     where = (f" (unless the driver started on {host} still runs this label: it cannot be asked from here)"
              if watching is None else "")
     return out, (f"note: {n} cell(s) stale: the record says running, but its job is gone (killed or cancelled while "
-                 f"no driver watched){where}; `mgrq suite run {suite} --label {label}` runs "
+                 f"no driver watched){where}; `mgrq suite run {suite}{out_flag(root.parent.parent)} --label {label}` runs "
                  f"{'it' if n == 1 else 'them'} again")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -60,6 +61,12 @@ def check_label(label: str) -> str:
 
 def default_out() -> Path:
     return Path(os.environ.get("MGRQ_RUNS", "runs")).expanduser()
+
+
+def out_flag(out: str | Path) -> str:
+    """`` --out OUT`` for a command shown to the user when ``out`` is not the default runs folder
+    (``./runs``, or ``$MGRQ_RUNS``), so that the command run as printed reads the same folder; else ``""``."""
+    return "" if Path(out).resolve() == default_out().resolve() else f" --out {shlex.quote(str(out))}"
 
 
 @dataclass(frozen=True)
@@ -188,10 +195,10 @@ def resolve_label(out: Path, suite: str, label: str | None,
 
             shipped = suite in {p.stem for p in list_suites()}
             if all_labels:  # one run: another is a new label
-                hint = (f"run {f'`mgrq suite run {suite}`' if shipped else 'the suite file'} again under a new "
+                hint = (f"run {f'`mgrq suite run {suite}{out_flag(out)}`' if shipped else 'the suite file'} again under a new "
                         "--label (the default label is the day and commit: a rerun the same day resumes that run)")
             elif shipped:
-                hint = f"run `mgrq suite run {suite}`"
+                hint = f"run `mgrq suite run {suite}{out_flag(out)}`"
             else:
                 hint = "run its file with `mgrq suite run FILE`, or see `mgrq suite list` for the shipped suites"
             if not all_labels and known is None and not (Path(out).resolve() / suite).is_dir():
