@@ -126,6 +126,9 @@ BAD = [
      "expected one of percentile, lp, minmax"),
     ({"methods": [{"name": "percentile", "variant": "pv"}], "overrides": {"pv": {"calib": 0}}},
      "overrides.pv.calib", "expected an integer >= 1"),
+    ({"only": 3}, "only", "expected a regex searched in the cell ids (MODEL.METHOD.WxAy.sSEED)"),
+    ({"only": "(tiny"}, "only", "'(tiny' is not a valid regular expression (missing ), unterminated subpattern"),
+    ({"only": "^tiny_deit\\."}, "only", "'^tiny_deit\\.' matches none of the 1 cells of models x bits x methods x seeds"),
     # a variant named after another method: its rows and runs would read as that method
     ({"methods": [{"name": "percentile", "variant": "base_ptq"}]}, "methods[0].variant",
      "'base_ptq' is the name of another method; expected a name of its own for this percentile variant"),
@@ -574,3 +577,27 @@ def test_the_dry_run_executor_line_says_when_nothing_is_left_to_run():
     assert _executor_line(opts, 0) == "executor: local (parallelism=2, threads=1, timeout_min=720, device=auto): " \
                                       "nothing to run"
     assert _executor_line(ex.ExecutorOptions(kind="debug", threads=2), 3).endswith("): one process, 2 torch thread(s)")
+
+
+def test_only_makes_the_grid_the_cells_it_matches(tmp_path, capsys):
+    """A suite file's ``only`` (a regex searched in the cell ids) makes the grid those cells:
+    each keeps the hash it has in the whole grid; ``suite list``, a dry run and ``--only`` see
+    only them (``--only`` selects among them)."""
+    only = r"^(tiny_vit\.[a-z_]+\.w4a4|tiny_deit\.[a-z_]+\.w3a3)\."
+    grid = dict(models=["tiny_vit", "tiny_deit"], bits=["W4A4", "W3A3"], methods=["percentile", "repq_vit"],
+                seeds=[0, 1])
+    whole = {sp.run_id: sp.content_hash for sp in load_suite(write_suite(tmp_path / "whole.yaml", **grid)).specs()}
+    path = write_suite(tmp_path / "cols.yaml", **grid, only=only)
+    specs = load_suite(path).specs()
+    assert [sp.run_id for sp in specs] == [f"{m}.{meth}.{b}.s{s}" for m, b in (("tiny_vit", "w4a4"), ("tiny_deit", "w3a3"))
+                                           for meth in ("percentile", "repq_vit") for s in (0, 1)]
+    assert all(whole[sp.run_id] == sp.content_hash for sp in specs) and len(whole) == 16
+    out = str(tmp_path / "runs")
+    assert main(["suite", "run", str(path), "--out", out, "--dry-run"]) == 0
+    assert "8 cells: 0 done, 0 failed, 0 running/interrupted/stale, 8 not started -> 8 to run" in capsys.readouterr().out
+    assert main(["suite", "run", str(path), "--out", out, "--dry-run", "--only", r"\.s1$"]) == 0
+    assert "4 cells: 0 done" in capsys.readouterr().out
+    assert main(["suite", "run", str(path), "--out", out, "--dry-run", "--only", r"^tiny_vit\..*w3a3"]) == 2
+    assert "matches none of the 8 cells of cols" in capsys.readouterr().err
+    shipped = load_suite("vit-deit-seeds")
+    assert shipped.only and len(shipped.specs()) == 60 and "--only" not in shipped.command

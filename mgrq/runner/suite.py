@@ -12,6 +12,7 @@ settings, data location, per-method overrides and executor defaults::
       - percentile                                   # a registered method
       - {name: percentile, variant: percentile-minmax, config: {act_init: minmax}}
     seeds: [0]
+    only: null                                       # a regex: the grid is the cells whose id it matches
     calibration: {n: 32}                             # null: each method's default
     data: {root: null, eval_split: heldout}          # --data-root wins
     checkpoints: {deit_tiny_patch16_224: /weights/deit_tiny.pth}
@@ -50,7 +51,7 @@ from mgrq.spec import RunSpec, parse_bits
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TOP_FIELDS = (
-    "name", "description", "command", "models", "bits", "methods", "seeds", "calibration",
+    "name", "description", "command", "models", "bits", "methods", "seeds", "only", "calibration",
     "data", "checkpoints", "overrides", "eval_limit", "image_bits", "bits_overrides",
     "executor", "report",
 )
@@ -92,6 +93,7 @@ class Suite:
     bits: tuple[tuple[int, int], ...]
     methods: tuple[MethodEntry, ...]
     seeds: tuple[int, ...] = (0,)
+    only: str | None = None  # the file's ``only``: the grid is the cells whose id it matches (None: every cell)
     calib: int | None = None
     data_root: str | None = None
     eval_split: str = "heldout"
@@ -115,8 +117,9 @@ class Suite:
         return any(not get_entry(m).tiny for m in self.models)
 
     def specs(self, device: str = "auto") -> list[RunSpec]:
-        """The grid, ordered by model, bit-width, method (suite order) and seed. Tiny-zoo cells
-        get no data root (they use the embedded MNIST digits; it is not in their hash)."""
+        """The grid, ordered by model, bit-width, method (suite order) and seed; with the file's
+        ``only``, the cells whose id it matches. Tiny-zoo cells get no data root (they use the
+        embedded MNIST digits; it is not in their hash)."""
         ckpt = dict(self.checkpoints)
         out = []
         for model in self.models:
@@ -133,7 +136,7 @@ class Suite:
                             checkpoint=ckpt.get(model), data_root=None if _is_tiny(model) else self.data_root,
                             eval_split=self.eval_split, eval_limit=self.eval_limit, device=device,
                         ))
-        return out
+        return [s for s in out if re.search(self.only, s.run_id)] if self.only else out
 
     def with_options(
         self,
@@ -708,6 +711,20 @@ class _Parser:
                 if k not in registered:
                     with self.part():
                         self.member("method", k, written, f"overrides.{k}")
+        only = d.get("only")
+        with self.part():
+            if only is not None:
+                expected = ("a regex searched in the cell ids (MODEL.METHOD.WxAy.sSEED), e.g. '^tiny_vit\\.'; the "
+                            "grid is the cells it matches")
+                if not isinstance(only, str) or not only.strip():
+                    only = None
+                    raise self.err("only", f"expected {expected}, or the field left out")
+                try:
+                    re.compile(only)
+                except re.error as e:
+                    only = None
+                    raise self.err("only", f"'{d['only']}' is not a valid regular expression ({e}); expected "
+                                           f"{expected}") from None
         seeds = d.get("seeds", [0])
         if isinstance(seeds, int):
             seeds = [seeds]
@@ -823,7 +840,7 @@ class _Parser:
         suite = Suite(
             name=name, path=self.path, description=d["description"].strip(),
             command=d["command"].strip(), models=tuple(models), bits=tuple(bits), methods=tuple(methods),
-            seeds=tuple(seeds), calib=calib, data_root=root, eval_split=eval_split,
+            seeds=tuple(seeds), only=only, calib=calib, data_root=root, eval_split=eval_split,
             checkpoints=tuple(sorted(ck.items())), eval_limit=eval_limit, image_bits=image_bits,
             bits_overrides=bits_overrides, executor=tuple(sorted(ex.items())), ablation=tuple(ablation),
             main=tuple(main) if isinstance(main, list) else (),
@@ -831,7 +848,10 @@ class _Parser:
         )
         if self.check_names:
             try:
-                suite.specs()
+                if not suite.specs() and only:  # (specs() also checks every cell's settings)
+                    raise self.err("only", f"'{only}' matches none of the {len(replace(suite, only=None).specs())} "
+                                           f"cells of models x bits x methods x seeds; expected a regex searched in "
+                                           f"their ids (MODEL.METHOD.WxAy.sSEED)")
             except ConfigError as e:
-                raise ConfigError(f"{self.path}: {e}") from None
+                raise e if str(e).startswith(f"{self.path}: ") else ConfigError(f"{self.path}: {e}") from None
         return suite
