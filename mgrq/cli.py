@@ -48,19 +48,33 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="layer policy: points whose name matches REGEX get BITS (or 'fp'), e.g. '^head\\.=8'")
 
 
+SPEC_FLAGS = ("w_bits", "a_bits", "image_bits", "seed", "calib", "eval_limit")
+"""The spec fields ``quantize`` takes from options of the same name (``--w-bits`` ...): its errors
+name the option, as typed, not the field."""
+
+
 def _spec_from_args(args: argparse.Namespace):
+    import re
+
     from mgrq.config import parse_assignments
+    from mgrq.errors import ConfigError
     from mgrq.spec import RunSpec
 
     overrides = []
     for pattern, value in parse_assignments(args.bits_override, "--bits-override").items():
         overrides.append((pattern, value if value == "fp" else int(value) if value.isdigit() else value))
-    return RunSpec(
-        model=args.model, method=args.method, w_bits=args.w_bits, a_bits=args.a_bits,
-        seed=args.seed, calib=args.calib, method_config=tuple(parse_assignments(args.overrides).items()),
-        image_bits=args.image_bits, bits_overrides=tuple(overrides), checkpoint=args.checkpoint,
-        data_root=args.data_root, eval_split=args.eval_split, eval_limit=args.eval_limit, device=args.device,
-    )
+    try:
+        return RunSpec(
+            model=args.model, method=args.method, w_bits=args.w_bits, a_bits=args.a_bits,
+            seed=args.seed, calib=args.calib, method_config=tuple(parse_assignments(args.overrides).items()),
+            image_bits=args.image_bits, bits_overrides=tuple(overrides), checkpoint=args.checkpoint,
+            data_root=args.data_root, eval_split=args.eval_split, eval_limit=args.eval_limit, device=args.device,
+        )
+    except ConfigError as e:  # "w_bits=17: expected ..." -> "--w-bits 17: expected ..."
+        m = re.match(r"(\w+)=.*?: (expected .*)", str(e))
+        if m and m.group(1) in SPEC_FLAGS:
+            raise ConfigError(f"--{m.group(1).replace('_', '-')} {getattr(args, m.group(1))}: {m.group(2)}") from None
+        raise
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
