@@ -178,7 +178,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             if "WeightsUnpickler error:" in msg else ""
         raise CheckpointError(
             f"checkpoint {path}: not a readable torch/safetensors weights file "
-            f"({type(e).__name__}: {why or ANSI.sub('', first_line(e, 120, 'empty file'))})"
+            f"({type(e).__name__}: {why or ANSI.sub('', first_line(e, 120, 'empty file'))}); expected a whole file "
+            f"written by torch.save or safetensors (a truncated copy fails so too)"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -224,7 +225,10 @@ def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str, 
         parts += [f"{len(ks)} {what} (e.g. {ks[0]})" for ks, what in ((missing, "missing"), (extra, "unexpected"))
                   if ks]
         why = "; ".join(parts) or " ".join(str(e).split())[:300]  # torch's own words: one line
-        raise CheckpointError(f"checkpoint {path}: does not fit {name}: {why}; expected the weights of {name}") from None
+        ddp = bool(extra) and all(k.startswith("module.") for k in extra) and {k[7:] for k in extra} >= set(missing)
+        hint = " in its key layout: the file's keys carry the 'module.' prefix of a DDP save, to be stripped" if ddp else ""
+        raise CheckpointError(f"checkpoint {path}: does not fit {name}: {why}; expected the weights of {name}{hint}") \
+            from None
 
 
 def create_model(

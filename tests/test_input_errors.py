@@ -17,6 +17,7 @@ from mgrq.errors import ConfigError, ReconstructionError
 from mgrq.runner import executors as ex
 from mgrq.runner.layout import Cell, records_under
 from mgrq.runner.suite import load_suite
+from mgrq.zoo import tiny_weights_path
 
 QUANT = ["quantize", "--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "4", "--quiet"]
 
@@ -141,6 +142,13 @@ def test_checkpoint_messages(tmp_path, capsys):
     assert main(QUANT + ["--checkpoint", str(wrong)]) == 2
     line = error_line(capsys)
     assert "does not fit model tiny_vit: " in line and "1 unexpected (e.g. w)" in line and "\t" not in line
+    assert line.endswith("expected the weights of model tiny_vit")
+    ddp = tmp_path / "ddp.pth"  # a DistributedDataParallel save: every key under 'module.'
+    torch.save({f"module.{k}": v for k, v in torch.load(tiny_weights_path("tiny_vit")).items()}, ddp)
+    assert main(QUANT + ["--checkpoint", str(ddp)]) == 2
+    line = error_line(capsys)
+    assert "missing (e.g. cls_token); " in line and "unexpected (e.g. module.cls_token); expected the weights of " \
+        "model tiny_vit in its key layout: the file's keys carry the 'module.' prefix of a DDP save, to be stripped" in line
 
 
 def test_checkpoints_that_are_not_state_dicts_say_what_they_hold(tmp_path, capsys):
@@ -158,7 +166,14 @@ def test_checkpoints_that_are_not_state_dicts_say_what_they_hold(tmp_path, capsy
     text.write_text("not a checkpoint at all")
     assert main(QUANT + ["--checkpoint", str(text)]) == 2
     assert error_line(capsys).endswith(f"checkpoint {text}: not a readable torch/safetensors weights file "
-                                       "(UnpicklingError: Unsupported operand 110)")
+                                       "(UnpicklingError: Unsupported operand 110); expected a whole file written "
+                                       "by torch.save or safetensors (a truncated copy fails so too)")
+    cut = tmp_path / "cut.pth"  # a copy that stopped half-way
+    cut.write_bytes(tiny_weights_path("tiny_vit").read_bytes()[:50_000])
+    assert main(QUANT + ["--checkpoint", str(cut)]) == 2
+    assert re.search(rf"checkpoint {re.escape(str(cut))}: not a readable torch/safetensors weights file \((OSError|"
+                     r"RuntimeError): .*\); expected a whole file written by torch.save or safetensors "
+                     r"\(a truncated copy fails so too\)$", error_line(capsys))
     ema = tmp_path / "ema.pth"
     torch.save({"model_ema": {"w": torch.zeros(2)}, "epoch": 3}, ema)  # a wrapper key we do not read
     assert main(QUANT + ["--checkpoint", str(ema)]) == 2
