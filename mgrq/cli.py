@@ -170,6 +170,9 @@ def _run_spec(spec: Any, record: str | None, threads: int, quiet: bool,
     print(f"{spec.run_id}: FP top-1 {m['fp_top1']:.2f}  {spec.bits} top-1 {m['top1']:.2f}  "
           f"(delta {m['top1'] - m['fp_top1']:+.2f}; {int(m['n_eval'])} images; {_ran_on(rec)}; "
           f"quantize {rec['timings']['quantize_s']:.1f}s, total {rec['timings']['total_s']:.1f}s)")
+    if spec.eval_limit is not None and m["n_eval"] < spec.eval_limit:
+        print(f"note: the eval limit {spec.eval_limit} is more than the {int(m['n_eval'])} images of the eval set: "
+              "every image was evaluated", file=sys.stderr)
     if record:
         path = records.write_record(record, rec)
         print(f"record: {path}")

@@ -498,3 +498,19 @@ def test_zoo_train_records_a_command_that_makes_the_same_checkpoint(tmp_path, ca
     argv[argv.index("--out") + 1] = str(tmp_path / "b" / "t.pth")  # same file name: torch.save writes it inside
     code, out, _ = run_cli(capsys, *argv[1:], "--quiet")
     assert code == 0 and json.loads(out)["sha256"] == meta["sha256"]
+
+
+@pytest.mark.parametrize(("limit", "noted"), [(1500, True), (1000, False), (None, False)])
+def test_an_eval_limit_above_the_eval_set_is_noted(capsys, monkeypatch, limit, noted):
+    """--eval-limit keeps N images spread over the eval set; a limit above its size evaluates
+    every image, and says so (the record's n_eval is the count evaluated)."""
+    def fake(spec, progress=True):  # what execute() returns for the 1,000 held-out digits
+        return {"metrics": {"fp_top1": 95.0, "top1": 90.0, "n_eval": 1000}, "device": "cpu", "torch_threads": 1,
+                "timings": {"quantize_s": 1.0, "total_s": 2.0}}
+
+    monkeypatch.setattr("mgrq.run.execute", fake)
+    argv = ["quantize", "--model", "tiny_vit", "--method", "percentile", "--w-bits", "4", "--a-bits", "4", "--quiet"]
+    code, out, err = run_cli(capsys, *argv, *(["--eval-limit", str(limit)] if limit else []))
+    assert code == 0 and "1000 images" in out
+    note = "note: the eval limit 1500 is more than the 1000 images of the eval set: every image was evaluated\n"
+    assert err == (note if noted else ""), err
