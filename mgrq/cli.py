@@ -435,11 +435,30 @@ class Parser(argparse.ArgumentParser):
             takes_value = action is not None and not eq and action.nargs != 0
 
 
+class _Version(argparse.Action):
+    """``--version``: the package version and, from a git checkout, the source tree's commit (what
+    a run record calls ``git_sha``), read only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version (and the source tree's git commit) and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from mgrq import __version__
+        from mgrq.records import git_sha
+
+        sha = git_sha()
+        print(f"mgrq {__version__}" + (f" (source tree {sha})" if sha else ""))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="mgrq",
         description="Post-training quantization of Vision Transformers: MGRQ and baselines under one protocol.",
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(

@@ -514,3 +514,20 @@ def test_an_eval_limit_above_the_eval_set_is_noted(capsys, monkeypatch, limit, n
     assert code == 0 and "1000 images" in out
     note = "note: the eval limit 1500 is more than the 1000 images of the eval set: every image was evaluated\n"
     assert err == (note if noted else ""), err
+
+
+def test_version_names_the_package_and_its_source_tree(capsys):
+    import re
+
+    from mgrq.records import git_sha
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    with open(os.path.join(os.path.dirname(__file__), os.pardir, "pyproject.toml")) as f:
+        pyproject = f.read()
+    want = re.search(r'^version = "([^"]+)"$', pyproject, re.M).group(1)  # the version pip installs
+    sha = git_sha()
+    assert out == f"mgrq {want}" + (f" (source tree {sha})" if sha else "") + "\n"
+    assert sha is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty\.[0-9a-f]{8})?", sha)
