@@ -463,7 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "quantize", help="quantize one model with one method and evaluate it",
-        description="Quantize a model, print FP and quantized top-1, optionally write the JSON run record.",
+        description="Quantize a model, print FP and quantized top-1, optionally write the JSON run record. "
+                    "Exit 0: done; 2: bad input (checked before any work) or a run stopped by an error it names, "
+                    "such as a diverged reconstruction: one line on stderr; 130: interrupted. A failed run is "
+                    "written to --record, unless that holds a done record.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="The reconstruction methods (brecq, qdrop, mgrq and its variants) default to paper scale:\n"
                "20,000 iterations per unit (brecq adds act_iters=5,000) on 1,024 calibration images,\n"

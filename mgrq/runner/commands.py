@@ -105,7 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     st = ssub.add_parser("status", help="status of every cell of a suite run")
     st.add_argument("suite", help="suite name or suite YAML file")
     _add_out(st)
-    st.add_argument("--label", default=None, help="label (default: the newest)")
+    st.add_argument("--label", default=None, help="label (default: the newest; 'latest' = the newest, 'previous' = "
+                                                  "the one before)")
     st.set_defaults(func=cmd_suite_status)
 
     m = sub.add_parser("mirror", help="mirror finished run records into MLflow (idempotent)",
