@@ -216,7 +216,8 @@ def _order(found: list[str], preferred: list[str]) -> list[str]:
 
 
 def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
-    """Wrap ``fragments`` (file names in ``dest``) in a minimal document and run pdflatex."""
+    """Wrap ``fragments`` (file names in ``dest``) in a minimal document and run pdflatex. Its
+    ``.aux`` and ``.log`` are removed when it succeeds; a failure keeps the log, which the error names."""
     exe = shutil.which("pdflatex")
     if exe is None:
         raise ReportError("pdflatex not found (install texlive-latex-base texlive-latex-recommended)")
@@ -236,6 +237,8 @@ def compile_pdf(dest: Path, fragments: list[str], stem: str = "tables") -> Path:
         err = [ln for ln in proc.stdout.splitlines() if ln.startswith("!")][:1]
         raise ReportError(f"pdflatex failed on {dest / (stem + '.tex')}: {err[0] if err else proc.returncode} "
                           f"(see {dest / (stem + '.log')})")
+    for ext in ("aux", "log"):
+        (dest / f"{stem}.{ext}").unlink(missing_ok=True)
     return pdf
 
 

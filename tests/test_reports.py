@@ -131,6 +131,12 @@ def test_a_page_of_tables_starts_at_its_top(tmp_path):
     pages = bbox.split("<page ")[1:]
     tops = [float(re.search(r'<word xMin="[\d.]+" yMin="([\d.]+)"', p).group(1)) for p in pages]
     assert len(pages) == 2 and max(tops) < 80, tops  # 1.5 cm margin: 42.5 pt, the first line's ascent below it
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["t1.tex", "t2.tex", "tables.pdf", "tables.tex"]  # no .aux/.log
+    (tmp_path / "bad.tex").write_text("\\nosuchcommand\n")  # a failure keeps the log its error points to
+    with pytest.raises(ReportError, match=r"pdflatex failed on .*bad-doc.tex: ! Undefined control sequence. \(see "
+                                          r".*bad-doc.log\)$"):
+        compile_pdf(tmp_path, ["bad.tex"], stem="bad-doc")
+    assert (tmp_path / "bad-doc.log").is_file()
 
 
 def test_markdown_csv_and_figures(tmp_path):
