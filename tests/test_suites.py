@@ -532,7 +532,7 @@ def test_set_gives_every_method_with_the_field_its_value_as_the_suite_file_would
     old, new = ({s.name: s.content_hash for s in x.specs()} for x in (plain, got))
     assert old["percentile"] == new["percentile"] and all(old[n] != new[n] for n in ("qdrop", "brecq", "mgrq-k"))
     assert dict(got.methods[2].config) == {"iters": 3, "lr_round": 0.001}  # typed as the file would be
-    assert got.notes == ("--set replaces what these rows' own config: gives: brecq (iters=9, lr_round=0.01), "
+    assert got.notes == ("--set replaces values the suite file gives these rows: brecq (iters=9, lr_round=0.01), "
                          "mgrq-k (iters=5)",)
     # a variant that fixes the field keeps it (a note says so); --only: only the rows it selects
     fixed = load_suite(str(write_suite(tmp_path / "f.yaml", methods=["mgrq_obwr", "mgrq"])))

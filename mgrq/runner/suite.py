@@ -325,7 +325,7 @@ def _set_entries(methods: tuple[MethodEntry, ...], sets: Mapping[str, str], sele
         out.append(replace(m, config=config_fields(cfg, built)))
         set_by[m.name] = mine
     if replaced:
-        notes.append(f"--set replaces what these rows' own config: gives: {', '.join(replaced)}")
+        notes.append(f"--set replaces values the suite file gives these rows: {', '.join(replaced)}")
     same: dict[tuple, list[str]] = {}
     for m in out:
         if m.name in selected:
