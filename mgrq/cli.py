@@ -373,7 +373,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     own = tiny_weights_path(args.name)
     target = Path(args.out) if args.out is not None else own  # --out: absolute, ~ expanded (path_arg)
     if args.out is not None:
-        if target.suffix in (".json", ".safetensors"):  # .json: the metadata would be written over the weights
+        if target.suffix.lower() in (".json", ".safetensors"):  # .json: the metadata would be written over the weights
             raise ConfigError(f"zoo train {args.name}: --out {args.out}: the weights are written with torch.save, and "
                               f"their metadata beside them as {target.with_suffix('.json').name}; expected a path "
                               f"such as {target.with_suffix('.pth').name}")
@@ -465,8 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
         "quantize", help="quantize one model with one method and evaluate it",
         description="Quantize a model, print FP and quantized top-1, optionally write the JSON run record. "
                     "Exit 0: done; 2: bad input (checked before any work) or a run stopped by an error it names, "
-                    "such as a diverged reconstruction: one line on stderr; 130: interrupted. A failed run is "
-                    "written to --record, unless that holds a done record.",
+                    "such as a diverged reconstruction: one line on stderr; 1: an unexpected error (a traceback); "
+                    "130: interrupted. A failed run is written to --record, unless that holds a done record.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="The reconstruction methods (brecq, qdrop, mgrq and its variants) default to paper scale:\n"
                "20,000 iterations per unit (brecq adds act_iters=5,000) on 1,024 calibration images,\n"

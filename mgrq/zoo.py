@@ -225,7 +225,8 @@ def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str, 
         parts += [f"{len(ks)} {what} (e.g. {ks[0]})" for ks, what in ((missing, "missing"), (extra, "unexpected"))
                   if ks]
         why = "; ".join(parts) or " ".join(str(e).split())[:300]  # torch's own words: one line
-        ddp = bool(extra) and all(k.startswith("module.") for k in extra) and {k[7:] for k in extra} >= set(missing)
+        ddp = bool(extra) and set(missing) <= {k[7:] for k in extra} and all(  # it would fit without the prefix
+            k.startswith("module.") and k[7:] in own and tuple(sd[k].shape) == tuple(own[k[7:]].shape) for k in extra)
         hint = " in its key layout: the file's keys carry the 'module.' prefix of a DDP save, to be stripped" if ddp else ""
         raise CheckpointError(f"checkpoint {path}: does not fit {name}: {why}; expected the weights of {name}{hint}") \
             from None

@@ -99,6 +99,8 @@ def test_check_writable(tmp_path):
     (["zoo", "train", "tiny_vit", "--out", "{tmp}/t.json"],  # its metadata would be written over the weights
      r"zoo train tiny_vit: --out .*/t.json: the weights are written with torch.save, and their metadata beside them "
      r"as t.json; expected a path such as t.pth$"),
+    (["zoo", "train", "tiny_vit", "--out", "{tmp}/T.JSON"],  # on a case-blind disk T.json would replace it
+     r"--out .*/T.JSON: the weights are written with torch.save, .* expected a path such as T.pth$"),
     (["zoo", "train", "tiny_vit", "--out", "{tmp}/t.safetensors"],  # torch.save's format under a safetensors name
      r"--out .*/t.safetensors: the weights are written with torch.save, .* expected a path such as t.pth$"),
     (["zoo", "train", "tiny_vt"], r"unknown tiny-zoo model 'tiny_vt'. Did you mean 'tiny_vit'.*\? Known tiny-zoo models: "
@@ -144,11 +146,15 @@ def test_checkpoint_messages(tmp_path, capsys):
     assert "does not fit model tiny_vit: " in line and "1 unexpected (e.g. w)" in line and "\t" not in line
     assert line.endswith("expected the weights of model tiny_vit")
     ddp = tmp_path / "ddp.pth"  # a DistributedDataParallel save: every key under 'module.'
-    torch.save({f"module.{k}": v for k, v in torch.load(tiny_weights_path("tiny_vit")).items()}, ddp)
+    prefixed = {f"module.{k}": v for k, v in torch.load(tiny_weights_path("tiny_vit")).items()}
+    torch.save(prefixed, ddp)
     assert main(QUANT + ["--checkpoint", str(ddp)]) == 2
     line = error_line(capsys)
     assert "missing (e.g. cls_token); " in line and "unexpected (e.g. module.cls_token); expected the weights of " \
         "model tiny_vit in its key layout: the file's keys carry the 'module.' prefix of a DDP save, to be stripped" in line
+    torch.save({**prefixed, "module.cls_token": torch.zeros(1, 1, 7)}, ddp)  # another model's: no hint
+    assert main(QUANT + ["--checkpoint", str(ddp)]) == 2
+    assert error_line(capsys).endswith("unexpected (e.g. module.cls_token); expected the weights of model tiny_vit")
 
 
 def test_checkpoints_that_are_not_state_dicts_say_what_they_hold(tmp_path, capsys):
@@ -481,7 +487,7 @@ def test_report_from_a_missing_sqlite_store_creates_nothing(tmp_path, capsys):
 def test_no_run_hint_names_a_suite_file_only_when_one_exists(tmp_path, capsys):
     assert main(["report", "nosuch", "--out", str(tmp_path)]) == 2
     line = error_line(capsys)
-    assert "run its file with `mgrq suite run FILE`, or see `mgrq suite list`" in line
+    assert f"run its file with `mgrq suite run FILE --out {tmp_path}`, or see `mgrq suite list`" in line
     assert "mgrq suite run nosuch" not in line
     assert main(["report", "demo", "--out", str(tmp_path)]) == 2
     assert f"(run `mgrq suite run demo --out {tmp_path}`;" in error_line(capsys)

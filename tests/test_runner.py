@@ -709,6 +709,7 @@ def test_an_interrupted_cell_is_listed_as_such_not_as_a_failure(tmp_path, capsys
             text = capsys.readouterr().out
             assert re.search(rf"^  {shown} +tiny_vit\.percentile\.w4a4\.s1\b", text, re.M), text
             assert ("note: 1 cell(s) stale" in text) == (shown == "stale")
+            assert (f"`mgrq suite run intr --out {out} --label I` runs it again" in text) == (shown == "stale")
         # a driver of the label still runs here (it waits for its jobs; a cell it resubmitted keeps its
         # old record until the new job starts): nothing is stale; one started elsewhere cannot be asked
         records.write_record(stopped, {**r, "status": "running", "error": None,

@@ -4,6 +4,7 @@ expected. Also site profiles and executor options (suite < profile < flags)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -601,3 +602,18 @@ def test_only_makes_the_grid_the_cells_it_matches(tmp_path, capsys):
     assert "matches none of the 8 cells of cols" in capsys.readouterr().err
     shipped = load_suite("vit-deit-seeds")
     assert shipped.only and len(shipped.specs()) == 60 and "--only" not in shipped.command
+    # a model, bit-width or row that only leaves without a cell is not part of the run: no data
+    # root for an ImageNet model without cells, no "no result yet" note for it in the report
+    mixed = write_suite(tmp_path / "mixed.yaml", models=["tiny_vit", "deit_tiny_patch16_224"], bits=["W4A4", "W8A8"],
+                        methods=["percentile", "base_ptq"], only=r"^tiny_vit\.percentile\.w4a4\.", eval_limit=20)
+    s = load_suite(mixed)
+    assert (s.grid_models, s.grid_bits, s.grid_methods) == (("tiny_vit",), ((4, 4),), ("percentile",))
+    assert not s.needs_data_root
+    assert main(["suite", "run", str(mixed), "--out", out, "--label", "M", "--executor", "debug", "--no-mirror",
+                 "--no-pdf", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "1 cell: 1 done, 0 skipped (done before), 0 failed" in text
+    meta = json.loads((tmp_path / "runs" / "mixed" / "M" / "suite.json").read_text())
+    assert (meta["models"], meta["bits"], meta["methods"], meta["only"]) == (["tiny_vit"], ["W4A4"], ["percentile"],
+                                                                             s.only)
+    assert not (tmp_path / "runs" / "mixed" / "M" / "report" / "notes.md").exists()  # nothing left out to note

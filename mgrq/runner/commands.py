@@ -280,8 +280,9 @@ def cmd_suite_run(args: argparse.Namespace) -> int:
         print(f"note: {msg}", file=sys.stderr)
     if suite.data_root is not None and not suite.needs_data_root:
         given = "--data-root" if args.data_root is not None else f"{suite.path}: data.root"
-        print(f"note: {given} is not used: every model of suite {suite.name} is from the tiny zoo "
-              "(embedded MNIST digits)", file=sys.stderr)
+        print(f"note: {given} is not used: every model of suite {suite.name}"
+              + (" with a cell in its grid (its only:)" if suite.grid_models != suite.models else "")
+              + " is from the tiny zoo (embedded MNIST digits)", file=sys.stderr)
     opts = _executor_options(args, suite)
     if opts.kind != "debug":  # jobs are other processes: they must find every method of the grid
         from mgrq.methods.registry import check_jobs_can_load

@@ -200,7 +200,8 @@ def resolve_label(out: Path, suite: str, label: str | None,
             elif shipped:
                 hint = f"run `mgrq suite run {suite}{out_flag(out)}`"
             else:
-                hint = "run its file with `mgrq suite run FILE`, or see `mgrq suite list` for the shipped suites"
+                hint = (f"run its file with `mgrq suite run FILE{out_flag(out)}`, or see `mgrq suite list` for the "
+                        "shipped suites")
             if not all_labels and known is None and not (Path(out).resolve() / suite).is_dir():
                 have = suites_with_runs(out)
                 hint += f"; suites with runs under {Path(out).resolve()}: {', '.join(have) or 'none'}"

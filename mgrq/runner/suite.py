@@ -114,7 +114,29 @@ class Suite:
     def needs_data_root(self) -> bool:
         from mgrq.zoo import get_entry
 
-        return any(not get_entry(m).tiny for m in self.models)
+        return any(not get_entry(m).tiny for m in self.grid_models)
+
+    @property
+    def grid_models(self) -> tuple[str, ...]:
+        """The models with a cell in the grid, in file order: ``models``, less those ``only`` leaves
+        without a cell."""
+        return self._with_cells(self.models, lambda s: s.model)
+
+    @property
+    def grid_bits(self) -> tuple[tuple[int, int], ...]:
+        """The bit-widths with a cell in the grid (as :attr:`grid_models`)."""
+        return self._with_cells(self.bits, lambda s: (s.w_bits, s.a_bits))
+
+    @property
+    def grid_methods(self) -> tuple[str, ...]:
+        """The rows (method or variant names) with a cell in the grid (as :attr:`grid_models`)."""
+        return self._with_cells(tuple(m.name for m in self.methods), lambda s: s.name)
+
+    def _with_cells(self, values: tuple[Any, ...], key: Any) -> tuple[Any, ...]:
+        if not self.only:
+            return values
+        have = {key(s) for s in self.specs()}
+        return tuple(v for v in values if v in have)
 
     def specs(self, device: str = "auto") -> list[RunSpec]:
         """The grid, ordered by model, bit-width, method (suite order) and seed; with the file's
@@ -194,7 +216,7 @@ class Suite:
         if self.needs_data_root:
             from mgrq.data import IMAGENET_LAYOUT, check_class_images, check_imagenet_root
 
-            first = next(m for m in self.models if not _is_tiny(m))
+            first = next(m for m in self.grid_models if not _is_tiny(m))
             if root is None:
                 raise ConfigError(
                     f"{where}: data.root: model {first} needs an ImageNet-layout folder; "
