@@ -128,7 +128,7 @@ BAD = [
     ({"methods": [{"name": "percentile", "variant": "pv"}], "overrides": {"pv": {"calib": 0}}},
      "overrides.pv.calib", "expected an integer >= 1"),
     ({"only": 3}, "only", "expected a regex searched in the cell ids (MODEL.METHOD.WxAy.sSEED)"),
-    ({"only": "(tiny"}, "only", "'(tiny' is not a valid regular expression (missing ), unterminated subpattern"),
+    ({"only": "(tiny"}, "only", "only '(tiny': not a valid regular expression (missing ), unterminated subpattern"),
     ({"only": "^tiny_deit\\."}, "only", "'^tiny_deit\\.' matches none of the 1 cells of models x bits x methods x seeds"),
     # a variant named after another method: its rows and runs would read as that method
     ({"methods": [{"name": "percentile", "variant": "base_ptq"}]}, "methods[0].variant",

@@ -32,6 +32,7 @@ import re
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -120,23 +121,23 @@ class Suite:
     def grid_models(self) -> tuple[str, ...]:
         """The models with a cell in the grid, in file order: ``models``, less those ``only`` leaves
         without a cell."""
-        return self._with_cells(self.models, lambda s: s.model)
+        return self.models if not self.only else tuple(m for m in self.models if m in self._in_grid[0])
 
     @property
     def grid_bits(self) -> tuple[tuple[int, int], ...]:
         """The bit-widths with a cell in the grid (as :attr:`grid_models`)."""
-        return self._with_cells(self.bits, lambda s: (s.w_bits, s.a_bits))
+        return self.bits if not self.only else tuple(b for b in self.bits if b in self._in_grid[1])
 
     @property
     def grid_methods(self) -> tuple[str, ...]:
         """The rows (method or variant names) with a cell in the grid (as :attr:`grid_models`)."""
-        return self._with_cells(tuple(m.name for m in self.methods), lambda s: s.name)
+        return tuple(m.name for m in self.methods if not self.only or m.name in self._in_grid[2])
 
-    def _with_cells(self, values: tuple[Any, ...], key: Any) -> tuple[Any, ...]:
-        if not self.only:
-            return values
-        have = {key(s) for s in self.specs()}
-        return tuple(v for v in values if v in have)
+    @cached_property
+    def _in_grid(self) -> tuple[set[str], set[tuple[int, int]], set[str]]:
+        """The models, bit-widths ``(w, a)`` and row names of the grid's cells, from one expansion."""
+        specs = self.specs()
+        return {s.model for s in specs}, {(s.w_bits, s.a_bits) for s in specs}, {s.name for s in specs}
 
     def specs(self, device: str = "auto") -> list[RunSpec]:
         """The grid, ordered by model, bit-width, method (suite order) and seed; with the file's
@@ -742,11 +743,10 @@ class _Parser:
                     only = None
                     raise self.err("only", f"expected {expected}, or the field left out")
                 try:
-                    re.compile(only)
-                except re.error as e:
+                    compile_regex(only, "only", expected)
+                except ConfigError as e:
                     only = None
-                    raise self.err("only", f"'{d['only']}' is not a valid regular expression ({e}); expected "
-                                           f"{expected}") from None
+                    raise self.err("only", str(e)) from None
         seeds = d.get("seeds", [0])
         if isinstance(seeds, int):
             seeds = [seeds]
@@ -870,10 +870,11 @@ class _Parser:
         )
         if self.check_names:
             try:
-                if not suite.specs() and only:  # (specs() also checks every cell's settings)
-                    raise self.err("only", f"'{only}' matches none of the {len(replace(suite, only=None).specs())} "
-                                           f"cells of models x bits x methods x seeds; expected a regex searched in "
-                                           f"their ids (MODEL.METHOD.WxAy.sSEED)")
+                specs = suite.specs()
             except ConfigError as e:
-                raise e if str(e).startswith(f"{self.path}: ") else ConfigError(f"{self.path}: {e}") from None
+                raise ConfigError(f"{self.path}: {e}") from None
+            if only and not specs:
+                raise self.err("only", f"'{only}' matches none of the {len(replace(suite, only=None).specs())} "
+                                       f"cells of models x bits x methods x seeds; expected a regex searched in "
+                                       f"their ids (MODEL.METHOD.WxAy.sSEED)")
         return suite
