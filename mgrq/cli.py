@@ -54,11 +54,9 @@ name the option, as typed, not the field."""
 
 
 def _spec_from_args(args: argparse.Namespace):
-    import re
-
     from mgrq.config import parse_assignments
     from mgrq.errors import ConfigError
-    from mgrq.spec import RunSpec
+    from mgrq.spec import FieldError, RunSpec
 
     overrides = []
     for pattern, value in parse_assignments(args.bits_override, "--bits-override").items():
@@ -70,11 +68,10 @@ def _spec_from_args(args: argparse.Namespace):
             image_bits=args.image_bits, bits_overrides=tuple(overrides), checkpoint=args.checkpoint,
             data_root=args.data_root, eval_split=args.eval_split, eval_limit=args.eval_limit, device=args.device,
         )
-    except ConfigError as e:  # "w_bits=17: expected ..." -> "--w-bits 17: expected ..."
-        m = re.match(r"(\w+)=.*?: (expected .*)", str(e))
-        if m and m.group(1) in SPEC_FLAGS:
-            raise ConfigError(f"--{m.group(1).replace('_', '-')} {getattr(args, m.group(1))}: {m.group(2)}") from None
-        raise
+    except FieldError as e:  # "w_bits=17: expected ..." -> "--w-bits 17: expected ..."
+        if e.field not in SPEC_FLAGS:
+            raise
+        raise ConfigError(f"--{e.field.replace('_', '-')} {getattr(args, e.field)}: {e.expected}") from None
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

@@ -18,6 +18,18 @@ from mgrq.errors import ConfigError, compile_regex
 _BITS_RE = re.compile(r"^[wW](\d+)[aA](\d+)$")
 
 
+class FieldError(ConfigError):
+    """A :class:`RunSpec` field out of range, "FIELD=VALUE: EXPECTED", keeping ``field``, ``value``
+    and ``expected`` so that a front end names it as its user gave it (``quantize``: ``--w-bits 17``)."""
+
+    def __init__(self, field: str, value: Any, expected: str):
+        super().__init__(f"{field}={value!r}: {expected}")
+        self.field, self.value, self.expected = field, value, expected
+
+    def __reduce__(self) -> tuple[type, tuple[str, Any, str]]:  # pickled by submitit jobs: args are not the message
+        return FieldError, (self.field, self.value, self.expected)
+
+
 def parse_bits(text: str) -> tuple[int, int]:
     """``"W4A4"`` -> ``(4, 4)``; bit-widths must be 2..16."""
     m = _BITS_RE.match(str(text).strip())
@@ -89,16 +101,16 @@ class RunSpec:
         for f in ("w_bits", "a_bits", "image_bits"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 16:
-                raise ConfigError(f"{f}={v!r}: expected an integer bit-width in 2..16")
+                raise FieldError(f, v, "expected an integer bit-width in 2..16")
         if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed={self.seed!r}: expected a non-negative integer")
+            raise FieldError("seed", self.seed, "expected a non-negative integer")
         if self.calib is not None and (not isinstance(self.calib, int) or self.calib < 1):
-            raise ConfigError(f"calib={self.calib!r}: expected a positive integer")
+            raise FieldError("calib", self.calib, "expected a positive integer")
         if self.eval_split not in ("heldout", "tune"):
-            raise ConfigError(f"eval_split={self.eval_split!r}: expected 'heldout' or 'tune'")
+            raise FieldError("eval_split", self.eval_split, "expected 'heldout' or 'tune'")
         if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or isinstance(self.eval_limit, bool)
                                             or self.eval_limit < 1):
-            raise ConfigError(f"eval_limit={self.eval_limit!r}: expected a positive integer")
+            raise FieldError("eval_limit", self.eval_limit, "expected a positive integer")
         object.__setattr__(self, "method_config", _freeze(self.method_config))
         object.__setattr__(self, "bits_overrides", tuple(tuple(x) for x in self.bits_overrides))
         for pattern, _ in self.bits_overrides:

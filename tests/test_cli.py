@@ -531,3 +531,18 @@ def test_version_names_the_package_and_its_source_tree(capsys):
     sha = git_sha()
     assert out == f"mgrq {want}" + (f" (source tree {sha})" if sha else "") + "\n"
     assert sha is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty\.[0-9a-f]{8})?", sha)
+
+
+def test_a_spec_field_error_names_its_field_and_survives_pickling():
+    """RunSpec's range errors keep the field, value and expectation (quantize names the option
+    from them) and pickle whole, as a submitit job returns an exception to its driver."""
+    import pickle
+
+    from mgrq.errors import ConfigError
+    from mgrq.spec import FieldError, RunSpec
+
+    with pytest.raises(FieldError) as e:
+        RunSpec(model="tiny_vit", method="percentile", w_bits=4, a_bits=4, eval_limit=0)
+    back = pickle.loads(pickle.dumps(e.value))
+    assert isinstance(back, ConfigError) and str(back) == str(e.value) == "eval_limit=0: expected a positive integer"
+    assert (back.field, back.value, back.expected) == ("eval_limit", 0, "expected a positive integer")
